@@ -1,0 +1,1 @@
+"""KFP components: thin wrappers, one per step, over sidreasoner library calls."""

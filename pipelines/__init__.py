@@ -1,0 +1,1 @@
+"""The KFP pipeline DAG, local runs and compilation."""

