@@ -103,7 +103,12 @@ class RQVAEConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(1024, ge=1)
     beta: float = Field(0.25, ge=0, description="commitment loss weight")
-    kmeans_init: bool = True
+    kmeans_init: bool = Field(True, description="initialise each level's codebook by k-means on the latents/residuals")
+    warmup_epochs: int = Field(20, ge=0, description="autoencoder-only epochs before the k-means init")
+    reseed_every: int = Field(10, ge=0, description="re-seed unused codes on random residuals every N epochs (0 = off)")
+    balance: float = Field(
+        1.5, ge=0, description="0 = nearest code; >= 1 caps items per code at ceil(balance*N/K) in k-means init and final codes"
+    )
 
 
 class SIDConfig(_Section):
@@ -112,6 +117,10 @@ class SIDConfig(_Section):
     codebook_size: int = Field(256, ge=2)
     collision: Literal["sinkhorn", "none"] = Field(
         "sinkhorn", description="re-assign colliding items on the last level, or leave collisions"
+    )
+    kmeans_iters: int = Field(30, ge=1, description="rkmeans: Lloyd iterations per level")
+    balance: float = Field(
+        1.5, ge=0, description="rkmeans: 0 = plain k-means; >= 1 caps items per code at ceil(balance*N/K)"
     )
     rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
 
@@ -241,16 +250,26 @@ def validate(data: dict[str, Any]) -> Config:
 def load(preset: str = "demo", overrides: list[str] | None = None) -> Config:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'. Allowed: {', '.join(PRESETS)}")
-    merged = _deep_merge(PRESETS[preset], parse_overrides(overrides or []))
-    return validate(merged)
+    return load_from(PRESETS[preset], overrides)
+
+
+def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Validate `base` (config sections, e.g. read from a file) with `--set` overrides applied."""
+    return validate(_deep_merge(base, parse_overrides(overrides or [])))
 
 
 def step_config(cfg: Config, step: str) -> dict[str, Any]:
     """The JSON-able slice of `cfg` that `step` reads (what its KFP task receives)."""
     if step not in STEP_SECTIONS:
         raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEP_SECTIONS)}")
-    dumped = cfg.model_dump(mode="json")
+    dumped = to_params(cfg)
     return {section: dumped[section] for section in STEP_SECTIONS[step]}
+
+
+def to_params(cfg: Config) -> dict[str, Any]:
+    """JSON-able sections for KFP parameters. Unset (None) values are left out: KFP parameters
+    cannot hold null, and an absent key validates back to the same default."""
+    return cfg.model_dump(mode="json", exclude_none=True)
 
 
 def from_step_config(slice_: dict[str, Any]) -> Config:

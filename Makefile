@@ -1,0 +1,36 @@
+# Two set-up commands (README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OUT    ?= local_outputs
+
+.PHONY: demo test install install-dev compile clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: a looser requirement pulls a multi-GB CUDA build (DESIGN §7).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/sidreasoner run --preset demo --pipeline-root $(OUT) --summary $(OUT)/summary.json
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+compile: install
+	$(BIN)/sidreasoner compile --preset demo -o sidreasoner-pipeline.yaml
+
+clean:
+	rm -rf $(OUT) sidreasoner-pipeline.yaml

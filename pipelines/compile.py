@@ -1,0 +1,20 @@
+"""Compile the pipeline to KFP IR YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kfp import compiler
+
+from sidreasoner.config import Config
+from sidreasoner.io import atomic_file
+from sidreasoner.pipelines.pipeline import build
+
+
+def compile_pipeline(cfg: Config, output: str | Path, until: str | None = None) -> Path:
+    output = Path(output)
+    with atomic_file(output) as tmp:
+        yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix
+        compiler.Compiler().compile(pipeline_func=build(cfg, until), package_path=str(yaml_tmp))
+        yaml_tmp.replace(tmp)
+    return output

@@ -1,0 +1,168 @@
+"""`sidreasoner`: run the pipeline locally, compile it for a cluster, or run one step on its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sidreasoner import config as config_mod
+from sidreasoner.config import Config, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+step_app = typer.Typer(no_args_is_help=True, help="Run one pipeline step on its own, on local folders.")
+app.add_typer(step_app, name="step")
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=f"one of: {', '.join(config_mod.PRESETS)}")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="override a config key: section.key=value (repeatable)"),
+]
+ConfigFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="JSON file with config sections (e.g. a KFP task's inputs); --set still applies"),
+]
+MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="also write the step's metrics JSON here")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load_config(preset: str, overrides: list[str] | None, config_file: Path | None = None) -> Config:
+    try:
+        if config_file is None:
+            return config_mod.load(preset, overrides)
+        try:
+            base = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"cannot read config file {config_file}: {err}") from None
+        return config_mod.load_from(base, overrides)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@app.command()
+def run(
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+    pipeline_root: Annotated[Path, typer.Option(help="where kfp.local keeps artifacts and its cache")] = Path(
+        "local_outputs"
+    ),
+    until: Annotated[Optional[str], typer.Option(help="stop after this step")] = None,
+    summary: Annotated[Optional[Path], typer.Option(help="write a JSON summary of every task here")] = None,
+) -> None:
+    """Run the pipeline DAG on this machine through kfp.local (caching on: re-runs reuse finished steps)."""
+    from sidreasoner.steps import steps_until
+
+    cfg = _load_config(preset, overrides)
+    try:
+        steps_until(until)
+    except ConfigError as err:
+        _fail(str(err))
+    from sidreasoner.pipelines.local import run_local
+
+    try:
+        result = run_local(cfg, pipeline_root, until=until, summary_path=summary)
+    except RuntimeError as err:
+        _fail(f"{err}. The task's log above shows the cause.", code=1)
+    typer.echo(f"\nPipeline finished in {result['wall_seconds']} s. Artifacts:")
+    for name, task in result["tasks"].items():
+        typer.echo(f"  {name:<14} {task['status']:<9}")
+        for out, path in task["outputs"].items():
+            typer.echo(f"      {out:<11} {path}")
+        typer.echo(f"      {'metrics':<11} {task['metrics_path']}")
+    if summary:
+        typer.echo(f"Summary: {summary}")
+
+
+@app.command("compile")
+def compile_cmd(
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="pipeline YAML to write")] = Path(
+        "sidreasoner-pipeline.yaml"
+    ),
+) -> None:
+    """Write the KFP pipeline YAML; the preset's values become the parameters' defaults."""
+    from sidreasoner.pipelines.compile import compile_pipeline
+
+    cfg = _load_config(preset, overrides)
+    typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
+
+
+@app.command("config")
+def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
+    """Print the resolved config (preset plus overrides) as JSON."""
+    typer.echo(json.dumps(_load_config(preset, overrides).model_dump(mode="json"), indent=2))
+
+
+def _run_step(name: str, preset: str, overrides, config_file, paths: dict[str, Path], metrics: Path | None) -> None:
+    from sidreasoner.io import write_json
+    from sidreasoner.steps import run_step
+
+    cfg = _load_config(preset, overrides, config_file)
+    try:
+        values = run_step(name, cfg, paths)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(f"{name}: {err}", code=1)
+    if metrics:
+        write_json(metrics, values)
+    typer.echo(json.dumps(values, indent=2, sort_keys=True))
+
+
+def _folder(help_: str):
+    return typer.Option(help=help_, file_okay=False)
+
+
+@step_app.command("download-data")
+def step_download(
+    raw: Annotated[Path, _folder("output: raw files + manifest.json")],
+    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
+) -> None:
+    """Fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)."""
+    _run_step("download-data", preset, overrides, config, {"raw": raw}, metrics)
+
+
+@step_app.command("preprocess")
+def step_preprocess(
+    raw: Annotated[Path, _folder("input: download-data's folder")],
+    dataset: Annotated[Path, _folder("output: Parquet tables and the research-code export")],
+    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
+) -> None:
+    """Title filter, time window, iterative k-core, sliding windows, chronological 8:1:1 split."""
+    _run_step("preprocess", preset, overrides, config, {"raw": raw, "dataset": dataset}, metrics)
+
+
+@step_app.command("embed-items")
+def step_embed(
+    dataset: Annotated[Path, _folder("input: preprocess's folder")],
+    embeddings: Annotated[Path, _folder("output: embeddings.npy + meta.json")],
+    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
+) -> None:
+    """Encode each item's text into a dense vector."""
+    _run_step("embed-items", preset, overrides, config, {"dataset": dataset, "embeddings": embeddings}, metrics)
+
+
+@step_app.command("quantize-sids")
+def step_quantize(
+    dataset: Annotated[Path, _folder("input: preprocess's folder")],
+    embeddings: Annotated[Path, _folder("input: embed-items' folder")],
+    sid_index: Annotated[Path, _folder("output: SID index, catalogue, research-code export")],
+    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
+) -> None:
+    """Quantize embeddings into collision-free Semantic IDs."""
+    _run_step("quantize-sids", preset, overrides, config,
+              {"dataset": dataset, "embeddings": embeddings, "sid_index": sid_index}, metrics)
+
+
+def main() -> None:
+    app(prog_name="sidreasoner")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

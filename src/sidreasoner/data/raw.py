@@ -1,0 +1,269 @@
+"""Streaming readers for raw Amazon review/meta files (2018 and 2023 formats).
+
+Files are JSON lines, plain or gzipped (detected by magic bytes, not by name). Malformed lines are
+counted and skipped; a file that is not JSON lines at all, or has too many bad lines, is rejected
+with a `RawDataError` naming the file, the first bad line and a snippet. Fields are never eval()'d.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import io
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, NamedTuple
+
+import orjson
+
+Format = Literal["amazon2018", "amazon2023"]
+FORMATS: tuple[str, ...] = ("amazon2018", "amazon2023")
+GZIP_MAGIC = b"\x1f\x8b"
+PROBE_LINES = 50  # when the first this-many non-empty lines all fail, the file is not JSON lines
+SNIPPET_CHARS = 80
+
+
+class RawDataError(ValueError):
+    """A raw data file is unusable; the message names the file, the line and what is wrong."""
+
+
+class Review(NamedTuple):
+    user: str
+    asin: str
+    rating: float
+    timestamp: int  # seconds since the epoch, UTC
+
+
+class ItemMeta(NamedTuple):
+    asin: str
+    title: str | None  # None when the record has no title field (preprocess counts it)
+    description: str
+    brand: str
+    categories: list[str]
+
+
+@dataclass
+class LineStats:
+    """Counts filled in while `iter_json_lines` runs."""
+
+    lines: int = 0  # non-empty lines seen
+    valid: int = 0
+    malformed: int = 0
+    first_bad_line: int | None = None
+    first_bad_snippet: str = ""
+
+    @property
+    def malformed_fraction(self) -> float:
+        return self.malformed / self.lines if self.lines else 0.0
+
+
+@dataclass
+class FieldCounts:
+    """Records skipped by a normaliser, per reason (`missing_<field>` / `invalid_<field>`)."""
+
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a plain or gzipped file for reading bytes; gzip is detected by its magic bytes."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == GZIP_MAGIC:
+        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else "")
+
+
+def _bad_line_error(path: Path, stats: LineStats, why: str) -> RawDataError:
+    return RawDataError(
+        f"{path}: {why} (first bad line {stats.first_bad_line}: {stats.first_bad_snippet!r}). "
+        "Expected one JSON object per line, plain or gzipped."
+    )
+
+
+def _parse(raw: bytes) -> dict | None:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _record_bad(stats: LineStats, line_no: int, raw: bytes) -> None:
+    stats.malformed += 1
+    if stats.first_bad_line is None:
+        stats.first_bad_line = line_no
+        stats.first_bad_snippet = _snippet(raw)
+
+
+def _check_end(path: Path, stats: LineStats, max_malformed_fraction: float) -> None:
+    if stats.valid == 0:
+        if stats.lines == 0:
+            raise RawDataError(f"{path}: file is empty (no non-empty lines)")
+        raise _bad_line_error(path, stats, f"no valid JSON lines among {stats.lines}")
+    if stats.malformed_fraction > max_malformed_fraction:
+        raise _bad_line_error(
+            path,
+            stats,
+            f"{stats.malformed} of {stats.lines} lines ({stats.malformed_fraction:.1%}) are malformed, "
+            f"above data.max_malformed_fraction={max_malformed_fraction}",
+        )
+
+
+def iter_json_lines(
+    path: str | Path, max_malformed_fraction: float = 0.05, stats: LineStats | None = None
+) -> Iterator[tuple[int, dict]]:
+    """Yield (1-based line number, object) for each JSON-object line; count and skip bad lines.
+
+    Raises RawDataError when the first PROBE_LINES non-empty lines all fail, when no line is valid,
+    or when the malformed share at the end exceeds `max_malformed_fraction`. Pass `stats` to read
+    the counts afterwards.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else LineStats()
+    if not path.is_file():
+        raise RawDataError(f"{path}: no such file")
+    with open_binary(path) as fh:
+        try:
+            for line_no, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                stats.lines += 1
+                obj = _parse(raw)
+                if obj is None:
+                    _record_bad(stats, line_no, raw)
+                    if stats.valid == 0 and stats.malformed >= PROBE_LINES:
+                        raise _bad_line_error(path, stats, f"the first {PROBE_LINES} lines are not JSON objects")
+                    continue
+                stats.valid += 1
+                yield line_no, obj
+        except (EOFError, gzip.BadGzipFile, OSError) as err:
+            raise RawDataError(f"{path}: cannot read (truncated or corrupt gzip?) after line {stats.lines}: {err}") from err
+    _check_end(path, stats, max_malformed_fraction)
+
+
+# ---------------------------------------------------------------- normalisers
+
+
+def clean_text(value: Any) -> str:
+    """HTML-unescaped, stripped text; lists are joined with spaces; None -> ''."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(t for t in (clean_text(v) for v in value) if t)
+    if not isinstance(value, str):
+        value = str(value)
+    return " ".join(html.unescape(value).split())
+
+
+def _text_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        value = [value] if value else []
+    return [t for t in (clean_text(v) for v in value if not isinstance(v, list | dict)) if t]
+
+
+_REVIEW_FIELDS: dict[str, tuple[str, str, str, str]] = {
+    "amazon2018": ("reviewerID", "asin", "overall", "unixReviewTime"),
+    "amazon2023": ("user_id", "parent_asin", "rating", "timestamp"),
+}
+_TS_DIVISOR = {"amazon2018": 1, "amazon2023": 1000}  # 2023 timestamps are milliseconds
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown raw format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def _id_field(rec: dict, key: str, counts: FieldCounts) -> str | None:
+    value = rec.get(key)
+    if value is None or value == "":
+        counts.skipped[f"missing_{key}"] += 1
+        return None
+    if not isinstance(value, str | int):
+        counts.skipped[f"invalid_{key}"] += 1
+        return None
+    return str(value).strip() or None
+
+
+def _number(rec: dict, key: str, counts: FieldCounts) -> float | None:
+    value = rec.get(key)
+    if value is None or value == "":
+        counts.skipped[f"missing_{key}"] += 1
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        counts.skipped[f"invalid_{key}"] += 1
+        return None
+
+
+def normalize_review(rec: dict, fmt: Format, counts: FieldCounts) -> Review | None:
+    """One raw review -> Review(user, asin, rating, timestamp seconds), or None (counted) if unusable."""
+    user_key, asin_key, rating_key, ts_key = _REVIEW_FIELDS[fmt]
+    user = _id_field(rec, user_key, counts)
+    if user is None:
+        return None
+    asin = _id_field(rec, asin_key, counts)
+    if asin is None:
+        return None
+    rating = _number(rec, rating_key, counts)
+    if rating is None:
+        return None
+    ts = _number(rec, ts_key, counts)
+    if ts is None:
+        return None
+    return Review(user, asin, rating, int(ts) // _TS_DIVISOR[fmt])
+
+
+def _title(rec: dict) -> str | None:
+    if "title" not in rec or rec["title"] is None:
+        return None
+    return clean_text(rec["title"])
+
+
+def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts) -> ItemMeta | None:
+    """One raw meta record -> ItemMeta, or None (counted) when it has no item id."""
+    if fmt == "amazon2018":
+        asin = _id_field(rec, "asin", counts)
+        if asin is None:
+            return None
+        return ItemMeta(asin, _title(rec), clean_text(rec.get("description")), clean_text(rec.get("brand")),
+                        _text_list(rec.get("category")))
+    asin = _id_field(rec, "parent_asin", counts)
+    if asin is None:
+        return None
+    description = clean_text(rec.get("description")) or clean_text(rec.get("features"))
+    return ItemMeta(asin, _title(rec), description, clean_text(rec.get("store")), _text_list(rec.get("categories")))
+
+
+def iter_reviews(
+    path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts
+) -> Iterator[Review]:
+    """Normalised reviews of a raw review file; bad lines and unusable records are counted."""
+    _check_format(fmt)
+    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
+        review = normalize_review(rec, fmt, counts)
+        if review is not None:
+            yield review
+
+
+def iter_meta(
+    path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts
+) -> Iterator[ItemMeta]:
+    """Normalised item records of a raw meta file; bad lines and records without an id are counted."""
+    _check_format(fmt)
+    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
+        item = normalize_meta(rec, fmt, counts)
+        if item is not None:
+            yield item

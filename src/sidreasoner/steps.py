@@ -1,0 +1,71 @@
+"""The pipeline's steps as plain functions over folders: the one table the CLI, the KFP
+components and the pipeline all read.
+
+Each step reads the artifact folders named in `inputs`, writes the folders named in `outputs`
+(atomically), and returns flat numeric metrics.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidreasoner import config as config_mod
+from sidreasoner.config import Config
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    summary: str
+    function: str  # "module:function", imported only when the step runs
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def load(self):
+        module, attr = self.function.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+STEPS: dict[str, Step] = {
+    s.name: s
+    for s in (
+        Step("download-data", "fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)",
+             "sidreasoner.data.download:download_data", (), ("raw",)),
+        Step("preprocess", "title filter, time window, iterative k-core, sliding windows, chronological split",
+             "sidreasoner.data.preprocess:preprocess", ("raw",), ("dataset",)),
+        Step("embed-items", "item text to dense vectors with a sentence-transformers encoder",
+             "sidreasoner.sid.embed:embed_items", ("dataset",), ("embeddings",)),
+        Step("quantize-sids", "RQ-VAE or residual k-means to Semantic IDs, collision handling",
+             "sidreasoner.sid.quantize:quantize_sids", ("dataset", "embeddings"), ("sid_index",)),
+    )
+}
+assert tuple(STEPS) == config_mod.STEPS
+
+
+def steps_until(until: str | None) -> list[Step]:
+    names = list(STEPS)
+    if until is None:
+        return list(STEPS.values())
+    if until not in STEPS:
+        raise config_mod.ConfigError(f"unknown step '{until}'. Allowed: {', '.join(names)}")
+    return [STEPS[n] for n in names[: names.index(until) + 1]]
+
+
+def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path]) -> dict[str, float]:
+    """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
+    output name of the step to a folder."""
+    step = STEPS[name]
+    if not isinstance(cfg, Config):
+        cfg = config_mod.from_step_config(cfg)
+    missing = [k for k in (*step.inputs, *step.outputs) if k not in paths]
+    if missing:
+        raise ValueError(f"step {name} needs paths for: {', '.join(missing)}")
+    for key in step.inputs:
+        if not Path(paths[key]).is_dir():
+            raise FileNotFoundError(f"step {name}: input '{key}' folder {paths[key]} does not exist")
+    args = [Path(paths[k]) for k in (*step.inputs, *step.outputs)]
+    metrics = step.load()(cfg, *args)
+    return {k: float(v) for k, v in metrics.items()}

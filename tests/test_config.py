@@ -1,0 +1,114 @@
+import datetime as dt
+
+import pytest
+
+from sidreasoner import config
+from sidreasoner.config import ConfigError
+
+
+def test_demo_is_the_default_and_tiny():
+    cfg = config.load()
+    assert cfg.data.source == "demo"
+    assert cfg.sid.codebook_size == 32
+    assert cfg.embed.model == "builtin:all-minilm-l6-v2"
+
+
+@pytest.mark.parametrize(
+    "preset, category",
+    [("office", "Office_Products"), ("industrial", "Industrial_and_Scientific"), ("games", "Video_Games")],
+)
+def test_paper_presets(preset, category):
+    cfg = config.load(preset)
+    assert cfg.data.source == "amazon2018"
+    assert cfg.data.category == category
+    assert cfg.data.k_core == 5
+    assert cfg.data.max_history == 10
+    assert cfg.data.time_window.start == dt.date(2016, 10, 1)
+    assert cfg.data.time_window.end == dt.date(2018, 11, 30)
+    assert (cfg.sid.levels, cfg.sid.codebook_size, cfg.sid.method) == (3, 256, "rqvae")
+    assert cfg.embed.model == "Qwen/Qwen3-Embedding-4B"
+
+
+def test_overrides_parse_json_values_and_strings():
+    cfg = config.load("demo", ["data.k_core=3", "sid.method=rkmeans", "data.time_window.start=2017-01-01",
+                               "embed.fields=[\"title\"]", "data.five_core=true"])
+    assert cfg.data.k_core == 3
+    assert cfg.sid.method == "rkmeans"
+    assert cfg.data.time_window.start == dt.date(2017, 1, 1)
+    assert cfg.embed.fields == ["title"]
+    assert cfg.data.five_core is True
+
+
+def test_override_keeps_rest_of_preset_section():
+    cfg = config.load("office", ["data.k_core=3"])
+    assert cfg.data.category == "Office_Products"
+    assert cfg.data.time_window.end == dt.date(2018, 11, 30)
+
+
+def test_unknown_key_names_key_allowed_and_suggestion():
+    with pytest.raises(ConfigError) as err:
+        config.load("demo", ["data.k_cor=3"])
+    msg = str(err.value)
+    assert "data.k_cor" in msg
+    assert "k_core" in msg and "max_history" in msg
+    assert "Did you mean 'data.k_core'?" in msg
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="'dat' is not a section"):
+        config.load("demo", ["dat.k_core=3"])
+
+
+def test_bad_literal_names_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        config.load("demo", ["sid.method=vq"])
+    assert str(err.value) == "invalid config:\n  sid.method: Input should be 'rqvae' or 'rkmeans' (got 'vq')"
+
+
+def test_bad_number_names_key():
+    with pytest.raises(ConfigError, match=r"data\.k_core: Input should be greater than or equal to 1 \(got 0\)"):
+        config.load("demo", ["data.k_core=0"])
+    with pytest.raises(ConfigError, match=r"data\.k_core: .*valid integer.*'five'"):
+        config.load("demo", ["data.k_core=five"])
+
+
+def test_split_must_sum_to_one():
+    with pytest.raises(ConfigError, match=r"data\.split: .*summing to 1"):
+        config.load("demo", ["data.split=[0.8,0.1,0.2]"])
+
+
+def test_time_window_order():
+    with pytest.raises(ConfigError, match="data.time_window: .*after end"):
+        config.load("demo", ["data.time_window.start=2018-01-01", "data.time_window.end=2017-01-01"])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        config.load("demo", ["data.k_core"])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'book'. Allowed: demo, office, industrial, games"):
+        config.load("book")
+
+
+def test_extra_key_in_a_file_names_allowed():
+    with pytest.raises(ConfigError) as err:
+        config.load_from({"data": {"time_window": {"begin": "2017-01-01"}}})
+    assert "data.time_window.begin: unknown key. Allowed here: end, start" in str(err.value)
+
+
+def test_step_config_holds_only_its_sections_and_round_trips():
+    cfg = config.load("office")
+    sliced = config.step_config(cfg, "quantize-sids")
+    assert set(sliced) == {"seed", "sid"}
+    assert config.from_step_config(sliced).sid == cfg.sid
+    data_slice = config.step_config(cfg, "preprocess")
+    assert data_slice["data"]["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
+    assert config.from_step_config(data_slice).data == cfg.data
+
+
+def test_params_leave_out_nulls():
+    params = config.to_params(config.load("demo"))
+    assert params["data"]["time_window"] == {}
+    assert config.validate(params) == config.load("demo")
