@@ -97,11 +97,11 @@ class EmbedConfig(_Section):
 
 
 class RQVAEConfig(_Section):
-    hidden_dims: list[int] = [512, 256, 128]
+    hidden_dims: list[int] = [256, 128]
     latent_dim: int = Field(32, ge=2)
-    epochs: int = Field(200, ge=1)
+    epochs: int = Field(100, ge=1, description="epochs after the k-means init")
     lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(4096, ge=1, description="items per step; >= the item count means full-batch")
     beta: float = Field(0.25, ge=0, description="commitment loss weight")
     kmeans_init: bool = Field(True, description="initialise each level's codebook by k-means on the latents/residuals")
     warmup_epochs: int = Field(20, ge=0, description="autoencoder-only epochs before the k-means init")

@@ -1,0 +1,138 @@
+"""`quantize-sids` step: embeddings -> 3-level Semantic IDs with no collisions.
+
+Output folder:
+  sids.parquet        item_id (int64), codes (list<int64>), sid (str "<a_12><b_200><c_7>")
+  index.json          {"<item_id>": ["<a_12>", "<b_200>", "<c_7>"]}
+  catalogue.json      sorted list of valid SID strings
+  codebooks.npy       float32 [levels, codebook_size, dim] (rqvae: latent space; rkmeans: embedding space)
+  quantizer.json      method, shape and the settings used
+  research/           MiniOneRec/SIDReasoner layout: {train,valid,test}/<Cat>.csv, info/<Cat>.txt,
+                      index/<Cat>.index.json, index/<Cat>.item.json (only index/<Cat>.index.json
+                      when data_dir has no train/valid/test splits)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from sidreasoner.config import Config
+from sidreasoner.io import atomic_dir, read_json, write_json
+from sidreasoner.sid.codes import code_usage, collision_stats, format_sid, sid_tokens
+from sidreasoner.sid.collisions import resolve_collisions
+from sidreasoner.sid.rkmeans import QuantizeResult, rkmeans_quantize
+from sidreasoner.sid.rqvae import rqvae_quantize
+
+
+def load_embeddings(embeddings_dir: Path) -> np.ndarray:
+    path = Path(embeddings_dir) / "embeddings.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {path} (the embed-items step writes it)")
+    emb = np.load(path, allow_pickle=False)
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
+        raise ValueError(f"{path}: expected a float matrix [n_items, dim], got dtype {emb.dtype} shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"{path}: contains NaN or infinite values")
+    return emb.astype(np.float32, copy=False)
+
+
+def _count_items(data_dir: Path) -> int:
+    path = Path(data_dir) / "items.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"items file not found: {path} (the preprocess step writes it)")
+    return pq.read_metadata(path).num_rows
+
+
+def dataset_category(data_dir: Path, default: str) -> str:
+    """The dataset category from `data_dir/stats.json` ("category"), else `default`."""
+    path = Path(data_dir) / "stats.json"
+    if path.is_file():
+        category = read_json(path).get("category")
+        if category:
+            return str(category)
+    return default
+
+
+@contextlib.contextmanager
+def _deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def run_quantizer(cfg: Config, emb: np.ndarray) -> QuantizeResult:
+    sid = cfg.sid
+    if len(emb) < sid.codebook_size:
+        raise ValueError(
+            f"{len(emb)} items are fewer than sid.codebook_size={sid.codebook_size}: lower the codebook size"
+        )
+    with _deterministic():
+        if sid.method == "rkmeans":
+            return rkmeans_quantize(emb, sid.levels, sid.codebook_size, cfg.seed, sid.kmeans_iters, sid.balance)
+        return rqvae_quantize(emb, sid.rqvae, sid.levels, sid.codebook_size, cfg.seed)
+
+
+def sids_table(codes: np.ndarray) -> pa.Table:
+    return pa.table({
+        "item_id": pa.array(np.arange(len(codes)), pa.int64()),
+        "codes": pa.array(codes.tolist(), pa.list_(pa.int64())),
+        "sid": pa.array([format_sid(row) for row in codes.tolist()], pa.string()),
+    })
+
+
+def write_research(out: Path, data_dir: Path, index: dict[str, list[str]], category: str) -> None:
+    """MiniOneRec/SIDReasoner layout under `out/research`: the full export (CSVs, info, index, item)
+    when `data_dir` holds the train/valid/test splits, else only `index/<Cat>.index.json`."""
+    if all((Path(data_dir) / f"{s}.parquet").is_file() for s in ("train", "valid", "test")):
+        from sidreasoner.data.preprocess import write_research_csvs
+
+        write_research_csvs(data_dir, {int(i): t for i, t in index.items()}, out / "research", category)
+    else:
+        write_json(out / "research" / "index" / f"{category}.index.json", index)
+
+
+def write_sid_outputs(out: Path, data_dir: Path, codes: np.ndarray, books: np.ndarray, category: str,
+                      meta: dict) -> None:
+    index = {str(i): sid_tokens(row) for i, row in enumerate(codes.tolist())}
+    pq.write_table(sids_table(codes), out / "sids.parquet")
+    write_json(out / "index.json", index)
+    write_json(out / "catalogue.json", sorted({"".join(t) for t in index.values()}))
+    np.save(out / "codebooks.npy", books.astype(np.float32))
+    write_json(out / "quantizer.json", meta)
+    write_research(out, data_dir, index, category)
+
+
+def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Quantize `embeddings_dir/embeddings.npy` into SIDs written atomically to `out_dir`."""
+    start = time.perf_counter()
+    emb = load_embeddings(embeddings_dir)
+    n_items = _count_items(data_dir)
+    if n_items != len(emb):
+        raise ValueError(f"{Path(embeddings_dir) / 'embeddings.npy'} has {len(emb)} rows but "
+                         f"{Path(data_dir) / 'items.parquet'} has {n_items} items")
+    result = run_quantizer(cfg, emb)
+    codes = result.codes
+    metrics = {f"{k}_before": v for k, v in collision_stats(codes).items() if k.endswith("rate")}
+    if cfg.sid.collision == "sinkhorn":
+        codes, handled = resolve_collisions(codes, result.last_dists)
+        metrics.update(handled)
+    metrics["collision_rate_after"] = collision_stats(codes)["collision_rate"]
+    metrics.update(code_usage(codes, cfg.sid.codebook_size))
+    metrics.update(result.metrics)
+    category = dataset_category(data_dir, cfg.data.category)
+    meta = {"method": cfg.sid.method, "levels": cfg.sid.levels, "codebook_size": cfg.sid.codebook_size,
+            "codebook_dim": int(result.codebooks.shape[-1]), "n_items": len(codes), "seed": cfg.seed,
+            "category": category, "sid": cfg.sid.model_dump(mode="json")}
+    with atomic_dir(out_dir) as tmp:
+        write_sid_outputs(tmp, Path(data_dir), codes, result.codebooks, category, meta)
+    metrics.update({"n_items": float(len(codes)), "wall_s": time.perf_counter() - start})
+    return metrics

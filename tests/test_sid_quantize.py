@@ -1,0 +1,135 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sidreasoner import config
+from sidreasoner.config import RQVAEConfig
+from sidreasoner.sid.codes import collision_stats, parse_sid
+from sidreasoner.sid.kmeans import balanced_assign, kmeans
+from sidreasoner.sid.quantize import quantize_sids
+from sidreasoner.sid.rkmeans import rkmeans_quantize
+from sidreasoner.sid.rqvae import rqvae_quantize
+
+
+def _clusters(n_per: int, centers: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([c + scale * rng.normal(size=(n_per, centers.shape[1])) for c in centers]).astype(np.float32)
+
+
+def test_balanced_assign_exact():
+    dist = torch.tensor([[0.0, 1.0], [0.1, 1.0], [0.2, 0.3], [0.3, 0.1]])
+    assert balanced_assign(dist, None).tolist() == [0, 0, 0, 1]
+    # capacity 2: item 2 is the farthest of the three proposing to cluster 0 and moves to cluster 1
+    assert balanced_assign(dist, 2).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="cannot hold"):
+        balanced_assign(dist, 1)
+
+
+def test_kmeans_separates_tiny_clusters():
+    x = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0], [-10.0, 10.0], [-10.0, 10.1]])
+    _, assign = kmeans(x, 3, torch.Generator().manual_seed(0))
+    a = assign.tolist()
+    assert a[0] == a[1] and a[2] == a[3] and a[4] == a[5] and len({a[0], a[2], a[4]}) == 3
+
+
+def test_rkmeans_first_level_recovers_partition():
+    centers = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0], [-5.0, 0, 0]])
+    x = _clusters(6, centers, 0.3)
+    res = rkmeans_quantize(x, levels=2, k=4, seed=0, balance=1.0)
+    first = res.codes[:, 0].reshape(4, 6)
+    assert all(len(set(row)) == 1 for row in first.tolist())  # each true cluster one code
+    assert len(set(first[:, 0].tolist())) == 4  # distinct codes per cluster
+    assert res.codes.shape == (24, 2) and res.last_dists.shape == (24, 4)
+
+
+def test_rkmeans_deterministic():
+    x = _clusters(10, np.eye(4) * 3, 0.5)
+    a = rkmeans_quantize(x, 3, 4, seed=7)
+    b = rkmeans_quantize(x, 3, 4, seed=7)
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.codebooks, b.codebooks)
+
+
+def test_rqvae_trains_uses_codes_and_is_deterministic():
+    x = _clusters(16, np.eye(8) * 3, 0.5)  # 128 items, 8-d
+    rq = RQVAEConfig(hidden_dims=[16], latent_dim=4, epochs=30, warmup_epochs=5, batch_size=4096, reseed_every=5)
+    a = rqvae_quantize(x, rq, levels=2, k=8, seed=3)
+    b = rqvae_quantize(x, rq, levels=2, k=8, seed=3)
+    np.testing.assert_array_equal(a.codes, b.codes)
+    assert a.codes.shape == (128, 2)
+    assert all(len(np.unique(a.codes[:, lvl])) == 8 for lvl in range(2))
+    assert np.isfinite(a.metrics["recon_mse"]) and a.metrics["recon_mse"] < 1.0
+
+
+def _write_inputs(tmp_path, emb, category="Toys"):
+    data = tmp_path / "data"
+    data.mkdir()
+    n = len(emb)
+    pd.DataFrame({"item_id": np.arange(n), "asin": [f"A{i}" for i in range(n)], "title": [f"t{i}" for i in range(n)],
+                  "description": [""] * n, "brand": [""] * n, "categories": [[]] * n}).to_parquet(data / "items.parquet")
+    (data / "stats.json").write_text(json.dumps({"category": category}))
+    emb_dir = tmp_path / "emb"
+    emb_dir.mkdir()
+    np.save(emb_dir / "embeddings.npy", emb)
+    return data, emb_dir
+
+
+def _small_cfg(method):
+    return config.load("demo", [f"sid.method={method}", "sid.codebook_size=16", "sid.rqvae.epochs=20",
+                                "sid.rqvae.hidden_dims=[16]", "sid.rqvae.latent_dim=4", "sid.rqvae.warmup_epochs=5"])
+
+
+@pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
+def test_quantize_sids_outputs_and_byte_identical(tmp_path, method):
+    emb = _clusters(20, np.eye(6) * 3, 0.6)  # 120 items
+    data, emb_dir = _write_inputs(tmp_path, emb)
+    cfg = _small_cfg(method)
+    m1 = quantize_sids(cfg, data, emb_dir, tmp_path / "out1")
+    m2 = quantize_sids(cfg, data, emb_dir, tmp_path / "out2")
+    b1, b2 = (tmp_path / "out1" / "sids.parquet").read_bytes(), (tmp_path / "out2" / "sids.parquet").read_bytes()
+    assert b1 == b2
+    table = pq.read_table(tmp_path / "out1" / "sids.parquet").to_pandas()
+    assert table["item_id"].tolist() == list(range(120))
+    assert all(parse_sid(s, levels=3, codebook_size=16) == list(c) for s, c in zip(table["sid"], table["codes"]))
+    assert collision_stats(np.stack(table["codes"].to_numpy()))["collision_rate"] == 0.0
+    assert m1["collision_rate_after"] == 0.0 and m1["n_items"] == 120
+    index = json.loads((tmp_path / "out1" / "index.json").read_text())
+    assert index["0"] == [f"<{c}_{v}>" for c, v in zip("abc", table["codes"][0])]
+    research = json.loads((tmp_path / "out1" / "research" / "index" / "Toys.index.json").read_text())
+    assert research == index
+    catalogue = json.loads((tmp_path / "out1" / "catalogue.json").read_text())
+    assert catalogue == sorted(table["sid"]) and np.load(tmp_path / "out1" / "codebooks.npy").shape[:2] == (3, 16)
+    assert m1["codes_used_level_0"] == m2["codes_used_level_0"] and 0 < m1["code_usage_level_2"] <= 1
+
+
+def test_missing_embeddings_names_file(tmp_path):
+    data, emb_dir = _write_inputs(tmp_path, np.zeros((10, 3), np.float32))
+    (emb_dir / "embeddings.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"emb/embeddings\.npy"):
+        quantize_sids(_small_cfg("rkmeans"), data, emb_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_row_count_mismatch_names_both_files(tmp_path):
+    data, emb_dir = _write_inputs(tmp_path, np.zeros((10, 3), np.float32))
+    np.save(emb_dir / "embeddings.npy", np.zeros((9, 3), np.float32))
+    with pytest.raises(ValueError, match=r"9 rows.*items\.parquet has 10"):
+        quantize_sids(_small_cfg("rkmeans"), data, emb_dir, tmp_path / "out")
+
+
+def test_research_export_with_splits(tmp_path):
+    emb = _clusters(20, np.eye(6) * 3, 0.6)
+    data, emb_dir = _write_inputs(tmp_path, emb)
+    for split in ("train", "valid", "test"):
+        pd.DataFrame({"user_id": ["u1"], "history_item_ids": [[0, 1]], "item_id": [2],
+                      "timestamp": [1]}).to_parquet(data / f"{split}.parquet")
+    quantize_sids(_small_cfg("rkmeans"), data, emb_dir, tmp_path / "out")
+    research = tmp_path / "out" / "research"
+    sids = pq.read_table(tmp_path / "out" / "sids.parquet").to_pandas()["sid"]
+    rows = (research / "test" / "Toys.csv").read_text().splitlines()
+    assert rows[1].endswith("," + sids[2]) and (research / "info" / "Toys.txt").is_file()
+    assert (research / "index" / "Toys.item.json").is_file()
