@@ -10,6 +10,7 @@ def test_demo_is_the_default_and_tiny():
     cfg = config.load()
     assert cfg.data.source == "demo"
     assert cfg.sid.codebook_size == 32
+    assert cfg.sid.method == "rkmeans"
     assert cfg.embed.model == "builtin:all-minilm-l6-v2"
 
 
@@ -30,10 +31,10 @@ def test_paper_presets(preset, category):
 
 
 def test_overrides_parse_json_values_and_strings():
-    cfg = config.load("demo", ["data.k_core=3", "sid.method=rkmeans", "data.time_window.start=2017-01-01",
+    cfg = config.load("demo", ["data.k_core=3", "sid.method=rqvae", "data.time_window.start=2017-01-01",
                                "embed.fields=[\"title\"]", "data.five_core=true"])
     assert cfg.data.k_core == 3
-    assert cfg.sid.method == "rkmeans"
+    assert cfg.sid.method == "rqvae"
     assert cfg.data.time_window.start == dt.date(2017, 1, 1)
     assert cfg.embed.fields == ["title"]
     assert cfg.data.five_core is True

@@ -68,7 +68,7 @@ def test_identical_second_run_is_fully_cached(first_run, root):
 
 
 def test_changing_a_late_section_reruns_only_that_step(first_run, root):
-    changed = run_local(config.load("demo", SMALL + ["sid.method=rkmeans"]), root)
+    changed = run_local(config.load("demo", SMALL + ["sid.method=rqvae"]), root)
     status = {name: t["status"] for name, t in changed["tasks"].items()}
     assert status == {"download-data": "CACHED", "preprocess": "CACHED", "embed-items": "CACHED",
                       "quantize-sids": "SUCCEEDED"}

@@ -247,23 +247,23 @@ def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts) -> ItemMeta | No
     return ItemMeta(asin, _title(rec), description, clean_text(rec.get("store")), _text_list(rec.get("categories")))
 
 
+def _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize):
+    _check_format(fmt)
+    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
+        record = normalize(rec, fmt, counts)
+        if record is not None:
+            yield record
+
+
 def iter_reviews(
     path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts
 ) -> Iterator[Review]:
     """Normalised reviews of a raw review file; bad lines and unusable records are counted."""
-    _check_format(fmt)
-    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
-        review = normalize_review(rec, fmt, counts)
-        if review is not None:
-            yield review
+    return _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize_review)
 
 
 def iter_meta(
     path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts
 ) -> Iterator[ItemMeta]:
     """Normalised item records of a raw meta file; bad lines and records without an id are counted."""
-    _check_format(fmt)
-    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
-        item = normalize_meta(rec, fmt, counts)
-        if item is not None:
-            yield item
+    return _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize_meta)

@@ -65,15 +65,20 @@ def balanced_assign(dist: torch.Tensor, capacity: int | None) -> torch.Tensor:
 def kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """k-means++ seeding (one candidate per step), seeded by `gen`."""
     n = len(x)
+    sq_norms = (x * x).sum(1)  # computed once: k sequential steps each need only x @ new_center
+
+    def dist_to(idx: int) -> torch.Tensor:
+        return (sq_norms - 2.0 * (x @ x[idx]) + sq_norms[idx]).clamp_min_(0.0)
+
     first = int(torch.randint(n, (1,), generator=gen))
     centers = [x[first]]
-    closest = sq_dists(x, x[first : first + 1]).squeeze(1)
+    closest = dist_to(first)
     for _ in range(1, k):
         total = closest.sum()
         probs = closest / total if total > 0 else torch.full_like(closest, 1.0 / n)
         idx = int(torch.multinomial(probs, 1, generator=gen))
         centers.append(x[idx])
-        closest = torch.minimum(closest, sq_dists(x, x[idx : idx + 1]).squeeze(1))
+        closest = torch.minimum(closest, dist_to(idx))
     return torch.stack(centers)
 
 

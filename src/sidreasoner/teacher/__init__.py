@@ -1,0 +1,1 @@
+"""Teacher LLM corpus synthesis: item narratives, history narratives, reasoning paths."""

@@ -1,0 +1,272 @@
+"""The `synthesize-corpus` step: item narratives, history narratives and reasoning paths.
+
+Output folder (written atomically):
+  items.parquet      item_id, sid, narrative                       (accepted item narratives)
+  samples.parquet    sample (row of train.parquet), user_id, history_item_ids, item_id,
+                     history_narrative, reasoning_path              (accepted samples)
+  rejected.parquet   kind, key, reason, detail, text                (failed requests and rejected texts)
+  meta.json          teacher kind/model/params, `templated`, counts, metrics
+  research/index/<Cat>.item_enhanced_v2.json      {"<item_id>": {title, description, sid, llm_stage2}}
+  research/index/<Cat>.integrated_narrative.csv   history_item_sid,item_sid,reasoning_path,integrated_narrative
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from sidreasoner.config import Config
+from sidreasoner.io import atomic_dir, atomic_file, write_json
+from sidreasoner.teacher import prompts, template
+from sidreasoner.teacher.cache import ResponseCache, cache_key, resolve_dir
+from sidreasoner.teacher.context import Context, load_context
+from sidreasoner.teacher.openai_teacher import OpenAITeacher, Reply, Request, safe_url
+from sidreasoner.teacher.validate import REASONS, Checked, validate_text
+
+log = logging.getLogger(__name__)
+KINDS = ("item", "history", "reasoning")
+
+
+class FailureBudgetError(RuntimeError):
+    """Too many failed requests or rejected texts; the cache is kept so a re-run resumes."""
+
+
+@dataclass
+class Task:
+    kind: str  # item | history | reasoning
+    key: int  # item_id, or the sample's row in train.parquet
+    history: tuple[int, ...] = ()
+    target: int | None = None
+
+    def context(self, ctx: Context) -> list[tuple[str, str]]:
+        """(title, sid) of the items the teacher was shown: candidates for SID repair."""
+        if self.kind == "item":
+            ids = [self.key] + [i for i, _ in ctx.top_next(self.key, 3)]
+        else:
+            ids = list(self.history) + ([self.target] if self.kind == "reasoning" else [])
+        return [(ctx.items[i].title, ctx.items[i].sid) for i in ids]
+
+    def messages(self, ctx: Context, cfg: Config) -> list[dict[str, str]]:
+        t = cfg.teacher
+        if self.kind == "item":
+            return prompts.item_messages(ctx, ctx.items[self.key], t.item_words)
+        if self.kind == "history":
+            return prompts.history_messages(ctx, list(self.history), t.history_words)
+        return prompts.reasoning_messages(ctx, list(self.history), ctx.items[self.target], t.reasoning_words)
+
+    def template_text(self, ctx: Context) -> str:
+        if self.kind == "item":
+            return template.item_narrative(ctx, ctx.items[self.key])
+        if self.kind == "history":
+            return template.history_narrative(ctx, list(self.history))
+        return template.reasoning_path(ctx, list(self.history), ctx.items[self.target])
+
+
+def select_samples(n: int, max_samples: int, seed: int) -> np.ndarray:
+    """All rows, or a seeded sample of `max_samples` rows in train order."""
+    if max_samples <= 0 or max_samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+
+
+def build_tasks(cfg: Config, ctx: Context, train: pa.Table) -> tuple[list[Task], np.ndarray]:
+    t = cfg.teacher
+    tasks: list[Task] = []
+    if t.item_narratives:
+        tasks += [Task("item", it.item_id) for it in ctx.items]
+    rows = select_samples(train.num_rows, t.max_samples, cfg.seed)
+    if not (t.history_narratives or t.reasoning_paths):
+        rows = rows[:0]
+    hists = train["history_item_ids"].to_pylist()
+    targets = train["item_id"].to_pylist()
+    for row in rows.tolist():
+        hist = tuple(int(i) for i in hists[row])
+        if not hist:
+            continue
+        if t.history_narratives:
+            tasks.append(Task("history", row, hist))
+        if t.reasoning_paths:
+            tasks.append(Task("reasoning", row, hist, int(targets[row])))
+    return tasks, rows
+
+
+def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
+    t = cfg.teacher
+    bounds = {"item": t.item_words, "history": t.history_words, "reasoning": t.reasoning_words}[task.kind]
+    target = None
+    if task.kind == "reasoning":
+        it = ctx.items[task.target]
+        target = (it.sid, it.title)
+    return validate_text(task.kind, text, catalogue=ctx.catalogue, context=task.context(ctx), bounds=bounds,
+                         target=target, history_titles=[ctx.items[i].title for i in task.history])
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="text", smoothing=0.1, mininterval=0.5)
+
+
+def _run_template(tasks: list[Task], ctx: Context) -> tuple[list[str | None], list[str | None]]:
+    texts = []
+    with _progress(len(tasks), "template teacher") as bar:
+        for task in tasks:
+            texts.append(task.template_text(ctx))
+            bar.update()
+    return texts, [None] * len(tasks)
+
+
+def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITeacher
+                ) -> tuple[list[str | None], list[str | None]]:
+    t = cfg.teacher
+    requests = []
+    for task in tasks:
+        messages = task.messages(ctx, cfg)
+        requests.append(Request(cache_key(task.kind, messages, t.model, teacher.params), messages))
+    with _progress(len(tasks), f"teacher {t.model}") as bar:
+        def on_reply(reply: Reply, n: int) -> None:
+            bar.update(n)
+            c = teacher.counts
+            bar.set_postfix(hits=c["cache_hits"], req=c["requests"], retries=c["retries"], failed=c["failures"],
+                            refresh=False)
+
+        replies = teacher.run(requests, on_reply)
+    return ([replies[r.key].content for r in requests], [replies[r.key].error for r in requests])
+
+
+def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks: list[Task],
+                   results: list[Checked], meta: dict) -> dict[str, int]:
+    by_kind: dict[str, dict[int, Checked]] = {k: {} for k in KINDS}
+    for task, res in zip(tasks, results):
+        by_kind[task.kind][task.key] = res
+    t = cfg.teacher
+    # items
+    item_rows = [(i, ctx.items[i].sid, r.text) for i, r in sorted(by_kind["item"].items()) if r.ok]
+    pq.write_table(pa.table({
+        "item_id": pa.array([r[0] for r in item_rows], pa.int64()),
+        "sid": pa.array([r[1] for r in item_rows], pa.string()),
+        "narrative": pa.array([r[2] for r in item_rows], pa.string()),
+    }), out / "items.parquet")
+    # samples: accepted only when every enabled text of the sample is accepted
+    sample_keys = sorted(set(by_kind["history"]) | set(by_kind["reasoning"]))
+    good = [k for k in sample_keys
+            if all(by_kind[kind][k].ok for kind in ("history", "reasoning") if k in by_kind[kind])]
+    users = train["user_id"].to_pylist()
+    hists = train["history_item_ids"].to_pylist()
+    targets = train["item_id"].to_pylist()
+
+    def text(kind: str, k: int) -> str | None:
+        r = by_kind[kind].get(k)
+        return r.text if r is not None else None
+
+    hist_text = [text("history", k) for k in good]
+    path_text = [text("reasoning", k) for k in good]
+    pq.write_table(pa.table({
+        "sample": pa.array(good, pa.int64()),
+        "user_id": pa.array([users[k] for k in good], pa.int64()),
+        "history_item_ids": pa.array([hists[k] for k in good], pa.list_(pa.int64())),
+        "item_id": pa.array([targets[k] for k in good], pa.int64()),
+        "history_narrative": pa.array(hist_text, pa.string()),
+        "reasoning_path": pa.array(path_text, pa.string()),
+    }), out / "samples.parquet")
+    # rejected
+    rej = [(task.kind, task.key, res.reason, res.detail, res.text)
+           for task, res in zip(tasks, results) if not res.ok]
+    pq.write_table(pa.table({
+        "kind": pa.array([r[0] for r in rej], pa.string()),
+        "key": pa.array([r[1] for r in rej], pa.int64()),
+        "reason": pa.array([r[2] for r in rej], pa.string()),
+        "detail": pa.array([r[3] for r in rej], pa.string()),
+        "text": pa.array([r[4] for r in rej], pa.string()),
+    }), out / "rejected.parquet")
+    # research-code layout
+    index_dir = out / "research" / "index"
+    index_dir.mkdir(parents=True, exist_ok=True)
+    enhanced = {str(i): {"title": ctx.items[i].title, "description": ctx.items[i].description, "sid": sid,
+                         "llm_stage2": narrative} for i, sid, narrative in item_rows}
+    (index_dir / f"{ctx.category}.item_enhanced_v2.json").write_bytes(
+        orjson.dumps(enhanced, option=orjson.OPT_INDENT_2))
+    with atomic_file(index_dir / f"{ctx.category}.integrated_narrative.csv") as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"])
+        for k, h, p in zip(good, hist_text, path_text):
+            writer.writerow([repr([ctx.items[i].sid for i in hists[k]]), ctx.items[targets[k]].sid, p or "", h or ""])
+    counts = {"items_narrated": len(item_rows), "samples_narrated": len(good),
+              "history_narratives": sum(1 for x in hist_text if x is not None),
+              "reasoning_paths": sum(1 for x in path_text if x is not None),
+              "samples_rejected": len(sample_keys) - len(good)}
+    meta["counts"] = {**meta["counts"], **counts}
+    write_json(out / "meta.json", meta)
+    return counts
+
+
+def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Write the teacher corpus for `dataset_dir` + `sid_index_dir` into `out_dir` (atomically)."""
+    started = time.perf_counter()
+    t = cfg.teacher
+    ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir), cfg.data.category)
+    tasks, rows = build_tasks(cfg, ctx, train)
+    teacher = None
+    cache_dir = None
+    if t.kind == "openai":
+        cache_dir = resolve_dir(t.cache_dir)
+        teacher = OpenAITeacher(t, ResponseCache(cache_dir))
+        texts, errors = _run_openai(tasks, ctx, cfg, teacher)
+        counts = dict(teacher.counts)
+    else:
+        texts, errors = _run_template(tasks, ctx)
+        counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0}
+    results = [Checked(None, "request_failed", err) if err is not None else check(task, text, ctx, cfg)
+               for task, text, err in zip(tasks, texts, errors)]
+    reasons = Counter(r.reason for r in results if not r.ok)
+    metrics: dict[str, float] = {k: float(v) for k, v in counts.items()}
+    for reason in REASONS:
+        if reason != "request_failed":
+            metrics[f"rejected_{reason}"] = float(reasons.get(reason, 0))
+    failed_tasks = reasons.get("request_failed", 0)
+    rejected_tasks = sum(reasons.values()) - failed_tasks
+    metrics.update(tasks=float(len(tasks)), rejected=float(rejected_tasks),
+                   repaired_sids=float(sum(r.repaired for r in results if r.ok)),
+                   items_total=float(sum(1 for x in tasks if x.kind == "item")),
+                   samples_total=float(len({x.key for x in tasks if x.kind != "item"})))
+    bad = failed_tasks + rejected_tasks
+    if tasks and bad / len(tasks) > t.failure_budget:
+        where = (f"Replies received so far are cached in {cache_dir} (rejected replies too); a re-run "
+                 "resumes from there and sends only the failed requests."
+                 if cache_dir else "The template teacher has no cache; check the inputs.")
+        by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+        raise FailureBudgetError(
+            f"synthesize-corpus: {failed_tasks} failed request(s) + {rejected_tasks} rejected text(s) = {bad} of "
+            f"{len(tasks)} ({bad / len(tasks):.1%}) exceeds teacher.failure_budget={t.failure_budget:.1%} "
+            f"(by reason: {by_reason}). {where}")
+    meta = {
+        "teacher": t.kind,
+        "templated": t.kind == "template",
+        "model": t.model if t.kind == "openai" else None,
+        "base_url": safe_url(t.base_url) if t.kind == "openai" else None,
+        "params": ({"temperature": t.temperature, "max_tokens": t.max_tokens, "concurrency": t.concurrency,
+                    "timeout_s": t.timeout_s, "max_retries": t.max_retries} if t.kind == "openai" else {}),
+        "prompt_version": prompts.PROMPT_VERSION,
+        "category": ctx.category,
+        "seed": cfg.seed,
+        "max_samples": t.max_samples,
+        "word_bounds": {"item": list(t.item_words), "history": list(t.history_words),
+                        "reasoning": list(t.reasoning_words)},
+        "counts": {"items": len(ctx.items), "train_samples": train.num_rows, "samples_selected": len(rows),
+                   "tasks": len(tasks), "rejected_by_reason": dict(sorted(reasons.items()))},
+    }
+    with atomic_dir(out_dir) as out:
+        metrics.update({k: float(v) for k, v in _write_outputs(out, cfg, ctx, train, tasks, results, meta).items()})
+        metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
+        meta["metrics"] = metrics
+        write_json(out / "meta.json", meta)
+    return metrics

@@ -1,0 +1,152 @@
+"""Validation of teacher text: SIDs in the catalogue (repaired when unambiguous), length bounds, and
+the leak check for reasoning paths.
+
+Every check returns the (possibly repaired) text or a rejection reason from `REASONS`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Runs of SID-looking tokens, tolerating whitespace between tokens ("<a_1> <b_2><c_3>").
+SID_RUN = re.compile(r"<[a-z]_\d+>(?:\s*<[a-z]_\d+>)*")
+_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+ADJACENT_CHARS = 120  # how far from a bad SID a title may sit to count as "right next to it"
+TRAILING = " \t\r\n.!,;:)]}*`'\"»"
+
+REASONS = ("request_failed", "empty", "invalid_sid", "too_short", "too_long", "missing_final_sid",
+           "wrong_final_sid", "leak_sid", "leak_title")
+
+
+@dataclass
+class Checked:
+    text: str | None
+    reason: str | None = None
+    detail: str = ""
+    repaired: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _codes(sid: str) -> list[tuple[str, int]]:
+    return [(m.group(1), int(m.group(2))) for m in _TOKEN.finditer(sid)]
+
+
+def _near_miss(written: str, context: Iterable[str]) -> set[str]:
+    """Context SIDs that `written` matches but for one code, or that it is a truncated prefix of."""
+    w = _codes(written)
+    out = set()
+    for sid in context:
+        c = _codes(sid)
+        if len(c) == len(w) and sum(a != b for a, b in zip(c, w)) == 1:
+            out.add(sid)
+        elif 0 < len(w) < len(c) and c[: len(w)] == w:
+            out.add(sid)
+    return out
+
+
+def _titles_in(segment: str, context: dict[str, str]) -> set[str]:
+    seg = _norm(segment)
+    return {sid for title, sid in context.items() if title and title in seg}
+
+
+def repair_sids(text: str, catalogue: frozenset[str] | set[str],
+                context: list[tuple[str, str]]) -> Checked:
+    """Every SID run in `text` must be in `catalogue`. A run that is not is repaired when exactly one
+    item of `context` ((title, sid) pairs: the items the prompt showed) explains it: its title sits
+    right next to the run, or its SID differs from the run in one code / extends a truncated run.
+    Runs written with spaces between tokens are normalised. Otherwise the text is rejected."""
+    titles = {}
+    for title, sid in context:
+        titles.setdefault(_norm(title), sid)
+    context_sids = {sid for _, sid in context}
+    runs = list(SID_RUN.finditer(text))
+    out, pos, repaired = [], 0, 0
+    for n, m in enumerate(runs):
+        written = re.sub(r"\s+", "", m.group(0))
+        fixed = written
+        if written not in catalogue:
+            prev_end = runs[n - 1].end() if n else 0
+            next_start = runs[n + 1].start() if n + 1 < len(runs) else len(text)
+            before = text[max(prev_end, m.start() - ADJACENT_CHARS): m.start()]
+            after = text[m.end(): min(next_start, m.end() + ADJACENT_CHARS)]
+            neighbours = {re.sub(r"\s+", "", runs[k].group(0)) for k in (n - 1, n + 1) if 0 <= k < len(runs)}
+            by_title = (_titles_in(before, titles) | _titles_in(after, titles)) - neighbours
+            by_code = _near_miss(written, context_sids)
+            if len(by_title) == 1 and (not by_code or by_code == by_title):
+                fixed = next(iter(by_title))
+            elif not by_title and len(by_code) == 1:
+                fixed = next(iter(by_code))
+            else:
+                why = "ambiguous" if (by_title or by_code) else "no candidate"
+                return Checked(None, "invalid_sid", f"{written} is not in the catalogue ({why})")
+            repaired += 1
+        out.append(text[pos: m.start()])
+        out.append(fixed)
+        pos = m.end()
+    out.append(text[pos:])
+    return Checked("".join(out), repaired=repaired)
+
+
+def check_length(text: str, bounds: tuple[int, int]) -> Checked:
+    n = len(text.split())
+    if n < bounds[0]:
+        return Checked(None, "too_short", f"{n} words < {bounds[0]}")
+    if n > bounds[1]:
+        return Checked(None, "too_long", f"{n} words > {bounds[1]}")
+    return Checked(text)
+
+
+def check_reasoning_end(text: str, target_sid: str, target_title: str,
+                        history_titles: Iterable[str] = ()) -> Checked:
+    """The path must END with the target SID (trailing punctuation is dropped) and must not name the
+    target's SID or title before that. A history title that merely contains the target's title (a
+    longer title of another item) is not a leak."""
+    body = text.rstrip(TRAILING)
+    runs = list(SID_RUN.finditer(body))
+    if not runs or runs[-1].end() != len(body):
+        return Checked(None, "missing_final_sid", "the path does not end with a SID")
+    final = re.sub(r"\s+", "", runs[-1].group(0))
+    if final != target_sid:
+        return Checked(None, "wrong_final_sid", f"ends with {final}, the target is {target_sid}")
+    before = body[: runs[-1].start()]
+    if any(re.sub(r"\s+", "", r.group(0)) == target_sid for r in runs[:-1]):
+        return Checked(None, "leak_sid", "the target SID appears before the final answer")
+    title = _norm(target_title)
+    if title:
+        masked = _norm(before)
+        for other in sorted({_norm(t) for t in history_titles}, key=len, reverse=True):
+            if other != title and title in other:
+                masked = masked.replace(other, " ")
+        if title in masked:
+            return Checked(None, "leak_title", "the target title appears before the final answer")
+    return Checked(body)
+
+
+def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | set[str],
+                  context: list[tuple[str, str]], bounds: tuple[int, int],
+                  target: tuple[str, str] | None = None, history_titles: Iterable[str] = ()) -> Checked:
+    """All checks for one text of `kind` (item | history | reasoning); `target` = (sid, title)."""
+    if text is None or not text.strip():
+        return Checked(None, "empty", "empty reply")
+    text = text.strip()
+    checked = repair_sids(text, catalogue, context)
+    if not checked.ok:
+        return checked
+    repaired = checked.repaired
+    if kind == "reasoning":
+        assert target is not None
+        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles)
+        if not checked.ok:
+            return checked
+    checked = check_length(checked.text, bounds)
+    checked.repaired = repaired
+    return checked
