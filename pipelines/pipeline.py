@@ -9,15 +9,21 @@ those. Steps not built yet are absent, not placeholders.
 import inspect
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Metrics
 
 from sidreasoner.components.data import download_data, preprocess
 from sidreasoner.components.sid import embed_items, quantize_sids
+from sidreasoner.components.teacher import synthesize_corpus
 from sidreasoner.config import Config, to_params
 from sidreasoner.steps import STEPS, steps_until
 
 PIPELINE_NAME = "sidreasoner"
+
+# Kubernetes Secret holding the teacher's API key (key `api-key`), mapped to the variable the
+# teacher reads. Optional: the template teacher and in-cluster vLLM servers need no key.
+TEACHER_SECRET = "sidreasoner-teacher"
+TEACHER_KEY_ENV = "SIDREASONER_TEACHER_API_KEY"
 
 
 def output_name(step: str, output: str) -> str:
@@ -44,6 +50,7 @@ def build(cfg: Config, until: str | None = None):
         data: dict = defaults["data"],
         embed: dict = defaults["embed"],
         sid: dict = defaults["sid"],
+        teacher: dict = defaults["teacher"],
     ):
         tasks: dict[str, dsl.PipelineTask] = {}
 
@@ -63,6 +70,15 @@ def build(cfg: Config, until: str | None = None):
                 dataset=tasks["preprocess"].outputs["dataset"],
                 embeddings=tasks["embed-items"].outputs["embeddings"],
             )
+
+        if "synthesize-corpus" in included:
+            tasks["synthesize-corpus"] = synthesize_corpus(
+                seed=seed, teacher=teacher,
+                dataset=tasks["preprocess"].outputs["dataset"],
+                sid_index=tasks["quantize-sids"].outputs["sid_index"],
+            )
+            kubernetes.use_secret_as_env(tasks["synthesize-corpus"], secret_name=TEACHER_SECRET,
+                                         secret_key_to_env={"api-key": TEACHER_KEY_ENV}, optional=True)
 
         for task in tasks.values():
             task.set_caching_options(enable_caching=True)

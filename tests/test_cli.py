@@ -33,7 +33,7 @@ def test_unknown_until_step_fails_before_anything_runs(tmp_path):
     root = tmp_path / "root"
     result = sidreasoner("run", "--pipeline-root", str(root), "--until", "train")
     assert result.returncode == 2
-    assert "unknown step 'train'. Allowed: download-data, preprocess, embed-items, quantize-sids" in result.stderr
+    assert "unknown step 'train'. Allowed: download-data, preprocess, embed-items, quantize-sids, synthesize-corpus" in result.stderr
     assert not root.exists()
 
 
@@ -49,7 +49,7 @@ def test_compile_writes_yaml(tmp_path):
     out = tmp_path / "p.yaml"
     result = sidreasoner("compile", "--preset", "industrial", "-o", str(out))
     assert result.returncode == 0, result.stderr
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "sidreasoner"
     assert spec["root"]["inputDefinitions"]["parameters"]["data"]["defaultValue"]["category"] == "Industrial_and_Scientific"
 

@@ -9,13 +9,13 @@ from sidreasoner import config
 from sidreasoner.components.images import CPU_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
 
-STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids"]
+STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"]
 
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = compile_pipeline(config.load("office"), tmp_path_factory.mktemp("c") / "pipeline.yaml")
-    return yaml.safe_load(path.read_text())
+    return next(yaml.safe_load_all(path.read_text()))  # the pipeline spec; platform spec follows
 
 
 def test_tasks_are_the_dag_steps_in_order(spec):
@@ -24,6 +24,7 @@ def test_tasks_are_the_dag_steps_in_order(spec):
     assert tasks["preprocess"]["dependentTasks"] == ["download-data"]
     assert tasks["embed-items"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["quantize-sids"]["dependentTasks"]) == ["embed-items", "preprocess"]
+    assert sorted(tasks["synthesize-corpus"]["dependentTasks"]) == ["preprocess", "quantize-sids"]
 
 
 def test_every_task_caches_and_download_retries(spec):
@@ -34,7 +35,7 @@ def test_every_task_caches_and_download_retries(spec):
 
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 4
+    assert len(executors) == len(STEP_NAMES)
     for ex in executors.values():
         container = ex["container"]
         assert container["image"] == CPU_IMAGE
@@ -43,7 +44,7 @@ def test_every_executor_uses_our_image_and_installs_nothing(spec):
 
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"seed", "data", "embed", "sid"}
+    assert set(params) == {"seed", "data", "embed", "sid", "teacher"}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
@@ -61,5 +62,20 @@ def test_image_override_from_environment(tmp_path):
     out = tmp_path / "p.yaml"
     env = {**os.environ, "SIDREASONER_CPU_IMAGE": "registry.example/sid-cpu@sha256:" + "a" * 64}
     subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
-    images = {ex["container"]["image"] for ex in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()}
+    spec = next(yaml.safe_load_all(out.read_text()))
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example/sid-cpu@sha256:" + "a" * 64}
+
+
+def test_teacher_key_is_a_secret_reference_never_a_value(tmp_path, monkeypatch):
+    secret = "sk-test-" + "z" * 24
+    monkeypatch.setenv("SIDREASONER_TEACHER_API_KEY", secret)
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    cfg = config.load("office", ["teacher.kind=openai", "teacher.base_url=http://teacher.svc:8000/v1"])
+    text = compile_pipeline(cfg, tmp_path / "p.yaml").read_text()
+    assert secret not in text
+    spec = list(yaml.safe_load_all(text))
+    env = spec[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-synthesize-corpus"]["secretAsEnv"]
+    assert env[0]["secretName"] == "sidreasoner-teacher"
+    assert env[0]["optional"] is True
+    assert env[0]["keyToEnv"] == [{"envVar": "SIDREASONER_TEACHER_API_KEY", "secretKey": "api-key"}]

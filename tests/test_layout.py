@@ -7,7 +7,7 @@ import sys
 LIBRARY_MODULES = [
     "sidreasoner.config", "sidreasoner.steps", "sidreasoner.io",
     "sidreasoner.data.download", "sidreasoner.data.preprocess", "sidreasoner.data.demo",
-    "sidreasoner.sid.embed", "sidreasoner.sid.quantize", "sidreasoner.components.runtime",
+    "sidreasoner.sid.embed", "sidreasoner.sid.quantize", "sidreasoner.teacher.corpus", "sidreasoner.components.runtime",
 ]
 
 

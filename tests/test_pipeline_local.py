@@ -14,7 +14,7 @@ from sidreasoner.pipelines.local import run_local
 pytestmark = pytest.mark.slow
 
 SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40"]
-STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids"]
+STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,13 @@ def test_artifacts_fit_together(first_run):
     sids = ["".join(codes) for codes in index.values()]
     assert len(set(sids)) == len(items)  # collision-free after handling
     assert sorted(json.loads(open(f"{sid_dir}/catalogue.json").read())) == sorted(sids)
+    corpus = tasks["synthesize-corpus"]["outputs"]["corpus"]
+    narratives = pd.read_parquet(f"{corpus}/items.parquet")
+    assert sorted(narratives.item_id) == list(range(len(items)))
+    assert json.loads(open(f"{corpus}/meta.json").read())["templated"] is True
+    samples = pd.read_parquet(f"{corpus}/samples.parquet")
+    train = pd.read_parquet(f"{dataset}/train.parquet")
+    assert len(samples) + tasks["synthesize-corpus"]["metrics"]["samples_rejected"] == len(train)
 
 
 def test_metrics_reach_the_summary(first_run):
@@ -57,6 +64,7 @@ def test_metrics_reach_the_summary(first_run):
     assert tasks["preprocess"]["metrics"]["items"] > 100
     assert tasks["embed-items"]["metrics"]["dim"] == 384
     assert tasks["quantize-sids"]["metrics"]["collision_rate_after"] == 0.0
+    assert tasks["synthesize-corpus"]["metrics"]["requests"] == 0  # the template teacher calls no model
 
 
 def test_identical_second_run_is_fully_cached(first_run, root):
@@ -71,7 +79,7 @@ def test_changing_a_late_section_reruns_only_that_step(first_run, root):
     changed = run_local(config.load("demo", SMALL + ["sid.method=rqvae"]), root)
     status = {name: t["status"] for name, t in changed["tasks"].items()}
     assert status == {"download-data": "CACHED", "preprocess": "CACHED", "embed-items": "CACHED",
-                      "quantize-sids": "SUCCEEDED"}
+                      "quantize-sids": "SUCCEEDED", "synthesize-corpus": "SUCCEEDED"}
 
 
 def test_cli_until_stops_after_the_step(tmp_path):

@@ -160,6 +160,19 @@ def step_quantize(
               {"dataset": dataset, "embeddings": embeddings, "sid_index": sid_index}, metrics)
 
 
+@step_app.command("synthesize-corpus")
+def step_synthesize(
+    dataset: Annotated[Path, _folder("input: preprocess's folder")],
+    sid_index: Annotated[Path, _folder("input: quantize-sids' folder")],
+    corpus: Annotated[Path, _folder("output: narratives, reasoning paths, research-code files")],
+    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
+) -> None:
+    """Have the teacher (template or an OpenAI-compatible endpoint) write the alignment corpus.
+    The API key comes from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config."""
+    _run_step("synthesize-corpus", preset, overrides, config,
+              {"dataset": dataset, "sid_index": sid_index, "corpus": corpus}, metrics)
+
+
 def main() -> None:
     app(prog_name="sidreasoner")
 

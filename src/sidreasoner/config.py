@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
 AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 
-STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids")
+STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus")
 
 
 class ConfigError(ValueError):
@@ -56,7 +56,7 @@ class DataConfig(_Section):
     category: str = "Demo"
     base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
     five_core: bool = Field(False, description="amazon2018: download <Cat>_5.json.gz instead of the full file")
-    cache_dir: str = Field("", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner")
+    cache_dir: str = Field("", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner/downloads")
     k_core: int = Field(5, ge=1)
     max_history: int = Field(10, ge=1)
     time_window: TimeWindow = Field(default_factory=TimeWindow)
@@ -141,7 +141,7 @@ class TeacherConfig(_Section):
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
     max_retries: int = Field(5, ge=0, description="retries on 429/5xx/timeouts/malformed replies, with backoff")
-    cache_dir: str = Field("", description="response cache that survives pod restarts (a PVC); empty = ~/.cache/sidreasoner")
+    cache_dir: str = Field("", description="response cache that survives pod restarts (a PVC); empty = ~/.cache/sidreasoner/teacher")
     item_narratives: bool = True
     history_narratives: bool = True
     reasoning_paths: bool = True
@@ -161,12 +161,107 @@ class TeacherConfig(_Section):
         return v
 
 
+class TinyModelConfig(_Section):
+    """The built-in tiny Qwen3-architecture model (random init) used by the demo and tests."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    head_dim: int = Field(32, ge=4)
+    intermediate_size: int = Field(384, ge=8)
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary trained on the run's item texts and corpus (before SID tokens)")
+    max_positions: int = Field(1024, ge=64)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "TinyModelConfig":
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class ModelConfig(_Section):
+    base: str = Field(
+        "tiny",
+        description="tiny (built-in, random init) | a hub id (Qwen/Qwen3-1.7B) | a local folder | s3:// or gs:// URI",
+    )
+    revision: str = Field("", description="hub revision (branch, tag or commit); empty = default branch")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    @field_validator("base")
+    @classmethod
+    def _base_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be tiny, a hub id, a local path or a bucket URI")
+        return v
+
+
+class _SFTConfig(_Section):
+    epochs: float = Field(3, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    global_batch_size: int = Field(32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)")
+    per_device_batch_size: int = Field(32, ge=1)
+    cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    bf16: bool = Field(False, description="bf16 mixed precision when a GPU with bf16 exists (always fp32 on CPU)")
+    finetune: Literal["full", "lora"] = Field("full", description="full fine-tuning, or LoRA via peft (merged before save)")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    batching: Literal["packed", "length_grouped", "padded"] = Field(
+        "length_grouped", description="packed: padding-free rows (position ids restart per example); length_grouped: padded batches of similar lengths"
+    )
+    max_samples: int = Field(0, ge=0, description="cap on training examples per epoch after the task mix; 0 = all")
+    valid_samples: int = Field(200, ge=1, description="held-out examples for the per-epoch validation loss")
+    early_stopping_patience: int = Field(2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off")
+    save_steps: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
+    save_total_limit: int = Field(2, ge=1)
+    checkpoint_dir: str = Field(
+        "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>"
+    )
+    logging_steps: int = Field(10, ge=1)
+    gradient_checkpointing: bool = False
+
+
+class Stage1Tasks(_Section):
+    """Stage 1 task mix: a weight per task (0 = off). A weight w takes round(w * available) examples
+    of that task per epoch (w > 1 repeats examples)."""
+
+    sid_history_to_sid: float = Field(1.0, ge=0)
+    title_to_sid: float = Field(1.0, ge=0)
+    sid_to_title: float = Field(1.0, ge=0)
+    sid_history_to_title: float = Field(1.0, ge=0)
+    title_history_to_title: float = Field(1.0, ge=0)
+    title_history_to_sid: float = Field(1.0, ge=0)
+    item_narratives: float = Field(1.0, ge=0)
+    history_narratives: float = Field(1.0, ge=0)
+    instructions: float = Field(1.0, ge=0, description="general instruction data from stage1.instruction_file (when set)")
+
+
+class Stage1Config(_SFTConfig):
+    tasks: Stage1Tasks = Field(default_factory=Stage1Tasks)
+    max_per_task: int = Field(0, ge=0, description="cap on examples per task before weighting; 0 = all")
+    instruction_file: str = Field("", description="JSONL of general instructions ({instruction, input?, output} or {prompt, response}); empty = none")
+    embedding_warmup_epochs: float = Field(0.0, ge=0, description="first train only the new SID embeddings for this many epochs, then everything")
+    hr_samples: int = Field(200, ge=0, description="held-out valid samples for the constrained-greedy valid_sid_rate / hr_at_1")
+
+
+class Stage2Config(_SFTConfig):
+    lr: float = Field(1e-4, gt=0)
+    epochs: float = Field(2, gt=0)
+
+
 class Config(_Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     sid: SIDConfig = Field(default_factory=SIDConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stage1: Stage1Config = Field(default_factory=Stage1Config)
+    stage2: Stage2Config = Field(default_factory=Stage2Config)
 
 
 # Sections each step reads. A step's cache key covers exactly these.
@@ -175,6 +270,7 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("seed", "data"),
     "embed-items": ("seed", "embed"),
     "quantize-sids": ("seed", "sid"),
+    "synthesize-corpus": ("seed", "teacher"),
 }
 
 _PAPER_DATA = {
@@ -186,12 +282,31 @@ _PAPER_DATA = {
 _PAPER = {
     "embed": {"model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "batch_size": 32, "max_length": 512},
     "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256},
+    # The OpenAI-compatible teacher the Helm chart can deploy in the run's namespace (vLLM).
+    "teacher": {"kind": "openai", "base_url": "http://sidreasoner-teacher:8000/v1", "model": "Qwen/Qwen3-32B",
+                "concurrency": 64, "temperature": 0.7, "max_tokens": 1024},
+    "model": {"base": "Qwen/Qwen3-1.7B"},
+    # The paper's Stage 1: full fine-tuning, lr 3e-4, 10 epochs, global batch 1024, cutoff 1024, bf16.
+    "stage1": {"lr": 3e-4, "epochs": 10, "global_batch_size": 1024, "per_device_batch_size": 8, "cutoff_len": 1024,
+               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 2, "logging_steps": 10,
+               "gradient_checkpointing": True},
+    # The paper's Stage 2: lr 1e-5, up to 5 epochs (early stopping on held-out reasoning paths).
+    "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 128, "per_device_batch_size": 4, "cutoff_len": 2048,
+               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
+               "gradient_checkpointing": True},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10},
         "sid": {"method": "rkmeans", "levels": 3, "codebook_size": 32, "rqvae": {"hidden_dims": [256, 128], "latent_dim": 32, "epochs": 150}},
+        "model": {"base": "tiny"},
+        # Sized so both stages train on 2 CPU cores in about a minute each.
+        "stage1": {"lr": 3e-3, "epochs": 4, "global_batch_size": 32, "per_device_batch_size": 32, "cutoff_len": 256,
+                   "max_per_task": 1500, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
+                   "early_stopping_patience": 2, "warmup_ratio": 0.05},
+        "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
+                   "max_samples": 800, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
     },
     "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
     "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},

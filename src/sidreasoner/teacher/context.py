@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class Item:
         cats = [c for c in self.categories if c]
         return cats[-1] if cats else None
 
-    @property
+    @functools.cached_property
     def series(self) -> str | None:
         return series_of(self.title)
 

@@ -23,9 +23,13 @@ def _trim(text: str, words: int) -> str:
     return out
 
 
+def _a(phrase: str) -> str:
+    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
+
+
 def _gloss(it: Item) -> str:
     kind = " ".join(x for x in (it.brand, it.main_category) if x)
-    return f"{it.sid} ({_q(it.title)}" + (f", a {kind} item)" if kind else ")")
+    return f"{it.sid} ({_q(it.title)}" + (f", {_a(kind)} item)" if kind else ")")
 
 
 def _top(counter: Counter) -> tuple[str, int]:
@@ -94,7 +98,7 @@ def reasoning_path(ctx: Context, history: list[int], target: Item) -> str:
         cat, k = _top(cats)
         line = f"Category: {k} of {n} items are {cat} items"
         if last.main_category and last.main_category != cat:
-            line += f", and the latest one is a {last.main_category} item"
+            line += f", and the latest one is {_a(last.main_category)} item"
         parts.append(line + ".")
     brands = Counter(it.brand for it in items if it.brand)
     if brands:
@@ -123,6 +127,6 @@ def reasoning_path(ctx: Context, history: list[int], target: Item) -> str:
         parts.append(line + ".")
     kind = " ".join(x for x in (target.brand, target.fine_category or target.main_category) if x) or "related"
     tail = " that continues that line" if same_series else ""
-    parts.append(f"So the next purchase is most likely a {kind} item{tail}.")
+    parts.append(f"So the next purchase is most likely {_a(kind)} item{tail}.")
     parts.append(f"Recommended item: {target.sid}")
     return " ".join(parts)

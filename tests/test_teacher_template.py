@@ -1,0 +1,101 @@
+"""The template teacher on a tiny hand-made fixture: exact, deterministic output; artifacts; budget."""
+
+import csv
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from teacher_helpers import make_fixture
+
+from sidreasoner import config
+from sidreasoner.teacher import template
+from sidreasoner.teacher.context import load_context
+from sidreasoner.teacher.corpus import FailureBudgetError, select_samples, synthesize_corpus
+
+
+@pytest.fixture()
+def fixture(tmp_path):
+    return make_fixture(tmp_path)
+
+
+def test_template_texts_are_exact(fixture):
+    ctx, _ = load_context(*fixture, "x")
+    assert template.item_narrative(ctx, ctx.items[1]) == (
+        '<a_0><b_1><c_0> is "Acme Family Card Game Vol. 2", made by Acme. It is listed under Board Games > '
+        'Family Card Game. Part 2 of the Acme Family Card Game series. In the training interactions it was bought '
+        '2 times. Shoppers who buy <a_0><b_1><c_0> often go on to <a_0><b_2><c_0> ("Acme Family Card Game Vol. 3"). '
+        'It is most often bought right after <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1"). It belongs to the '
+        '"Acme Family Card Game" line.')
+    assert template.history_narrative(ctx, [0, 1, 4]) == (
+        'The user\'s purchases, oldest first: first <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1", an Acme Board '
+        'Games item), then <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2", an Acme Board Games item), and most '
+        'recently <a_1><b_0><c_0> ("Acme Gel Pen Vol. 1", an Acme Office Writing item). 2 of the 3 items are Board '
+        'Games items, across 2 categories in all. The most frequent brand is Acme (3 of 3). The user follows the '
+        '"Acme Family Card Game" line through 2 installments.')
+    assert template.reasoning_path(ctx, [0, 1], ctx.items[2]) == (
+        'The user has bought 2 items; the most recent ones are <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1"), '
+        '<a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). Category: 2 of 2 items are Board Games items. Brand: '
+        'Acme accounts for 2 of 2 purchases. Series: the latest item belongs to the "Acme Family Card Game" line '
+        '(2 installments in the history), so another installment of that line is a natural next step. '
+        'Co-occurrence: of the 2 purchases that followed <a_0><b_1><c_0> in the training data, 2 were Board Games '
+        'items and 2 were from Acme. So the next purchase is most likely an Acme Family Card Game item that '
+        'continues that line. Recommended item: <a_0><b_2><c_0>')
+
+
+def test_template_step_artifacts(fixture, tmp_path):
+    cfg = config.load("demo")
+    m = synthesize_corpus(cfg, *fixture, tmp_path / "corpus")
+    out = tmp_path / "corpus"
+    assert (m["items_narrated"], m["samples_narrated"], m["reasoning_paths"], m["rejected"], m["requests"]) == \
+        (12, 18, 18, 0, 0)
+    items = pq.read_table(out / "items.parquet").to_pylist()
+    assert [r["item_id"] for r in items] == list(range(12)) and items[0]["sid"] == "<a_0><b_0><c_0>"
+    samples = pq.read_table(out / "samples.parquet")
+    assert samples.column_names == ["sample", "user_id", "history_item_ids", "item_id", "history_narrative",
+                                    "reasoning_path"]
+    rows = samples.to_pylist()
+    assert rows[1]["sample"] == 1 and rows[1]["history_item_ids"] == [0, 1] and rows[1]["item_id"] == 2
+    assert all(r["reasoning_path"].endswith(f"<a_{r['item_id'] // 4}><b_{r['item_id'] % 4}><c_0>") for r in rows)
+    assert pq.read_table(out / "rejected.parquet").num_rows == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["teacher"] == "template" and meta["templated"] is True and meta["model"] is None
+    assert meta["counts"]["tasks"] == 48 and meta["category"] == "Tiny"
+    enhanced = json.loads((out / "research/index/Tiny.item_enhanced_v2.json").read_text())
+    assert enhanced["1"]["llm_stage2"] == items[1]["narrative"] and enhanced["1"]["title"] == "Acme Family Card Game Vol. 2"
+    with open(out / "research/index/Tiny.integrated_narrative.csv", newline="") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    assert list(csv_rows[0]) == ["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"]
+    assert csv_rows[1]["history_item_sid"] == "['<a_0><b_0><c_0>', '<a_0><b_1><c_0>']"
+    assert csv_rows[1]["item_sid"] == "<a_0><b_2><c_0>" and csv_rows[1]["reasoning_path"] == rows[1]["reasoning_path"]
+    # deterministic: a second run writes identical tables
+    synthesize_corpus(cfg, *fixture, tmp_path / "again")
+    for name in ("items.parquet", "samples.parquet"):
+        assert pq.read_table(out / name).equals(pq.read_table(tmp_path / "again" / name))
+
+
+def test_max_samples_is_a_seeded_sample(fixture, tmp_path):
+    assert select_samples(10, 0, 0).tolist() == list(range(10))
+    assert select_samples(10, 4, 0).tolist() == select_samples(10, 4, 0).tolist()
+    assert len(select_samples(10, 4, 0)) == 4 and select_samples(10, 4, 0).tolist() != select_samples(10, 4, 1).tolist()
+    cfg = config.load("demo", ["teacher.max_samples=5", "teacher.item_narratives=false"])
+    m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+    assert (m["tasks"], m["samples_narrated"], m["items_narrated"]) == (10, 5, 0)
+    keys = pq.read_table(tmp_path / "c" / "samples.parquet")["sample"].to_pylist()
+    assert keys == select_samples(18, 5, cfg.seed).tolist()
+
+
+def test_failure_budget(fixture, tmp_path):
+    # reasoning paths of >= 500 words cannot be met: 18 of 48 texts are rejected (37.5%)
+    cfg = config.load("demo", ["teacher.reasoning_words=[500,900]", "teacher.failure_budget=0.3"])
+    with pytest.raises(FailureBudgetError) as err:
+        synthesize_corpus(cfg, *fixture, tmp_path / "c")
+    msg = str(err.value)
+    assert "0 failed request(s) + 18 rejected text(s) = 18 of 48 (37.5%)" in msg
+    assert "teacher.failure_budget=30.0%" in msg and "too_short=18" in msg
+    assert not (tmp_path / "c").exists()
+    cfg = config.load("demo", ["teacher.reasoning_words=[500,900]", "teacher.failure_budget=0.4"])
+    m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+    assert (m["rejected_too_short"], m["samples_narrated"], m["items_narrated"]) == (18, 0, 12)
+    rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
+    assert len(rejected) == 18 and {r["kind"] for r in rejected} == {"reasoning"}
+    assert rejected[0]["reason"] == "too_short" and rejected[0]["detail"].endswith("words < 500")
