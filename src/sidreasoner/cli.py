@@ -72,7 +72,7 @@ def run(
         _fail(f"{err}. The task's log above shows the cause.", code=1)
     typer.echo(f"\nPipeline finished in {result['wall_seconds']} s. Artifacts:")
     for name, task in result["tasks"].items():
-        typer.echo(f"  {name:<14} {task['status']:<9}")
+        typer.echo(f"  {name:<18} {task['status']:<9}")
         for out, path in task["outputs"].items():
             typer.echo(f"      {out:<11} {path}")
         typer.echo(f"      {'metrics':<11} {task['metrics_path']}")
