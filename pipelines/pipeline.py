@@ -39,8 +39,9 @@ def _outputs_type(included: list[str]) -> type:
     return NamedTuple("Outputs", fields)
 
 
-def build(cfg: Config, until: str | None = None):
-    """The pipeline function for `cfg`, holding the steps up to and including `until`."""
+def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset()):
+    """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
+    in `no_cache` always execute (caching off), the others may be served from the cache."""
     included = [s.name for s in steps_until(until)]
     defaults = to_params(cfg)
     Outputs = _outputs_type(included)
@@ -80,8 +81,8 @@ def build(cfg: Config, until: str | None = None):
             kubernetes.use_secret_as_env(tasks["synthesize-corpus"], secret_name=TEACHER_SECRET,
                                          secret_key_to_env={"api-key": TEACHER_KEY_ENV}, optional=True)
 
-        for task in tasks.values():
-            task.set_caching_options(enable_caching=True)
+        for name, task in tasks.items():
+            task.set_caching_options(enable_caching=name not in no_cache)
         return Outputs(**{
             output_name(name, out): task.outputs[out]
             for name, task in tasks.items()

@@ -95,6 +95,60 @@ def compile_cmd(
     typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
 
 
+HostOpt = Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")]
+NamespaceOpt = Annotated[Optional[str], typer.Option(help="Kubernetes namespace (multi-user Kubeflow)")]
+
+
+@app.command()
+def submit(
+    host: HostOpt,
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+    experiment: Annotated[str, typer.Option(help="experiment to file the run under (created if absent)")] = "sidreasoner",
+    run_name: Annotated[Optional[str], typer.Option(help="run display name")] = None,
+    pipeline_root: Annotated[Optional[str], typer.Option(help="artifact root URI (s3://, gs://, minio://); default: the server's")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="execute every step, use no cached result")] = False,
+    rerun_from: Annotated[Optional[str], typer.Option(help="execute this step and everything after it; earlier steps come from the cache")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the run to finish; exit 1 unless it succeeded")] = False,
+    namespace: NamespaceOpt = None,
+    service_account: Annotated[Optional[str], typer.Option(help="service account the run's pods use")] = None,
+) -> None:
+    """Compile the pipeline with the preset's values and create a run on a Kubeflow Pipelines server."""
+    from sidreasoner.pipelines.submit import submit as submit_run
+
+    cfg = _load_config(preset, overrides)
+    try:
+        result = submit_run(cfg, host, experiment=experiment, run_name=run_name, pipeline_root=pipeline_root,
+                            no_cache=no_cache, rerun_from=rerun_from, wait=wait, namespace=namespace,
+                            service_account=service_account)
+    except (ConfigError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"Run {result.run_id} created in experiment {experiment}.")
+    if result.no_cache_steps:
+        typer.echo(f"Caching off for: {', '.join(result.no_cache_steps)}")
+    if wait:
+        typer.echo(f"Run finished: {result.state}")
+        if (result.state or "").upper() != "SUCCEEDED":
+            raise typer.Exit(1)
+
+
+@app.command()
+def upload(
+    host: HostOpt,
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+    name: Annotated[str, typer.Option(help="pipeline name in the KFP UI")] = "sidreasoner",
+    version: Annotated[Optional[str], typer.Option(help="version name when the pipeline exists (default: version-category-timestamp)")] = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Register the compiled pipeline on a Kubeflow Pipelines server, or add a new version of it."""
+    from sidreasoner.pipelines.submit import upload as upload_pipeline
+
+    cfg = _load_config(preset, overrides)
+    pipeline_id = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace)
+    typer.echo(f"Pipeline {name} ({pipeline_id}) uploaded.")
+
+
 @app.command("config")
 def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
     """Print the resolved config (preset plus overrides) as JSON."""

@@ -56,6 +56,19 @@ def steps_until(until: str | None) -> list[Step]:
     return [STEPS[n] for n in names[: names.index(until) + 1]]
 
 
+def downstream(name: str) -> list[str]:
+    """`name` and every step that consumes its outputs, directly or not, in DAG order."""
+    if name not in STEPS:
+        raise config_mod.ConfigError(f"unknown step '{name}'. Allowed: {', '.join(STEPS)}")
+    produced = set(STEPS[name].outputs)
+    result = [name]
+    for step in STEPS.values():
+        if step.name != name and produced & set(step.inputs):
+            result.append(step.name)
+            produced |= set(step.outputs)
+    return result
+
+
 def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path]) -> dict[str, float]:
     """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
     output name of the step to a folder."""

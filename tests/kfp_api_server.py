@@ -1,0 +1,125 @@
+"""A small HTTP server on 127.0.0.1 that speaks the part of the KFP v2beta1 REST API that
+`kfp.Client` uses to create experiments and runs and to upload pipelines. It records every
+request so tests can check what the client really sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+API = "/apis/v2beta1"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self):
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeKFP:
+    requests: list[Recorded] = field(default_factory=list)
+    experiments: dict[str, dict] = field(default_factory=dict)
+    runs: dict[str, dict] = field(default_factory=dict)
+    pipelines: dict[str, dict] = field(default_factory=dict)
+    versions: list[dict] = field(default_factory=list)
+    final_state: str = "SUCCEEDED"
+
+    def calls(self, method: str, suffix: str) -> list[Recorded]:
+        return [r for r in self.requests if r.method == method and r.path == API + suffix]
+
+
+def _filter_name(query: dict[str, list[str]]) -> str | None:
+    if "filter" not in query:
+        return None
+    predicates = json.loads(query["filter"][0]).get("predicates", [])
+    return next((p.get("stringValue") or p.get("string_value") for p in predicates), None)
+
+
+def _handler(state: FakeKFP):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output clean
+            pass
+
+        def _reply(self, obj, status: int = 200):
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _record(self) -> Recorded:
+            length = int(self.headers.get("Content-Length") or 0)
+            url = urlparse(self.path)
+            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length), dict(self.headers))
+            state.requests.append(rec)
+            return rec
+
+        def do_GET(self):
+            rec = self._record()
+            if rec.path == f"{API}/healthz":
+                return self._reply({"multi_user": False})
+            if rec.path == f"{API}/experiments":
+                name = _filter_name(rec.query)
+                found = [e for e in state.experiments.values() if name in (None, e["display_name"])]
+                return self._reply({"experiments": found, "total_size": len(found)} if found else {})
+            if rec.path.startswith(f"{API}/runs/"):
+                run = state.runs[rec.path.rsplit("/", 1)[1]]
+                return self._reply({**run, "state": state.final_state})
+            if rec.path == f"{API}/pipelines":
+                name = _filter_name(rec.query)
+                found = [p for p in state.pipelines.values() if name in (None, p["display_name"])]
+                return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
+            self._reply({"error": f"not found: {rec.path}"}, 404)
+
+        def do_POST(self):
+            rec = self._record()
+            if rec.path == f"{API}/experiments":
+                exp = {**rec.json(), "experiment_id": str(uuid.uuid4())}
+                state.experiments[exp["experiment_id"]] = exp
+                return self._reply(exp)
+            if rec.path == f"{API}/runs":
+                run = {**rec.json(), "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                state.runs[run["run_id"]] = run
+                return self._reply(run)
+            if rec.path == f"{API}/pipelines/upload":
+                name = rec.query.get("name", ["pipeline"])[0]
+                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name}
+                state.pipelines[pipeline["pipeline_id"]] = pipeline
+                return self._reply(pipeline)
+            if rec.path == f"{API}/pipelines/upload_version":
+                version = {"pipeline_version_id": str(uuid.uuid4()),
+                           "pipeline_id": rec.query["pipelineid"][0], "display_name": rec.query["name"][0]}
+                state.versions.append(version)
+                return self._reply(version)
+            self._reply({"error": f"not found: {rec.path}"}, 404)
+
+    return Handler
+
+
+class KFPServer:
+    """Context manager: `with KFPServer() as (url, state): ...`."""
+
+    def __init__(self):
+        self.state = FakeKFP()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.state))
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_port}", self.state
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
