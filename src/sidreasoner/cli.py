@@ -162,69 +162,54 @@ def _run_step(name: str, preset: str, overrides, config_file, paths: dict[str, P
     cfg = _load_config(preset, overrides, config_file)
     try:
         values = run_step(name, cfg, paths)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # the library's errors; bugs keep their traceback
         _fail(f"{name}: {err}", code=1)
     if metrics:
         write_json(metrics, values)
     typer.echo(json.dumps(values, indent=2, sort_keys=True))
 
 
-def _folder(help_: str):
-    return typer.Option(help=help_, file_okay=False)
+def _producer(folder: str) -> str:
+    from sidreasoner.steps import STEPS
+
+    return next((s.name for s in STEPS.values() if folder in s.outputs), "?")
 
 
-@step_app.command("download-data")
-def step_download(
-    raw: Annotated[Path, _folder("output: raw files + manifest.json")],
-    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
-) -> None:
-    """Fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)."""
-    _run_step("download-data", preset, overrides, config, {"raw": raw}, metrics)
+def _register_step_command(step) -> None:
+    """`sidreasoner step NAME --<input> DIR … --<output> DIR …`, generated from the step table."""
+    import inspect
+
+    def command(**kwargs) -> None:
+        paths = {k: kwargs.pop(k) for k in (*step.inputs, *step.outputs)}
+        _run_step(step.name, kwargs["preset"], kwargs["overrides"], kwargs["config"], paths, kwargs["metrics"])
+
+    folders = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+            Path, typer.Option(help=f"input: the folder {_producer(name)} writes", file_okay=False)])
+        for name in step.inputs
+    ] + [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+            Path, typer.Option(help="output folder (appears only when complete)", file_okay=False)])
+        for name in step.outputs
+    ]
+    common = [
+        inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default="demo", annotation=PresetOpt),
+        inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SetOpt),
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFileOpt),
+        inspect.Parameter("metrics", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=MetricsOpt),
+    ]
+    command.__signature__ = inspect.Signature(folders + common)
+    step_app.command(step.name, help=step.summary[:1].upper() + step.summary[1:] + ".")(command)
 
 
-@step_app.command("preprocess")
-def step_preprocess(
-    raw: Annotated[Path, _folder("input: download-data's folder")],
-    dataset: Annotated[Path, _folder("output: Parquet tables and the research-code export")],
-    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
-) -> None:
-    """Title filter, time window, iterative k-core, sliding windows, chronological 8:1:1 split."""
-    _run_step("preprocess", preset, overrides, config, {"raw": raw, "dataset": dataset}, metrics)
+def _register_step_commands() -> None:
+    from sidreasoner.steps import STEPS
+
+    for step in STEPS.values():
+        _register_step_command(step)
 
 
-@step_app.command("embed-items")
-def step_embed(
-    dataset: Annotated[Path, _folder("input: preprocess's folder")],
-    embeddings: Annotated[Path, _folder("output: embeddings.npy + meta.json")],
-    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
-) -> None:
-    """Encode each item's text into a dense vector."""
-    _run_step("embed-items", preset, overrides, config, {"dataset": dataset, "embeddings": embeddings}, metrics)
-
-
-@step_app.command("quantize-sids")
-def step_quantize(
-    dataset: Annotated[Path, _folder("input: preprocess's folder")],
-    embeddings: Annotated[Path, _folder("input: embed-items' folder")],
-    sid_index: Annotated[Path, _folder("output: SID index, catalogue, research-code export")],
-    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
-) -> None:
-    """Quantize embeddings into collision-free Semantic IDs."""
-    _run_step("quantize-sids", preset, overrides, config,
-              {"dataset": dataset, "embeddings": embeddings, "sid_index": sid_index}, metrics)
-
-
-@step_app.command("synthesize-corpus")
-def step_synthesize(
-    dataset: Annotated[Path, _folder("input: preprocess's folder")],
-    sid_index: Annotated[Path, _folder("input: quantize-sids' folder")],
-    corpus: Annotated[Path, _folder("output: narratives, reasoning paths, research-code files")],
-    preset: PresetOpt = "demo", overrides: SetOpt = None, config: ConfigFileOpt = None, metrics: MetricsOpt = None,
-) -> None:
-    """Have the teacher (template or an OpenAI-compatible endpoint) write the alignment corpus.
-    The API key comes from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config."""
-    _run_step("synthesize-corpus", preset, overrides, config,
-              {"dataset": dataset, "sid_index": sid_index, "corpus": corpus}, metrics)
+_register_step_commands()
 
 
 def main() -> None:

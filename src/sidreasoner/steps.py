@@ -40,7 +40,8 @@ STEPS: dict[str, Step] = {
              "sidreasoner.sid.embed:embed_items", ("dataset",), ("embeddings",)),
         Step("quantize-sids", "RQ-VAE or residual k-means to Semantic IDs, collision handling",
              "sidreasoner.sid.quantize:quantize_sids", ("dataset", "embeddings"), ("sid_index",)),
-        Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths",
+        Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths "
+             "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
              "sidreasoner.teacher.corpus:synthesize_corpus", ("dataset", "sid_index"), ("corpus",)),
     )
 }
