@@ -1,0 +1,406 @@
+"""The Helm chart (charts/sidreasoner, DESIGN §6), checked offline: rendered and linted by the
+helm-python-sdk (Helm's Go SDK through ctypes, no `helm` binary), every rendered manifest validated
+with kubernetes-validate in strict mode against a pinned Kubernetes version, the RayCluster (a CRD
+those schemas don't know) against KubeRay's required fields, and the chart's promises (fixed names,
+no secret values, least-privilege RBAC, securityContext and resources everywhere) asserted."""
+
+import base64
+import copy
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+CHART = Path(__file__).resolve().parent.parent / "charts" / "sidreasoner"
+FULL_VALUES = yaml.safe_load((CHART / "ci" / "full-values.yaml").read_text())
+KUBE_VERSION = "1.32.0"  # the Kubernetes version manifests are validated against
+NAMESPACE = "kubeflow-user"
+
+# What the paper presets' teacher base_url (http://sidreasoner-teacher:8000/v1) needs.
+TEACHER_SERVICE, TEACHER_PORT = "sidreasoner-teacher", 8000
+# Fixed Secret names and keys that pipeline steps read (pipelines/pipeline.py, DESIGN §3).
+SECRETS = {
+    "sidreasoner-teacher": {"api-key"},
+    "sidreasoner-hf": {"token"},
+    "sidreasoner-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+    "sidreasoner-gcs": {"key.json"},
+}
+ONLY_EXISTING = {
+    "secrets": {
+        "teacher": {"existingSecret": "sidreasoner-teacher"},
+        "hf": {"existingSecret": "my-hf"},
+        "s3": {"existingSecret": "my-s3"},
+        "gcs": {"existingSecret": "sidreasoner-gcs"},
+    },
+    "minio": {"enabled": True},
+    "teacherServer": {"enabled": True, "requireApiKey": True},
+    "rayCluster": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart, values=None) -> list[dict]:
+    out = chart.render(values, name="sidreasoner", namespace=NAMESPACE, is_install=True)
+    return [doc for path, text in sorted(out.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_text(chart, values=None) -> str:
+    return "\n".join(chart.render(values, name="sidreasoner", namespace=NAMESPACE, is_install=True).values())
+
+
+def by_kind(docs, kind):
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def one(docs, kind, name):
+    return by_kind(docs, kind)[name]
+
+
+def pod_specs(docs):
+    """(where, pod spec) of every pod the chart makes, RayCluster templates included."""
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
+        elif d["kind"] == "RayCluster":
+            yield "RayCluster head", d["spec"]["headGroupSpec"]["template"]["spec"]
+            for group in d["spec"]["workerGroupSpecs"]:
+                yield f"RayCluster {group['groupName']}", group["template"]["spec"]
+
+
+def check_raycluster(rc):
+    """KubeRay ray.io/v1's required fields, and the pod templates as strict core/v1 PodTemplates."""
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    assert rc["metadata"]["name"]
+    spec = rc["spec"]
+    head = spec["headGroupSpec"]
+    templates = [head["template"]]
+    assert isinstance(head.get("rayStartParams", {}), dict)
+    assert all(isinstance(v, str) for v in head.get("rayStartParams", {}).values())
+    assert spec["workerGroupSpecs"], "no worker group"
+    for group in spec["workerGroupSpecs"]:
+        for field in ("groupName", "replicas", "minReplicas", "maxReplicas", "template"):
+            assert field in group, f"worker group lacks {field}"
+        assert isinstance(group["groupName"], str) and group["groupName"]
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values())
+        templates.append(group["template"])
+    for template in templates:
+        assert template["spec"]["containers"], "pod template without containers"
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": "raycluster-template"}, "template": template},
+                                     KUBE_VERSION, strict=True)
+
+
+def validate_all(docs):
+    for doc in docs:
+        if doc["kind"] == "RayCluster":
+            check_raycluster(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+# --- lint and schema validation of every manifest ------------------------------------------------
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
+def test_lint_is_clean(values):
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+    assert report["errors"] == []
+    # Severity 2 = warning, 3 = error; info-level hints (e.g. "icon is recommended") are allowed.
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_render_validates(chart):
+    docs = render(chart)
+    validate_all(docs)
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Job", "sidreasoner-upload-pipeline"),
+        ("PersistentVolumeClaim", "sidreasoner-model-cache"),
+        ("Role", "sidreasoner-pipeline-runner"),
+        ("RoleBinding", "sidreasoner-pipeline-runner"),
+        ("ServiceAccount", "sidreasoner-pipeline-runner"),
+    ]
+
+
+def test_full_render_validates(chart):
+    docs = render(chart, FULL_VALUES)
+    validate_all(docs)
+    assert sorted({d["kind"] for d in docs}) == [
+        "Deployment", "Job", "PersistentVolumeClaim", "RayCluster", "Role", "RoleBinding",
+        "Secret", "Service", "ServiceAccount"]
+    assert set(by_kind(docs, "Deployment")) == {"sidreasoner-teacher", "sidreasoner-minio"}
+    assert set(by_kind(docs, "Service")) == {"sidreasoner-teacher", "sidreasoner-minio"}
+    assert set(by_kind(docs, "PersistentVolumeClaim")) == {"sidreasoner-model-cache", "sidreasoner-minio"}
+
+
+def test_strict_validation_catches_a_misspelt_field(chart):
+    """The validator is really strict: an unknown field in a rendered manifest fails it."""
+    job = copy.deepcopy(one(render(chart), "Job", "sidreasoner-upload-pipeline"))
+    job["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, KUBE_VERSION, strict=True)
+
+
+def test_raycluster_check_catches_a_missing_field(chart):
+    rc = copy.deepcopy(one(render(chart, FULL_VALUES), "RayCluster", "sidreasoner-ray"))
+    del rc["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+    with pytest.raises(AssertionError, match="maxReplicas"):
+        check_raycluster(rc)
+
+
+# --- values.schema.json and template guards -------------------------------------------------------
+
+@pytest.mark.parametrize("values, where", [
+    ({"teacherServer": {"gpus": "two"}}, "/teacherServer/gpus"),
+    ({"teacherServer": {"gpus": 0}}, "/teacherServer/gpus"),
+    ({"rayCluster": {"workers": {"gpus": 1.5}}}, "/rayCluster/workers/gpus"),
+    ({"modelCache": {"accessModes": ["ReadWriteSometimes"]}}, "/modelCache/accessModes"),
+    ({"modelCache": {"size": "lots"}}, "/modelCache/size"),
+    ({"upload": {"resources": {"limits": None}}}, "/upload/resources"),  # null removes a default
+    ({"kfpHost": "ml-pipeline:8888"}, "/kfpHost"),
+    ({"teacherserver": {"enabled": True}}, "teacherserver"),  # misspelt key
+])
+def test_schema_rejects_bad_values(chart, values, where):
+    with pytest.raises(helm.HelmValuesError, match=where):
+        chart.render(values, name="sidreasoner", namespace=NAMESPACE)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"secrets": {"teacher": {"apiKey": "k", "existingSecret": "t"}}}, "either apiKey or existingSecret"),
+    ({"secrets": {"s3": {"accessKeyId": "a"}}}, "both accessKeyId and secretAccessKey"),
+    ({"minio": {"enabled": True}}, "minio.enabled needs root credentials"),
+    ({"teacherServer": {"enabled": True, "requireApiKey": True}}, "requireApiKey needs the teacher key"),
+    ({"rayCluster": {"enabled": True, "workers": {"replicas": 5, "maxReplicas": 2}}}, "minReplicas <= replicas <= maxReplicas"),
+])
+def test_template_guards(chart, values, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values, name="sidreasoner", namespace=NAMESPACE)
+
+
+# --- credentials ------------------------------------------------------------------------------------
+
+def test_default_render_creates_no_secret(chart):
+    docs = render(chart)
+    assert by_kind(docs, "Secret") == {}
+    assert not [d for d in docs if "data" in d or "stringData" in d]
+
+
+def test_existing_secrets_only_put_no_secret_value_in_the_output(chart):
+    text = render_text(chart, ONLY_EXISTING)
+    docs = render(chart, ONLY_EXISTING)
+    validate_all(docs)
+    assert by_kind(docs, "Secret") == {}
+    assert "kind: Secret" not in text and "stringData" not in text
+    # None of the full values' (placeholder) credentials, plain or base64, leaks in.
+    for cred in FULL_VALUES["secrets"].values():
+        for value in cred.values():
+            assert value not in text and base64.b64encode(value.encode()).decode() not in text
+    # The chart's pods read the named existing Secrets.
+    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for _, spec in pod_specs(docs) for c in spec["containers"] for e in c.get("env", [])
+            if "valueFrom" in e}
+    assert refs == {("my-s3", "AWS_ACCESS_KEY_ID"), ("my-s3", "AWS_SECRET_ACCESS_KEY"),
+                    ("my-hf", "token"), ("sidreasoner-teacher", "api-key")}
+
+
+def test_secrets_from_values_have_fixed_names_and_keys(chart):
+    secrets = by_kind(render(chart, FULL_VALUES), "Secret")
+    assert {name: set(s["data"]) for name, s in secrets.items()} == SECRETS
+    teacher = secrets["sidreasoner-teacher"]["data"]["api-key"]
+    assert base64.b64decode(teacher).decode() == FULL_VALUES["secrets"]["teacher"]["apiKey"]
+    assert all(s["type"] == "Opaque" and "stringData" not in s for s in secrets.values())
+
+
+def test_no_default_secret_values():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for name, cred in values["secrets"].items():
+        assert all(v == "" for v in cred.values()), name
+
+
+# --- every container: securityContext and resources -----------------------------------------------
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES, ONLY_EXISTING], ids=["default", "full", "existing"])
+def test_every_container_is_unprivileged_and_bounded(chart, values):
+    specs = list(pod_specs(render(chart, values)))
+    assert specs
+    for where, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert not sc.get("privileged"), where
+            assert c["resources"]["requests"] and c["resources"]["limits"], where
+            assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
+            assert ":" in c["image"] or "@" in c["image"], where  # pinned, never implicit latest
+            assert not c["image"].endswith(":latest"), where
+
+
+def test_raycluster_autoscaler_is_bounded(chart):
+    rc = one(render(chart, FULL_VALUES), "RayCluster", "sidreasoner-ray")
+    opts = rc["spec"]["autoscalerOptions"]
+    assert opts["resources"]["limits"] and opts["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+# --- RBAC -----------------------------------------------------------------------------------------
+
+KFP_RULES = [
+    {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kfp-launcher"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact"], "verbs": ["get"]},
+]
+RAY_RULES = [
+    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
+    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch"]},
+]
+
+
+@pytest.mark.parametrize("values, rules", [
+    (None, KFP_RULES),
+    ({"rayCluster": {"enabled": True}}, KFP_RULES + RAY_RULES),
+    ({"rbac": {"rayJobs": True}}, KFP_RULES + RAY_RULES),
+], ids=["kfp-only", "with-raycluster", "ray-elsewhere"])
+def test_runner_rbac_is_exactly_what_the_launchers_need(chart, values, rules):
+    docs = render(chart, values)
+    role = one(docs, "Role", "sidreasoner-pipeline-runner")
+    assert role["rules"] == rules
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+    binding = one(docs, "RoleBinding", "sidreasoner-pipeline-runner")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "sidreasoner-pipeline-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sidreasoner-pipeline-runner",
+                                    "namespace": NAMESPACE}]
+    assert by_kind(docs, "ClusterRole") == {} and by_kind(docs, "ClusterRoleBinding") == {}
+
+
+def test_rbac_and_service_account_can_be_left_to_the_cluster(chart):
+    docs = render(chart, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "pipeline-runner"}})
+    assert {d["kind"] for d in docs} == {"PersistentVolumeClaim", "Job"}
+    assert one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
+
+
+# --- model cache ----------------------------------------------------------------------------------
+
+def test_model_cache_pvc_from_values(chart):
+    pvc = one(render(chart, FULL_VALUES), "PersistentVolumeClaim", "sidreasoner-model-cache")
+    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-client",
+                           "resources": {"requests": {"storage": "500Gi"}}}
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    default = one(render(chart), "PersistentVolumeClaim", "sidreasoner-model-cache")
+    assert "storageClassName" not in default["spec"] and default["spec"]["accessModes"] == ["ReadWriteOnce"]
+    minio = one(render(chart, FULL_VALUES), "PersistentVolumeClaim", "sidreasoner-minio")
+    assert minio["spec"]["storageClassName"] == ""  # "-": bind a pre-created volume
+
+
+def test_existing_model_cache_claim_is_mounted_not_created(chart):
+    values = {"modelCache": {"existingClaim": "shared-models"}, "teacherServer": {"enabled": True},
+              "rayCluster": {"enabled": True}}
+    docs = render(chart, values)
+    assert by_kind(docs, "PersistentVolumeClaim") == {}
+    claims = {v["persistentVolumeClaim"]["claimName"] for _, spec in pod_specs(docs)
+              for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+    assert claims == {"shared-models"}
+
+
+# --- vLLM teacher ---------------------------------------------------------------------------------
+
+def test_teacher_server(chart):
+    docs = render(chart, FULL_VALUES)
+    service = one(docs, "Service", TEACHER_SERVICE)
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(TEACHER_PORT, "http")]
+    deployment = one(docs, "Deployment", TEACHER_SERVICE)
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (vllm,) = pod["spec"]["containers"]
+    assert vllm["image"].startswith("vllm/vllm-openai:v")
+    args = vllm["args"]
+    assert args[args.index("--model") + 1] == "Qwen/Qwen3-32B"
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--port") + 1] == "8000"
+    assert vllm["ports"] == [{"name": "http", "containerPort": 8000}]
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert vllm["startupProbe"]["failureThreshold"] * vllm["startupProbe"]["periodSeconds"] == 1800
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-hf", "key": "token", "optional": True}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-teacher", "key": "api-key"}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "sidreasoner-model-cache"
+    assert {m["mountPath"] for m in vllm["volumeMounts"]} >= {"/dev/shm", "/models"}
+    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_teacher_server_defaults_match_the_paper_presets(chart):
+    from sidreasoner.config import load
+
+    docs = render(chart, {"teacherServer": {"enabled": True}})
+    teacher = load("office").teacher
+    service = one(docs, "Service", TEACHER_SERVICE)
+    assert teacher.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+    (vllm,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
+    assert vllm["args"][vllm["args"].index("--model") + 1] == teacher.model
+    assert "VLLM_API_KEY" not in {e["name"] for e in vllm["env"]}
+    assert "HF_TOKEN" not in {e["name"] for e in vllm["env"]}  # no HF Secret configured
+
+
+# --- MinIO, RayCluster, upload Job ------------------------------------------------------------------
+
+def test_minio_reads_the_s3_secret(chart):
+    docs = render(chart, FULL_VALUES)
+    deployment = one(docs, "Deployment", "sidreasoner-minio")
+    (minio,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in minio["env"]}
+    assert env == {"MINIO_ROOT_USER": {"name": "sidreasoner-s3", "key": "AWS_ACCESS_KEY_ID"},
+                   "MINIO_ROOT_PASSWORD": {"name": "sidreasoner-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert minio["readinessProbe"]["httpGet"]["path"] == "/minio/health/ready"
+    service = one(docs, "Service", "sidreasoner-minio")
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["port"] for p in service["spec"]["ports"]] == [9000, 9001]
+
+
+def test_raycluster_defaults_to_the_training_image(chart):
+    rc = one(render(chart, {"rayCluster": {"enabled": True}}), "RayCluster", "sidreasoner-ray")
+    check_raycluster(rc)
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    (group,) = rc["spec"]["workerGroupSpecs"]
+    worker = group["template"]["spec"]["containers"][0]
+    assert head["image"] == worker["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-train:0.1.0"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert group["rayStartParams"] == {}
+    assert "autoscalerOptions" not in rc["spec"]
+
+
+def test_upload_job(chart):
+    job = one(render(chart, FULL_VALUES), "Job", "sidreasoner-upload-pipeline")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert c["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-cpu:0.1.0"
+    assert c["command"] == ["/bin/sh", "-c"]
+    assert c["args"][0] == 'exec sidreasoner upload --host "$KFP_HOST" --preset "$PRESET" "$@"'
+    assert c["args"][2:] == ["--set", "teacher.max_samples=2000"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and env["PRESET"] == "office"
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    token = {v["name"]: v for v in spec["volumes"]}["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "pipelines.kubeflow.org"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_notes_warn_about_a_secret_the_pipeline_cannot_see(chart):
+    notes = chart.render(ONLY_EXISTING, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    assert 'pipeline steps read "sidreasoner-s3", not "my-s3"' in notes
+    assert 'pipeline steps read "sidreasoner-teacher"' not in notes
