@@ -132,10 +132,11 @@ def test_unknown_category_lists_allowed_before_network(tmp_path, source, allowed
     assert not (tmp_path / "raw").exists()
 
 
-@pytest.mark.parametrize("scheme", ["s3", "gs"])
-def test_bucket_sources_not_supported_yet(tmp_path, scheme):
-    with pytest.raises(DownloadError, match=f"{scheme}:// sources are not supported yet"):
-        download_data(load("demo", [f"data.source={scheme}://bucket/raw"]), tmp_path / "raw")
+def test_unknown_scheme_lists_supported(tmp_path):
+    with pytest.raises(DownloadError, match=r"unsupported scheme ftp://.*s3://, minio://, gs://"):
+        download_data(load("demo", ["data.source=ftp://host/raw"]), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+    # bucket sources (s3://, minio://, gs://) are tested against real local servers in test_storage_*.py
 
 
 def test_folder_missing_files_names_folder_expected_and_present(tmp_path):

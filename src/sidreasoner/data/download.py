@@ -1,8 +1,8 @@
 """download-data: fetch raw reviews + item metadata into a folder with a `manifest.json`.
 
 Sources: `demo` (built-in generator), `amazon2018` (HTTP from data.base_url), `amazon2023` (the
-Hugging Face dataset repo), or a folder (`file://...` or a plain path) holding raw files under their
-official names. HTTP downloads go through a cache folder, resume from `<name>.part` with a Range
+Hugging Face dataset repo), or a folder (`file://...`, a plain path, or a bucket folder `s3://`,
+`minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names. HTTP downloads go through a cache folder, resume from `<name>.part` with a Range
 request, and never pass a short file as complete.
 """
 
@@ -40,7 +40,6 @@ AMAZON2023_CATEGORIES: tuple[str, ...] = (
     "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software", "Sports_and_Outdoors",
     "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games", "Unknown",
 )
-UNSUPPORTED_SCHEMES = ("s3", "gs", "minio")
 CHUNK = 1 << 20
 
 
@@ -181,18 +180,39 @@ def expected_names(fmt: str, category: str, five_core: bool) -> tuple[list[str],
 
 def _local_folder(source: str) -> Path:
     parsed = urlparse(source)
-    if parsed.scheme in UNSUPPORTED_SCHEMES:
-        raise DownloadError(f"data.source {source!r}: {parsed.scheme}:// sources are not supported yet; "
-                            "copy the raw files to a local folder or use file://")
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:  # len 1: a Windows drive letter
         raise DownloadError(f"data.source {source!r}: unsupported scheme {parsed.scheme}://; "
-                            "use demo, amazon2018, amazon2023, file://<folder> or a path")
+                            "use demo, amazon2018, amazon2023, file://<folder>, a path, or s3://, minio://, "
+                            "gs://<bucket>/<folder>")
     return Path(source)
 
 
+def _from_bucket(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+    """Raw files under their official names in a bucket folder (a user's folder: no completion marker)."""
+    from sidreasoner import storage  # imported here: only this source needs the bucket clients
+
+    source = data.source.rstrip("/")
+    try:
+        present = set(storage.list_files(source))
+        found = []
+        for candidates in expected_names(data.format, data.category, data.five_core):
+            hit = next((n for n in candidates if n in present), None)
+            if hit is None:
+                raise DownloadError(f"{source}: none of {candidates} found (data.format={data.format}, "
+                                    f"data.category={data.category}). Present: {sorted(present)[:50] or 'nothing'}")
+            storage.download_file(f"{source}/{hit}", out / hit)
+            metrics["bytes_downloaded"] += (out / hit).stat().st_size
+            found.append(hit)
+    except storage.StorageError as err:
+        raise DownloadError(f"data.source: {err}") from err
+    return found[0], found[1]
+
+
 def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+    if urlparse(data.source).scheme in ("s3", "minio", "gs"):
+        return _from_bucket(data, out, metrics)
     folder = _local_folder(data.source).expanduser()
     if not folder.is_dir():
         raise DownloadError(f"data.source: folder {folder} does not exist")
