@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= local_outputs
 
-.PHONY: demo test install install-dev compile clean
+.PHONY: demo test install install-dev compile images push-images clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
@@ -31,6 +31,14 @@ test: install-dev
 
 compile: install
 	$(BIN)/sidreasoner compile --preset demo -o sidreasoner-pipeline.yaml
+
+# Needs a Docker engine (none on the development VMs). Names and tags come from
+# components/images.py, the same place the compiled pipeline takes them from.
+images: install
+	$(BIN)/python -m sidreasoner.components.images | sh -ex
+
+push-images: install
+	$(BIN)/python -m sidreasoner.components.images --push | sh -ex
 
 clean:
 	rm -rf $(OUT) sidreasoner-pipeline.yaml

@@ -11,3 +11,20 @@ from sidreasoner import __version__
 REGISTRY = os.environ.get("SIDREASONER_IMAGE_REGISTRY", "ghcr.io/sidreasoner-pipelines")
 CPU_IMAGE = os.environ.get("SIDREASONER_CPU_IMAGE", f"{REGISTRY}/sidreasoner-cpu:{__version__}")
 TRAIN_IMAGE = os.environ.get("SIDREASONER_TRAIN_IMAGE", f"{REGISTRY}/sidreasoner-train:{__version__}")
+
+# The Dockerfile that builds each image (paths from the repository root).
+DOCKERFILES = {CPU_IMAGE: "images/cpu/Dockerfile", TRAIN_IMAGE: "images/train/Dockerfile"}
+
+
+def build_commands(push: bool = False) -> list[str]:
+    """The `docker build` (and `docker push`) commands for every image, run from the repository root."""
+    commands = [f"docker build -f {dockerfile} -t {image} ." for image, dockerfile in DOCKERFILES.items()]
+    if push:
+        commands += [f"docker push {image}" for image in DOCKERFILES]
+    return commands
+
+
+if __name__ == "__main__":  # `make images` / `make push-images`
+    import sys
+
+    print("\n".join(build_commands(push="--push" in sys.argv)))

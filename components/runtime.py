@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 from sidreasoner.io import write_json
-from sidreasoner.steps import run_step
+from sidreasoner.steps import STEPS, run_step
 
 
-def run_component(step: str, config: dict[str, Any], paths: dict[str, str], metrics: Any) -> None:
+def run_component(step: str, config: dict[str, Any], paths: dict[str, str], metrics: Any,
+                  reports: dict[str, Any] | None = None) -> None:
+    """Run `step`; publish its metrics, and copy the HTML pages it wrote into `reports` artifacts."""
     values = run_step(step, config, paths)
+    for name, folder, filename in STEPS[step].reports:
+        os.makedirs(os.path.dirname(reports[name].path), exist_ok=True)
+        shutil.copyfile(os.path.join(paths[folder], filename), reports[name].path)
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)
     # kfp.local only re-uses a cached task whose Metrics artifact has a file (DESIGN §3);

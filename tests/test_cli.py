@@ -33,7 +33,7 @@ def test_unknown_until_step_fails_before_anything_runs(tmp_path):
     root = tmp_path / "root"
     result = sidreasoner("run", "--pipeline-root", str(root), "--until", "train")
     assert result.returncode == 2
-    assert "unknown step 'train'. Allowed: download-data, preprocess, embed-items, quantize-sids, synthesize-corpus" in result.stderr
+    assert f"unknown step 'train'. Allowed: {', '.join(STEPS)}" in result.stderr
     assert not root.exists()
 
 

@@ -1,15 +1,22 @@
 import os
+import re
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sidreasoner import config
-from sidreasoner.components.images import CPU_IMAGE
+from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, TRAIN_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
 
-STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"]
+STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus",
+              "evaluate-baselines", "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2",
+              "evaluate-stage2", "report"]
+TRAINING_STEPS = {"prepare-base-model", "sft-stage1", "sft-stage2", "evaluate-stage1", "evaluate-stage2"}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +32,13 @@ def test_tasks_are_the_dag_steps_in_order(spec):
     assert tasks["embed-items"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["quantize-sids"]["dependentTasks"]) == ["embed-items", "preprocess"]
     assert sorted(tasks["synthesize-corpus"]["dependentTasks"]) == ["preprocess", "quantize-sids"]
+    assert sorted(tasks["prepare-base-model"]["dependentTasks"]) == ["preprocess", "synthesize-corpus"]
+    assert sorted(tasks["sft-stage1"]["dependentTasks"]) == ["prepare-base-model", "preprocess", "quantize-sids",
+                                                             "synthesize-corpus"]
+    assert "sft-stage1" in tasks["sft-stage2"]["dependentTasks"]
+    assert sorted(tasks["evaluate-stage2"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
+    assert sorted(tasks["report"]["dependentTasks"]) == ["evaluate-baselines", "evaluate-stage1", "evaluate-stage2",
+                                                         "preprocess", "quantize-sids"]
 
 
 def test_every_task_caches_and_download_retries(spec):
@@ -36,26 +50,73 @@ def test_every_task_caches_and_download_retries(spec):
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == len(STEP_NAMES)
-    for ex in executors.values():
+    for name, ex in executors.items():
         container = ex["container"]
-        assert container["image"] == CPU_IMAGE
+        step = name.removeprefix("exec-")
+        assert container["image"] == (TRAIN_IMAGE if step in TRAINING_STEPS else CPU_IMAGE), step
         assert "pip install" not in " ".join(container["command"] + container.get("args", []))
+
+
+def test_every_image_has_a_dockerfile_with_the_project_pins(spec):
+    torch_pin = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert images == set(DOCKERFILES)
+    for image in images:
+        dockerfile = (ROOT / DOCKERFILES[image]).read_text()
+        assert re.findall(r"torch==([\w.+]+)", dockerfile) == [torch_pin]
+        assert "USER 1000" in dockerfile
+        assert re.search(r"pip install '?\.(\[\w+\])?'?", dockerfile)  # installs this project itself
+
+
+def test_make_images_builds_exactly_the_compiled_images(spec, tmp_path):
+    env = {**os.environ, "SIDREASONER_IMAGE_REGISTRY": "registry.example/team"}
+    printed = subprocess.run([sys.executable, "-m", "sidreasoner.components.images", "--push"], env=env,
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    assert printed == [
+        "docker build -f images/cpu/Dockerfile -t registry.example/team/sidreasoner-cpu:0.1.0 .",
+        "docker build -f images/train/Dockerfile -t registry.example/team/sidreasoner-train:0.1.0 .",
+        "docker push registry.example/team/sidreasoner-cpu:0.1.0",
+        "docker push registry.example/team/sidreasoner-train:0.1.0",
+    ]
+    out = tmp_path / "p.yaml"
+    subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
+    compiled = {ex["container"]["image"] for ex in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
+    assert compiled == {line.split()[-1] for line in printed if line.startswith("docker push")}
+
+
+def test_training_pods_get_shared_memory_and_retries(tmp_path):
+    text = compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text()
+    pipeline, platform = yaml.safe_load_all(text)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in ("sft-stage1", "sft-stage2"):
+        assert executors[f"exec-{step}"]["emptyDirMounts"] == [
+            {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
+        assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
 
 
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"seed", "data", "embed", "sid", "teacher"}
+    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "eval"}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
     assert params["sid"]["defaultValue"]["codebook_size"] == 256
     assert params["embed"]["defaultValue"]["model"] == "Qwen/Qwen3-Embedding-4B"
+    assert params["model"]["defaultValue"]["base"] == "Qwen/Qwen3-1.7B"
+    assert params["stage1"]["defaultValue"]["lr"] == 3e-4
+    assert params["stage2"]["defaultValue"]["lr"] == 1e-5
 
 
 def test_outputs_are_typed_artifacts(spec):
     outputs = spec["components"]["comp-quantize-sids"]["outputDefinitions"]["artifacts"]
     assert outputs["sid_index"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    stage1 = spec["components"]["comp-sft-stage1"]["outputDefinitions"]["artifacts"]
+    assert stage1["stage1_model"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert stage1["loss_curve"]["artifactType"]["schemaTitle"] == "system.HTML"
+    report = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
+    assert report["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert report["report_md"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
 def test_image_override_from_environment(tmp_path):
@@ -64,7 +125,8 @@ def test_image_override_from_environment(tmp_path):
     subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
     spec = next(yaml.safe_load_all(out.read_text()))
     images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example/sid-cpu@sha256:" + "a" * 64}
+    assert "registry.example/sid-cpu@sha256:" + "a" * 64 in images
+    assert CPU_IMAGE not in images
 
 
 def test_teacher_key_is_a_secret_reference_never_a_value(tmp_path, monkeypatch):
@@ -79,3 +141,51 @@ def test_teacher_key_is_a_secret_reference_never_a_value(tmp_path, monkeypatch):
     assert env[0]["secretName"] == "sidreasoner-teacher"
     assert env[0]["optional"] is True
     assert env[0]["keyToEnv"] == [{"envVar": "SIDREASONER_TEACHER_API_KEY", "secretKey": "api-key"}]
+
+
+# Resource expectations per step for the paper presets: (CPU request, memory request, GPUs).
+PAPER_RESOURCES = {
+    "download-data": ("2", "8Gi", 0), "preprocess": ("2", "16Gi", 0), "embed-items": ("4", "32Gi", 1),
+    "quantize-sids": ("8", "16Gi", 0), "synthesize-corpus": ("2", "8Gi", 0), "evaluate-baselines": ("2", "8Gi", 0),
+    "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
+    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
+}
+GIB = 1024 ** 3
+
+
+@pytest.mark.parametrize("step", STEP_NAMES)
+def test_paper_preset_resources(spec, step):
+    resources = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
+    cpu, memory, gpus = PAPER_RESOURCES[step]
+    assert resources["resourceCpuRequest"] == cpu
+    assert resources["resourceMemoryRequest"] == memory
+    if gpus:
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == str(gpus)
+    else:
+        assert "accelerator" not in resources
+
+
+def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
+    override = ('cluster.resources={"sft-stage1": {"gpus": 2, "node_selector": {"gpu": "h100"}, '
+                '"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}')
+    text = compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text()
+    pipeline, platform = yaml.safe_load_all(text)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    stage1 = k8s["exec-sft-stage1"]
+    assert stage1["nodeSelector"] == {"labels": {"gpu": "h100"}}
+    assert stage1["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    container = pipeline["deploymentSpec"]["executors"]["exec-sft-stage1"]["container"]
+    assert container["resources"]["accelerator"]["resourceCount"] == "2"
+    assert container["resources"]["resourceMemoryRequest"] == "256Gi"  # the rest of the preset kept
+    assert {"name": "HF_HOME", "value": "/models/hf"} in container["env"]
+    for step in ("download-data", "embed-items", "prepare-base-model", "sft-stage1", "evaluate-stage2"):
+        assert k8s[f"exec-{step}"]["pvcMount"][0]["constant"] == "sidreasoner-model-cache", step
+    assert "pvcMount" not in k8s.get("exec-report", {})
+    no_pvc = compile_pipeline(config.load("office", ["cluster.model_cache_pvc="]), tmp_path / "q.yaml").read_text()
+    assert "pvcMount" not in no_pvc
+
+
+def test_cluster_resources_reject_unknown_steps():
+    with pytest.raises(config.ConfigError, match="unknown step\\(s\\) sft-stage9"):
+        config.load("office", ['cluster.resources={"sft-stage9": {"gpus": 1}}'])

@@ -1,8 +1,10 @@
 """The DAG through kfp.local, as `sidreasoner run` runs it: artifacts, metrics, caching, --until."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +15,15 @@ from sidreasoner.pipelines.local import run_local
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40"]
-STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"]
+# Small data and short training: this test checks the DAG and its artifacts; whether the stages
+# learn is tests/test_train_e2e.py's job.
+SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40",
+         "stage1.max_per_task=60", "stage1.epochs=1", "stage1.hr_samples=20", "stage1.valid_samples=20",
+         "stage2.max_samples=40", "stage2.valid_samples=8", "stage2.epochs=1",
+         "eval.max_users=16", "eval.think_max_tokens=12"]
+REMOTE = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""")  # the KFP UI iframe must need nothing remote
+STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
+         "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +66,16 @@ def test_artifacts_fit_together(first_run):
     samples = pd.read_parquet(f"{corpus}/samples.parquet")
     train = pd.read_parquet(f"{dataset}/train.parquet")
     assert len(samples) + tasks["synthesize-corpus"]["metrics"]["samples_rejected"] == len(train)
+    for step, folder in (("prepare-base-model", "base_model"), ("sft-stage1", "stage1_model"),
+                         ("sft-stage2", "stage2_model")):
+        files = {p.name for p in Path(tasks[step]["outputs"][folder]).iterdir()}
+        assert {"model.safetensors", "tokenizer.json", "config.json"} <= files, step
+    for step in ("sft-stage1", "sft-stage2"):
+        html = Path(tasks[step]["outputs"]["loss_curve"]).read_text()
+        assert "<svg" in html and not REMOTE.search(html)
+    report = Path(tasks["report"]["outputs"]["report_html"]).read_text()
+    assert "<svg" in report and "stage1" in report and "popularity" in report and not REMOTE.search(report)
+    assert Path(tasks["report"]["outputs"]["report_md"]).read_text().startswith("#")
 
 
 def test_metrics_reach_the_summary(first_run):
@@ -65,6 +84,12 @@ def test_metrics_reach_the_summary(first_run):
     assert tasks["embed-items"]["metrics"]["dim"] == 384
     assert tasks["quantize-sids"]["metrics"]["collision_rate_after"] == 0.0
     assert tasks["synthesize-corpus"]["metrics"]["requests"] == 0  # the template teacher calls no model
+    assert tasks["evaluate-stage1"]["metrics"]["test_nonthink_users"] == 16
+    assert "test_think_hr@10" in tasks["evaluate-stage2"]["metrics"]
+    assert tasks["report"]["metrics"]["labels"] >= 3
+    stage1 = tasks["sft-stage1"]["metrics"]
+    assert stage1["valid_sid_rate"] == 1.0 and stage1["steps"] > 0
+    assert stage1["sid_tokens_added"] == 3 * 16
 
 
 def test_identical_second_run_is_fully_cached(first_run, root):
@@ -76,10 +101,10 @@ def test_identical_second_run_is_fully_cached(first_run, root):
 
 
 def test_changing_a_late_section_reruns_only_that_step(first_run, root):
-    changed = run_local(config.load("demo", SMALL + ["sid.method=rqvae"]), root)
+    changed = run_local(config.load("demo", SMALL + ["stage2.lr=0.002"]), root)
     status = {name: t["status"] for name, t in changed["tasks"].items()}
-    assert status == {"download-data": "CACHED", "preprocess": "CACHED", "embed-items": "CACHED",
-                      "quantize-sids": "SUCCEEDED", "synthesize-corpus": "SUCCEEDED"}
+    rerun = {"sft-stage2", "evaluate-stage2", "report"}
+    assert status == {name: "SUCCEEDED" if name in rerun else "CACHED" for name in STEPS}
 
 
 def test_cli_until_stops_after_the_step(tmp_path):

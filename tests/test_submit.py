@@ -29,7 +29,8 @@ def _task_caching(run_body):
 
 
 def test_downstream_follows_the_artifacts():
-    assert downstream("embed-items") == ["embed-items", "quantize-sids", "synthesize-corpus"]
+    assert downstream("sft-stage1") == ["sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "report"]
+    assert downstream("evaluate-baselines") == ["evaluate-baselines", "report"]
     assert downstream("download-data")[0] == "download-data"
     assert len(downstream("download-data")) == len(config.STEPS)
 
@@ -65,10 +66,11 @@ def test_existing_experiment_is_reused():
 def test_rerun_from_turns_caching_off_downstream_only():
     with KFPServer() as (url, state):
         result = submit(config.load("demo"), url, rerun_from="quantize-sids")
-    assert result.no_cache_steps == ["quantize-sids", "synthesize-corpus"]
+    rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
+             "evaluate-stage1", "sft-stage2", "evaluate-stage2", "report"]
+    assert result.no_cache_steps == rerun
     caching = _task_caching(_run_body(state))
-    assert caching == {"download-data": True, "preprocess": True, "embed-items": True,
-                       "quantize-sids": False, "synthesize-corpus": False}
+    assert caching == {step: step not in rerun for step in config.STEPS}
 
 
 def test_no_cache_applies_to_every_task():
@@ -102,11 +104,11 @@ def test_cli_submit_wait_and_secret_free_requests():
     with KFPServer() as (url, state):
         result = subprocess.run(
             [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--preset", "office",
-             "--set", "teacher.model=gpt-4o", "--rerun-from", "synthesize-corpus", "--wait"],
+             "--set", "teacher.model=gpt-4o", "--rerun-from", "report", "--wait"],
             capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        assert "Caching off for: synthesize-corpus" in result.stdout
+        assert "Caching off for: report" in result.stdout
         assert "Run finished: SUCCEEDED" in result.stdout
         assert state.calls("GET", f"/runs/{next(iter(state.runs))}")  # --wait polled the run
         assert all(secret.encode() not in r.body for r in state.requests)

@@ -149,6 +149,36 @@ def upload(
     typer.echo(f"Pipeline {name} ({pipeline_id}) uploaded.")
 
 
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option(help="a trained model folder (sft-stage1/2's output)", file_okay=False)],
+    history: Annotated[str, typer.Option(help="item ids the user interacted with, oldest first: 12,7,301")],
+    sid_index: Annotated[Path, typer.Option(help="quantize-sids' folder", file_okay=False)],
+    dataset: Annotated[Path, typer.Option(help="preprocess' folder (titles)", file_okay=False)],
+    think: Annotated[bool, typer.Option("--think", help="reason first (thinking mode), then decode SIDs")] = False,
+    k: Annotated[int, typer.Option("-k", min=1, help="how many recommendations")] = 10,
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+) -> None:
+    """Print top-k recommendations (SID, title, score) for one history, and the reasoning with --think."""
+    from sidreasoner.eval.evaluate import recommend as recommend_items
+
+    cfg = _load_config(preset, overrides)
+    try:
+        ids = [int(x) for x in history.replace(" ", "").split(",") if x]
+    except ValueError:
+        _fail(f"--history must be comma-separated item ids, got {history!r}")
+    try:
+        recs, reasoning = recommend_items(model, sid_index, dataset, ids, k=k, think=think, cfg=cfg)
+    except (ValueError, OSError) as err:
+        _fail(str(err), code=1)
+    if think:
+        typer.echo(f"Reasoning:\n{reasoning.strip()}\n")
+    for rec in recs:
+        titles = "; ".join(rec["titles"]) or "?"
+        typer.echo(f"{rec['rank']:>3}. {rec['sid']}  {titles}  (log-prob {rec['score']:.3f})")
+
+
 @app.command("config")
 def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
     """Print the resolved config (preset plus overrides) as JSON."""

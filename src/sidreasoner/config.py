@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
 AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 
-STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus")
+STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
+         "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "report")
 
 
 class ConfigError(ValueError):
@@ -253,6 +254,72 @@ class Stage2Config(_SFTConfig):
     epochs: float = Field(2, gt=0)
 
 
+class EvalConfig(_Section):
+    """Evaluation (issue 5): constrained SID decoding, HR/NDCG, both modes."""
+
+    ks: list[int] = Field([1, 3, 5, 10], min_length=1, description="K values of HR@K / NDCG@K")
+    num_beams: int = Field(10, ge=1, description="constrained beams (raised to max(ks) when smaller)")
+    decoding: Literal["beam", "exact"] = Field(
+        "beam", description="beam: constrained beam search; exact: rank the whole catalogue by total log-probability"
+    )
+    modes: list[Literal["nonthink", "think"]] = Field(["nonthink", "think"], min_length=1)
+    splits: list[Literal["test", "valid"]] = Field(["test"], min_length=1, description="valid = model selection")
+    batch_size: int = Field(8, ge=1, description="users per batch")
+    max_users: int = Field(0, ge=0, description="first N users of each split; 0 = all")
+    think_max_tokens: int = Field(256, ge=1, description="reasoning tokens before </think> is forced")
+    think_sample: bool = Field(False, description="sample the reasoning (else greedy)")
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_rows: int = Field(4096, ge=1, description="rows (beams or prefixes) per forward pass")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a bf16 GPU, else fp32")
+    report_samples: int = Field(5, ge=0, description="sample users shown in the report")
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"every K must be >= 1, got {v}")
+        return sorted(set(v))
+
+
+class Toleration(_Section):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+class StepResources(_Section):
+    """Kubernetes resources of one step's pod ("" = not set)."""
+
+    cpu: str = Field("", description="CPU request, e.g. '4'")
+    memory: str = Field("", description="memory request, e.g. '16Gi'")
+    cpu_limit: str = ""
+    memory_limit: str = ""
+    gpus: int = Field(0, ge=0, description="accelerators requested (limit)")
+    accelerator: str = Field("nvidia.com/gpu", description="the accelerator resource name")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class ClusterConfig(_Section):
+    """How steps run on Kubernetes. Read when the pipeline is compiled, not a run parameter."""
+
+    model_cache_pvc: str = Field(
+        "sidreasoner-model-cache", description="PVC (the chart's) mounted where models, checkpoints and caches live; empty = none")
+    model_cache_mount: str = "/models"
+    resources: dict[str, StepResources] = Field(default_factory=dict, description="per step name")
+
+    @field_validator("resources")
+    @classmethod
+    def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
+        unknown = sorted(set(v) - set(STEPS))
+        if unknown:
+            raise ValueError(f"unknown step(s) {', '.join(unknown)}; allowed: {', '.join(STEPS)}")
+        return v
+
+
 class Config(_Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -262,6 +329,8 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stage1: Stage1Config = Field(default_factory=Stage1Config)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
 # Sections each step reads. A step's cache key covers exactly these.
@@ -271,10 +340,18 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "embed-items": ("seed", "embed"),
     "quantize-sids": ("seed", "sid"),
     "synthesize-corpus": ("seed", "teacher"),
+    "prepare-base-model": ("seed", "model"),
+    "sft-stage1": ("seed", "stage1"),
+    "sft-stage2": ("seed", "stage2"),
+    "evaluate-baselines": ("seed", "eval"),
+    "evaluate-stage1": ("seed", "eval"),
+    "evaluate-stage2": ("seed", "eval"),
+    "report": ("seed", "eval"),
 }
 
 _PAPER_DATA = {
     "source": "amazon2018",
+    "cache_dir": "/models/downloads",
     "k_core": 5,
     "max_history": 10,
     "time_window": {"start": "2016-10-01", "end": "2018-11-30"},
@@ -284,29 +361,53 @@ _PAPER = {
     "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256},
     # The OpenAI-compatible teacher the Helm chart can deploy in the run's namespace (vLLM).
     "teacher": {"kind": "openai", "base_url": "http://sidreasoner-teacher:8000/v1", "model": "Qwen/Qwen3-32B",
-                "concurrency": 64, "temperature": 0.7, "max_tokens": 1024},
+                "concurrency": 64, "temperature": 0.7, "max_tokens": 1024, "cache_dir": "/models/teacher-cache"},
     "model": {"base": "Qwen/Qwen3-1.7B"},
     # The paper's Stage 1: full fine-tuning, lr 3e-4, 10 epochs, global batch 1024, cutoff 1024, bf16.
     "stage1": {"lr": 3e-4, "epochs": 10, "global_batch_size": 1024, "per_device_batch_size": 8, "cutoff_len": 1024,
                "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 2, "logging_steps": 10,
-               "gradient_checkpointing": True},
+               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
     # The paper's Stage 2: lr 1e-5, up to 5 epochs (early stopping on held-out reasoning paths).
     "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 128, "per_device_batch_size": 4, "cutoff_len": 2048,
                "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
-               "gradient_checkpointing": True},
+               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
+    # On a cluster: pods, GPUs, and the chart's model-cache PVC (mounted at /models), which also
+    # holds the checkpoints and caches that let a retried pod resume.
+    "cluster": {"resources": {
+        "download-data": {"cpu": "2", "memory": "8Gi"},
+        "preprocess": {"cpu": "2", "memory": "16Gi"},
+        "embed-items": {"cpu": "4", "memory": "32Gi", "gpus": 1},
+        "quantize-sids": {"cpu": "8", "memory": "16Gi"},
+        "synthesize-corpus": {"cpu": "2", "memory": "8Gi"},
+        "evaluate-baselines": {"cpu": "2", "memory": "8Gi"},
+        "prepare-base-model": {"cpu": "4", "memory": "32Gi"},
+        "sft-stage1": {"cpu": "32", "memory": "256Gi", "gpus": 8},
+        "evaluate-stage1": {"cpu": "8", "memory": "64Gi", "gpus": 1},
+        "sft-stage2": {"cpu": "32", "memory": "256Gi", "gpus": 8},
+        "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "gpus": 1},
+        "report": {"cpu": "1", "memory": "4Gi"},
+    }},
+    # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10}, reasoning up to 1024 tokens.
+    "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "decoding": "beam", "modes": ["nonthink", "think"],
+             "splits": ["test", "valid"], "batch_size": 16, "think_max_tokens": 1024},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10},
         "sid": {"method": "rkmeans", "levels": 3, "codebook_size": 32, "rqvae": {"hidden_dims": [256, 128], "latent_dim": 32, "epochs": 150}},
-        "model": {"base": "tiny"},
+        "model": {"base": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                                            "head_dim": 16, "intermediate_size": 192}},
         # Sized so both stages train on 2 CPU cores in about a minute each.
-        "stage1": {"lr": 3e-3, "epochs": 4, "global_batch_size": 32, "per_device_batch_size": 32, "cutoff_len": 256,
-                   "max_per_task": 1500, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
-                   "early_stopping_patience": 2, "warmup_ratio": 0.05},
+        "stage1": {"lr": 5e-3, "epochs": 3, "global_batch_size": 32, "per_device_batch_size": 32, "cutoff_len": 256,
+                   "max_per_task": 600, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
+                   "early_stopping_patience": 2, "warmup_ratio": 0.05,
+                   "tasks": {"sid_history_to_sid": 2.0, "item_narratives": 0.5, "history_narratives": 0.5}},
         "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
-                   "max_samples": 800, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
+                   "max_samples": 400, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
+        # Sized for 2 CPU cores: 500 test users, short reasoning.
+        "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "modes": ["nonthink", "think"], "splits": ["test"],
+                 "batch_size": 32, "max_users": 500, "think_max_tokens": 96, "report_samples": 5},
     },
     "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
     "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},
@@ -418,10 +519,14 @@ def step_config(cfg: Config, step: str) -> dict[str, Any]:
     return {section: dumped[section] for section in STEP_SECTIONS[step]}
 
 
+COMPILE_TIME_SECTIONS = ("cluster",)
+
+
 def to_params(cfg: Config) -> dict[str, Any]:
-    """JSON-able sections for KFP parameters. Unset (None) values are left out: KFP parameters
-    cannot hold null, and an absent key validates back to the same default."""
-    return cfg.model_dump(mode="json", exclude_none=True)
+    """JSON-able sections for KFP run parameters (not the compile-time `cluster` section). Unset
+    (None) values are left out: KFP parameters cannot hold null, and an absent key validates back
+    to the same default."""
+    return cfg.model_dump(mode="json", exclude_none=True, exclude=set(COMPILE_TIME_SECTIONS))
 
 
 def from_step_config(slice_: dict[str, Any]) -> Config:

@@ -23,6 +23,9 @@ class Step:
     function: str  # "module:function", imported only when the step runs
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    # HTML pages a step writes inside an output folder, published as their own artifacts so the
+    # KFP UI shows them: (artifact name, output folder, file inside it).
+    reports: tuple[tuple[str, str, str], ...] = ()
 
     def load(self):
         module, attr = self.function.split(":")
@@ -43,6 +46,24 @@ STEPS: dict[str, Step] = {
         Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths "
              "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
              "sidreasoner.teacher.corpus:synthesize_corpus", ("dataset", "sid_index"), ("corpus",)),
+        Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
+             "sidreasoner.eval.evaluate:evaluate_baselines", ("dataset", "sid_index"), ("baselines",)),
+        Step("prepare-base-model", "resolve the base model: the built-in tiny Qwen3, a hub id, or a saved folder",
+             "sidreasoner.train.base:prepare_base_model", ("dataset", "corpus"), ("base_model",)),
+        Step("sft-stage1", "add SID tokens; multi-task SID-language alignment SFT",
+             "sidreasoner.train.sft:sft_stage1", ("base_model", "dataset", "sid_index", "corpus"), ("stage1_model",),
+             reports=(("loss_curve", "stage1_model", "loss_curve.html"),)),
+        Step("evaluate-stage1", "constrained SID beam search with the Stage 1 model, HR/NDCG@K",
+             "sidreasoner.eval.evaluate:evaluate", ("stage1_model", "dataset", "sid_index"), ("stage1_eval",)),
+        Step("sft-stage2", "reasoning-activation SFT on the teacher's reasoning paths",
+             "sidreasoner.train.sft:sft_stage2", ("stage1_model", "dataset", "sid_index", "corpus"), ("stage2_model",),
+             reports=(("loss_curve", "stage2_model", "loss_curve.html"),)),
+        Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
+             "sidreasoner.eval.evaluate:evaluate", ("stage2_model", "dataset", "sid_index"), ("stage2_eval",)),
+        Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
+             "sidreasoner.eval.report:report_stages",
+             ("baselines", "stage1_eval", "stage2_eval", "dataset", "sid_index"), ("report",),
+             reports=(("report_html", "report", "report.html"), ("report_md", "report", "report.md"))),
     )
 }
 assert tuple(STEPS) == config_mod.STEPS

@@ -1,0 +1,40 @@
+"""Components for the model side: prepare-base-model, sft-stage1, sft-stage2 (training image)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from sidreasoner.components.images import TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def prepare_base_model(seed: int, model: dict, dataset: Input[Dataset], corpus: Input[Dataset],
+                       base_model: Output[Model], metrics: Output[Metrics]):
+    """Resolve the base model (built-in tiny Qwen3, hub id, or saved folder) into a Model artifact."""
+    from sidreasoner.components.runtime import run_component
+
+    run_component("prepare-base-model", {"seed": seed, "model": model},
+                  {"dataset": dataset.path, "corpus": corpus.path, "base_model": base_model.path}, metrics)
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def sft_stage1(seed: int, stage1: dict, base_model: Input[Model], dataset: Input[Dataset], sid_index: Input[Dataset],
+               corpus: Input[Dataset], stage1_model: Output[Model], metrics: Output[Metrics],
+               loss_curve: Output[HTML]):
+    """Stage 1: add SID tokens, multi-task SID-language alignment SFT."""
+    from sidreasoner.components.runtime import run_component
+
+    run_component("sft-stage1", {"seed": seed, "stage1": stage1},
+                  {"base_model": base_model.path, "dataset": dataset.path, "sid_index": sid_index.path,
+                   "corpus": corpus.path, "stage1_model": stage1_model.path}, metrics, {"loss_curve": loss_curve})
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def sft_stage2(seed: int, stage2: dict, stage1_model: Input[Model], dataset: Input[Dataset], sid_index: Input[Dataset],
+               corpus: Input[Dataset], stage2_model: Output[Model], metrics: Output[Metrics],
+               loss_curve: Output[HTML]):
+    """Stage 2: reasoning-activation SFT on the teacher's reasoning paths."""
+    from sidreasoner.components.runtime import run_component
+
+    run_component("sft-stage2", {"seed": seed, "stage2": stage2},
+                  {"stage1_model": stage1_model.path, "dataset": dataset.path, "sid_index": sid_index.path,
+                   "corpus": corpus.path, "stage2_model": stage2_model.path}, metrics, {"loss_curve": loss_curve})

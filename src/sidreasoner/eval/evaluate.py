@@ -1,0 +1,221 @@
+"""The `evaluate` and `evaluate-baselines` steps and the `recommend` library function.
+
+Artifact layout of an evaluation folder (model or baselines):
+  predictions.parquet  user_id, split, mode, target_item_id, target_sid, history_item_ids,
+                       pred_sids (top-K), pred_scores, pred_item_ids (item-level top-K),
+                       pred_titles, hit_rank (SID level, -1 = miss), reasoning
+  metrics.json         {"<split>_<mode>_hr@K", "..._ndcg@K", "..._item_hr@K", "..._item_ndcg@K",
+                        "..._users", "..._users_per_s", "..._seconds", "wall_seconds"}
+  eval.json            what was evaluated (label, modes, splits, decoding, beams, ks, catalogue size)
+Modes: "nonthink", "think" for models; "popularity", "random" for baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sidreasoner.config import Config, EvalConfig
+from sidreasoner.eval import baselines
+from sidreasoner.eval.constrained import SidDecoder
+from sidreasoner.eval.metrics import expand_to_items, sid_and_item_metrics, sid_item_map, target_rank
+from sidreasoner.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Catalogue:
+    sid_of_item: dict[int, str]
+    sid_items: dict[str, list[int]]
+    catalogue: list[str]
+    titles: dict[int, str]
+
+    @classmethod
+    def load(cls, sid_index_dir: Path, dataset_dir: Path) -> "Catalogue":
+        sids = pd.read_parquet(Path(sid_index_dir) / "sids.parquet", columns=["item_id", "sid"])
+        cat_path = Path(sid_index_dir) / "catalogue.json"
+        catalogue = json.loads(cat_path.read_text()) if cat_path.exists() else sorted(set(sids["sid"]))
+        items = pd.read_parquet(Path(dataset_dir) / "items.parquet", columns=["item_id", "title"])
+        return cls(
+            sid_of_item={int(i): s for i, s in zip(sids["item_id"], sids["sid"])},
+            sid_items=sid_item_map(sids["item_id"].tolist(), sids["sid"].tolist()),
+            catalogue=sorted(set(catalogue)),
+            titles={int(i): str(t) for i, t in zip(items["item_id"], items["title"])},
+        )
+
+    def history_sids(self, history) -> list[str]:
+        return [self.sid_of_item[int(i)] for i in history if int(i) in self.sid_of_item]
+
+    def title(self, item_id: int) -> str:
+        return self.titles.get(int(item_id), f"item {item_id}")
+
+
+def load_split(dataset_dir: Path, split: str, cat: Catalogue, max_users: int = 0) -> pd.DataFrame:
+    df = pd.read_parquet(Path(dataset_dir) / f"{split}.parquet")
+    df = df[df["item_id"].map(lambda i: int(i) in cat.sid_of_item)].reset_index(drop=True)
+    return df.head(max_users) if max_users else df
+
+
+def _rows(df: pd.DataFrame, split: str, mode: str, ranked_sids, scores, reasonings, cat: Catalogue, kmax: int) -> list[dict]:
+    rows = []
+    for r, sids, sc, reasoning in zip(df.itertuples(index=False), ranked_sids, scores, reasonings):
+        target_sid = cat.sid_of_item[int(r.item_id)]
+        items = expand_to_items(sids, cat.sid_items, kmax)
+        rank = target_rank(sids[:kmax], target_sid)
+        rows.append({
+            "user_id": r.user_id, "split": split, "mode": mode, "target_item_id": int(r.item_id),
+            "target_sid": target_sid, "history_item_ids": [int(i) for i in r.history_item_ids],
+            "pred_sids": list(sids[:kmax]), "pred_scores": [float(s) for s in sc[:kmax]],
+            "pred_item_ids": items, "pred_titles": [cat.title(i) for i in items],
+            "hit_rank": -1 if rank is None else int(rank), "reasoning": reasoning or "",
+        })
+    return rows
+
+
+def _metrics(prefix: str, rows: list[dict], cat: Catalogue, ks: list[int]) -> dict[str, float]:
+    m = sid_and_item_metrics([r["pred_sids"] for r in rows], [r["target_sid"] for r in rows],
+                             [r["target_item_id"] for r in rows], cat.sid_items, ks)
+    return {f"{prefix}_{k}": float(v) for k, v in m.items()}
+
+
+def _write(out_dir: Path, rows: list[dict], metrics: dict, info: dict) -> None:
+    with atomic_dir(out_dir) as tmp:
+        pd.DataFrame(rows, columns=["user_id", "split", "mode", "target_item_id", "target_sid", "history_item_ids",
+                                    "pred_sids", "pred_scores", "pred_item_ids", "pred_titles", "hit_rank",
+                                    "reasoning"]).to_parquet(tmp / "predictions.parquet")
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "eval.json", info)
+
+
+def _device_dtype(ec: EvalConfig) -> tuple[str, torch.dtype]:
+    device = ec.device if ec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ec.dtype == "bfloat16" or (ec.dtype == "auto" and device == "cuda" and torch.cuda.is_bf16_supported()):
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
+def load_decoder(model_dir: Path, catalogue: list[str], ec: EvalConfig) -> SidDecoder:
+    from sidreasoner.train.base import load_model_and_tokenizer
+
+    device, dtype = _device_dtype(ec)
+    model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
+    return SidDecoder(model.to(device), tokenizer, catalogue, max_rows=ec.max_rows)
+
+
+def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool) -> list[list[int]]:
+    from sidreasoner.train.prompts import next_sid_question, render_prompt
+
+    texts = [render_prompt(decoder.tokenizer, next_sid_question(h, reasoning=think), thinking=think) for h in histories]
+    return decoder.encode(texts)
+
+
+def decode_users(decoder: SidDecoder, histories: list[list[str]], ec: EvalConfig, think: bool, seed: int = 0,
+                 progress: str | None = None):
+    """Top-K SIDs, scores and reasoning texts for each history (batched)."""
+    kmax = max(ec.ks)
+    beams = max(ec.num_beams, kmax)
+    sids, scores, reasonings = [], [], []
+    starts = range(0, len(histories), ec.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch", mininterval=5)
+    for start in starts:
+        ids = _prompts(decoder, histories[start:start + ec.batch_size], think)
+        texts = [""] * len(ids)
+        if think:
+            ids, texts = decoder.think(ids, ec.think_max_tokens, ec.think_sample, ec.temperature, ec.top_p,
+                                       seed=seed + start)
+        for r in decoder.rank(ids, beams, kmax, ec.decoding):
+            sids.append(r.sids)
+            scores.append(r.scores)
+        reasonings.extend(texts)
+    return sids, scores, reasonings
+
+
+def evaluate(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Constrained SID decoding of one trained model on the configured splits and modes."""
+    start = time.time()
+    ec = cfg.eval
+    cat = Catalogue.load(sid_index_dir, dataset_dir)
+    decoder = load_decoder(model_dir, cat.catalogue, ec)
+    kmax = max(ec.ks)
+    rows: list[dict] = []
+    metrics: dict[str, float] = {}
+    for split in ec.splits:
+        df = load_split(dataset_dir, split, cat, ec.max_users)
+        histories = [cat.history_sids(h) for h in df["history_item_ids"]]
+        for mode in ec.modes:
+            t0 = time.time()
+            sids, scores, reasonings = decode_users(decoder, histories, ec, mode == "think", cfg.seed,
+                                                    progress=f"{split}/{mode}")
+            secs = time.time() - t0
+            part = _rows(df, split, mode, sids, scores, reasonings, cat, kmax)
+            rows.extend(part)
+            prefix = f"{split}_{mode}"
+            metrics.update(_metrics(prefix, part, cat, ec.ks))
+            metrics[f"{prefix}_users"] = float(len(part))
+            metrics[f"{prefix}_seconds"] = secs
+            metrics[f"{prefix}_users_per_s"] = len(part) / secs if secs > 0 else 0.0
+            log.info("%s: %s", prefix, {k: round(v, 4) for k, v in metrics.items() if k.startswith(prefix)})
+    metrics["wall_seconds"] = time.time() - start
+    info = {"kind": "model", "model_dir": str(model_dir), "modes": ec.modes, "splits": ec.splits, "ks": ec.ks,
+            "decoding": ec.decoding, "num_beams": max(ec.num_beams, kmax), "catalogue_size": len(cat.catalogue),
+            "items": len(cat.sid_of_item)}
+    _write(Path(out_dir), rows, metrics, info)
+    return metrics
+
+
+def evaluate_baselines(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    """Popularity (train-split target counts) and random (seeded) rankings, same metrics and layout."""
+    start = time.time()
+    ec = cfg.eval
+    cat = Catalogue.load(sid_index_dir, dataset_dir)
+    kmax = max(ec.ks)
+    train = pd.read_parquet(Path(dataset_dir) / "train.parquet", columns=["item_id"])
+    pop_sids, pop_scores = baselines.popularity_ranking(train["item_id"].tolist(), cat.sid_of_item, cat.catalogue, kmax)
+    rows: list[dict] = []
+    metrics: dict[str, float] = {}
+    for split in ec.splits:
+        df = load_split(dataset_dir, split, cat, ec.max_users)
+        n = len(df)
+        rand = baselines.random_rankings(cat.catalogue, n, kmax, cfg.seed)
+        for mode, sids, scores in (("popularity", [pop_sids] * n, [pop_scores] * n),
+                                   ("random", rand, [[0.0] * kmax] * n)):
+            part = _rows(df, split, mode, sids, scores, [""] * n, cat, kmax)
+            rows.extend(part)
+            metrics.update(_metrics(f"{split}_{mode}", part, cat, ec.ks))
+            metrics[f"{split}_{mode}_users"] = float(n)
+    metrics["wall_seconds"] = time.time() - start
+    info = {"kind": "baselines", "modes": ["popularity", "random"], "splits": ec.splits, "ks": ec.ks,
+            "catalogue_size": len(cat.catalogue), "items": len(cat.sid_of_item)}
+    _write(Path(out_dir), rows, metrics, info)
+    return metrics
+
+
+def recommend(model_dir, sid_index_dir, dataset_dir, history_item_ids: list[int], k: int = 10, think: bool = False,
+              cfg: Config | None = None) -> tuple[list[dict], str]:
+    """Top-k recommendations for one history: ([{rank, sid, score, item_ids, titles}], reasoning text
+    ('' without --think)). Unknown item ids in the history are skipped."""
+    ec = (cfg.eval if cfg else EvalConfig()).model_copy(update={"batch_size": 1})
+    ec = ec.model_copy(update={"ks": [k], "num_beams": max(ec.num_beams, k)})
+    cat = Catalogue.load(Path(sid_index_dir), Path(dataset_dir))
+    unknown = [i for i in history_item_ids if int(i) not in cat.sid_of_item]
+    if len(unknown) == len(history_item_ids):
+        raise ValueError(f"none of the history item ids {history_item_ids} is in the SID index")
+    decoder = load_decoder(Path(model_dir), cat.catalogue, ec)
+    sids, scores, reasonings = decode_users(decoder, [cat.history_sids(history_item_ids)], ec, think,
+                                            cfg.seed if cfg else 0)
+    recs = []
+    for rank, (sid, score) in enumerate(zip(sids[0][:k], scores[0][:k]), start=1):
+        items = cat.sid_items.get(sid, [])
+        recs.append({"rank": rank, "sid": sid, "score": score, "item_ids": items,
+                     "titles": [cat.title(i) for i in items]})
+    return recs, reasonings[0]

@@ -1,0 +1,196 @@
+"""The `report` step: a self-contained `report.html` (inline CSS + inline SVG, no scripts, no remote
+resources: it renders inside the KFP UI's iframe) and a `report.md` twin, comparing every evaluated
+label in every mode, with sample users (history titles, the reasoning with each SID decoded to its
+item title, and the top-K with hits marked)."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from sidreasoner.config import Config
+from sidreasoner.eval.evaluate import Catalogue
+from sidreasoner.io import atomic_dir, read_json, write_json
+
+_SID_RE = re.compile(r"(?:<[a-z]_\d+>)+")
+COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
+BASELINE_MODES = ("popularity", "random")
+
+
+def _series(eval_dirs: dict[str, Path], split: str) -> list[tuple[str, str, dict]]:
+    """[(row label, mode, {metric: value})] for every label and mode found in its metrics.json."""
+    out = []
+    for label, folder in eval_dirs.items():
+        metrics = read_json(Path(folder) / "metrics.json")
+        modes = sorted({k[len(split) + 1:].split("_")[0] for k in metrics if k.startswith(f"{split}_") and "hr@" in k},
+                       key=lambda m: ("nonthink", "think", "popularity", "random").index(m)
+                       if m in ("nonthink", "think", "popularity", "random") else 9)
+        for mode in modes:
+            vals = {k[len(f"{split}_{mode}_"):]: v for k, v in metrics.items() if k.startswith(f"{split}_{mode}_")}
+            name = mode if mode in BASELINE_MODES else f"{label} ({mode})"
+            out.append((name, mode, vals))
+    return out
+
+
+def decode_sids(text: str, cat: Catalogue) -> str:
+    """Every SID in `text` followed by its item title(s): '<a_1><b_2><c_3> [Blue Lamp]'."""
+    def sub(m: re.Match) -> str:
+        items = cat.sid_items.get(m.group(0))
+        return f"{m.group(0)} [{' / '.join(cat.title(i) for i in items)}]" if items else f"{m.group(0)} [not in catalogue]"
+    return _SID_RE.sub(sub, text)
+
+
+def _svg_chart(series, ks, metric: str = "hr") -> str:
+    width, height, left, bottom, top = 760, 300, 50, 40, 20
+    vals = [[s[2].get(f"{metric}@{k}", 0.0) for k in ks] for s in series]
+    vmax = max([v for row in vals for v in row] + [1e-9])
+    vmax = min(1.0, vmax * 1.15) if vmax > 0 else 1.0
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    group_w = plot_w / max(1, len(ks))
+    bar_w = group_w * 0.8 / max(1, len(series))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 24 * ((len(series) + 2) // 3)}" '
+             f'role="img" aria-label="{metric.upper()}@K by model and mode">']
+    for i in range(5):
+        y = top + plot_h - plot_h * i / 4
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{vmax * i / 4:.2f}</text>')
+    for gi, k in enumerate(ks):
+        x0 = left + gi * group_w + group_w * 0.1
+        for si, row in enumerate(vals):
+            h = plot_h * row[gi] / vmax
+            x = x0 + si * bar_w
+            parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" height="{h:.1f}" '
+                         f'fill="{COLORS[si % len(COLORS)]}"><title>{html.escape(series[si][0])} {metric}@{k} = {row[gi]:.4f}</title></rect>')
+        parts.append(f'<text x="{left + gi * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" font-size="12" '
+                     f'text-anchor="middle">{metric.upper()}@{k}</text>')
+    for si, s in enumerate(series):
+        lx, ly = left + (si % 3) * 240, height + 4 + 24 * (si // 3)
+        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS[si % len(COLORS)]}"/>'
+                     f'<text x="{lx + 18}" y="{ly}" font-size="12">{html.escape(s[0])}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _samples(eval_dirs: dict[str, Path], split: str, n: int) -> list[tuple[str, str, pd.DataFrame]]:
+    """Sample users: the first n test users (same users across labels), per model label and mode."""
+    out = []
+    users = None
+    for label, folder in eval_dirs.items():
+        preds = pd.read_parquet(Path(folder) / "predictions.parquet")
+        preds = preds[preds["split"] == split]
+        if users is None and len(preds):
+            users = list(dict.fromkeys(preds["user_id"].tolist()))[:n]
+        for mode in sorted(set(preds["mode"])):
+            part = preds[(preds["mode"] == mode) & preds["user_id"].isin(users or [])].drop_duplicates("user_id")
+            out.append((mode if mode in BASELINE_MODES else f"{label} ({mode})", mode, part))
+    return out
+
+
+CSS = """body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}tr.best td{font-weight:bold}
+.user{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:12px 0;background:#fafafa}
+.hit{background:#d8f5d0;font-weight:bold}.reason{white-space:pre-wrap;background:#fff;border-left:3px solid #4e79a7;padding:6px 10px;font-size:13px}
+ol{margin:4px 0 4px 20px;font-size:13px}.muted{color:#777;font-size:12px}code{font-size:12px}"""
+
+
+def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    start = time.time()
+    cat = Catalogue.load(Path(sid_index_dir), Path(dataset_dir))
+    ks = cfg.eval.ks
+    kmax = max(ks)
+    split = "test"
+    series = _series(eval_dirs, split)
+    cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
+    item_cols = [f"item_hr@{k}" for k in ks] + [f"item_ndcg@{k}" for k in ks]
+    best = max(series, key=lambda s: s[2].get(f"hr@{kmax}", 0.0))[0] if series else None
+
+    def table_html(columns):
+        head = "".join(f"<th>{c}</th>" for c in columns)
+        rows = []
+        for name, _, vals in series:
+            cls = ' class="best"' if name == best else ""
+            rows.append(f"<tr{cls}><td class='l'>{html.escape(name)}</td>" + "".join(
+                f"<td>{vals[c]:.4f}</td>" if c in vals else "<td>–</td>" for c in columns)
+                + f"<td>{int(vals.get('users', 0))}</td></tr>")
+        return f"<table><tr><th class='l'>model (mode)</th>{head}<th>users</th></tr>{''.join(rows)}</table>"
+
+    def table_md(columns):
+        lines = ["| model (mode) | " + " | ".join(columns) + " | users |", "|---" * (len(columns) + 2) + "|"]
+        for name, _, vals in series:
+            cells = [f"{vals[c]:.4f}" if c in vals else "–" for c in columns]
+            b = "**" if name == best else ""
+            lines.append(f"| {b}{name}{b} | " + " | ".join(cells) + f" | {int(vals.get('users', 0))} |")
+        return "\n".join(lines)
+
+    h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SIDReasoner evaluation</title><style>{CSS}</style></head><body>",
+         "<h1>SIDReasoner evaluation report</h1>",
+         f"<p class='muted'>{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · "
+         f"decoding: {cfg.eval.decoding}, {max(cfg.eval.num_beams, kmax)} constrained beams · NDCG uses 1/log2(rank+2). "
+         "SID level as in the paper; item level counts a colliding SID once per item.</p>",
+         "<h2>HR@K</h2>", _svg_chart(series, ks, "hr"), "<h2>NDCG@K</h2>", _svg_chart(series, ks, "ndcg"),
+         "<h2>SID-level metrics</h2>", table_html(cols), "<h2>Item-level metrics</h2>", table_html(item_cols)]
+    md = ["# SIDReasoner evaluation report", "",
+          f"{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · decoding: {cfg.eval.decoding}, "
+          f"{max(cfg.eval.num_beams, kmax)} constrained beams.", "", "## SID-level metrics", "", table_md(cols), "",
+          "## Item-level metrics", "", table_md(item_cols), ""]
+
+    samples = _samples(eval_dirs, split, cfg.eval.report_samples)
+    h.append("<h2>Sample users</h2>")
+    md += ["## Sample users", ""]
+    by_user: dict = {}
+    for name, mode, part in samples:
+        for r in part.itertuples(index=False):
+            by_user.setdefault(r.user_id, []).append((name, mode, r))
+    for uid, entries in by_user.items():
+        first = entries[0][2]
+        hist = [cat.title(i) for i in first.history_item_ids]
+        target = cat.title(first.target_item_id)
+        h.append(f"<div class='user'><h3>user {html.escape(str(uid))}</h3><b>history</b><ol>"
+                 + "".join(f"<li>{html.escape(t)}</li>" for t in hist)
+                 + f"</ol><b>next item (target)</b>: {html.escape(target)} <code>{html.escape(first.target_sid)}</code>")
+        md += [f"### user {uid}", "", "History: " + "; ".join(hist), "", f"Target: **{target}** `{first.target_sid}`", ""]
+        for name, mode, r in entries:
+            if mode in BASELINE_MODES:
+                continue
+            h.append(f"<h3>{html.escape(name)}</h3>")
+            md.append(f"**{name}**")
+            if r.reasoning:
+                dec = decode_sids(r.reasoning, cat)
+                h.append(f"<div class='reason'>{html.escape(dec)}</div>")
+                md += ["", "> " + dec.replace("\n", "\n> "), ""]
+            items = []
+            md_items = []
+            for rank, sid in enumerate(r.pred_sids[:kmax]):
+                titles = " / ".join(cat.title(i) for i in cat.sid_items.get(sid, []))
+                hit = sid == r.target_sid
+                cls = ' class="hit"' if hit else ""
+                mark = " ✔ hit" if hit else ""
+                items.append(f"<li{cls}>{html.escape(titles)} <code>{html.escape(sid)}</code>{mark}</li>")
+                md_items.append(f"{rank + 1}. {'**' if hit else ''}{titles}{' ✔' if hit else ''}{'**' if hit else ''} `{sid}`")
+            h.append("<ol>" + "".join(items) + "</ol>")
+            md += md_items + [""]
+        h.append("</div>")
+    h.append("</body></html>")
+    with atomic_dir(Path(out_dir)) as tmp:
+        (tmp / "report.html").write_text("\n".join(h))
+        (tmp / "report.md").write_text("\n".join(md) + "\n")
+        write_json(tmp / "summary.json", {name: vals for name, _, vals in series})
+    out: dict[str, float] = {"labels": float(len(eval_dirs)), "sample_users": float(len(by_user)),
+                             "wall_seconds": time.time() - start}
+    for name, _, vals in series:
+        key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        out[f"{key}_hr@{kmax}"] = float(vals.get(f"hr@{kmax}", 0.0))
+    return out
+
+
+def report_stages(cfg: Config, baselines_dir: Path, stage1_eval_dir: Path, stage2_eval_dir: Path,
+                  dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    """The pipeline's `report` step: the baselines, Stage 1 and Stage 2 on one page."""
+    return report(cfg, {"baselines": Path(baselines_dir), "stage1": Path(stage1_eval_dir),
+                        "stage2": Path(stage2_eval_dir)}, dataset_dir, sid_index_dir, out_dir)

@@ -1,0 +1,402 @@
+"""The `sft-stage1` and `sft-stage2` steps: HF `Trainer` SFT with resumable checkpoints,
+per-epoch validation loss, early stopping, best-model selection, optional LoRA (merged on save)
+and an embeddings-only warm-up for the new SID tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from sidreasoner import config as config_mod
+from sidreasoner.config import Config
+from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
+from sidreasoner.train import data as data_mod
+from sidreasoner.train import prompts, tasks
+from sidreasoner.train.base import load_model_and_tokenizer, save_model
+from sidreasoner.train.decode import constrained_greedy_sid
+from sidreasoner.train.report import loss_curve_html
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- tokenizer extension
+
+def extend_tokenizer(model, tokenizer, codes: list[str]) -> list[int]:
+    """Add SID code tokens as PLAIN added tokens (not special: verl/TRL decode with
+    skip_special_tokens=True) and give new embedding rows the mean of the existing ones."""
+    new = [c for c in codes if c not in tokenizer.get_vocab()]
+    first_new = len(tokenizer)
+    if new:
+        tokenizer.add_tokens(new, special_tokens=False)
+    emb = model.get_input_embeddings()
+    if len(tokenizer) > emb.num_embeddings:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_ids = tokenizer.convert_tokens_to_ids(new)
+    with torch.no_grad():
+        for layer in {id(model.get_input_embeddings()): model.get_input_embeddings(),
+                      id(model.get_output_embeddings()): model.get_output_embeddings()}.values():
+            if layer is None or not new_ids:
+                continue
+            weight = layer.weight
+            weight[new_ids] = weight[:first_new].mean(dim=0, keepdim=True).to(weight.dtype)
+    return tokenizer.convert_tokens_to_ids(codes)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def fingerprint(*folders: Path) -> str:
+    """Content fingerprint of input folders: full hash for files < 64 MiB, size + head/tail otherwise."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            h.update(str(path.relative_to(folder)).encode())
+            size = path.stat().st_size
+            h.update(str(size).encode())
+            with path.open("rb") as fh:
+                if size < 64 << 20:
+                    h.update(fh.read())
+                else:
+                    h.update(fh.read(1 << 20))
+                    fh.seek(-(1 << 20), os.SEEK_END)
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Path:
+    """<checkpoint_dir or ~/.cache/sidreasoner/checkpoints>/<stage>-<hash of config slice + inputs>:
+    a retried pod with the same config and inputs finds and resumes the same checkpoints."""
+    slice_ = {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
+              stage: section.model_dump(mode="json", exclude={"checkpoint_dir"})}
+    key = hashlib.sha256((json.dumps(slice_, sort_keys=True) + fingerprint(*inputs)).encode()).hexdigest()[:16]
+    base = Path(section.checkpoint_dir).expanduser() if section.checkpoint_dir else Path.home() / ".cache" / "sidreasoner" / "checkpoints"
+    return base / f"{stage}-{key}"
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    ckpts = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+class BestModelCallback(TrainerCallback):
+    """After each evaluation: keep the best weights (in <ckpt>/best) and stop after `patience`
+    evaluations without improvement. Decisions read the checkpointed log history, so they survive a resume."""
+
+    def __init__(self, best_dir: Path, patience: int):
+        self.best_dir = best_dir
+        self.patience = patience
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
+        if not evals or metrics is None or "eval_loss" not in metrics:
+            return
+        current = metrics["eval_loss"]
+        if current <= min(evals) and state.is_world_process_zero:
+            self.best_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(self.best_dir / "trainable.safetensors") as tmp:
+                save_file(_trainable_state(model), str(tmp))
+            write_json(self.best_dir / "best.json", {"eval_loss": current, "step": state.global_step, "epoch": state.epoch})
+        best_idx = min(range(len(evals)), key=evals.__getitem__)
+        if self.patience and len(evals) - 1 - best_idx >= self.patience:
+            log.info("early stopping: %d evaluations without a better valid loss", len(evals) - 1 - best_idx)
+            control.should_training_stop = True
+
+
+def _args(section, out: Path, epochs: float, seed: int, evaluate: bool, world: int) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    accum = max(1, math.ceil(section.global_batch_size / (section.per_device_batch_size * world)))
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=section.per_device_batch_size,
+        per_device_eval_batch_size=section.per_device_batch_size,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=epochs,
+        learning_rate=section.lr,
+        lr_scheduler_type=section.lr_scheduler,
+        warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=section.weight_decay,
+        logging_steps=section.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=section.save_steps,
+        save_total_limit=section.save_total_limit,
+        eval_strategy="epoch" if evaluate else "no",
+        bf16=bool(section.bf16 and cuda and torch.cuda.is_bf16_supported()),
+        use_cpu=not cuda,
+        report_to="none",
+        disable_tqdm=False,
+        remove_unused_columns=False,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length" if section.batching == "length_grouped" else "random",
+        gradient_checkpointing=section.gradient_checkpointing,
+        prediction_loss_only=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed: int, new_ids: list[int], world: int):
+    """Train only the new SID embedding rows (others frozen, their gradients zeroed)."""
+    done = ckpt / "warmup" / "final.safetensors"
+    if done.exists():
+        _load_trainable_all(model, load_file(str(done)))
+        return
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+    mask[new_ids] = 1
+    handle = emb.register_hook(lambda g: g * mask)
+    try:
+        args = _args(section, ckpt / "warmup", epochs, seed, evaluate=False, world=world)
+        trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(rows),
+                          data_collator=data_mod.collator(section.batching, tok.pad_token_id))
+        trainer.train(resume_from_checkpoint=str(last_checkpoint(ckpt / "warmup")) if last_checkpoint(ckpt / "warmup") else None)
+    finally:
+        handle.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    if int(os.environ.get("RANK", "0")) == 0:
+        with atomic_file(done) as tmp:
+            save_file({"embed": emb.detach().cpu().contiguous()}, str(tmp))
+
+
+def _load_trainable_all(model, state):
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(state["embed"])
+
+
+def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dict], valid_rows: list[dict],
+              ckpt: Path, new_ids: list[int] | None = None, warmup_epochs: float = 0.0):
+    """Train; returns (trained model with the best weights, LoRA merged; info dict)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    resume = last_checkpoint(ckpt)
+    if warmup_epochs > 0 and new_ids and resume is None and section.finetune == "full":
+        _embedding_warmup(model, tok, section, train_rows, ckpt, warmup_epochs, cfg.seed, new_ids, world)
+    if section.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
+                          target_modules="all-linear", task_type="CAUSAL_LM",
+                          trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None)
+        model = get_peft_model(model, lora)
+    if section.gradient_checkpointing:
+        model.config.use_cache = False
+    args = _args(section, ckpt, section.epochs, cfg.seed, evaluate=bool(valid_rows), world=world)
+    best_dir = ckpt / "best"
+    trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(train_rows),
+                      eval_dataset=data_mod.ListDataset(valid_rows) if valid_rows else None,
+                      data_collator=data_mod.collator(section.batching, tok.pad_token_id),
+                      callbacks=[BestModelCallback(best_dir, section.early_stopping_patience)])
+    initial_valid = None
+    if resume is None:
+        if best_dir.exists():  # stale best from an attempt that died before its first checkpoint
+            import shutil
+
+            shutil.rmtree(best_dir)
+        if valid_rows:
+            initial_valid = float(trainer.evaluate()["eval_loss"])
+            trainer.state.log_history.clear()
+            (best_dir / "best.json").unlink(missing_ok=True)
+        write_json(ckpt / "initial.json", {"initial_valid_loss": initial_valid})
+    elif (ckpt / "initial.json").exists():
+        initial_valid = read_json(ckpt / "initial.json").get("initial_valid_loss")
+    resumed_from = int(resume.name.split("-")[-1]) if resume else 0
+    if resume:
+        log.info("%s: resuming from %s", stage, resume)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    wall = time.time() - t0
+    history = list(trainer.state.log_history)
+    evals = [h for h in history if "eval_loss" in h]
+    best_loss = min((h["eval_loss"] for h in evals), default=None)
+    used_best = False
+    if best_loss is not None and (best_dir / "best.json").exists():
+        best = read_json(best_dir / "best.json")
+        if abs(best["eval_loss"] - best_loss) < 1e-9:
+            _load_trainable(model, load_file(str(best_dir / "trainable.safetensors")))
+            used_best = True
+    if section.finetune == "lora":
+        model = model.merge_and_unload()
+    steps_run = trainer.state.global_step - resumed_from
+    tokens_per_step = sum(len(r["input_ids"]) for r in train_rows) / max(1, trainer.state.max_steps / max(section.epochs, 1e-9))
+    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    info = {
+        "stage": stage,
+        "history": history,
+        "initial_valid_loss": initial_valid,
+        "best_valid_loss": best_loss,
+        "used_best_checkpoint": used_best,
+        "resumed_from_step": resumed_from,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "epochs_run": float(trainer.state.epoch or 0.0),
+        "train_wall_seconds": wall,
+        "tokens_per_s": steps_run * tokens_per_step / wall if wall > 0 else 0.0,
+        "train_loss_first": train_losses[0][1] if train_losses else None,
+        "train_loss_last": train_losses[-1][1] if train_losses else None,
+        "train_runtime_metrics": result.metrics,
+        "checkpoint_dir": str(ckpt),
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "world_size": world,
+        "bf16": args.bf16,
+    }
+    return model, info
+
+
+# ---------------------------------------------------------------- outputs
+
+def _last_epoch_train_loss(history: list[dict]) -> float | None:
+    losses = [h for h in history if "loss" in h and "epoch" in h]
+    if not losses:
+        return None
+    last_epoch = math.ceil(losses[-1]["epoch"] - 1e-9)
+    tail = [h["loss"] for h in losses if math.ceil(h["epoch"] - 1e-9) == last_epoch] or [losses[-1]["loss"]]
+    return sum(tail) / len(tail)
+
+
+def _write(out_dir: Path, stage: str, model, tok, info: dict, metrics: dict, config_used: dict) -> None:
+    history = info["history"]
+    train_pts = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    valid_pts = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if info.get("initial_valid_loss") is not None:
+        valid_pts = [(0, info["initial_valid_loss"])] + valid_pts
+    with atomic_dir(out_dir) as tmp:
+        save_model(model, tok, tmp)
+        write_json(tmp / "training.json", {**info, "metrics": metrics, "config": config_used})
+        (tmp / "loss_curve.html").write_text(loss_curve_html(f"{stage}: loss", train_pts, valid_pts, metrics))
+
+
+def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
+    out = {
+        "train_loss": _last_epoch_train_loss(info["history"]) or float("nan"),
+        "train_loss_first": info["train_loss_first"] if info["train_loss_first"] is not None else float("nan"),
+        "valid_loss": info["best_valid_loss"] if info["best_valid_loss"] is not None else float("nan"),
+        "valid_loss_initial": info["initial_valid_loss"] if info["initial_valid_loss"] is not None else float("nan"),
+        "tokens_per_s": info["tokens_per_s"],
+        "samples": float(n_samples),
+        "steps": float(info["global_step"]),
+        "resumed_from_step": float(info["resumed_from_step"]),
+        "epochs_run": info["epochs_run"],
+        "wall_seconds": wall,
+    }
+    return out
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _maybe_launch_distributed(stage: str, cfg: Config, dirs: list[Path]) -> dict[str, float] | None:
+    """More than one GPU visible and not yet under torchrun: re-run this step under
+    `torchrun --standalone --nproc_per_node=<gpus>` (Trainer then trains with DDP; rank 0 writes
+    the outputs). Untested here: the development machines have no GPU."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    work = dirs[-1].parent
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path, metrics_path = work / f".{stage}.config.json", work / f".{stage}.metrics.json"
+    cfg_path.write_text(json.dumps(config_mod.to_params(cfg)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "sidreasoner.train.launch", stage, str(cfg_path), str(metrics_path), *map(str, dirs)]
+    log.info("launching %s on %d GPUs: %s", stage, n, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return json.loads(metrics_path.read_text())
+
+
+# ---------------------------------------------------------------- steps
+
+def _encode_all(tok, examples, cutoff):
+    return [data_mod.encode(tok, ex, cutoff) for ex in examples]
+
+
+def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
+               out_model_dir: Path) -> dict[str, float]:
+    dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
+    launched = _maybe_launch_distributed("stage1", cfg, dirs)
+    if launched is not None:
+        return launched
+    start = time.time()
+    s = cfg.stage1
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(model_dir)
+    codes = tasks.sid_code_tokens(sid_index_dir)
+    base_vocab = len(tok)
+    new_ids = extend_tokenizer(model, tok, codes)
+    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
+    valid_ex, valid_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed)
+    train_rows = _encode_all(tok, examples, s.cutoff_len)
+    valid_rows = _encode_all(tok, valid_ex[: s.valid_samples], s.cutoff_len)
+    ckpt = checkpoint_root("stage1", cfg, s, dirs[:4])
+    model, info = train_sft("stage1", cfg, s, model, tok, train_rows, valid_rows, ckpt, new_ids, s.embedding_warmup_epochs)
+    metrics = _metrics(info, len(train_rows), 0.0)
+    if s.hr_samples and _is_rank0():
+        catalogue = tasks.load_catalogue(sid_index_dir)
+        n = min(s.hr_samples, len(valid_ex))
+        rendered = [prompts.render_prompt(tok, ex.prompt) for ex in valid_ex[:n]]
+        preds = constrained_greedy_sid(model, tok, rendered, catalogue)
+        valid_set = set(catalogue)
+        metrics["valid_sid_rate"] = sum(p in valid_set for p in preds) / n
+        metrics["hr_at_1"] = sum(p == ex.response for p, ex in zip(preds, valid_ex[:n])) / n
+        metrics["hr_chance"] = 1.0 / len(valid_set)
+        info["sample_predictions"] = [{"history": h, "target": ex.response, "predicted": p}
+                                      for h, ex, p in list(zip(valid_hist, valid_ex, preds))[:20]]
+    metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
+    info["task_counts"] = counts
+    metrics["wall_seconds"] = time.time() - start
+    if _is_rank0():
+        _write(Path(out_model_dir), "stage1", model, tok, info, metrics,
+               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage1": s.model_dump(mode="json")})
+    return metrics
+
+
+def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
+               out_model_dir: Path) -> dict[str, float]:
+    dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
+    launched = _maybe_launch_distributed("stage2", cfg, dirs)
+    if launched is not None:
+        return launched
+    start = time.time()
+    s = cfg.stage2
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(model_dir)
+    missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
+    if missing:
+        raise ValueError(f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
+                         "give it the sft-stage1 model")
+    train_ex, valid_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir)
+    train_rows = _encode_all(tok, train_ex, s.cutoff_len)
+    valid_rows = _encode_all(tok, valid_ex, s.cutoff_len)
+    ckpt = checkpoint_root("stage2", cfg, s, dirs[:4])
+    model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_rows, ckpt)
+    metrics = _metrics(info, len(train_rows), 0.0)
+    metrics["wall_seconds"] = time.time() - start
+    if _is_rank0():
+        _write(Path(out_model_dir), "stage2", model, tok, info, metrics,
+               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage2": s.model_dump(mode="json")})
+    return metrics

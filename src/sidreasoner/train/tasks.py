@@ -1,0 +1,151 @@
+"""Stage 1 task mix and Stage 2 reasoning examples, built from the artifact folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sidreasoner.config import Stage1Config, Stage2Config
+from sidreasoner.train import prompts
+from sidreasoner.train.data import Example, read_instruction_file
+
+STAGE1_TASKS = ("sid_history_to_sid", "title_to_sid", "sid_to_title", "sid_history_to_title",
+                "title_history_to_title", "title_history_to_sid", "item_narratives", "history_narratives",
+                "instructions")
+
+
+def load_sid_map(sid_index_dir: Path) -> dict[int, str]:
+    index = json.loads((Path(sid_index_dir) / "index.json").read_text())
+    return {int(k): "".join(v) for k, v in index.items()}
+
+
+def sid_code_tokens(sid_index_dir: Path) -> list[str]:
+    """Every code token of the index (and catalogue), sorted by level then code."""
+    index = json.loads((Path(sid_index_dir) / "index.json").read_text())
+    tokens = {t for codes in index.values() for t in codes}
+    cat = Path(sid_index_dir) / "catalogue.json"
+    if cat.exists():
+        import re
+
+        for sid in json.loads(cat.read_text()):
+            tokens.update(re.findall(r"<[a-z]_\d+>", sid))
+    return sorted(tokens, key=lambda t: (t[1], int(t[3:-1])))
+
+
+def load_catalogue(sid_index_dir: Path) -> list[str]:
+    cat = Path(sid_index_dir) / "catalogue.json"
+    if cat.exists():
+        return list(json.loads(cat.read_text()))
+    return sorted(set(load_sid_map(sid_index_dir).values()))
+
+
+def _titles(dataset_dir: Path) -> dict[int, str]:
+    items = pd.read_parquet(Path(dataset_dir) / "items.parquet", columns=["item_id", "title"])
+    return dict(zip(items.item_id.astype(int), items.title.astype(str)))
+
+
+def _pick(rng: np.random.Generator, examples: list[Example], weight: float, cap: int) -> list[Example]:
+    if cap and len(examples) > cap:
+        examples = [examples[i] for i in sorted(rng.choice(len(examples), cap, replace=False))]
+    whole, frac = int(weight), weight - int(weight)
+    out = examples * whole
+    k = round(frac * len(examples))
+    if k:
+        out += [examples[i] for i in sorted(rng.choice(len(examples), k, replace=False))]
+    return out
+
+
+def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_dir: Path,
+                    corpus_dir: Path) -> tuple[list[Example], dict[str, int]]:
+    sid = load_sid_map(sid_index_dir)
+    title = _titles(dataset_dir)
+    train = pd.read_parquet(Path(dataset_dir) / "train.parquet")
+    hist = [[int(x) for x in h] for h in train.history_item_ids]
+    tgt = [int(x) for x in train.item_id]
+    items = sorted(set(sid) & set(title))
+    w = cfg.tasks
+    builders = {
+        "sid_history_to_sid": lambda: [Example("sid_history_to_sid", prompts.next_sid_question([sid[i] for i in h]), sid[t])
+                                       for h, t in zip(hist, tgt)],
+        "title_to_sid": lambda: [Example("title_to_sid", prompts.TITLE_TO_SID.format(title=title[i]), sid[i]) for i in items],
+        "sid_to_title": lambda: [Example("sid_to_title", prompts.SID_TO_TITLE.format(sid=sid[i]), title[i]) for i in items],
+        "sid_history_to_title": lambda: [
+            Example("sid_history_to_title", prompts.SID_HISTORY_TO_TITLE.format(history=prompts.sid_history([sid[i] for i in h])), title[t])
+            for h, t in zip(hist, tgt)],
+        "title_history_to_title": lambda: [
+            Example("title_history_to_title", prompts.TITLE_HISTORY_TO_TITLE.format(titles=prompts.title_history([title[i] for i in h])), title[t])
+            for h, t in zip(hist, tgt)],
+        "title_history_to_sid": lambda: [
+            Example("title_history_to_sid", prompts.TITLE_HISTORY_TO_SID.format(titles=prompts.title_history([title[i] for i in h])), sid[t])
+            for h, t in zip(hist, tgt)],
+        "item_narratives": lambda: _corpus_texts(corpus_dir, "items.parquet", "narrative", "item_narratives"),
+        "history_narratives": lambda: _corpus_texts(corpus_dir, "samples.parquet", "history_narrative", "history_narratives"),
+        "instructions": lambda: read_instruction_file(cfg.instruction_file) if cfg.instruction_file else [],
+    }
+    rng = np.random.default_rng(seed)
+    out: list[Example] = []
+    counts: dict[str, int] = {}
+    for name in STAGE1_TASKS:
+        weight = getattr(w, name)
+        if weight <= 0:
+            continue
+        picked = _pick(rng, builders[name](), weight, cfg.max_per_task)
+        if not picked:
+            continue
+        counts[name] = len(picked)
+        out.extend(picked)
+    if cfg.max_samples and len(out) > cfg.max_samples:
+        out = [out[i] for i in sorted(rng.choice(len(out), cfg.max_samples, replace=False))]
+    if not out:
+        raise ValueError("stage1: the task mix is empty (all weights 0 or no data)")
+    return out, counts
+
+
+def _corpus_texts(corpus_dir: Path, name: str, column: str, task: str) -> list[Example]:
+    path = Path(corpus_dir) / name
+    if not path.exists():
+        return []
+    texts = pd.read_parquet(path, columns=[column])[column].tolist()
+    return [Example(task, None, t) for t in texts if isinstance(t, str) and t.strip()]
+
+
+def next_sid_valid(dataset_dir: Path, sid_index_dir: Path, n: int, seed: int,
+                   split: str = "valid") -> tuple[list[Example], list[list[str]]]:
+    """Held-out next-SID examples from valid.parquet (seeded sample of n) and their history SIDs."""
+    sid = load_sid_map(sid_index_dir)
+    frame = pd.read_parquet(Path(dataset_dir) / f"{split}.parquet")
+    rng = np.random.default_rng(seed + 1)
+    rows = sorted(rng.choice(len(frame), min(n, len(frame)), replace=False))
+    exs, hists = [], []
+    for r in rows:
+        h = [sid[int(i)] for i in frame.history_item_ids.iloc[r]]
+        exs.append(Example("sid_history_to_sid", prompts.next_sid_question(h), sid[int(frame.item_id.iloc[r])]))
+        hists.append(h)
+    return exs, hists
+
+
+def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path,
+                    corpus_dir: Path) -> tuple[list[Example], list[Example]]:
+    """(train, valid): reasoning examples from the corpus samples; `valid_samples` are held out."""
+    sid = load_sid_map(sid_index_dir)
+    path = Path(corpus_dir) / "samples.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"stage2 needs the corpus' samples.parquet (reasoning paths), not found in {corpus_dir}")
+    frame = pd.read_parquet(path, columns=["history_item_ids", "item_id", "reasoning_path"])
+    frame = frame[frame.reasoning_path.map(lambda x: isinstance(x, str) and bool(x.strip()))]
+    if len(frame) < 2:
+        raise ValueError(f"stage2: fewer than 2 reasoning paths in {path}")
+    exs = [Example("reasoning", prompts.next_sid_question([sid[int(i)] for i in h], reasoning=True),
+                   prompts.reasoning_response(r, sid[int(t)]), thinking=True)
+           for h, t, r in zip(frame.history_item_ids, frame.item_id, frame.reasoning_path)]
+    rng = np.random.default_rng(seed + 2)
+    order = rng.permutation(len(exs))
+    n_valid = min(cfg.valid_samples, max(1, len(exs) // 10))
+    valid = [exs[i] for i in order[:n_valid]]
+    train = [exs[i] for i in order[n_valid:]]
+    if cfg.max_samples and len(train) > cfg.max_samples:
+        train = train[: cfg.max_samples]
+    return train, valid
