@@ -76,8 +76,25 @@ def run(
         for out, path in task["outputs"].items():
             typer.echo(f"      {out:<11} {path}")
         typer.echo(f"      {'metrics':<11} {task['metrics_path']}")
+    _print_headline(result["tasks"].get("report"))
     if summary:
         typer.echo(f"Summary: {summary}")
+
+
+def _print_headline(report_task: dict | None) -> None:
+    """One line per model and mode: test HR@K against the popularity baseline."""
+    if not report_task:
+        return
+    metrics = report_task["metrics"]
+    hr = {k: v for k, v in metrics.items() if "_hr@" in k}
+    popularity = next((v for k, v in hr.items() if k.startswith("popularity_")), None)
+    if popularity is None:
+        return
+    typer.echo(f"\nTest split ({report_task['outputs']['report_html']}):")
+    for key, value in hr.items():
+        label, metric = key.rsplit("_", 1)
+        ratio = f"  ({value / popularity:.1f}x popularity)" if popularity > 0 and not key.startswith("popularity") else ""
+        typer.echo(f"  {label:<18} {metric.upper()} {value:.3f}{ratio}")
 
 
 @app.command("compile")

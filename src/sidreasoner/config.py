@@ -400,7 +400,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                             "head_dim": 16, "intermediate_size": 192}},
         # Sized so both stages train on 2 CPU cores in about a minute each.
         "stage1": {"lr": 5e-3, "epochs": 3, "global_batch_size": 32, "per_device_batch_size": 32, "cutoff_len": 256,
-                   "max_per_task": 600, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
+                   "max_per_task": 1200, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
                    "early_stopping_patience": 2, "warmup_ratio": 0.05,
                    "tasks": {"sid_history_to_sid": 2.0, "item_narratives": 0.5, "history_narratives": 0.5}},
         "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
