@@ -227,3 +227,28 @@ def test_download_data_bucket_errors(s3, tmp_path):
     with pytest.raises(DownloadError, match=r"s3://nope-bkt/raw.*bucket 'nope-bkt' does not exist"):
         download_data(load("demo", ["data.source=s3://nope-bkt/raw"]), tmp_path / "artifact")
     assert not (tmp_path / "artifact").exists()
+
+
+def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
+    import torch
+
+    from sidreasoner.train import tiny
+    from sidreasoner.train.base import ModelSourceError, load_model_and_tokenizer, prepare_base_model, save_model
+
+    cfg = load("demo")
+    tok = tiny.train_tokenizer(["a small corpus of words about pens and paper"] * 40, 300)
+    save_model(tiny.build_model(cfg.model.tiny, tok, 0), tok, tmp_path / "src")
+    storage.upload_dir(tmp_path / "src", "s3://bkt/models/tiny")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    m = prepare_base_model(load("demo", ["model.base=s3://bkt/models/tiny"]), tmp_path, tmp_path, tmp_path / "out")
+    assert m["parameters"] > 0
+    original, _ = load_model_and_tokenizer(tmp_path / "src")
+    mirrored, mirrored_tok = load_model_and_tokenizer(tmp_path / "out")
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), mirrored.state_dict().values()))
+    assert len(mirrored_tok) == len(tok)
+    assert list((tmp_path / "hf" / "sidreasoner-buckets").iterdir())  # mirrored once, beside the HF cache
+
+    storage.upload_file(tmp_path / "src" / "tokenizer.json", "s3://bkt/models/broken/tokenizer.json")
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        prepare_base_model(load("demo", ["model.base=s3://bkt/models/broken"]), tmp_path, tmp_path, tmp_path / "o2")
+    assert not (tmp_path / "o2").exists()

@@ -71,6 +71,12 @@ def test_stage1_learns_and_stage2_runs(pipeline):
     baselines = evaluate_baselines(eval_cfg, p["dataset"], p["sid_index"], root / "baselines")
     stage1 = evaluate(eval_cfg, p["stage1"], p["dataset"], p["sid_index"], root / "stage1_eval")
     assert stage1["test_nonthink_hr@10"] >= 2 * baselines["test_popularity_hr@10"], (stage1, baselines)
+    # Constrained decoding on the trained tiny model never emits a SID outside the catalogue.
+    import pandas as pd
+
+    catalogue = set(json.loads((p["sid_index"] / "catalogue.json").read_text()))
+    predicted = pd.read_parquet(root / "stage1_eval" / "predictions.parquet")["pred_sids"]
+    assert len(predicted) == stage1["test_nonthink_users"] and all(set(sids) <= catalogue for sids in predicted)
     print(f"\nstage1 {t1:.1f}s {m1}\nstage2 {t2:.1f}s {m2}")
 
 

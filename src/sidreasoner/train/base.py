@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,21 +19,41 @@ from sidreasoner.train import tiny
 log = logging.getLogger(__name__)
 
 MAX_TOKENIZER_TEXTS = 8000
-BUCKET_SCHEMES = ("s3://", "gs://", "minio://", "gcs://")
+BUCKET_SCHEMES = ("s3://", "gs://", "minio://")
 
 
 class ModelSourceError(ValueError):
     pass
 
 
+def bucket_model_cache() -> Path:
+    """Where bucket models are mirrored: beside the Hugging Face cache (the model-cache PVC on a
+    cluster, so a retried pod does not download again), else ~/.cache/sidreasoner/models."""
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "sidreasoner-buckets"
+    return Path.home() / ".cache" / "sidreasoner" / "models"
+
+
+def fetch_bucket_model(uri: str) -> Path:
+    """Mirror a model folder from s3://, minio:// or gs:// (all files; verified against the
+    `_SUCCESS` manifest when the folder has one) into the local cache, once."""
+    from sidreasoner import storage
+
+    local = bucket_model_cache() / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    if not (local / "config.json").is_file():
+        log.info("downloading model %s to %s", uri, local)
+        storage.download_dir(uri, local, require_marker=False)
+    if not (local / "config.json").is_file():
+        raise ModelSourceError(f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder")
+    return local
+
+
 def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torch.dtype = torch.float32):
-    """From a hub id or a local folder, never running remote code, weights from safetensors only."""
+    """From a hub id, a local folder or a bucket folder, never running remote code, weights from
+    safetensors only."""
     source = str(source)
     if source.startswith(BUCKET_SCHEMES):
-        raise ModelSourceError(
-            f"model source {source!r}: bucket URIs (s3://, gs://, minio://) come with the storage issue "
-            "(sidreasoner.storage) and are not supported yet; copy the model to a local folder or use a hub id"
-        )
+        source = str(fetch_bucket_model(source))
     kwargs = {"revision": revision} if revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(

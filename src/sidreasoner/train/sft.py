@@ -157,7 +157,7 @@ def _args(section, out: Path, epochs: float, seed: int, evaluate: bool, world: i
 
 
 def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed: int, new_ids: list[int], world: int):
-    """Train only the new SID embedding rows (others frozen, their gradients zeroed)."""
+    """Train only the new SID embedding rows (others frozen, their gradients zeroed, no weight decay)."""
     done = ckpt / "warmup" / "final.safetensors"
     if done.exists():
         _load_trainable_all(model, load_file(str(done)))
@@ -171,7 +171,10 @@ def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed
     mask[new_ids] = 1
     handle = emb.register_hook(lambda g: g * mask)
     try:
-        args = _args(section, ckpt / "warmup", epochs, seed, evaluate=False, world=world)
+        # No weight decay here: AdamW's decoupled decay would shrink every row of the embedding
+        # (and, tied, lm_head), not only the SID rows whose gradients the mask lets through.
+        args = _args(section.model_copy(update={"weight_decay": 0.0}), ckpt / "warmup", epochs, seed,
+                     evaluate=False, world=world)
         trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(rows),
                           data_collator=data_mod.collator(section.batching, tok.pad_token_id))
         trainer.train(resume_from_checkpoint=str(last_checkpoint(ckpt / "warmup")) if last_checkpoint(ckpt / "warmup") else None)
