@@ -43,7 +43,7 @@ def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...]) -> None:
     for kind in kinds:
         if kind == "gcs":
             kubernetes.use_secret_as_volume(task, secret_name=GCS_SECRET, mount_path=GCS_MOUNT, optional=True)
-            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_MOUNT}/key.json")
+            task.set_env_variable("SIDREASONER_GCS_KEY_FILE", f"{GCS_MOUNT}/key.json")
         else:
             name, keys = SECRET_ENV[kind]
             kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)

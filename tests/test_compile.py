@@ -189,3 +189,18 @@ def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
 def test_cluster_resources_reject_unknown_steps():
     with pytest.raises(config.ConfigError, match="unknown step\\(s\\) sft-stage9"):
         config.load("office", ['cluster.resources={"sft-stage9": {"gpus": 1}}'])
+
+
+def test_credentials_are_optional_secret_references(tmp_path):
+    pipeline, platform = yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text())
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    download = k8s["exec-download-data"]
+    assert {s["secretName"] for s in download["secretAsEnv"]} == {"sidreasoner-s3", "sidreasoner-hf"}
+    assert all(s["optional"] for s in download["secretAsEnv"])
+    assert download["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
+    assert download["secretAsVolume"][0]["optional"] is True
+    env = pipeline["deploymentSpec"]["executors"]["exec-download-data"]["container"]["env"]
+    assert {"name": "SIDREASONER_GCS_KEY_FILE", "value": "/var/secrets/gcs/key.json"} in env
+    # never point ADC at a file that is absent when the optional Secret is
+    assert all(e["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for e in env)
+    assert "secretAsEnv" not in k8s.get("exec-sft-stage1", {})

@@ -117,7 +117,8 @@ class _TokenServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-def test_wrong_credentials_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("key_env", ["GOOGLE_APPLICATION_CREDENTIALS", "SIDREASONER_GCS_KEY_FILE"])
+def test_wrong_credentials_clear_error(tmp_path, monkeypatch, key_env):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -128,7 +129,8 @@ def test_wrong_credentials_clear_error(tmp_path, monkeypatch):
            "client_email": "pipeline@p.iam.gserviceaccount.com", "client_id": "1", "token_uri": tokens.url}
     (tmp_path / "key.json").write_text(json.dumps(key))
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv(key_env, str(tmp_path / "key.json"))
     monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "1")
     try:
         with pytest.raises(storage.CredentialsError) as err:
@@ -139,6 +141,7 @@ def test_wrong_credentials_clear_error(tmp_path, monkeypatch):
     msg = str(err.value)
     assert msg.startswith("gs://bkt/a/b: Google Cloud Storage refused the credentials") and "invalid_grant" in msg
     assert "PRIVATE KEY" not in msg and tokens.hits >= 1 and not (tmp_path / "o").exists()
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    # A missing key file (the optional Secret absent): no credentials from it, a clear error.
+    monkeypatch.setenv(key_env, str(tmp_path / "missing.json"))
     with pytest.raises(storage.CredentialsError, match="gs://: no Google credentials found"):
         storage.exists("gs://bkt/a")

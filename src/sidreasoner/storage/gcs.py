@@ -38,12 +38,21 @@ def _hex(b64: str | None) -> str | None:
     return base64.b64decode(b64).hex() if b64 else None
 
 
+KEY_FILE_ENV = "SIDREASONER_GCS_KEY_FILE"
+
+
 def make_client() -> storage.Client:
     project = os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT") or None
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
         return storage.Client(project=project or "sidreasoner-emulator", credentials=AnonymousCredentials())
+    # The pipeline mounts the chart's optional `sidreasoner-gcs` Secret and names the key file here;
+    # when the Secret is absent the file is too, and Application Default Credentials (e.g. workload
+    # identity) apply. (Pointing GOOGLE_APPLICATION_CREDENTIALS at a missing file would break ADC.)
+    key_file = os.environ.get(KEY_FILE_ENV)
+    if key_file and os.path.isfile(key_file) and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return storage.Client.from_service_account_json(key_file, project=project)
     try:
         return storage.Client(project=project)
     except auth_exc.DefaultCredentialsError as err:
