@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sidreasoner.config import Config, to_params
 from sidreasoner.pipelines.compile import compile_pipeline
-from sidreasoner.pipelines.pipeline import PIPELINE_NAME
+from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build
 from sidreasoner.steps import downstream
 
 
@@ -18,6 +18,13 @@ class Submitted:
     experiment_id: str
     no_cache_steps: list[str]
     state: str | None = None
+
+
+def run_parameters(cfg: Config) -> dict:
+    """The run's parameter values: the config sections the compiled pipeline declares as inputs
+    (a section no built step reads is not a parameter, and the API server would refuse it)."""
+    declared = build(cfg).component_spec.inputs or {}
+    return {name: value for name, value in to_params(cfg).items() if name in declared}
 
 
 def _client(host: str, namespace: str | None):
@@ -49,7 +56,7 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
             experiment_id=exp.experiment_id,
             job_name=run_name or f"{PIPELINE_NAME}-{cfg.data.category}".lower(),
             pipeline_package_path=str(package),
-            params=to_params(cfg),
+            params=run_parameters(cfg),
             pipeline_root=pipeline_root,
             enable_caching=False if no_cache else None,
             service_account=service_account,

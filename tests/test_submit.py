@@ -48,6 +48,8 @@ def test_submit_sends_spec_parameters_root_and_caching():
     params = body["runtime_config"]["parameters"]
     assert params["data"]["k_core"] == 7 and params["data"]["category"] == "Office_Products"
     assert params["sid"]["method"] == "rqvae"
+    declared = _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(declared)  # only what the pipeline declares; cluster is compile-time
     assert _pipeline_spec(body)["pipelineInfo"]["name"] == "sidreasoner"
     assert all(_task_caching(body).values())
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -254,6 +254,46 @@ class Stage2Config(_SFTConfig):
     epochs: float = Field(2, gt=0)
 
 
+class Stage3Config(_Section):
+    """Stage 3: outcome-driven RL (GRPO) on the Stage 2 model (issue 6)."""
+
+    backend: Literal["trl", "verl"] = Field(
+        "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: GPU, Ray, FSDP, vLLM (not built yet)")
+    reward: Literal["rule", "format", "ranking"] = Field(
+        "rule", description="rule: the paper's prefix reward (0.25/0.5/1.0 + 0.1 in catalogue); format: 1 for a "
+                            "well-formed '<think>…</think>SID'; ranking: MiniOneRec's exact-match + rank penalty")
+    num_generations: int = Field(8, ge=2, description="group size: completions sampled per prompt (verl rollout.n)")
+    lr: float = Field(1e-6, gt=0)
+    kl_beta: float = Field(0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model")
+    max_prompt_length: int = Field(1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)")
+    max_response_length: int = Field(1024, ge=8, description="generated tokens per completion")
+    temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1)
+    epochs: float = Field(1, gt=0)
+    max_steps: int = Field(0, ge=0, description="optimizer steps; 0 = from epochs")
+    train_batch_size: int = Field(32, ge=1, description="prompts per optimizer step (verl data.train_batch_size)")
+    micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward pass per device")
+    max_samples: int = Field(0, ge=0, description="cap on training prompts (seeded sample of the train split); 0 = all")
+    valid_samples: int = Field(64, ge=0, description="valid-split prompts in the RL validation Parquet")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
+    bf16: bool = Field(False, description="bf16 when a GPU with bf16 exists (always fp32 on CPU)")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    checkpoint_dir: str = Field(
+        "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>")
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _batches(self) -> "Stage3Config":
+        completions = self.train_batch_size * self.num_generations
+        if completions % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide train_batch_size * num_generations "
+                             f"({self.train_batch_size} * {self.num_generations} = {completions})")
+        return self
+
+
 class EvalConfig(_Section):
     """Evaluation (issue 5): constrained SID decoding, HR/NDCG, both modes."""
 
@@ -329,6 +369,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     stage1: Stage1Config = Field(default_factory=Stage1Config)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
+    stage3: Stage3Config = Field(default_factory=Stage3Config)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
@@ -371,6 +412,12 @@ _PAPER = {
     "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 128, "per_device_batch_size": 4, "cutoff_len": 2048,
                "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
                "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
+    # The paper's Stage 3 (verl GRPO): rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch 256
+    # prompts, max prompt/response 1024 tokens, checkpoint every 100 steps.
+    "stage3": {"backend": "verl", "reward": "rule", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
+               "train_batch_size": 256, "micro_batch_size": 16, "max_prompt_length": 1024, "max_response_length": 1024,
+               "temperature": 1.0, "epochs": 1, "save_steps": 100, "bf16": True, "gradient_checkpointing": True,
+               "checkpoint_dir": "/models/checkpoints"},
     # On a cluster: pods, GPUs, and the chart's model-cache PVC (mounted at /models), which also
     # holds the checkpoints and caches that let a retried pod resume.
     "cluster": {"resources": {
@@ -405,6 +452,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "tasks": {"sid_history_to_sid": 2.0, "item_narratives": 0.5, "history_narratives": 0.5}},
         "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
                    "max_samples": 400, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
+        # Sized for 2 CPU cores: about a minute of GRPO on the tiny model.
+        "stage3": {"backend": "trl", "reward": "rule", "num_generations": 4, "lr": 1e-4, "kl_beta": 0.001,
+                   "train_batch_size": 4, "micro_batch_size": 16, "max_prompt_length": 384, "max_response_length": 64,
+                   "temperature": 1.0, "max_steps": 12, "max_samples": 48, "valid_samples": 32, "save_steps": 6},
         # Sized for 2 CPU cores: 500 test users, short reasoning.
         "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "modes": ["nonthink", "think"], "splits": ["test"],
                  "batch_size": 32, "max_users": 500, "think_max_tokens": 96, "report_samples": 5},

@@ -14,8 +14,9 @@ def _polyline(points, sx, sy, color) -> str:
 
 
 def loss_curve_html(title: str, train: list[tuple[float, float]], valid: list[tuple[float, float]],
-                    summary: dict[str, float]) -> str:
-    """train/valid: (step, loss) pairs."""
+                    summary: dict[str, float], labels: tuple[str, str] = ("train loss", "valid loss"),
+                    xlabel: str = "optimizer step") -> str:
+    """train/valid: (step, value) pairs; `labels` name the two series."""
     w, h, m = 720, 360, 50
     xs = [x for x, _ in train + valid] or [0, 1]
     ys = [y for _, y in train + valid] or [0, 1]
@@ -32,10 +33,10 @@ def loss_curve_html(title: str, train: list[tuple[float, float]], valid: list[tu
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">'
            f'<rect x="{m}" y="{m}" width="{w - 2 * m}" height="{h - 2 * m}" fill="none" stroke="#ccc"/>'
            f'{ticks}{xticks}'
-           f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle" font-size="12">optimizer step</text>'
+           f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle" font-size="12">{html.escape(xlabel)}</text>'
            f'{_polyline(train, sx, sy, "#1f77b4")}{_polyline(valid, sx, sy, "#d62728")}'
-           f'<text x="{w - m}" y="{m - 20}" text-anchor="end" font-size="12" fill="#1f77b4">train loss</text>'
-           f'<text x="{w - m}" y="{m - 6}" text-anchor="end" font-size="12" fill="#d62728">valid loss</text>'
+           f'<text x="{w - m}" y="{m - 20}" text-anchor="end" font-size="12" fill="#1f77b4">{html.escape(labels[0])}</text>'
+           f'<text x="{w - m}" y="{m - 6}" text-anchor="end" font-size="12" fill="#d62728">{html.escape(labels[1])}</text>'
            '</svg>')
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" for k, v in summary.items())
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"

@@ -1,0 +1,1 @@
+"""Stage 3: outcome-driven RL (GRPO) — reward, RL data, backends."""

@@ -1,0 +1,213 @@
+"""The `rl-stage3` step and its `trl` backend: TRL's GRPOTrainer (single process, CPU or one GPU)
+on the Stage 2 model, with the shared SID reward (`sidreasoner.rl.reward`) and RL data
+(`sidreasoner.rl.data`), resumable checkpoints, and a plain Hugging Face model as output.
+
+Settings map onto TRL as follows: stage3.num_generations -> num_generations (group size);
+kl_beta -> beta (TRL's per-token KL is the k3 estimator, verl's `low_var_kl` without its clamp);
+train_batch_size prompts per optimizer step -> per_device_train_batch_size = micro_batch_size
+completions and gradient_accumulation_steps = train_batch_size * num_generations / micro_batch_size;
+max_response_length -> max_completion_length. TRL 1.16 has no prompt-length cap, so prompts longer
+than max_prompt_length are left out before training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from sidreasoner.config import Config
+from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.rl import data as rl_data
+from sidreasoner.rl import reward as rl_reward
+from sidreasoner.train import prompts
+from sidreasoner.train.base import load_model_and_tokenizer, save_model
+from sidreasoner.train.report import loss_curve_html
+from sidreasoner.train.sft import checkpoint_root, last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class BackendNotBuiltError(NotImplementedError):
+    """The selected stage3.backend exists in the config but is not implemented yet."""
+
+
+def _dataset(tok, rows: list[dict], max_prompt_length: int):
+    from datasets import Dataset
+
+    out, skipped = [], 0
+    for r in rows:
+        text = prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True)
+        if len(tok(text, add_special_tokens=False)["input_ids"]) > max_prompt_length:
+            skipped += 1
+            continue
+        out.append({"prompt": text, "ground_truth": r["reward_model"]["ground_truth"]})
+    if not out:
+        raise ValueError(f"stage3: every prompt is longer than max_prompt_length={max_prompt_length}")
+    return Dataset.from_list(out), skipped
+
+
+def _grpo_config(cfg: Config, ckpt: Path):
+    from trl import GRPOConfig
+
+    s = cfg.stage3
+    cuda = torch.cuda.is_available()
+    completions = s.train_batch_size * s.num_generations
+    return GRPOConfig(
+        output_dir=str(ckpt),
+        per_device_train_batch_size=s.micro_batch_size,
+        gradient_accumulation_steps=completions // s.micro_batch_size,
+        num_generations=s.num_generations,
+        max_completion_length=s.max_response_length,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        beta=s.kl_beta,
+        learning_rate=s.lr,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_ratio,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps if s.max_steps else -1,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit,
+        logging_steps=s.logging_steps,
+        logging_first_step=True,
+        bf16=bool(s.bf16 and cuda and torch.cuda.is_bf16_supported()),
+        use_cpu=not cuda,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        gradient_checkpointing=s.gradient_checkpointing,
+        dataloader_num_workers=0,
+        log_completions=False,
+        disable_tqdm=True,
+    )
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _summary(history: list[dict]) -> dict:
+    steps = [h for h in history if "reward" in h]
+    per_step = [{"step": h["step"], "reward": h["reward"], "reward_std": h.get("reward_std"), "kl": h.get("kl"),
+                 "completion_length": h.get("completions/mean_length"),
+                 **{k: v for k, v in h.items() if k.startswith("sid/")}} for h in steps]
+    return {"per_step": per_step}
+
+
+def _metrics(per_step: list[dict], global_step: int, resumed_from: int, n_prompts: int, skipped: int,
+             completions_done: int, train_wall: float, wall: float) -> dict[str, float]:
+    rewards = [p["reward"] for p in per_step]
+    k = max(1, min(5, math.ceil(len(rewards) / 4))) if rewards else 1
+    kls = [p["kl"] for p in per_step if p.get("kl") is not None]
+    lengths = [p["completion_length"] for p in per_step if p.get("completion_length") is not None]
+    return {
+        "reward_first": _mean(rewards[:k]),
+        "reward_last": _mean(rewards[-k:]),
+        "reward_mean": _mean(rewards),
+        "reward_max": max(rewards) if rewards else float("nan"),
+        "reward_min": min(rewards) if rewards else float("nan"),
+        "kl_mean": _mean(kls),
+        "kl_last": kls[-1] if kls else float("nan"),
+        "completion_length_mean": _mean(lengths),
+        "steps": float(global_step),
+        "resumed_from_step": float(resumed_from),
+        "prompts": float(n_prompts),
+        "prompts_skipped_too_long": float(skipped),
+        "samples_per_s": completions_done / train_wall if train_wall > 0 else 0.0,
+        "train_wall_seconds": train_wall,
+        "wall_seconds": wall,
+    }
+
+
+def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
+              out_model_dir: Path) -> dict[str, float]:
+    from trl import GRPOTrainer
+
+    start = time.time()
+    s = cfg.stage3
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model_and_tokenizer(stage2_model_dir)
+    missing = [c for c in rl_data.load_sid_map(sid_index_dir).values() if not all(
+        t in tok.get_vocab() for t in _code_tokens(c))]
+    if missing:
+        raise ValueError(f"stage3: the model in {stage2_model_dir} lacks SID tokens (e.g. {missing[:3]}); "
+                         "give it the sft-stage2 model")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    train_rows = rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed)
+    valid_rows = rl_data.rl_rows(dataset_dir, sid_index_dir, "valid", s.valid_samples, cfg.seed) if s.valid_samples else []
+    train_ds, skipped = _dataset(tok, train_rows, s.max_prompt_length)
+    catalogue = rl_reward.load_catalogue(sid_index_dir)
+    reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)
+
+    ckpt = checkpoint_root("stage3", cfg, s, [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)])
+    ckpt.mkdir(parents=True, exist_ok=True)
+    resume = last_checkpoint(ckpt)
+    resumed_from = int(resume.name.split("-")[-1]) if resume else 0
+    if resume:
+        log.info("stage3: resuming from %s", resume)
+    args = _grpo_config(cfg, ckpt)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=train_ds,
+                          processing_class=tok)
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_wall = time.time() - t0
+    history = list(trainer.state.log_history)
+    summary = _summary(history)
+    steps_run = trainer.state.global_step - resumed_from
+    completions_done = steps_run * s.train_batch_size * s.num_generations
+    metrics = _metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
+                       completions_done, train_wall, 0.0)
+    model = trainer.model
+    model.config.use_cache = True
+    info = {
+        "stage": "stage3",
+        "backend": "trl",
+        "per_step": summary["per_step"],
+        "history": history,
+        "checkpoint_dir": str(ckpt),
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "bf16": args.bf16,
+        "reward_fn": reward_fn.__name__,
+    }
+    metrics["wall_seconds"] = time.time() - start
+    out = Path(out_model_dir)
+    with atomic_dir(out) as tmp:
+        save_model(model, tok, tmp)
+        rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")
+        rl_data.write_parquet(valid_rows, tmp / "rl_data" / "valid.parquet")
+        write_json(tmp / "training.json", {**info, "metrics": metrics,
+                                           "config": {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
+                                                      "stage3": s.model_dump(mode="json")}})
+        pts = [(p["step"], p["reward"]) for p in summary["per_step"]]
+        (tmp / "reward_curve.html").write_text(loss_curve_html(
+            f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics,
+            labels=("mean reward", "")))
+    return metrics
+
+
+def _code_tokens(sid: str) -> list[str]:
+    import re
+
+    return re.findall(r"<[a-z]_\d+>", sid)
+
+
+def rl_stage3(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
+              out_model_dir: Path) -> dict[str, float]:
+    """The `rl-stage3` step: GRPO on the Stage 2 model with the backend `cfg.stage3.backend`."""
+    backend = cfg.stage3.backend
+    if backend == "verl":
+        raise BackendNotBuiltError(
+            "stage3.backend=verl is not built yet (issue 6): use stage3.backend=trl "
+            "(--set stage3.backend=trl) until the verl backend lands")
+    if backend == "trl":
+        return train_trl(cfg, Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir), Path(out_model_dir))
+    raise ValueError(f"unknown stage3.backend {backend!r}")

@@ -1,0 +1,36 @@
+"""Stage 3 RL data: verl's Parquet schema, one row's exact content."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from sidreasoner.rl import data as D
+from train_helpers import make_artifacts
+
+
+def test_schema_and_row(tmp_path):
+    art = make_artifacts(tmp_path)
+    paths = D.write_rl_data(art["dataset"], art["sid_index"], tmp_path / "rl")
+    train = pd.read_parquet(paths["train"])
+    assert list(train.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    assert len(train) == 5
+    row = train.iloc[1]
+    assert row.data_source == "sidreasoner" and row.ability == "recommendation"
+    assert [dict(m) for m in row.prompt] == [{"role": "user", "content": (
+        "The user has interacted with items <a_0><b_1><c_2>, <a_0><b_1><c_3> in chronological order. "
+        "Can you predict the next possible item that the user may expect? Let's think step by step before "
+        "making recommendation. Directly output the item SID after thinking.")}]
+    assert dict(row.reward_model) == {"style": "rule", "ground_truth": "<a_0><b_2><c_0>"}
+    assert dict(row.extra_info) == {"split": "train", "index": 1, "user_id": 0, "item_id": 2}
+    valid = pd.read_parquet(paths["valid"])
+    assert set(e["split"] for e in valid.extra_info) == {"valid"} and len(valid) == 3
+
+
+def test_sampling_and_no_test_split(tmp_path):
+    art = make_artifacts(tmp_path)
+    rows = D.rl_rows(art["dataset"], art["sid_index"], "train", max_samples=3, seed=0)
+    assert len(rows) == 3 and [r["extra_info"]["index"] for r in rows] == sorted(r["extra_info"]["index"] for r in rows)
+    assert rows == D.rl_rows(art["dataset"], art["sid_index"], "train", max_samples=3, seed=0)
+    with pytest.raises(ValueError, match="train or valid"):
+        D.rl_rows(art["dataset"], art["sid_index"], "test")
