@@ -38,3 +38,14 @@ def sft_stage2(seed: int, stage2: dict, stage1_model: Input[Model], dataset: Inp
     run_component("sft-stage2", {"seed": seed, "stage2": stage2},
                   {"stage1_model": stage1_model.path, "dataset": dataset.path, "sid_index": sid_index.path,
                    "corpus": corpus.path, "stage2_model": stage2_model.path}, metrics, {"loss_curve": loss_curve})
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def rl_stage3(seed: int, stage3: dict, stage2_model: Input[Model], dataset: Input[Dataset], sid_index: Input[Dataset],
+              stage3_model: Output[Model], metrics: Output[Metrics], reward_curve: Output[HTML]):
+    """Stage 3: GRPO with the SID reward, from the Stage 2 model."""
+    from sidreasoner.components.runtime import run_component
+
+    run_component("rl-stage3", {"seed": seed, "stage3": stage3},
+                  {"stage2_model": stage2_model.path, "dataset": dataset.path, "sid_index": sid_index.path,
+                   "stage3_model": stage3_model.path}, metrics, {"reward_curve": reward_curve})

@@ -13,10 +13,11 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
 from sidreasoner.components.data import download_data, preprocess
-from sidreasoner.components.evaluate import evaluate_baselines, evaluate_stage1, evaluate_stage2, report
+from sidreasoner.components.evaluate import (evaluate_baselines, evaluate_stage1, evaluate_stage2, evaluate_stage3,
+                                             report)
 from sidreasoner.components.sid import embed_items, quantize_sids
 from sidreasoner.components.teacher import synthesize_corpus
-from sidreasoner.components.train import prepare_base_model, sft_stage1, sft_stage2
+from sidreasoner.components.train import prepare_base_model, rl_stage3, sft_stage1, sft_stage2
 from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
 from sidreasoner.steps import STEPS, steps_until
 
@@ -70,7 +71,7 @@ def _outputs_type(included: list[str]) -> type:
 
 # Steps that load models or keep caches/checkpoints meant to outlive a pod: the model-cache PVC.
 MODEL_CACHE_STEPS = ("download-data", "embed-items", "synthesize-corpus", "prepare-base-model", "sft-stage1",
-                     "evaluate-stage1", "sft-stage2", "evaluate-stage2")
+                     "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "evaluate-stage3")
 
 
 def _resources(task: dsl.PipelineTask, res: StepResources) -> None:
@@ -118,6 +119,7 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
         model: dict = defaults["model"],
         stage1: dict = defaults["stage1"],
         stage2: dict = defaults["stage2"],
+        stage3: dict = defaults["stage3"],
         eval: dict = defaults["eval"],
     ):
         tasks: dict[str, dsl.PipelineTask] = {}
@@ -179,13 +181,24 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
                 seed=seed, eval=eval, stage2_model=out("sft-stage2", "stage2_model"),
                 dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
 
+        if "rl-stage3" in included:
+            tasks["rl-stage3"] = rl_stage3(
+                seed=seed, stage3=stage3, stage2_model=out("sft-stage2", "stage2_model"),
+                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
+
+        if "evaluate-stage3" in included:
+            tasks["evaluate-stage3"] = evaluate_stage3(
+                seed=seed, eval=eval, stage3_model=out("rl-stage3", "stage3_model"),
+                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
+
         if "report" in included:
             tasks["report"] = report(
                 seed=seed, eval=eval, baselines=out("evaluate-baselines", "baselines"),
                 stage1_eval=out("evaluate-stage1", "stage1_eval"), stage2_eval=out("evaluate-stage2", "stage2_eval"),
+                stage3_eval=out("evaluate-stage3", "stage3_eval"),
                 dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
 
-        for name in ("sft-stage1", "sft-stage2"):
+        for name in ("sft-stage1", "sft-stage2", "rl-stage3"):
             if name in tasks:
                 _training_pod(tasks[name])
         for name, task in tasks.items():

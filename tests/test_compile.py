@@ -14,8 +14,9 @@ from sidreasoner.pipelines.compile import compile_pipeline
 
 STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus",
               "evaluate-baselines", "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2",
-              "evaluate-stage2", "report"]
-TRAINING_STEPS = {"prepare-base-model", "sft-stage1", "sft-stage2", "evaluate-stage1", "evaluate-stage2"}
+              "evaluate-stage2", "rl-stage3", "evaluate-stage3", "report"]
+TRAINING_STEPS = {"prepare-base-model", "sft-stage1", "sft-stage2", "evaluate-stage1", "evaluate-stage2", "rl-stage3",
+                  "evaluate-stage3"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,8 +38,9 @@ def test_tasks_are_the_dag_steps_in_order(spec):
                                                              "synthesize-corpus"]
     assert "sft-stage1" in tasks["sft-stage2"]["dependentTasks"]
     assert sorted(tasks["evaluate-stage2"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
+    assert sorted(tasks["rl-stage3"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
     assert sorted(tasks["report"]["dependentTasks"]) == ["evaluate-baselines", "evaluate-stage1", "evaluate-stage2",
-                                                         "preprocess", "quantize-sids"]
+                                                         "evaluate-stage3", "preprocess", "quantize-sids"]
 
 
 def test_every_task_caches_and_download_retries(spec):
@@ -88,7 +90,7 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
     text = compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text()
     pipeline, platform = yaml.safe_load_all(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for step in ("sft-stage1", "sft-stage2"):
+    for step in ("sft-stage1", "sft-stage2", "rl-stage3"):
         assert executors[f"exec-{step}"]["emptyDirMounts"] == [
             {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
         assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
@@ -96,7 +98,7 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
 
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "eval"}
+    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "stage3", "eval"}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
@@ -148,7 +150,8 @@ PAPER_RESOURCES = {
     "download-data": ("2", "8Gi", 0), "preprocess": ("2", "16Gi", 0), "embed-items": ("4", "32Gi", 1),
     "quantize-sids": ("8", "16Gi", 0), "synthesize-corpus": ("2", "8Gi", 0), "evaluate-baselines": ("2", "8Gi", 0),
     "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
-    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
+    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 1),
+    "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
 }
 GIB = 1024 ** 3
 

@@ -20,10 +20,12 @@ pytestmark = pytest.mark.slow
 SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40",
          "stage1.max_per_task=60", "stage1.epochs=1", "stage1.hr_samples=20", "stage1.valid_samples=20",
          "stage2.max_samples=40", "stage2.valid_samples=8", "stage2.epochs=1",
+         "stage3.max_steps=2", "stage3.max_samples=8", "stage3.valid_samples=4", "stage3.max_response_length=24",
          "eval.max_users=16", "eval.think_max_tokens=12"]
 REMOTE = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""")  # the KFP UI iframe must need nothing remote
 STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
-         "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "report"]
+         "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3",
+         "evaluate-stage3", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_artifacts_fit_together(first_run):
     train = pd.read_parquet(f"{dataset}/train.parquet")
     assert len(samples) + tasks["synthesize-corpus"]["metrics"]["samples_rejected"] == len(train)
     for step, folder in (("prepare-base-model", "base_model"), ("sft-stage1", "stage1_model"),
-                         ("sft-stage2", "stage2_model")):
+                         ("sft-stage2", "stage2_model"), ("rl-stage3", "stage3_model")):
         files = {p.name for p in Path(tasks[step]["outputs"][folder]).iterdir()}
         assert {"model.safetensors", "tokenizer.json", "config.json"} <= files, step
     for step in ("sft-stage1", "sft-stage2"):
@@ -86,7 +88,10 @@ def test_metrics_reach_the_summary(first_run):
     assert tasks["synthesize-corpus"]["metrics"]["requests"] == 0  # the template teacher calls no model
     assert tasks["evaluate-stage1"]["metrics"]["test_nonthink_users"] == 16
     assert "test_think_hr@10" in tasks["evaluate-stage2"]["metrics"]
-    assert tasks["report"]["metrics"]["labels"] >= 3
+    assert tasks["report"]["metrics"]["labels"] >= 4
+    assert "stage3_nonthink_hr@10" in tasks["report"]["metrics"]
+    assert tasks["rl-stage3"]["metrics"]["steps"] == 2
+    assert "<svg" in Path(tasks["rl-stage3"]["outputs"]["reward_curve"]).read_text()
     stage1 = tasks["sft-stage1"]["metrics"]
     assert stage1["valid_sid_rate"] == 1.0 and stage1["steps"] > 0
     assert stage1["sid_tokens_added"] == 3 * 16
@@ -101,9 +106,9 @@ def test_identical_second_run_is_fully_cached(first_run, root):
 
 
 def test_changing_a_late_section_reruns_only_that_step(first_run, root):
-    changed = run_local(config.load("demo", SMALL + ["stage2.lr=0.002"]), root)
+    changed = run_local(config.load("demo", SMALL + ["stage3.lr=0.0002"]), root)
     status = {name: t["status"] for name, t in changed["tasks"].items()}
-    rerun = {"sft-stage2", "evaluate-stage2", "report"}
+    rerun = {"rl-stage3", "evaluate-stage3", "report"}
     assert status == {name: "SUCCEEDED" if name in rerun else "CACHED" for name in STEPS}
 
 

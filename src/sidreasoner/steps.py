@@ -60,9 +60,14 @@ STEPS: dict[str, Step] = {
              reports=(("loss_curve", "stage2_model", "loss_curve.html"),)),
         Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
              "sidreasoner.eval.evaluate:evaluate", ("stage2_model", "dataset", "sid_index"), ("stage2_eval",)),
+        Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (TRL backend; verl not built yet)",
+             "sidreasoner.rl.trl_backend:rl_stage3", ("stage2_model", "dataset", "sid_index"), ("stage3_model",),
+             reports=(("reward_curve", "stage3_model", "reward_curve.html"),)),
+        Step("evaluate-stage3", "constrained SID beam search with the Stage 3 model, with and without thinking",
+             "sidreasoner.eval.evaluate:evaluate", ("stage3_model", "dataset", "sid_index"), ("stage3_eval",)),
         Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
              "sidreasoner.eval.report:report_stages",
-             ("baselines", "stage1_eval", "stage2_eval", "dataset", "sid_index"), ("report",),
+             ("baselines", "stage1_eval", "stage2_eval", "stage3_eval", "dataset", "sid_index"), ("report",),
              reports=(("report_html", "report", "report.html"), ("report_md", "report", "report.md"))),
     )
 }

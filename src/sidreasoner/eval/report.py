@@ -190,7 +190,8 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
 
 
 def report_stages(cfg: Config, baselines_dir: Path, stage1_eval_dir: Path, stage2_eval_dir: Path,
-                  dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
-    """The pipeline's `report` step: the baselines, Stage 1 and Stage 2 on one page."""
+                  stage3_eval_dir: Path, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+    """The pipeline's `report` step: the baselines and every stage on one page."""
     return report(cfg, {"baselines": Path(baselines_dir), "stage1": Path(stage1_eval_dir),
-                        "stage2": Path(stage2_eval_dir)}, dataset_dir, sid_index_dir, out_dir)
+                        "stage2": Path(stage2_eval_dir), "stage3": Path(stage3_eval_dir)},
+                  dataset_dir, sid_index_dir, out_dir)
