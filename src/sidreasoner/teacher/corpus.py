@@ -147,7 +147,6 @@ def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks:
     by_kind: dict[str, dict[int, Checked]] = {k: {} for k in KINDS}
     for task, res in zip(tasks, results):
         by_kind[task.kind][task.key] = res
-    t = cfg.teacher
     # items
     item_rows = [(i, ctx.items[i].sid, r.text) for i, r in sorted(by_kind["item"].items()) if r.ok]
     pq.write_table(pa.table({
