@@ -12,7 +12,7 @@ from typing import Any
 from sidreasoner.config import Config
 from sidreasoner.io import write_json
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
-from sidreasoner.steps import STEPS, steps_until
+from sidreasoner.steps import pipeline_steps
 
 
 def _artifact_path(artifact: Any) -> str:
@@ -48,7 +48,8 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
     outputs = result.outputs
 
     tasks = {}
-    for step in steps_until(until):
+    steps = pipeline_steps(cfg, until)
+    for step in steps:
         paths = {out: _artifact_path(outputs[output_name(step.name, out)]) for out in step.outputs}
         metrics_artifact = outputs[output_name(step.name, "metrics")]
         executed = run_dir is not None and all(Path(p).resolve().is_relative_to(run_dir) for p in paths.values())
@@ -63,7 +64,7 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         "pipeline": PIPELINE_NAME,
         "pipeline_root": str(root),
         "run_dir": str(run_dir) if run_dir else None,
-        "until": until or list(STEPS)[-1],
+        "until": until or steps[-1].name,
         "wall_seconds": round(time.time() - started, 2),
         "config": cfg.model_dump(mode="json"),
         "tasks": tasks,

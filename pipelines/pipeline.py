@@ -17,9 +17,10 @@ from sidreasoner.components.evaluate import (evaluate_baselines, evaluate_stage1
                                              report)
 from sidreasoner.components.sid import embed_items, quantize_sids
 from sidreasoner.components.teacher import synthesize_corpus
-from sidreasoner.components.train import prepare_base_model, rl_stage3, sft_stage1, sft_stage2
+from sidreasoner.components.train import (export_model, merge_checkpoint, prepare_base_model, rl_stage3, sft_stage1,
+                                          sft_stage2)
 from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
-from sidreasoner.steps import STEPS, steps_until
+from sidreasoner.steps import STEPS, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
 
@@ -37,6 +38,7 @@ STEP_CREDENTIALS = {
     "embed-items": ("hf",),
     "synthesize-corpus": ("teacher",),
     "prepare-base-model": ("s3", "gcs", "hf"),
+    "export-model": ("s3", "gcs"),
 }
 
 
@@ -58,7 +60,7 @@ def output_name(step: str, output: str) -> str:
 def artifact_names(step: str) -> dict[str, type]:
     """Every artifact a step's task outputs, with its KFP type."""
     spec = STEPS[step]
-    names = {out: Model if out.endswith("model") else Dataset for out in spec.outputs}
+    names = {out: Model if out.endswith(("model", "checkpoint")) else Dataset for out in spec.outputs}
     names.update({name: Markdown if filename.endswith(".md") else HTML for name, _, filename in spec.reports})
     names["metrics"] = Metrics
     return names
@@ -69,9 +71,13 @@ def _outputs_type(included: list[str]) -> type:
     return NamedTuple("Outputs", fields)
 
 
+# Steps that write outside the artifact store: never served from the cache (DESIGN §3).
+SIDE_EFFECT_STEPS = ("export-model",)
+
 # Steps that load models or keep caches/checkpoints meant to outlive a pod: the model-cache PVC.
 MODEL_CACHE_STEPS = ("download-data", "embed-items", "synthesize-corpus", "prepare-base-model", "sft-stage1",
-                     "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "evaluate-stage3")
+                     "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint",
+                     "evaluate-stage3")
 
 
 def _resources(task: dsl.PipelineTask, res: StepResources) -> None:
@@ -106,7 +112,7 @@ def _training_pod(task: dsl.PipelineTask) -> None:
 def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset()):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
     in `no_cache` always execute (caching off), the others may be served from the cache."""
-    included = [s.name for s in steps_until(until)]
+    included = [s.name for s in pipeline_steps(cfg, until)]
     defaults = to_params(cfg)
     Outputs = _outputs_type(included)
 
@@ -121,6 +127,7 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
         stage2: dict = defaults["stage2"],
         stage3: dict = defaults["stage3"],
         eval: dict = defaults["eval"],
+        export: dict = defaults["export"],
     ):
         tasks: dict[str, dsl.PipelineTask] = {}
 
@@ -186,9 +193,14 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
                 seed=seed, stage3=stage3, stage2_model=out("sft-stage2", "stage2_model"),
                 dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
 
+        if "merge-checkpoint" in included:
+            tasks["merge-checkpoint"] = merge_checkpoint(
+                seed=seed, stage3=stage3, stage3_checkpoint=out("rl-stage3", "stage3_checkpoint"),
+                stage2_model=out("sft-stage2", "stage2_model"))
+
         if "evaluate-stage3" in included:
             tasks["evaluate-stage3"] = evaluate_stage3(
-                seed=seed, eval=eval, stage3_model=out("rl-stage3", "stage3_model"),
+                seed=seed, eval=eval, stage3_model=out("merge-checkpoint", "stage3_model"),
                 dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
 
         if "report" in included:
@@ -197,6 +209,10 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
                 stage1_eval=out("evaluate-stage1", "stage1_eval"), stage2_eval=out("evaluate-stage2", "stage2_eval"),
                 stage3_eval=out("evaluate-stage3", "stage3_eval"),
                 dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
+
+        if "export-model" in included:
+            tasks["export-model"] = export_model(seed=seed, export=export,
+                                                 stage3_model=out("merge-checkpoint", "stage3_model"))
 
         for name in ("sft-stage1", "sft-stage2", "rl-stage3"):
             if name in tasks:
@@ -207,7 +223,8 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
             if cfg.cluster.model_cache_pvc and name in MODEL_CACHE_STEPS:
                 _model_cache(task, cfg.cluster)
         for name, task in tasks.items():
-            task.set_caching_options(enable_caching=name not in no_cache)
+            # export-model writes outside the artifact store: a cache hit would skip the upload.
+            task.set_caching_options(enable_caching=name not in no_cache and name not in SIDE_EFFECT_STEPS)
         return Outputs(**{
             output_name(name, artifact): task.outputs[artifact]
             for name, task in tasks.items()

@@ -9,7 +9,7 @@ from pathlib import Path
 from sidreasoner.config import Config, to_params
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build
-from sidreasoner.steps import downstream
+from sidreasoner.steps import downstream, pipeline_steps
 
 
 @dataclass
@@ -47,7 +47,8 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
     for the whole run."""
     if no_cache and rerun_from:
         raise ValueError("--no-cache and --rerun-from exclude each other")
-    no_cache_steps = downstream(rerun_from) if rerun_from else []
+    in_dag = {s.name for s in pipeline_steps(cfg)}
+    no_cache_steps = [name for name in downstream(rerun_from) if name in in_dag] if rerun_from else []
     client = _client(host, namespace)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml", no_cache=frozenset(no_cache_steps))

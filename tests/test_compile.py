@@ -14,9 +14,9 @@ from sidreasoner.pipelines.compile import compile_pipeline
 
 STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus",
               "evaluate-baselines", "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2",
-              "evaluate-stage2", "rl-stage3", "evaluate-stage3", "report"]
+              "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3", "report"]
 TRAINING_STEPS = {"prepare-base-model", "sft-stage1", "sft-stage2", "evaluate-stage1", "evaluate-stage2", "rl-stage3",
-                  "evaluate-stage3"}
+                  "merge-checkpoint", "evaluate-stage3"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,6 +39,13 @@ def test_tasks_are_the_dag_steps_in_order(spec):
     assert "sft-stage1" in tasks["sft-stage2"]["dependentTasks"]
     assert sorted(tasks["evaluate-stage2"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
     assert sorted(tasks["rl-stage3"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
+    assert sorted(tasks["merge-checkpoint"]["dependentTasks"]) == ["rl-stage3", "sft-stage2"]
+    assert sorted(tasks["evaluate-stage3"]["dependentTasks"]) == ["merge-checkpoint", "preprocess", "quantize-sids"]
+    merge_inputs = tasks["merge-checkpoint"]["inputs"]["artifacts"]
+    assert merge_inputs["stage3_checkpoint"]["taskOutputArtifact"] == {"outputArtifactKey": "stage3_checkpoint",
+                                                                       "producerTask": "rl-stage3"}
+    assert tasks["evaluate-stage3"]["inputs"]["artifacts"]["stage3_model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
     assert sorted(tasks["report"]["dependentTasks"]) == ["evaluate-baselines", "evaluate-stage1", "evaluate-stage2",
                                                          "evaluate-stage3", "preprocess", "quantize-sids"]
 
@@ -94,11 +101,14 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
         assert executors[f"exec-{step}"]["emptyDirMounts"] == [
             {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
         assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
+    assert "emptyDirMounts" not in executors["exec-merge-checkpoint"]
+    assert "retryPolicy" not in pipeline["root"]["dag"]["tasks"]["merge-checkpoint"]
 
 
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "stage3", "eval"}
+    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "stage3", "eval",
+                           "export"}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
@@ -151,7 +161,7 @@ PAPER_RESOURCES = {
     "quantize-sids": ("8", "16Gi", 0), "synthesize-corpus": ("2", "8Gi", 0), "evaluate-baselines": ("2", "8Gi", 0),
     "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
     "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 1),
-    "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
+    "merge-checkpoint": ("8", "64Gi", 0), "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
 }
 GIB = 1024 ** 3
 
@@ -182,7 +192,8 @@ def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
     assert container["resources"]["accelerator"]["resourceCount"] == "2"
     assert container["resources"]["resourceMemoryRequest"] == "256Gi"  # the rest of the preset kept
     assert {"name": "HF_HOME", "value": "/models/hf"} in container["env"]
-    for step in ("download-data", "embed-items", "prepare-base-model", "sft-stage1", "evaluate-stage2"):
+    for step in ("download-data", "embed-items", "prepare-base-model", "sft-stage1", "evaluate-stage2",
+                 "merge-checkpoint"):
         assert k8s[f"exec-{step}"]["pvcMount"][0]["constant"] == "sidreasoner-model-cache", step
     assert "pvcMount" not in k8s.get("exec-report", {})
     no_pvc = compile_pipeline(config.load("office", ["cluster.model_cache_pvc="]), tmp_path / "q.yaml").read_text()
@@ -207,3 +218,22 @@ def test_credentials_are_optional_secret_references(tmp_path):
     # never point ADC at a file that is absent when the optional Secret is
     assert all(e["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for e in env)
     assert "secretAsEnv" not in k8s.get("exec-sft-stage1", {})
+
+
+def test_export_model_only_when_asked_uncached_with_storage_credentials(spec, tmp_path):
+    assert "export-model" not in spec["root"]["dag"]["tasks"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["export"]["defaultValue"] == {"uri": "", "overwrite": False}
+    text = compile_pipeline(config.load("office", ["export.uri=s3://models/office/run-1"]), tmp_path / "e.yaml").read_text()
+    pipeline, platform = yaml.safe_load_all(text)
+    task = pipeline["root"]["dag"]["tasks"]["export-model"]
+    assert task["dependentTasks"] == ["merge-checkpoint"]
+    assert task["cachingOptions"] == {}  # caching off: a cache hit would skip the upload
+    assert task["inputs"]["artifacts"]["stage3_model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
+    assert pipeline["deploymentSpec"]["executors"]["exec-export-model"]["container"]["image"] == CPU_IMAGE
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["export"]["defaultValue"]["uri"] == "s3://models/office/run-1"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-export-model"]
+    assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"sidreasoner-s3"}
+    assert k8s["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
+    with pytest.raises(config.ConfigError, match="export-model' is in the DAG only when export.uri is set"):
+        compile_pipeline(config.load("demo"), tmp_path / "x.yaml", until="export-model")

@@ -25,7 +25,7 @@ SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_siz
 REMOTE = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""")  # the KFP UI iframe must need nothing remote
 STEPS = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
          "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3",
-         "evaluate-stage3", "report"]
+         "merge-checkpoint", "evaluate-stage3", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,15 @@ def test_artifacts_fit_together(first_run):
     train = pd.read_parquet(f"{dataset}/train.parquet")
     assert len(samples) + tasks["synthesize-corpus"]["metrics"]["samples_rejected"] == len(train)
     for step, folder in (("prepare-base-model", "base_model"), ("sft-stage1", "stage1_model"),
-                         ("sft-stage2", "stage2_model"), ("rl-stage3", "stage3_model")):
+                         ("sft-stage2", "stage2_model"), ("merge-checkpoint", "stage3_model")):
         files = {p.name for p in Path(tasks[step]["outputs"][folder]).iterdir()}
         assert {"model.safetensors", "tokenizer.json", "config.json"} <= files, step
+    checkpoint = Path(tasks["rl-stage3"]["outputs"]["stage3_checkpoint"])
+    assert json.loads((checkpoint / "checkpoint.json").read_text())["format"] == "hf"
+    assert (checkpoint / "model" / "model.safetensors").exists()
+    stage3_model = Path(tasks["merge-checkpoint"]["outputs"]["stage3_model"])
+    assert json.loads((stage3_model / "merge.json").read_text())["format"] == "hf"
+    assert (stage3_model / "training.json").exists() and (stage3_model / "rl_data" / "train.parquet").exists()
     for step in ("sft-stage1", "sft-stage2"):
         html = Path(tasks[step]["outputs"]["loss_curve"]).read_text()
         assert "<svg" in html and not REMOTE.search(html)
@@ -92,6 +98,8 @@ def test_metrics_reach_the_summary(first_run):
     assert "stage3_nonthink_hr@10" in tasks["report"]["metrics"]
     assert tasks["rl-stage3"]["metrics"]["steps"] == 2
     assert "<svg" in Path(tasks["rl-stage3"]["outputs"]["reward_curve"]).read_text()
+    merge = tasks["merge-checkpoint"]["metrics"]
+    assert merge["format"] == 0 and merge["max_abs_diff"] == 0.0 and merge["tied_embeddings"] == 1
     stage1 = tasks["sft-stage1"]["metrics"]
     assert stage1["valid_sid_rate"] == 1.0 and stage1["steps"] > 0
     assert stage1["sid_tokens_added"] == 3 * 16
@@ -108,7 +116,7 @@ def test_identical_second_run_is_fully_cached(first_run, root):
 def test_changing_a_late_section_reruns_only_that_step(first_run, root):
     changed = run_local(config.load("demo", SMALL + ["stage3.lr=0.0002"]), root)
     status = {name: t["status"] for name, t in changed["tasks"].items()}
-    rerun = {"rl-stage3", "evaluate-stage3", "report"}
+    rerun = {"rl-stage3", "merge-checkpoint", "evaluate-stage3", "report"}
     assert status == {name: "SUCCEEDED" if name in rerun else "CACHED" for name in STEPS}
 
 
@@ -122,3 +130,21 @@ def test_cli_until_stops_after_the_step(tmp_path):
     tasks = json.loads(summary.read_text())["tasks"]
     assert list(tasks) == ["download-data", "preprocess"]
     assert "preprocess" in result.stdout and "dataset" in result.stdout
+
+
+def test_export_model_joins_the_dag_when_asked_and_never_comes_from_the_cache(first_run, root, tmp_path):
+    target = tmp_path / "exported"
+    cfg = config.load("demo", SMALL + [f"export.uri=file://{target}"])
+    first = run_local(cfg, root)
+    assert list(first["tasks"]) == STEPS + ["export-model"]
+    status = {name: t["status"] for name, t in first["tasks"].items()}
+    assert status == {**{name: "CACHED" for name in STEPS}, "export-model": "SUCCEEDED"}
+    model = Path(first_run["tasks"]["merge-checkpoint"]["outputs"]["stage3_model"])
+    assert (target / "_SUCCESS").exists()
+    assert (target / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
+    record = json.loads((Path(first["tasks"]["export-model"]["outputs"]["model_export"]) / "export.json").read_text())
+    assert record["uri"] == f"file://{target}" and first["tasks"]["export-model"]["metrics"]["uploaded"] == 1.0
+    # Side effects outside the artifact store are never cached: the step runs again and finds the model there.
+    again = run_local(cfg, root)
+    assert again["tasks"]["export-model"]["status"] == "SUCCEEDED"
+    assert again["tasks"]["export-model"]["metrics"]["uploaded"] == 0.0

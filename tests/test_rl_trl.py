@@ -1,4 +1,5 @@
-"""Stage 3 `trl` backend: a tiny end-to-end GRPO run, resume, and the not-built verl backend."""
+"""Stage 3 `trl` backend: a tiny end-to-end GRPO run into a raw checkpoint (full and LoRA) that
+merge-checkpoint turns into a plain model, resume, and the verl backend's refusal on a CPU-only machine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from sidreasoner import config
-from sidreasoner.rl import trl_backend
+from sidreasoner.rl import stage3
+from sidreasoner.rl.checkpoint import read_manifest
+from sidreasoner.rl.merge import merge_checkpoint
 from train_helpers import CODES, make_artifacts
 from eval_helpers import build_tiny_model
 
@@ -27,11 +30,11 @@ def run(tmp_path_factory):
     art = make_artifacts(tmp)
     build_tiny_model(tmp / "stage2", np.array(CODES), codebook=4)
     cfg = _cfg(tmp)
-    metrics = trl_backend.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out")
+    metrics = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out")
     return tmp, art, cfg, metrics
 
 
-def test_grpo_runs_and_writes_a_plain_model(run):
+def test_grpo_runs_and_writes_a_raw_checkpoint(run):
     tmp, _, _, m = run
     out = tmp / "out"
     assert m["steps"] == 2 and m["resumed_from_step"] == 0
@@ -41,25 +44,58 @@ def test_grpo_runs_and_writes_a_plain_model(run):
     assert [p["step"] for p in info["per_step"]] == [1, 2]
     assert all(0.0 <= p["reward"] <= 1.1 and p["kl"] is not None for p in info["per_step"])
     assert info["config"]["stage3"]["num_generations"] == 2 and info["gradient_accumulation_steps"] == 1
-    assert (out / "model.safetensors").exists() and (out / "rl_data" / "train.parquet").exists()
+    assert read_manifest(out) == {"format": "hf", "path": "model", "backend": "trl", "global_step": 2}
+    assert (out / "model" / "model.safetensors").exists() and (out / "rl_data" / "train.parquet").exists()
     html = (out / "reward_curve.html").read_text()
     assert "<svg" in html and "<script" not in html and "mean reward" in html
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.vocab_size >= 300
     assert list((tmp / "ckpt").glob("stage3-*/checkpoint-2"))
 
 
+def test_merge_checkpoint_turns_it_into_a_plain_model(run):
+    tmp, _, cfg, _ = run
+    m = merge_checkpoint(cfg, tmp / "out", tmp / "stage2", tmp / "merged")
+    assert m["format"] == 0 and m["max_abs_diff"] == 0.0 and m["tied_embeddings"] == 1
+    merged = tmp / "merged"
+    assert (merged / "model.safetensors").exists() and (merged / "training.json").exists()
+    assert (merged / "reward_curve.html").exists() and (merged / "rl_data" / "valid.parquet").exists()
+    assert json.loads((merged / "merge.json").read_text())["dtype"] == "float32"
+
+
+def test_lora_writes_an_adapter_that_merges_onto_stage2(run, tmp_path):
+    tmp, art, _, _ = run
+    cfg = _cfg(tmp_path, "stage3.finetune=lora", "stage3.lora_r=4", "stage3.lora_alpha=8", "stage3.max_steps=1")
+    m = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp_path / "out")
+    assert m["steps"] == 1
+    assert read_manifest(tmp_path / "out")["format"] == "peft_lora"
+    adapter = tmp_path / "out" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and not (tmp_path / "out" / "model").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
+    merged = merge_checkpoint(cfg, tmp_path / "out", tmp / "stage2", tmp_path / "merged")
+    assert merged["format"] == 1 and merged["max_abs_diff"] < 1e-3
+    assert not list((tmp_path / "merged").glob("adapter*"))
+
+
 def test_retry_resumes_from_checkpoint(run):
     tmp, art, cfg, _ = run
-    m = trl_backend.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out2")
+    m = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out2")
     assert m["resumed_from_step"] == 2 and m["steps"] == 2
-    assert (tmp / "out2" / "model.safetensors").exists()
+    assert (tmp / "out2" / "model" / "model.safetensors").exists()
 
 
-def test_verl_backend_not_built(tmp_path):
+def test_verl_backend_refuses_without_gpu(tmp_path):
+    """backend=verl dispatches to the verl backend, which on a CPU-only machine stops before writing anything."""
+    import torch
+
+    from sidreasoner.rl.verl_backend import GPURequiredError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: verl would train here")
     cfg = _cfg(tmp_path, "stage3.backend=verl")
-    with pytest.raises(trl_backend.BackendNotBuiltError, match="not built yet"):
-        trl_backend.rl_stage3(cfg, tmp_path, tmp_path, tmp_path, tmp_path / "out")
+    with pytest.raises(GPURequiredError, match="cannot run on CPU.*stage3.backend=trl"):
+        stage3.rl_stage3(cfg, tmp_path, tmp_path, tmp_path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_config_presets():
@@ -70,3 +106,6 @@ def test_config_presets():
             paper.max_response_length, paper.save_steps) == (16, 5e-7, 0.001, 256, 1024, 1024, 100)
     with pytest.raises(config.ConfigError, match="micro_batch_size"):
         config.load("demo", ["stage3.micro_batch_size=3"])
+    assert demo.finetune == "full" and config.load("demo", ["stage3.finetune=lora"]).stage3.finetune == "lora"
+    with pytest.raises(config.ConfigError, match="stage3.finetune"):
+        config.load("demo", ["stage3.finetune=qlora"])

@@ -252,3 +252,56 @@ def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
     with pytest.raises(ModelSourceError, match="no config.json"):
         prepare_base_model(load("demo", ["model.base=s3://bkt/models/broken"]), tmp_path, tmp_path, tmp_path / "o2")
     assert not (tmp_path / "o2").exists()
+
+
+def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monkeypatch):
+    import torch
+
+    from sidreasoner.train import tiny
+    from sidreasoner.train.base import load_model_and_tokenizer, prepare_base_model, save_model
+    from sidreasoner.train.export import export_model
+
+    cfg = load("demo")
+    tok = tiny.train_tokenizer(["a small corpus of words about pens and paper"] * 40, 300)
+    save_model(tiny.build_model(cfg.model.tiny, tok, 0), tok, tmp_path / "model")
+    m = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", tmp_path / "e1")
+    assert m["uploaded"] == 1.0 and m["files"] == len(list((tmp_path / "model").iterdir()))
+    record = json.loads((tmp_path / "e1/export.json").read_text())
+    assert record["uri"] == "s3://bkt/exports/run-1" and record["total_bytes"] == m["bytes"]
+    assert storage.read_marker("s3://bkt/exports/run-1")["files"] == record["files"]
+
+    # What was exported is a model prepare-base-model can start from.
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    prepare_base_model(load("demo", ["model.base=s3://bkt/exports/run-1"]), tmp_path, tmp_path, tmp_path / "back")
+    original, _ = load_model_and_tokenizer(tmp_path / "model")
+    back, _ = load_model_and_tokenizer(tmp_path / "back")
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), back.state_dict().values()))
+
+    # A retried pod finds the same model there and uploads nothing.
+    again = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", tmp_path / "e2")
+    assert again["uploaded"] == 0.0 and again["files"] == m["files"]
+
+    # A different model is not written over a complete one unless asked.
+    save_model(tiny.build_model(cfg.model.tiny, tok, 1), tok, tmp_path / "other")
+    with pytest.raises(FileExistsError, match=r"s3://bkt/exports/run-1 already holds a different.*export.overwrite"):
+        export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "other", tmp_path / "e3")
+    assert not (tmp_path / "e3").exists()
+    replaced = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1", "export.overwrite=true"]),
+                            tmp_path / "other", tmp_path / "e4")
+    assert replaced["uploaded"] == 1.0
+    assert storage.read_marker("s3://bkt/exports/run-1")["files"] == json.loads(
+        (tmp_path / "e4/export.json").read_text())["files"]
+
+
+def test_export_model_errors(s3, tmp_path):
+    from sidreasoner.config import ConfigError
+    from sidreasoner.train.export import export_model
+
+    (tmp_path / "not_a_model").mkdir()
+    (tmp_path / "not_a_model" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"not_a_model is not a saved Hugging Face model "
+                                                r"\(missing: tokenizer_config.json, \*.safetensors\)"):
+        export_model(load("demo", ["export.uri=s3://bkt/x"]), tmp_path / "not_a_model", tmp_path / "e")
+    with pytest.raises(ConfigError, match="export.uri is empty"):
+        export_model(load("demo"), tmp_path / "not_a_model", tmp_path / "e")
+    assert not (tmp_path / "e").exists()

@@ -19,7 +19,7 @@ AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 
 STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
          "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3",
-         "evaluate-stage3", "report")
+         "merge-checkpoint", "evaluate-stage3", "report", "export-model")
 
 
 class ConfigError(ValueError):
@@ -255,11 +255,54 @@ class Stage2Config(_SFTConfig):
     epochs: float = Field(2, gt=0)
 
 
+class VerlConfig(_Section):
+    """stage3.backend=verl: what verl's GRPO trainer (`python -m verl.trainer.main_ppo`) needs beyond the
+    shared stage3 settings. The Hydra overrides are generated from these (sidreasoner.rl.verl_backend)."""
+
+    ray_address: str = Field(
+        "", description="empty = a local Ray head in the step's pod (its GPUs); else an existing Ray cluster: "
+                        "'ray://<head>:10001' (the chart's RayCluster) or 'auto'. Its workers must share "
+                        "stage3.checkpoint_dir (a PVC): the inputs are staged there and the actor checkpoint is read back from it")
+    nnodes: int = Field(1, ge=1, description="Ray nodes used for training (more than 1 needs ray_address)")
+    n_gpus_per_node: int = Field(1, ge=1, description="GPUs per node (verl trainer.n_gpus_per_node)")
+    rollout_engine: Literal["vllm", "sglang"] = Field("vllm", description="rollout inference engine (verl rollout.name)")
+    rollout_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per rollout engine replica")
+    gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="share of GPU memory the rollout engine may take")
+    ppo_mini_batch_size: int = Field(0, ge=0, description="prompts per PPO mini-batch (one actor update each); "
+                                                         "0 = stage3.train_batch_size (one update per step)")
+    log_prob_micro_batch_size_per_gpu: int = Field(0, ge=0, description="sequences per log-prob forward pass "
+                                                                       "(old and reference policy); 0 = stage3.micro_batch_size")
+    fsdp_param_offload: bool = Field(False, description="offload actor and reference parameters to CPU between uses")
+    fsdp_optimizer_offload: bool = Field(False, description="offload the actor's optimizer state to CPU")
+    test_freq: int = Field(0, ge=0, description="validate on the valid Parquet every N steps and at the end; 0 = never")
+    val_before_train: bool = Field(False, description="validate once before the first step")
+    extra_overrides: list[str] = Field(
+        default_factory=list, description="more Hydra overrides for main_ppo ('key=value', '+key=value'); applied last, so they win")
+
+    @field_validator("extra_overrides")
+    @classmethod
+    def _hydra_overrides(cls, v: list[str]) -> list[str]:
+        import re
+
+        for item in v:
+            if not re.fullmatch(r"(\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*", item, flags=re.S):
+                raise ValueError(f"{item!r} is not a Hydra override ('key=value', '+key=value', '++key=value' or '~key')")
+        return v
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "VerlConfig":
+        if self.nnodes > 1 and not self.ray_address:
+            raise ValueError(f"nnodes={self.nnodes} needs a Ray cluster: set ray_address (a local Ray head is one node)")
+        return self
+
+
 class Stage3Config(_Section):
     """Stage 3: outcome-driven RL (GRPO) on the Stage 2 model (issue 6)."""
 
     backend: Literal["trl", "verl"] = Field(
-        "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: GPU, Ray, FSDP, vLLM (not built yet)")
+        "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: verl's GRPO trainer "
+                           "(Ray, FSDP, vLLM/SGLang rollouts; CUDA GPUs only; settings in stage3.verl)")
+    verl: VerlConfig = Field(default_factory=VerlConfig)
     reward: Literal["rule", "format", "ranking"] = Field(
         "rule", description="rule: the paper's prefix reward (0.25/0.5/1.0 + 0.1 in catalogue); format: 1 for a "
                             "well-formed '<think>…</think>SID'; ranking: MiniOneRec's exact-match + rank penalty")
@@ -285,6 +328,12 @@ class Stage3Config(_Section):
     checkpoint_dir: str = Field(
         "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>")
     gradient_checkpointing: bool = False
+    finetune: Literal["full", "lora"] = Field(
+        "full", description="full: every weight (checkpoint format hf); lora: a peft LoRA adapter over the Stage 2 "
+                            "model (format peft_lora), folded into the model by merge-checkpoint")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _batches(self) -> "Stage3Config":
@@ -292,6 +341,28 @@ class Stage3Config(_Section):
         if completions % self.micro_batch_size:
             raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide train_batch_size * num_generations "
                              f"({self.train_batch_size} * {self.num_generations} = {completions})")
+        return self
+
+    @model_validator(mode="after")
+    def _verl_settings(self) -> "Stage3Config":
+        if self.backend != "verl":
+            return self
+        if self.reward == "ranking":
+            raise ValueError("reward=ranking needs the whole group of completions for its rank penalty, which verl's "
+                             "per-response reward cannot see: use reward=rule, or backend=trl")
+        if self.finetune != "full":
+            raise ValueError("the verl backend trains every weight (its checkpoint is the full FSDP actor): use "
+                             "finetune=full, or backend=trl for LoRA")
+        if self.lr_scheduler == "linear":
+            raise ValueError("verl's FSDP optimizer has constant and cosine schedules only: use lr_scheduler=constant, "
+                             "constant_with_warmup or cosine, or backend=trl")
+        mini = self.verl.ppo_mini_batch_size or self.train_batch_size
+        gpus = self.verl.nnodes * self.verl.n_gpus_per_node
+        if mini > self.train_batch_size or self.train_batch_size % mini:
+            raise ValueError(f"verl.ppo_mini_batch_size ({mini}) must divide train_batch_size ({self.train_batch_size})")
+        if (mini * self.num_generations) % gpus:
+            raise ValueError(f"verl.ppo_mini_batch_size * num_generations ({mini} * {self.num_generations}) must be "
+                             f"divisible by the GPU count (verl.nnodes * verl.n_gpus_per_node = {gpus})")
         return self
 
 
@@ -322,6 +393,13 @@ class EvalConfig(_Section):
         if any(k < 1 for k in v):
             raise ValueError(f"every K must be >= 1, got {v}")
         return sorted(set(v))
+
+
+class ExportConfig(_Section):
+    """Where `export-model` pushes the final model. The step is in the DAG only when `uri` is set."""
+
+    uri: str = Field("", description="destination folder: s3://, minio://, gs://, file:// or a path; empty = no export-model step")
+    overwrite: bool = Field(False, description="replace a different complete model already at the URI")
 
 
 class Toleration(_Section):
@@ -372,6 +450,7 @@ class Config(_Section):
     stage2: Stage2Config = Field(default_factory=Stage2Config)
     stage3: Stage3Config = Field(default_factory=Stage3Config)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 
@@ -389,8 +468,10 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate-stage1": ("seed", "eval"),
     "evaluate-stage2": ("seed", "eval"),
     "rl-stage3": ("seed", "stage3"),
+    "merge-checkpoint": ("seed", "stage3"),
     "evaluate-stage3": ("seed", "eval"),
     "report": ("seed", "eval"),
+    "export-model": ("seed", "export"),
 }
 
 _PAPER_DATA = {
@@ -416,10 +497,8 @@ _PAPER = {
                "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
                "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
     # The paper's Stage 3 (verl GRPO): rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch 256
-    # prompts, max prompt/response 1024 tokens, checkpoint every 100 steps.
-    # The paper's Stage 3 settings. Its engine, verl, is not built yet (issue 6): until it is, the
-    # paper presets run GRPO with the single-process TRL backend on one GPU.
-    "stage3": {"backend": "trl", "reward": "rule", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
+    # prompts, max prompt/response 1024 tokens, checkpoint every 100 steps; vLLM rollouts on the step's GPU.
+    "stage3": {"backend": "verl", "reward": "rule", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
                "train_batch_size": 256, "micro_batch_size": 16, "max_prompt_length": 1024, "max_response_length": 1024,
                "temperature": 1.0, "epochs": 1, "save_steps": 100, "bf16": True, "gradient_checkpointing": True,
                "checkpoint_dir": "/models/checkpoints"},
@@ -438,8 +517,10 @@ _PAPER = {
         "sft-stage2": {"cpu": "32", "memory": "256Gi", "gpus": 8},
         "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "gpus": 1},
         "rl-stage3": {"cpu": "16", "memory": "128Gi", "gpus": 1},
+        "merge-checkpoint": {"cpu": "8", "memory": "64Gi"},
         "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "gpus": 1},
         "report": {"cpu": "1", "memory": "4Gi"},
+        "export-model": {"cpu": "2", "memory": "8Gi"},
     }},
     # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10}, reasoning up to 1024 tokens.
     "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "decoding": "beam", "modes": ["nonthink", "think"],

@@ -60,15 +60,22 @@ STEPS: dict[str, Step] = {
              reports=(("loss_curve", "stage2_model", "loss_curve.html"),)),
         Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
              "sidreasoner.eval.evaluate:evaluate", ("stage2_model", "dataset", "sid_index"), ("stage2_eval",)),
-        Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (TRL backend; verl not built yet)",
-             "sidreasoner.rl.trl_backend:rl_stage3", ("stage2_model", "dataset", "sid_index"), ("stage3_model",),
-             reports=(("reward_curve", "stage3_model", "reward_curve.html"),)),
+        Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
+             "writes a raw checkpoint",
+             "sidreasoner.rl.stage3:rl_stage3", ("stage2_model", "dataset", "sid_index"), ("stage3_checkpoint",),
+             reports=(("reward_curve", "stage3_checkpoint", "reward_curve.html"),)),
+        Step("merge-checkpoint", "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
+             "to a plain Hugging Face model, checked by reloading it",
+             "sidreasoner.rl.merge:merge_checkpoint", ("stage3_checkpoint", "stage2_model"), ("stage3_model",)),
         Step("evaluate-stage3", "constrained SID beam search with the Stage 3 model, with and without thinking",
              "sidreasoner.eval.evaluate:evaluate", ("stage3_model", "dataset", "sid_index"), ("stage3_eval",)),
         Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
              "sidreasoner.eval.report:report_stages",
              ("baselines", "stage1_eval", "stage2_eval", "stage3_eval", "dataset", "sid_index"), ("report",),
              reports=(("report_html", "report", "report.html"), ("report_md", "report", "report.md"))),
+        Step("export-model", "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
+             "in the DAG only when export.uri is set",
+             "sidreasoner.train.export:export_model", ("stage3_model",), ("model_export",)),
     )
 }
 assert tuple(STEPS) == config_mod.STEPS
@@ -81,6 +88,16 @@ def steps_until(until: str | None) -> list[Step]:
     if until not in STEPS:
         raise config_mod.ConfigError(f"unknown step '{until}'. Allowed: {', '.join(names)}")
     return [STEPS[n] for n in names[: names.index(until) + 1]]
+
+
+def pipeline_steps(cfg: Config, until: str | None = None) -> list[Step]:
+    """The steps of `cfg`'s DAG up to `until`. export-model is there only when export.uri is set."""
+    steps = steps_until(until)
+    if cfg.export.uri.strip():
+        return steps
+    if until == "export-model":
+        raise config_mod.ConfigError("step 'export-model' is in the DAG only when export.uri is set")
+    return [s for s in steps if s.name != "export-model"]
 
 
 def downstream(name: str) -> list[str]:

@@ -11,6 +11,7 @@ One row per (history, target) sample:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +65,13 @@ def write_rl_data(dataset_dir: Path, sid_index_dir: Path, out_dir: Path, max_sam
         "train": write_parquet(rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed), out_dir / "train.parquet"),
         "valid": write_parquet(rl_rows(dataset_dir, sid_index_dir, "valid", valid_samples, seed), out_dir / "valid.parquet"),
     }
+
+
+def check_sid_tokens(tok, sid_index_dir: Path, model_dir: Path) -> None:
+    """Refuse a model whose tokenizer lacks the run's SID codes (RL must start from the Stage 2 model)."""
+    vocab = tok.get_vocab()
+    missing = [sid for sid in load_sid_map(sid_index_dir).values()
+               if not all(code in vocab for code in re.findall(r"<[a-z]_\d+>", sid))]
+    if missing:
+        raise ValueError(f"stage3: the model in {model_dir} lacks SID tokens (e.g. {missing[:3]}); "
+                         "give it the sft-stage2 model")

@@ -1,6 +1,8 @@
 """The `rl-stage3` step and its `trl` backend: TRL's GRPOTrainer (single process, CPU or one GPU)
 on the Stage 2 model, with the shared SID reward (`sidreasoner.rl.reward`) and RL data
-(`sidreasoner.rl.data`), resumable checkpoints, and a plain Hugging Face model as output.
+(`sidreasoner.rl.data`), resumable checkpoints, and a raw checkpoint (`sidreasoner.rl.checkpoint`) as
+output: the saved model (format hf) or, with stage3.finetune=lora, only the LoRA adapter (format
+peft_lora); `merge-checkpoint` turns either into a plain Hugging Face model.
 
 Settings map onto TRL as follows: stage3.num_generations -> num_generations (group size);
 kl_beta -> beta (TRL's per-token KL is the k3 estimator, verl's `low_var_kl` without its clamp);
@@ -13,7 +15,6 @@ than max_prompt_length are left out before training.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -23,16 +24,14 @@ from sidreasoner.config import Config
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
+from sidreasoner.rl import stage3
+from sidreasoner.rl.checkpoint import write_manifest
 from sidreasoner.train import prompts
 from sidreasoner.train.base import load_model_and_tokenizer, save_model
 from sidreasoner.train.report import loss_curve_html
 from sidreasoner.train.sft import checkpoint_root, last_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-class BackendNotBuiltError(NotImplementedError):
-    """The selected stage3.backend exists in the config but is not implemented yet."""
 
 
 def _dataset(tok, rows: list[dict], max_prompt_length: int):
@@ -87,8 +86,24 @@ def _grpo_config(cfg: Config, ckpt: Path):
     )
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
+def _peft_config(s):
+    """LoRA on every linear layer (stage3.finetune=lora); None for full fine-tuning."""
+    if s.finetune != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def _save_policy(model, tok, out: Path, finetune: str) -> tuple[str, str]:
+    """The trained policy into the raw checkpoint folder `out`; returns (format, path) for its manifest.
+    LoRA saves the adapter alone: merge-checkpoint folds it into the Stage 2 model."""
+    if finetune == "lora":
+        model.save_pretrained(out / "adapter")
+        return "peft_lora", "adapter"
+    save_model(model, tok, out / "model")
+    return "hf", "model"
 
 
 def _summary(history: list[dict]) -> dict:
@@ -99,44 +114,15 @@ def _summary(history: list[dict]) -> dict:
     return {"per_step": per_step}
 
 
-def _metrics(per_step: list[dict], global_step: int, resumed_from: int, n_prompts: int, skipped: int,
-             completions_done: int, train_wall: float, wall: float) -> dict[str, float]:
-    rewards = [p["reward"] for p in per_step]
-    k = max(1, min(5, math.ceil(len(rewards) / 4))) if rewards else 1
-    kls = [p["kl"] for p in per_step if p.get("kl") is not None]
-    lengths = [p["completion_length"] for p in per_step if p.get("completion_length") is not None]
-    return {
-        "reward_first": _mean(rewards[:k]),
-        "reward_last": _mean(rewards[-k:]),
-        "reward_mean": _mean(rewards),
-        "reward_max": max(rewards) if rewards else float("nan"),
-        "reward_min": min(rewards) if rewards else float("nan"),
-        "kl_mean": _mean(kls),
-        "kl_last": kls[-1] if kls else float("nan"),
-        "completion_length_mean": _mean(lengths),
-        "steps": float(global_step),
-        "resumed_from_step": float(resumed_from),
-        "prompts": float(n_prompts),
-        "prompts_skipped_too_long": float(skipped),
-        "samples_per_s": completions_done / train_wall if train_wall > 0 else 0.0,
-        "train_wall_seconds": train_wall,
-        "wall_seconds": wall,
-    }
-
-
 def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
-              out_model_dir: Path) -> dict[str, float]:
+              out_checkpoint_dir: Path) -> dict[str, float]:
     from trl import GRPOTrainer
 
     start = time.time()
     s = cfg.stage3
     torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(stage2_model_dir)
-    missing = [c for c in rl_data.load_sid_map(sid_index_dir).values() if not all(
-        t in tok.get_vocab() for t in _code_tokens(c))]
-    if missing:
-        raise ValueError(f"stage3: the model in {stage2_model_dir} lacks SID tokens (e.g. {missing[:3]}); "
-                         "give it the sft-stage2 model")
+    rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     train_rows = rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed)
@@ -153,7 +139,7 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
         log.info("stage3: resuming from %s", resume)
     args = _grpo_config(cfg, ckpt)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=train_ds,
-                          processing_class=tok)
+                          processing_class=tok, peft_config=_peft_config(s))
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_wall = time.time() - t0
@@ -161,7 +147,7 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
     summary = _summary(history)
     steps_run = trainer.state.global_step - resumed_from
     completions_done = steps_run * s.train_batch_size * s.num_generations
-    metrics = _metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
+    metrics = stage3.summary_metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
                        completions_done, train_wall, 0.0)
     model = trainer.model
     model.config.use_cache = True
@@ -176,12 +162,13 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "bf16": args.bf16,
+        "finetune": s.finetune,
         "reward_fn": reward_fn.__name__,
     }
     metrics["wall_seconds"] = time.time() - start
-    out = Path(out_model_dir)
+    out = Path(out_checkpoint_dir)
     with atomic_dir(out) as tmp:
-        save_model(model, tok, tmp)
+        fmt, policy_path = _save_policy(model, tok, tmp, s.finetune)
         rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")
         rl_data.write_parquet(valid_rows, tmp / "rl_data" / "valid.parquet")
         write_json(tmp / "training.json", {**info, "metrics": metrics,
@@ -191,23 +178,5 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
         (tmp / "reward_curve.html").write_text(loss_curve_html(
             f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics,
             labels=("mean reward", "")))
+        write_manifest(tmp, fmt, policy_path, backend="trl", global_step=trainer.state.global_step)
     return metrics
-
-
-def _code_tokens(sid: str) -> list[str]:
-    import re
-
-    return re.findall(r"<[a-z]_\d+>", sid)
-
-
-def rl_stage3(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
-              out_model_dir: Path) -> dict[str, float]:
-    """The `rl-stage3` step: GRPO on the Stage 2 model with the backend `cfg.stage3.backend`."""
-    backend = cfg.stage3.backend
-    if backend == "verl":
-        raise BackendNotBuiltError(
-            "stage3.backend=verl is not built yet (issue 6): use stage3.backend=trl "
-            "(--set stage3.backend=trl) until the verl backend lands")
-    if backend == "trl":
-        return train_trl(cfg, Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir), Path(out_model_dir))
-    raise ValueError(f"unknown stage3.backend {backend!r}")
