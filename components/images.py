@@ -18,6 +18,10 @@ DOCKERFILES = {CPU_IMAGE: "images/cpu/Dockerfile", TRAIN_IMAGE: "images/train/Do
 
 def build_commands(push: bool = False) -> list[str]:
     """The `docker build` (and `docker push`) commands for every image, run from the repository root."""
+    pinned = [image for image in DOCKERFILES if "@" in image]
+    if pinned:
+        raise SystemExit(f"cannot build {', '.join(pinned)}: a digest names an image that exists already. Set "
+                         "SIDREASONER_CPU_IMAGE / SIDREASONER_TRAIN_IMAGE to digests only when compiling or submitting")
     commands = [f"docker build -f {dockerfile} -t {image} ." for image, dockerfile in DOCKERFILES.items()]
     if push:
         commands += [f"docker push {image}" for image in DOCKERFILES]

@@ -161,6 +161,9 @@ def test_raycluster_check_catches_a_missing_field(chart):
     ({"teacherServer": {"gpus": "two"}}, "/teacherServer/gpus"),
     ({"teacherServer": {"gpus": 0}}, "/teacherServer/gpus"),
     ({"rayCluster": {"workers": {"gpus": 1.5}}}, "/rayCluster/workers/gpus"),
+    ({"rayCluster": {"workers": {"gpus": 0}}}, "/rayCluster/workers/gpus"),  # verl trains on GPUs only
+    ({"modelCache": {"mountPath": "models"}}, "/modelCache/mountPath"),  # absolute paths only
+    ({"rbac": {"rayJobs": True}}, "rayJobs"),  # gone: the pipeline submits no RayJob
     ({"modelCache": {"accessModes": ["ReadWriteSometimes"]}}, "/modelCache/accessModes"),
     ({"modelCache": {"size": "lots"}}, "/modelCache/size"),
     ({"upload": {"resources": {"limits": None}}}, "/upload/resources"),  # null removes a default
@@ -258,17 +261,19 @@ KFP_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kfp-launcher"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact"], "verbs": ["get"]},
 ]
-RAY_RULES = [
-    {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list", "watch", "delete"]},
-    {"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch"]},
+FULL_KFP_RULES = KFP_RULES[:3] + [
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact", "sidreasoner-s3"],
+     "verbs": ["get"]},
 ]
 
 
+# Stage 3 (verl) reaches the RayCluster as a Ray client, not through the Kubernetes API: a RayCluster
+# adds no rule.
 @pytest.mark.parametrize("values, rules", [
     (None, KFP_RULES),
-    ({"rayCluster": {"enabled": True}}, KFP_RULES + RAY_RULES),
-    ({"rbac": {"rayJobs": True}}, KFP_RULES + RAY_RULES),
-], ids=["kfp-only", "with-raycluster", "ray-elsewhere"])
+    ({"rayCluster": {"enabled": True}}, KFP_RULES),
+    (FULL_VALUES, FULL_KFP_RULES),
+], ids=["kfp-only", "with-raycluster", "full"])
 def test_runner_rbac_is_exactly_what_the_launchers_need(chart, values, rules):
     docs = render(chart, values)
     role = one(docs, "Role", "sidreasoner-pipeline-runner")
@@ -281,6 +286,13 @@ def test_runner_rbac_is_exactly_what_the_launchers_need(chart, values, rules):
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sidreasoner-pipeline-runner",
                                     "namespace": NAMESPACE}]
     assert by_kind(docs, "ClusterRole") == {} and by_kind(docs, "ClusterRoleBinding") == {}
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES, ONLY_EXISTING], ids=["default", "full", "existing"])
+def test_no_rule_grants_ray_io(chart, values):
+    rules = [rule for d in render(chart, values) if d["kind"] in ("Role", "ClusterRole") for rule in d["rules"]]
+    assert rules
+    assert not [r for r in rules if "ray.io" in r["apiGroups"] or {"rayjobs", "rayclusters"} & set(r["resources"])]
 
 
 def test_rbac_and_service_account_can_be_left_to_the_cluster(chart):
@@ -369,6 +381,82 @@ def test_minio_reads_the_s3_secret(chart):
     service = one(docs, "Service", "sidreasoner-minio")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert [p["port"] for p in service["spec"]["ports"]] == [9000, 9001]
+
+
+def ray_pods(rc):
+    """(where, pod spec, Ray container) of the head and every worker group."""
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    yield "head", head, head["containers"][0]
+    for group in rc["spec"]["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        yield group["groupName"], spec, spec["containers"][0]
+
+
+@pytest.mark.parametrize("values", [{"rayCluster": {"enabled": True}}, FULL_VALUES], ids=["default", "full"])
+def test_raycluster_serves_stage3_as_a_ray_client(chart, values):
+    """What stage3.verl.ray_address=ray://sidreasoner-ray-head-svc.<ns>…:10001 needs: the client port on
+    the head (KubeRay's head Service exposes the head container's named ports), the model cache on head
+    and workers at the pipeline's mount path (the step stages inputs under stage3.checkpoint_dir and reads
+    verl's checkpoints back), RAM-backed /dev/shm, and GPUs on the workers."""
+    from sidreasoner.config import ClusterConfig, load
+
+    rc = one(render(chart, values), "RayCluster", "sidreasoner-ray")
+    check_raycluster(rc)
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in head["ports"]} == {"client": 10001, "gcs-server": 6379,
+                                                                     "dashboard": 8265}
+    cluster = load("office").cluster
+    mount = ClusterConfig().model_cache_mount
+    assert cluster.model_cache_mount == mount == "/models"
+    assert load("office").stage3.checkpoint_dir.startswith(mount + "/")  # verl's checkpoints are on the claim
+    for where, spec, c in ray_pods(rc):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert volumes[mounts[mount]]["persistentVolumeClaim"] == {"claimName": cluster.model_cache_pvc}, where
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory", where
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["sizeLimit"], where
+        assert {e["name"]: e.get("value") for e in c["env"]}["HF_HOME"] == f"{mount}/hf", where
+        assert c["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-train:0.1.0", where
+    assert rc["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"  # verl's GPU work goes to workers
+    for group in rc["spec"]["workerGroupSpecs"]:
+        resources = group["template"]["spec"]["containers"][0]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == 8
+
+
+def test_raycluster_follows_the_model_cache_mount_path(chart):
+    docs = render(chart, {"rayCluster": {"enabled": True}, "teacherServer": {"enabled": True},
+                          "modelCache": {"mountPath": "/data/cache/"}})
+    rc = one(docs, "RayCluster", "sidreasoner-ray")
+    (teacher,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
+    for where, c in [(w, c) for w, _, c in ray_pods(rc)] + [("teacher", teacher)]:
+        assert "/data/cache" in {m["mountPath"] for m in c["volumeMounts"]}, where
+        assert "/models" not in {m["mountPath"] for m in c["volumeMounts"]}, where
+        assert {e["name"]: e.get("value") for e in c["env"]}["HF_HOME"] == "/data/cache/hf", where
+
+
+def test_raycluster_ray_version_matches_the_installed_ray():
+    """rayVersion must equal the ray that verl brings into images.train (the same resolution as this
+    environment's `rl` extra); a Ray client also refuses a cluster of another version."""
+    from importlib import metadata
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    try:
+        installed = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        pytest.skip("ray is not installed (the rl extra)")
+    assert values["rayCluster"]["rayVersion"] == installed
+
+
+def test_notes_say_how_stage3_reaches_the_raycluster(chart):
+    notes = chart.render({"rayCluster": {"enabled": True}}, name="sidreasoner",
+                         namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    assert f"stage3.verl.ray_address=ray://sidreasoner-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in notes
+    assert "stage3.verl.nnodes=1 --set stage3.verl.n_gpus_per_node=8" in notes
+    assert "not ReadWriteMany" in notes  # the default claim is ReadWriteOnce
+    full = chart.render(FULL_VALUES, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    assert "stage3.verl.nnodes=2 --set stage3.verl.n_gpus_per_node=8" in full
+    assert "WARNING" not in full
+    assert "ray_address" not in chart.render(None, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
 
 
 def test_raycluster_defaults_to_the_training_image(chart):

@@ -237,3 +237,11 @@ def test_export_model_only_when_asked_uncached_with_storage_credentials(spec, tm
     assert k8s["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
     with pytest.raises(config.ConfigError, match="export-model' is in the DAG only when export.uri is set"):
         compile_pipeline(config.load("demo"), tmp_path / "x.yaml", until="export-model")
+
+
+def test_make_images_refuses_a_digest(tmp_path):
+    env = {**os.environ, "SIDREASONER_TRAIN_IMAGE": "registry.example/sid-train@sha256:" + "b" * 64}
+    result = subprocess.run([sys.executable, "-m", "sidreasoner.components.images"], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "cannot build registry.example/sid-train@sha256:" in result.stderr

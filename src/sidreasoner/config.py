@@ -265,7 +265,8 @@ class VerlConfig(_Section):
                         "stage3.checkpoint_dir (a PVC): the inputs are staged there and the actor checkpoint is read back from it")
     nnodes: int = Field(1, ge=1, description="Ray nodes used for training (more than 1 needs ray_address)")
     n_gpus_per_node: int = Field(1, ge=1, description="GPUs per node (verl trainer.n_gpus_per_node)")
-    rollout_engine: Literal["vllm", "sglang"] = Field("vllm", description="rollout inference engine (verl rollout.name)")
+    rollout_engine: Literal["vllm", "sglang"] = Field(
+        "vllm", description="rollout inference engine (verl rollout.name); the training image carries vLLM only, sglang needs your own image")
     rollout_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per rollout engine replica")
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="share of GPU memory the rollout engine may take")
     ppo_mini_batch_size: int = Field(0, ge=0, description="prompts per PPO mini-batch (one actor update each); "

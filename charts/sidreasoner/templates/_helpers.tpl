@@ -68,6 +68,11 @@ imagePullSecrets:
 {{- .Values.modelCache.existingClaim | default .Values.modelCache.name -}}
 {{- end -}}
 
+{{/* Where the chart's pods mount the model cache (= the pipeline's cluster.model_cache_mount). */}}
+{{- define "sidreasoner.modelCacheMount" -}}
+{{- .Values.modelCache.mountPath | default "/models" | trimSuffix "/" -}}
+{{- end -}}
+
 {{/* Whether the chart's pods can mount a model cache. */}}
 {{- define "sidreasoner.hasModelCache" -}}
 {{- if or .Values.modelCache.enabled .Values.modelCache.existingClaim }}true{{ end -}}
@@ -129,7 +134,7 @@ creates it from values, else "" (no Secret). Call with (dict "cred" .Values.secr
 {{- $s3 := include "sidreasoner.s3SecretRef" . -}}
 # Hub downloads and model mirrors land in the shared model cache.
 - name: HF_HOME
-  value: /models/hf
+  value: {{ include "sidreasoner.modelCacheMount" . }}/hf
 {{- if $hf }}
 - name: HF_TOKEN
   valueFrom:
