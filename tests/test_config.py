@@ -113,3 +113,18 @@ def test_params_leave_out_nulls():
     params = config.to_params(config.load("demo"))
     assert params["data"]["time_window"] == {}
     assert config.validate(params) == config.load("demo")
+
+
+def test_one_steps_resources_by_dotted_key_keep_the_rest():
+    cfg = config.load("office", ["cluster.resources.rl-stage3.gpus=0", "cluster.resources.merge-checkpoint.cpu=4"])
+    stage3 = cfg.cluster.resources["rl-stage3"]
+    assert (stage3.gpus, stage3.cpu, stage3.memory) == (0, "16", "128Gi")
+    assert cfg.cluster.resources["merge-checkpoint"].cpu == "4"
+    assert cfg.cluster.resources["sft-stage1"].gpus == 8
+    with pytest.raises(config.ConfigError, match=r"cluster.resources.rl-stage3.gpu'.*Did you mean "
+                                                 r"'cluster.resources.rl-stage3.gpus'"):
+        config.load("office", ["cluster.resources.rl-stage3.gpu=1"])
+    with pytest.raises(config.ConfigError, match=r"unknown step\(s\) sft-stage9"):
+        config.load("office", ["cluster.resources.sft-stage9.gpus=1"])
+    with pytest.raises(config.ConfigError, match="'cluster.resources' is not a section"):
+        config.load("office", ["cluster.resources.x=1"])

@@ -10,7 +10,7 @@ import copy
 import datetime as dt
 import difflib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -422,6 +422,12 @@ class StepResources(_Section):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
 
+    @field_validator("cpu", "memory", "cpu_limit", "memory_limit", mode="before")
+    @classmethod
+    def _quantity(cls, v: Any) -> Any:
+        """`--set cluster.resources.sft-stage1.cpu=4` parses 4 as a number; a quantity is text."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
 
 class ClusterConfig(_Section):
     """How steps run on Kubernetes. Read when the pipeline is compiled, not a run parameter."""
@@ -577,15 +583,23 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 def _section_model(path: list[str]) -> type[BaseModel] | None:
-    """The model class that holds the key at `path` (all but the last part), or None."""
+    """The model class that holds the key at `path` (all but the last part), or None. A dict of
+    models (cluster.resources) takes its key as the next part: cluster.resources.rl-stage3.gpus."""
     model: type[BaseModel] = Config
-    for part in path:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+    parts = iter(path)
+    for part in parts:
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        if _is_model(annotation):
+            model = annotation
+        elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]) and next(parts, None):
+            model = get_args(annotation)[1]
+        else:
             return None
-        model = annotation
     return model
 
 
