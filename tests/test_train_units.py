@@ -13,7 +13,7 @@ from sidreasoner.train import data as data_mod
 from sidreasoner.train import prompts, tasks
 from sidreasoner.train.base import load_model_and_tokenizer, prepare_base_model
 from sidreasoner.train.data import IGNORE, Example, encode
-from sidreasoner.train.decode import SidTrie, constrained_greedy_sid
+from sidreasoner.train.decode import constrained_greedy_sid
 from sidreasoner.train.sft import extend_tokenizer
 from train_helpers import make_artifacts
 
@@ -178,13 +178,30 @@ def test_collators(extended):
     assert packed["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9]]
 
 
-def test_constrained_greedy_gives_catalogue_sids(extended, base):
+def _hf_constrained_greedy(model, tok, texts, catalogue):
+    """The research code's way: HF greedy `generate` with a prefix -> allowed-tokens dict."""
+    allowed: dict[tuple, set] = {}
+    for sid in catalogue:
+        ids = tok(sid, add_special_tokens=False)["input_ids"]
+        for i in range(len(ids)):
+            allowed.setdefault(tuple(ids[:i]), set()).add(ids[i])
+    out = []
+    for text in texts:
+        enc = tok([text], return_tensors="pt", add_special_tokens=False)
+        plen = enc["input_ids"].shape[1]
+        gen = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id,
+                             prefix_allowed_tokens_fn=lambda _b, ids: sorted(allowed[tuple(ids[plen:].tolist())]))
+        out.append(tok.decode(gen[0, plen:], skip_special_tokens=True).strip())
+    return out
+
+
+def test_constrained_greedy_is_hf_greedy_over_the_catalogue(extended, base):
     model, tok, *_ = extended
     catalogue = json.loads((base["sid_index"] / "catalogue.json").read_text())
-    trie = SidTrie(tok, catalogue)
-    assert trie.levels == 3
-    first = tok.convert_tokens_to_ids(["<a_0>", "<a_1>"])
-    assert sorted(trie.allowed([])) == sorted(first)
+    attn = model.config._attn_implementation
     qs = [prompts.render_prompt(tok, prompts.next_sid_question([s])) for s in base["sids"][:4]]
     out = constrained_greedy_sid(model, tok, qs, catalogue, batch_size=3)
     assert len(out) == 4 and all(s in catalogue for s in out)
+    assert model.config._attn_implementation == attn  # the model is saved after this: left as it was
+    with torch.no_grad():
+        assert out == _hf_constrained_greedy(model, tok, qs, catalogue)
