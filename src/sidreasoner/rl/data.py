@@ -75,3 +75,11 @@ def check_sid_tokens(tok, sid_index_dir: Path, model_dir: Path) -> None:
     if missing:
         raise ValueError(f"stage3: the model in {model_dir} lacks SID tokens (e.g. {missing[:3]}); "
                          "give it the sft-stage2 model")
+
+
+def fitting_rows(tok, rows: list[dict], max_prompt_length: int) -> tuple[list[dict], int]:
+    """Rows whose prompt, rendered in thinking mode as the rollouts render it, has at most
+    `max_prompt_length` tokens; and how many did not fit."""
+    kept = [r for r in rows if len(tok(prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True),
+                                       add_special_tokens=False)["input_ids"]) <= max_prompt_length]
+    return kept, len(rows) - len(kept)

@@ -37,16 +37,11 @@ log = logging.getLogger(__name__)
 def _dataset(tok, rows: list[dict], max_prompt_length: int):
     from datasets import Dataset
 
-    out, skipped = [], 0
-    for r in rows:
-        text = prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True)
-        if len(tok(text, add_special_tokens=False)["input_ids"]) > max_prompt_length:
-            skipped += 1
-            continue
-        out.append({"prompt": text, "ground_truth": r["reward_model"]["ground_truth"]})
-    if not out:
+    kept, skipped = rl_data.fitting_rows(tok, rows, max_prompt_length)
+    if not kept:
         raise ValueError(f"stage3: every prompt is longer than max_prompt_length={max_prompt_length}")
-    return Dataset.from_list(out), skipped
+    return Dataset.from_list([{"prompt": prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True),
+                               "ground_truth": r["reward_model"]["ground_truth"]} for r in kept]), skipped
 
 
 def _grpo_config(cfg: Config, ckpt: Path):

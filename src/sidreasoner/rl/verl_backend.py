@@ -42,7 +42,6 @@ from sidreasoner.rl import checkpoint as rl_checkpoint
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
 from sidreasoner.rl import stage3
-from sidreasoner.train import prompts
 from sidreasoner.train.report import loss_curve_html
 from sidreasoner.train.sft import checkpoint_root
 
@@ -279,13 +278,6 @@ def require_gpu(cfg: Config) -> None:
             "Ray cluster (stage3.verl.ray_address)")
 
 
-def _fitting_rows(tok, rows: list[dict], max_prompt_length: int) -> tuple[list[dict], int]:
-    """Rows whose rendered prompt (thinking mode, as verl's rollout renders it) fits; and how many did not."""
-    kept = [r for r in rows if len(tok(prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True),
-                                       add_special_tokens=False)["input_ids"]) <= max_prompt_length]
-    return kept, len(rows) - len(kept)
-
-
 def _stage_model(stage2_model_dir: Path, inputs: Path) -> Path:
     """A copy of the model under the shared checkpoint folder (named by a hash of config and inputs), made once."""
     staged = inputs / "stage2_model"
@@ -339,9 +331,9 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
         raise ValueError("stage3.backend=verl needs stage3.valid_samples > 0 (verl always loads a validation set)")
     tok = AutoTokenizer.from_pretrained(stage2_model_dir)
     rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
-    train_rows, skipped = _fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed),
+    train_rows, skipped = rl_data.fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed),
                                         s.max_prompt_length)
-    valid_rows, _ = _fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "valid", s.valid_samples, cfg.seed),
+    valid_rows, _ = rl_data.fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "valid", s.valid_samples, cfg.seed),
                                   s.max_prompt_length)
     if len(train_rows) < s.train_batch_size or not valid_rows:
         raise ValueError(f"stage3: {len(train_rows)} training and {len(valid_rows)} validation prompts fit "

@@ -1,7 +1,7 @@
 """sidreasoner.storage: one small API over `file://`/paths, `s3://`/`minio://` (minio client) and `gs://`.
 
     download_file(uri, dest)   upload_file(src, uri)   list_files(uri)
-    download_dir(uri, dest, require_marker=True)   upload_dir(src, uri)   exists(uri)
+    download_dir(uri, dest, require_marker=True)   upload_dir(src, uri)   exists(uri)   local_files(src)
 
 Everything is streamed in 1 MiB chunks, retried with backoff on transient errors (downloads resume
 at the byte reached), checked against the store's size and checksums, and completed atomically:
@@ -16,8 +16,8 @@ SIDREASONER_GCS_CHUNK_SIZE (gs://); SIDREASONER_STORAGE_RETRIES, SIDREASONER_STO
 SIDREASONER_STORAGE_TIMEOUT (all).
 """
 
-from sidreasoner.storage.api import (MARKER, download_dir, download_file, exists, list_files, read_marker,
-                                     upload_dir, upload_file)
+from sidreasoner.storage.api import (MARKER, download_dir, download_file, exists, list_files, local_files,
+                                     read_marker, upload_dir, upload_file)
 from sidreasoner.storage.errors import (ChecksumError, CredentialsError, IncompleteUploadError, NotFoundError,
                                         StorageError, TransientError, UnsupportedSchemeError)
 from sidreasoner.storage.uri import REMOTE_SCHEMES, Location, is_remote, parse_uri
@@ -25,5 +25,5 @@ from sidreasoner.storage.uri import REMOTE_SCHEMES, Location, is_remote, parse_u
 __all__ = [
     "MARKER", "REMOTE_SCHEMES", "ChecksumError", "CredentialsError", "IncompleteUploadError", "Location",
     "NotFoundError", "StorageError", "TransientError", "UnsupportedSchemeError", "download_dir", "download_file",
-    "exists", "is_remote", "list_files", "parse_uri", "read_marker", "upload_dir", "upload_file",
+    "exists", "is_remote", "list_files", "local_files", "parse_uri", "read_marker", "upload_dir", "upload_file",
 ]

@@ -114,6 +114,20 @@ def upload_file(src: str | os.PathLike, uri: str | os.PathLike) -> dict[str, Any
     return {"size": digest.size, "md5": digest.md5}
 
 
+def local_files(src: str | os.PathLike) -> list[str]:
+    """Relative paths of the files under the local folder `src`, as `upload_dir` uploads them (sorted,
+    marker excluded)."""
+    src = Path(src)
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = (Path(dirpath) / name).relative_to(src).as_posix()
+            if rel != MARKER:
+                rels.append(rel)
+    return rels
+
+
 def upload_dir(src: str | os.PathLike, uri: str | os.PathLike) -> dict[str, Any]:
     """Upload every file under `src` to the folder `uri`, then write the `_SUCCESS` marker LAST.
 
@@ -125,13 +139,7 @@ def upload_dir(src: str | os.PathLike, uri: str | os.PathLike) -> dict[str, Any]
         raise NotFoundError(f"{src}: no such folder to upload")
     loc = parse_uri(uri)
     be = _backend(loc)
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            rel = (Path(dirpath) / name).relative_to(src).as_posix()
-            if rel != MARKER:
-                rels.append(rel)
+    rels = local_files(src)
     marker = loc.child(MARKER)
     _call(be, marker, "remove the old marker", lambda: be.delete(marker) if _stat(be, marker) else None)
     files = {}

@@ -10,7 +10,6 @@ refused unless `export.overwrite` is set; one that holds exactly these files is 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,14 +25,9 @@ REQUIRED_FILES = ("config.json", "tokenizer_config.json")
 
 
 def _local_manifest(model_dir: Path) -> dict[str, dict]:
-    files = {}
-    for dirpath, dirnames, filenames in os.walk(model_dir):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            digest = digest_file(path)
-            files[path.relative_to(model_dir).as_posix()] = {"size": digest.size, "md5": digest.md5}
-    return files
+    """What upload_dir's `_SUCCESS` manifest would list for `model_dir`: path -> size, MD5."""
+    digests = {rel: digest_file(model_dir / rel) for rel in storage.local_files(model_dir)}
+    return {rel: {"size": d.size, "md5": d.md5} for rel, d in digests.items()}
 
 
 def _check_model_folder(model_dir: Path) -> None:
