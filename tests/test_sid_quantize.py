@@ -9,9 +9,9 @@ import torch
 from sidreasoner import config
 from sidreasoner.config import RQVAEConfig
 from sidreasoner.sid.codes import collision_stats, parse_sid
-from sidreasoner.sid.kmeans import balanced_assign, kmeans
+from sidreasoner.sid.kmeans import balanced_assign, kmeans, kmeans_pp_init
 from sidreasoner.sid.quantize import quantize_sids
-from sidreasoner.sid.rkmeans import rkmeans_quantize
+from sidreasoner.sid.rkmeans import fit_residual_kmeans, restart_seeds, rkmeans_quantize
 from sidreasoner.sid.rqvae import rqvae_quantize
 
 
@@ -34,6 +34,61 @@ def test_kmeans_separates_tiny_clusters():
     _, assign = kmeans(x, 3, torch.Generator().manual_seed(0))
     a = assign.tolist()
     assert a[0] == a[1] and a[2] == a[3] and a[4] == a[5] and len({a[0], a[2], a[4]}) == 3
+
+
+def _seeded_cluster_hits(x: torch.Tensor, label: np.ndarray, trials: int | None) -> list[int]:
+    """For seeds 0..19: how many of the true clusters hold a k-means++ seed."""
+    hits = []
+    for seed in range(20):
+        seeds = kmeans_pp_init(x, 8, torch.Generator().manual_seed(seed), trials=trials)
+        nearest_item = torch.cdist(seeds, x).argmin(1).numpy()
+        hits.append(len(set(label[nearest_item].tolist())))
+    return hits
+
+
+def test_greedy_kmeans_pp_seeds_every_separated_cluster():
+    rng = np.random.default_rng(0)
+    sizes = [40, 30, 20, 10, 5, 5, 3, 2]
+    centers = rng.normal(size=(8, 5)) * 10
+    x = torch.from_numpy(np.concatenate([c + 0.1 * rng.normal(size=(n, 5)) for c, n in zip(centers, sizes)]).astype(np.float32))
+    label = np.repeat(np.arange(8), sizes)
+    assert _seeded_cluster_hits(x, label, trials=None) == [8] * 20
+    # one candidate per step (plain k-means++) leaves a cluster without a seed for some seed
+    assert min(_seeded_cluster_hits(x, label, trials=1)) < 8
+
+
+def test_rkmeans_restarts_keep_fewest_collisions_then_lowest_error():
+    x = np.random.default_rng(1).normal(size=(48, 4)).astype(np.float32)
+    fits = [fit_residual_kmeans(torch.from_numpy(x), 2, 6, s, 30, 1.5) for s in restart_seeds(3, 4)]
+    colliding = [collision_stats(f.codes)["n_colliding_items"] for f in fits]
+    errors = [round(f.metrics["relative_residual"], 4) for f in fits]
+    assert colliding == [39, 37, 33, 33] and errors == [0.1868, 0.1729, 0.1699, 0.1602]
+    chosen = rkmeans_quantize(x, 2, 6, seed=3, balance=1.5, restarts=4)
+    np.testing.assert_array_equal(chosen.codes, fits[3].codes)  # tie at 33 colliding: the lower error wins
+    assert chosen.metrics["restart_chosen"] == 3 and chosen.metrics["collision_rate_worst_restart"] == 39 / 48
+    # fewer collisions beat a lower error
+    assert rkmeans_quantize(x, 2, 6, seed=2, balance=1.5, restarts=4).metrics["restart_chosen"] == 1
+    # more restarts add fits and keep the earlier ones: never more collisions
+    assert restart_seeds(3, 4)[:2] == restart_seeds(3, 2)
+    assert chosen.metrics["restarts_run"] == 4
+    # a fit within the target ends the search: the first (39 of 48 colliding), then the second (37)
+    assert rkmeans_quantize(x, 2, 6, seed=3, balance=1.5, restarts=4, target=39 / 48).metrics["restarts_run"] == 1
+    assert rkmeans_quantize(x, 2, 6, seed=3, balance=1.5, restarts=4, target=38 / 48).metrics["restarts_run"] == 2
+
+
+def test_rkmeans_restarts_stop_at_a_fit_without_collisions():
+    x = _clusters(3, np.eye(8) * 5, 0.5)  # 8 clusters of 3: a 2-level 8 x 8 code separates every item
+    res = rkmeans_quantize(x, 2, 8, seed=0, balance=1.5, restarts=8)
+    first = fit_residual_kmeans(torch.from_numpy(x), 2, 8, restart_seeds(0, 1)[0], 30, 1.5)
+    assert collision_stats(first.codes)["n_colliding_items"] > 0
+    assert collision_stats(res.codes)["n_colliding_items"] == 0  # the second fit: the last one run
+    assert res.metrics["restarts_run"] == 2 and res.metrics["restart_chosen"] == 1
+
+
+def test_rkmeans_restarts_reject_zero():
+    x = np.random.default_rng(1).normal(size=(48, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        rkmeans_quantize(x, 2, 6, seed=3, restarts=0)
 
 
 def test_rkmeans_first_level_recovers_partition():

@@ -62,24 +62,30 @@ def balanced_assign(dist: torch.Tensor, capacity: int | None) -> torch.Tensor:
         room -= torch.bincount(choice[accept], minlength=k)
 
 
-def kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding (one candidate per step), seeded by `gen`."""
+def kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator, trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding, seeded by `gen`: each step draws `trials` candidates by D^2 weighting
+    and keeps the one that lowers the total squared distance most. `trials` defaults to 2 + ln k, as
+    scikit-learn's: with one candidate per step, clearly separated clusters often end up merged under
+    one code while another cluster is split, which makes SID collisions (benchmarks/README.md)."""
     n = len(x)
-    sq_norms = (x * x).sum(1)  # computed once: k sequential steps each need only x @ new_center
+    trials = trials or 2 + int(math.log(k))
+    sq_norms = (x * x).sum(1)  # computed once: each step needs only x @ candidates
 
-    def dist_to(idx: int) -> torch.Tensor:
-        return (sq_norms - 2.0 * (x @ x[idx]) + sq_norms[idx]).clamp_min_(0.0)
+    def dists_to(idx: torch.Tensor) -> torch.Tensor:  # [len(idx), n]
+        return (sq_norms[idx, None] - 2.0 * (x[idx] @ x.T) + sq_norms[None, :]).clamp_min_(0.0)
 
-    first = int(torch.randint(n, (1,), generator=gen))
-    centers = [x[first]]
-    closest = dist_to(first)
+    first = torch.randint(n, (1,), generator=gen)
+    chosen = [int(first)]
+    closest = dists_to(first)[0]
     for _ in range(1, k):
         total = closest.sum()
         probs = closest / total if total > 0 else torch.full_like(closest, 1.0 / n)
-        idx = int(torch.multinomial(probs, 1, generator=gen))
-        centers.append(x[idx])
-        closest = torch.minimum(closest, dist_to(idx))
-    return torch.stack(centers)
+        candidates = torch.multinomial(probs, trials, replacement=True, generator=gen)
+        merged = torch.minimum(closest[None, :], dists_to(candidates))
+        best = int(merged.sum(1).argmin())
+        chosen.append(int(candidates[best]))
+        closest = merged[best]
+    return x[chosen]
 
 
 def _update_centers(x: torch.Tensor, assign: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,10 @@ def run_quantizer(cfg: Config, emb: np.ndarray) -> QuantizeResult:
         )
     with _deterministic():
         if sid.method == "rkmeans":
-            return rkmeans_quantize(emb, sid.levels, sid.codebook_size, cfg.seed, sid.kmeans_iters, sid.balance)
+            return rkmeans_quantize(
+                emb, sid.levels, sid.codebook_size, cfg.seed, sid.kmeans_iters, sid.balance, sid.restarts,
+                sid.restart_target,
+            )
         return rqvae_quantize(emb, sid.rqvae, sid.levels, sid.codebook_size, cfg.seed)
 
 
