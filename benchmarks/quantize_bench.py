@@ -53,7 +53,7 @@ def run_one(emb: np.ndarray, overrides: list[str], work: Path) -> dict[str, floa
 
 
 def pct_spread(values: list[float]) -> str:
-    """'0.23%' for one seed, 'mean 0.23% (0.11-0.40%)' for several."""
+    """'0.23%' for one seed; for several, the mean and the range: '0.23% (0.11-0.40%)'."""
     if len(values) == 1:
         return f"{100 * values[0]:.2f}%"
     return f"{100 * np.mean(values):.2f}% ({100 * min(values):.2f}-{100 * max(values):.2f}%)"

@@ -59,8 +59,9 @@ def rkmeans_quantize(
 
     With restarts > 1, fits from `restart_seeds(seed, restarts)` in turn and keeps the one whose
     nearest-code SIDs collide least (ties: lower residual error), as the research code's RQ-VAE trainer
-    keeps its fewest-collision checkpoint; a fit whose collision rate is at most `target` ends the search. No item is moved off
-    its nearest code here: that is collision handling, which comes after (sid.collision).
+    keeps its fewest-collision checkpoint; a fit whose collision rate is at most `target` ends the
+    search. No item is moved off its nearest code here: that is collision handling, which comes after
+    (sid.collision).
     """
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
