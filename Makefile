@@ -4,13 +4,13 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= local_outputs
 
-.PHONY: demo test install install-dev compile images push-images clean
+.PHONY: demo test test-fast install install-dev compile images push-images clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: a looser requirement pulls a multi-GB CUDA build (DESIGN §7).
+# torch first and pinned: a looser requirement pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e .
@@ -28,6 +28,10 @@ demo: install
 
 test: install-dev
 	$(BIN)/python -m pytest
+
+# Everything but the tests marked slow (training, kfp.local pipeline runs, image installs).
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not slow"
 
 compile: install
 	$(BIN)/sidreasoner compile --preset demo -o sidreasoner-pipeline.yaml

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _titles import generate_titles  # noqa: E402
 
 from sidreasoner.config import TinyModelConfig  # noqa: E402
-from sidreasoner.eval.constrained import SidDecoder  # noqa: E402
+from sidreasoner.eval.decoder import SidDecoder  # noqa: E402
+from sidreasoner.model import prompts, tiny  # noqa: E402
 from sidreasoner.sid.codes import format_sid, sid_tokens  # noqa: E402
-from sidreasoner.train import prompts, tiny  # noqa: E402
 from sidreasoner.train.sft import extend_tokenizer  # noqa: E402
 
 

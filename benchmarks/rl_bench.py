@@ -28,8 +28,8 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from eval_helpers import build_tiny_model, random_codes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "helpers"))
+from models import build_tiny_model, random_codes  # noqa: E402
 
 from sidreasoner import config  # noqa: E402
 from sidreasoner.rl import stage3  # noqa: E402

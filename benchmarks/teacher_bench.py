@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from sidreasoner import config
 from sidreasoner.teacher.corpus import synthesize_corpus
 
-HELPERS = Path(__file__).resolve().parents[1] / "tests" / "teacher_helpers.py"
+HELPERS = Path(__file__).resolve().parents[1] / "tests" / "helpers" / "teacher.py"
 NOUNS = ["Gel Pen", "Notebook", "Headphones", "Card Game", "Chef Knife", "Seed Kit", "Yoga Mat", "Drill Bit Set"]
 BRANDS = ["Acme", "Northwind", "Contoso", "Globex", "Initech", "Umbrella", "Stark", "Wayne"]
 
@@ -56,7 +56,7 @@ def make_inputs(root: Path, n: int) -> tuple[Path, Path]:
 
 
 class Server:
-    """tests/teacher_helpers.FakeOpenAI in its own process, so it never competes for the client's GIL."""
+    """tests/helpers/teacher.py's FakeOpenAI in its own process, so it never competes for the client's GIL."""
 
     def __init__(self, delay: float):
         self.proc = subprocess.Popen([sys.executable, str(HELPERS), "--delay", str(delay)],

@@ -7,16 +7,17 @@ from sidreasoner.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def download_data(seed: int, data: dict, raw: Output[Dataset], metrics: Output[Metrics]):
+def download_data(step: str, seed: int, data: dict, raw: Output[Dataset], metrics: Output[Metrics]):
     """Fetch raw reviews and item metadata into the `raw` folder."""
     from sidreasoner.components.runtime import run_component
 
-    run_component("download-data", {"seed": seed, "data": data}, {"raw": raw.path}, metrics)
+    run_component(step, locals())
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def preprocess(seed: int, data: dict, raw: Input[Dataset], dataset: Output[Dataset], metrics: Output[Metrics]):
+def preprocess(step: str, seed: int, data: dict, raw: Input[Dataset], dataset: Output[Dataset],
+               metrics: Output[Metrics]):
     """Filter, k-core, sliding windows and the chronological split, as Parquet."""
     from sidreasoner.components.runtime import run_component
 
-    run_component("preprocess", {"seed": seed, "data": data}, {"raw": raw.path, "dataset": dataset.path}, metrics)
+    run_component(step, locals())

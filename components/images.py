@@ -12,6 +12,9 @@ REGISTRY = os.environ.get("SIDREASONER_IMAGE_REGISTRY", "ghcr.io/sidreasoner-pip
 CPU_IMAGE = os.environ.get("SIDREASONER_CPU_IMAGE", f"{REGISTRY}/sidreasoner-cpu:{__version__}")
 TRAIN_IMAGE = os.environ.get("SIDREASONER_TRAIN_IMAGE", f"{REGISTRY}/sidreasoner-train:{__version__}")
 
+# The image each kind of step pod runs in (`Step.image` in the registry).
+IMAGES = {"cpu": CPU_IMAGE, "train": TRAIN_IMAGE}
+
 # The Dockerfile that builds each image (paths from the repository root).
 DOCKERFILES = {CPU_IMAGE: "images/cpu/Dockerfile", TRAIN_IMAGE: "images/train/Dockerfile"}
 

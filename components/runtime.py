@@ -1,6 +1,7 @@
-"""What every component body does: run the library step, then publish its metrics.
+"""What every component body does: run the registered step with the task's arguments, then
+publish its report pages and metrics.
 
-No kfp import: the Metrics artifact is used only through `log_metric` and `path`.
+No kfp import: artifacts are used only through `.path` and `log_metric`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,25 @@ import shutil
 from typing import Any
 
 from sidreasoner.io import write_json
-from sidreasoner.steps import STEPS, run_step
+from sidreasoner.runner import run_step
+from sidreasoner.steps import STEPS
 
 
-def run_component(step: str, config: dict[str, Any], paths: dict[str, str], metrics: Any,
-                  reports: dict[str, Any] | None = None) -> None:
-    """Run `step`; publish its metrics, and copy the HTML pages it wrote into `reports` artifacts."""
-    values = run_step(step, config, paths)
-    for name, folder, filename in STEPS[step].reports:
-        os.makedirs(os.path.dirname(reports[name].path), exist_ok=True)
-        shutil.copyfile(os.path.join(paths[folder], filename), reports[name].path)
+def run_component(step_name: str, arguments: dict[str, Any]) -> None:
+    """Run `step_name` with a component's arguments (its config sections and artifacts, by name)."""
+    step = STEPS[step_name]
+    config = {section: arguments[section] for section in step.sections}
+    paths = {name: arguments[name].path for name in step.folders}
+    values = run_step(step_name, config, paths)
+    for report in step.reports:
+        target = arguments[report.name].path
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(os.path.join(paths[report.folder], report.filename), target)
+    metrics = arguments["metrics"]
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)
-    # kfp.local only re-uses a cached task whose Metrics artifact has a file (DESIGN §3);
-    # on a cluster the same file is what the UI's artifact preview shows.
+    # kfp.local only re-uses a cached task whose Metrics artifact has a file at its path; on a
+    # cluster the same file is what the UI's artifact preview shows.
     os.makedirs(os.path.dirname(metrics.path), exist_ok=True)
     write_json(metrics.path, values)
-    print(json.dumps({"step": step, "metrics": values}, sort_keys=True))
+    print(json.dumps({"step": step_name, "metrics": values}, sort_keys=True))

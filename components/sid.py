@@ -7,19 +7,18 @@ from sidreasoner.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def embed_items(seed: int, embed: dict, dataset: Input[Dataset], embeddings: Output[Dataset], metrics: Output[Metrics]):
+def embed_items(step: str, seed: int, embed: dict, dataset: Input[Dataset], embeddings: Output[Dataset],
+                metrics: Output[Metrics]):
     """Encode every item's text into a dense vector."""
     from sidreasoner.components.runtime import run_component
 
-    run_component("embed-items", {"seed": seed, "embed": embed},
-                  {"dataset": dataset.path, "embeddings": embeddings.path}, metrics)
+    run_component(step, locals())
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def quantize_sids(seed: int, sid: dict, dataset: Input[Dataset], embeddings: Input[Dataset],
+def quantize_sids(step: str, seed: int, sid: dict, dataset: Input[Dataset], embeddings: Input[Dataset],
                   sid_index: Output[Dataset], metrics: Output[Metrics]):
     """Quantize embeddings into collision-free Semantic IDs and the catalogue of valid SIDs."""
     from sidreasoner.components.runtime import run_component
 
-    run_component("quantize-sids", {"seed": seed, "sid": sid},
-                  {"dataset": dataset.path, "embeddings": embeddings.path, "sid_index": sid_index.path}, metrics)
+    run_component(step, locals())

@@ -7,10 +7,9 @@ from sidreasoner.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def synthesize_corpus(seed: int, teacher: dict, dataset: Input[Dataset], sid_index: Input[Dataset],
+def synthesize_corpus(step: str, seed: int, teacher: dict, dataset: Input[Dataset], sid_index: Input[Dataset],
                       corpus: Output[Dataset], metrics: Output[Metrics]):
     """Have the teacher write item narratives, history narratives and reasoning paths."""
     from sidreasoner.components.runtime import run_component
 
-    run_component("synthesize-corpus", {"seed": seed, "teacher": teacher},
-                  {"dataset": dataset.path, "sid_index": sid_index.path, "corpus": corpus.path}, metrics)
+    run_component(step, locals())

@@ -53,7 +53,7 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         paths = {out: _artifact_path(outputs[output_name(step.name, out)]) for out in step.outputs}
         metrics_artifact = outputs[output_name(step.name, "metrics")]
         executed = run_dir is not None and all(Path(p).resolve().is_relative_to(run_dir) for p in paths.values())
-        reports = {name: _artifact_path(outputs[output_name(step.name, name)]) for name, _, _ in step.reports}
+        reports = {r.name: _artifact_path(outputs[output_name(step.name, r.name)]) for r in step.reports}
         tasks[step.name] = {
             "status": "SUCCEEDED" if executed else "CACHED",
             "outputs": {**paths, **reports},

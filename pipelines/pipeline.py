@@ -1,28 +1,26 @@
-"""The SIDReasoner DAG (DESIGN §1): read it top to bottom like the step table.
+"""The SIDReasoner DAG, built from the step registry (`sidreasoner.steps.STEPS`).
 
-Pipeline parameters are the config sections (`seed`, `data`, `embed`, `sid`), their defaults the
-preset's values. Each task receives only the sections it reads, so its cache key covers exactly
-those. Steps not built yet are absent, not placeholders.
+Every registered step becomes one task, in registry order: its component (`component_for`), the
+config sections it reads as arguments, each input wired to the producing task's output, and its
+pod settings from the registry (image, credentials, model cache, shared memory, retries, caching)
+and from the `cluster` section (resources, node selectors, tolerations). Pipeline parameters are
+the config sections, their defaults the preset's values; a task receives only the sections its
+step reads, so its cache key covers exactly those. Steps not built are not registered.
 """
 
-
 import inspect
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
-from sidreasoner.components.data import download_data, preprocess
-from sidreasoner.components.evaluate import (evaluate_baselines, evaluate_stage1, evaluate_stage2, evaluate_stage3,
-                                             report)
-from sidreasoner.components.sid import embed_items, quantize_sids
-from sidreasoner.components.teacher import synthesize_corpus
-from sidreasoner.components.train import (export_model, merge_checkpoint, prepare_base_model, rl_stage3, sft_stage1,
-                                          sft_stage2)
+from sidreasoner.components.factory import component_for
 from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
-from sidreasoner.steps import STEPS, pipeline_steps
+from sidreasoner.steps import STEPS, Step, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
+ARTIFACT_TYPES = {"Dataset": Dataset, "Model": Model, "Metrics": Metrics, "HTML": HTML, "Markdown": Markdown}
 
 # Credentials: the chart's Secrets (fixed names, charts/README.md), all optional so a run that
 # needs none starts without them. Values never reach the compiled YAML, only these references.
@@ -32,14 +30,17 @@ SECRET_ENV = {
     "s3": ("sidreasoner-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}),
 }
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
-# Which credentials each step may need: buckets for data and models, the hub for models.
-STEP_CREDENTIALS = {
-    "download-data": ("s3", "gcs", "hf"),
-    "embed-items": ("hf",),
-    "synthesize-corpus": ("teacher",),
-    "prepare-base-model": ("s3", "gcs", "hf"),
-    "export-model": ("s3", "gcs"),
-}
+
+
+def output_name(step: str, output: str) -> str:
+    """Name of a step's artifact among the pipeline's outputs, e.g. preprocess_dataset."""
+    return f"{step.replace('-', '_')}_{output}"
+
+
+def _outputs_type(steps: list[Step]) -> type:
+    fields = [(output_name(step.name, name), ARTIFACT_TYPES[kind])
+              for step in steps for name, kind in step.artifacts().items()]
+    return NamedTuple("Outputs", fields)
 
 
 def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...]) -> None:
@@ -50,34 +51,6 @@ def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...]) -> None:
         else:
             name, keys = SECRET_ENV[kind]
             kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)
-
-
-def output_name(step: str, output: str) -> str:
-    """Name of a step's artifact among the pipeline's outputs, e.g. preprocess_dataset."""
-    return f"{step.replace('-', '_')}_{output}"
-
-
-def artifact_names(step: str) -> dict[str, type]:
-    """Every artifact a step's task outputs, with its KFP type."""
-    spec = STEPS[step]
-    names = {out: Model if out.endswith(("model", "checkpoint")) else Dataset for out in spec.outputs}
-    names.update({name: Markdown if filename.endswith(".md") else HTML for name, _, filename in spec.reports})
-    names["metrics"] = Metrics
-    return names
-
-
-def _outputs_type(included: list[str]) -> type:
-    fields = [(output_name(name, out), kind) for name in included for out, kind in artifact_names(name).items()]
-    return NamedTuple("Outputs", fields)
-
-
-# Steps that write outside the artifact store: never served from the cache (DESIGN §3).
-SIDE_EFFECT_STEPS = ("export-model",)
-
-# Steps that load models or keep caches/checkpoints meant to outlive a pod: the model-cache PVC.
-MODEL_CACHE_STEPS = ("download-data", "embed-items", "synthesize-corpus", "prepare-base-model", "sft-stage1",
-                     "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint",
-                     "evaluate-stage3")
 
 
 def _resources(task: dsl.PipelineTask, res: StepResources) -> None:
@@ -102,137 +75,53 @@ def _model_cache(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
     task.set_env_variable("HF_HOME", f"{cluster.model_cache_mount}/hf")
 
 
-def _training_pod(task: dsl.PipelineTask) -> None:
-    """Training pods: a RAM-backed /dev/shm (PyTorch data loaders and NCCL need more than the
-    64 MiB default), and retries, which resume from the step's last checkpoint."""
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-    task.set_retry(num_retries=2, backoff_duration="60s")
+def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool) -> None:
+    """A task's pod settings, all from the registry and the cluster section."""
+    task.set_display_name(step.display_name)
+    _credentials(task, step.credentials)
+    _resources(task, cluster.resources.get(step.name, StepResources()))
+    if cluster.model_cache_pvc and step.model_cache:
+        _model_cache(task, cluster)
+    if step.training_pod:
+        # PyTorch data loaders and NCCL need more shared memory than the 64 MiB default.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    if step.retry:
+        task.set_retry(num_retries=step.retry.num_retries, backoff_duration=step.retry.backoff_duration,
+                       **({"backoff_factor": step.retry.backoff_factor} if step.retry.backoff_factor else {}))
+    # A step with side effects (an upload) would be skipped by a cache hit.
+    task.set_caching_options(enable_caching=cache and not step.side_effects)
 
 
-def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset()):
+def _output(tasks: dict[str, dsl.PipelineTask], producer: str, output: str):
+    return tasks[producer].outputs[output]
+
+
+def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset(),
+          registry: Mapping[str, Step] = STEPS):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
     in `no_cache` always execute (caching off), the others may be served from the cache."""
-    included = [s.name for s in pipeline_steps(cfg, until)]
+    steps = pipeline_steps(cfg, until, registry)
     defaults = to_params(cfg)
-    Outputs = _outputs_type(included)
+    Outputs = _outputs_type(steps)
 
-    def sidreasoner(
-        seed: int = defaults["seed"],
-        data: dict = defaults["data"],
-        embed: dict = defaults["embed"],
-        sid: dict = defaults["sid"],
-        teacher: dict = defaults["teacher"],
-        model: dict = defaults["model"],
-        stage1: dict = defaults["stage1"],
-        stage2: dict = defaults["stage2"],
-        stage3: dict = defaults["stage3"],
-        eval: dict = defaults["eval"],
-        export: dict = defaults["export"],
-    ):
+    def sidreasoner(*values):
+        params = dict(zip(defaults, values))
         tasks: dict[str, dsl.PipelineTask] = {}
+        for step in steps:
+            sections = {name: params[name] for name in step.sections}
+            inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
+            task = component_for(step)(step=step.name, **sections, **inputs)
+            _configure(task, step, cfg.cluster, cache=step.name not in no_cache)
+            tasks[step.name] = task
+        return Outputs(**{output_name(step.name, name): tasks[step.name].outputs[name]
+                          for step in steps for name in step.artifacts()})
 
-        def out(step: str, name: str):
-            return tasks[step].outputs[name]
-
-        tasks["download-data"] = download_data(seed=seed, data=data)
-        # Network downloads fail transiently; the step resumes partial files on retry.
-        tasks["download-data"].set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)
-
-        if "preprocess" in included:
-            tasks["preprocess"] = preprocess(seed=seed, data=data, raw=tasks["download-data"].outputs["raw"])
-
-        if "embed-items" in included:
-            tasks["embed-items"] = embed_items(seed=seed, embed=embed, dataset=tasks["preprocess"].outputs["dataset"])
-
-        if "quantize-sids" in included:
-            tasks["quantize-sids"] = quantize_sids(
-                seed=seed, sid=sid,
-                dataset=tasks["preprocess"].outputs["dataset"],
-                embeddings=tasks["embed-items"].outputs["embeddings"],
-            )
-
-        if "synthesize-corpus" in included:
-            tasks["synthesize-corpus"] = synthesize_corpus(
-                seed=seed, teacher=teacher,
-                dataset=tasks["preprocess"].outputs["dataset"],
-                sid_index=tasks["quantize-sids"].outputs["sid_index"],
-            )
-
-        if "evaluate-baselines" in included:
-            tasks["evaluate-baselines"] = evaluate_baselines(
-                seed=seed, eval=eval, dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "prepare-base-model" in included:
-            tasks["prepare-base-model"] = prepare_base_model(
-                seed=seed, model=model, dataset=out("preprocess", "dataset"), corpus=out("synthesize-corpus", "corpus"))
-
-        if "sft-stage1" in included:
-            tasks["sft-stage1"] = sft_stage1(
-                seed=seed, stage1=stage1, base_model=out("prepare-base-model", "base_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"),
-                corpus=out("synthesize-corpus", "corpus"))
-
-        if "evaluate-stage1" in included:
-            tasks["evaluate-stage1"] = evaluate_stage1(
-                seed=seed, eval=eval, stage1_model=out("sft-stage1", "stage1_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "sft-stage2" in included:
-            tasks["sft-stage2"] = sft_stage2(
-                seed=seed, stage2=stage2, stage1_model=out("sft-stage1", "stage1_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"),
-                corpus=out("synthesize-corpus", "corpus"))
-
-        if "evaluate-stage2" in included:
-            tasks["evaluate-stage2"] = evaluate_stage2(
-                seed=seed, eval=eval, stage2_model=out("sft-stage2", "stage2_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "rl-stage3" in included:
-            tasks["rl-stage3"] = rl_stage3(
-                seed=seed, stage3=stage3, stage2_model=out("sft-stage2", "stage2_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "merge-checkpoint" in included:
-            tasks["merge-checkpoint"] = merge_checkpoint(
-                seed=seed, stage3=stage3, stage3_checkpoint=out("rl-stage3", "stage3_checkpoint"),
-                stage2_model=out("sft-stage2", "stage2_model"))
-
-        if "evaluate-stage3" in included:
-            tasks["evaluate-stage3"] = evaluate_stage3(
-                seed=seed, eval=eval, stage3_model=out("merge-checkpoint", "stage3_model"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "report" in included:
-            tasks["report"] = report(
-                seed=seed, eval=eval, baselines=out("evaluate-baselines", "baselines"),
-                stage1_eval=out("evaluate-stage1", "stage1_eval"), stage2_eval=out("evaluate-stage2", "stage2_eval"),
-                stage3_eval=out("evaluate-stage3", "stage3_eval"),
-                dataset=out("preprocess", "dataset"), sid_index=out("quantize-sids", "sid_index"))
-
-        if "export-model" in included:
-            tasks["export-model"] = export_model(seed=seed, export=export,
-                                                 stage3_model=out("merge-checkpoint", "stage3_model"))
-
-        for name in ("sft-stage1", "sft-stage2", "rl-stage3"):
-            if name in tasks:
-                _training_pod(tasks[name])
-        for name, task in tasks.items():
-            _credentials(task, STEP_CREDENTIALS.get(name, ()))
-            _resources(task, cfg.cluster.resources.get(name, StepResources()))
-            if cfg.cluster.model_cache_pvc and name in MODEL_CACHE_STEPS:
-                _model_cache(task, cfg.cluster)
-        for name, task in tasks.items():
-            # export-model writes outside the artifact store: a cache hit would skip the upload.
-            task.set_caching_options(enable_caching=name not in no_cache and name not in SIDE_EFFECT_STEPS)
-        return Outputs(**{
-            output_name(name, artifact): task.outputs[artifact]
-            for name, task in tasks.items()
-            for artifact in artifact_names(name)
-        })
-
-    # The set of outputs depends on `until`, so the return type is attached here.
-    sidreasoner.__signature__ = inspect.signature(sidreasoner).replace(return_annotation=Outputs)
+    # KFP reads the pipeline's parameters (the config sections, defaulting to the preset's values)
+    # and outputs (which depend on `until`) from the signature.
+    sidreasoner.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value))
+         for name, value in defaults.items()],
+        return_annotation=Outputs)
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description="SIDReasoner: LLM reasoning over Semantic IDs for generative recommendation",

@@ -1,4 +1,4 @@
-"""The Helm chart (charts/sidreasoner, DESIGN §6), checked offline: rendered and linted by the
+"""The Helm chart (charts/sidreasoner), checked offline: rendered and linted by the
 helm-python-sdk (Helm's Go SDK through ctypes, no `helm` binary), every rendered manifest validated
 with kubernetes-validate in strict mode against a pinned Kubernetes version, the RayCluster (a CRD
 those schemas don't know) against KubeRay's required fields, and the chart's promises (fixed names,
@@ -20,7 +20,8 @@ NAMESPACE = "kubeflow-user"
 
 # What the paper presets' teacher base_url (http://sidreasoner-teacher:8000/v1) needs.
 TEACHER_SERVICE, TEACHER_PORT = "sidreasoner-teacher", 8000
-# Fixed Secret names and keys that pipeline steps read (pipelines/pipeline.py, DESIGN §3).
+# Fixed Secret names and keys that pipeline steps read (pipelines/pipeline.py): the chart must provide them
+# under exactly these names.
 SECRETS = {
     "sidreasoner-teacher": {"api-key"},
     "sidreasoner-hf": {"token"},

@@ -9,14 +9,12 @@ import pytest
 import yaml
 
 from sidreasoner import config
-from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, TRAIN_IMAGE
+from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, IMAGES, TRAIN_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
+from sidreasoner.steps import STEPS, pipeline_steps
 
-STEP_NAMES = ["download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus",
-              "evaluate-baselines", "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2",
-              "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3", "report"]
-TRAINING_STEPS = {"prepare-base-model", "sft-stage1", "sft-stage2", "evaluate-stage1", "evaluate-stage2", "rl-stage3",
-                  "merge-checkpoint", "evaluate-stage3"}
+# The office DAG without export.uri: every registered step but those enabled by an unset key.
+OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"))]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,9 +24,33 @@ def spec(tmp_path_factory):
     return next(yaml.safe_load_all(path.read_text()))  # the pipeline spec; platform spec follows
 
 
+def check_tasks_follow_the_registry(spec, registry):
+    """Each registered step in the DAG is one task, named after it, wired to its inputs' producers,
+    in its image, with its own config sections as parameters."""
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = spec["deploymentSpec"]["executors"]
+    for name, task in tasks.items():
+        step = registry[name]
+        producers = {step.source(i)[0] for i in step.inputs}
+        assert sorted(task.get("dependentTasks", [])) == sorted(producers), name
+        artifacts = task["inputs"].get("artifacts", {})
+        assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+                for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
+        assert set(task["inputs"]["parameters"]) == {"step", *step.sections}, name
+        assert task["taskInfo"]["name"] == step.display_name
+        assert executors[f"exec-{name}"]["container"]["image"] == IMAGES[step.image], name
+        outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
+        assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
+            k: f"system.{kind}" for k, kind in step.artifacts().items()}, name
+
+
+def test_tasks_are_the_registered_steps(spec):
+    assert sorted(spec["root"]["dag"]["tasks"]) == sorted(OFFICE_STEPS)
+    check_tasks_follow_the_registry(spec, STEPS)
+
+
 def test_tasks_are_the_dag_steps_in_order(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    assert sorted(tasks) == sorted(STEP_NAMES)
     assert tasks["preprocess"]["dependentTasks"] == ["download-data"]
     assert tasks["embed-items"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["quantize-sids"]["dependentTasks"]) == ["embed-items", "preprocess"]
@@ -44,8 +66,12 @@ def test_tasks_are_the_dag_steps_in_order(spec):
     merge_inputs = tasks["merge-checkpoint"]["inputs"]["artifacts"]
     assert merge_inputs["stage3_checkpoint"]["taskOutputArtifact"] == {"outputArtifactKey": "stage3_checkpoint",
                                                                        "producerTask": "rl-stage3"}
-    assert tasks["evaluate-stage3"]["inputs"]["artifacts"]["stage3_model"]["taskOutputArtifact"] == {
+    assert merge_inputs["stage2_model"]["taskOutputArtifact"] == {"outputArtifactKey": "model",
+                                                                  "producerTask": "sft-stage2"}
+    assert tasks["evaluate-stage3"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
+    assert tasks["report"]["inputs"]["artifacts"]["stage2_eval"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "evaluation", "producerTask": "evaluate-stage2"}
     assert sorted(tasks["report"]["dependentTasks"]) == ["evaluate-baselines", "evaluate-stage1", "evaluate-stage2",
                                                          "evaluate-stage3", "preprocess", "quantize-sids"]
 
@@ -53,17 +79,22 @@ def test_tasks_are_the_dag_steps_in_order(spec):
 def test_every_task_caches_and_download_retries(spec):
     tasks = spec["root"]["dag"]["tasks"]
     assert all(t["cachingOptions"] == {"enableCache": True} for t in tasks.values())
-    assert tasks["download-data"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["download-data"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
+                                                     "backoffMaxDuration": "3600s", "maxRetryCount": 3}
 
 
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == len(STEP_NAMES)
+    assert len(executors) == len(OFFICE_STEPS)
     for name, ex in executors.items():
         container = ex["container"]
         step = name.removeprefix("exec-")
-        assert container["image"] == (TRAIN_IMAGE if step in TRAINING_STEPS else CPU_IMAGE), step
+        assert container["image"] == (TRAIN_IMAGE if STEPS[step].image == "train" else CPU_IMAGE), step
         assert "pip install" not in " ".join(container["command"] + container.get("args", []))
+    # The evaluation and SFT tasks share one component function each, called per stage.
+    functions = {name: ex["container"]["args"][-1] for name, ex in executors.items()}
+    assert functions["exec-evaluate-stage1"] == functions["exec-evaluate-stage3"] == "evaluate"
+    assert functions["exec-sft-stage1"] == functions["exec-sft-stage2"] == "sft"
 
 
 def test_every_image_has_a_dockerfile_with_the_project_pins(spec):
@@ -97,7 +128,9 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
     text = compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text()
     pipeline, platform = yaml.safe_load_all(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for step in ("sft-stage1", "sft-stage2", "rl-stage3"):
+    training = [s.name for s in STEPS.values() if s.training_pod]
+    assert training == ["sft-stage1", "sft-stage2", "rl-stage3"]
+    for step in training:
         assert executors[f"exec-{step}"]["emptyDirMounts"] == [
             {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
         assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
@@ -124,7 +157,7 @@ def test_outputs_are_typed_artifacts(spec):
     assert outputs["sid_index"]["artifactType"]["schemaTitle"] == "system.Dataset"
     assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
     stage1 = spec["components"]["comp-sft-stage1"]["outputDefinitions"]["artifacts"]
-    assert stage1["stage1_model"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert stage1["model"]["artifactType"]["schemaTitle"] == "system.Model"
     assert stage1["loss_curve"]["artifactType"]["schemaTitle"] == "system.HTML"
     report = spec["components"]["comp-report"]["outputDefinitions"]["artifacts"]
     assert report["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
@@ -166,7 +199,7 @@ PAPER_RESOURCES = {
 GIB = 1024 ** 3
 
 
-@pytest.mark.parametrize("step", STEP_NAMES)
+@pytest.mark.parametrize("step", OFFICE_STEPS)
 def test_paper_preset_resources(spec, step):
     resources = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
     cpu, memory, gpus = PAPER_RESOURCES[step]
@@ -231,6 +264,8 @@ def test_export_model_only_when_asked_uncached_with_storage_credentials(spec, tm
     assert task["inputs"]["artifacts"]["stage3_model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
     assert pipeline["deploymentSpec"]["executors"]["exec-export-model"]["container"]["image"] == CPU_IMAGE
+    outputs = pipeline["components"]["comp-export-model"]["outputDefinitions"]["artifacts"]
+    assert outputs["model_export"]["artifactType"]["schemaTitle"] == "system.Model"
     assert pipeline["root"]["inputDefinitions"]["parameters"]["export"]["defaultValue"]["uri"] == "s3://models/office/run-1"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-export-model"]
     assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"sidreasoner-s3"}

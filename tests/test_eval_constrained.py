@@ -4,11 +4,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eval_helpers import build_tiny_model, random_codes
-from sidreasoner.eval.constrained import (CatalogueError, CatalogueTrie, SidDecoder, TrieLogitsProcessor,
-                                          beam_search_core, exact_core)
+from sidreasoner.eval.decoder import SidDecoder
+from sidreasoner.eval.search import beam_search_core, exact_core
+from sidreasoner.eval.trie import CatalogueError, CatalogueTrie, TrieLogitsProcessor
+from sidreasoner.model.prompts import next_sid_question, render_prompt
 from sidreasoner.sid.codes import format_sid, parse_sid
-from sidreasoner.train.prompts import next_sid_question, render_prompt
 
 
 @st.composite
@@ -91,7 +91,7 @@ def test_trie_tables():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, random_codes, build_tiny_model):
     codes = random_codes(120, 3, 6, seed=3)
     model, tok = build_tiny_model(tmp_path_factory.mktemp("m"), codes, 6, seed=3)
     cat = sorted({format_sid(c) for c in codes})

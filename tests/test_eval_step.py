@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval_helpers import build_tiny_model, random_codes, write_dataset, write_sid_index
 from sidreasoner import config
 from sidreasoner.eval.baselines import popularity_ranking, random_rankings
 from sidreasoner.eval.evaluate import evaluate, evaluate_baselines, recommend
@@ -13,7 +12,7 @@ N_ITEMS = 60
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, random_codes, write_sid_index, write_dataset, build_tiny_model):
     root = tmp_path_factory.mktemp("ev")
     codes = random_codes(N_ITEMS, 3, 5, seed=2, collide=3)  # 3 items share a SID with another
     write_sid_index(root / "sid_index", np.arange(N_ITEMS), codes)
@@ -105,6 +104,7 @@ def test_report_renders_self_contained(folders):
     assert "[not in catalogue]" in decode_sids("<a_99><b_0><c_0>", cat)
 
 
+@pytest.mark.slow  # three CLI processes, each importing torch and loading the model (~15 s)
 def test_cli_recommend_prints_titles_and_reasoning(folders):
     import subprocess
     import sys

@@ -1,4 +1,5 @@
-"""The images in images/ install exactly what pyproject.toml pins (DESIGN §2, images/README.md).
+"""The images in images/ install exactly what pyproject.toml pins (images/README.md), so an image runs the
+versions the tests ran.
 
 Fast tests read the Dockerfiles: every `name==version` they name equals pyproject's pin, every extra
 they install exists, they run as a non-root user and carry no secret-looking ENV/ARG, and
@@ -33,7 +34,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 ALL_DOCKERFILES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "images").rglob("Dockerfile"))
 CPU_DOCKERFILE, TRAIN_DOCKERFILE = DOCKERFILES[CPU_IMAGE], DOCKERFILES[TRAIN_IMAGE]
 # The one translation the clean-venv test makes: the CPU wheel index is unreachable here, and the
-# default index on these machines serves the local-disk CPU wheel for torch==2.13.0 (DESIGN §7).
+# default index on these machines serves the local-disk CPU wheel for torch==2.13.0.
 CPU_TORCH_INDEX = ("--index-url", "https://download.pytorch.org/whl/cpu")
 
 
@@ -119,7 +120,7 @@ def test_every_dockerfile_is_built_under_a_compiled_image_name():
 @pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES)
 def test_every_pin_in_the_dockerfile_equals_pyprojects(dockerfile):
     pins = pyproject_pins()
-    assert pins["torch"] == "2.13.0"  # DESIGN §7: any looser torch pulls a multi-GB CUDA build
+    assert pins["torch"] == "2.13.0"  # any looser torch pulls a multi-GB CUDA build
     named = 0
     for keyword, args in instructions(dockerfile):
         for name, version in re.findall(r"(?<![\w.\-\[])([A-Za-z][\w.\-]*(?:\[[\w,\-]+\])?)==([\w.+!\-]+)", args):
@@ -189,7 +190,7 @@ def test_no_env_or_arg_looks_like_a_secret(dockerfile):
             names = [w.split("=", 1)[0] for w in words if "=" in w] or words[:1]  # `ENV A=1 B=2` or `ENV A 1`
             for name in names:
                 assert not re.search(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL", name.upper()), \
-                    f"{dockerfile}: {keyword} {name}: secrets come from Kubernetes Secrets at run time (DESIGN §3)"
+                    f"{dockerfile}: {keyword} {name}: secrets come from Kubernetes Secrets at run time"
 
 
 def test_images_module_builds_every_dockerfile_under_the_compiled_names():
@@ -281,7 +282,7 @@ def test_cpu_image_installs_in_a_clean_venv(tmp_path):
     result = json.loads(subprocess.run([str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True,
                                        text=True, check=True).stdout)
     assert result["components"].startswith(result["site"])  # installed, not read from the copy
-    assert result["generic"] == {"components": False, "pipelines": False}  # DESIGN §2
+    assert result["generic"] == {"components": False, "pipelines": False}  # only sidreasoner is a top-level name
     site = Path(result["site"])
     assert not (site / "components").exists() and not (site / "pipelines").exists()
     assert result["torch"].startswith("2.13.0")

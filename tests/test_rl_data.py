@@ -6,11 +6,10 @@ import pandas as pd
 import pytest
 
 from sidreasoner.rl import data as D
-from train_helpers import make_artifacts
 
 
-def test_schema_and_row(tmp_path):
-    art = make_artifacts(tmp_path)
+def test_schema_and_row(tiny_artifacts, tmp_path):
+    art = tiny_artifacts
     paths = D.write_rl_data(art["dataset"], art["sid_index"], tmp_path / "rl")
     train = pd.read_parquet(paths["train"])
     assert list(train.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
@@ -27,8 +26,8 @@ def test_schema_and_row(tmp_path):
     assert set(e["split"] for e in valid.extra_info) == {"valid"} and len(valid) == 3
 
 
-def test_sampling_and_no_test_split(tmp_path):
-    art = make_artifacts(tmp_path)
+def test_sampling_and_no_test_split(tiny_artifacts):
+    art = tiny_artifacts
     rows = D.rl_rows(art["dataset"], art["sid_index"], "train", max_samples=3, seed=0)
     assert len(rows) == 3 and [r["extra_info"]["index"] for r in rows] == sorted(r["extra_info"]["index"] for r in rows)
     assert rows == D.rl_rows(art["dataset"], art["sid_index"], "train", max_samples=3, seed=0)

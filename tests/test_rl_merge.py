@@ -16,25 +16,19 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval_helpers import build_tiny_model
 from sidreasoner import config
 from sidreasoner.rl.checkpoint import MANIFEST, write_manifest
 from sidreasoner.rl.merge import merge_checkpoint
-from sidreasoner.train.base import save_model
-from train_helpers import CODES
-
-pytestmark = pytest.mark.slow  # builds and shards models (seconds)
+from sidreasoner.model.loading import save_model
 
 PROMPT = "The user bought these items in order"
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 
 
 @pytest.fixture(scope="module")
-def stage2(tmp_path_factory) -> Path:
+def stage2(tiny_sid_model) -> Path:
     """A tiny Qwen3 with tied embeddings and SID added tokens: the Stage 2 model."""
-    out = tmp_path_factory.mktemp("stage2") / "model"
-    build_tiny_model(out, np.array(CODES), codebook=4)
-    return out
+    return tiny_sid_model["dir"]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +96,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def verl_checkpoints(policy, tmp_path_factory) -> dict[str, Path]:
-    """rl-stage3 verl output folders (manifest + actor/ + the RL extras), written by 2 gloo processes."""
+    """rl-stage3 verl output folders (manifest + actor/ + the RL extras), written by 2 gloo processes
+    (about 10 s: the tests that use it are marked slow)."""
     import torch.multiprocessing as mp
 
     root = tmp_path_factory.mktemp("verl")
@@ -131,6 +126,7 @@ def _no_temp_folders(parent: Path) -> None:
 
 # --- (a) verl FSDP --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_fsdp_checkpoint_merges_to_the_unsharded_weights(verl_checkpoints, policy, stage2, tmp_path):
     ckpt = verl_checkpoints["full"]
     assert sorted(p.name for p in (ckpt / "actor").glob("model_world_size_*")) == [
@@ -168,6 +164,7 @@ def test_verl_fsdp_checkpoint_merges_to_the_unsharded_weights(verl_checkpoints, 
     _no_temp_folders(tmp_path)
 
 
+@pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_tokenizer_and_generation_config_come_from_stage2_when_missing(verl_checkpoints, stage2, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(verl_checkpoints["full"], ckpt)
@@ -186,6 +183,7 @@ def test_verl_tokenizer_and_generation_config_come_from_stage2_when_missing(verl
     assert gen["eos_token_id"] == json.loads((stage2 / "generation_config.json").read_text())["eos_token_id"]
 
 
+@pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_lora_checkpoint_is_folded_into_the_weights(verl_checkpoints, policy, stage2, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -276,6 +274,7 @@ def test_manifest_pointing_at_a_missing_folder(stage2, tmp_path):
     _fails(tmp_path / "ckpt", stage2, tmp_path, FileNotFoundError, "'path' 'model' does not exist")
 
 
+@pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_checkpoint_missing_a_rank_shard(verl_checkpoints, stage2, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(verl_checkpoints["full"], ckpt)
@@ -283,6 +282,7 @@ def test_verl_checkpoint_missing_a_rank_shard(verl_checkpoints, stage2, tmp_path
     _fails(ckpt, stage2, tmp_path, FileNotFoundError, "model_world_size_2_rank_1.pt")
 
 
+@pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_checkpoint_without_fsdp_config(verl_checkpoints, stage2, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(verl_checkpoints["full"], ckpt)
@@ -290,9 +290,9 @@ def test_verl_checkpoint_without_fsdp_config(verl_checkpoints, stage2, tmp_path)
     _fails(ckpt, stage2, tmp_path, FileNotFoundError, "fsdp_config.json")
 
 
-def test_a_model_of_another_architecture_is_refused(stage2, tmp_path):
+def test_a_model_of_another_architecture_is_refused(stage2, tmp_path, tiny_artifacts, build_tiny_model):
     ckpt = tmp_path / "ckpt"
-    other, _ = build_tiny_model(tmp_path / "other", np.array(CODES), codebook=4, hidden=32)
+    other, _ = build_tiny_model(tmp_path / "other", np.array(tiny_artifacts["codes"]), codebook=4, hidden=32)
     shutil.copytree(tmp_path / "other", ckpt / "model")
     write_manifest(ckpt, "hf", "model")
     shutil.rmtree(tmp_path / "other")

@@ -13,8 +13,6 @@ from sidreasoner import config
 from sidreasoner.rl import stage3
 from sidreasoner.rl.checkpoint import read_manifest
 from sidreasoner.rl.merge import merge_checkpoint
-from train_helpers import CODES, make_artifacts
-from eval_helpers import build_tiny_model
 
 
 def _cfg(tmp_path, *extra):
@@ -25,15 +23,16 @@ def _cfg(tmp_path, *extra):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_artifacts, tiny_sid_model):
+    """The shared tiny artifacts and Stage-2-like model (read only); this run's outputs go to `tmp`."""
     tmp = tmp_path_factory.mktemp("rl")
-    art = make_artifacts(tmp)
-    build_tiny_model(tmp / "stage2", np.array(CODES), codebook=4)
+    art = {**tiny_artifacts, "stage2": tiny_sid_model["dir"]}
     cfg = _cfg(tmp)
-    metrics = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out")
+    metrics = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp / "out")
     return tmp, art, cfg, metrics
 
 
+@pytest.mark.slow  # GRPO training
 def test_grpo_runs_and_writes_a_raw_checkpoint(run):
     tmp, _, _, m = run
     out = tmp / "out"
@@ -53,9 +52,10 @@ def test_grpo_runs_and_writes_a_raw_checkpoint(run):
     assert list((tmp / "ckpt").glob("stage3-*/checkpoint-2"))
 
 
+@pytest.mark.slow  # GRPO training
 def test_merge_checkpoint_turns_it_into_a_plain_model(run):
-    tmp, _, cfg, _ = run
-    m = merge_checkpoint(cfg, tmp / "out", tmp / "stage2", tmp / "merged")
+    tmp, art, cfg, _ = run
+    m = merge_checkpoint(cfg, tmp / "out", art["stage2"], tmp / "merged")
     assert m["format"] == 0 and m["max_abs_diff"] == 0.0 and m["tied_embeddings"] == 1
     merged = tmp / "merged"
     assert (merged / "model.safetensors").exists() and (merged / "training.json").exists()
@@ -63,23 +63,25 @@ def test_merge_checkpoint_turns_it_into_a_plain_model(run):
     assert json.loads((merged / "merge.json").read_text())["dtype"] == "float32"
 
 
+@pytest.mark.slow  # GRPO training
 def test_lora_writes_an_adapter_that_merges_onto_stage2(run, tmp_path):
     tmp, art, _, _ = run
     cfg = _cfg(tmp_path, "stage3.finetune=lora", "stage3.lora_r=4", "stage3.lora_alpha=8", "stage3.max_steps=1")
-    m = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp_path / "out")
+    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp_path / "out")
     assert m["steps"] == 1
     assert read_manifest(tmp_path / "out")["format"] == "peft_lora"
     adapter = tmp_path / "out" / "adapter"
     assert (adapter / "adapter_config.json").exists() and not (tmp_path / "out" / "model").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4
-    merged = merge_checkpoint(cfg, tmp_path / "out", tmp / "stage2", tmp_path / "merged")
+    merged = merge_checkpoint(cfg, tmp_path / "out", art["stage2"], tmp_path / "merged")
     assert merged["format"] == 1 and merged["max_abs_diff"] < 1e-3
     assert not list((tmp_path / "merged").glob("adapter*"))
 
 
+@pytest.mark.slow  # GRPO training
 def test_retry_resumes_from_checkpoint(run):
     tmp, art, cfg, _ = run
-    m = stage3.rl_stage3(cfg, tmp / "stage2", art["dataset"], art["sid_index"], tmp / "out2")
+    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp / "out2")
     assert m["resumed_from_step"] == 2 and m["steps"] == 2
     assert (tmp / "out2" / "model" / "model.safetensors").exists()
 

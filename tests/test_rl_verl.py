@@ -7,7 +7,6 @@ trainer process)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -23,16 +22,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from eval_helpers import build_tiny_model  # noqa: E402
 from sidreasoner import config  # noqa: E402
 from sidreasoner.rl import checkpoint as rl_checkpoint  # noqa: E402
 from sidreasoner.rl import data as rl_data  # noqa: E402
 from sidreasoner.rl import reward as rl_reward  # noqa: E402
-from sidreasoner.rl import stage3  # noqa: E402
+from sidreasoner.rl.metrics import summary_metrics  # noqa: E402
 from sidreasoner.rl import verl_backend  # noqa: E402
 from sidreasoner.rl.verl_backend import VerlPaths, verl_overrides  # noqa: E402
-from sidreasoner.train import prompts  # noqa: E402
-from train_helpers import CODES, make_artifacts  # noqa: E402
+from sidreasoner.model import prompts  # noqa: E402
 
 import verl  # noqa: E402
 
@@ -55,16 +52,15 @@ def fake_paths(root: Path = Path("/runs/r1"), train_prompts: int = 1000) -> Verl
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    """The training tests' artifacts plus a Stage-2-like tiny model whose tokenizer has the SID codes."""
+def art(tmp_path_factory, tiny_artifacts, tiny_sid_model):
+    """The shared tiny artifacts plus the Stage-2-like tiny model whose tokenizer has the SID codes."""
     tmp = tmp_path_factory.mktemp("verl")
-    a = make_artifacts(tmp)
-    _, tok = build_tiny_model(tmp / "stage2", np.array(CODES), codebook=4)
+    a, stage2, tok = tiny_artifacts, tiny_sid_model["dir"], tiny_sid_model["tok"]
     files = rl_data.write_rl_data(a["dataset"], a["sid_index"], tmp / "rl")
-    paths = VerlPaths(model=tmp / "stage2", train_files=files["train"], val_files=files["valid"],
+    paths = VerlPaths(model=stage2, train_files=files["train"], val_files=files["valid"],
                       catalogue=a["sid_index"] / "catalogue.json", checkpoint_dir=tmp / "ckpt", train_prompts=5)
     cfg = config.load("demo", ["stage3.backend=verl"])
-    return {**a, "tmp": tmp, "tok": tok, "paths": paths, "verl_cfg": compose_verl(verl_overrides(cfg, paths))}
+    return {**a, "stage2": stage2, "tok": tok, "paths": paths, "verl_cfg": compose_verl(verl_overrides(cfg, paths))}
 
 
 # ---------------------------------------------------------------- the Hydra overrides
@@ -203,7 +199,7 @@ def test_rlhf_dataset_reads_our_parquet_and_renders_the_thinking_prompt(art):
 
 
 RESPONSES = {
-    # response -> score for the target CODES[1] = <a_0><b_1><c_3>
+    # response -> score for the target, item 1's SID <a_0><b_1><c_3>
     "<think>\nThe series continues.\n</think>\n\n<a_0><b_1><c_3>": 1.1,   # exact, in the catalogue
     "<think>\nA pen again.\n</think>\n\n<a_0><b_2><c_0>": 0.25 + 0.1,     # first level, a catalogue SID
     "<think>\nClose.\n</think>\n\n<a_0><b_1><c_0>": 0.5,                  # two levels, not in the catalogue
@@ -283,7 +279,7 @@ def test_console_log_parser_on_a_verl_excerpt():
     per_step = verl_backend.per_step_records(history)
     assert [(p["step"], p["reward"], p["kl"], p["completion_length"]) for p in per_step] == [
         (1, 0.25, 0.0, 41.5), (2, 0.6, 0.003, 36.0)]
-    m = stage3.summary_metrics(per_step, global_step=2, resumed_from=0, n_prompts=8, skipped=1,
+    m = summary_metrics(per_step, global_step=2, resumed_from=0, n_prompts=8, skipped=1,
                                      completions_done=32, train_wall=16.0, wall=20.0)
     assert (m["reward_first"], m["reward_last"], m["reward_mean"], m["kl_last"], m["steps"]) == (0.25, 0.6, 0.425, 0.003, 2.0)
     assert (m["completion_length_mean"], m["samples_per_s"], m["prompts_skipped_too_long"]) == (38.75, 2.0, 1.0)
@@ -369,7 +365,7 @@ def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, 
     cfg = config.load("demo", ["stage3.backend=verl", "stage3.train_batch_size=2", "stage3.micro_batch_size=8", "stage3.max_steps=2",
                                f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
     out = fake_main / "out"
-    m = verl_backend.train_verl(cfg, art["tmp"] / "stage2", art["dataset"], art["sid_index"], out)
+    m = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], out)
     assert (m["steps"], m["resumed_from_step"], m["reward_first"], m["reward_last"], m["prompts"]) == (2, 0, 0.25, 0.75, 5)
     assert sorted(p.name for p in (out / "actor").iterdir()) == ["fsdp_config.json", "huggingface",
                                                                  "model_world_size_1_rank_0.pt"]
@@ -380,7 +376,7 @@ def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, 
     assert len(pd.read_parquet(out / "rl_data" / "train.parquet")) == 5
     assert "mean reward" in (out / "reward_curve.html").read_text()
     # A retry finds verl's checkpoint and reports where training resumed.
-    again = verl_backend.train_verl(cfg, art["tmp"] / "stage2", art["dataset"], art["sid_index"], fake_main / "out2")
+    again = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], fake_main / "out2")
     assert again["resumed_from_step"] == 2
 
 
@@ -388,5 +384,5 @@ def test_train_verl_failure_shows_the_tail_and_leaves_no_output(art, fake_main, 
     monkeypatch.setenv("FAKE_VERL_FAIL", "1")
     cfg = config.load("demo", ["stage3.backend=verl", "stage3.train_batch_size=2", "stage3.micro_batch_size=8", f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
     with pytest.raises(RuntimeError, match="exited with status 3(.|\n)*no kernel image"):
-        verl_backend.train_verl(cfg, art["tmp"] / "stage2", art["dataset"], art["sid_index"], fake_main / "out")
+        verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], fake_main / "out")
     assert not (fake_main / "out").exists()

@@ -109,6 +109,7 @@ def test_rkmeans_deterministic():
     np.testing.assert_array_equal(a.codebooks, b.codebooks)
 
 
+@pytest.mark.slow  # trains an RQ-VAE twice (seconds)
 def test_rqvae_trains_uses_codes_and_is_deterministic():
     x = _clusters(16, np.eye(8) * 3, 0.5)  # 128 items, 8-d
     rq = RQVAEConfig(hidden_dims=[16], latent_dim=4, epochs=30, warmup_epochs=5, batch_size=4096, reseed_every=5)

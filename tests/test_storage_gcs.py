@@ -9,24 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from storage_servers import start_gcs_emulator, stop
 
 from sidreasoner import storage
 from sidreasoner.storage.gcs import make_client
 
 
-@pytest.fixture(scope="session")
-def emulator():
-    proc, url = start_gcs_emulator()
-    try:
-        yield url
-    finally:
-        stop(proc)
-
-
 @pytest.fixture
-def gcs(emulator, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+def gcs(gcs_emulator, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     monkeypatch.setenv("SIDREASONER_STORAGE_RETRY_DELAY", "0.02")
     monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "3")
     monkeypatch.setenv("SIDREASONER_GCS_CHUNK_SIZE", str(256 * 1024))

@@ -11,7 +11,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from storage_servers import moto_iam_user, start_moto, stop
 
 from sidreasoner import storage
 from sidreasoner.config import load
@@ -22,21 +21,11 @@ from sidreasoner.storage.s3 import make_client
 MIB = 1 << 20
 
 
-@pytest.fixture(scope="session")
-def moto():
-    proc, url = start_moto(auth_after=3)  # the 3 IAM calls below run unauthenticated, everything after is checked
-    try:
-        key, secret = moto_iam_user(url)
-        yield {"url": url, "key": key, "secret": secret}
-    finally:
-        stop(proc)
-
-
 @pytest.fixture
-def s3(moto, monkeypatch):
-    monkeypatch.setenv("SIDREASONER_S3_ENDPOINT", moto["url"])
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto["key"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto["secret"])
+def s3(moto_server, monkeypatch):
+    monkeypatch.setenv("SIDREASONER_S3_ENDPOINT", moto_server["url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_server["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_server["secret"])
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("SIDREASONER_STORAGE_RETRY_DELAY", "0.02")
@@ -162,35 +151,32 @@ def test_half_credentials_rejected(s3, monkeypatch, tmp_path):
         storage.download_file("s3://bkt/x", tmp_path / "o")
 
 
-def test_server_killed_during_download(monkeypatch, tmp_path):
-    proc, url = start_moto()
-    try:
-        monkeypatch.setenv("SIDREASONER_S3_ENDPOINT", url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        monkeypatch.setenv("SIDREASONER_STORAGE_RETRY_DELAY", "0.02")
-        monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "3")
-        monkeypatch.setenv("SIDREASONER_S3_PART_SIZE", str(32 * MIB))
-        make_client("s3").make_bucket("bkt")
-        big = tmp_path / "big.bin"
-        big.write_bytes(os.urandom(32 * MIB))
-        storage.upload_file(big, "s3://bkt/big.bin")
-        seen = []
+def test_server_killed_during_download(fresh_moto, monkeypatch, tmp_path):
+    proc, url = fresh_moto
+    monkeypatch.setenv("SIDREASONER_S3_ENDPOINT", url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("SIDREASONER_STORAGE_RETRY_DELAY", "0.02")
+    monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "3")
+    monkeypatch.setenv("SIDREASONER_S3_PART_SIZE", str(32 * MIB))
+    make_client("s3").make_bucket("bkt")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(32 * MIB))
+    storage.upload_file(big, "s3://bkt/big.bin")
+    seen = []
 
-        def kill_on_first_chunk(done: int) -> None:
-            if not seen:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-            seen.append(done)
+    def kill_on_first_chunk(done: int) -> None:
+        if not seen:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        seen.append(done)
 
-        (tmp_path / "dl").mkdir()
-        with pytest.raises(storage.TransientError, match=r"s3://bkt/big.bin: download failed after 3 attempts"):
-            storage.download_file("s3://bkt/big.bin", tmp_path / "dl" / "big.bin", progress=kill_on_first_chunk)
-        assert 0 < seen[-1] < 32 * MIB
-        assert list((tmp_path / "dl").iterdir()) == []  # no partial file, no temp file
-    finally:
-        stop(proc)
+    (tmp_path / "dl").mkdir()
+    with pytest.raises(storage.TransientError, match=r"s3://bkt/big.bin: download failed after 3 attempts"):
+        storage.download_file("s3://bkt/big.bin", tmp_path / "dl" / "big.bin", progress=kill_on_first_chunk)
+    assert 0 < seen[-1] < 32 * MIB
+    assert list((tmp_path / "dl").iterdir()) == []  # no partial file, no temp file
 
 
 def _upload_demo(tmp_path: Path, prefix: str) -> Path:
@@ -232,8 +218,9 @@ def test_download_data_bucket_errors(s3, tmp_path):
 def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
     import torch
 
-    from sidreasoner.train import tiny
-    from sidreasoner.train.base import ModelSourceError, load_model_and_tokenizer, prepare_base_model, save_model
+    from sidreasoner.model import tiny
+    from sidreasoner.model.loading import ModelSourceError, load_model_and_tokenizer, save_model
+    from sidreasoner.train.base import prepare_base_model
 
     cfg = load("demo")
     tok = tiny.train_tokenizer(["a small corpus of words about pens and paper"] * 40, 300)
@@ -257,9 +244,10 @@ def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
 def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monkeypatch):
     import torch
 
-    from sidreasoner.train import tiny
-    from sidreasoner.train.base import load_model_and_tokenizer, prepare_base_model, save_model
-    from sidreasoner.train.export import export_model
+    from sidreasoner.export import export_model
+    from sidreasoner.model import tiny
+    from sidreasoner.model.loading import load_model_and_tokenizer, save_model
+    from sidreasoner.train.base import prepare_base_model
 
     cfg = load("demo")
     tok = tiny.train_tokenizer(["a small corpus of words about pens and paper"] * 40, 300)
@@ -295,7 +283,7 @@ def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monk
 
 def test_export_model_errors(s3, tmp_path):
     from sidreasoner.config import ConfigError
-    from sidreasoner.train.export import export_model
+    from sidreasoner.export import export_model
 
     (tmp_path / "not_a_model").mkdir()
     (tmp_path / "not_a_model" / "config.json").write_text("{}")

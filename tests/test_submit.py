@@ -7,10 +7,9 @@ import sys
 import pytest
 import yaml
 
-from kfp_api_server import KFPServer
 from sidreasoner import config
 from sidreasoner.pipelines.submit import submit, upload
-from sidreasoner.steps import downstream
+from sidreasoner.steps import STEP_NAMES, downstream
 
 
 def _run_body(state):
@@ -33,13 +32,13 @@ def test_downstream_follows_the_artifacts():
                                         "merge-checkpoint", "evaluate-stage3", "report", "export-model"]
     assert downstream("evaluate-baselines") == ["evaluate-baselines", "report"]
     assert downstream("download-data")[0] == "download-data"
-    assert len(downstream("download-data")) == len(config.STEPS)
+    assert len(downstream("download-data")) == len(STEP_NAMES)
 
 
-def test_submit_sends_spec_parameters_root_and_caching():
+def test_submit_sends_spec_parameters_root_and_caching(kfp_api):
     cfg = config.load("office", ["data.k_core=7"])
-    with KFPServer() as (url, state):
-        result = submit(cfg, url, experiment="office-exp", run_name="r1", pipeline_root="s3://bucket/root")
+    url, state = kfp_api
+    result = submit(cfg, url, experiment="office-exp", run_name="r1", pipeline_root="s3://bucket/root")
     (exp_call,) = state.calls("POST", "/experiments")
     assert exp_call.json()["display_name"] == "office-exp"
     body = _run_body(state)
@@ -57,29 +56,29 @@ def test_submit_sends_spec_parameters_root_and_caching():
     assert executors["exec-synthesize-corpus"]["secretAsEnv"][0]["secretName"] == "sidreasoner-teacher"
 
 
-def test_existing_experiment_is_reused():
+def test_existing_experiment_is_reused(kfp_api):
     cfg = config.load("demo")
-    with KFPServer() as (url, state):
-        first = submit(cfg, url, experiment="e")
-        second = submit(cfg, url, experiment="e")
+    url, state = kfp_api
+    first = submit(cfg, url, experiment="e")
+    second = submit(cfg, url, experiment="e")
     assert first.experiment_id == second.experiment_id
     assert len(state.calls("POST", "/experiments")) == 1
 
 
-def test_rerun_from_turns_caching_off_downstream_only():
-    with KFPServer() as (url, state):
-        result = submit(config.load("demo"), url, rerun_from="quantize-sids")
+def test_rerun_from_turns_caching_off_downstream_only(kfp_api):
+    url, state = kfp_api
+    result = submit(config.load("demo"), url, rerun_from="quantize-sids")
     rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
              "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3",
              "report"]
     assert result.no_cache_steps == rerun
     caching = _task_caching(_run_body(state))
-    assert caching == {step: step not in rerun for step in config.STEPS if step != "export-model"}  # no export.uri
+    assert caching == {step: step not in rerun for step in STEP_NAMES if step != "export-model"}  # no export.uri
 
 
-def test_no_cache_applies_to_every_task():
-    with KFPServer() as (url, state):
-        submit(config.load("demo"), url, no_cache=True)
+def test_no_cache_applies_to_every_task(kfp_api):
+    url, state = kfp_api
+    submit(config.load("demo"), url, no_cache=True)
     body = _run_body(state)
     assert not any(_task_caching(body).values())
 
@@ -89,11 +88,11 @@ def test_no_cache_and_rerun_from_exclude_each_other():
         submit(config.load("demo"), "http://127.0.0.1:9", no_cache=True, rerun_from="preprocess")
 
 
-def test_upload_then_new_version():
+def test_upload_then_new_version(kfp_api):
     cfg = config.load("games")
-    with KFPServer() as (url, state):
-        pipeline_id = upload(cfg, url)
-        again = upload(cfg, url, version="v2")
+    url, state = kfp_api
+    pipeline_id = upload(cfg, url)
+    again = upload(cfg, url, version="v2")
     assert again == pipeline_id
     (up,) = state.calls("POST", "/pipelines/upload")
     assert up.query["name"] == ["sidreasoner"]
@@ -103,26 +102,26 @@ def test_upload_then_new_version():
                                "pipeline_id": pipeline_id, "display_name": "v2"}]
 
 
-def test_cli_submit_wait_and_secret_free_requests():
+def test_cli_submit_wait_and_secret_free_requests(kfp_api):
     secret = "sk-never-" + "q" * 20
-    with KFPServer() as (url, state):
-        result = subprocess.run(
-            [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--preset", "office",
-             "--set", "teacher.model=gpt-4o", "--rerun-from", "report", "--wait"],
-            capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "Caching off for: report" in result.stdout
-        assert "Run finished: SUCCEEDED" in result.stdout
-        assert state.calls("GET", f"/runs/{next(iter(state.runs))}")  # --wait polled the run
-        assert all(secret.encode() not in r.body for r in state.requests)
+    url, state = kfp_api
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--preset", "office",
+         "--set", "teacher.model=gpt-4o", "--rerun-from", "report", "--wait"],
+        capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Caching off for: report" in result.stdout
+    assert "Run finished: SUCCEEDED" in result.stdout
+    assert state.calls("GET", f"/runs/{next(iter(state.runs))}")  # --wait polled the run
+    assert all(secret.encode() not in r.body for r in state.requests)
 
 
-def test_cli_wait_exits_1_when_the_run_fails():
-    with KFPServer() as (url, state):
-        state.final_state = "FAILED"
-        result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--wait"],
-                                capture_output=True, text=True)
+def test_cli_wait_exits_1_when_the_run_fails(kfp_api):
+    url, state = kfp_api
+    state.final_state = "FAILED"
+    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--wait"],
+                            capture_output=True, text=True)
     assert result.returncode == 1
     assert "Run finished: FAILED" in result.stdout
 

@@ -1,4 +1,4 @@
-"""The `openai` teacher against a local OpenAI-compatible server on 127.0.0.1 (tests/teacher_helpers.py)."""
+"""The `openai` teacher against a local OpenAI-compatible server on 127.0.0.1 (the fake_openai fixture)."""
 
 import json
 import logging
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from teacher_helpers import FakeOpenAI, make_fixture, template_reply
 
 from sidreasoner import config
 from sidreasoner.teacher.cache import ResponseCache
@@ -22,22 +21,17 @@ TASKS = 48
 SECRET = "sk-test-SECRET-0123456789abcdef"
 
 
-@pytest.fixture()
-def fixture(tmp_path):
-    return make_fixture(tmp_path)
-
-
-def cfg_for(server: FakeOpenAI, tmp_path: Path, *extra: str) -> config.Config:
+def cfg_for(server, tmp_path: Path, *extra: str) -> config.Config:
     return config.load("demo", [
         "teacher.kind=openai", f"teacher.base_url={server.base_url}", "teacher.model=fake-teacher",
         f"teacher.cache_dir={tmp_path / 'cache'}", "teacher.timeout_s=0.5", "teacher.backoff_s=0.01",
         "teacher.concurrency=4", *extra])
 
 
-def test_corpus_complete_with_faults_and_second_run_is_free(fixture, tmp_path):
-    with FakeOpenAI(faults=["429", "500", "slow", "malformed", "500"]) as srv:
+def test_corpus_complete_with_faults_and_second_run_is_free(teacher_inputs, fake_openai, tmp_path):
+    with fake_openai(faults=["429", "500", "slow", "malformed", "500"]) as srv:
         cfg = cfg_for(srv, tmp_path)
-        m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         assert srv.received == UNIQUE_REQUESTS + 5
         assert (m["requests"], m["retries"], m["failures"], m["cache_hits"]) == (UNIQUE_REQUESTS + 5, 5, 0, 0)
         assert (m["items_narrated"], m["samples_narrated"], m["reasoning_paths"], m["rejected"]) == (12, 18, 18, 0)
@@ -48,36 +42,36 @@ def test_corpus_complete_with_faults_and_second_run_is_free(fixture, tmp_path):
         assert meta["templated"] is False and meta["model"] == "fake-teacher" and meta["teacher"] == "openai"
 
         srv.reset_counts()
-        m2 = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        m2 = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         assert srv.received == 0
         assert (m2["requests"], m2["cache_hits"], m2["tokens_in"]) == (0, UNIQUE_REQUESTS, 0)
         assert pq.read_table(tmp_path / "c" / "samples.parquet").equals(first)
 
         # a changed model or temperature is a different cache key: everything is asked again
-        m3 = synthesize_corpus(cfg_for(srv, tmp_path, "teacher.temperature=0.2"), *fixture, tmp_path / "c3")
+        m3 = synthesize_corpus(cfg_for(srv, tmp_path, "teacher.temperature=0.2"), *teacher_inputs, tmp_path / "c3")
         assert (m3["requests"], m3["cache_hits"]) == (UNIQUE_REQUESTS, 0)
 
 
-def test_retry_after_is_respected(fixture, tmp_path):
-    with FakeOpenAI(faults=["429"], retry_after="1") as srv:
+def test_retry_after_is_respected(teacher_inputs, fake_openai, tmp_path):
+    with fake_openai(faults=["429"], retry_after="1") as srv:
         cfg = cfg_for(srv, tmp_path, "teacher.concurrency=1", "teacher.item_narratives=true",
                       "teacher.history_narratives=false", "teacher.reasoning_paths=false")
         start = time.monotonic()
-        m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         assert m["retries"] == 1 and m["items_narrated"] == 12
         assert time.monotonic() - start >= 1.0
 
 
-def test_failure_budget_keeps_cache_and_rerun_resumes(fixture, tmp_path):
+def test_failure_budget_keeps_cache_and_rerun_resumes(teacher_inputs, fake_openai, tmp_path):
     broken = {"on": True}
 
     def status(messages):  # reasoning prompts fail while the server is "broken"
         return 503 if broken["on"] and "Task: reasoning path." in messages[-1]["content"] else 200
 
-    with FakeOpenAI(status_for=status) as srv:
+    with fake_openai(status_for=status) as srv:
         cfg = cfg_for(srv, tmp_path, "teacher.max_retries=1")
         with pytest.raises(FailureBudgetError) as err:
-            synthesize_corpus(cfg, *fixture, tmp_path / "c")
+            synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         msg = str(err.value)
         assert "18 failed request(s) + 0 rejected text(s) = 18 of 48 (37.5%)" in msg
         assert "teacher.failure_budget=5.0%" in msg and str(tmp_path / "cache") in msg
@@ -85,12 +79,12 @@ def test_failure_budget_keeps_cache_and_rerun_resumes(fixture, tmp_path):
         assert srv.received == 12 + 9 + 9 * 2  # items + histories answered; 9 distinct reasoning prompts tried twice
         broken["on"] = False
         srv.reset_counts()
-        m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         assert srv.received == 9 and (m["cache_hits"], m["requests"]) == (21, 9)
         assert m["samples_narrated"] == 18
 
 
-def test_leaky_and_invalid_replies_are_rejected(fixture, tmp_path):
+def test_leaky_and_invalid_replies_are_rejected(teacher_inputs, fake_openai, template_reply, tmp_path):
     def content(messages):
         user = messages[-1]["content"]
         text = template_reply(messages)
@@ -102,8 +96,8 @@ def test_leaky_and_invalid_replies_are_rejected(fixture, tmp_path):
             text = text.replace("<a_2><b_2><c_0>", "<a_2><b_2><c_7>")
         return text
 
-    with FakeOpenAI(content=content) as srv:
-        m = synthesize_corpus(cfg_for(srv, tmp_path, "teacher.failure_budget=0.2"), *fixture, tmp_path / "c")
+    with fake_openai(content=content) as srv:
+        m = synthesize_corpus(cfg_for(srv, tmp_path, "teacher.failure_budget=0.2"), *teacher_inputs, tmp_path / "c")
     assert (m["rejected_leak_title"], m["rejected_invalid_sid"], m["repaired_sids"]) == (2, 1, 1)
     assert (m["items_narrated"], m["samples_narrated"]) == (11, 16)
     rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
@@ -113,11 +107,11 @@ def test_leaky_and_invalid_replies_are_rejected(fixture, tmp_path):
     assert items[10].startswith("<a_2><b_2><c_0> is Globex") and 11 not in items
 
 
-def test_api_key_is_used_but_never_written_or_logged(fixture, tmp_path, monkeypatch, caplog, capfd):
+def test_api_key_is_used_but_never_written_or_logged(teacher_inputs, fake_openai, tmp_path, monkeypatch, caplog, capfd):
     monkeypatch.setenv("SIDREASONER_TEACHER_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
-    with FakeOpenAI(faults=["500", "429"]) as srv:
-        synthesize_corpus(cfg_for(srv, tmp_path), *fixture, tmp_path / "c")
+    with fake_openai(faults=["500", "429"]) as srv:
+        synthesize_corpus(cfg_for(srv, tmp_path), *teacher_inputs, tmp_path / "c")
     assert srv.auth_headers == {f"Bearer {SECRET}"}
     captured = capfd.readouterr()
     assert SECRET not in caplog.text and SECRET not in captured.out and SECRET not in captured.err
@@ -127,13 +121,13 @@ def test_api_key_is_used_but_never_written_or_logged(fixture, tmp_path, monkeypa
                 assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_missing_key_for_remote_endpoint_fails_clearly(fixture, tmp_path, monkeypatch):
+def test_missing_key_for_remote_endpoint_fails_clearly(teacher_inputs, tmp_path, monkeypatch):
     monkeypatch.delenv("SIDREASONER_TEACHER_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cfg = config.load("demo", ["teacher.kind=openai", "teacher.base_url=https://api.example.com/v1",
                                f"teacher.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(RuntimeError, match="SIDREASONER_TEACHER_API_KEY.*OPENAI_API_KEY"):
-        synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
 
 
 CHILD = """
@@ -146,11 +140,12 @@ synthesize_corpus(cfg, Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
 """
 
 
-def test_sigkill_midway_then_rerun_loses_nothing(fixture, tmp_path):
+def test_sigkill_midway_then_rerun_loses_nothing(teacher_inputs, fake_openai, tmp_path):
     answered_before_kill = 10
-    with FakeOpenAI(block_after=answered_before_kill) as srv:
+    with fake_openai(block_after=answered_before_kill) as srv:
         cfg = cfg_for(srv, tmp_path)
-        args = [sys.executable, "-c", CHILD, json.dumps(config.to_params(cfg)), *map(str, fixture), str(tmp_path / "c")]
+        args = [sys.executable, "-c", CHILD, json.dumps(config.to_params(cfg)), *map(str, teacher_inputs),
+                str(tmp_path / "c")]
         child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  env={**os.environ, "SIDREASONER_TEACHER_API_KEY": SECRET})
         try:
@@ -173,7 +168,7 @@ def test_sigkill_midway_then_rerun_loses_nothing(fixture, tmp_path):
         srv.block_after = None
         srv.release()
         srv.reset_counts()
-        m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         resent = answered & set(srv.received_hashes)
         assert not resent, f"{len(resent)} answered request(s) were sent again"
         assert srv.received == UNIQUE_REQUESTS - answered_before_kill

@@ -5,7 +5,6 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from teacher_helpers import make_fixture
 
 from sidreasoner import config
 from sidreasoner.teacher import template
@@ -13,13 +12,8 @@ from sidreasoner.teacher.context import load_context
 from sidreasoner.teacher.corpus import FailureBudgetError, select_samples, synthesize_corpus
 
 
-@pytest.fixture()
-def fixture(tmp_path):
-    return make_fixture(tmp_path)
-
-
-def test_template_texts_are_exact(fixture):
-    ctx, _ = load_context(*fixture, "x")
+def test_template_texts_are_exact(teacher_inputs):
+    ctx, _ = load_context(*teacher_inputs, "x")
     assert template.item_narrative(ctx, ctx.items[1]) == (
         '<a_0><b_1><c_0> is "Acme Family Card Game Vol. 2", made by Acme. It is listed under Board Games > '
         'Family Card Game. Part 2 of the Acme Family Card Game series. In the training interactions it was bought '
@@ -42,9 +36,9 @@ def test_template_texts_are_exact(fixture):
         'continues that line. Recommended item: <a_0><b_2><c_0>')
 
 
-def test_template_step_artifacts(fixture, tmp_path):
+def test_template_step_artifacts(teacher_inputs, tmp_path):
     cfg = config.load("demo")
-    m = synthesize_corpus(cfg, *fixture, tmp_path / "corpus")
+    m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "corpus")
     out = tmp_path / "corpus"
     assert (m["items_narrated"], m["samples_narrated"], m["reasoning_paths"], m["rejected"], m["requests"]) == \
         (12, 18, 18, 0, 0)
@@ -68,33 +62,33 @@ def test_template_step_artifacts(fixture, tmp_path):
     assert csv_rows[1]["history_item_sid"] == "['<a_0><b_0><c_0>', '<a_0><b_1><c_0>']"
     assert csv_rows[1]["item_sid"] == "<a_0><b_2><c_0>" and csv_rows[1]["reasoning_path"] == rows[1]["reasoning_path"]
     # deterministic: a second run writes identical tables
-    synthesize_corpus(cfg, *fixture, tmp_path / "again")
+    synthesize_corpus(cfg, *teacher_inputs, tmp_path / "again")
     for name in ("items.parquet", "samples.parquet"):
         assert pq.read_table(out / name).equals(pq.read_table(tmp_path / "again" / name))
 
 
-def test_max_samples_is_a_seeded_sample(fixture, tmp_path):
+def test_max_samples_is_a_seeded_sample(teacher_inputs, tmp_path):
     assert select_samples(10, 0, 0).tolist() == list(range(10))
     assert select_samples(10, 4, 0).tolist() == select_samples(10, 4, 0).tolist()
     assert len(select_samples(10, 4, 0)) == 4 and select_samples(10, 4, 0).tolist() != select_samples(10, 4, 1).tolist()
     cfg = config.load("demo", ["teacher.max_samples=5", "teacher.item_narratives=false"])
-    m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+    m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
     assert (m["tasks"], m["samples_narrated"], m["items_narrated"]) == (10, 5, 0)
     keys = pq.read_table(tmp_path / "c" / "samples.parquet")["sample"].to_pylist()
     assert keys == select_samples(18, 5, cfg.seed).tolist()
 
 
-def test_failure_budget(fixture, tmp_path):
+def test_failure_budget(teacher_inputs, tmp_path):
     # reasoning paths of >= 500 words cannot be met: 18 of 48 texts are rejected (37.5%)
     cfg = config.load("demo", ["teacher.reasoning_words=[500,900]", "teacher.failure_budget=0.3"])
     with pytest.raises(FailureBudgetError) as err:
-        synthesize_corpus(cfg, *fixture, tmp_path / "c")
+        synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
     msg = str(err.value)
     assert "0 failed request(s) + 18 rejected text(s) = 18 of 48 (37.5%)" in msg
     assert "teacher.failure_budget=30.0%" in msg and "too_short=18" in msg
     assert not (tmp_path / "c").exists()
     cfg = config.load("demo", ["teacher.reasoning_words=[500,900]", "teacher.failure_budget=0.4"])
-    m = synthesize_corpus(cfg, *fixture, tmp_path / "c")
+    m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
     assert (m["rejected_too_short"], m["samples_narrated"], m["items_narrated"]) == (18, 0, 12)
     rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
     assert len(rejected) == 18 and {r["kind"] for r in rejected} == {"reasoning"}

@@ -15,9 +15,10 @@ import pytest
 
 from sidreasoner import config
 from sidreasoner.eval.evaluate import evaluate, evaluate_baselines
-from sidreasoner.steps import run_step
+from sidreasoner.model.checkpoints import last_checkpoint
+from sidreasoner.runner import run_step
 from sidreasoner.train.base import prepare_base_model
-from sidreasoner.train.sft import last_checkpoint, sft_stage1, sft_stage2
+from sidreasoner.train.sft import sft_stage1, sft_stage2
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def test_stage1_learns_and_stage2_runs(pipeline):
     t2 = time.time() - t
     assert m2["train_loss"] < m2["train_loss_first"] and m2["valid_loss"] < m2["valid_loss_initial"]
     assert (p["stage2"] / "model.safetensors").exists()
-    # The demo is built to be learnable: Stage 1 beats popularity by 2x at HR@10 (issue acceptance).
+    # The demo is built to be learnable: Stage 1 beats popularity by 2x at HR@10.
     eval_cfg = config.load("demo", _overrides(root, ['eval.modes=["nonthink"]']))
     baselines = evaluate_baselines(eval_cfg, p["dataset"], p["sid_index"], root / "baselines")
     stage1 = evaluate(eval_cfg, p["stage1"], p["dataset"], p["sid_index"], root / "stage1_eval")

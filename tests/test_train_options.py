@@ -12,12 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import config
 from sidreasoner.train import tasks
-from sidreasoner.train.base import load_model_and_tokenizer, prepare_base_model
+from sidreasoner.model.loading import load_model_and_tokenizer
 from sidreasoner.train.sft import _embedding_warmup, _encode_all, extend_tokenizer, sft_stage1
-from train_helpers import make_artifacts
 
-SMALL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.head_dim=8",
-         "model.tiny.num_layers=1", "model.tiny.vocab_size=400"]
 # ~45 examples an epoch on the fixtures, batches of 8: a few dozen optimizer steps in all.
 RUN = ["stage1.per_device_batch_size=8", "stage1.global_batch_size=8", "stage1.logging_steps=1",
        "stage1.valid_samples=3", "stage1.hr_samples=2", "stage1.save_steps=1000", "stage1.warmup_ratio=0",
@@ -28,15 +25,13 @@ pytestmark = pytest.mark.slow  # trains a model (seconds)
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("options")
-    art = make_artifacts(root)
-    prepare_base_model(config.load("demo", SMALL), art["dataset"], art["corpus"], root / "model")
-    return {**art, "model_dir": root / "model"}
+def base(tiny_base_model):
+    """The shared tiny artifacts and the tiny base model built on them (read only)."""
+    return tiny_base_model
 
 
 def _run(base, tmp_path, extra):
-    cfg = config.load("demo", SMALL + RUN + [f"stage1.checkpoint_dir={tmp_path / 'ckpt'}", *extra])
+    cfg = config.load("demo", base["overrides"] + RUN + [f"stage1.checkpoint_dir={tmp_path / 'ckpt'}", *extra])
     out = tmp_path / "out"
     metrics = sft_stage1(cfg, base["model_dir"], base["dataset"], base["sid_index"], base["corpus"], out)
     return cfg, out, metrics
@@ -119,13 +114,13 @@ def test_lora_trains_merges_and_saves_a_plain_model(base, tmp_path, monkeypatch)
     assert info["config"]["stage1"]["finetune"] == "lora"
 
 
-def _section(extra=()):
-    return config.load("demo", SMALL + RUN + list(extra)).stage1
+def _section(base, extra=()):
+    return config.load("demo", base["overrides"] + RUN + list(extra)).stage1
 
 
 def test_embedding_warmup_changes_only_the_new_rows(base, tmp_path):
     model, tok, _, new_ids, _ = _extended_base(base)
-    s = _section(["stage1.lr=1e-2", "stage1.weight_decay=0.1"])
+    s = _section(base, ["stage1.lr=1e-2", "stage1.weight_decay=0.1"])
     examples, _ = tasks.stage1_examples(s, 0, base["dataset"], base["sid_index"], base["corpus"])
     rows = _encode_all(tok, examples, s.cutoff_len)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -9,25 +9,20 @@ import pytest
 import torch
 
 from sidreasoner import config
+from sidreasoner.model import prompts
+from sidreasoner.model.loading import load_model_and_tokenizer
 from sidreasoner.train import data as data_mod
-from sidreasoner.train import prompts, tasks
-from sidreasoner.train.base import load_model_and_tokenizer, prepare_base_model
+from sidreasoner.train import tasks
+from sidreasoner.train.base import prepare_base_model
 from sidreasoner.train.data import IGNORE, Example, encode
 from sidreasoner.train.decode import constrained_greedy_sid
 from sidreasoner.train.sft import extend_tokenizer
-from train_helpers import make_artifacts
-
-SMALL = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.head_dim=8",
-         "model.tiny.num_layers=1", "model.tiny.vocab_size=400"]
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    art = make_artifacts(root)
-    cfg = config.load("demo", SMALL)
-    metrics = prepare_base_model(cfg, art["dataset"], art["corpus"], root / "model")
-    return {**art, "model_dir": root / "model", "metrics": metrics, "cfg": cfg}
+def base(tiny_base_model):
+    """The shared tiny artifacts and the tiny base model built on them (read only)."""
+    return tiny_base_model
 
 
 @pytest.fixture()
@@ -39,7 +34,7 @@ def extended(base):
     return model, tok, codes, ids, n_before, rows_before
 
 
-def test_tiny_model_saves_and_loads(base):
+def test_tiny_model_saves_and_loads(base, tmp_path):
     files = {p.name for p in base["model_dir"].iterdir()}
     assert "model.safetensors" in files and "tokenizer.json" in files and "config.json" in files
     assert not any(f.endswith(".bin") for f in files)
@@ -49,7 +44,7 @@ def test_tiny_model_saves_and_loads(base):
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     assert base["metrics"]["parameters"] == sum(p.numel() for p in model.parameters())
     # deterministic: same seed, same weights
-    again = base["model_dir"].parent / "model2"
+    again = tmp_path / "model2"
     prepare_base_model(base["cfg"], base["dataset"], base["corpus"], again)
     m2, _ = load_model_and_tokenizer(again)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))

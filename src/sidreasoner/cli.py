@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,10 +12,9 @@ import typer
 
 from sidreasoner import config as config_mod
 from sidreasoner.config import Config, ConfigError
+from sidreasoner.steps import STEPS, Step
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-step_app = typer.Typer(no_args_is_help=True, help="Run one pipeline step on its own, on local folders.")
-app.add_typer(step_app, name="step")
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=f"one of: {', '.join(config_mod.PRESETS)}")]
 SetOpt = Annotated[
@@ -202,13 +202,15 @@ def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
     typer.echo(json.dumps(_load_config(preset, overrides).model_dump(mode="json"), indent=2))
 
 
-def _run_step(name: str, preset: str, overrides, config_file, paths: dict[str, Path], metrics: Path | None) -> None:
+def _run_step(step: Step, preset: str, overrides, config_file, paths: dict[str, Path], metrics: Path | None,
+              registry: Mapping[str, Step]) -> None:
     from sidreasoner.io import write_json
-    from sidreasoner.steps import run_step
+    from sidreasoner.runner import run_step
 
+    name = step.name
     cfg = _load_config(preset, overrides, config_file)
     try:
-        values = run_step(name, cfg, paths)
+        values = run_step(name, cfg, paths, registry)
     except (ValueError, RuntimeError, OSError) as err:  # the library's errors; bugs keep their traceback
         _fail(f"{name}: {err}", code=1)
     if metrics:
@@ -216,47 +218,39 @@ def _run_step(name: str, preset: str, overrides, config_file, paths: dict[str, P
     typer.echo(json.dumps(values, indent=2, sort_keys=True))
 
 
-def _producer(folder: str) -> str:
-    from sidreasoner.steps import STEPS
-
-    return next((s.name for s in STEPS.values() if folder in s.outputs), "?")
-
-
-def _register_step_command(step) -> None:
-    """`sidreasoner step NAME --<input> DIR … --<output> DIR …`, generated from the step table."""
+def _step_command(step: Step, registry: Mapping[str, Step]):
+    """`sidreasoner step NAME --<input> DIR … --<output> DIR …`, generated from the step's registry entry."""
     import inspect
 
     def command(**kwargs) -> None:
-        paths = {k: kwargs.pop(k) for k in (*step.inputs, *step.outputs)}
-        _run_step(step.name, kwargs["preset"], kwargs["overrides"], kwargs["config"], paths, kwargs["metrics"])
+        paths = {k: kwargs.pop(k) for k in step.folders}
+        _run_step(step, kwargs["preset"], kwargs["overrides"], kwargs["config"], paths, kwargs["metrics"], registry)
 
-    folders = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-            Path, typer.Option(help=f"input: the folder {_producer(name)} writes", file_okay=False)])
-        for name in step.inputs
-    ] + [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-            Path, typer.Option(help="output folder (appears only when complete)", file_okay=False)])
-        for name in step.outputs
-    ]
+    def folder(name: str, help: str) -> inspect.Parameter:
+        option = typer.Option(f"--{name.replace('_', '-')}", help=help, file_okay=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[Path, option])
+
+    inputs = [folder(name, "input: {}'s {} folder".format(*step.source(name))) for name in step.inputs]
+    outputs = [folder(name, "output folder (appears only when complete)") for name in step.outputs]
     common = [
         inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, default="demo", annotation=PresetOpt),
         inspect.Parameter("overrides", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SetOpt),
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFileOpt),
         inspect.Parameter("metrics", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=MetricsOpt),
     ]
-    command.__signature__ = inspect.Signature(folders + common)
-    step_app.command(step.name, help=step.summary[:1].upper() + step.summary[1:] + ".")(command)
+    command.__signature__ = inspect.Signature(inputs + outputs + common)
+    return command
 
 
-def _register_step_commands() -> None:
-    from sidreasoner.steps import STEPS
+def step_commands(registry: Mapping[str, Step] = STEPS) -> typer.Typer:
+    """The `sidreasoner step` group: one command per registered step."""
+    group = typer.Typer(no_args_is_help=True, help="Run one pipeline step on its own, on local folders.")
+    for step in registry.values():
+        group.command(step.name, help=step.summary[:1].upper() + step.summary[1:] + ".")(_step_command(step, registry))
+    return group
 
-    for step in STEPS.values():
-        _register_step_command(step)
 
-
-_register_step_commands()
+app.add_typer(step_commands(), name="step")
 
 
 def main() -> None:

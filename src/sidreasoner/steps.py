@@ -1,130 +1,231 @@
-"""The pipeline's steps as plain functions over folders: the one table the CLI, the KFP
-components and the pipeline all read.
+"""The step registry: every pipeline step described once, in DAG order.
 
-Each step reads the artifact folders named in `inputs`, writes the folders named in `outputs`
-(atomically), and returns flat numeric metrics.
+A `Step` says what the step does (the library function), what it reads (config sections, and
+input folders wired to the outputs of earlier steps), what it writes (typed artifacts and report
+pages), and how its pod runs on a cluster (image, credentials, caching, model cache, shared memory,
+retries). The config's step names, the CLI's `sidreasoner step` commands, the KFP components, the
+pipeline DAG and the tests all derive from `STEPS`; docs/architecture.md walks through it.
+
+This module imports nothing else from the project but its errors, so every layer can read it.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from sidreasoner import config as config_mod
-from sidreasoner.config import Config
+from sidreasoner.errors import ConfigError
+
+# The KFP artifact types a step's outputs can have (named here: the library never imports kfp).
+ArtifactKind = Literal["Dataset", "Model", "Metrics", "HTML", "Markdown"]
+# Which image a step's pod runs in: the CPU image, or the CUDA training image.
+Image = Literal["cpu", "train"]
+# Credentials a step may use, each an optional Secret of the Helm chart.
+Credential = Literal["s3", "gcs", "hf", "teacher"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A page a step writes inside one of its output folders, also published as an artifact of
+    its own so that the KFP UI shows it."""
+
+    name: str
+    folder: str
+    filename: str
+    kind: ArtifactKind = "HTML"
+
+
+@dataclass(frozen=True)
+class Retry:
+    num_retries: int
+    backoff_duration: str
+    backoff_factor: float | None = None
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     summary: str
-    function: str  # "module:function", imported only when the step runs
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    # HTML pages a step writes inside an output folder, published as their own artifacts so the
-    # KFP UI shows them: (artifact name, output folder, file inside it).
-    reports: tuple[tuple[str, str, str], ...] = ()
+    component: str  # the kind of work: the function in components/ that runs this step
+    function: str  # "module:function" of the library, imported only when the step runs
+    sections: tuple[str, ...]  # config sections read; the task's cache key covers exactly these
+    inputs: Mapping[str, str] = field(default_factory=dict)  # folder name -> "producer-step.output"
+    outputs: Mapping[str, ArtifactKind] = field(default_factory=dict)
+    reports: tuple[Report, ...] = ()
+    image: Image = "cpu"
+    credentials: tuple[Credential, ...] = ()
+    side_effects: bool = False  # writes outside the artifact store: never served from the cache
+    model_cache: bool = False  # loads models or keeps caches/checkpoints on the model-cache volume
+    training_pod: bool = False  # RAM-backed /dev/shm for data loaders and NCCL
+    retry: Retry | None = None
+    enabled_by: str = ""  # dotted config key: the step is in the DAG only when it is set
+    display_name: str = ""  # the name the KFP UI shows; the step name when empty
+
+    def __post_init__(self):
+        if not self.display_name:
+            object.__setattr__(self, "display_name", self.name)
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The library function's folder arguments, in order: inputs, then outputs."""
+        return (*self.inputs, *self.outputs)
+
+    def artifacts(self) -> dict[str, ArtifactKind]:
+        """Every artifact the step's task outputs, with its type: outputs, report pages, metrics."""
+        return {**self.outputs, **{r.name: r.kind for r in self.reports}, "metrics": "Metrics"}
+
+    def source(self, name: str) -> tuple[str, str]:
+        """(producer step, output name) of input `name`."""
+        producer, _, output = self.inputs[name].partition(".")
+        return producer, output
 
     def load(self):
         module, attr = self.function.split(":")
         return getattr(importlib.import_module(module), attr)
 
 
-STEPS: dict[str, Step] = {
-    s.name: s
-    for s in (
-        Step("download-data", "fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)",
-             "sidreasoner.data.download:download_data", (), ("raw",)),
-        Step("preprocess", "title filter, time window, iterative k-core, sliding windows, chronological split",
-             "sidreasoner.data.preprocess:preprocess", ("raw",), ("dataset",)),
-        Step("embed-items", "item text to dense vectors with a sentence-transformers encoder",
-             "sidreasoner.sid.embed:embed_items", ("dataset",), ("embeddings",)),
-        Step("quantize-sids", "RQ-VAE or residual k-means to Semantic IDs, collision handling",
-             "sidreasoner.sid.quantize:quantize_sids", ("dataset", "embeddings"), ("sid_index",)),
-        Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths "
-             "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
-             "sidreasoner.teacher.corpus:synthesize_corpus", ("dataset", "sid_index"), ("corpus",)),
-        Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
-             "sidreasoner.eval.evaluate:evaluate_baselines", ("dataset", "sid_index"), ("baselines",)),
-        Step("prepare-base-model", "resolve the base model: the built-in tiny Qwen3, a hub id, or a saved folder",
-             "sidreasoner.train.base:prepare_base_model", ("dataset", "corpus"), ("base_model",)),
-        Step("sft-stage1", "add SID tokens; multi-task SID-language alignment SFT",
-             "sidreasoner.train.sft:sft_stage1", ("base_model", "dataset", "sid_index", "corpus"), ("stage1_model",),
-             reports=(("loss_curve", "stage1_model", "loss_curve.html"),)),
-        Step("evaluate-stage1", "constrained SID beam search with the Stage 1 model, HR/NDCG@K",
-             "sidreasoner.eval.evaluate:evaluate", ("stage1_model", "dataset", "sid_index"), ("stage1_eval",)),
-        Step("sft-stage2", "reasoning-activation SFT on the teacher's reasoning paths",
-             "sidreasoner.train.sft:sft_stage2", ("stage1_model", "dataset", "sid_index", "corpus"), ("stage2_model",),
-             reports=(("loss_curve", "stage2_model", "loss_curve.html"),)),
-        Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
-             "sidreasoner.eval.evaluate:evaluate", ("stage2_model", "dataset", "sid_index"), ("stage2_eval",)),
-        Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
-             "writes a raw checkpoint",
-             "sidreasoner.rl.stage3:rl_stage3", ("stage2_model", "dataset", "sid_index"), ("stage3_checkpoint",),
-             reports=(("reward_curve", "stage3_checkpoint", "reward_curve.html"),)),
-        Step("merge-checkpoint", "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
-             "to a plain Hugging Face model, checked by reloading it",
-             "sidreasoner.rl.merge:merge_checkpoint", ("stage3_checkpoint", "stage2_model"), ("stage3_model",)),
-        Step("evaluate-stage3", "constrained SID beam search with the Stage 3 model, with and without thinking",
-             "sidreasoner.eval.evaluate:evaluate", ("stage3_model", "dataset", "sid_index"), ("stage3_eval",)),
-        Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
-             "sidreasoner.eval.report:report_stages",
-             ("baselines", "stage1_eval", "stage2_eval", "stage3_eval", "dataset", "sid_index"), ("report",),
-             reports=(("report_html", "report", "report.html"), ("report_md", "report", "report.md"))),
-        Step("export-model", "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
-             "in the DAG only when export.uri is set",
-             "sidreasoner.train.export:export_model", ("stage3_model",), ("model_export",)),
-    )
-}
-assert tuple(STEPS) == config_mod.STEPS
+DATASET = "preprocess.dataset"
+SID_INDEX = "quantize-sids.sid_index"
+CORPUS = "synthesize-corpus.corpus"
+TRAINING_RETRY = Retry(2, "60s")  # resumes from the step's last checkpoint
 
 
-def steps_until(until: str | None) -> list[Step]:
-    names = list(STEPS)
+def _registry(*steps: Step) -> dict[str, Step]:
+    registry = {s.name: s for s in steps}
+    check_registry(registry)
+    return registry
+
+
+def check_registry(registry: Mapping[str, Step]) -> None:
+    """Fail unless every input names an output of an earlier step and every report lies in an output."""
+    seen: dict[str, Step] = {}
+    for step in registry.values():
+        for name in step.inputs:
+            producer, output = step.source(name)
+            if output not in getattr(seen.get(producer), "outputs", {}):
+                raise ValueError(f"step {step.name}: input '{name}' reads {step.inputs[name]!r}, "
+                                 "which no earlier step outputs")
+        for report in step.reports:
+            if report.folder not in step.outputs:
+                raise ValueError(f"step {step.name}: report '{report.name}' lies in '{report.folder}', not an output")
+        clash = set(step.inputs) & set(step.artifacts())
+        if clash:
+            raise ValueError(f"step {step.name}: {', '.join(sorted(clash))} is both an input and an output")
+        seen[step.name] = step
+
+
+STEPS: dict[str, Step] = _registry(
+    Step("download-data", "fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)",
+         "download_data", "sidreasoner.data.download:download_data", ("seed", "data"),
+         outputs={"raw": "Dataset"}, credentials=("s3", "gcs", "hf"), model_cache=True,
+         # Network downloads fail transiently; the step resumes partial files on retry.
+         retry=Retry(3, "30s", 2.0)),
+    Step("preprocess", "title filter, time window, iterative k-core, sliding windows, chronological split",
+         "preprocess", "sidreasoner.data.preprocess:preprocess", ("seed", "data"),
+         inputs={"raw": "download-data.raw"}, outputs={"dataset": "Dataset"}),
+    Step("embed-items", "item text to dense vectors with a sentence-transformers encoder",
+         "embed_items", "sidreasoner.sid.embed:embed_items", ("seed", "embed"),
+         inputs={"dataset": DATASET}, outputs={"embeddings": "Dataset"}, credentials=("hf",), model_cache=True),
+    Step("quantize-sids", "RQ-VAE or residual k-means to Semantic IDs, collision handling",
+         "quantize_sids", "sidreasoner.sid.quantize:quantize_sids", ("seed", "sid"),
+         inputs={"dataset": DATASET, "embeddings": "embed-items.embeddings"}, outputs={"sid_index": "Dataset"}),
+    Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths "
+         "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
+         "synthesize_corpus", "sidreasoner.teacher.corpus:synthesize_corpus", ("seed", "teacher"),
+         inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"corpus": "Dataset"},
+         credentials=("teacher",), model_cache=True),
+    Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
+         "evaluate_baselines", "sidreasoner.eval.evaluate:evaluate_baselines", ("seed", "eval"),
+         inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"baselines": "Dataset"}),
+    Step("prepare-base-model", "resolve the base model: the built-in tiny Qwen3, a hub id, or a saved folder",
+         "prepare_base_model", "sidreasoner.train.base:prepare_base_model", ("seed", "model"),
+         inputs={"dataset": DATASET, "corpus": CORPUS}, outputs={"base_model": "Model"},
+         image="train", credentials=("s3", "gcs", "hf"), model_cache=True),
+    Step("sft-stage1", "add SID tokens; multi-task SID-language alignment SFT",
+         "sft", "sidreasoner.train.sft:sft_stage1", ("seed", "stage1"),
+         inputs={"base_model": "prepare-base-model.base_model", "dataset": DATASET, "sid_index": SID_INDEX,
+                 "corpus": CORPUS},
+         outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
+         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
+    Step("evaluate-stage1", "constrained SID beam search with the Stage 1 model, HR/NDCG@K",
+         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
+         inputs={"model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX},
+         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
+    Step("sft-stage2", "reasoning-activation SFT on the teacher's reasoning paths",
+         "sft", "sidreasoner.train.sft:sft_stage2", ("seed", "stage2"),
+         inputs={"base_model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
+         outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
+         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
+    Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
+         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
+         inputs={"model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX},
+         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
+    Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
+         "writes a raw checkpoint",
+         "rl_stage3", "sidreasoner.rl.stage3:rl_stage3", ("seed", "stage3"),
+         inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX},
+         outputs={"stage3_checkpoint": "Model"},
+         reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
+         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
+    Step("merge-checkpoint", "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
+         "to a plain Hugging Face model, checked by reloading it",
+         "merge_checkpoint", "sidreasoner.rl.merge:merge_checkpoint", ("seed", "stage3"),
+         inputs={"stage3_checkpoint": "rl-stage3.stage3_checkpoint", "stage2_model": "sft-stage2.model"},
+         outputs={"stage3_model": "Model"}, image="train", model_cache=True),
+    Step("evaluate-stage3", "constrained SID beam search with the Stage 3 model, with and without thinking",
+         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
+         inputs={"model": "merge-checkpoint.stage3_model", "dataset": DATASET, "sid_index": SID_INDEX},
+         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
+    Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
+         "report", "sidreasoner.eval.report:report_stages", ("seed", "eval"),
+         inputs={"baselines": "evaluate-baselines.baselines", "stage1_eval": "evaluate-stage1.evaluation",
+                 "stage2_eval": "evaluate-stage2.evaluation", "stage3_eval": "evaluate-stage3.evaluation",
+                 "dataset": DATASET, "sid_index": SID_INDEX},
+         outputs={"report": "Dataset"},
+         reports=(Report("report_html", "report", "report.html"),
+                  Report("report_md", "report", "report.md", kind="Markdown"))),
+    Step("export-model", "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
+         "in the DAG only when export.uri is set",
+         "export_model", "sidreasoner.export:export_model", ("seed", "export"),
+         inputs={"stage3_model": "merge-checkpoint.stage3_model"}, outputs={"model_export": "Model"},
+         credentials=("s3", "gcs"), side_effects=True, enabled_by="export.uri"),
+)
+STEP_NAMES = tuple(STEPS)
+
+
+def steps_until(until: str | None, registry: Mapping[str, Step] = STEPS) -> list[Step]:
+    names = list(registry)
     if until is None:
-        return list(STEPS.values())
-    if until not in STEPS:
-        raise config_mod.ConfigError(f"unknown step '{until}'. Allowed: {', '.join(names)}")
-    return [STEPS[n] for n in names[: names.index(until) + 1]]
+        return list(registry.values())
+    if until not in registry:
+        raise ConfigError(f"unknown step '{until}'. Allowed: {', '.join(names)}")
+    return [registry[n] for n in names[: names.index(until) + 1]]
 
 
-def pipeline_steps(cfg: Config, until: str | None = None) -> list[Step]:
-    """The steps of `cfg`'s DAG up to `until`. export-model is there only when export.uri is set."""
-    steps = steps_until(until)
-    if cfg.export.uri.strip():
-        return steps
-    if until == "export-model":
-        raise config_mod.ConfigError("step 'export-model' is in the DAG only when export.uri is set")
-    return [s for s in steps if s.name != "export-model"]
+def _enabled(step: Step, cfg: Any) -> bool:
+    value = cfg
+    for part in step.enabled_by.split("."):
+        value = getattr(value, part)
+    return bool(value.strip() if isinstance(value, str) else value)
 
 
-def downstream(name: str) -> list[str]:
+def pipeline_steps(cfg: Any, until: str | None = None, registry: Mapping[str, Step] = STEPS) -> list[Step]:
+    """The steps of `cfg`'s DAG up to `until`: a step with `enabled_by` only when that key is set."""
+    steps = steps_until(until, registry)
+    if until and registry[until].enabled_by and not _enabled(registry[until], cfg):
+        raise ConfigError(f"step '{until}' is in the DAG only when {registry[until].enabled_by} is set")
+    return [s for s in steps if not s.enabled_by or _enabled(s, cfg)]
+
+
+def downstream(name: str, registry: Mapping[str, Step] = STEPS) -> list[str]:
     """`name` and every step that consumes its outputs, directly or not, in DAG order."""
-    if name not in STEPS:
-        raise config_mod.ConfigError(f"unknown step '{name}'. Allowed: {', '.join(STEPS)}")
-    produced = set(STEPS[name].outputs)
+    if name not in registry:
+        raise ConfigError(f"unknown step '{name}'. Allowed: {', '.join(registry)}")
     result = [name]
-    for step in STEPS.values():
-        if step.name != name and produced & set(step.inputs):
+    for step in registry.values():
+        if step.name != name and any(step.source(i)[0] in result for i in step.inputs):
             result.append(step.name)
-            produced |= set(step.outputs)
     return result
 
-
-def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path]) -> dict[str, float]:
-    """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
-    output name of the step to a folder."""
-    step = STEPS[name]
-    if not isinstance(cfg, Config):
-        cfg = config_mod.from_step_config(cfg)
-    missing = [k for k in (*step.inputs, *step.outputs) if k not in paths]
-    if missing:
-        raise ValueError(f"step {name} needs paths for: {', '.join(missing)}")
-    for key in step.inputs:
-        if not Path(paths[key]).is_dir():
-            raise FileNotFoundError(f"step {name}: input '{key}' folder {paths[key]} does not exist")
-    args = [Path(paths[k]) for k in (*step.inputs, *step.outputs)]
-    metrics = step.load()(cfg, *args)
-    return {k: float(v) for k, v in metrics.items()}

@@ -1,5 +1,5 @@
 {{/*
-Fixed object names: the compiled pipeline refers to these by name (DESIGN §3, §6).
+Fixed object names: the compiled pipeline refers to these by name.
 */}}
 {{- define "sidreasoner.teacherSecretName" -}}sidreasoner-teacher{{- end -}}
 {{- define "sidreasoner.hfSecretName" -}}sidreasoner-hf{{- end -}}

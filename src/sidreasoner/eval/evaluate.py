@@ -23,9 +23,11 @@ import torch
 
 from sidreasoner.config import Config, EvalConfig
 from sidreasoner.eval import baselines
-from sidreasoner.eval.constrained import SidDecoder
+from sidreasoner.eval.decoder import SidDecoder
 from sidreasoner.eval.metrics import expand_to_items, sid_and_item_metrics, sid_item_map, target_rank
 from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.model.loading import load_model_and_tokenizer
+from sidreasoner.model.prompts import next_sid_question, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +104,12 @@ def _device_dtype(ec: EvalConfig) -> tuple[str, torch.dtype]:
 
 
 def load_decoder(model_dir: Path, catalogue: list[str], ec: EvalConfig) -> SidDecoder:
-    from sidreasoner.train.base import load_model_and_tokenizer
-
     device, dtype = _device_dtype(ec)
     model, tokenizer = load_model_and_tokenizer(str(model_dir), dtype=dtype)
     return SidDecoder(model.to(device), tokenizer, catalogue, max_rows=ec.max_rows)
 
 
 def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool) -> list[list[int]]:
-    from sidreasoner.train.prompts import next_sid_question, render_prompt
-
     texts = [render_prompt(decoder.tokenizer, next_sid_question(h, reasoning=think), thinking=think) for h in histories]
     return decoder.encode(texts)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sidreasoner.train import prompts
-from sidreasoner.train.tasks import load_sid_map
+from sidreasoner.model import prompts
+from sidreasoner.sid.index import load_sid_map
 
 DATA_SOURCE = "sidreasoner"
 ABILITY = "recommendation"

@@ -35,8 +35,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Genera
 
 from sidreasoner.config import Config
 from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.model.loading import save_model
 from sidreasoner.rl.checkpoint import FORMATS, read_manifest
-from sidreasoner.train.base import save_model
 
 log = logging.getLogger(__name__)
 

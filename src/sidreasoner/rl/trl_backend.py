@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from sidreasoner.config import Config
+from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.model import prompts
+from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint
+from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
-from sidreasoner.rl import stage3
 from sidreasoner.rl.checkpoint import write_manifest
-from sidreasoner.train import prompts
-from sidreasoner.train.base import load_model_and_tokenizer, save_model
-from sidreasoner.train.report import loss_curve_html
-from sidreasoner.train.sft import checkpoint_root, last_checkpoint
+from sidreasoner.rl.metrics import summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
     summary = _summary(history)
     steps_run = trainer.state.global_step - resumed_from
     completions_done = steps_run * s.train_batch_size * s.num_generations
-    metrics = stage3.summary_metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
-                       completions_done, train_wall, 0.0)
+    metrics = summary_metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
+                              completions_done, train_wall, 0.0)
     model = trainer.model
     model.config.use_cache = True
     info = {

@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidreasoner.config import Config
+from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.model.checkpoints import checkpoint_root
 from sidreasoner.rl import checkpoint as rl_checkpoint
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
-from sidreasoner.rl import stage3
-from sidreasoner.train.report import loss_curve_html
-from sidreasoner.train.sft import checkpoint_root
+from sidreasoner.rl.metrics import summary_metrics
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
         history = parse_console_metrics(fh)
     per_step = per_step_records(history)
     completions_done = (global_step - resumed_from) * s.train_batch_size * s.num_generations
-    metrics = stage3.summary_metrics(per_step, global_step, resumed_from, len(train_rows), skipped, completions_done,
+    metrics = summary_metrics(per_step, global_step, resumed_from, len(train_rows), skipped, completions_done,
                               train_wall, time.time() - start)
     info = {
         "stage": "stage3", "backend": "verl", "per_step": per_step,

@@ -1,72 +1,20 @@
-"""The `prepare-base-model` step and the one place models and tokenizers are loaded from folders."""
+"""The `prepare-base-model` step: the built-in tiny Qwen3 (its tokenizer trained on the run's own
+texts), a hub id, or a saved folder (local or in a bucket), saved as the base model."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
+import random
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner.config import Config
 from sidreasoner.io import atomic_dir, write_json
-from sidreasoner.train import tiny
-
-log = logging.getLogger(__name__)
+from sidreasoner.model import prompts, tiny
+from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 
 MAX_TOKENIZER_TEXTS = 8000
-BUCKET_SCHEMES = ("s3://", "gs://", "minio://")
-
-
-class ModelSourceError(ValueError):
-    pass
-
-
-def bucket_model_cache() -> Path:
-    """Where bucket models are mirrored: beside the Hugging Face cache (the model-cache PVC on a
-    cluster, so a retried pod does not download again), else ~/.cache/sidreasoner/models."""
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "sidreasoner-buckets"
-    return Path.home() / ".cache" / "sidreasoner" / "models"
-
-
-def fetch_bucket_model(uri: str) -> Path:
-    """Mirror a model folder from s3://, minio:// or gs:// (all files; verified against the
-    `_SUCCESS` manifest when the folder has one) into the local cache, once."""
-    from sidreasoner import storage
-
-    local = bucket_model_cache() / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    if not (local / "config.json").is_file():
-        log.info("downloading model %s to %s", uri, local)
-        storage.download_dir(uri, local, require_marker=False)
-    if not (local / "config.json").is_file():
-        raise ModelSourceError(f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder")
-    return local
-
-
-def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torch.dtype = torch.float32):
-    """From a hub id, a local folder or a bucket folder, never running remote code, weights from
-    safetensors only."""
-    source = str(source)
-    if source.startswith(BUCKET_SCHEMES):
-        source = str(fetch_bucket_model(source))
-    kwargs = {"revision": revision} if revision else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(
-        source, trust_remote_code=False, use_safetensors=True, dtype=dtype, **kwargs
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def save_model(model, tokenizer, out: Path) -> None:
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
 
 
 def _tiny_texts(dataset_dir: Path, corpus_dir: Path) -> list[str]:
@@ -81,14 +29,9 @@ def _tiny_texts(dataset_dir: Path, corpus_dir: Path) -> list[str]:
             frame = pd.read_parquet(path, columns=cols)
             for col in cols:
                 texts.extend(t for t in frame[col].tolist() if isinstance(t, str))
-    # The prompts' own wording, so the tokenizer covers it well.
-    from sidreasoner.train import prompts
-
     if len(texts) > MAX_TOKENIZER_TEXTS:  # enough for a small BPE; keeps the step to seconds
-        import random
-
         texts = random.Random(0).sample(texts, MAX_TOKENIZER_TEXTS)
-    texts.extend(prompts.ALL_WORDING * 20)
+    texts.extend(prompts.ALL_WORDING * 20)  # the prompts' own wording, so the tokenizer covers it well
     return texts
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import DataCollatorWithFlattening
 
-from sidreasoner.train import prompts
+from sidreasoner.model import prompts
 
 IGNORE = -100
 

@@ -3,7 +3,7 @@ evaluation's constrained decoder: greedy = beam search with one beam over the ca
 
 from __future__ import annotations
 
-from sidreasoner.eval.constrained import SidDecoder
+from sidreasoner.eval.decoder import SidDecoder
 
 
 def constrained_greedy_sid(model, tokenizer, prompts: list[str], catalogue: list[str], batch_size: int = 32) -> list[str]:

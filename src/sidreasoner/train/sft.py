@@ -4,13 +4,9 @@ and an embeddings-only warm-up for the new SID tokens."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +14,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from sidreasoner import config as config_mod
 from sidreasoner.config import Config
+from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
+from sidreasoner.model import prompts
+from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint
+from sidreasoner.model.loading import load_model_and_tokenizer, save_model
+from sidreasoner.sid.index import load_catalogue
 from sidreasoner.train import data as data_mod
-from sidreasoner.train import prompts, tasks
-from sidreasoner.train.base import load_model_and_tokenizer, save_model
+from sidreasoner.train import tasks
 from sidreasoner.train.decode import constrained_greedy_sid
-from sidreasoner.train.report import loss_curve_html
+from sidreasoner.train.distributed import is_rank0, maybe_launch_distributed
 
 log = logging.getLogger(__name__)
 
@@ -54,39 +53,6 @@ def extend_tokenizer(model, tokenizer, codes: list[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------- checkpoints
-
-def fingerprint(*folders: Path) -> str:
-    """Content fingerprint of input folders: full hash for files < 64 MiB, size + head/tail otherwise."""
-    h = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-            h.update(str(path.relative_to(folder)).encode())
-            size = path.stat().st_size
-            h.update(str(size).encode())
-            with path.open("rb") as fh:
-                if size < 64 << 20:
-                    h.update(fh.read())
-                else:
-                    h.update(fh.read(1 << 20))
-                    fh.seek(-(1 << 20), os.SEEK_END)
-                    h.update(fh.read())
-    return h.hexdigest()
-
-
-def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Path:
-    """<checkpoint_dir or ~/.cache/sidreasoner/checkpoints>/<stage>-<hash of config slice + inputs>:
-    a retried pod with the same config and inputs finds and resumes the same checkpoints."""
-    slice_ = {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
-              stage: section.model_dump(mode="json", exclude={"checkpoint_dir"})}
-    key = hashlib.sha256((json.dumps(slice_, sort_keys=True) + fingerprint(*inputs)).encode()).hexdigest()[:16]
-    base = Path(section.checkpoint_dir).expanduser() if section.checkpoint_dir else Path.home() / ".cache" / "sidreasoner" / "checkpoints"
-    return base / f"{stage}-{key}"
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    ckpts = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
-
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -182,7 +148,7 @@ def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed
         handle.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_rank0():
         with atomic_file(done) as tmp:
             save_file({"embed": emb.detach().cpu().contiguous()}, str(tmp))
 
@@ -310,28 +276,6 @@ def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
     return out
 
 
-def _is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _maybe_launch_distributed(stage: str, cfg: Config, dirs: list[Path]) -> dict[str, float] | None:
-    """More than one GPU visible and not yet under torchrun: re-run this step under
-    `torchrun --standalone --nproc_per_node=<gpus>` (Trainer then trains with DDP; rank 0 writes
-    the outputs). Untested here: the development machines have no GPU."""
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n <= 1 or "LOCAL_RANK" in os.environ:
-        return None
-    work = dirs[-1].parent
-    work.mkdir(parents=True, exist_ok=True)
-    cfg_path, metrics_path = work / f".{stage}.config.json", work / f".{stage}.metrics.json"
-    cfg_path.write_text(json.dumps(config_mod.to_params(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "sidreasoner.train.launch", stage, str(cfg_path), str(metrics_path), *map(str, dirs)]
-    log.info("launching %s on %d GPUs: %s", stage, n, " ".join(cmd))
-    subprocess.run(cmd, check=True)
-    return json.loads(metrics_path.read_text())
-
-
 # ---------------------------------------------------------------- steps
 
 def _encode_all(tok, examples, cutoff):
@@ -341,7 +285,7 @@ def _encode_all(tok, examples, cutoff):
 def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
                out_model_dir: Path) -> dict[str, float]:
     dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
-    launched = _maybe_launch_distributed("stage1", cfg, dirs)
+    launched = maybe_launch_distributed(sft_stage1, cfg, dirs)
     if launched is not None:
         return launched
     start = time.time()
@@ -358,8 +302,8 @@ def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
     ckpt = checkpoint_root("stage1", cfg, s, dirs[:4])
     model, info = train_sft("stage1", cfg, s, model, tok, train_rows, valid_rows, ckpt, new_ids, s.embedding_warmup_epochs)
     metrics = _metrics(info, len(train_rows), 0.0)
-    if s.hr_samples and _is_rank0():
-        catalogue = tasks.load_catalogue(sid_index_dir)
+    if s.hr_samples and is_rank0():
+        catalogue = load_catalogue(sid_index_dir)
         n = min(s.hr_samples, len(valid_ex))
         rendered = [prompts.render_prompt(tok, ex.prompt) for ex in valid_ex[:n]]
         preds = constrained_greedy_sid(model, tok, rendered, catalogue)
@@ -372,7 +316,7 @@ def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
     info["task_counts"] = counts
     metrics["wall_seconds"] = time.time() - start
-    if _is_rank0():
+    if is_rank0():
         _write(Path(out_model_dir), "stage1", model, tok, info, metrics,
                {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage1": s.model_dump(mode="json")})
     return metrics
@@ -381,7 +325,7 @@ def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
 def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
                out_model_dir: Path) -> dict[str, float]:
     dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
-    launched = _maybe_launch_distributed("stage2", cfg, dirs)
+    launched = maybe_launch_distributed(sft_stage2, cfg, dirs)
     if launched is not None:
         return launched
     start = time.time()
@@ -399,7 +343,7 @@ def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
     model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_rows, ckpt)
     metrics = _metrics(info, len(train_rows), 0.0)
     metrics["wall_seconds"] = time.time() - start
-    if _is_rank0():
+    if is_rank0():
         _write(Path(out_model_dir), "stage2", model, tok, info, metrics,
                {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage2": s.model_dump(mode="json")})
     return metrics

@@ -9,17 +9,13 @@ import numpy as np
 import pandas as pd
 
 from sidreasoner.config import Stage1Config, Stage2Config
-from sidreasoner.train import prompts
+from sidreasoner.model import prompts
+from sidreasoner.sid.index import load_sid_map
 from sidreasoner.train.data import Example, read_instruction_file
 
 STAGE1_TASKS = ("sid_history_to_sid", "title_to_sid", "sid_to_title", "sid_history_to_title",
                 "title_history_to_title", "title_history_to_sid", "item_narratives", "history_narratives",
                 "instructions")
-
-
-def load_sid_map(sid_index_dir: Path) -> dict[int, str]:
-    index = json.loads((Path(sid_index_dir) / "index.json").read_text())
-    return {int(k): "".join(v) for k, v in index.items()}
 
 
 def sid_code_tokens(sid_index_dir: Path) -> list[str]:
@@ -33,13 +29,6 @@ def sid_code_tokens(sid_index_dir: Path) -> list[str]:
         for sid in json.loads(cat.read_text()):
             tokens.update(re.findall(r"<[a-z]_\d+>", sid))
     return sorted(tokens, key=lambda t: (t[1], int(t[3:-1])))
-
-
-def load_catalogue(sid_index_dir: Path) -> list[str]:
-    cat = Path(sid_index_dir) / "catalogue.json"
-    if cat.exists():
-        return list(json.loads(cat.read_text()))
-    return sorted(set(load_sid_map(sid_index_dir).values()))
 
 
 def _titles(dataset_dir: Path) -> dict[int, str]:

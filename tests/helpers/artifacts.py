@@ -1,4 +1,4 @@
-"""Tiny hand-made artifact folders (dataset, sid_index, corpus) for the training tests."""
+"""Tiny hand-made artifact folders (dataset, sid_index, corpus): 6 items, 5 training samples."""
 
 from __future__ import annotations
 

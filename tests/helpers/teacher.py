@@ -1,4 +1,4 @@
-"""Test helpers for the teacher: a tiny hand-made dataset + SID index, and a local OpenAI-compatible
+"""For the teacher tests: a tiny hand-made dataset + SID index, and a local OpenAI-compatible
 chat-completions server on 127.0.0.1 that answers from templates and injects faults on request."""
 
 from __future__ import annotations

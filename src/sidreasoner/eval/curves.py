@@ -1,4 +1,4 @@
-"""A self-contained loss-curve page: inline SVG, no scripts, no CDN."""
+"""Self-contained loss and reward curve pages (SFT and RL): inline SVG, no scripts, no CDN."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tiny fixtures for the evaluation tests: a random-init tiny Qwen3 model with SID tokens, and
-dataset / SID-index folders in the pipeline's formats."""
+"""A random-init tiny Qwen3 model with SID tokens, and dataset / SID-index folders in the pipeline's
+formats (the evaluation and RL tests' inputs)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 
 from sidreasoner.config import TinyModelConfig
+from sidreasoner.model import prompts, tiny
 from sidreasoner.sid.codes import format_sid, sid_tokens
-from sidreasoner.train import prompts, tiny
 from sidreasoner.train.sft import extend_tokenizer
 
 WORDS = ("red blue green lamp desk pen paper ink chair table cable mouse screen phone case bag book "

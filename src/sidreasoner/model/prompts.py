@@ -2,7 +2,7 @@
 prompt with the chat template, used for training and for inference alike.
 
 The research code renders the empty think block differently in training and evaluation (a known
-bug, DESIGN §5); here `render_prompt` is the only place a prompt is rendered, so both match.
+bug); here `render_prompt` is the only place a prompt is rendered, so both match.
 """
 
 from __future__ import annotations

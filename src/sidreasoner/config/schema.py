@@ -1,33 +1,36 @@
-"""Typed, validated run configuration with presets and `--set section.key=value` overrides.
+"""The config schema: one typed, validated section per part of the pipeline.
 
-A config is one `Config` object. Each pipeline step receives only the sections it needs
-(`step_config`), so changing a late step's settings never invalidates an early step's cache.
+Each pipeline step reads only the sections its registry entry names (`sidreasoner.steps`), so
+changing a late step's settings never invalidates an early step's cache.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import difflib
-import json
-from typing import Any, Literal, get_args, get_origin
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from sidreasoner.steps import STEP_NAMES
 
 AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
 AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 
-STEPS = ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus", "evaluate-baselines",
-         "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3",
-         "merge-checkpoint", "evaluate-stage3", "report", "export-model")
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key and what is allowed."""
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
+    """`base` with other default values for some fields; types, bounds and descriptions stay."""
+    fields = {}
+    for name, value in defaults.items():
+        info = copy.copy(base.model_fields[name])
+        info.default = value
+        fields[name] = (info.annotation, info)
+    return create_model(f"{base.__name__}Defaults", __base__=base, **fields)
 
 
 class TimeWindow(_Section):
@@ -205,26 +208,26 @@ class ModelConfig(_Section):
         return v
 
 
-class _SFTConfig(_Section):
+class TrainerConfig(_Section):
+    """What every training stage (SFT Stages 1 and 2, RL Stage 3) sets the same way: schedule,
+    precision, LoRA, sample caps, checkpoints and logging."""
+
     epochs: float = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0)
-    global_batch_size: int = Field(32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)")
-    per_device_batch_size: int = Field(32, ge=1)
-    cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated")
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     bf16: bool = Field(False, description="bf16 mixed precision when a GPU with bf16 exists (always fp32 on CPU)")
-    finetune: Literal["full", "lora"] = Field("full", description="full fine-tuning, or LoRA via peft (merged before save)")
+    finetune: Literal["full", "lora"] = Field(
+        "full", description="full: every weight; lora: a peft LoRA adapter (SFT merges it before saving; Stage 3 "
+                            "saves the adapter, format peft_lora, and merge-checkpoint folds it into the model)")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    batching: Literal["packed", "length_grouped", "padded"] = Field(
-        "length_grouped", description="packed: padding-free rows (position ids restart per example); length_grouped: padded batches of similar lengths"
-    )
-    max_samples: int = Field(0, ge=0, description="cap on training examples per epoch after the task mix; 0 = all")
-    valid_samples: int = Field(200, ge=1, description="held-out examples for the per-epoch validation loss")
-    early_stopping_patience: int = Field(2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off")
+    max_samples: int = Field(0, ge=0, description="cap on training examples (SFT: per epoch, after the task mix; "
+                                                  "Stage 3: a seeded sample of the train split's prompts); 0 = all")
+    valid_samples: int = Field(200, ge=0, description="held-out valid-split examples (SFT: for the per-epoch "
+                                                      "validation loss, at least 1; Stage 3: prompts in the RL "
+                                                      "validation Parquet)")
     save_steps: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1)
     checkpoint_dir: str = Field(
@@ -232,6 +235,24 @@ class _SFTConfig(_Section):
     )
     logging_steps: int = Field(10, ge=1)
     gradient_checkpointing: bool = False
+
+
+class _SFTConfig(TrainerConfig):
+    global_batch_size: int = Field(32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)")
+    per_device_batch_size: int = Field(32, ge=1)
+    cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated")
+    weight_decay: float = Field(0.0, ge=0)
+    batching: Literal["packed", "length_grouped", "padded"] = Field(
+        "length_grouped", description="packed: padding-free rows (position ids restart per example); length_grouped: padded batches of similar lengths"
+    )
+    early_stopping_patience: int = Field(2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off")
+
+    @field_validator("valid_samples")
+    @classmethod
+    def _needs_validation_examples(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1: the per-epoch validation loss needs held-out examples")
+        return v
 
 
 class Stage1Tasks(_Section):
@@ -257,9 +278,8 @@ class Stage1Config(_SFTConfig):
     hr_samples: int = Field(200, ge=0, description="held-out valid samples for the constrained-greedy valid_sid_rate / hr_at_1")
 
 
-class Stage2Config(_SFTConfig):
-    lr: float = Field(1e-4, gt=0)
-    epochs: float = Field(2, gt=0)
+class Stage2Config(_with_defaults(_SFTConfig, lr=1e-4, epochs=2)):
+    """Stage 2: reasoning-activation SFT."""
 
 
 class VerlConfig(_Section):
@@ -290,8 +310,6 @@ class VerlConfig(_Section):
     @field_validator("extra_overrides")
     @classmethod
     def _hydra_overrides(cls, v: list[str]) -> list[str]:
-        import re
-
         for item in v:
             if not re.fullmatch(r"(\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*", item, flags=re.S):
                 raise ValueError(f"{item!r} is not a Hydra override ('key=value', '+key=value', '++key=value' or '~key')")
@@ -304,8 +322,9 @@ class VerlConfig(_Section):
         return self
 
 
-class Stage3Config(_Section):
-    """Stage 3: outcome-driven RL (GRPO) on the Stage 2 model (issue 6)."""
+class Stage3Config(_with_defaults(TrainerConfig, epochs=1, lr=1e-6, warmup_ratio=0.0, lr_scheduler="constant",
+                                  valid_samples=64, save_steps=100, logging_steps=1)):
+    """Stage 3: outcome-driven RL (GRPO) on the Stage 2 model."""
 
     backend: Literal["trl", "verl"] = Field(
         "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: verl's GRPO trainer "
@@ -315,33 +334,14 @@ class Stage3Config(_Section):
         "rule", description="rule: the paper's prefix reward (0.25/0.5/1.0 + 0.1 in catalogue); format: 1 for a "
                             "well-formed '<think>…</think>SID'; ranking: MiniOneRec's exact-match + rank penalty")
     num_generations: int = Field(8, ge=2, description="group size: completions sampled per prompt (verl rollout.n)")
-    lr: float = Field(1e-6, gt=0)
     kl_beta: float = Field(0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model")
     max_prompt_length: int = Field(1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)")
     max_response_length: int = Field(1024, ge=8, description="generated tokens per completion")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1)
-    epochs: float = Field(1, gt=0)
     max_steps: int = Field(0, ge=0, description="optimizer steps; 0 = from epochs")
     train_batch_size: int = Field(32, ge=1, description="prompts per optimizer step (verl data.train_batch_size)")
     micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward pass per device")
-    max_samples: int = Field(0, ge=0, description="cap on training prompts (seeded sample of the train split); 0 = all")
-    valid_samples: int = Field(64, ge=0, description="valid-split prompts in the RL validation Parquet")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
-    bf16: bool = Field(False, description="bf16 when a GPU with bf16 exists (always fp32 on CPU)")
-    save_steps: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
-    save_total_limit: int = Field(2, ge=1)
-    logging_steps: int = Field(1, ge=1)
-    checkpoint_dir: str = Field(
-        "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>")
-    gradient_checkpointing: bool = False
-    finetune: Literal["full", "lora"] = Field(
-        "full", description="full: every weight (checkpoint format hf); lora: a peft LoRA adapter over the Stage 2 "
-                            "model (format peft_lora), folded into the model by merge-checkpoint")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _batches(self) -> "Stage3Config":
@@ -375,7 +375,7 @@ class Stage3Config(_Section):
 
 
 class EvalConfig(_Section):
-    """Evaluation (issue 5): constrained SID decoding, HR/NDCG, both modes."""
+    """Evaluation: constrained SID decoding, HR/NDCG, both modes."""
 
     ks: list[int] = Field([1, 3, 5, 10], min_length=1, description="K values of HR@K / NDCG@K")
     num_beams: int = Field(10, ge=1, description="constrained beams (raised to max(ks) when smaller)")
@@ -447,9 +447,9 @@ class ClusterConfig(_Section):
     @field_validator("resources")
     @classmethod
     def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
-        unknown = sorted(set(v) - set(STEPS))
+        unknown = sorted(set(v) - set(STEP_NAMES))
         if unknown:
-            raise ValueError(f"unknown step(s) {', '.join(unknown)}; allowed: {', '.join(STEPS)}")
+            raise ValueError(f"unknown step(s) {', '.join(unknown)}; allowed: {', '.join(STEP_NAMES)}")
         return v
 
 
@@ -469,231 +469,3 @@ class Config(_Section):
 
 
 # Sections each step reads. A step's cache key covers exactly these.
-STEP_SECTIONS: dict[str, tuple[str, ...]] = {
-    "download-data": ("seed", "data"),
-    "preprocess": ("seed", "data"),
-    "embed-items": ("seed", "embed"),
-    "quantize-sids": ("seed", "sid"),
-    "synthesize-corpus": ("seed", "teacher"),
-    "prepare-base-model": ("seed", "model"),
-    "sft-stage1": ("seed", "stage1"),
-    "sft-stage2": ("seed", "stage2"),
-    "evaluate-baselines": ("seed", "eval"),
-    "evaluate-stage1": ("seed", "eval"),
-    "evaluate-stage2": ("seed", "eval"),
-    "rl-stage3": ("seed", "stage3"),
-    "merge-checkpoint": ("seed", "stage3"),
-    "evaluate-stage3": ("seed", "eval"),
-    "report": ("seed", "eval"),
-    "export-model": ("seed", "export"),
-}
-
-_PAPER_DATA = {
-    "source": "amazon2018",
-    "cache_dir": "/models/downloads",
-    "k_core": 5,
-    "max_history": 10,
-    "time_window": {"start": "2016-10-01", "end": "2018-11-30"},
-}
-_PAPER = {
-    "embed": {"model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "batch_size": 32, "max_length": 512},
-    "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256},
-    # The OpenAI-compatible teacher the Helm chart can deploy in the run's namespace (vLLM).
-    "teacher": {"kind": "openai", "base_url": "http://sidreasoner-teacher:8000/v1", "model": "Qwen/Qwen3-32B",
-                "concurrency": 64, "temperature": 0.7, "max_tokens": 1024, "cache_dir": "/models/teacher-cache"},
-    "model": {"base": "Qwen/Qwen3-1.7B"},
-    # The paper's Stage 1: full fine-tuning, lr 3e-4, 10 epochs, global batch 1024, cutoff 1024, bf16.
-    "stage1": {"lr": 3e-4, "epochs": 10, "global_batch_size": 1024, "per_device_batch_size": 8, "cutoff_len": 1024,
-               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 2, "logging_steps": 10,
-               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
-    # The paper's Stage 2: lr 1e-5, up to 5 epochs (early stopping on held-out reasoning paths).
-    "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 128, "per_device_batch_size": 4, "cutoff_len": 2048,
-               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
-               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
-    # The paper's Stage 3 (verl GRPO): rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch 256
-    # prompts, max prompt/response 1024 tokens, checkpoint every 100 steps; vLLM rollouts on the step's GPU.
-    "stage3": {"backend": "verl", "reward": "rule", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
-               "train_batch_size": 256, "micro_batch_size": 16, "max_prompt_length": 1024, "max_response_length": 1024,
-               "temperature": 1.0, "epochs": 1, "save_steps": 100, "bf16": True, "gradient_checkpointing": True,
-               "checkpoint_dir": "/models/checkpoints"},
-    # On a cluster: pods, GPUs, and the chart's model-cache PVC (mounted at /models), which also
-    # holds the checkpoints and caches that let a retried pod resume.
-    "cluster": {"resources": {
-        "download-data": {"cpu": "2", "memory": "8Gi"},
-        "preprocess": {"cpu": "2", "memory": "16Gi"},
-        "embed-items": {"cpu": "4", "memory": "32Gi", "gpus": 1},
-        "quantize-sids": {"cpu": "8", "memory": "16Gi"},
-        "synthesize-corpus": {"cpu": "2", "memory": "8Gi"},
-        "evaluate-baselines": {"cpu": "2", "memory": "8Gi"},
-        "prepare-base-model": {"cpu": "4", "memory": "32Gi"},
-        "sft-stage1": {"cpu": "32", "memory": "256Gi", "gpus": 8},
-        "evaluate-stage1": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "sft-stage2": {"cpu": "32", "memory": "256Gi", "gpus": 8},
-        "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "rl-stage3": {"cpu": "16", "memory": "128Gi", "gpus": 1},
-        "merge-checkpoint": {"cpu": "8", "memory": "64Gi"},
-        "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "report": {"cpu": "1", "memory": "4Gi"},
-        "export-model": {"cpu": "2", "memory": "8Gi"},
-    }},
-    # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10}, reasoning up to 1024 tokens.
-    "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "decoding": "beam", "modes": ["nonthink", "think"],
-             "splits": ["test", "valid"], "batch_size": 16, "think_max_tokens": 1024},
-}
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10},
-        # One fit: about half the demo's items collide in every fit (a series' parts differ only by their
-        # number), so restarts only pick among equally colliding fits, and the pick learned worse
-        # (Stage 1 HR@10 0.534 against 0.654 for the first fit; benchmarks/README.md).
-        "sid": {"method": "rkmeans", "levels": 3, "codebook_size": 32, "restarts": 1,
-                "rqvae": {"hidden_dims": [256, 128], "latent_dim": 32, "epochs": 150}},
-        "model": {"base": "tiny", "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                                            "head_dim": 16, "intermediate_size": 192}},
-        # Sized so both stages train on 2 CPU cores in about a minute each.
-        "stage1": {"lr": 5e-3, "epochs": 3, "global_batch_size": 32, "per_device_batch_size": 32, "cutoff_len": 256,
-                   "max_per_task": 1200, "valid_samples": 200, "hr_samples": 200, "save_steps": 100,
-                   "early_stopping_patience": 2, "warmup_ratio": 0.05,
-                   "tasks": {"sid_history_to_sid": 2.0, "item_narratives": 0.5, "history_narratives": 0.5}},
-        "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
-                   "max_samples": 400, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
-        # Sized for 2 CPU cores: about a minute of GRPO on the tiny model.
-        "stage3": {"backend": "trl", "reward": "rule", "num_generations": 4, "lr": 1e-4, "kl_beta": 0.001,
-                   "train_batch_size": 4, "micro_batch_size": 16, "max_prompt_length": 384, "max_response_length": 64,
-                   "temperature": 1.0, "max_steps": 12, "max_samples": 48, "valid_samples": 32, "save_steps": 6},
-        # Sized for 2 CPU cores: 500 test users, short reasoning.
-        "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "modes": ["nonthink", "think"], "splits": ["test"],
-                 "batch_size": 32, "max_users": 500, "think_max_tokens": 96, "report_samples": 5},
-    },
-    "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
-    "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},
-    "games": {**_PAPER, "data": {**_PAPER_DATA, "category": "Video_Games"}},
-}
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _parse_value(text: str) -> Any:
-    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return sorted(model.model_fields)
-
-
-def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
-
-
-def _section_model(path: list[str]) -> type[BaseModel] | None:
-    """The model class that holds the key at `path` (all but the last part), or None. A dict of
-    models (cluster.resources) takes its key as the next part: cluster.resources.rl-stage3.gpus."""
-    model: type[BaseModel] = Config
-    parts = iter(path)
-    for part in parts:
-        annotation = getattr(model.model_fields.get(part), "annotation", None)
-        if _is_model(annotation):
-            model = annotation
-        elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]) and next(parts, None):
-            model = get_args(annotation)[1]
-        else:
-            return None
-    return model
-
-
-def _check_key(dotted: str) -> None:
-    parts = dotted.split(".")
-    parent = _section_model(parts[:-1])
-    if parent is None:
-        raise ConfigError(f"unknown config key '{dotted}': '{'.'.join(parts[:-1])}' is not a section")
-    if parts[-1] not in parent.model_fields:
-        allowed = _allowed_keys(parent)
-        close = difflib.get_close_matches(parts[-1], allowed, n=1)
-        hint = f" Did you mean '{'.'.join(parts[:-1] + close)}'?" if close else ""
-        raise ConfigError(f"unknown config key '{dotted}'. Allowed here: {', '.join(allowed)}.{hint}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['data.k_core=3', 'sid.method=rkmeans'] -> nested dict; unknown keys fail here, naming the key."""
-    nested: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        dotted = dotted.strip()
-        _check_key(dotted)
-        node = nested
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(raw.strip())
-    return nested
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(config)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            parent = _section_model([str(p) for p in e["loc"][:-1]])
-            allowed = ", ".join(_allowed_keys(parent)) if parent else "?"
-            msg = f"unknown key. Allowed here: {allowed}"
-        elif "input" in e and e["type"] != "missing":
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {key}: {msg}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def validate(data: dict[str, Any]) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
-
-
-def load(preset: str = "demo", overrides: list[str] | None = None) -> Config:
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'. Allowed: {', '.join(PRESETS)}")
-    return load_from(PRESETS[preset], overrides)
-
-
-def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Validate `base` (config sections, e.g. read from a file) with `--set` overrides applied."""
-    return validate(_deep_merge(base, parse_overrides(overrides or [])))
-
-
-def step_config(cfg: Config, step: str) -> dict[str, Any]:
-    """The JSON-able slice of `cfg` that `step` reads (what its KFP task receives)."""
-    if step not in STEP_SECTIONS:
-        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEP_SECTIONS)}")
-    dumped = to_params(cfg)
-    return {section: dumped[section] for section in STEP_SECTIONS[step]}
-
-
-COMPILE_TIME_SECTIONS = ("cluster",)
-
-
-def to_params(cfg: Config) -> dict[str, Any]:
-    """JSON-able sections for KFP run parameters (not the compile-time `cluster` section). Unset
-    (None) values are left out: KFP parameters cannot hold null, and an absent key validates back
-    to the same default."""
-    return cfg.model_dump(mode="json", exclude_none=True, exclude=set(COMPILE_TIME_SECTIONS))
-
-
-def from_step_config(slice_: dict[str, Any]) -> Config:
-    """Rebuild a full Config from a step's slice (absent sections take defaults), validating it."""
-    return validate(slice_)

@@ -1,0 +1,32 @@
+"""The component for each registered step: its kind's function (named in the registry),
+renamed to the step so that its task and its executor carry the step's name, in the step's image."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kfp.dsl.python_component import PythonComponent
+
+from sidreasoner.components import data, evaluate, sid, teacher, train
+from sidreasoner.components.images import IMAGES
+from sidreasoner.steps import Step
+
+KINDS: dict[str, PythonComponent] = {
+    component.python_func.__name__: component
+    for component in (data.download_data, data.preprocess, sid.embed_items, sid.quantize_sids,
+                      teacher.synthesize_corpus, evaluate.evaluate_baselines, train.prepare_base_model, train.sft,
+                      evaluate.evaluate, train.rl_stage3, train.merge_checkpoint, evaluate.report, train.export_model)
+}
+
+
+def component_for(step: Step) -> PythonComponent:
+    """The component that runs `step`: named after it, in its image."""
+    if step.component not in KINDS:
+        raise KeyError(f"step {step.name}: no component '{step.component}' in sidreasoner.components "
+                       f"(known: {', '.join(KINDS)})")
+    kind = KINDS[step.component]
+    spec = kind.component_spec
+    container = dataclasses.replace(spec.implementation.container, image=IMAGES[step.image])
+    renamed = dataclasses.replace(spec, name=step.name,
+                                  implementation=dataclasses.replace(spec.implementation, container=container))
+    return PythonComponent(component_spec=renamed, python_func=kind.python_func)

@@ -1,0 +1,119 @@
+"""Loading a config: a preset or a file, `--set section.key=value` overrides, and validation
+errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from sidreasoner.config.presets import PRESETS
+from sidreasoner.config.schema import Config
+from sidreasoner.errors import ConfigError
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    """The model class that holds the key at `path` (all but the last part), or None. A dict of
+    models (cluster.resources) takes its key as the next part: cluster.resources.rl-stage3.gpus."""
+    model: type[BaseModel] = Config
+    parts = iter(path)
+    for part in parts:
+        annotation = getattr(model.model_fields.get(part), "annotation", None)
+        if _is_model(annotation):
+            model = annotation
+        elif get_origin(annotation) is dict and _is_model(get_args(annotation)[1]) and next(parts, None):
+            model = get_args(annotation)[1]
+        else:
+            return None
+    return model
+
+
+def _check_key(dotted: str) -> None:
+    parts = dotted.split(".")
+    parent = _section_model(parts[:-1])
+    if parent is None:
+        raise ConfigError(f"unknown config key '{dotted}': '{'.'.join(parts[:-1])}' is not a section")
+    if parts[-1] not in parent.model_fields:
+        allowed = _allowed_keys(parent)
+        close = difflib.get_close_matches(parts[-1], allowed, n=1)
+        hint = f" Did you mean '{'.'.join(parts[:-1] + close)}'?" if close else ""
+        raise ConfigError(f"unknown config key '{dotted}'. Allowed here: {', '.join(allowed)}.{hint}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['data.k_core=3', 'sid.method=rkmeans'] -> nested dict; unknown keys fail here, naming the key."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        dotted = dotted.strip()
+        _check_key(dotted)
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(raw.strip())
+    return nested
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _section_model([str(p) for p in e["loc"][:-1]])
+            allowed = ", ".join(_allowed_keys(parent)) if parent else "?"
+            msg = f"unknown key. Allowed here: {allowed}"
+        elif "input" in e and e["type"] != "missing":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load(preset: str = "demo", overrides: list[str] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'. Allowed: {', '.join(PRESETS)}")
+    return load_from(PRESETS[preset], overrides)
+
+
+def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Validate `base` (config sections, e.g. read from a file) with `--set` overrides applied."""
+    return validate(_deep_merge(base, parse_overrides(overrides or [])))

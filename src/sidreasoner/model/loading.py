@@ -1,0 +1,63 @@
+"""The one place models and tokenizers are loaded from folders (a hub id, a local folder or a bucket
+folder) and saved to them."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sidreasoner import storage
+
+log = logging.getLogger(__name__)
+
+BUCKET_SCHEMES = ("s3://", "gs://", "minio://")
+
+
+class ModelSourceError(ValueError):
+    pass
+
+
+def bucket_model_cache() -> Path:
+    """Where bucket models are mirrored: beside the Hugging Face cache (the model-cache PVC on a
+    cluster, so a retried pod does not download again), else ~/.cache/sidreasoner/models."""
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "sidreasoner-buckets"
+    return Path.home() / ".cache" / "sidreasoner" / "models"
+
+
+def fetch_bucket_model(uri: str) -> Path:
+    """Mirror a model folder from s3://, minio:// or gs:// (all files; verified against the
+    `_SUCCESS` manifest when the folder has one) into the local cache, once."""
+    local = bucket_model_cache() / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    if not (local / "config.json").is_file():
+        log.info("downloading model %s to %s", uri, local)
+        storage.download_dir(uri, local, require_marker=False)
+    if not (local / "config.json").is_file():
+        raise ModelSourceError(f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder")
+    return local
+
+
+def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torch.dtype = torch.float32):
+    """From a hub id, a local folder or a bucket folder, never running remote code, weights from
+    safetensors only."""
+    source = str(source)
+    if source.startswith(BUCKET_SCHEMES):
+        source = str(fetch_bucket_model(source))
+    kwargs = {"revision": revision} if revision else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, trust_remote_code=False, use_safetensors=True, dtype=dtype, **kwargs
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
