@@ -92,6 +92,23 @@ CORPUS = "synthesize-corpus.corpus"
 TRAINING_RETRY = Retry(2, "60s")  # resumes from the step's last checkpoint
 
 
+def _sft(stage: int, summary: str, base_model: str) -> Step:
+    """An SFT stage: one `sft` component, a task per stage, each reading its own config section."""
+    return Step(f"sft-stage{stage}", summary, "sft", f"sidreasoner.train.sft:sft_stage{stage}",
+                ("seed", f"stage{stage}"),
+                inputs={"base_model": base_model, "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
+                outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
+                image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY)
+
+
+def _evaluation(stage: int, model: str) -> Step:
+    """The evaluation of one stage's model: one `evaluate` component, a task per stage."""
+    return Step(f"evaluate-stage{stage}", f"constrained SID beam search with the Stage {stage} model, with and "
+                "without thinking (eval.modes): HR/NDCG@K", "evaluate", "sidreasoner.eval.evaluate:evaluate",
+                ("seed", "eval"), inputs={"model": model, "dataset": DATASET, "sid_index": SID_INDEX},
+                outputs={"evaluation": "Dataset"}, image="train", model_cache=True)
+
+
 def _registry(*steps: Step) -> dict[str, Step]:
     registry = {s.name: s for s in steps}
     check_registry(registry)
@@ -143,25 +160,10 @@ STEPS: dict[str, Step] = _registry(
          "prepare_base_model", "sidreasoner.train.base:prepare_base_model", ("seed", "model"),
          inputs={"dataset": DATASET, "corpus": CORPUS}, outputs={"base_model": "Model"},
          image="train", credentials=("s3", "gcs", "hf"), model_cache=True),
-    Step("sft-stage1", "add SID tokens; multi-task SID-language alignment SFT",
-         "sft", "sidreasoner.train.sft:sft_stage1", ("seed", "stage1"),
-         inputs={"base_model": "prepare-base-model.base_model", "dataset": DATASET, "sid_index": SID_INDEX,
-                 "corpus": CORPUS},
-         outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
-         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
-    Step("evaluate-stage1", "constrained SID beam search with the Stage 1 model, HR/NDCG@K",
-         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
-         inputs={"model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX},
-         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
-    Step("sft-stage2", "reasoning-activation SFT on the teacher's reasoning paths",
-         "sft", "sidreasoner.train.sft:sft_stage2", ("seed", "stage2"),
-         inputs={"base_model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
-         outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
-         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
-    Step("evaluate-stage2", "constrained SID beam search with the Stage 2 model, with and without thinking",
-         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
-         inputs={"model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX},
-         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
+    _sft(1, "add SID tokens; multi-task SID-language alignment SFT", base_model="prepare-base-model.base_model"),
+    _evaluation(1, model="sft-stage1.model"),
+    _sft(2, "reasoning-activation SFT on the teacher's reasoning paths", base_model="sft-stage1.model"),
+    _evaluation(2, model="sft-stage2.model"),
     Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
          "writes a raw checkpoint",
          "rl_stage3", "sidreasoner.rl.stage3:rl_stage3", ("seed", "stage3"),
@@ -174,10 +176,7 @@ STEPS: dict[str, Step] = _registry(
          "merge_checkpoint", "sidreasoner.rl.merge:merge_checkpoint", ("seed", "stage3"),
          inputs={"stage3_checkpoint": "rl-stage3.stage3_checkpoint", "stage2_model": "sft-stage2.model"},
          outputs={"stage3_model": "Model"}, image="train", model_cache=True),
-    Step("evaluate-stage3", "constrained SID beam search with the Stage 3 model, with and without thinking",
-         "evaluate", "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
-         inputs={"model": "merge-checkpoint.stage3_model", "dataset": DATASET, "sid_index": SID_INDEX},
-         outputs={"evaluation": "Dataset"}, image="train", model_cache=True),
+    _evaluation(3, model="merge-checkpoint.stage3_model"),
     Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
          "report", "sidreasoner.eval.report:report_stages", ("seed", "eval"),
          inputs={"baselines": "evaluate-baselines.baselines", "stage1_eval": "evaluate-stage1.evaluation",

@@ -282,16 +282,28 @@ def _encode_all(tok, examples, cutoff):
     return [data_mod.encode(tok, ex, cutoff) for ex in examples]
 
 
-def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
-               out_model_dir: Path) -> dict[str, float]:
-    dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
-    launched = maybe_launch_distributed(sft_stage1, cfg, dirs)
+def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, float]:
+    """What both SFT steps do around their training: the torchrun relaunch, seeding, loading the
+    input model, timing, and writing the output model (rank 0). `train_fn(cfg, section, model, tok,
+    dirs)` returns the trained model, the training record and the metrics."""
+    dirs = [Path(d) for d in folders]
+    launched = maybe_launch_distributed(step_fn, cfg, dirs)
     if launched is not None:
         return launched
     start = time.time()
-    s = cfg.stage1
+    section = getattr(cfg, stage)
     torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(model_dir)
+    model, tok = load_model_and_tokenizer(dirs[0])
+    model, info, metrics = train_fn(cfg, section, model, tok, dirs)
+    metrics["wall_seconds"] = time.time() - start
+    if is_rank0():
+        _write(dirs[-1], stage, model, tok, info, metrics,
+               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), stage: section.model_dump(mode="json")})
+    return metrics
+
+
+def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path]):
+    _, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     codes = tasks.sid_code_tokens(sid_index_dir)
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes)
@@ -315,23 +327,11 @@ def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
                                       for h, ex, p in list(zip(valid_hist, valid_ex, preds))[:20]]
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
     info["task_counts"] = counts
-    metrics["wall_seconds"] = time.time() - start
-    if is_rank0():
-        _write(Path(out_model_dir), "stage1", model, tok, info, metrics,
-               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage1": s.model_dump(mode="json")})
-    return metrics
+    return model, info, metrics
 
 
-def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
-               out_model_dir: Path) -> dict[str, float]:
-    dirs = [Path(model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(out_model_dir)]
-    launched = maybe_launch_distributed(sft_stage2, cfg, dirs)
-    if launched is not None:
-        return launched
-    start = time.time()
-    s = cfg.stage2
-    torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(model_dir)
+def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path]):
+    model_dir, _, sid_index_dir, corpus_dir, _ = dirs
     missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
     if missing:
         raise ValueError(f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
@@ -341,9 +341,18 @@ def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: P
     valid_rows = _encode_all(tok, valid_ex, s.cutoff_len)
     ckpt = checkpoint_root("stage2", cfg, s, dirs[:4])
     model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_rows, ckpt)
-    metrics = _metrics(info, len(train_rows), 0.0)
-    metrics["wall_seconds"] = time.time() - start
-    if is_rank0():
-        _write(Path(out_model_dir), "stage2", model, tok, info, metrics,
-               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), "stage2": s.model_dump(mode="json")})
-    return metrics
+    return model, info, _metrics(info, len(train_rows), 0.0)
+
+
+def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
+               out_model_dir: Path) -> dict[str, float]:
+    """The `sft-stage1` step: add the SID tokens, then the multi-task SID-language alignment SFT."""
+    return _sft_step("stage1", sft_stage1, _train_stage1, cfg,
+                     (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir))
+
+
+def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
+               out_model_dir: Path) -> dict[str, float]:
+    """The `sft-stage2` step: reasoning-activation SFT on the teacher's reasoning paths."""
+    return _sft_step("stage2", sft_stage2, _train_stage2, cfg,
+                     (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir))
