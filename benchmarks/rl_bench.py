@@ -69,10 +69,11 @@ def run_one(root: Path, dataset: Path, sid_index: Path, codes: np.ndarray, hidde
     cfg = config.load("demo", [
         "stage3.backend=trl", f"stage3.num_generations={generations}", "stage3.train_batch_size=4",
         f"stage3.micro_batch_size={4 * generations}", f"stage3.max_steps={steps}",
-        f"stage3.max_response_length={max_new}", f"stage3.save_steps={steps}", "stage3.valid_samples=0",
+        f"stage3.max_response_length={max_new}", f"stage3.save_steps={steps}", "stage3.valid_samples=1",
         f"stage3.checkpoint_dir={root / 'ckpt' / tag}", f"seed={seed}"])
     t0 = time.perf_counter()
-    metrics = stage3.rl_stage3(cfg, model_dir, dataset, sid_index, root / f"out_{tag}")
+    # stage3.prompts=train (the demo's): the corpus folder is not read.
+    metrics = stage3.rl_stage3(cfg, model_dir, dataset, sid_index, root / "corpus", root / f"out_{tag}")
     return {"samples_per_s": metrics["samples_per_s"], "train_wall_seconds": metrics["train_wall_seconds"],
             "step_wall_seconds": time.perf_counter() - t0, "completion_length_mean": metrics["completion_length_mean"],
             "steps": metrics["steps"], "parameters": params}

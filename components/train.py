@@ -31,9 +31,10 @@ def sft(step: str, seed: int, base_model: Input[Model], dataset: Input[Dataset],
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def rl_stage3(step: str, seed: int, stage3: dict, stage2_model: Input[Model], dataset: Input[Dataset],
-              sid_index: Input[Dataset], stage3_checkpoint: Output[Model], metrics: Output[Metrics],
-              reward_curve: Output[HTML]):
-    """Stage 3: GRPO with the SID reward, from the Stage 2 model, into a raw checkpoint."""
+              sid_index: Input[Dataset], corpus: Input[Dataset], stage3_checkpoint: Output[Model],
+              metrics: Output[Metrics], reward_curve: Output[HTML]):
+    """Stage 3: GRPO with the SID reward, from the Stage 2 model, into a raw checkpoint (the corpus names the
+    narrated samples, the training prompts with stage3.prompts=narrated)."""
     from sidreasoner.components.runtime import run_component
 
     run_component(step, locals())

@@ -60,7 +60,8 @@ def test_tasks_are_the_dag_steps_in_order(spec):
                                                              "synthesize-corpus"]
     assert "sft-stage1" in tasks["sft-stage2"]["dependentTasks"]
     assert sorted(tasks["evaluate-stage2"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
-    assert sorted(tasks["rl-stage3"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
+    assert sorted(tasks["rl-stage3"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2",
+                                                           "synthesize-corpus"]
     assert sorted(tasks["merge-checkpoint"]["dependentTasks"]) == ["rl-stage3", "sft-stage2"]
     assert sorted(tasks["evaluate-stage3"]["dependentTasks"]) == ["merge-checkpoint", "preprocess", "quantize-sids"]
     merge_inputs = tasks["merge-checkpoint"]["inputs"]["artifacts"]
@@ -144,7 +145,7 @@ def test_parameters_default_to_the_preset(spec):
                            "export"}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
-    assert data["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
+    assert data["time_window"] == {"start": "2017-10-01", "end": "2018-11-01"}
     assert params["sid"]["defaultValue"]["codebook_size"] == 256
     assert params["embed"]["defaultValue"]["model"] == "Qwen/Qwen3-Embedding-4B"
     assert params["model"]["defaultValue"]["base"] == "Qwen/Qwen3-1.7B"
@@ -193,7 +194,7 @@ PAPER_RESOURCES = {
     "download-data": ("2", "8Gi", 0), "preprocess": ("2", "16Gi", 0), "embed-items": ("4", "32Gi", 1),
     "quantize-sids": ("8", "16Gi", 0), "synthesize-corpus": ("2", "8Gi", 0), "evaluate-baselines": ("2", "8Gi", 0),
     "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
-    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 1),
+    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 4),
     "merge-checkpoint": ("8", "64Gi", 0), "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
 }
 GIB = 1024 ** 3

@@ -24,8 +24,8 @@ def test_paper_presets(preset, category):
     assert cfg.data.category == category
     assert cfg.data.k_core == 5
     assert cfg.data.max_history == 10
-    assert cfg.data.time_window.start == dt.date(2016, 10, 1)
-    assert cfg.data.time_window.end == dt.date(2018, 11, 30)
+    assert cfg.data.time_window.start == dt.date(2017, 10, 1)
+    assert cfg.data.time_window.end == dt.date(2018, 11, 1)
     assert (cfg.sid.levels, cfg.sid.codebook_size, cfg.sid.method) == (3, 256, "rqvae")
     assert cfg.embed.model == "Qwen/Qwen3-Embedding-4B"
 
@@ -43,7 +43,7 @@ def test_overrides_parse_json_values_and_strings():
 def test_override_keeps_rest_of_preset_section():
     cfg = config.load("office", ["data.k_core=3"])
     assert cfg.data.category == "Office_Products"
-    assert cfg.data.time_window.end == dt.date(2018, 11, 30)
+    assert cfg.data.time_window.end == dt.date(2018, 11, 1)
 
 
 def test_unknown_key_names_key_allowed_and_suggestion():
@@ -105,7 +105,7 @@ def test_step_config_holds_only_its_sections_and_round_trips():
     assert set(sliced) == {"seed", "sid"}
     assert config.from_step_config(sliced).sid == cfg.sid
     data_slice = config.step_config(cfg, "preprocess")
-    assert data_slice["data"]["time_window"] == {"start": "2016-10-01", "end": "2018-11-30"}
+    assert data_slice["data"]["time_window"] == {"start": "2017-10-01", "end": "2018-11-01"}
     assert config.from_step_config(data_slice).data == cfg.data
 
 

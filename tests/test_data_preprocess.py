@@ -130,6 +130,8 @@ def test_preprocess_tiny_exact(tmp_path):
         "reviews_dropped_out_of_window": 1, "reviews_dropped_unknown_item": 1, "reviews_dropped_duplicate": 1,
         "reviews_dropped_k_core": 1, "k_core_iterations": 1, "users": 4, "items": 4, "interactions": 16,
         "items_dropped_k_core": 0, "samples_train": 9, "samples_valid": 1, "samples_test": 2,
+        "items_dropped_html_title": 0, "items_dropped_short_title": 0, "interactions_repeated": 0,
+        "time_window_start_year": 2017, "time_window_widenings": 0,
     }
     out = tmp_path / "out"
     items = pq.read_table(out / "items.parquet").to_pylist()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 # learn is tests/test_train_e2e.py's job.
 SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40",
          "stage1.max_per_task=60", "stage1.epochs=1", "stage1.hr_samples=20", "stage1.valid_samples=20",
-         "stage2.max_samples=40", "stage2.valid_samples=8", "stage2.epochs=1",
+         "stage2.max_samples=40", "stage2.valid_samples=8", "stage2.reasoning_holdout=8", "stage2.epochs=1",
          "stage3.max_steps=2", "stage3.max_samples=8", "stage3.valid_samples=4", "stage3.max_response_length=24",
          "eval.max_users=16", "eval.think_max_tokens=12"]
 REMOTE = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""")  # the KFP UI iframe must need nothing remote

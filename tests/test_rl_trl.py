@@ -28,7 +28,7 @@ def run(tmp_path_factory, tiny_artifacts, tiny_sid_model):
     tmp = tmp_path_factory.mktemp("rl")
     art = {**tiny_artifacts, "stage2": tiny_sid_model["dir"]}
     cfg = _cfg(tmp)
-    metrics = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp / "out")
+    metrics = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp / "out")
     return tmp, art, cfg, metrics
 
 
@@ -67,7 +67,7 @@ def test_merge_checkpoint_turns_it_into_a_plain_model(run):
 def test_lora_writes_an_adapter_that_merges_onto_stage2(run, tmp_path):
     tmp, art, _, _ = run
     cfg = _cfg(tmp_path, "stage3.finetune=lora", "stage3.lora_r=4", "stage3.lora_alpha=8", "stage3.max_steps=1")
-    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp_path / "out")
+    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp_path / "out")
     assert m["steps"] == 1
     assert read_manifest(tmp_path / "out")["format"] == "peft_lora"
     adapter = tmp_path / "out" / "adapter"
@@ -81,7 +81,7 @@ def test_lora_writes_an_adapter_that_merges_onto_stage2(run, tmp_path):
 @pytest.mark.slow  # GRPO training
 def test_retry_resumes_from_checkpoint(run):
     tmp, art, cfg, _ = run
-    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], tmp / "out2")
+    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp / "out2")
     assert m["resumed_from_step"] == 2 and m["steps"] == 2
     assert (tmp / "out2" / "model" / "model.safetensors").exists()
 
@@ -96,7 +96,7 @@ def test_verl_backend_refuses_without_gpu(tmp_path):
         pytest.skip("a CUDA GPU is visible: verl would train here")
     cfg = _cfg(tmp_path, "stage3.backend=verl")
     with pytest.raises(GPURequiredError, match="cannot run on CPU.*stage3.backend=trl"):
-        stage3.rl_stage3(cfg, tmp_path, tmp_path, tmp_path, tmp_path / "out")
+        stage3.rl_stage3(cfg, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -105,7 +105,8 @@ def test_config_presets():
     assert demo.backend == "trl" and demo.reward == "rule"
     paper = config.load("office").stage3
     assert (paper.num_generations, paper.lr, paper.kl_beta, paper.train_batch_size, paper.max_prompt_length,
-            paper.max_response_length, paper.save_steps) == (16, 5e-7, 0.001, 256, 1024, 1024, 100)
+            paper.max_response_length, paper.save_steps, paper.epochs, paper.micro_batch_size) == (
+        16, 5e-7, 0.001, 256, 1024, 1024, 100, 10, 8)
     with pytest.raises(config.ConfigError, match="micro_batch_size"):
         config.load("demo", ["stage3.micro_batch_size=3"])
     assert demo.finetune == "full" and config.load("demo", ["stage3.finetune=lora"]).stage3.finetune == "lora"

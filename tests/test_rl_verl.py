@@ -69,29 +69,44 @@ EXPECTED = {
     "office": {"actor_rollout_ref.rollout.n": 16, "actor_rollout_ref.actor.optim.lr": 5e-7,
                "actor_rollout_ref.actor.kl_loss_coef": 0.001, "data.train_batch_size": 256,
                "data.max_prompt_length": 1024, "data.max_response_length": 1024, "trainer.save_freq": 100,
-               "actor_rollout_ref.actor.ppo_mini_batch_size": 256, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 16,
-               "actor_rollout_ref.model.enable_gradient_checkpointing": True, "trainer.total_training_steps": None},
+               "actor_rollout_ref.actor.ppo_mini_batch_size": 256, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8,
+               "actor_rollout_ref.model.enable_gradient_checkpointing": True, "trainer.total_training_steps": None,
+               # 4 GPUs, vLLM at 0.8 of their memory, 10 epochs, validation before training and every 50 steps,
+               # micro-batches of 8 for the log-probs too, the reference policy offloaded, no warm-up.
+               "trainer.n_gpus_per_node": 4, "actor_rollout_ref.rollout.gpu_memory_utilization": 0.8,
+               "trainer.total_epochs": 10, "trainer.test_freq": 50, "trainer.val_before_train": True,
+               "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 8,
+               "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 8,
+               "actor_rollout_ref.ref.fsdp_config.param_offload": True,
+               "actor_rollout_ref.actor.fsdp_config.param_offload": False,
+               "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
+               "actor_rollout_ref.actor.optim.lr_warmup_steps": -1, "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
+               "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+               "reward.custom_reward_function.reward_kwargs": {"kind": "research",
+                                                               "catalogue": "/runs/r1/sid_index/catalogue.json"}},
     "demo": {"actor_rollout_ref.rollout.n": 4, "actor_rollout_ref.actor.optim.lr": 1e-4,
              "actor_rollout_ref.actor.kl_loss_coef": 0.001, "data.train_batch_size": 4,
              "data.max_prompt_length": 384, "data.max_response_length": 64, "trainer.save_freq": 6,
              "actor_rollout_ref.actor.ppo_mini_batch_size": 4, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 16,
-             "actor_rollout_ref.model.enable_gradient_checkpointing": False, "trainer.total_training_steps": 12},
+             "actor_rollout_ref.model.enable_gradient_checkpointing": False, "trainer.total_training_steps": 12,
+             "trainer.n_gpus_per_node": 1, "actor_rollout_ref.rollout.gpu_memory_utilization": 0.6,
+             "trainer.total_epochs": 1, "trainer.test_freq": -1, "trainer.val_before_train": False,
+             "actor_rollout_ref.ref.fsdp_config.param_offload": False,
+             "reward.custom_reward_function.reward_kwargs": {"kind": "rule", "catalogue": "/runs/r1/sid_index/catalogue.json"}},
 }
 COMMON = {
     "algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": False,
     "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
     "actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.temperature": 1.0,
-    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1, "actor_rollout_ref.rollout.gpu_memory_utilization": 0.6,
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
     "data.prompt_key": "prompt", "data.filter_overlong_prompts": True,
     "data.train_files": "/runs/r1/rl/train.parquet", "data.val_files": "/runs/r1/rl/valid.parquet",
     "actor_rollout_ref.model.path": "/runs/r1/stage2",
     "reward.custom_reward_function.path": "pkg://sidreasoner.rl.reward",
     "reward.custom_reward_function.name": "compute_score",
-    "reward.custom_reward_function.reward_kwargs": {"kind": "rule", "catalogue": "/runs/r1/sid_index/catalogue.json"},
     "reward.reward_manager.name": "naive",
     "trainer.default_local_dir": "/runs/r1/ckpt/verl", "trainer.resume_mode": "auto", "trainer.logger": ["console"],
-    "trainer.n_gpus_per_node": 1, "trainer.nnodes": 1, "trainer.total_epochs": 1, "trainer.test_freq": -1,
-    "trainer.val_before_train": False, "data.seed": 0, "actor_rollout_ref.rollout.seed": 0,
+    "trainer.nnodes": 1, "data.seed": 0, "actor_rollout_ref.rollout.seed": 0,
 }
 
 
@@ -190,7 +205,8 @@ def test_rlhf_dataset_reads_our_parquet_and_renders_the_thinking_prompt(art):
         assert item["reward_model"]["ground_truth"] == row["reward_model"]["ground_truth"]
         assert item["data_source"] == "sidreasoner" and item["extra_info"]["index"] == i
         text = tok.decode(builder.build_initial_tokens(list(item["raw_prompt"])))
-        assert text == prompts.render_prompt(tok, row["prompt"][0]["content"], thinking=True)
+        assert text == prompts.render_chat_prompt(tok, row["prompt"], thinking=True)
+        assert text.startswith("<|im_start|>system\n" + prompts.SYSTEM_NEXT_ITEM + "<|im_end|>\n<|im_start|>user\n")
         history = [sids[h] for h in [[0], [0, 1], [3], [3, 4], [1]][i]]
         assert prompts.sid_history(history) in text and prompts.REASONING_SUFFIX.strip() in text
         # Thinking mode: the prompt stops at the assistant turn; the model opens <think> itself.
@@ -319,7 +335,7 @@ def test_latest_checkpoint_and_actor_copy(tmp_path):
 def test_train_verl_refuses_without_gpu_and_writes_nothing(tmp_path):
     cfg = config.load("demo", ["stage3.backend=verl", f"stage3.checkpoint_dir={tmp_path / 'ckpt'}"])
     with pytest.raises(verl_backend.GPURequiredError, match="cannot run on CPU.*Use stage3.backend=trl"):
-        verl_backend.train_verl(cfg, tmp_path / "m", tmp_path / "d", tmp_path / "s", tmp_path / "out")
+        verl_backend.train_verl(cfg, tmp_path / "m", tmp_path / "d", tmp_path / "s", tmp_path / "c", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
     # On a Ray cluster the GPUs are the cluster's: nothing to check from this pod.
     verl_backend.require_gpu(config.load("demo", ["stage3.backend=verl", "stage3.verl.ray_address=ray://head:10001"]))
@@ -365,7 +381,7 @@ def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, 
     cfg = config.load("demo", ["stage3.backend=verl", "stage3.train_batch_size=2", "stage3.micro_batch_size=8", "stage3.max_steps=2",
                                f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
     out = fake_main / "out"
-    m = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], out)
+    m = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], out)
     assert (m["steps"], m["resumed_from_step"], m["reward_first"], m["reward_last"], m["prompts"]) == (2, 0, 0.25, 0.75, 5)
     assert sorted(p.name for p in (out / "actor").iterdir()) == ["fsdp_config.json", "huggingface",
                                                                  "model_world_size_1_rank_0.pt"]
@@ -376,7 +392,7 @@ def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, 
     assert len(pd.read_parquet(out / "rl_data" / "train.parquet")) == 5
     assert "mean reward" in (out / "reward_curve.html").read_text()
     # A retry finds verl's checkpoint and reports where training resumed.
-    again = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], fake_main / "out2")
+    again = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], fake_main / "out2")
     assert again["resumed_from_step"] == 2
 
 
@@ -384,5 +400,5 @@ def test_train_verl_failure_shows_the_tail_and_leaves_no_output(art, fake_main, 
     monkeypatch.setenv("FAKE_VERL_FAIL", "1")
     cfg = config.load("demo", ["stage3.backend=verl", "stage3.train_batch_size=2", "stage3.micro_batch_size=8", f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
     with pytest.raises(RuntimeError, match="exited with status 3(.|\n)*no kernel image"):
-        verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], fake_main / "out")
+        verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], fake_main / "out")
     assert not (fake_main / "out").exists()

@@ -58,8 +58,11 @@ def test_template_step_artifacts(teacher_inputs, tmp_path):
     assert enhanced["1"]["llm_stage2"] == items[1]["narrative"] and enhanced["1"]["title"] == "Acme Family Card Game Vol. 2"
     with open(out / "research/index/Tiny.integrated_narrative.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
-    assert list(csv_rows[0]) == ["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"]
+    assert list(csv_rows[0]) == ["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid",
+                                 "reasoning_path", "integrated_narrative"]
     assert csv_rows[1]["history_item_sid"] == "['<a_0><b_0><c_0>', '<a_0><b_1><c_0>']"
+    assert csv_rows[1]["history_item_id"] == "[0, 1]" and csv_rows[1]["item_id"] == "2"
+    assert csv_rows[1]["user_id"] == str(rows[1]["user_id"])
     assert csv_rows[1]["item_sid"] == "<a_0><b_2><c_0>" and csv_rows[1]["reasoning_path"] == rows[1]["reasoning_path"]
     # deterministic: a second run writes identical tables
     synthesize_corpus(cfg, *teacher_inputs, tmp_path / "again")

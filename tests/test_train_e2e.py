@@ -28,7 +28,7 @@ DATA = []  # the demo preset's data: 388 items, 2,000 users
 def _overrides(tmp: Path, extra=()) -> list[str]:
     return DATA + [f"stage1.checkpoint_dir={tmp / 'ckpt'}", f"stage2.checkpoint_dir={tmp / 'ckpt'}",
                    "stage1.hr_samples=100",
-                   "stage1.valid_samples=100", "stage2.max_samples=160", "stage2.valid_samples=32",
+                   "stage1.valid_samples=100", "stage2.max_samples=160", "stage2.valid_samples=32", "stage2.reasoning_holdout=32",
                    "stage2.epochs=2", *extra]
 
 

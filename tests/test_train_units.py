@@ -76,15 +76,17 @@ def test_sid_codes_are_single_plain_tokens_that_round_trip(extended, base):
 def test_think_block_identical_in_training_and_inference(extended):
     _, tok, *_ = extended
     q = prompts.next_sid_question(["<a_0><b_1><c_2>"])
-    plain = prompts.render_prompt(tok, q)
+    ex = Example("sid_history_to_sid", q, "<a_0><b_1><c_3>")
+    assert ex.system == prompts.SYSTEM_SID_HISTORY_TO_SID
+    plain = prompts.render_prompt(tok, q, system=ex.system)
     assert plain.endswith("<|im_start|>assistant\n" + prompts.EMPTY_THINK)
-    assert plain.startswith("<|im_start|>user\n" + q + "<|im_end|>\n")
-    row = encode(tok, Example("sid_history_to_sid", q, "<a_0><b_1><c_3>"), 512)
+    assert plain.startswith("<|im_start|>system\n" + ex.system + "<|im_end|>\n<|im_start|>user\n" + q + "<|im_end|>\n")
+    row = encode(tok, ex, 512)
     infer = tok(plain, add_special_tokens=False)["input_ids"]
     assert row["input_ids"][: len(infer)] == infer
     think = prompts.render_prompt(tok, prompts.next_sid_question(["<a_0><b_1><c_2>"], reasoning=True), thinking=True)
     assert think.endswith("<|im_start|>assistant\n") and "<think>" not in think
-    assert q + prompts.REASONING_SUFFIX in think
+    assert "items <a_0><b_1><c_2>. Can you recommend the next item for him?" + prompts.REASONING_SUFFIX in think
 
 
 def test_label_masking_of_every_task(extended, base):
@@ -105,11 +107,12 @@ def test_label_masking_of_every_task(extended, base):
             assert labels == ids and ids[-1] == tok.pad_token_id
             assert tok.decode(ids[:-1]) == ex.response
             continue
-        p = tok(prompts.render_prompt(tok, ex.prompt), add_special_tokens=False)["input_ids"]
+        assert ex.system  # every chat task has a system message
+        p = tok(prompts.render_prompt(tok, ex.prompt, system=ex.system), add_special_tokens=False)["input_ids"]
         assert labels[: len(p)] == [IGNORE] * len(p)
         assert labels[len(p):] == ids[len(p):] and IGNORE not in labels[len(p):]
-        assert tok.decode(ids[len(p):]) == ex.response + "<|im_end|>"
-        assert ids[-1] == tok.eos_token_id
+        assert tok.decode(ids[len(p):]) == ex.response + "<|im_end|>\n"
+        assert ids[-2:] == [tok.eos_token_id, tok("\n", add_special_tokens=False)["input_ids"][0]]
     assert seen == set(counts)
     first = next(e for e in exs if e.task == "sid_history_to_sid")
     assert first.prompt == ("The user has interacted with items <a_0><b_1><c_2> in chronological order. "
@@ -119,16 +122,17 @@ def test_label_masking_of_every_task(extended, base):
 
 def test_stage2_examples_and_masking(extended, base):
     _, tok, *_ = extended
-    cfg = config.load("demo", ["stage2.valid_samples=1", "stage2.max_samples=0"]).stage2
+    cfg = config.load("demo", ["stage2.reasoning_holdout=1", "stage2.max_samples=0"]).stage2
     train, valid = tasks.stage2_examples(cfg, 0, base["sid_index"], base["corpus"])
     assert len(train) == 4 and len(valid) == 1
     ex = train[0]
     assert ex.prompt.endswith(prompts.REASONING_SUFFIX) and ex.thinking
     assert ex.response.startswith("<think>\n") and "\n</think>\n\n<" in ex.response
     row = encode(tok, ex, 10_000)
-    p = tok(prompts.render_prompt(tok, ex.prompt, thinking=True), add_special_tokens=False)["input_ids"]
+    assert ex.system == prompts.SYSTEM_NEXT_ITEM
+    p = tok(prompts.render_prompt(tok, ex.prompt, thinking=True, system=ex.system), add_special_tokens=False)["input_ids"]
     assert row["labels"][: len(p)] == [IGNORE] * len(p)
-    assert tok.decode(row["input_ids"][len(p):]) == ex.response + "<|im_end|>"
+    assert tok.decode(row["input_ids"][len(p):]) == ex.response + "<|im_end|>\n"
 
 
 def test_task_weights_switch_and_scale(base):

@@ -167,7 +167,7 @@ STEPS: dict[str, Step] = _registry(
     Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
          "writes a raw checkpoint",
          "rl_stage3", "sidreasoner.rl.stage3:rl_stage3", ("seed", "stage3"),
-         inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX},
+         inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
          outputs={"stage3_checkpoint": "Model"},
          reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
          image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),

@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from sidreasoner.config.presets import PRESETS
+from sidreasoner.config.presets import PRESETS, RESEARCH_BUNDLE
 from sidreasoner.config.schema import Config
 from sidreasoner.errors import ConfigError
 
@@ -115,5 +115,12 @@ def load(preset: str = "demo", overrides: list[str] | None = None) -> Config:
 
 
 def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Validate `base` (config sections, e.g. read from a file) with `--set` overrides applied."""
-    return validate(_deep_merge(base, parse_overrides(overrides or [])))
+    """Validate `base` (config sections, e.g. read from a file) with `--set` overrides applied.
+
+    When the result reads a research data bundle (data.format=research), the bundle's SIDs and corpus
+    are taken as they are (RESEARCH_BUNDLE) unless the overrides say otherwise."""
+    over = parse_overrides(overrides or [])
+    merged = _deep_merge(base, over)
+    if merged.get("data", {}).get("format") == "research":
+        merged = _deep_merge(_deep_merge(base, RESEARCH_BUNDLE), over)
+    return validate(merged)

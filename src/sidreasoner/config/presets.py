@@ -4,34 +4,83 @@ from __future__ import annotations
 
 from typing import Any
 
+# MiniOneRec's data/amazon18_data_process.py as its README runs it (st 2017-10, ed 2018-11, 5-core): the
+# <Cat>_5.json file, reviews from 2017-10-01 up to the first instant of 2018-11-01, the start moved back a
+# year at a time while fewer than 3,000 items survive the 5-core (the released Office and Industrial
+# files are named 2016-10-2018-11), repeated (user, item) reviews kept, its title rule, ids in order of
+# first appearance.
 _PAPER_DATA = {
     "source": "amazon2018",
+    "five_core": True,
     "cache_dir": "/models/downloads",
     "k_core": 5,
     "max_history": 10,
-    "time_window": {"start": "2016-10-01", "end": "2018-11-30"},
+    "time_window": {"start": "2017-10-01", "end": "2018-11-01"},
+    "window_end_cut": "day_start",
+    "window_widen_below_items": 3000,
+    "window_earliest_start_year": 1996,
+    "max_title_words": 20,
+    "title_rule": "minionerec",
+    "duplicate_meta": "last",
+    "repeats": "keep",
+    "id_order": "first_seen",
+    "split": [0.8, 0.1, 0.1],
 }
 _PAPER = {
-    "embed": {"model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "batch_size": 32, "max_length": 512},
-    "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256},
+    # MiniOneRec's rq/text2emb: "<title>. <description>." through Qwen3-Embedding-4B in float16, masked mean
+    # pooling, up to 2048 tokens, not normalised.
+    "embed": {"model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "fields": ["title", "description"],
+              "text_template": "research", "max_length": 2048, "dtype": "float16", "normalize": False,
+              "batch_size": 32},
+    # MiniOneRec's rq/rqvae.sh + rqvae.py (3 x 256 codes, encoder 2048-1024-512-256-128-64, latent 32, k-means
+    # init, AdamW lr 1e-3 with 50 warm-up epochs, clip 1.0, batch 20,480, 10,000 epochs, the fewest-duplicate
+    # checkpoint of every 50 epochs) and rq/generate_indices.py (Sinkhorn eps 0.003 on the last level, at most 20
+    # rounds, remaining collisions kept). The project's collapse guards are off.
+    "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256, "collision": "research_sinkhorn",
+            "sinkhorn_epsilon": 0.003, "sinkhorn_iters": 50, "sinkhorn_rounds": 20, "collision_leftover": "keep",
+            "rqvae": {"hidden_dims": [2048, 1024, 512, 256, 128, 64], "latent_dim": 32, "epochs": 10000, "lr": 1e-3,
+                      "lr_warmup_epochs": 50, "grad_clip": 1.0, "batch_size": 20480, "beta": 0.25, "quant_loss": "mean",
+                      "deep_commitment": False, "weight_init": "xavier_normal", "standardize": False,
+                      "kmeans_init": True, "kmeans_iters": 100, "warmup_epochs": 0, "reseed_every": 0, "balance": 0,
+                      "select_every": 50, "device": "auto"}},
     # The OpenAI-compatible teacher the Helm chart can deploy in the run's namespace (vLLM).
     "teacher": {"kind": "openai", "base_url": "http://sidreasoner-teacher:8000/v1", "model": "Qwen/Qwen3-32B",
                 "concurrency": 64, "temperature": 0.7, "max_tokens": 1024, "cache_dir": "/models/teacher-cache"},
     "model": {"base": "Qwen/Qwen3-1.7B"},
-    # The paper's Stage 1: full fine-tuning, lr 3e-4, 10 epochs, global batch 1024, cutoff 1024, bf16.
+    # The paper's Stage 1: full fine-tuning, lr 3e-4 with 20 warm-up steps then linear decay, 10 epochs, global
+    # batch 1024 in random order, cutoff 1024, bf16; the checkpoint with the best next-SID loss on the whole valid
+    # split, stopping after 3 epochs without a better one.
     "stage1": {"lr": 3e-4, "epochs": 10, "global_batch_size": 1024, "per_device_batch_size": 8, "cutoff_len": 1024,
-               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 2, "logging_steps": 10,
-               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
-    # The paper's Stage 2: lr 1e-5, up to 5 epochs (early stopping on held-out reasoning paths).
-    "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 128, "per_device_batch_size": 4, "cutoff_len": 2048,
-               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 1, "logging_steps": 10,
-               "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints"},
-    # The paper's Stage 3 (verl GRPO): rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch 256
-    # prompts, max prompt/response 1024 tokens, checkpoint every 100 steps; vLLM rollouts on the step's GPU.
-    "stage3": {"backend": "verl", "reward": "rule", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
-               "train_batch_size": 256, "micro_batch_size": 16, "max_prompt_length": 1024, "max_response_length": 1024,
-               "temperature": 1.0, "epochs": 1, "save_steps": 100, "bf16": True, "gradient_checkpointing": True,
-               "checkpoint_dir": "/models/checkpoints"},
+               "lr_scheduler": "linear", "warmup_steps": 20, "warmup_ratio": 0.0, "batching": "padded",
+               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 3, "valid_samples": 0,
+               "logging_steps": 1, "gradient_checkpointing": True, "checkpoint_dir": "/models/checkpoints",
+               # Its examples: cut from the left, <|im_end|> of non-thinking answers out of the loss, narratives
+               # without an end token, SID rows drawn around the vocabulary's mean (transformers' mean_resizing),
+               # and 60,000 sampled lines of general-reasoning data (instruction_file) up to 3,072 tokens each,
+               # rendered in thinking mode.
+               "truncation": "left", "loss_on_eos": "thinking", "narrative_end_token": False,
+               "new_token_init": "mean_resizing", "instruction_samples": 60000, "instruction_cutoff_len": 3072,
+               "instruction_thinking": True},
+    # The paper's Stage 2: lr 1e-5 with 10 warm-up steps then linear decay, up to 5 epochs, global batch 1024,
+    # cutoff 1024, on every reasoning path; the checkpoint with the best next-SID loss (no reasoning) on the whole
+    # valid split, patience 5.
+    "stage2": {"lr": 1e-5, "epochs": 5, "global_batch_size": 1024, "per_device_batch_size": 8, "cutoff_len": 1024,
+               "lr_scheduler": "linear", "warmup_steps": 10, "warmup_ratio": 0.0, "batching": "padded",
+               "bf16": True, "finetune": "full", "save_steps": 100, "early_stopping_patience": 5, "valid_samples": 0,
+               "select_on": "sid", "reasoning_holdout": 0, "logging_steps": 1, "gradient_checkpointing": True,
+               "checkpoint_dir": "/models/checkpoints",
+               # Cut from the left; <|im_end|> in the loss of the reasoning answers, out of it in the next-SID
+               # validation examples.
+               "truncation": "left", "loss_on_eos": "thinking"},
+    # The paper's Stage 3 (verl GRPO) on 4 GPUs: rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch
+    # 256 prompts (micro-batches of 8 per GPU), max prompt/response 1024 tokens, 10 epochs over the narrated
+    # samples, checkpoint every 100 steps, validation before training and every 50 steps; vLLM rollouts.
+    "stage3": {"backend": "verl", "reward": "research", "num_generations": 16, "lr": 5e-7, "kl_beta": 0.001,
+               "train_batch_size": 256, "micro_batch_size": 8, "max_prompt_length": 1024, "max_response_length": 1024,
+               "temperature": 1.0, "epochs": 10, "save_steps": 100, "bf16": True, "gradient_checkpointing": True,
+               "prompts": "narrated", "valid_samples": 0, "checkpoint_dir": "/models/checkpoints",
+               "verl": {"n_gpus_per_node": 4, "gpu_memory_utilization": 0.8, "test_freq": 50, "val_before_train": True,
+                        "ref_param_offload": True}},
     # On a cluster: pods, GPUs, and the chart's model-cache PVC (mounted at /models), which also
     # holds the checkpoints and caches that let a retried pod resume.
     "cluster": {"resources": {
@@ -46,20 +95,28 @@ _PAPER = {
         "evaluate-stage1": {"cpu": "8", "memory": "64Gi", "gpus": 1},
         "sft-stage2": {"cpu": "32", "memory": "256Gi", "gpus": 8},
         "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "rl-stage3": {"cpu": "16", "memory": "128Gi", "gpus": 1},
+        "rl-stage3": {"cpu": "16", "memory": "128Gi", "gpus": 4},
         "merge-checkpoint": {"cpu": "8", "memory": "64Gi"},
         "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "gpus": 1},
         "report": {"cpu": "1", "memory": "4Gi"},
         "export-model": {"cpu": "2", "memory": "8Gi"},
     }},
-    # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10}, reasoning up to 1024 tokens.
-    "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "decoding": "beam", "modes": ["nonthink", "think"],
-             "splits": ["test", "valid"], "batch_size": 16, "think_max_tokens": 1024},
+    # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10} (none above the beam width), greedy
+    # reasoning up to 1024 tokens closed as the research code closes it, beams ranked with the "\n" and
+    # end-of-sequence after the SID scored. The non-thinking prompt keeps training's empty think block
+    # (the research evaluation renders another one: eval.empty_think=research reproduces it).
+    "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "ks_above_beams": "drop", "decoding": "beam",
+             "score_suffix": True, "empty_think": "training", "modes": ["nonthink", "think"],
+             "splits": ["test", "valid"], "batch_size": 16, "max_users": 0, "think_max_tokens": 1024,
+             "think_sample": False, "think_close": "research"},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10},
+        # The demo's files plant dirt to be cleaned (exact-duplicate review lines, entity-laden titles), so it
+        # keeps the earliest of repeated reviews, unescapes titles and orders ids by name, as its results had.
+        "data": {"source": "demo", "category": "Demo", "k_core": 5, "max_history": 10, "title_rule": "unescape",
+                 "duplicate_meta": "first", "repeats": "earliest", "id_order": "sorted"},
         # One fit: about half the demo's items collide in every fit (a series' parts differ only by their
         # number), so restarts only pick among equally colliding fits, and the pick learned worse
         # (Stage 1 HR@10 0.534 against 0.654 for the first fit; benchmarks/README.md).
@@ -73,7 +130,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "early_stopping_patience": 2, "warmup_ratio": 0.05,
                    "tasks": {"sid_history_to_sid": 2.0, "item_narratives": 0.5, "history_narratives": 0.5}},
         "stage2": {"lr": 1e-3, "epochs": 2, "global_batch_size": 16, "per_device_batch_size": 16, "cutoff_len": 384,
-                   "max_samples": 400, "valid_samples": 64, "save_steps": 100, "early_stopping_patience": 1},
+                   "max_samples": 400, "valid_samples": 64, "reasoning_holdout": 64, "save_steps": 100,
+                   "early_stopping_patience": 1},
         # Sized for 2 CPU cores: about a minute of GRPO on the tiny model.
         "stage3": {"backend": "trl", "reward": "rule", "num_generations": 4, "lr": 1e-4, "kl_beta": 0.001,
                    "train_batch_size": 4, "micro_batch_size": 16, "max_prompt_length": 384, "max_response_length": 64,
@@ -85,4 +143,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
     "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},
     "games": {**_PAPER, "data": {**_PAPER_DATA, "category": "Video_Games"}},
+}
+
+# With data.format=research the bundle's own SIDs and corpus are used (no embedding, no quantizer,
+# no teacher); a `--set` of any of these keys still wins.
+RESEARCH_BUNDLE: dict[str, Any] = {
+    "embed": {"model": "none"},
+    "sid": {"method": "import"},
+    "teacher": {"kind": "import"},
 }

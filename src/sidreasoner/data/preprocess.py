@@ -1,10 +1,13 @@
 """Raw Amazon reviews -> items, users, interactions and sliding-window samples (MiniOneRec protocol).
 
-Order of filters: item titles (present, non-empty, <= max_title_words words) -> reviews inside the
-time window (UTC days, inclusive) -> reviews of kept items -> duplicate (user, item) reviews (the
-earliest kept) -> iterative user/item k-core until stable. Then per-user chronological sequences,
-sliding windows (history = previous <= max_history items), and a GLOBAL chronological 8:1:1 split by
-the target's timestamp. Raw reviews are streamed once into compact integer columns.
+Order of filters: item titles (`data.title_rule`; several records of one asin: `data.duplicate_meta`)
+-> reviews inside the time window (UTC; `data.window_end_cut`) -> reviews of kept items -> repeated
+(user, item) reviews (`data.repeats`: all kept, or the earliest only) -> iterative user/item k-core
+until stable. With `data.window_widen_below_items`, the window's start moves back a year at a time,
+and the filters run again, while fewer items survive. Then per-user chronological sequences, sliding
+windows (history = previous <= max_history interactions), and a GLOBAL chronological 8:1:1 split by
+the target's timestamp; ids and ties follow `data.id_order`. Every drop is counted by reason in the
+metrics. Raw reviews are streamed once into compact integer columns.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sidreasoner.config import Config, DataConfig
+from sidreasoner.data.from_research import dataset_from_bundle
 from sidreasoner.data.raw import FieldCounts, ItemMeta, LineStats, iter_meta, iter_reviews
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 
@@ -44,6 +48,7 @@ class RawManifest:
     reviews: Path
     meta: Path
     source: str
+    bundle: Path | None = None  # format research: the bundle's folder
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Columns:
     ts: np.ndarray  # int64 seconds
     rating: np.ndarray  # float32
     users: list[str]  # raw user id per code
+    unknown_ts: np.ndarray | None = None  # timestamps of the read reviews whose item was dropped or is unknown
 
 
 # ---------------------------------------------------------------- manifest
@@ -68,9 +74,14 @@ def read_manifest(raw_dir: Path) -> RawManifest:
         data = read_json(path)
     except ValueError as err:
         raise PreprocessError(f"{path}: not valid JSON: {err}") from err
-    for key in ("format", "category", "reviews", "meta"):
+    keys = ("format", "category", "bundle") if data.get("format") == "research" else ("format", "category", "reviews",
+                                                                                   "meta")
+    for key in keys:
         if not isinstance(data.get(key), str) or not data[key]:
             raise PreprocessError(f"{path}: key '{key}' is missing or not a string")
+    if data["format"] == "research":
+        return RawManifest(data["format"], data["category"], Path(raw_dir), Path(raw_dir), str(data.get("source", "")),
+                           bundle=Path(raw_dir) / data["bundle"])
     out = RawManifest(data["format"], data["category"], Path(raw_dir) / data["reviews"],
                       Path(raw_dir) / data["meta"], str(data.get("source", "")))
     for key in ("reviews", "meta"):
@@ -82,10 +93,23 @@ def read_manifest(raw_dir: Path) -> RawManifest:
 # ---------------------------------------------------------------- items
 
 
-def title_problem(title: str | None, max_words: int) -> str | None:
-    """Why an (already unescaped, stripped) title is unusable, or None when it is kept."""
+TITLE_PROBLEMS = ("missing_title", "html_title", "empty_title", "short_title", "long_title")
+
+
+def title_problem(title: str | None, max_words: int, rule: str = "unescape") -> str | None:
+    """Why a title (already cleaned by `rule`, see `data.title_rule`) is unusable, or None when it is kept.
+
+    unescape: non-empty, <= max_words whitespace-separated words. minionerec: no scraped HTML
+    ('<span id'), more than one character, <= max_words words separated by single spaces.
+    """
     if title is None:
         return "missing_title"
+    if rule == "minionerec":
+        if "<span id" in title:
+            return "html_title"
+        if len(title) <= 1:
+            return "short_title" if title else "empty_title"
+        return "long_title" if len(title.split(" ")) > max_words else None
     if not title:
         return "empty_title"
     if len(title.split()) > max_words:
@@ -94,23 +118,33 @@ def title_problem(title: str | None, max_words: int) -> str | None:
 
 
 def load_items(path: Path, fmt: str, data: DataConfig, metrics: dict[str, float]) -> dict[str, ItemMeta]:
-    """Items with usable titles, by asin (first record of an asin wins); drops are counted in metrics."""
+    """Items with usable titles, by asin; drops are counted in metrics.
+
+    Several records of one asin (`items_dropped_duplicate_asin` counts the later ones): with
+    data.duplicate_meta=first only the first counts; with `last` the item keeps the title of its last
+    record with a usable title and the other fields of its last record, and is dropped (for the last
+    record's title problem) only when no record has a usable title.
+    """
     stats, counts, dropped = LineStats(), FieldCounts(), Counter()
-    kept: dict[str, ItemMeta] = {}
-    seen: set[str] = set()
-    for item in iter_meta(path, fmt, data.max_malformed_fraction, stats, counts):
-        if item.asin in seen:
+    records: dict[str, ItemMeta] = {}
+    titles: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for item in iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule):
+        if item.asin in records:
             dropped["duplicate_asin"] += 1
-            continue
-        seen.add(item.asin)
-        problem = title_problem(item.title, data.max_title_words)
-        if problem:
-            dropped[problem] += 1
+            if data.duplicate_meta == "first":
+                continue
+        records[item.asin] = item
+        problem = title_problem(item.title, data.max_title_words, data.title_rule)
+        if problem is None:
+            titles[item.asin] = item.title
         else:
-            kept[item.asin] = item
+            problems[item.asin] = problem
+    kept = {asin: rec._replace(title=titles[asin]) for asin, rec in records.items() if asin in titles}
+    dropped.update(problems[asin] for asin in records if asin not in titles)
     metrics.update(raw_meta_lines=stats.lines, malformed_meta_lines=stats.malformed)
     metrics.update({f"meta_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
-    for reason in ("missing_title", "empty_title", "long_title", "duplicate_asin"):
+    for reason in (*TITLE_PROBLEMS, "duplicate_asin"):
         metrics[f"items_dropped_{reason}"] = dropped[reason]
     return kept
 
@@ -118,25 +152,52 @@ def load_items(path: Path, fmt: str, data: DataConfig, metrics: dict[str, float]
 # ---------------------------------------------------------------- reviews
 
 
-def window_seconds(data: DataConfig) -> tuple[int, int]:
-    """[lo, hi) in epoch seconds for the inclusive UTC day window (open ends -> int64 extremes)."""
+DAY_SECONDS = 86_400
+_NO_START = object()
+
+
+def _utc_midnight(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp())
+
+
+def year_back(day: dt.date, years: int) -> dt.date:
+    """`day` `years` years earlier (Feb 29 -> Feb 28)."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:
+        return day.replace(year=day.year - years, day=28)
+
+
+def widest_start(data: DataConfig) -> dt.date | None:
+    """The earliest start the time window can widen to (its own start when it never widens)."""
+    start = data.time_window.start
+    if not start or not data.window_widen_below_items:
+        return start
+    return year_back(start, max(0, start.year - data.window_earliest_start_year))
+
+
+def window_seconds(data: DataConfig, start: Any = _NO_START) -> tuple[int, int]:
+    """[lo, hi) in epoch seconds of the UTC window (open ends -> int64 extremes); `start` replaces
+    time_window.start. window_end_cut=day_end keeps the whole end day, day_start only up to its 00:00:00."""
+    tw = data.time_window
+    start = tw.start if start is _NO_START else start
     lo, hi = -(2**62), 2**62
-    if data.time_window.start:
-        lo = int(dt.datetime.combine(data.time_window.start, dt.time(), dt.timezone.utc).timestamp())
-    if data.time_window.end:
-        end = data.time_window.end + dt.timedelta(days=1)
-        hi = int(dt.datetime.combine(end, dt.time(), dt.timezone.utc).timestamp())
+    if start:
+        lo = _utc_midnight(start)
+    if tw.end:
+        hi = _utc_midnight(tw.end) + (1 if data.window_end_cut == "day_start" else DAY_SECONDS)
     return lo, hi
 
 
 def read_review_columns(path: Path, fmt: str, data: DataConfig, item_codes: dict[str, int],
                         metrics: dict[str, float]) -> Columns:
-    """One streaming pass: keep (user code, item code, ts, rating) of in-window reviews of kept items."""
+    """One streaming pass: (user code, item code, ts, rating) of the reviews of kept items inside the widest
+    window the time window can reach; of the other reviews inside it only the timestamp (`unknown_ts`)."""
     stats, counts = LineStats(), FieldCounts()
-    lo, hi = window_seconds(data)
+    lo, hi = window_seconds(data, widest_start(data))
     users: dict[str, int] = {}
-    u_col, i_col, t_col, r_col = array("q"), array("q"), array("q"), array("f")
-    out_of_window = unknown = 0
+    u_col, i_col, t_col, r_col, unknown_ts = array("q"), array("q"), array("q"), array("f"), array("q")
+    out_of_window = 0
     reviews = iter_reviews(path, fmt, data.max_malformed_fraction, stats, counts)
     for user, asin, rating, ts in tqdm(reviews, desc=f"reading {path.name}", unit=" reviews", mininterval=2):
         if not lo <= ts < hi:
@@ -144,18 +205,19 @@ def read_review_columns(path: Path, fmt: str, data: DataConfig, item_codes: dict
             continue
         code = item_codes.get(asin)
         if code is None:
-            unknown += 1
+            unknown_ts.append(ts)
             continue
         u_col.append(users.setdefault(user, len(users)))
         i_col.append(code)
         t_col.append(ts)
         r_col.append(rating)
     metrics.update(raw_review_lines=stats.lines, malformed_review_lines=stats.malformed,
-                   reviews_dropped_out_of_window=out_of_window, reviews_dropped_unknown_item=unknown)
+                   reviews_dropped_out_of_window=out_of_window, reviews_dropped_unknown_item=len(unknown_ts))
     metrics.update({f"review_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
     metrics["reviews_read"] = stats.valid - counts.total
     return Columns(np.frombuffer(u_col, np.int64), np.frombuffer(i_col, np.int64),
-                   np.frombuffer(t_col, np.int64), np.frombuffer(r_col, np.float32), list(users))
+                   np.frombuffer(t_col, np.int64), np.frombuffer(r_col, np.float32), list(users),
+                   np.frombuffer(unknown_ts, np.int64))
 
 
 def dedupe_mask(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -258,19 +320,60 @@ def _require(n: int, what: str, hint: str) -> None:
         raise PreprocessError(f"no data left after {what}. {hint}")
 
 
+@dataclass
+class _Kept:
+    """The rows of a window's reviews that survive the repeat and k-core filters, and what each dropped."""
+
+    rows: np.ndarray  # indices into the read columns, in file order
+    went_in: np.ndarray  # rows that entered the k-core
+    duplicates: int
+    k_core: int
+    rounds: int
+    items: int
+
+
+def _keep_rows(cols: Columns, inside: np.ndarray, data: DataConfig) -> _Kept:
+    rows = np.flatnonzero(inside)
+    duplicates = 0
+    if data.repeats == "earliest":
+        first = dedupe_mask(cols.user[rows], cols.item[rows], cols.ts[rows])
+        duplicates = int((~first).sum())
+        rows = rows[first]
+    core, rounds = k_core_mask(cols.user[rows], cols.item[rows], data.k_core)
+    kept = rows[core]
+    return _Kept(kept, rows, duplicates, int((~core).sum()), rounds, len(np.unique(cols.item[kept])))
+
+
 def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float]) -> Columns:
-    _require(len(cols.user), "the title and time-window filters",
+    """Window start (widened while too few items survive), repeats, k-core; counts each in metrics."""
+    start, widenings, n_inside, kept = data.time_window.start, 0, -1, None
+    while True:
+        inside = cols.ts >= window_seconds(data, start)[0]
+        if kept is None or int(inside.sum()) != n_inside:  # an unchanged window gives the same result
+            n_inside, kept = int(inside.sum()), _keep_rows(cols, inside, data)
+        if not (data.window_widen_below_items and start and kept.items < data.window_widen_below_items
+                and start.year > data.window_earliest_start_year):
+            break
+        start, widenings = year_back(start, 1), widenings + 1
+    unknown = cols.unknown_ts if cols.unknown_ts is not None else np.zeros(0, np.int64)
+    lo = window_seconds(data, start)[0]
+    before_unknown = int((unknown < lo).sum())
+    metrics["reviews_dropped_out_of_window"] += int((~inside).sum()) + before_unknown
+    metrics["reviews_dropped_unknown_item"] -= before_unknown
+    metrics.update(time_window_widenings=widenings, time_window_start_year=start.year if start else 0)
+    _require(n_inside, "the title and time-window filters",
              f"reviews out of window: {metrics['reviews_dropped_out_of_window']}, of unknown/dropped items: "
              f"{metrics['reviews_dropped_unknown_item']}. Check data.time_window and data.max_title_words.")
-    keep = dedupe_mask(cols.user, cols.item, cols.ts)
-    metrics["reviews_dropped_duplicate"] = int((~keep).sum())
-    u, i, t, r = cols.user[keep], cols.item[keep], cols.ts[keep], cols.rating[keep]
-    core, rounds = k_core_mask(u, i, data.k_core)
-    metrics.update(reviews_dropped_k_core=int((~core).sum()), k_core_iterations=rounds)
-    _require(int(core.sum()), f"the iterative {data.k_core}-core filter",
-             f"{len(u)} interactions of {len(np.unique(u))} users / {len(np.unique(i))} items went in; "
+    metrics.update(reviews_dropped_duplicate=kept.duplicates, reviews_dropped_k_core=kept.k_core,
+                   k_core_iterations=kept.rounds)
+    u_in, i_in = cols.user[kept.went_in], cols.item[kept.went_in]
+    _require(len(kept.rows), f"the iterative {data.k_core}-core filter",
+             f"{len(u_in)} interactions of {len(np.unique(u_in))} users / {len(np.unique(i_in))} items went in; "
              f"lower data.k_core (now {data.k_core}) or use a larger category.")
-    return Columns(u[core], i[core], t[core], r[core], cols.users)
+    r = kept.rows
+    u, i, t = cols.user[r], cols.item[r], cols.ts[r]
+    metrics["interactions_repeated"] = int((~dedupe_mask(u, i, t)).sum())
+    return Columns(u, i, t, cols.rating[r], cols.users)
 
 
 def _write_tables(out: Path, cols: Columns, items: list[ItemMeta], users: list[str]) -> None:
@@ -317,15 +420,37 @@ def _write_samples(path: Path, cols: Columns, hist_start: np.ndarray, rows: np.n
             }, schema=SAMPLE_SCHEMA))
 
 
-def _reindex(cols: Columns, kept_items: list[ItemMeta]) -> tuple[Columns, list[ItemMeta], list[str]]:
-    """Contiguous ids: items by asin, users by raw id; rows sorted per user chronologically."""
-    item_table, asins = _dense_ids(cols.item, [it.asin for it in kept_items])
-    user_table, users = _dense_ids(cols.user, cols.users)
-    u, i = user_table[cols.user], item_table[cols.item]
-    order = user_sequences(u, i, cols.ts)
-    by_asin = {it.asin: it for it in kept_items}
-    return (Columns(u[order], i[order], cols.ts[order], cols.rating[order], users),
-            [by_asin[a] for a in asins], users)
+def _first_seen_ids(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids in order of first appearance in `codes`: (code -> id table, codes by id)."""
+    used, first = np.unique(codes, return_index=True)
+    by_id = used[np.argsort(first, kind="stable")]
+    table = np.full(size, -1, np.int64)
+    table[by_id] = np.arange(len(by_id))
+    return table, by_id
+
+
+def _reindex(cols: Columns, kept_items: list[ItemMeta], id_order: str = "sorted"
+             ) -> tuple[Columns, list[ItemMeta], list[str]]:
+    """Contiguous ids and rows sorted per user chronologically (`cols` rows must be in file order).
+
+    sorted: items by asin, users by raw id, equal timestamps by item id. first_seen (MiniOneRec): users
+    by their first row, equal timestamps in file order, items by first use walking the users' sequences.
+    """
+    if id_order == "sorted":
+        item_table, asins = _dense_ids(cols.item, [it.asin for it in kept_items])
+        user_table, users = _dense_ids(cols.user, cols.users)
+        u, i = user_table[cols.user], item_table[cols.item]
+        order = user_sequences(u, i, cols.ts)
+        by_asin = {it.asin: it for it in kept_items}
+        return (Columns(u[order], i[order], cols.ts[order], cols.rating[order], users),
+                [by_asin[a] for a in asins], users)
+    user_table, user_codes = _first_seen_ids(cols.user, len(cols.users))
+    u = user_table[cols.user]
+    order = np.lexsort((np.arange(len(u)), cols.ts, u))
+    item_table, item_codes = _first_seen_ids(cols.item[order], len(kept_items))
+    users = [cols.users[c] for c in user_codes.tolist()]
+    return (Columns(u[order], item_table[cols.item[order]], cols.ts[order], cols.rating[order], users),
+            [kept_items[c] for c in item_codes.tolist()], users)
 
 
 def _write_research_index(out: Path, category: str, items: list[ItemMeta]) -> None:
@@ -340,6 +465,8 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     data = cfg.data
     manifest = read_manifest(Path(raw_dir))
+    if manifest.bundle is not None:
+        return dataset_from_bundle(cfg, manifest.bundle, manifest.category, manifest.source, Path(out_dir))
     metrics: dict[str, float] = {}
     kept = load_items(manifest.meta, manifest.format, data, metrics)
     kept_list = list(kept.values())
@@ -347,7 +474,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
              f"(<= data.max_title_words={data.max_title_words} words).")
     codes = {it.asin: n for n, it in enumerate(kept_list)}
     cols = _filter_reviews(read_review_columns(manifest.reviews, manifest.format, data, codes, metrics), data, metrics)
-    cols, items, users = _reindex(cols, kept_list)
+    cols, items, users = _reindex(cols, kept_list, data.id_order)
     metrics.update(users=len(users), items=len(items), interactions=len(cols.user),
                    items_dropped_k_core=len(kept_list) - len(items))
     with atomic_dir(out_dir) as out:
@@ -381,6 +508,11 @@ def _split_rows(table: pa.Table, titles: list[str], sids: dict[int, str]) -> lis
     return rows
 
 
+def _one_field(title: str) -> str:
+    """A title as one tab-separated field: tabs and line breaks become spaces; other spacing stays as it is."""
+    return title.translate({ord(c): " " for c in "\t\n\r"})
+
+
 def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir: Path, category: str) -> None:
     """MiniOneRec/SIDReasoner layout: `{train,valid,test}/<Cat>.csv`, `info/<Cat>.txt`, `index/<Cat>.*.json`.
 
@@ -400,7 +532,7 @@ def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir
             writer.writerows(_split_rows(pq.read_table(data_dir / f"{split}.parquet"), titles, sids))
     with atomic_file(out_dir / "info" / f"{category}.txt") as tmp, open(tmp, "w") as fh:
         for item_id, title in enumerate(titles):
-            fh.write(f"{sids[item_id]}\t{' '.join(title.split())}\t{item_id}\n")
+            fh.write(f"{sids[item_id]}\t{_one_field(title)}\t{item_id}\n")
     write_json(out_dir / "index" / f"{category}.index.json", {str(i): list(sid_index[i]) for i in sids})
     descriptions = items["description"].to_pylist()
     write_json(out_dir / "index" / f"{category}.item.json",

@@ -20,6 +20,7 @@ import orjson
 
 Format = Literal["amazon2018", "amazon2023"]
 FORMATS: tuple[str, ...] = ("amazon2018", "amazon2023")
+TitleRule = Literal["minionerec", "unescape"]
 GZIP_MAGIC = b"\x1f\x8b"
 PROBE_LINES = 50  # when the first this-many non-empty lines all fail, the file is not JSON lines
 SNIPPET_CHARS = 80
@@ -226,25 +227,37 @@ def normalize_review(rec: dict, fmt: Format, counts: FieldCounts) -> Review | No
     return Review(user, asin, rating, int(ts) // _TS_DIVISOR[fmt])
 
 
-def _title(rec: dict) -> str | None:
+def minionerec_title(value: Any) -> str:
+    """MiniOneRec's title cleaning: only `&quot;` and `&amp;` are replaced (other entities and any markup
+    stay), then surrounding spaces and then surrounding double quotes are stripped; inner whitespace stays."""
+    text = value if isinstance(value, str) else str(value)
+    return text.replace("&quot;", '"').replace("&amp;", "&").strip(" ").strip('"')
+
+
+def _title(rec: dict, rule: TitleRule) -> str | None:
     if "title" not in rec or rec["title"] is None:
         return None
-    return clean_text(rec["title"])
+    return minionerec_title(rec["title"]) if rule == "minionerec" else clean_text(rec["title"])
 
 
-def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts) -> ItemMeta | None:
-    """One raw meta record -> ItemMeta, or None (counted) when it has no item id."""
+def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts, title_rule: TitleRule = "unescape") -> ItemMeta | None:
+    """One raw meta record -> ItemMeta, or None (counted) when it has no item id.
+
+    The title is cleaned by `title_rule`: `unescape` (every HTML entity, whitespace collapsed) or
+    `minionerec` (`minionerec_title`); the other text fields are always `clean_text`-ed.
+    """
     if fmt == "amazon2018":
         asin = _id_field(rec, "asin", counts)
         if asin is None:
             return None
-        return ItemMeta(asin, _title(rec), clean_text(rec.get("description")), clean_text(rec.get("brand")),
-                        _text_list(rec.get("category")))
+        return ItemMeta(asin, _title(rec, title_rule), clean_text(rec.get("description")),
+                        clean_text(rec.get("brand")), _text_list(rec.get("category")))
     asin = _id_field(rec, "parent_asin", counts)
     if asin is None:
         return None
     description = clean_text(rec.get("description")) or clean_text(rec.get("features"))
-    return ItemMeta(asin, _title(rec), description, clean_text(rec.get("store")), _text_list(rec.get("categories")))
+    return ItemMeta(asin, _title(rec, title_rule), description, clean_text(rec.get("store")),
+                    _text_list(rec.get("categories")))
 
 
 def _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize):
@@ -263,7 +276,11 @@ def iter_reviews(
 
 
 def iter_meta(
-    path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts
+    path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts,
+    title_rule: TitleRule = "unescape",
 ) -> Iterator[ItemMeta]:
     """Normalised item records of a raw meta file; bad lines and records without an id are counted."""
-    return _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize_meta)
+    def normalize(rec: dict, fmt: Format, counts: FieldCounts) -> ItemMeta | None:
+        return normalize_meta(rec, fmt, counts, title_rule)
+
+    return _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize)

@@ -8,6 +8,9 @@ the model-independent searches of `eval.search`:
 - `exact`: every valid SID's total log-probability against the same prompt cache, then the top K of
   the whole catalogue;
 - `think`: reasoning until `</think>` before the SID phase.
+
+`score_suffix=True` also scores what the research code's constrained beam search generates after the
+SID, "\n" then end-of-sequence (`research_suffix`), into each beam's score and ranks by the total.
 """
 
 from __future__ import annotations
@@ -95,11 +98,27 @@ class SidDecoder:
         self.trie = CatalogueTrie.from_catalogue(catalogue, tokenizer).to(self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.timing = Timing()
+        self._suffix: list[int] | None = None
         self.shared = False
         if (shared and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager", SHARED_PREFIX_ATTN)
                 and register_shared_prefix_attention()):
             model.config._attn_implementation = SHARED_PREFIX_ATTN  # SDPA unless a step passes sid_prefix
             self.shared = True
+
+    @property
+    def research_suffix(self) -> list[int]:
+        """Token ids after a SID in the research code's constrained decoding: the tokens of "\n" as the
+        tokenizer splits "{SID}\n", then end-of-sequence."""
+        if self._suffix is None:
+            sid = self.trie.labels[0]
+            ids = list(self.tokenizer(sid + "\n", add_special_tokens=False)["input_ids"])
+            head = self.trie.token_matrix[0].tolist()
+            if ids[:len(head)] != head or len(ids) == len(head):
+                raise CatalogueError(f"the tokenizer splits {sid + chr(10)!r} into {ids}, not the SID tokens {head} + newline")
+            if self.tokenizer.eos_token_id is None:
+                raise CatalogueError("score_suffix needs a tokenizer with an end-of-sequence token")
+            self._suffix = ids[len(head):] + [int(self.tokenizer.eos_token_id)]
+        return self._suffix
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(x) for x in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
@@ -119,34 +138,46 @@ class SidDecoder:
         return out
 
     @torch.no_grad()
-    def beam(self, prompt_ids: Sequence[Sequence[int]], beams: int) -> list[Ranked]:
+    def beam(self, prompt_ids: Sequence[Sequence[int]], beams: int, score_suffix: bool = False) -> list[Ranked]:
         pc = self._prefill(prompt_ids)
-        leaves, scores = beam_search_core(self.trie, pc.first_logp, pc.step, beams, self.timing)
+        leaves, scores = beam_search_core(self.trie, pc.first_logp, pc.step, beams, self.timing,
+                                          suffix=self.research_suffix if score_suffix else ())
         return self._ranked(leaves, scores)
 
     @torch.no_grad()
-    def exact(self, prompt_ids: Sequence[Sequence[int]], k: int) -> list[Ranked]:
+    def exact(self, prompt_ids: Sequence[Sequence[int]], k: int, score_suffix: bool = False) -> list[Ranked]:
         pc = self._prefill(prompt_ids)
-        leaves, scores = exact_core(self.trie, pc.first_logp, pc.step, k, self.max_rows, self.timing)
+        leaves, scores = exact_core(self.trie, pc.first_logp, pc.step, k, self.max_rows, self.timing,
+                                    suffix=self.research_suffix if score_suffix else ())
         return self._ranked(leaves, scores)
 
-    def rank(self, prompt_ids: Sequence[Sequence[int]], beams: int, k: int, method: str = "beam") -> list[Ranked]:
+    def rank(self, prompt_ids: Sequence[Sequence[int]], beams: int, k: int, method: str = "beam",
+             score_suffix: bool = False) -> list[Ranked]:
+        """Top k SIDs per prompt: `beam` search with `beams` beams (at least k), or `exact`."""
         if method == "exact":
-            return self.exact(prompt_ids, k)
-        ranked = self.beam(prompt_ids, max(beams, k))
+            return self.exact(prompt_ids, k, score_suffix)
+        ranked = self.beam(prompt_ids, max(beams, k), score_suffix)
         return [Ranked(r.sids[:k], r.scores[:k]) for r in ranked]
 
     @torch.no_grad()
     def think(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, sample: bool = False,
-              temperature: float = 0.7, top_p: float = 0.95, seed: int = 0) -> tuple[list[list[int]], list[str]]:
+              temperature: float = 0.7, top_p: float = 0.95, seed: int = 0,
+              close: str = "generated") -> tuple[list[list[int]], list[str]]:
         """Reasoning until `</think>` (or max_new_tokens, then `</think>` is appended), greedy or
-        sampled. Returns the SID-phase prompts (prompt + reasoning + `</think>\\n\\n`, as in training's
-        `<think>\\n…\\n</think>\\n\\n{SID}`) and the reasoning texts."""
+        sampled. Returns the SID-phase prompts and the reasoning texts.
+
+        close="generated": prompt + the reasoning's tokens + `</think>\\n\\n` (as in training's
+        `<think>\\n…\\n</think>\\n\\n{SID}`). close="research" (the research code's evaluation): the text
+        of prompt + reasoning, cut before `</think>`, trailing whitespace stripped, then
+        "\\n</think>\\n\\n", tokenized again; a reasoning that never closed (token budget or
+        end-of-sequence) also loses its last character there, as the research code's cut does."""
+        if close not in ("generated", "research"):
+            raise ValueError(f"close must be 'generated' or 'research', got {close!r}")
         tok = self.tokenizer
-        close = tok("</think>", add_special_tokens=False)["input_ids"]
-        if len(close) != 1:
+        close_ids = tok("</think>", add_special_tokens=False)["input_ids"]
+        if len(close_ids) != 1:
             raise CatalogueError("thinking mode needs '</think>' to be one token of the tokenizer")
-        close_id = close[0]
+        close_id = close_ids[0]
         sep = tok("\n\n", add_special_tokens=False)["input_ids"]
         stops = [close_id] + [t for t in {tok.eos_token_id, self.pad_id} if t is not None]
         ids, mask = left_pad(prompt_ids, self.pad_id, self.device)
@@ -166,5 +197,16 @@ class SidDecoder:
             if text.startswith("<think>"):
                 text = text[len("<think>"):].strip()
             texts.append(text)
-            sid_prompts.append(list(p) + reasoning + [close_id] + sep)
+            if close == "research":
+                closed = cut < len(row) and row[cut] == close_id
+                sid_prompts.append(self._research_close(p, reasoning, closed))
+            else:
+                sid_prompts.append(list(p) + reasoning + [close_id] + sep)
         return sid_prompts, texts
+
+    def _research_close(self, prompt: Sequence[int], reasoning: Sequence[int], closed: bool) -> list[int]:
+        tok = self.tokenizer
+        generated = tok.decode(list(reasoning), skip_special_tokens=False) + ("</think>" if closed else "")
+        text = tok.decode(list(prompt), skip_special_tokens=False) + generated.strip()
+        end = text.find("</think>")  # -1 when the reasoning never closed: the last character goes
+        return list(tok(text[:end].strip() + "\n</think>\n\n", add_special_tokens=False)["input_ids"])

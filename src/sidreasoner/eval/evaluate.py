@@ -6,7 +6,8 @@ Artifact layout of an evaluation folder (model or baselines):
                        pred_titles, hit_rank (SID level, -1 = miss), reasoning
   metrics.json         {"<split>_<mode>_hr@K", "..._ndcg@K", "..._item_hr@K", "..._item_ndcg@K",
                         "..._users", "..._users_per_s", "..._seconds", "wall_seconds"}
-  eval.json            what was evaluated (label, modes, splits, decoding, beams, ks, catalogue size)
+  eval.json            what was evaluated (label, modes, splits, decoding, beams, ks, the scoring and
+                       rendering options score_suffix / empty_think / think_close, catalogue size)
 Modes: "nonthink", "think" for models; "popularity", "random" for baselines.
 """
 
@@ -27,7 +28,7 @@ from sidreasoner.eval.decoder import SidDecoder
 from sidreasoner.eval.metrics import expand_to_items, sid_and_item_metrics, sid_item_map, target_rank
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model.loading import load_model_and_tokenizer
-from sidreasoner.model.prompts import next_sid_question, render_prompt
+from sidreasoner.model.prompts import evaluation_prompt, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,17 @@ def load_decoder(model_dir: Path, catalogue: list[str], ec: EvalConfig) -> SidDe
     return SidDecoder(model.to(device), tokenizer, catalogue, max_rows=ec.max_rows)
 
 
-def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool) -> list[list[int]]:
-    texts = [render_prompt(decoder.tokenizer, next_sid_question(h, reasoning=think), thinking=think) for h in histories]
+def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool, empty_think: str = "training") -> list[list[int]]:
+    texts = [render_prompt(decoder.tokenizer, user, thinking=think, empty_think=empty_think, system=system)
+             for system, user in (evaluation_prompt(h, think) for h in histories)]
     return decoder.encode(texts)
 
 
 def decode_users(decoder: SidDecoder, histories: list[list[str]], ec: EvalConfig, think: bool, seed: int = 0,
                  progress: str | None = None):
     """Top-K SIDs, scores and reasoning texts for each history (batched)."""
-    kmax = max(ec.ks)
-    beams = max(ec.num_beams, kmax)
+    kmax = max(ec.reported_ks)
+    beams = ec.beams
     sids, scores, reasonings = [], [], []
     starts = range(0, len(histories), ec.batch_size)
     if progress:
@@ -126,12 +128,12 @@ def decode_users(decoder: SidDecoder, histories: list[list[str]], ec: EvalConfig
 
         starts = tqdm(starts, desc=progress, unit="batch", mininterval=5)
     for start in starts:
-        ids = _prompts(decoder, histories[start:start + ec.batch_size], think)
+        ids = _prompts(decoder, histories[start:start + ec.batch_size], think, ec.empty_think)
         texts = [""] * len(ids)
         if think:
             ids, texts = decoder.think(ids, ec.think_max_tokens, ec.think_sample, ec.temperature, ec.top_p,
-                                       seed=seed + start)
-        for r in decoder.rank(ids, beams, kmax, ec.decoding):
+                                       seed=seed + start, close=ec.think_close)
+        for r in decoder.rank(ids, beams, kmax, ec.decoding, ec.score_suffix):
             sids.append(r.sids)
             scores.append(r.scores)
         reasonings.extend(texts)
@@ -144,7 +146,11 @@ def evaluate(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Pat
     ec = cfg.eval
     cat = Catalogue.load(sid_index_dir, dataset_dir)
     decoder = load_decoder(model_dir, cat.catalogue, ec)
-    kmax = max(ec.ks)
+    ks = ec.reported_ks
+    if ks != ec.ks:
+        log.warning("eval.ks_above_beams=drop: K %s above num_beams=%d not reported", sorted(set(ec.ks) - set(ks)),
+                    ec.num_beams)
+    kmax = max(ks)
     rows: list[dict] = []
     metrics: dict[str, float] = {}
     for split in ec.splits:
@@ -158,14 +164,15 @@ def evaluate(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Pat
             part = _rows(df, split, mode, sids, scores, reasonings, cat, kmax)
             rows.extend(part)
             prefix = f"{split}_{mode}"
-            metrics.update(_metrics(prefix, part, cat, ec.ks))
+            metrics.update(_metrics(prefix, part, cat, ks))
             metrics[f"{prefix}_users"] = float(len(part))
             metrics[f"{prefix}_seconds"] = secs
             metrics[f"{prefix}_users_per_s"] = len(part) / secs if secs > 0 else 0.0
             log.info("%s: %s", prefix, {k: round(v, 4) for k, v in metrics.items() if k.startswith(prefix)})
     metrics["wall_seconds"] = time.time() - start
-    info = {"kind": "model", "model_dir": str(model_dir), "modes": ec.modes, "splits": ec.splits, "ks": ec.ks,
-            "decoding": ec.decoding, "num_beams": max(ec.num_beams, kmax), "catalogue_size": len(cat.catalogue),
+    info = {"kind": "model", "model_dir": str(model_dir), "modes": ec.modes, "splits": ec.splits, "ks": ks,
+            "decoding": ec.decoding, "num_beams": ec.beams, "score_suffix": ec.score_suffix,
+            "empty_think": ec.empty_think, "think_close": ec.think_close, "catalogue_size": len(cat.catalogue),
             "items": len(cat.sid_of_item)}
     _write(Path(out_dir), rows, metrics, info)
     return metrics
@@ -176,7 +183,8 @@ def evaluate_baselines(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_
     start = time.time()
     ec = cfg.eval
     cat = Catalogue.load(sid_index_dir, dataset_dir)
-    kmax = max(ec.ks)
+    ks = ec.reported_ks
+    kmax = max(ks)
     train = pd.read_parquet(Path(dataset_dir) / "train.parquet", columns=["item_id"])
     pop_sids, pop_scores = baselines.popularity_ranking(train["item_id"].tolist(), cat.sid_of_item, cat.catalogue, kmax)
     rows: list[dict] = []
@@ -189,10 +197,10 @@ def evaluate_baselines(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_
                                    ("random", rand, [[0.0] * kmax] * n)):
             part = _rows(df, split, mode, sids, scores, [""] * n, cat, kmax)
             rows.extend(part)
-            metrics.update(_metrics(f"{split}_{mode}", part, cat, ec.ks))
+            metrics.update(_metrics(f"{split}_{mode}", part, cat, ks))
             metrics[f"{split}_{mode}_users"] = float(n)
     metrics["wall_seconds"] = time.time() - start
-    info = {"kind": "baselines", "modes": ["popularity", "random"], "splits": ec.splits, "ks": ec.ks,
+    info = {"kind": "baselines", "modes": ["popularity", "random"], "splits": ec.splits, "ks": ks,
             "catalogue_size": len(cat.catalogue), "items": len(cat.sid_of_item)}
     _write(Path(out_dir), rows, metrics, info)
     return metrics

@@ -102,7 +102,7 @@ ol{margin:4px 0 4px 20px;font-size:13px}.muted{color:#777;font-size:12px}code{fo
 def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
     start = time.time()
     cat = Catalogue.load(Path(sid_index_dir), Path(dataset_dir))
-    ks = cfg.eval.ks
+    ks = cfg.eval.reported_ks
     kmax = max(ks)
     split = "test"
     series = _series(eval_dirs, split)
@@ -131,13 +131,13 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
     h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SIDReasoner evaluation</title><style>{CSS}</style></head><body>",
          "<h1>SIDReasoner evaluation report</h1>",
          f"<p class='muted'>{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · "
-         f"decoding: {cfg.eval.decoding}, {max(cfg.eval.num_beams, kmax)} constrained beams · NDCG uses 1/log2(rank+2). "
+         f"decoding: {cfg.eval.decoding}, {cfg.eval.beams} constrained beams · NDCG uses 1/log2(rank+2). "
          "SID level as in the paper; item level counts a colliding SID once per item.</p>",
          "<h2>HR@K</h2>", _svg_chart(series, ks, "hr"), "<h2>NDCG@K</h2>", _svg_chart(series, ks, "ndcg"),
          "<h2>SID-level metrics</h2>", table_html(cols), "<h2>Item-level metrics</h2>", table_html(item_cols)]
     md = ["# SIDReasoner evaluation report", "",
           f"{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · decoding: {cfg.eval.decoding}, "
-          f"{max(cfg.eval.num_beams, kmax)} constrained beams.", "", "## SID-level metrics", "", table_md(cols), "",
+          f"{cfg.eval.beams} constrained beams.", "", "## SID-level metrics", "", table_md(cols), "",
           "## Item-level metrics", "", table_md(item_cols), ""]
 
     samples = _samples(eval_dirs, split, cfg.eval.report_samples)

@@ -4,9 +4,11 @@ step function (`StepFn`) that scores SID paths against the prompts.
 - `beam_search_core`: level 0 is chosen from the prompts' next-token log-probabilities directly; each
   later level is one batched step over the rows' SID prefixes; scores are log-softmax over the full
   vocabulary (as Hugging Face beam search scores them), summed over the L = len(SID) levels; exactly
-  L constrained steps, after which the answer ends (end-of-sequence).
-- `exact_core`: every valid SID's total log-probability, scoring each distinct prefix once per level,
-  then the top K of the whole catalogue.
+  L constrained steps, after which the answer ends (end-of-sequence). With a `suffix` (token ids
+  forced after the SID, e.g. "\n" and end-of-sequence), the surviving beams also score those tokens
+  and are re-ranked by the total, as a Hugging Face beam search constrained to SID + suffix ranks them.
+- `exact_core`: every valid SID's total log-probability, scoring each distinct prefix once per level
+  (and, with a `suffix`, every SID's suffix), then the top K of the whole catalogue.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def beam_search_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, beams: int,
-                     timing: Timing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     timing: Timing | None = None, suffix: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search given the prompts' next-token log-probs [B, V].
+
+    `suffix`: token ids that follow every SID; the beams kept after the last SID level add their
+    log-probabilities (one step per token, no further pruning: each beam has one allowed token) and
+    are re-ranked by that total.
 
     Returns (leaf ids [B, k], scores [B, k]) with k = min(beams, reachable), best first; leaf id -1
     (score -inf) marks a slot no valid SID filled."""
@@ -66,12 +72,33 @@ def beam_search_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: Ste
                            trie.level_tokens[level][code_idx].unsqueeze(-1)], dim=-1)
         k = k_new
         timing.mask_s += time.perf_counter() - t0
+    if len(suffix):
+        scores, nodes = _score_suffix(scores, nodes, paths, step_fn, suffix, timing)
     leaves = torch.where(torch.isfinite(scores), nodes, torch.full_like(nodes, -1))
     return leaves, scores.masked_fill(leaves < 0, NEG_INF)
 
 
+def _score_suffix(scores: torch.Tensor, nodes: torch.Tensor, paths: torch.Tensor, step_fn: StepFn,
+                  suffix: Sequence[int], timing: Timing) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add log p(suffix | prompt + SID) to each beam's score [B, k], then sort each row again."""
+    b, k, levels = paths.shape
+    dev = scores.device
+    rows = paths.reshape(b * k, levels)
+    row_user = torch.arange(b, device=dev).repeat_interleave(k)
+    added = torch.zeros(b * k, device=dev, dtype=scores.dtype)
+    for tok in suffix:
+        t1 = time.perf_counter()
+        logp = step_fn(row_user, rows)
+        timing.forward_s += time.perf_counter() - t1
+        added += logp[:, int(tok)].to(scores.dtype)
+        rows = torch.cat([rows, torch.full((b * k, 1), int(tok), dtype=rows.dtype, device=dev)], dim=1)
+    total = scores + added.reshape(b, k)  # a dead slot stays -inf
+    total, order = total.sort(dim=1, descending=True, stable=True)
+    return total, nodes.gather(1, order)
+
+
 def exact_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, k: int, max_rows: int = 4096,
-               timing: Timing | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               timing: Timing | None = None, suffix: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Every valid SID's total log-probability (scoring each distinct prefix once per level), then the
     top k of the whole catalogue per prompt: (leaf ids [B, k'], scores [B, k']), k' = min(k, N)."""
     timing = timing or Timing()
@@ -105,9 +132,37 @@ def exact_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, k
                 base = node_scores[users][:, n0 + par]  # [U, n_children]
                 nxt_scores[users.unsqueeze(1), child_ids.unsqueeze(0)] = base + cand[:, par, code]
         node_scores = nxt_scores
+    if len(suffix):
+        node_scores = node_scores + _suffix_logp_all(trie, step_fn, b, suffix, max_rows, timing).to(node_scores.dtype)
     k = min(k, trie.size)
     scores, leaves = node_scores.topk(k, dim=1)
     return leaves, scores
+
+
+def _suffix_logp_all(trie: CatalogueTrie, step_fn: StepFn, b: int, suffix: Sequence[int], max_rows: int,
+                     timing: Timing) -> torch.Tensor:
+    """log p(suffix | prompt + SID) for every prompt and every SID of the catalogue: [B, N]."""
+    leaf_paths = trie.node_paths[trie.levels]
+    n = len(leaf_paths)
+    dev = leaf_paths.device
+    out = torch.empty(b, n, device=dev)
+    users_per_chunk = max(1, max_rows // n)
+    leaf_chunk = n if users_per_chunk > 1 or n <= max_rows else max_rows
+    for u0 in range(0, b, users_per_chunk):
+        users = torch.arange(u0, min(b, u0 + users_per_chunk), device=dev)
+        for n0 in range(0, n, leaf_chunk):
+            leaves = torch.arange(n0, min(n, n0 + leaf_chunk), device=dev)
+            row_user = users.repeat_interleave(len(leaves))
+            rows = leaf_paths[leaves.repeat(len(users))]
+            added = torch.zeros(len(rows), device=dev)
+            for tok in suffix:
+                t1 = time.perf_counter()
+                logp = step_fn(row_user, rows)
+                timing.forward_s += time.perf_counter() - t1
+                added += logp[:, int(tok)].float()
+                rows = torch.cat([rows, torch.full((len(rows), 1), int(tok), dtype=rows.dtype, device=dev)], dim=1)
+            out[users.unsqueeze(1), leaves.unsqueeze(0)] = added.reshape(len(users), len(leaves))
+    return out
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,11 @@
-"""Stage 3 RL data in verl's Parquet schema, from the train split (the valid split for validation —
-never test; the research code validates on test).
+"""Stage 3 RL data in verl's Parquet schema: training prompts from the train split (all of it, or only the
+samples the teacher narrated: stage3.prompts), validation prompts from the valid split (the test split only
+when stage3.valid_split asks for it, as the research code does).
 
 One row per (history, target) sample:
   data_source   "sidreasoner/<category or 'sid'>"
-  prompt        [{"role": "user", "content": <the Stage 2 question (reasoning wording)>}]
+  prompt        [{"role": "system", "content": <its system message>},
+                 {"role": "user", "content": <the Stage 2 question (reasoning wording)>}]
   ability       "recommendation"
   reward_model  {"style": "rule", "ground_truth": <target SID>}
   extra_info    {"split", "index", "user_id", "item_id"}
@@ -25,24 +27,43 @@ ABILITY = "recommendation"
 COLUMNS = ["data_source", "prompt", "ability", "reward_model", "extra_info"]
 
 
+def narrated_samples(dataset_dir: Path, corpus_dir: Path) -> list[int]:
+    """Rows of train.parquet that the teacher narrated (the `sample` column of the corpus' samples.parquet),
+    sorted; refuses a corpus whose samples are not those rows of this dataset."""
+    path = Path(corpus_dir) / "samples.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"stage3.prompts=narrated needs the corpus' samples.parquet, not found in {corpus_dir}")
+    narrated = pd.read_parquet(path, columns=["sample", "user_id", "item_id"]).sort_values("sample")
+    train = pd.read_parquet(Path(dataset_dir) / "train.parquet", columns=["user_id", "item_id"])
+    rows = narrated["sample"].astype(int).to_numpy()
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(train) or len(set(rows)) != len(rows)):
+        raise ValueError(f"{path}: sample numbers are not distinct rows of the {len(train)}-row train split")
+    same = (train.user_id.to_numpy()[rows] == narrated.user_id.to_numpy()) & (train.item_id.to_numpy()[rows] == narrated.item_id.to_numpy())
+    if not same.all():
+        bad = int(rows[~same][0])
+        raise ValueError(f"{path}: sample {bad} is not train row {bad} of {dataset_dir} (another dataset's corpus?)")
+    return rows.tolist()
+
+
 def rl_rows(dataset_dir: Path, sid_index_dir: Path, split: str = "train", max_samples: int = 0,
-            seed: int = 0) -> list[dict]:
-    """verl rows for `split` ('train' or 'valid'); `max_samples` > 0 takes a seeded sample (kept in
-    file order)."""
-    if split not in ("train", "valid"):
-        raise ValueError(f"RL data comes from the train or valid split, not {split!r}")
+            seed: int = 0, samples: list[int] | None = None) -> list[dict]:
+    """verl rows for `split` ('train', 'valid' or 'test'): every row, or only the rows `samples` (e.g. the
+    narrated ones); `max_samples` > 0 takes a seeded sample of those (kept in file order)."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"RL data comes from the train, valid or test split, not {split!r}")
     sid = load_sid_map(sid_index_dir)
     frame = pd.read_parquet(Path(dataset_dir) / f"{split}.parquet")
-    idx = np.arange(len(frame))
-    if max_samples and max_samples < len(frame):
-        idx = np.sort(np.random.default_rng(seed + (0 if split == "train" else 1)).choice(len(frame), max_samples, replace=False))
+    idx = np.arange(len(frame)) if samples is None else np.asarray(sorted(samples), dtype=int)
+    if max_samples and max_samples < len(idx):
+        rng = np.random.default_rng(seed + (0 if split == "train" else 1))
+        idx = np.sort(idx[rng.choice(len(idx), max_samples, replace=False)])
     rows = []
     for i in idx:
         r = frame.iloc[int(i)]
         history = [sid[int(h)] for h in r.history_item_ids]
         rows.append({
             "data_source": DATA_SOURCE,
-            "prompt": [{"role": "user", "content": prompts.next_sid_question(history, reasoning=True)}],
+            "prompt": prompts.rl_messages(history),
             "ability": ABILITY,
             "reward_model": {"style": "rule", "ground_truth": sid[int(r.item_id)]},
             "extra_info": {"split": split, "index": int(i), "user_id": int(r.user_id), "item_id": int(r.item_id)},
@@ -57,13 +78,28 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def stage3_rows(s, seed: int, dataset_dir: Path, sid_index_dir: Path,
+                corpus_dir: Path | None) -> tuple[list[dict], list[dict]]:
+    """(train, validation) rows as the stage3 section `s` selects them: training prompts from the whole train
+    split or only its narrated samples (s.prompts), capped by s.max_samples; validation prompts from
+    s.valid_split, s.valid_samples of them (0 = all)."""
+    if s.prompts == "narrated" and corpus_dir is None:
+        raise ValueError("stage3.prompts=narrated needs the corpus folder")
+    samples = narrated_samples(dataset_dir, corpus_dir) if s.prompts == "narrated" else None
+    return (rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, seed, samples),
+            rl_rows(dataset_dir, sid_index_dir, s.valid_split, s.valid_samples, seed))
+
+
 def write_rl_data(dataset_dir: Path, sid_index_dir: Path, out_dir: Path, max_samples: int = 0,
-                  valid_samples: int = 0, seed: int = 0) -> dict[str, Path]:
+                  valid_samples: int = 0, seed: int = 0, samples: list[int] | None = None,
+                  valid_split: str = "valid") -> dict[str, Path]:
     """train.parquet and valid.parquet in `out_dir` (what verl's data.train_files/val_files read)."""
     out_dir = Path(out_dir)
     return {
-        "train": write_parquet(rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed), out_dir / "train.parquet"),
-        "valid": write_parquet(rl_rows(dataset_dir, sid_index_dir, "valid", valid_samples, seed), out_dir / "valid.parquet"),
+        "train": write_parquet(rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed, samples),
+                               out_dir / "train.parquet"),
+        "valid": write_parquet(rl_rows(dataset_dir, sid_index_dir, valid_split, valid_samples, seed),
+                               out_dir / "valid.parquet"),
     }
 
 
@@ -80,6 +116,6 @@ def check_sid_tokens(tok, sid_index_dir: Path, model_dir: Path) -> None:
 def fitting_rows(tok, rows: list[dict], max_prompt_length: int) -> tuple[list[dict], int]:
     """Rows whose prompt, rendered in thinking mode as the rollouts render it, has at most
     `max_prompt_length` tokens; and how many did not fit."""
-    kept = [r for r in rows if len(tok(prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True),
+    kept = [r for r in rows if len(tok(prompts.render_chat_prompt(tok, r["prompt"], thinking=True),
                                        add_special_tokens=False)["input_ids"]) <= max_prompt_length]
     return kept, len(rows) - len(kept)

@@ -3,18 +3,29 @@
 `compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)` has verl's
 custom-reward signature; `trl_reward(completions, ground_truth, **kwargs)` is a TRL reward function.
 
-The answer is the text after the LAST `</think>` (the research code reads only the last 50
-characters — not here), stripped of whitespace and trailing end-of-turn markers. It must be exactly
-one SID with the target's number of levels (`parse_sid`, strict): surrounding words, several SIDs,
-a partial SID (fewer levels) or a malformed one all count as "no SID" and score 0. A response with
-an opened `<think>` and no `</think>` (reasoning cut off) has no answer; a response with no think tags
-at all is its own answer (the non-thinking format).
+For rule, format and ranking (the strict parse), the answer is the text after the LAST `</think>` of
+the whole reply, stripped of whitespace and trailing end-of-turn markers. It must be exactly one SID
+with the target's number of levels (`parse_sid`, strict): surrounding words, several SIDs, a partial
+SID (fewer levels) or a malformed one all count as "no SID" and score 0. A response with an opened
+`<think>` and no `</think>` (reasoning cut off) has no answer; a response with no think tags at all
+is its own answer (the non-thinking format). The research kind parses as the research code did.
 
 Reward kinds:
-  rule     the paper's prefix rule: m leading levels matching the target out of L give 2**(m - L)
-           (0.25 / 0.5 / 1.0 for m = 1 / 2 / 3 when L = 3, the paper's values; L = 4 gives
-           0.125 / 0.25 / 0.5 / 1.0; m = 0 gives 0), plus 0.1 when the generated SID exists in the
-           catalogue (the run's own sid_index/catalogue.json). 0 when no SID parses.
+  research the research code's reward as it ran (the paper presets' default). It reads only the last
+           50 characters of the reply (`RESEARCH_WINDOW`, after dropping end-of-turn markers, which
+           verl's and TRL's decoding already skip) and needs a `</think>` there: no `</think>` in the
+           window (no think block, reasoning cut off, or more than 50 characters of answer) scores 0.
+           After the FIRST `</think>` in the window, the first L `<…>` tokens (regex `<[^>]+>`, L = the
+           target's level count, 3 in the paper) are the answer; other text around or between them is
+           ignored, a second SID is ignored, fewer than L tokens score 0. Score: the prefix rule on
+           the tokens compared as strings (0.25 / 0.5 / 1.0 at L = 3; a mismatch at level 1 gives 0
+           whatever follows) plus 0.1 when the L tokens form a catalogue SID (the research checks the
+           two prefix steps against its item list, which is the same as catalogue membership).
+  rule     the paper's prefix rule on the strict parse (the demo's default): m leading levels matching
+           the target out of L give 2**(m - L) (0.25 / 0.5 / 1.0 for m = 1 / 2 / 3 when L = 3, the
+           paper's values; L = 4 gives 0.125 / 0.25 / 0.5 / 1.0; m = 0 gives 0), plus 0.1 when the
+           generated SID exists in the catalogue (the run's own sid_index/catalogue.json). 0 when no
+           SID parses.
   format   1.0 when the response is `<think>…</think>` followed by exactly one well-formed SID with
            the target's level count, else 0.0 (no target match, no catalogue).
   ranking  MiniOneRec's ranking-aware reward (its `rule_reward` + `ndcg_rule_reward`): 1.0 for an
@@ -32,15 +43,19 @@ import functools
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidreasoner.sid.codes import parse_sid
+from sidreasoner.sid.codes import parse_sid, sid_tokens
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 IN_CATALOGUE_BONUS = 0.1
-KINDS = ("rule", "format", "ranking")
+KINDS = ("research", "rule", "format", "ranking")
+CATALOGUE_KINDS = ("research", "rule")  # kinds that need the SID catalogue
+RESEARCH_WINDOW = 50  # characters of the reply the research reward reads
+_ANGLE_TOKEN = re.compile(r"<[^>]+>")
 CATALOGUE_ENV = "SIDREASONER_CATALOGUE"  # path of a catalogue.json or of a sid_index folder
 
 
@@ -96,12 +111,26 @@ def parse_answer(solution_str: str, levels: int | None) -> list[int] | None:
     return None if answer is None else parse_sid(answer, levels=levels)
 
 
+def research_answer(solution_str: str, levels: int) -> list[str] | None:
+    """The research reward's answer: the first `levels` `<…>` tokens after the first `</think>` in the
+    reply's last RESEARCH_WINDOW characters; None when there is no `</think>` there or fewer tokens."""
+    if not isinstance(solution_str, str):
+        return None
+    for marker in END_MARKERS:
+        solution_str = solution_str.replace(marker, "")
+    window = solution_str[-RESEARCH_WINDOW:]
+    if THINK_CLOSE not in window:
+        return None
+    tokens = _ANGLE_TOKEN.findall(window.split(THINK_CLOSE, 1)[1])[:levels]
+    return tokens if len(tokens) == levels else None
+
+
 def prefix_score(matched: int, levels: int) -> float:
     """2**(matched - levels) for matched >= 1 (0.25/0.5/1.0 at 3 levels), 0 for matched == 0."""
     return 0.0 if matched <= 0 else 2.0 ** (matched - levels)
 
 
-def _matched_prefix(pred: Sequence[int], target: Sequence[int]) -> int:
+def _matched_prefix(pred: Sequence, target: Sequence) -> int:
     m = 0
     for p, t in zip(pred, target):
         if p != t:
@@ -125,7 +154,7 @@ def compute_score(data_source: str | None, solution_str: str, ground_truth: str,
 
     The catalogue: `catalogue` (a set of SIDs, or a path given through verl's
     `custom_reward_function.reward_kwargs`), else `extra_info["catalogue_path"]`, else
-    $SIDREASONER_CATALOGUE. The rule reward requires one. `kind` likewise: argument, else
+    $SIDREASONER_CATALOGUE. The research and rule rewards require one. `kind` likewise: argument, else
     `extra_info["reward_kind"]`, else "rule"."""
     kind = kind or (extra_info or {}).get("reward_kind") or "rule"
     if kind not in KINDS:
@@ -133,6 +162,8 @@ def compute_score(data_source: str | None, solution_str: str, ground_truth: str,
     target = parse_sid(ground_truth)
     if target is None:
         raise ValueError(f"ground truth {ground_truth!r} is not a SID")
+    if kind == "research":
+        return _research_score(solution_str, target, _require_catalogue(kind, catalogue, extra_info))
     pred = parse_answer(solution_str, levels=len(target))
     matched = _matched_prefix(pred, target) if pred is not None else 0
     exact = float(pred is not None and matched == len(target))
@@ -144,15 +175,32 @@ def compute_score(data_source: str | None, solution_str: str, ground_truth: str,
     if kind == "ranking":
         out["score"] = exact
         return out
-    cat = _resolve_catalogue(catalogue, extra_info)
-    if cat is None:
-        raise ValueError("the rule reward needs the SID catalogue: pass catalogue=, extra_info['catalogue_path'] "
-                         f"or set ${CATALOGUE_ENV}")
+    cat = _require_catalogue(kind, catalogue, extra_info)
     if pred is not None:
         answer = extract_answer(solution_str)
         out["in_catalogue"] = float(answer in cat)
     out["score"] = out["prefix"] + IN_CATALOGUE_BONUS * out["in_catalogue"] if pred is not None else 0.0
     return out
+
+
+def _require_catalogue(kind: str, catalogue, extra_info: dict | None) -> frozenset[str]:
+    cat = _resolve_catalogue(catalogue, extra_info)
+    if cat is None:
+        raise ValueError(f"the {kind} reward needs the SID catalogue: pass catalogue=, extra_info['catalogue_path'] "
+                         f"or set ${CATALOGUE_ENV}")
+    return cat
+
+
+def _research_score(solution_str: str, target: Sequence[int], cat: frozenset[str]) -> dict:
+    levels = len(target)
+    answer = research_answer(solution_str, levels)
+    if answer is None:
+        return {"score": 0.0, "parsed": 0.0, "matched_levels": 0.0, "prefix": 0.0, "in_catalogue": 0.0, "exact": 0.0}
+    matched = _matched_prefix(answer, sid_tokens(target))
+    prefix = prefix_score(matched, levels)
+    in_catalogue = float("".join(answer) in cat)
+    return {"score": prefix + IN_CATALOGUE_BONUS * in_catalogue, "parsed": 1.0, "matched_levels": float(matched),
+            "prefix": prefix, "in_catalogue": in_catalogue, "exact": float(matched == levels)}
 
 
 def ranking_penalties(group_size: int) -> list[float]:
@@ -188,7 +236,7 @@ def make_trl_reward(kind: str = "rule", catalogue=None):
     """A TRL reward function bound to a reward kind and catalogue."""
     if kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}; allowed: {', '.join(KINDS)}")
-    cat = _resolve_catalogue(catalogue, None) if kind == "rule" else None
+    cat = _resolve_catalogue(catalogue, None) if kind in CATALOGUE_KINDS else None
 
     def sid_reward(completions, ground_truth, prompts=None, **kwargs) -> list[float]:
         texts = [completion_text(c) for c in completions]

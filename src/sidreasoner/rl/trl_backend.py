@@ -40,7 +40,7 @@ def _dataset(tok, rows: list[dict], max_prompt_length: int):
     kept, skipped = rl_data.fitting_rows(tok, rows, max_prompt_length)
     if not kept:
         raise ValueError(f"stage3: every prompt is longer than max_prompt_length={max_prompt_length}")
-    return Dataset.from_list([{"prompt": prompts.render_prompt(tok, r["prompt"][0]["content"], thinking=True),
+    return Dataset.from_list([{"prompt": prompts.render_chat_prompt(tok, r["prompt"], thinking=True),
                                "ground_truth": r["reward_model"]["ground_truth"]} for r in kept]), skipped
 
 
@@ -61,7 +61,7 @@ def _grpo_config(cfg: Config, ckpt: Path):
         beta=s.kl_beta,
         learning_rate=s.lr,
         lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_ratio,
+        warmup_steps=s.warmup_steps or s.warmup_ratio,  # an int >= 1 is steps, a float < 1 a share of them
         num_train_epochs=s.epochs,
         max_steps=s.max_steps if s.max_steps else -1,
         save_strategy="steps",
@@ -109,7 +109,7 @@ def _summary(history: list[dict]) -> dict:
     return {"per_step": per_step}
 
 
-def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
+def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None,
               out_checkpoint_dir: Path) -> dict[str, float]:
     from trl import GRPOTrainer
 
@@ -120,13 +120,14 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
     rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    train_rows = rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed)
-    valid_rows = rl_data.rl_rows(dataset_dir, sid_index_dir, "valid", s.valid_samples, cfg.seed) if s.valid_samples else []
+    # TRL does not validate: the validation rows are only written next to the training rows.
+    train_rows, valid_rows = rl_data.stage3_rows(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
     train_ds, skipped = _dataset(tok, train_rows, s.max_prompt_length)
     catalogue = rl_reward.load_catalogue(sid_index_dir)
     reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)
 
-    ckpt = checkpoint_root("stage3", cfg, s, [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)])
+    inputs = [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)]
+    ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus_dir)] if s.prompts == "narrated" else []))
     ckpt.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(ckpt)
     resumed_from = int(resume.name.split("-")[-1]) if resume else 0

@@ -7,8 +7,9 @@ rollout.n; lr -> actor.optim.lr; kl_beta -> actor.kl_loss_coef with kl_loss_type
 the reward; kl_beta=0 turns the KL loss and the reference model off); train_batch_size ->
 data.train_batch_size (prompts per step); micro_batch_size -> actor.ppo_micro_batch_size_per_gpu;
 max_prompt_length / max_response_length -> data.*; save_steps -> trainer.save_freq; save_total_limit ->
-trainer.max_actor_ckpt_to_keep; max_steps -> trainer.total_training_steps. The rest comes from
-stage3.verl, whose extra_overrides go last. verl always trains in bf16 mixed precision (its FSDP engine
+trainer.max_actor_ckpt_to_keep; max_steps -> trainer.total_training_steps; warmup_steps (or warmup_ratio) ->
+actor.optim.lr_warmup_steps (lr_warmup_steps_ratio). The rest comes from stage3.verl, whose extra_overrides
+go last. verl always trains in bf16 mixed precision (its FSDP engine
 has no fp32 mode), so stage3.bf16 does not apply.
 
 GPU only: verl 0.9.1's trainer cannot run on CPU (its rollouts are vLLM/SGLang servers, its
@@ -73,7 +74,7 @@ class VerlPaths:
     model: Path            # the Stage 2 Hugging Face model folder
     train_files: Path      # RL Parquet (rl/data.py schema)
     val_files: Path
-    catalogue: Path        # catalogue.json for the rule reward
+    catalogue: Path        # catalogue.json for the research and rule rewards
     checkpoint_dir: Path   # trainer.default_local_dir: global_step_N/actor/… and the tracker
     train_prompts: int     # rows in train_files (steps per epoch for fractional stage3.epochs)
 
@@ -138,19 +139,22 @@ def verl_settings(cfg: Config, paths: VerlPaths) -> dict[str, object]:
         "data.seed": cfg.seed,
         "actor_rollout_ref.model.path": paths.model,
         "actor_rollout_ref.model.enable_gradient_checkpointing": s.gradient_checkpointing,
+        "actor_rollout_ref.model.use_remove_padding": True,
         f"{actor}.optim.lr": s.lr,
         f"{actor}.optim.lr_warmup_steps_ratio": s.warmup_ratio,
+        f"{actor}.optim.lr_warmup_steps": s.warmup_steps or -1,  # verl: -1 = use the ratio
         f"{actor}.optim.lr_scheduler_type": "cosine" if s.lr_scheduler == "cosine" else "constant",
         f"{actor}.ppo_mini_batch_size": v.ppo_mini_batch_size or s.train_batch_size,
         f"{actor}.ppo_micro_batch_size_per_gpu": s.micro_batch_size,
         f"{actor}.use_kl_loss": s.kl_beta > 0,
         f"{actor}.kl_loss_coef": s.kl_beta,
         f"{actor}.kl_loss_type": "low_var_kl",
+        f"{actor}.entropy_coeff": 0,
         f"{actor}.data_loader_seed": cfg.seed,
         f"{actor}.fsdp_config.seed": cfg.seed,
         f"{actor}.fsdp_config.param_offload": v.fsdp_param_offload,
         f"{actor}.fsdp_config.optimizer_offload": v.fsdp_optimizer_offload,
-        f"{ref}.fsdp_config.param_offload": v.fsdp_param_offload,
+        f"{ref}.fsdp_config.param_offload": v.fsdp_param_offload or v.ref_param_offload,
         f"{ref}.log_prob_micro_batch_size_per_gpu": log_prob_micro,
         f"{rollout}.name": v.rollout_engine,
         f"{rollout}.n": s.num_generations,
@@ -319,7 +323,7 @@ def _env(cfg: Config, catalogue: Path) -> dict[str, str]:
     return env
 
 
-def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
+def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None,
                out_dir: Path) -> dict[str, float]:
     from transformers import AutoTokenizer
 
@@ -327,20 +331,18 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
     start = time.time()
     s = cfg.stage3
     stage2_model_dir, sid_index_dir = Path(stage2_model_dir).resolve(), Path(sid_index_dir).resolve()
-    if not s.valid_samples:
-        raise ValueError("stage3.backend=verl needs stage3.valid_samples > 0 (verl always loads a validation set)")
     tok = AutoTokenizer.from_pretrained(stage2_model_dir)
     rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
-    train_rows, skipped = rl_data.fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, cfg.seed),
-                                        s.max_prompt_length)
-    valid_rows, _ = rl_data.fitting_rows(tok, rl_data.rl_rows(dataset_dir, sid_index_dir, "valid", s.valid_samples, cfg.seed),
-                                  s.max_prompt_length)
+    all_train, all_valid = rl_data.stage3_rows(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
+    train_rows, skipped = rl_data.fitting_rows(tok, all_train, s.max_prompt_length)
+    valid_rows, _ = rl_data.fitting_rows(tok, all_valid, s.max_prompt_length)
     if len(train_rows) < s.train_batch_size or not valid_rows:
         raise ValueError(f"stage3: {len(train_rows)} training and {len(valid_rows)} validation prompts fit "
                          f"max_prompt_length={s.max_prompt_length}; verl needs at least train_batch_size="
                          f"{s.train_batch_size} and one")
 
-    ckpt = checkpoint_root("stage3", cfg, s, [stage2_model_dir, Path(dataset_dir), sid_index_dir]).resolve()
+    read = [stage2_model_dir, Path(dataset_dir), sid_index_dir] + ([Path(corpus_dir)] if s.prompts == "narrated" else [])
+    ckpt = checkpoint_root("stage3", cfg, s, read).resolve()
     inputs = ckpt / "inputs"
     catalogue = inputs / "catalogue.json"
     inputs.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,17 @@
 """Item text -> dense vectors with sentence-transformers (`embed-items` step).
 
 Output folder: `embeddings.npy` (float32 [N, dim], row i = item_id i) and `meta.json`.
+
+Item text (`embed.text_template`): `labelled` ('Title: ...; Description: ...') or `research`, the text
+MiniOneRec's rq/text2emb builds from its item.json: every field cleaned (`research_field_text`) and
+the fields joined by spaces, e.g. 'Gel pens, 12 pack. Smooth ink.'.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,11 @@ BUILTIN_MODELS = {"all-minilm-l6-v2"}
 FIELD_LABELS = {"title": "Title", "description": "Description", "brand": "Brand", "categories": "Categories"}
 # sentence-transformers pooling mode for each `embed.pooling` value
 POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RESEARCH_EMPTY_ITEM = "unknown item"
+RESEARCH_MAX_FIELD_CHARS = 2000  # a cleaned field this long or longer is dropped
+_TAG = re.compile(r"</?\w+[^>]*>")
+_QUOTES_AND_BREAKS = re.compile(r'["\n\r]')
 
 
 def _field_text(value: Any) -> str:
@@ -40,6 +51,36 @@ def item_text(row: dict[str, Any], fields: list[str]) -> str:
         if text:
             parts.append(f"{FIELD_LABELS[field]}: {text}")
     return "; ".join(parts)
+
+
+def _research_clean(text: str) -> str:
+    return _QUOTES_AND_BREAKS.sub("", _TAG.sub("", html.unescape(text)))
+
+
+def research_field_text(value: Any) -> str:
+    """One field as MiniOneRec's text2emb cleans it: a list's items each unescaped, stripped of tags,
+    double quotes and line breaks, stripped and joined by spaces; a string stripped first, then the
+    same; then trailing dots are replaced by one '.' (the first character always stays, so '' becomes
+    '.' and '.' becomes '..'); a result of 2,000 or more characters becomes ''. A missing value (None,
+    NaN) counts as '' (MiniOneRec's item.json holds every field, empty when unknown)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        value = ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        text = " ".join(_research_clean(str(v)).strip() for v in value)
+    else:
+        text = _research_clean(str(value).strip())
+    text = text[:1] + text[1:].rstrip(".") + "."
+    return "" if len(text) >= RESEARCH_MAX_FIELD_CHARS else text
+
+
+def research_item_text(row: dict[str, Any], fields: list[str]) -> str:
+    """The fields' `research_field_text`, stripped, non-empty ones joined by a space; 'unknown item' if none."""
+    parts = [t for t in (research_field_text(row.get(field)).strip() for field in fields) if t]
+    return " ".join(parts) if parts else RESEARCH_EMPTY_ITEM
+
+
+def build_item_text(row: dict[str, Any], fields: list[str], template: str) -> str:
+    return research_item_text(row, fields) if template == "research" else item_text(row, fields)
 
 
 def load_items(data_dir: Path, fields: list[str]) -> pd.DataFrame:
@@ -76,25 +117,54 @@ def _model_path(model: str) -> str:
     return model
 
 
-def _set_pooling(st, pooling: str) -> None:
+def _float32_pooling():
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    class Float32Pooling(Pooling):
+        """Pooling over the token states cast to float32 first: with float16/bfloat16 weights the mean
+        is summed and returned in float32 (MiniOneRec's text2emb: fp16 states times a float32 mask)."""
+
+        def forward(self, features, **kwargs):
+            features["token_embeddings"] = features["token_embeddings"].float()
+            return super().forward(features, **kwargs)
+
+    return Float32Pooling
+
+
+def _set_pooling(st, pooling: str, dtype: str = "float32") -> None:
     """Replace the model's Pooling module when its mode differs from `pooling` (e.g. the paper
-    pools Qwen3-Embedding by mean while its sentence-transformers config uses the last token)."""
+    pools Qwen3-Embedding by mean while its sentence-transformers config uses the last token), or
+    when the weights are not float32 (then it pools in float32)."""
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     for name, module in st.named_children():
         if isinstance(module, Pooling):
             want = POOLING_MODES[pooling]
-            if module.pooling_mode not in (want, (want,), [want]):
+            if dtype != "float32":
+                st._modules[name] = _float32_pooling()(module.get_embedding_dimension(), pooling_mode=want)
+            elif module.pooling_mode not in (want, (want,), [want]):
                 st._modules[name] = Pooling(module.get_embedding_dimension(), pooling_mode=want)
             return
     raise ValueError(f"embedding model has no Pooling module to set pooling='{pooling}'")
 
 
+def _drop_normalize(st) -> None:
+    """Remove the Normalize modules a model may ship with (Qwen3-Embedding and MiniLM do)."""
+    for name, module in list(st.named_children()):
+        if type(module).__name__ == "Normalize":
+            del st._modules[name]
+
+
 def load_encoder(cfg: EmbedConfig, device: str):
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(_model_path(cfg.model), device=device)
-    _set_pooling(st, cfg.pooling)
+    kwargs = {} if cfg.dtype == "float32" else {"model_kwargs": {"dtype": DTYPES[cfg.dtype]}}
+    st = SentenceTransformer(_model_path(cfg.model), device=device, **kwargs)
+    _set_pooling(st, cfg.pooling, cfg.dtype)
+    if not cfg.normalize:
+        _drop_normalize(st)
+    if cfg.pooling == "mean":
+        st.tokenizer.padding_side = "right"  # as MiniOneRec's text2emb; positions then start at 0 for every text
     st.max_seq_length = cfg.max_length
     return st
 
@@ -104,7 +174,7 @@ def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     ecfg = cfg.embed
     torch.manual_seed(cfg.seed)
     items = load_items(Path(data_dir), list(ecfg.fields))
-    texts = [item_text(row, list(ecfg.fields)) for row in items.to_dict("records")]
+    texts = [build_item_text(row, list(ecfg.fields), ecfg.text_template) for row in items.to_dict("records")]
     device = resolve_device(ecfg.device)
     encoder = load_encoder(ecfg, device)
     start = time.perf_counter()
@@ -115,7 +185,8 @@ def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     wall = time.perf_counter() - start
     meta = {
         "model": ecfg.model, "dim": int(vectors.shape[1]), "pooling": ecfg.pooling, "n_items": len(texts),
-        "fields": list(ecfg.fields), "normalized": ecfg.normalize, "max_length": ecfg.max_length,
+        "fields": list(ecfg.fields), "text_template": ecfg.text_template, "normalized": ecfg.normalize,
+        "max_length": ecfg.max_length, "dtype": ecfg.dtype,
         "device": device, "example_text": texts[0] if texts else "",
     }
     with atomic_dir(out_dir) as tmp:

@@ -1,4 +1,4 @@
-"""`quantize-sids` step: embeddings -> 3-level Semantic IDs with no collisions.
+"""`quantize-sids` step: embeddings -> 3-level Semantic IDs, collisions handled (`sid.collision`).
 
 Output folder:
   sids.parquet        item_id (int64), codes (list<int64>), sid (str "<a_12><b_200><c_7>")
@@ -125,10 +125,13 @@ def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Pa
     result = run_quantizer(cfg, emb)
     codes = result.codes
     metrics = {f"{k}_before": v for k, v in collision_stats(codes).items() if k.endswith("rate")}
-    if cfg.sid.collision == "sinkhorn":
-        codes, handled = resolve_collisions(codes, result.last_dists)
+    sid = cfg.sid
+    if sid.collision != "none":
+        codes, handled = resolve_collisions(codes, result.last_dists, sid.sinkhorn_rounds, sid.sinkhorn_epsilon,
+                                            sid.sinkhorn_iters, sid.collision, sid.collision_leftover)
         metrics.update(handled)
-    metrics["collision_rate_after"] = collision_stats(codes)["collision_rate"]
+    after = collision_stats(codes)
+    metrics.update({"collision_rate_after": after["collision_rate"], "duplicate_rate_after": after["duplicate_rate"]})
     metrics.update(code_usage(codes, cfg.sid.codebook_size))
     metrics.update(result.metrics)
     category = dataset_category(data_dir, cfg.data.category)

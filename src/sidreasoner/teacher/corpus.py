@@ -7,7 +7,8 @@ Output folder (written atomically):
   rejected.parquet   kind, key, reason, detail, text                (failed requests and rejected texts)
   meta.json          teacher kind/model/params, `templated`, counts, metrics
   research/index/<Cat>.item_enhanced_v2.json      {"<item_id>": {title, description, sid, llm_stage2}}
-  research/index/<Cat>.integrated_narrative.csv   history_item_sid,item_sid,reasoning_path,integrated_narrative
+  research/index/<Cat>.integrated_narrative.csv   user_id,history_item_id,item_id,history_item_sid,item_sid,
+                                                  reasoning_path,integrated_narrative
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sidreasoner.config import Config
-from sidreasoner.io import atomic_dir, atomic_file, write_json
+from sidreasoner.data.from_research import bundle_file
+from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.teacher import prompts, template
 from sidreasoner.teacher.cache import ResponseCache, cache_key, resolve_dir
 from sidreasoner.teacher.context import Context, load_context
@@ -100,6 +102,35 @@ def build_tasks(cfg: Config, ctx: Context, train: pa.Table) -> tuple[list[Task],
     return tasks, rows
 
 
+def import_tasks(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
+                 ) -> tuple[list[Task], np.ndarray, list[str | None]]:
+    """teacher.kind=import: the texts of a research bundle (preprocess put them, mapped to this
+    dataset's items and train rows, under the dataset's bundle/), as tasks with their texts."""
+    t = cfg.teacher
+    tasks: list[Task] = []
+    texts: list[str | None] = []
+    if t.item_narratives:
+        items = pq.read_table(bundle_file(dataset_dir, "item_narratives.parquet", "item narratives")).to_pydict()
+        for item, text in zip(items["item_id"], items["narrative"]):
+            tasks.append(Task("item", int(item)))
+            texts.append(text)
+    if not (t.history_narratives or t.reasoning_paths):
+        return tasks, np.arange(0), texts
+    samples = pq.read_table(bundle_file(dataset_dir, "sample_narratives.parquet", "history narratives and "
+                                        "reasoning paths")).to_pydict()
+    hists, targets = train["history_item_ids"].to_pylist(), train["item_id"].to_pylist()
+    rows = select_samples(len(samples["sample"]), t.max_samples, cfg.seed)
+    for n in rows.tolist():
+        row = int(samples["sample"][n])
+        hist = tuple(int(i) for i in hists[row])
+        for kind, wanted, text in (("history", t.history_narratives, samples["history_narrative"][n]),
+                                   ("reasoning", t.reasoning_paths, samples["reasoning_path"][n])):
+            if wanted and text is not None:
+                tasks.append(Task(kind, row, hist, int(targets[row]) if kind == "reasoning" else None))
+                texts.append(text)
+    return tasks, np.asarray(samples["sample"], dtype=np.int64)[rows], texts
+
+
 def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
     t = cfg.teacher
     bounds = {"item": t.item_words, "history": t.history_words, "reasoning": t.reasoning_words}[task.kind]
@@ -107,8 +138,10 @@ def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
     if task.kind == "reasoning":
         it = ctx.items[task.target]
         target = (it.sid, it.title)
+    # The research corpus's reasoning paths precede the answer (training appends the target SID).
     return validate_text(task.kind, text, catalogue=ctx.catalogue, context=task.context(ctx), bounds=bounds,
-                         target=target, history_titles=[ctx.items[i].title for i in task.history])
+                         target=target, history_titles=[ctx.items[i].title for i in task.history],
+                         final_sid=t.kind != "import")
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -196,9 +229,11 @@ def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks:
     with atomic_file(index_dir / f"{ctx.category}.integrated_narrative.csv") as tmp, \
             open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"])
+        writer.writerow(["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid", "reasoning_path",
+                         "integrated_narrative"])
         for k, h, p in zip(good, hist_text, path_text):
-            writer.writerow([repr([ctx.items[i].sid for i in hists[k]]), ctx.items[targets[k]].sid, p or "", h or ""])
+            writer.writerow([users[k], repr([int(i) for i in hists[k]]), targets[k],
+                             repr([ctx.items[i].sid for i in hists[k]]), ctx.items[targets[k]].sid, p or "", h or ""])
     counts = {"items_narrated": len(item_rows), "samples_narrated": len(good),
               "history_narratives": sum(1 for x in hist_text if x is not None),
               "reasoning_paths": sum(1 for x in path_text if x is not None),
@@ -208,20 +243,31 @@ def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks:
     return counts
 
 
+def _import_source(dataset_dir: Path) -> dict:
+    record = read_json(bundle_file(dataset_dir, "import.json", "the bundle's record"))
+    return {"source": record.get("source"), "category": record.get("category"), "files": record.get("files")}
+
+
 def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
     """Write the teacher corpus for `dataset_dir` + `sid_index_dir` into `out_dir` (atomically)."""
     started = time.perf_counter()
     t = cfg.teacher
     ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir), cfg.data.category)
-    tasks, rows = build_tasks(cfg, ctx, train)
     teacher = None
     cache_dir = None
+    if t.kind == "import":
+        tasks, rows, texts = import_tasks(cfg, ctx, train, Path(dataset_dir))
+        errors: list[str | None] = [None] * len(tasks)
+        counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0,
+                  "imported_texts": len(tasks)}
+    else:
+        tasks, rows = build_tasks(cfg, ctx, train)
     if t.kind == "openai":
         cache_dir = resolve_dir(t.cache_dir)
         teacher = OpenAITeacher(t, ResponseCache(cache_dir))
         texts, errors = _run_openai(tasks, ctx, cfg, teacher)
         counts = dict(teacher.counts)
-    else:
+    elif t.kind == "template":
         texts, errors = _run_template(tasks, ctx)
         counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0}
     results = [Checked(None, "request_failed", err) if err is not None else check(task, text, ctx, cfg)
@@ -240,8 +286,9 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
     bad = failed_tasks + rejected_tasks
     if tasks and bad / len(tasks) > t.failure_budget:
         where = (f"Replies received so far are cached in {cache_dir} (rejected replies too); a re-run "
-                 "resumes from there and sends only the failed requests."
-                 if cache_dir else "The template teacher has no cache; check the inputs.")
+                 "resumes from there and sends only the failed requests." if cache_dir else
+                 "The imported texts were checked like a teacher's replies (reasons above); raise "
+                 "teacher.failure_budget to keep the ones that pass." if t.kind == "import" else "The template teacher has no cache; check the inputs.")
         by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
         raise FailureBudgetError(
             f"synthesize-corpus: {failed_tasks} failed request(s) + {rejected_tasks} rejected text(s) = {bad} of "
@@ -250,6 +297,7 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
     meta = {
         "teacher": t.kind,
         "templated": t.kind == "template",
+        "imported_from": _import_source(Path(dataset_dir)) if t.kind == "import" else None,
         "model": t.model if t.kind == "openai" else None,
         "base_url": safe_url(t.base_url) if t.kind == "openai" else None,
         "params": ({"temperature": t.temperature, "max_tokens": t.max_tokens, "concurrency": t.concurrency,

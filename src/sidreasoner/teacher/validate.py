@@ -106,19 +106,24 @@ def check_length(text: str, bounds: tuple[int, int]) -> Checked:
 
 
 def check_reasoning_end(text: str, target_sid: str, target_title: str,
-                        history_titles: Iterable[str] = ()) -> Checked:
+                        history_titles: Iterable[str] = (), final_sid: bool = True) -> Checked:
     """The path must END with the target SID (trailing punctuation is dropped) and must not name the
     target's SID or title before that. A history title that merely contains the target's title (a
-    longer title of another item) is not a leak."""
+    longer title of another item) is not a leak. With `final_sid=False` (paths written to precede the
+    answer, as the research corpus's are) a path may also end without a SID; one that ends with a
+    SID must still end with the target's."""
     body = text.rstrip(TRAILING)
     runs = list(SID_RUN.finditer(body))
-    if not runs or runs[-1].end() != len(body):
+    ends_with_sid = bool(runs) and runs[-1].end() == len(body)
+    if not ends_with_sid and final_sid:
         return Checked(None, "missing_final_sid", "the path does not end with a SID")
-    final = re.sub(r"\s+", "", runs[-1].group(0))
-    if final != target_sid:
-        return Checked(None, "wrong_final_sid", f"ends with {final}, the target is {target_sid}")
-    before = body[: runs[-1].start()]
-    if any(re.sub(r"\s+", "", r.group(0)) == target_sid for r in runs[:-1]):
+    earlier, before = runs, body
+    if ends_with_sid:
+        final = re.sub(r"\s+", "", runs[-1].group(0))
+        if final != target_sid:
+            return Checked(None, "wrong_final_sid", f"ends with {final}, the target is {target_sid}")
+        earlier, before = runs[:-1], body[: runs[-1].start()]
+    if any(re.sub(r"\s+", "", r.group(0)) == target_sid for r in earlier):
         return Checked(None, "leak_sid", "the target SID appears before the final answer")
     title = _norm(target_title)
     if title:
@@ -133,7 +138,8 @@ def check_reasoning_end(text: str, target_sid: str, target_title: str,
 
 def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | set[str],
                   context: list[tuple[str, str]], bounds: tuple[int, int],
-                  target: tuple[str, str] | None = None, history_titles: Iterable[str] = ()) -> Checked:
+                  target: tuple[str, str] | None = None, history_titles: Iterable[str] = (),
+                  final_sid: bool = True) -> Checked:
     """All checks for one text of `kind` (item | history | reasoning); `target` = (sid, title)."""
     if text is None or not text.strip():
         return Checked(None, "empty", "empty reply")
@@ -144,7 +150,7 @@ def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | se
     repaired = checked.repaired
     if kind == "reasoning":
         assert target is not None
-        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles)
+        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles, final_sid)
         if not checked.ok:
             return checked
     checked = check_length(checked.text, bounds)

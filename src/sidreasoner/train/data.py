@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,27 +19,70 @@ IGNORE = -100
 
 @dataclass
 class Example:
+    """One training example.
+
+    Chat tasks: `prompt` is the user message and `system` the system message (by default the task's,
+    `prompts.SYSTEM_BY_TASK`; "" = none); `response` is the assistant's answer; `thinking` renders the
+    prompt in thinking mode. General instruction data: `messages` is the whole prompt conversation,
+    rendered as it is (`prompt` then only names its last user message). LM text (the corpus'
+    narratives): `prompt` None and `response` the whole text. `max_len` > 0: a token limit of its own
+    instead of the stage's cutoff_len."""
+
     task: str
-    prompt: str | None  # user text (chat tasks); None for plain LM text
-    response: str  # assistant answer (chat tasks) or the whole text (LM tasks)
+    prompt: str | None
+    response: str
     thinking: bool = False
+    system: str | None = None
+    messages: list[dict] | None = None
+    max_len: int = 0
+
+    def __post_init__(self):
+        if self.system is None and self.prompt is not None and self.messages is None:
+            self.system = prompts.SYSTEM_BY_TASK.get(self.task)
 
 
-def encode(tokenizer, ex: Example, cutoff_len: int) -> dict:
-    """input_ids + labels. Chat tasks: prompt rendered by `prompts.render_prompt` and tokenised on
-    its own (so its tokens equal the inference prompt's), labels -100 on it; the response ends with
-    the eos token (`<|im_end|>`) and carries the loss. LM text: loss on every token."""
-    if ex.prompt is None:
+TRUNCATIONS = ("left", "right")
+EOS_LOSS = ("all", "thinking", "none")
+
+
+def encode(tokenizer, ex: Example, cutoff_len: int, *, truncation: str = "left", loss_on_eos: str = "all",
+           text_end: bool = True) -> dict:
+    """input_ids + labels.
+
+    Chat tasks: the prompt rendered by `prompts.render_prompt` (general instruction data:
+    `prompts.render_messages`) and tokenised on its own, so its tokens equal the inference prompt's;
+    labels -100 on it. Then the response, which carries the loss, and the end of the turn: the chat
+    template's (`prompts.turn_end`, "<|im_end|>\\n" for Qwen3) after a chat task's answer, the eos token
+    alone after general instruction data. The turn end carries the loss with loss_on_eos="all", with
+    "thinking" only when the prompt is rendered in thinking mode, with "none" never.
+    LM text: loss on every token, then an end-of-text token (with loss) when `text_end`.
+    Longer than `ex.max_len` (or `cutoff_len`) tokens: truncation="left" keeps the last tokens (the
+    answer), "right" the first."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    if loss_on_eos not in EOS_LOSS:
+        raise ValueError(f"loss_on_eos must be one of {EOS_LOSS}, got {loss_on_eos!r}")
+    if ex.prompt is None and ex.messages is None:
         ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
-        end = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = ids + [end]
+        if text_end:
+            ids = ids + [tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id]
         labels = list(ids)
     else:
-        prompt_ids = tokenizer(prompts.render_prompt(tokenizer, ex.prompt, ex.thinking), add_special_tokens=False)["input_ids"]
-        resp_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = prompt_ids + resp_ids
-        labels = [IGNORE] * len(prompt_ids) + resp_ids
-    return {"input_ids": ids[:cutoff_len], "labels": labels[:cutoff_len]}
+        if ex.messages is not None:
+            rendered = prompts.render_messages(tokenizer, ex.messages, ex.thinking)
+            end_ids = [tokenizer.eos_token_id]
+        else:
+            rendered = prompts.render_prompt(tokenizer, ex.prompt, ex.thinking, system=ex.system)
+            end_ids = tokenizer(prompts.turn_end(tokenizer), add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        resp_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
+        end_loss = loss_on_eos == "all" or (loss_on_eos == "thinking" and ex.thinking)
+        ids = prompt_ids + resp_ids + end_ids
+        labels = [IGNORE] * len(prompt_ids) + resp_ids + (end_ids if end_loss else [IGNORE] * len(end_ids))
+    limit = ex.max_len or cutoff_len
+    if len(ids) > limit:
+        ids, labels = (ids[-limit:], labels[-limit:]) if truncation == "left" else (ids[:limit], labels[:limit])
+    return {"input_ids": ids, "labels": labels}
 
 
 class ListDataset(Dataset):
@@ -80,22 +125,72 @@ class InstructionFileError(ValueError):
     pass
 
 
-def read_instruction_file(path: str | Path) -> list[Example]:
-    """JSONL: {"instruction", "input"?, "output"} (Alpaca) or {"prompt", "response"} per line."""
+def _content_text(content) -> str:
+    """A message's text: a string as it is, or the first part's "text" of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("text") or "")
+    return ""
+
+
+def _messages_record(raw, where: str) -> tuple[list[dict], str]:
+    """(prompt messages, answer) of a general-data record: the user and system messages in order
+    (a system message whose content is a list of parts becomes a user message, as the research code
+    reads them) and the last assistant message's text ("" when there is none)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            try:
+                raw = ast.literal_eval(raw)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                raise InstructionFileError(f"{where}: messages is neither JSON nor a Python literal") from None
+    if not isinstance(raw, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in raw):
+        raise InstructionFileError(f"{where}: messages must be a list of {{role, content}} objects")
+    prompt: list[dict] = []
+    answer = ""
+    for m in raw:
+        text = _content_text(m.get("content"))
+        if m["role"] == "user":
+            prompt.append({"role": "user", "content": text})
+        elif m["role"] == "system":
+            prompt.append({"role": "user" if isinstance(m.get("content"), list) else "system", "content": text})
+        elif m["role"] == "assistant":
+            answer = text
+    return prompt, answer
+
+
+def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max_len: int = 0,
+                          thinking: bool = False) -> list[Example]:
+    """General instruction data, JSON lines of one of three kinds:
+    {"instruction", "input"?, "output"} (Alpaca), {"prompt", "response"}, or {"messages"} (the research
+    code's general-reasoning data: a list of chat messages, or a string holding one as JSON or as a
+    Python literal). Each line's prompt is its messages but the assistant's (Alpaca and prompt/response
+    lines: one user message), its answer the last assistant message.
+
+    samples > 0 keeps a seeded sample of that many lines (Python's random.Random(seed).sample over every
+    line, as the research code samples), 0 or more than the file holds keeps all. Sampled lines without
+    an answer or a prompt are then left out. Examples get `max_len` as their own token limit and are
+    rendered in thinking mode when `thinking`."""
     path = Path(path)
     if not path.is_file():
         raise InstructionFileError(f"stage1.instruction_file {path}: no such file")
-    out: list[Example] = []
+    records: list[tuple[list[dict], str]] = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise InstructionFileError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                raise InstructionFileError(f"{where}: not valid JSON ({err.msg})") from None
             if not isinstance(obj, dict):
-                raise InstructionFileError(f"{path}:{lineno}: expected a JSON object")
+                raise InstructionFileError(f"{where}: expected a JSON object")
+            if "messages" in obj:
+                records.append(_messages_record(obj["messages"], where))
+                continue
             if "prompt" in obj and "response" in obj:
                 prompt, response = obj["prompt"], obj["response"]
             elif "instruction" in obj and "output" in obj:
@@ -103,11 +198,17 @@ def read_instruction_file(path: str | Path) -> list[Example]:
                 response = obj["output"]
             else:
                 raise InstructionFileError(
-                    f"{path}:{lineno}: needs keys instruction+output (input optional) or prompt+response, got {sorted(obj)}"
+                    f"{where}: needs keys messages, instruction+output (input optional) or prompt+response, "
+                    f"got {sorted(obj)}"
                 )
             if not (isinstance(prompt, str) and isinstance(response, str) and prompt and response):
-                raise InstructionFileError(f"{path}:{lineno}: prompt and response must be non-empty strings")
-            out.append(Example("instructions", prompt, response))
+                raise InstructionFileError(f"{where}: prompt and response must be non-empty strings")
+            records.append(([{"role": "user", "content": prompt}], response))
+    if 0 < samples < len(records):
+        records = random.Random(seed).sample(records, samples)
+    out = [Example("instructions", next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""), answer,
+                   thinking=thinking, messages=msgs, max_len=max_len)
+           for msgs, answer in records if msgs and answer]
     if not out:
         raise InstructionFileError(f"{path}: no instructions in the file")
     return out

@@ -31,13 +31,26 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- tokenizer extension
 
-def extend_tokenizer(model, tokenizer, codes: list[str]) -> list[int]:
+def extend_tokenizer(model, tokenizer, codes: list[str], init: str = "mean") -> list[int]:
     """Add SID code tokens as PLAIN added tokens (not special: verl/TRL decode with
-    skip_special_tokens=True) and give new embedding rows the mean of the existing ones."""
+    skip_special_tokens=True) and initialise their embedding (and untied output) rows.
+
+    init="mean": the matrix grows only when the tokenizer outgrows it, and every new token's row is the
+    mean of the existing vocabulary's rows. init="mean_resizing": as the research code does, the matrix is
+    resized to the tokenizer's length by transformers' `resize_token_embeddings(mean_resizing=True)`: the
+    rows it gains are drawn (torch's global RNG) from a normal with the old rows' mean and 1e-9 times
+    their covariance (the mean when that is not positive definite); new tokens that fall on rows a padded
+    matrix already had keep those rows, and a padded matrix larger than the tokenizer shrinks to it."""
+    if init not in ("mean", "mean_resizing"):
+        raise ValueError(f"stage1.new_token_init must be mean or mean_resizing, got {init!r}")
     new = [c for c in codes if c not in tokenizer.get_vocab()]
     first_new = len(tokenizer)
     if new:
         tokenizer.add_tokens(new, special_tokens=False)
+    if init == "mean_resizing":
+        if new:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        return tokenizer.convert_tokens_to_ids(codes)
     emb = model.get_input_embeddings()
     if len(tokenizer) > emb.num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -65,27 +78,38 @@ def _load_trainable(model, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
-class BestModelCallback(TrainerCallback):
-    """After each evaluation: keep the best weights (in <ckpt>/best) and stop after `patience`
-    evaluations without improvement. Decisions read the checkpointed log history, so they survive a resume."""
+def valid_metric(name: str) -> str:
+    """The Trainer's log key of validation set `name`'s loss (its eval_dataset is a dict of named sets)."""
+    return f"eval_{name}_loss"
 
-    def __init__(self, best_dir: Path, patience: int):
+
+class BestModelCallback(TrainerCallback):
+    """After each evaluation of the selection set (`metric`, a key such as eval_sid_loss; the other sets'
+    evaluations are ignored): keep the best weights (in <ckpt>/best) and stop after `patience` evaluations
+    without a strictly lower loss. A tie keeps the earlier weights, as transformers' load_best_model_at_end
+    and EarlyStoppingCallback do. Decisions read the checkpointed log history, so they survive a resume."""
+
+    def __init__(self, best_dir: Path, patience: int, metric: str = "eval_loss"):
         self.best_dir = best_dir
         self.patience = patience
+        self.metric = metric
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h]
-        if not evals or metrics is None or "eval_loss" not in metrics:
+        if metrics is None or self.metric not in metrics:
             return
-        current = metrics["eval_loss"]
-        if current <= min(evals) and state.is_world_process_zero:
+        evals = [h[self.metric] for h in state.log_history if self.metric in h]
+        if not evals:
+            return
+        current, earlier = metrics[self.metric], evals[:-1]
+        if (not earlier or current < min(earlier)) and state.is_world_process_zero:
             self.best_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(self.best_dir / "trainable.safetensors") as tmp:
                 save_file(_trainable_state(model), str(tmp))
-            write_json(self.best_dir / "best.json", {"eval_loss": current, "step": state.global_step, "epoch": state.epoch})
-        best_idx = min(range(len(evals)), key=evals.__getitem__)
+            write_json(self.best_dir / "best.json", {"metric": self.metric, "eval_loss": current,
+                                                     "step": state.global_step, "epoch": state.epoch})
+        best_idx = min(range(len(evals)), key=evals.__getitem__)  # the first of equal losses
         if self.patience and len(evals) - 1 - best_idx >= self.patience:
-            log.info("early stopping: %d evaluations without a better valid loss", len(evals) - 1 - best_idx)
+            log.info("early stopping: %d evaluations without a better %s", len(evals) - 1 - best_idx, self.metric)
             control.should_training_stop = True
 
 
@@ -100,7 +124,8 @@ def _args(section, out: Path, epochs: float, seed: int, evaluate: bool, world: i
         num_train_epochs=epochs,
         learning_rate=section.lr,
         lr_scheduler_type=section.lr_scheduler,
-        warmup_steps=section.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        # An int >= 1 is a number of steps, a float < 1 a share of the total steps.
+        warmup_steps=section.warmup_steps or section.warmup_ratio,
         weight_decay=section.weight_decay,
         logging_steps=section.logging_steps,
         logging_first_step=True,
@@ -158,9 +183,17 @@ def _load_trainable_all(model, state):
         model.get_input_embeddings().weight.copy_(state["embed"])
 
 
-def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dict], valid_rows: list[dict],
-              ckpt: Path, new_ids: list[int] | None = None, warmup_epochs: float = 0.0):
-    """Train; returns (trained model with the best weights, LoRA merged; info dict)."""
+def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dict],
+              valid_sets: dict[str, list[dict]], ckpt: Path, new_ids: list[int] | None = None,
+              warmup_epochs: float = 0.0, select: str = "sid"):
+    """Train; returns (trained model with the best weights, LoRA merged; info dict). Every epoch the loss of
+    each non-empty validation set in `valid_sets` is logged (as eval_<name>_loss); set `select` picks the
+    checkpoint and drives early stopping."""
+    valid_sets = {name: rows for name, rows in valid_sets.items() if rows}
+    if valid_sets and select not in valid_sets:
+        raise ValueError(f"{stage}: the validation set {select!r} that chooses the checkpoint is empty")
+    valid_sets = {select: valid_sets[select], **valid_sets} if valid_sets else {}
+    metric = valid_metric(select)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ckpt.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(ckpt)
@@ -175,25 +208,28 @@ def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dic
         model = get_peft_model(model, lora)
     if section.gradient_checkpointing:
         model.config.use_cache = False
-    args = _args(section, ckpt, section.epochs, cfg.seed, evaluate=bool(valid_rows), world=world)
+    args = _args(section, ckpt, section.epochs, cfg.seed, evaluate=bool(valid_sets), world=world)
     best_dir = ckpt / "best"
     trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(train_rows),
-                      eval_dataset=data_mod.ListDataset(valid_rows) if valid_rows else None,
+                      eval_dataset={name: data_mod.ListDataset(rows) for name, rows in valid_sets.items()} or None,
                       data_collator=data_mod.collator(section.batching, tok.pad_token_id),
-                      callbacks=[BestModelCallback(best_dir, section.early_stopping_patience)])
-    initial_valid = None
+                      callbacks=[BestModelCallback(best_dir, section.early_stopping_patience, metric)])
+    initial_valid, initial_losses = None, {}
     if resume is None:
         if best_dir.exists():  # stale best from an attempt that died before its first checkpoint
             import shutil
 
             shutil.rmtree(best_dir)
-        if valid_rows:
-            initial_valid = float(trainer.evaluate()["eval_loss"])
+        if valid_sets:
+            first = trainer.evaluate()
+            initial_losses = {name: float(first[valid_metric(name)]) for name in valid_sets}
+            initial_valid = initial_losses[select]
             trainer.state.log_history.clear()
             (best_dir / "best.json").unlink(missing_ok=True)
-        write_json(ckpt / "initial.json", {"initial_valid_loss": initial_valid})
+        write_json(ckpt / "initial.json", {"initial_valid_loss": initial_valid, "initial_valid_losses": initial_losses})
     elif (ckpt / "initial.json").exists():
-        initial_valid = read_json(ckpt / "initial.json").get("initial_valid_loss")
+        initial = read_json(ckpt / "initial.json")
+        initial_valid, initial_losses = initial.get("initial_valid_loss"), initial.get("initial_valid_losses", {})
     resumed_from = int(resume.name.split("-")[-1]) if resume else 0
     if resume:
         log.info("%s: resuming from %s", stage, resume)
@@ -201,8 +237,10 @@ def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dic
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.time() - t0
     history = list(trainer.state.log_history)
-    evals = [h for h in history if "eval_loss" in h]
-    best_loss = min((h["eval_loss"] for h in evals), default=None)
+    # Per set, its loss at each evaluation (every evaluation evaluates every set, so the lists align).
+    losses = {name: [h[valid_metric(name)] for h in history if valid_metric(name) in h] for name in valid_sets}
+    best_loss = min(losses[select], default=None) if valid_sets else None
+    best_at = losses[select].index(best_loss) if best_loss is not None else 0
     used_best = False
     if best_loss is not None and (best_dir / "best.json").exists():
         best = read_json(best_dir / "best.json")
@@ -217,7 +255,11 @@ def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dic
     info = {
         "stage": stage,
         "history": history,
+        "select_metric": metric,
+        "valid_losses": losses,
+        "valid_losses_at_best": {name: values[best_at] for name, values in losses.items() if best_at < len(values)},
         "initial_valid_loss": initial_valid,
+        "initial_valid_losses": initial_losses,
         "best_valid_loss": best_loss,
         "used_best_checkpoint": used_best,
         "resumed_from_step": resumed_from,
@@ -251,7 +293,8 @@ def _last_epoch_train_loss(history: list[dict]) -> float | None:
 def _write(out_dir: Path, stage: str, model, tok, info: dict, metrics: dict, config_used: dict) -> None:
     history = info["history"]
     train_pts = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    valid_pts = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    metric = info["select_metric"]
+    valid_pts = [(h["step"], h[metric]) for h in history if metric in h]
     if info.get("initial_valid_loss") is not None:
         valid_pts = [(0, info["initial_valid_loss"])] + valid_pts
     with atomic_dir(out_dir) as tmp:
@@ -266,6 +309,7 @@ def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
         "train_loss_first": info["train_loss_first"] if info["train_loss_first"] is not None else float("nan"),
         "valid_loss": info["best_valid_loss"] if info["best_valid_loss"] is not None else float("nan"),
         "valid_loss_initial": info["initial_valid_loss"] if info["initial_valid_loss"] is not None else float("nan"),
+        **{f"valid_{name}_loss": value for name, value in info["valid_losses_at_best"].items()},
         "tokens_per_s": info["tokens_per_s"],
         "samples": float(n_samples),
         "steps": float(info["global_step"]),
@@ -278,8 +322,14 @@ def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
 
 # ---------------------------------------------------------------- steps
 
-def _encode_all(tok, examples, cutoff):
-    return [data_mod.encode(tok, ex, cutoff) for ex in examples]
+def _encoding(section) -> dict:
+    """`data.encode`'s options from an SFT section."""
+    return {"truncation": section.truncation, "loss_on_eos": section.loss_on_eos,
+            "text_end": getattr(section, "narrative_end_token", True)}
+
+
+def _encode_all(tok, examples, cutoff, **options):
+    return [data_mod.encode(tok, ex, cutoff, **options) for ex in examples]
 
 
 def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, float]:
@@ -293,7 +343,7 @@ def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, 
     start = time.time()
     section = getattr(cfg, stage)
     torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(dirs[0])
+    model, tok = load_model_and_tokenizer(dirs[0], dtype=getattr(torch, section.weights_dtype))
     model, info, metrics = train_fn(cfg, section, model, tok, dirs)
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
@@ -306,42 +356,52 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path]):
     _, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     codes = tasks.sid_code_tokens(sid_index_dir)
     base_vocab = len(tok)
-    new_ids = extend_tokenizer(model, tok, codes)
+    new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
     examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
-    valid_ex, valid_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed)
-    train_rows = _encode_all(tok, examples, s.cutoff_len)
-    valid_rows = _encode_all(tok, valid_ex[: s.valid_samples], s.cutoff_len)
+    if s.valid_samples:  # one seeded sample: its first valid_samples for the loss, first hr_samples for HR@1
+        valid_ex, valid_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed)
+        loss_ex, hr_ex, hr_hist = valid_ex[: s.valid_samples], valid_ex[: s.hr_samples], valid_hist[: s.hr_samples]
+    else:  # the loss on the whole split, HR@1 on a seeded sample of it
+        loss_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, 0, cfg.seed)
+        hr_ex, hr_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
+    train_rows = _encode_all(tok, examples, s.cutoff_len, **_encoding(s))
+    valid_rows = _encode_all(tok, loss_ex, s.cutoff_len, **_encoding(s))
     ckpt = checkpoint_root("stage1", cfg, s, dirs[:4])
-    model, info = train_sft("stage1", cfg, s, model, tok, train_rows, valid_rows, ckpt, new_ids, s.embedding_warmup_epochs)
+    model, info = train_sft("stage1", cfg, s, model, tok, train_rows, {"sid": valid_rows}, ckpt, new_ids,
+                            s.embedding_warmup_epochs, select="sid")
     metrics = _metrics(info, len(train_rows), 0.0)
-    if s.hr_samples and is_rank0():
+    if hr_ex and is_rank0():
         catalogue = load_catalogue(sid_index_dir)
-        n = min(s.hr_samples, len(valid_ex))
-        rendered = [prompts.render_prompt(tok, ex.prompt) for ex in valid_ex[:n]]
+        n = len(hr_ex)
+        rendered = [prompts.render_prompt(tok, ex.prompt, system=ex.system) for ex in hr_ex]
         preds = constrained_greedy_sid(model, tok, rendered, catalogue)
         valid_set = set(catalogue)
         metrics["valid_sid_rate"] = sum(p in valid_set for p in preds) / n
-        metrics["hr_at_1"] = sum(p == ex.response for p, ex in zip(preds, valid_ex[:n])) / n
+        metrics["hr_at_1"] = sum(p == ex.response for p, ex in zip(preds, hr_ex)) / n
         metrics["hr_chance"] = 1.0 / len(valid_set)
         info["sample_predictions"] = [{"history": h, "target": ex.response, "predicted": p}
-                                      for h, ex, p in list(zip(valid_hist, valid_ex, preds))[:20]]
+                                      for h, ex, p in list(zip(hr_hist, hr_ex, preds))[:20]]
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
     info["task_counts"] = counts
     return model, info, metrics
 
 
 def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path]):
-    model_dir, _, sid_index_dir, corpus_dir, _ = dirs
+    model_dir, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
     if missing:
         raise ValueError(f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
                          "give it the sft-stage1 model")
-    train_ex, valid_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir)
-    train_rows = _encode_all(tok, train_ex, s.cutoff_len)
-    valid_rows = _encode_all(tok, valid_ex, s.cutoff_len)
+    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir)
+    sid_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.valid_samples, cfg.seed)
+    train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
+    valid_sets = {"sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
+                  "reasoning": _encode_all(tok, reasoning_ex, s.cutoff_len, **_encoding(s))}
     ckpt = checkpoint_root("stage2", cfg, s, dirs[:4])
-    model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_rows, ckpt)
-    return model, info, _metrics(info, len(train_rows), 0.0)
+    model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_sets, ckpt, select=s.select_on)
+    metrics = _metrics(info, len(train_rows), 0.0)
+    metrics["reasoning_holdout"] = float(len(reasoning_ex))
+    return model, info, metrics
 
 
 def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
