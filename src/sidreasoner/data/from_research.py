@@ -11,7 +11,7 @@ ids, so that they read one validated form:
     bundle/sid_index.json          item id -> SID codes (quantize-sids, sid.method=import)
     bundle/item_narratives.parquet item_id, narrative                   (synthesize-corpus, teacher.kind=import)
     bundle/sample_narratives.parquet sample (train row), history_narrative, reasoning_path
-    bundle/general.jsonl           one chat (a JSON list of messages) per line (sft-stage1)
+    bundle/general.jsonl           one chat per line, {"messages": [...]} (sft-stage1)
     bundle/import.json             where the bundle came from, which files, what was counted
 """
 
@@ -116,7 +116,7 @@ def _write_bundle_extras(dest: Path, bundle: ResearchBundle, dense: dict[int, in
     if bundle.general is not None:
         with open(dest / "general.jsonl", "wb") as fh:
             for chat in bundle.general.conversations:
-                fh.write(orjson.dumps(chat) + b"\n")
+                fh.write(orjson.dumps({"messages": chat}) + b"\n")
 
 
 def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: str, out_dir: Path

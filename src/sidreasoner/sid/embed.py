@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from sidreasoner.config import Config, EmbedConfig
@@ -166,12 +167,25 @@ def load_encoder(cfg: EmbedConfig, device: str):
     if cfg.pooling == "mean":
         st.tokenizer.padding_side = "right"  # as MiniOneRec's text2emb; positions then start at 0 for every text
     st.max_seq_length = cfg.max_length
+    st.default_prompt_name = None  # the item text goes in as it is, with no instruction prompt before it
     return st
+
+
+def _skip(data_dir: Path, out_dir: Path) -> dict[str, float]:
+    """embed.model=none (SIDs imported from a research bundle): no encoder runs; the folder records why."""
+    n_items = pq.ParquetFile(data_dir / "items.parquet").metadata.num_rows
+    with atomic_dir(out_dir) as tmp:
+        np.save(tmp / "embeddings.npy", np.zeros((n_items, 0), np.float32))
+        write_json(tmp / "meta.json", {"model": "none", "dim": 0, "n_items": n_items, "skipped": True,
+                                       "why": "embed.model=none: the SIDs come from elsewhere (sid.method=import)"})
+    return {"n_items": float(n_items), "dim": 0.0, "skipped": 1.0}
 
 
 def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     """Embed every item of `data_dir/items.parquet` into `out_dir` (written atomically)."""
     ecfg = cfg.embed
+    if ecfg.model == "none":
+        return _skip(Path(data_dir), Path(out_dir))
     torch.manual_seed(cfg.seed)
     items = load_items(Path(data_dir), list(ecfg.fields))
     texts = [build_item_text(row, list(ecfg.fields), ecfg.text_template) for row in items.to_dict("records")]

@@ -23,23 +23,31 @@ import pyarrow.parquet as pq
 import torch
 
 from sidreasoner.config import Config
+from sidreasoner.data.from_research import bundle_file
+from sidreasoner.data.research import read_sid_index
 from sidreasoner.io import atomic_dir, read_json, write_json
-from sidreasoner.sid.codes import code_usage, collision_stats, format_sid, sid_tokens
+from sidreasoner.sid.codes import code_usage, collision_stats, format_sid, parse_sid, sid_tokens
 from sidreasoner.sid.collisions import resolve_collisions
 from sidreasoner.sid.rkmeans import QuantizeResult, rkmeans_quantize
 from sidreasoner.sid.rqvae import rqvae_quantize
 
 
-def load_embeddings(embeddings_dir: Path) -> np.ndarray:
+def load_embeddings(embeddings_dir: Path, nonfinite: str = "error") -> tuple[np.ndarray, int]:
+    """The embeddings as float32, and how many NaN/infinite values were set to 0 (`nonfinite="zero"`,
+    as MiniOneRec's rq/datasets.py does; "error" refuses them)."""
     path = Path(embeddings_dir) / "embeddings.npy"
     if not path.is_file():
         raise FileNotFoundError(f"embeddings file not found: {path} (the embed-items step writes it)")
     emb = np.load(path, allow_pickle=False)
     if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
         raise ValueError(f"{path}: expected a float matrix [n_items, dim], got dtype {emb.dtype} shape {emb.shape}")
-    if not np.isfinite(emb).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
-    return emb.astype(np.float32, copy=False)
+    bad = ~np.isfinite(emb)
+    if bad.any():
+        if nonfinite != "zero":
+            raise ValueError(f"{path}: contains {int(bad.sum())} NaN or infinite values "
+                             "(sid.nonfinite_embeddings=zero sets them to 0)")
+        emb = np.where(bad, 0.0, emb)
+    return emb.astype(np.float32, copy=False), int(bad.sum())
 
 
 def _count_items(data_dir: Path) -> int:
@@ -114,10 +122,41 @@ def write_sid_outputs(out: Path, data_dir: Path, codes: np.ndarray, books: np.nd
     write_research(out, data_dir, index, category)
 
 
+def import_sids(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
+    """sid.method=import: the SID index of the research bundle the dataset was made from (preprocess
+    mapped it to the dataset's item ids), validated and written like a quantizer's. Items sharing a SID
+    are kept and reported (`colliding_items`, `collision_rate_after`), never dropped."""
+    start = time.perf_counter()
+    path = bundle_file(data_dir, "sid_index.json", "the SID index (sid.method=import)")
+    index = read_sid_index(path)
+    n_items = _count_items(data_dir)
+    missing = [i for i in range(n_items) if i not in index.codes]
+    if missing:
+        raise ValueError(f"{path}: items {missing[:10]} of {Path(data_dir) / 'items.parquet'} have no SID "
+                         f"({len(missing)} of {n_items}); the bundle's index must hold every item")
+    codes = np.array([parse_sid("".join(index.codes[i])) for i in range(n_items)], dtype=np.int64)
+    stats = collision_stats(codes)
+    codebook_size = int(codes.max()) + 1
+    metrics = {"imported": 1.0, "items": float(n_items), "levels": float(index.levels),
+               "duplicate_sids": float(len(index.duplicates)), "colliding_items": float(index.colliding_items),
+               "collision_rate_after": stats["collision_rate"], "duplicate_rate_after": stats["duplicate_rate"],
+               **code_usage(codes, codebook_size)}
+    category = dataset_category(data_dir, cfg.data.category)
+    meta = {"method": "import", "levels": index.levels, "codebook_size": codebook_size, "n_items": n_items,
+            "category": category, "imported_from": read_json(bundle_file(data_dir, "import.json", "the bundle record")),
+            "duplicates": index.duplicates}
+    with atomic_dir(out_dir) as tmp:
+        write_sid_outputs(tmp, Path(data_dir), codes, np.zeros((index.levels, codebook_size, 0)), category, meta)
+    metrics.update({"n_items": float(n_items), "wall_s": time.perf_counter() - start})
+    return metrics
+
+
 def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Path) -> dict[str, float]:
     """Quantize `embeddings_dir/embeddings.npy` into SIDs written atomically to `out_dir`."""
+    if cfg.sid.method == "import":
+        return import_sids(cfg, Path(data_dir), Path(out_dir))
     start = time.perf_counter()
-    emb = load_embeddings(embeddings_dir)
+    emb, n_zeroed = load_embeddings(embeddings_dir, cfg.sid.nonfinite_embeddings)
     n_items = _count_items(data_dir)
     if n_items != len(emb):
         raise ValueError(f"{Path(embeddings_dir) / 'embeddings.npy'} has {len(emb)} rows but "
@@ -133,6 +172,7 @@ def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Pa
     after = collision_stats(codes)
     metrics.update({"collision_rate_after": after["collision_rate"], "duplicate_rate_after": after["duplicate_rate"]})
     metrics.update(code_usage(codes, cfg.sid.codebook_size))
+    metrics["nonfinite_values_zeroed"] = float(n_zeroed)
     metrics.update(result.metrics)
     category = dataset_category(data_dir, cfg.data.category)
     meta = {"method": cfg.sid.method, "levels": cfg.sid.levels, "codebook_size": cfg.sid.codebook_size,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ def import_tasks(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
 def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
     t = cfg.teacher
     bounds = {"item": t.item_words, "history": t.history_words, "reasoning": t.reasoning_words}[task.kind]
+    if t.kind == "import":  # the research corpus is taken at the lengths its teacher wrote
+        bounds = (1, sys.maxsize)
     target = None
     if task.kind == "reasoning":
         it = ctx.items[task.target]
@@ -288,7 +291,8 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
         where = (f"Replies received so far are cached in {cache_dir} (rejected replies too); a re-run "
                  "resumes from there and sends only the failed requests." if cache_dir else
                  "The imported texts were checked like a teacher's replies (reasons above); raise "
-                 "teacher.failure_budget to keep the ones that pass." if t.kind == "import" else "The template teacher has no cache; check the inputs.")
+                 "teacher.failure_budget to keep the ones that pass." if t.kind == "import" else
+                 "The template teacher has no cache; check the inputs.")
         by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
         raise FailureBudgetError(
             f"synthesize-corpus: {failed_tasks} failed request(s) + {rejected_tasks} rejected text(s) = {bad} of "

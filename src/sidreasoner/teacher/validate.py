@@ -133,7 +133,7 @@ def check_reasoning_end(text: str, target_sid: str, target_title: str,
                 masked = masked.replace(other, " ")
         if title in masked:
             return Checked(None, "leak_title", "the target title appears before the final answer")
-    return Checked(body)
+    return Checked(body if ends_with_sid else text)
 
 
 def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | set[str],

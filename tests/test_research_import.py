@@ -1,0 +1,191 @@
+"""data.format=research: the research code's released bundle as the pipeline's source — download,
+preprocess (the split kept exactly), SIDs and corpus imported, general-reasoning data for Stage 1."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from sidreasoner import config
+from sidreasoner.data.research import ResearchDataError
+from sidreasoner.runner import run_step
+from sidreasoner.train.tasks import general_reasoning_file
+
+CAT = "Office_Products"
+
+
+def _cfg(source, *extra):
+    return config.load("demo", ["data.format=research", f"data.source={source}", f"data.category={CAT}",
+                                "data.min_samples=5", *extra])
+
+
+@pytest.fixture()
+def imported(tmp_path, write_research_bundle):
+    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20)
+    cfg = _cfg(bundle["root"])
+    paths = {k: tmp_path / k for k in ("raw", "dataset", "embeddings", "sid_index", "corpus")}
+    metrics = {step: run_step(step, cfg, paths)
+               for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus")}
+    return bundle, paths, metrics
+
+
+def test_a_bundle_source_takes_the_bundles_sids_and_corpus():
+    cfg = config.load("office", ["data.format=research", "data.source=s3://bucket/Amazon"])
+    assert (cfg.sid.method, cfg.teacher.kind, cfg.embed.model) == ("import", "import", "none")
+    assert cfg.stage1.lr == 3e-4  # the rest of the preset stays
+    own = config.load("office", ["data.format=research", "data.source=/b", "sid.method=rkmeans"])
+    assert (own.sid.method, own.teacher.kind) == ("rkmeans", "import")
+    assert config.load("office").sid.method == "rqvae"
+    with pytest.raises(config.ConfigError, match="format=research reads a research data bundle"):
+        config.load("demo", ["data.format=research"])
+
+
+def test_the_research_split_is_kept_exactly(imported):
+    bundle, paths, metrics = imported
+    items = pd.read_parquet(paths["dataset"] / "items.parquet")
+    research_id = {int(a): i for i, a in zip(items.item_id, items.asin)}
+    users = pd.read_parquet(paths["dataset"] / "users.parquet").raw_user_id.tolist()
+    for split in ("train", "valid", "test"):
+        table = pd.read_parquet(paths["dataset"] / f"{split}.parquet")
+        want = bundle["splits"][split]
+        assert len(table) == len(want) == metrics["preprocess"][f"samples_{split}"]
+        assert [users[u] for u in table.user_id] == [r["user_id"] for r in want]
+        assert [int(t) for t in table.item_id] == [research_id[r["item_id"]] for r in want]
+        assert [list(h) for h in table.history_item_ids] == [[research_id[i] for i in r["history_item_ids"]]
+                                                             for r in want]
+    assert list(items.title) == [bundle["items"][int(a)]["title"] for a in items.asin]
+    stats = json.loads((paths["dataset"] / "stats.json").read_text())
+    assert stats["format"] == "research" and stats["source"] == str(bundle["root"])
+
+
+def test_sids_are_imported_with_duplicates_reported(imported):
+    bundle, paths, metrics = imported
+    items = pd.read_parquet(paths["dataset"] / "items.parquet")
+    index = json.loads((paths["sid_index"] / "index.json").read_text())
+    assert {int(a): index[str(i)] for i, a in zip(items.item_id, items.asin)} == {
+        i: it["codes"] for i, it in bundle["items"].items()}
+    m = metrics["quantize-sids"]
+    assert m["imported"] == 1.0 and m["items"] == len(bundle["items"])
+    assert m["colliding_items"] == sum(len(v) for v in bundle["duplicates"].values())
+    assert metrics["embed-items"]["skipped"] == 1.0
+
+
+def test_corpus_is_imported_through_the_teachers_checks(imported):
+    bundle, paths, metrics = imported
+    m = metrics["synthesize-corpus"]
+    assert m["requests"] == 0 and m["imported_texts"] == m["tasks"]
+    expected_items = len(bundle["item_narratives"])
+    assert m["items_total"] == expected_items
+    items = pq.read_table(paths["corpus"] / "items.parquet")
+    rejected = pq.read_table(paths["corpus"] / "rejected.parquet").to_pydict()
+    assert items.num_rows + rejected["kind"].count("item") == expected_items
+    samples = pq.read_table(paths["corpus"] / "samples.parquet").to_pydict()
+    narratives = dict(enumerate(bundle["narratives"]))
+    for row, history, reasoning in zip(samples["sample"], samples["history_narrative"], samples["reasoning_path"]):
+        want_history, want_reasoning = narratives[row]
+        assert history == (want_history.strip() if want_history else None)
+        assert reasoning == (want_reasoning.strip() if want_reasoning else None)
+    meta = json.loads((paths["corpus"] / "meta.json").read_text())
+    assert meta["teacher"] == "import" and meta["imported_from"]["source"] == str(bundle["root"])
+
+
+def test_stage1_reads_the_bundles_general_reasoning(imported):
+    bundle, paths, _ = imported
+    cfg = _cfg(bundle["root"])
+    assert general_reasoning_file(cfg.stage1, paths["dataset"]) == str(paths["dataset"] / "bundle" / "general.jsonl")
+    lines = (paths["dataset"] / "bundle" / "general.jsonl").read_text().splitlines()
+    assert [json.loads(x)["messages"] for x in lines] == [c for c in bundle["general"] if c is not None]
+    own = _cfg(bundle["root"], "stage1.instruction_file=/x.jsonl")
+    assert general_reasoning_file(own.stage1, paths["dataset"]) == "/x.jsonl"
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing_split", ["no valid split CSV"]),
+    ("missing_column", ["item_sid"]),
+    ("item_not_in_index", ["row", "item_id", "item 2 is not in"]),
+    ("sid_wrong_levels", ["item 3"]),
+])
+def test_a_bad_bundle_is_a_clear_error_and_nothing_is_half_written(kind, words, tmp_path, write_research_bundle,
+                                                                    break_research_bundle):
+    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20)
+    damage = break_research_bundle(bundle, kind)
+    cfg = _cfg(bundle["root"])
+    paths = {"raw": tmp_path / "raw", "dataset": tmp_path / "dataset"}
+    with pytest.raises((ResearchDataError, ValueError, RuntimeError)) as err:
+        run_step("download-data", cfg, paths)
+        run_step("preprocess", cfg, paths)
+    message = str(err.value)
+    for word in words + ([damage["file"]] if damage.get("file") else []):
+        assert word in message, (word, message)
+    assert not paths["dataset"].exists()
+
+
+@pytest.mark.slow
+def test_the_projects_own_export_imports_back_unchanged(tmp_path):
+    """Round trip: the research layout the pipeline exports, read back as a bundle, gives the same
+    dataset, SIDs and corpus."""
+    import shutil
+
+    small = ["data.demo.num_items=60", "data.demo.num_users=120", "sid.codebook_size=8", "teacher.max_samples=80"]
+    cfg = config.load("demo", small)
+    own = {k: tmp_path / "own" / k for k in ("raw", "dataset", "embeddings", "sid_index", "corpus")}
+    for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"):
+        run_step(step, cfg, own)
+    bundle = tmp_path / "Amazon"
+    shutil.copytree(own["sid_index"] / "research", bundle)
+    for name in ("item_enhanced_v2.json", "integrated_narrative.csv"):
+        shutil.copy(own["corpus"] / "research" / "index" / f"Demo.{name}", bundle / "index")
+    back = {k: tmp_path / "back" / k for k in own}
+    cfg_back = config.load("demo", small + ["data.format=research", f"data.source={bundle}", "data.category=Demo"])
+    for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"):
+        run_step(step, cfg_back, back)
+
+    items, items_back = (pd.read_parquet(p["dataset"] / "items.parquet") for p in (own, back))
+    assert list(items_back.asin) == [str(i) for i in items.item_id]
+    assert list(items_back.title) == list(items.title) and list(items_back.description) == list(items.description)
+    users_back = pd.read_parquet(back["dataset"] / "users.parquet").raw_user_id.tolist()
+    for split in ("train", "valid", "test"):
+        a, b = (pd.read_parquet(p["dataset"] / f"{split}.parquet") for p in (own, back))
+        assert [users_back[u] for u in b.user_id] == [str(u) for u in a.user_id]
+        assert b.item_id.tolist() == a.item_id.tolist()
+        assert [list(h) for h in b.history_item_ids] == [list(h) for h in a.history_item_ids]
+    assert (json.loads((back["sid_index"] / "index.json").read_text())
+            == json.loads((own["sid_index"] / "index.json").read_text()))
+    for name, columns in (("items.parquet", ["item_id", "narrative"]),
+                          ("samples.parquet", ["sample", "history_narrative", "reasoning_path"])):
+        a, b = (pq.read_table(p["corpus"] / name, columns=columns) for p in (own, back))
+        assert b.equals(a), name
+
+
+@pytest.mark.slow
+def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, write_research_bundle):
+    import subprocess
+    import sys
+
+    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=30, n_items=24)
+    sets = ["data.format=research", f"data.source={bundle['root']}", f"data.category={CAT}", "data.min_samples=5",
+            "teacher.failure_budget=0.5", "stage1.epochs=1", "stage1.max_per_task=40", "stage1.hr_samples=8",
+            "stage1.valid_samples=8", "stage2.epochs=1", "stage2.max_samples=16", "stage2.valid_samples=4",
+            "stage2.reasoning_holdout=4", "stage3.max_steps=1", "stage3.max_samples=4", "stage3.valid_samples=2",
+            "stage3.max_response_length=16", "eval.max_users=0", "eval.think_max_tokens=8",
+            "stage1.instruction_samples=3"]
+    summary = tmp_path / "summary.json"
+    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(tmp_path / "root"),
+                             "--summary", str(summary), *sum((["--set", s] for s in sets), [])],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    tasks = json.loads(summary.read_text())["tasks"]
+    assert all(t["status"] == "SUCCEEDED" for t in tasks.values())
+    assert tasks["quantize-sids"]["metrics"]["imported"] == 1.0
+    assert tasks["embed-items"]["metrics"]["skipped"] == 1.0
+    assert tasks["sft-stage1"]["metrics"]["steps"] > 0
+    test_rows = len(bundle["splits"]["test"])
+    for stage in ("evaluate-stage1", "evaluate-stage2", "evaluate-stage3"):
+        assert tasks[stage]["metrics"]["test_nonthink_users"] == test_rows
+    predictions = pd.read_parquet(Path(tasks["evaluate-stage1"]["outputs"]["evaluation"]) / "predictions.parquet")
+    test = predictions[(predictions.split == "test") & (predictions["mode"] == "nonthink")]
+    items = pd.read_parquet(Path(tasks["preprocess"]["outputs"]["dataset"]) / "items.parquet")
+    research_id = {i: int(a) for i, a in zip(items.item_id, items.asin)}
+    assert [research_id[int(i)] for i in test.target_item_id] == [r["item_id"] for r in bundle["splits"]["test"]]
