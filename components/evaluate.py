@@ -9,7 +9,8 @@ from sidreasoner.components.images import CPU_IMAGE
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate_baselines(step: str, seed: int, eval: dict, dataset: Input[Dataset], sid_index: Input[Dataset],
-                       baselines: Output[Dataset], metrics: Output[Metrics]):
+                       baselines: Output[Dataset], metrics: Output[Metrics],
+                       code_version: str = "", rerun_token: str = ""):
     """Popularity and random rankings, scored like the models."""
     from sidreasoner.components.runtime import run_component
 
@@ -18,7 +19,8 @@ def evaluate_baselines(step: str, seed: int, eval: dict, dataset: Input[Dataset]
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(step: str, seed: int, eval: dict, model: Input[Model], dataset: Input[Dataset],
-             sid_index: Input[Dataset], evaluation: Output[Dataset], metrics: Output[Metrics]):
+             sid_index: Input[Dataset], evaluation: Output[Dataset], metrics: Output[Metrics],
+             code_version: str = "", rerun_token: str = ""):
     """Constrained SID beam search with a trained model, with and without thinking: HR/NDCG@K."""
     from sidreasoner.components.runtime import run_component
 
@@ -29,7 +31,8 @@ def evaluate(step: str, seed: int, eval: dict, model: Input[Model], dataset: Inp
 def report(step: str, seed: int, eval: dict, baselines: Input[Dataset], stage1_eval: Input[Dataset],
            stage2_eval: Input[Dataset], stage3_eval: Input[Dataset], dataset: Input[Dataset],
            sid_index: Input[Dataset], report: Output[Dataset], metrics: Output[Metrics], report_html: Output[HTML],
-           report_md: Output[Markdown]):
+           report_md: Output[Markdown],
+           code_version: str = "", rerun_token: str = ""):
     """One page comparing the baselines and every stage, with sample users and reasoning traces."""
     from sidreasoner.components.runtime import run_component
 

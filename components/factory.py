@@ -9,7 +9,7 @@ from kfp.dsl.python_component import PythonComponent
 
 from sidreasoner.components import data, evaluate, sid, teacher, train
 from sidreasoner.components.images import IMAGES
-from sidreasoner.steps import Step
+from sidreasoner.steps import Image, Step
 
 KINDS: dict[str, PythonComponent] = {
     component.python_func.__name__: component
@@ -19,14 +19,15 @@ KINDS: dict[str, PythonComponent] = {
 }
 
 
-def component_for(step: Step) -> PythonComponent:
-    """The component that runs `step`: named after it, in its image."""
+def component_for(step: Step, image: Image | None = None) -> PythonComponent:
+    """The component that runs `step`: named after it, in its image (`image` overrides the
+    registry's, e.g. the training image for a pod the cluster section gives GPUs)."""
     if step.component not in KINDS:
         raise KeyError(f"step {step.name}: no component '{step.component}' in sidreasoner.components "
                        f"(known: {', '.join(KINDS)})")
     kind = KINDS[step.component]
     spec = kind.component_spec
-    container = dataclasses.replace(spec.implementation.container, image=IMAGES[step.image])
+    container = dataclasses.replace(spec.implementation.container, image=IMAGES[image or step.image])
     renamed = dataclasses.replace(spec, name=step.name,
                                   implementation=dataclasses.replace(spec.implementation, container=container))
     return PythonComponent(component_spec=renamed, python_func=kind.python_func)

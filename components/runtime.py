@@ -1,7 +1,8 @@
 """What every component body does: run the registered step with the task's arguments, then
 publish its report pages and metrics.
 
-No kfp import: artifacts are used only through `.path` and `log_metric`.
+No kfp import: artifacts are used only through `.path` and `log_metric`. Every component also takes
+`code_version` and `rerun_token`: they are there for the task's cache key only, and ignored here.
 """
 
 from __future__ import annotations

@@ -6,18 +6,34 @@ pod settings from the registry (image, credentials, model cache, shared memory, 
 and from the `cluster` section (resources, node selectors, tolerations). Pipeline parameters are
 the config sections, their defaults the preset's values; a task receives only the sections its
 step reads, so its cache key covers exactly those. Steps not built are not registered.
+
+Two more arguments reach the cache key (KFP's driver fingerprints a task's resolved inputs, command,
+args and image, and only when the task's caching is on: kubeflow/pipelines
+backend/src/v2/driver/driver.go `getFingerPrint`, backend/src/v2/cacheutils/cache.go
+`GenerateCacheKey`): every task gets `code_version` (the project's version and the last commit that
+changed the code, read at compile time), so a code change misses the cache; and the tasks in
+`rerun` get the run parameter
+`rerun_token`, so a re-run with a fresh token executes them and stores their results under new keys,
+with caching still on.
 """
 
+import functools
+import hashlib
 import inspect
+import os
+import re
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
+from sidreasoner import __version__
 from sidreasoner.components.factory import component_for
 from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
-from sidreasoner.steps import STEPS, Step, pipeline_steps
+from sidreasoner.steps import STEPS, Image, Step, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
 ARTIFACT_TYPES = {"Dataset": Dataset, "Model": Model, "Metrics": Metrics, "HTML": HTML, "Markdown": Markdown}
@@ -30,6 +46,43 @@ SECRET_ENV = {
     "s3": ("sidreasoner-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}),
 }
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
+# Pod labels for cost attribution (with cluster.labels, e.g. the paper presets' name).
+STEP_LABEL, CATEGORY_LABEL = "sidreasoner.io/step", "sidreasoner.io/category"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True,
+                          timeout=30).stdout
+
+
+# What the step pods run: a commit touching only docs, charts or tests keeps every cache entry.
+CODE_PATHS = ("src", "components", "pipelines", "images", "pyproject.toml")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The project's version and, in a git checkout, the last commit that changed CODE_PATHS (plus
+    a digest of uncommitted changes to them): `0.1.0+g1a2b3c4d5e6f[.dirty<digest>]`.
+    SIDREASONER_CODE_VERSION overrides it (e.g. the commit an image was built from)."""
+    override = os.environ.get("SIDREASONER_CODE_VERSION", "").strip()
+    if override:
+        return override
+    if not (ROOT / ".git").exists() or not (ROOT / "pyproject.toml").exists():
+        return __version__
+    try:
+        commit = _git("log", "-1", "--format=%h", "--abbrev=12", "--", *CODE_PATHS).strip()
+        diff = _git("diff", "HEAD", "--", *CODE_PATHS)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    dirty = f".dirty{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
+    return f"{__version__}+g{commit}{dirty}"
+
+
+def step_image(step: Step, cluster: ClusterConfig) -> Image:
+    """The image of a step's pod: a pod that requests accelerators runs in the training image (the
+    CPU image has no CUDA), whatever the registry says."""
+    return "train" if cluster.resources.get(step.name, StepResources()).gpus > 0 else step.image
 
 
 def output_name(step: str, output: str) -> str:
@@ -75,16 +128,29 @@ def _model_cache(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
     task.set_env_variable("HF_HOME", f"{cluster.model_cache_mount}/hf")
 
 
-def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool) -> None:
+def label_value(text: str) -> str:
+    """`text` as a Kubernetes label value: at most 63 of [A-Za-z0-9._-], alphanumeric at both ends."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("._-")
+
+
+def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool, category: str) -> None:
     """A task's pod settings, all from the registry and the cluster section."""
     task.set_display_name(step.display_name)
     _credentials(task, step.credentials)
-    _resources(task, cluster.resources.get(step.name, StepResources()))
+    res = cluster.resources.get(step.name, StepResources())
+    _resources(task, res)
+    # The pod's activeDeadlineSeconds (kfp has no task timeout of its own): a hung step fails
+    # instead of holding its GPUs; each retry is a new pod with a new deadline.
+    kubernetes.set_timeout(task, res.timeout or step.timeout_s)
+    for key, value in {**cluster.labels, STEP_LABEL: step.name, CATEGORY_LABEL: label_value(category)}.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
     if cluster.model_cache_pvc and step.model_cache:
         _model_cache(task, cluster)
     if step.training_pod:
-        # PyTorch data loaders and NCCL need more shared memory than the 64 MiB default.
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+        # PyTorch data loaders and NCCL need more shared memory than the 64 MiB default. The volume
+        # is RAM and counts against the pod's memory limit, so it is bounded.
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=res.shm_size)
     if step.retry:
         task.set_retry(num_retries=step.retry.num_retries, backoff_duration=step.retry.backoff_duration,
                        **({"backoff_factor": step.retry.backoff_factor} if step.retry.backoff_factor else {}))
@@ -97,12 +163,17 @@ def _output(tasks: dict[str, dsl.PipelineTask], producer: str, output: str):
 
 
 def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset(),
-          registry: Mapping[str, Step] = STEPS):
+          registry: Mapping[str, Step] = STEPS, rerun: frozenset[str] = frozenset()):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
-    in `no_cache` always execute (caching off), the others may be served from the cache."""
+    in `no_cache` always execute (caching off), the others may be served from the cache. With
+    `rerun`, the pipeline takes a `rerun_token` parameter (empty by default) that exactly those
+    steps' tasks receive: a run with a new token executes them and caches what they write."""
     steps = pipeline_steps(cfg, until, registry)
     defaults = to_params(cfg)
+    if rerun:
+        defaults["rerun_token"] = ""
     Outputs = _outputs_type(steps)
+    version = code_version()
 
     def sidreasoner(*values):
         params = dict(zip(defaults, values))
@@ -110,8 +181,9 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
         for step in steps:
             sections = {name: params[name] for name in step.sections}
             inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
-            task = component_for(step)(step=step.name, **sections, **inputs)
-            _configure(task, step, cfg.cluster, cache=step.name not in no_cache)
+            keys = {"code_version": version, **({"rerun_token": params["rerun_token"]} if step.name in rerun else {})}
+            task = component_for(step, step_image(step, cfg.cluster))(step=step.name, **sections, **inputs, **keys)
+            _configure(task, step, cfg.cluster, cache=step.name not in no_cache, category=cfg.data.category)
             tasks[step.name] = task
         return Outputs(**{output_name(step.name, name): tasks[step.name].outputs[name]
                           for step in steps for name in step.artifacts()})

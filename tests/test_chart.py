@@ -122,6 +122,7 @@ def test_default_render_validates(chart):
     docs = render(chart)
     validate_all(docs)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("Job", "sidreasoner-model-cache-prepare"),
         ("Job", "sidreasoner-upload-pipeline"),
         ("PersistentVolumeClaim", "sidreasoner-model-cache"),
         ("Role", "sidreasoner-pipeline-runner"),
@@ -134,7 +135,7 @@ def test_full_render_validates(chart):
     docs = render(chart, FULL_VALUES)
     validate_all(docs)
     assert sorted({d["kind"] for d in docs}) == [
-        "Deployment", "Job", "PersistentVolumeClaim", "RayCluster", "Role", "RoleBinding",
+        "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster", "Role", "RoleBinding",
         "Secret", "Service", "ServiceAccount"]
     assert set(by_kind(docs, "Deployment")) == {"sidreasoner-teacher", "sidreasoner-minio"}
     assert set(by_kind(docs, "Service")) == {"sidreasoner-teacher", "sidreasoner-minio"}
@@ -180,7 +181,7 @@ def test_schema_rejects_bad_values(chart, values, where):
     ({"secrets": {"teacher": {"apiKey": "k", "existingSecret": "t"}}}, "either apiKey or existingSecret"),
     ({"secrets": {"s3": {"accessKeyId": "a"}}}, "both accessKeyId and secretAccessKey"),
     ({"minio": {"enabled": True}}, "minio.enabled needs root credentials"),
-    ({"teacherServer": {"enabled": True, "requireApiKey": True}}, "requireApiKey needs the teacher key"),
+    ({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, "modelCache.accessModes lacks ReadWriteMany"),
     ({"rayCluster": {"enabled": True, "workers": {"replicas": 5, "maxReplicas": 2}}}, "minReplicas <= replicas <= maxReplicas"),
 ])
 def test_template_guards(chart, values, message):
@@ -235,7 +236,8 @@ def test_every_container_is_unprivileged_and_bounded(chart, values):
     specs = list(pod_specs(render(chart, values)))
     assert specs
     for where, spec in specs:
-        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        # The model-cache prepare Job alone runs as root (test_model_cache_prepare_job).
+        assert spec["securityContext"]["runAsNonRoot"] is (where != "Job/sidreasoner-model-cache-prepare"), where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         for c in spec["containers"] + spec.get("initContainers", []):
             sc = c["securityContext"]
@@ -310,7 +312,7 @@ def test_model_cache_pvc_from_values(chart):
                            "resources": {"requests": {"storage": "500Gi"}}}
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     default = one(render(chart), "PersistentVolumeClaim", "sidreasoner-model-cache")
-    assert "storageClassName" not in default["spec"] and default["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in default["spec"] and default["spec"]["accessModes"] == ["ReadWriteMany"]
     minio = one(render(chart, FULL_VALUES), "PersistentVolumeClaim", "sidreasoner-minio")
     assert minio["spec"]["storageClassName"] == ""  # "-": bind a pre-created volume
 
@@ -365,7 +367,10 @@ def test_teacher_server_defaults_match_the_paper_presets(chart):
     assert teacher.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
     (vllm,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
     assert vllm["args"][vllm["args"].index("--model") + 1] == teacher.model
-    assert "VLLM_API_KEY" not in {e["name"] for e in vllm["env"]}
+    # The API key is required by default, from a Secret the chart generates under the fixed name.
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-teacher", "key": "api-key"}
+    assert set(one(docs, "Secret", "sidreasoner-teacher")["data"]) == {"api-key"}
     assert "HF_TOKEN" not in {e["name"] for e in vllm["env"]}  # no HF Secret configured
 
 
@@ -453,7 +458,10 @@ def test_notes_say_how_stage3_reaches_the_raycluster(chart):
                          namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
     assert f"stage3.verl.ray_address=ray://sidreasoner-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in notes
     assert "stage3.verl.nnodes=1 --set stage3.verl.n_gpus_per_node=8" in notes
-    assert "not ReadWriteMany" in notes  # the default claim is ReadWriteOnce
+    single = chart.render({"rayCluster": {"enabled": True}, "modelCache": {"accessModes": ["ReadWriteOnce"],
+                           "allowSingleNode": True}}, name="sidreasoner", namespace=NAMESPACE)
+    assert "not ReadWriteMany" in single["sidreasoner/templates/NOTES.txt"]
+    assert "not ReadWriteMany" not in notes  # the default claim is ReadWriteMany
     full = chart.render(FULL_VALUES, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
     assert "stage3.verl.nnodes=2 --set stage3.verl.n_gpus_per_node=8" in full
     assert "WARNING" not in full
@@ -469,7 +477,7 @@ def test_raycluster_defaults_to_the_training_image(chart):
     assert head["image"] == worker["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-train:0.1.0"
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert group["rayStartParams"] == {}
-    assert "autoscalerOptions" not in rc["spec"]
+    assert rc["spec"]["enableInTreeAutoscaling"] is True and rc["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
 
 
 def test_upload_job(chart):
@@ -480,7 +488,8 @@ def test_upload_job(chart):
     assert c["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-cpu:0.1.0"
     assert c["command"] == ["/bin/sh", "-c"]
     assert c["args"][0] == 'exec sidreasoner upload --host "$KFP_HOST" --preset "$PRESET" "$@"'
-    assert c["args"][2:] == ["--set", "teacher.max_samples=2000"]
+    assert c["args"][2:] == ["--set", "cluster.model_cache_pvc=sidreasoner-model-cache",
+                             "--set", "teacher.max_samples=2000"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and env["PRESET"] == "office"
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
@@ -493,3 +502,171 @@ def test_notes_warn_about_a_secret_the_pipeline_cannot_see(chart):
     notes = chart.render(ONLY_EXISTING, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
     assert 'pipeline steps read "sidreasoner-s3", not "my-s3"' in notes
     assert 'pipeline steps read "sidreasoner-teacher"' not in notes
+
+
+# --- cluster plan: shared cache, permissions, pull secrets, idle GPUs, network (docs/cluster.md) ---
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
+def test_model_cache_claim_is_read_write_many(chart, values):
+    """Parallel GPU steps on different nodes mount the claim at once (evaluate-stage1 beside sft-stage2,
+    evaluate-stage2 beside rl-stage3): a ReadWriteOnce claim would stall them on Multi-Attach."""
+    pvc = one(render(chart, values), "PersistentVolumeClaim", "sidreasoner-model-cache")
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+def test_a_single_node_claim_must_be_acknowledged(chart):
+    with pytest.raises(helm.HelmRenderError, match="lacks ReadWriteMany.*allowSingleNode"):
+        chart.render({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, name="sidreasoner", namespace=NAMESPACE)
+    docs = render(chart, {"modelCache": {"accessModes": ["ReadWriteOnce"], "allowSingleNode": True}})
+    assert one(docs, "PersistentVolumeClaim", "sidreasoner-model-cache")["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # An existing claim's access modes are the cluster's business: nothing to refuse.
+    assert by_kind(render(chart, {"modelCache": {"existingClaim": "shared-models",
+                                                 "accessModes": ["ReadWriteOnce"]}}), "PersistentVolumeClaim") == {}
+
+
+def _upload_sets(docs):
+    args = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"][0]["args"]
+    return [args[i + 1] for i in range(2, len(args) - 1) if args[i] == "--set"]
+
+
+@pytest.mark.parametrize("values, claim", [
+    (None, "sidreasoner-model-cache"),
+    (FULL_VALUES, "sidreasoner-model-cache"),
+    ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
+    ({"modelCache": {"name": "my-cache"}}, "my-cache"),
+], ids=["default", "full", "existing", "renamed"])
+def test_upload_compiles_the_pipeline_for_the_releases_claim(chart, values, claim):
+    docs = render(chart, values)
+    assert _upload_sets(docs)[0] == f"cluster.model_cache_pvc={claim}"
+    claims = {v["persistentVolumeClaim"]["claimName"] for _, spec in pod_specs(docs)
+              for v in spec.get("volumes", []) if v["name"] == "model-cache"}
+    assert claims == {claim}
+    # Without any cache the pipeline keeps its own setting.
+    assert not [s for s in _upload_sets(render(chart, {"modelCache": {"enabled": False}}))
+                if s.startswith("cluster.model_cache_pvc=")]
+
+
+@pytest.mark.parametrize("values, claim", [
+    (None, "sidreasoner-model-cache"),
+    (FULL_VALUES, "sidreasoner-model-cache"),
+    ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
+], ids=["default", "full", "existing"])
+def test_model_cache_prepare_job(chart, values, claim):
+    """Pipeline pods run as uid 1000 and KFP sets no fsGroup; a fresh volume's root is root's. A hook Job,
+    before the upload, creates the folders the steps write and hands them to 1000:1000 — as root, with
+    only the capabilities mkdir and chown need."""
+    docs = render(chart, values)
+    job = one(docs, "Job", "sidreasoner-model-cache-prepare")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    upload = one(docs, "Job", "sidreasoner-upload-pipeline")["metadata"]["annotations"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(upload["helm.sh/hook-weight"])
+    spec = job["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 0 and spec["securityContext"]["runAsNonRoot"] is False
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    (c,) = spec["containers"]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER"]}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-cpu:0.1.0"
+    (script,) = c["args"]
+    folders = " ".join(f"/models/{f}" for f in ("hf", "checkpoints", "downloads", "teacher-cache"))
+    assert c["command"] == ["/bin/sh", "-ec"]
+    assert script.startswith(f"mkdir -p {folders} && chown 1000:1000 /models {folders}")
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/models"
+    assert volumes[mount["name"]]["persistentVolumeClaim"] == {"claimName": claim}
+    if values is FULL_VALUES:
+        assert spec["imagePullSecrets"] == [{"name": "ghcr-pull"}]
+
+
+def test_model_cache_prepare_job_can_be_left_out(chart):
+    assert "sidreasoner-model-cache-prepare" not in by_kind(
+        render(chart, {"modelCache": {"prepare": {"enabled": False}}}), "Job")
+    assert "sidreasoner-model-cache-prepare" not in by_kind(render(chart, {"modelCache": {"enabled": False}}), "Job")
+
+
+@pytest.mark.parametrize("values, secrets", [(None, None), (FULL_VALUES, [{"name": "ghcr-pull"}])],
+                         ids=["default", "full"])
+def test_runner_service_account_carries_the_image_pull_secrets(chart, values, secrets):
+    """The pipeline's pods run as the runner ServiceAccount: its imagePullSecrets reach them."""
+    sa = one(render(chart, values), "ServiceAccount", "sidreasoner-pipeline-runner")
+    assert sa.get("imagePullSecrets") == secrets
+
+
+@pytest.mark.parametrize("values", [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}},
+                                    FULL_VALUES], ids=["default", "full"])
+def test_no_gpu_is_held_while_no_run_needs_it(chart, values):
+    docs = render(chart, values)
+    assert one(docs, "Deployment", TEACHER_SERVICE)["spec"]["replicas"] == 0
+    rc = one(docs, "RayCluster", "sidreasoner-ray")
+    assert rc["spec"]["enableInTreeAutoscaling"] is True  # workers start when verl asks for GPUs
+    if values is not FULL_VALUES:
+        (group,) = rc["spec"]["workerGroupSpecs"]
+        assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (0, 0, 1)
+        notes = chart.render(values, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+        assert f"kubectl -n {NAMESPACE} scale deploy/{TEACHER_SERVICE} --replicas=1" in notes
+
+
+PIPELINE_PODS = {"podSelector": {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}}
+
+
+def _selects(selector, labels):
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        assert e["operator"] == "In"
+        if labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("values", [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}},
+                                    FULL_VALUES, ONLY_EXISTING], ids=["default", "full", "existing"])
+def test_network_policies_let_only_the_pipeline_in(chart, values):
+    """KFP labels every pod of a run pipelines.kubeflow.org/v2_component=true: those pods (and the Ray pods
+    among themselves) reach the teacher's port and the Ray head's client port, nothing else does."""
+    docs = render(chart, values)
+    policies = by_kind(docs, "NetworkPolicy")
+    assert set(policies) == {TEACHER_SERVICE, "sidreasoner-ray"}
+    teacher = policies[TEACHER_SERVICE]["spec"]
+    pod = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["metadata"]["labels"]
+    assert _selects(teacher["podSelector"], pod) and teacher["policyTypes"] == ["Ingress"]
+    assert teacher["ingress"] == [{"from": [PIPELINE_PODS], "ports": [{"protocol": "TCP", "port": TEACHER_PORT}]}]
+    ray = policies["sidreasoner-ray"]["spec"]
+    rc = one(docs, "RayCluster", "sidreasoner-ray")
+    ray_labels = [rc["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]] + [
+        g["template"]["metadata"]["labels"] for g in rc["spec"]["workerGroupSpecs"]]
+    assert all(_selects(ray["podSelector"], labels) for labels in ray_labels)
+    assert not _selects(ray["podSelector"], pod)
+    within, client = ray["ingress"]
+    assert [p["podSelector"] for p in within["from"]] == [ray["podSelector"]] and "ports" not in within
+    assert client["from"] == [PIPELINE_PODS]
+    assert {p["port"] for p in client["ports"]} == {10001, 8265}
+
+
+def test_network_policies_can_be_widened_or_left_out(chart):
+    extra = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}
+    docs = render(chart, {"teacherServer": {"enabled": True, "networkPolicy": {"allowFrom": [extra]}},
+                          "rayCluster": {"enabled": True, "networkPolicy": {"enabled": False}}})
+    (teacher,) = by_kind(docs, "NetworkPolicy").values()
+    assert teacher["spec"]["ingress"][0]["from"] == [PIPELINE_PODS, extra]
+
+
+def test_teacher_api_key_is_generated_when_none_is_given(chart):
+    docs = render(chart, {"teacherServer": {"enabled": True}})
+    key = base64.b64decode(one(docs, "Secret", "sidreasoner-teacher")["data"]["api-key"]).decode()
+    assert len(key) == 40 and key.isalnum()
+    again = base64.b64decode(one(render(chart, {"teacherServer": {"enabled": True}}), "Secret",
+                                 "sidreasoner-teacher")["data"]["api-key"]).decode()
+    assert again != key  # random (lookup keeps the cluster's one on upgrades; offline there is none)
+    notes = chart.render({"teacherServer": {"enabled": True}}, name="sidreasoner",
+                         namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    assert "sidreasoner-teacher: generated by this release" in notes
+    # A given key or existing Secret is used as it is: nothing generated.
+    assert by_kind(render(chart, ONLY_EXISTING), "Secret") == {}
+    given = by_kind(render(chart, {"teacherServer": {"enabled": True}, "secrets": {"teacher": {"apiKey": "k"}}}),
+                    "Secret")
+    assert base64.b64decode(given["sidreasoner-teacher"]["data"]["api-key"]).decode() == "k"
+    # Turned off, no key and no Secret.
+    assert by_kind(render(chart, {"teacherServer": {"enabled": True, "requireApiKey": False}}), "Secret") == {}

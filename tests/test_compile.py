@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidreasoner import config
+from sidreasoner import __version__, config
 from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, IMAGES, TRAIN_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
-from sidreasoner.steps import STEPS, pipeline_steps
+from sidreasoner.pipelines.pipeline import STEP_LABEL, code_version
+from sidreasoner.steps import STEPS, downstream, pipeline_steps
 
 # The office DAG without export.uri: every registered step but those enabled by an unset key.
 OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"))]
@@ -24,9 +25,14 @@ def spec(tmp_path_factory):
     return next(yaml.safe_load_all(path.read_text()))  # the pipeline spec; platform spec follows
 
 
+def expected_image(executor, step):
+    """The registry's image, but the training image for a pod that requests accelerators."""
+    return IMAGES["train" if "accelerator" in executor["container"].get("resources", {}) else step.image]
+
+
 def check_tasks_follow_the_registry(spec, registry):
     """Each registered step in the DAG is one task, named after it, wired to its inputs' producers,
-    in its image, with its own config sections as parameters."""
+    in its image, with its own config sections and the code version as parameters."""
     tasks = spec["root"]["dag"]["tasks"]
     executors = spec["deploymentSpec"]["executors"]
     for name, task in tasks.items():
@@ -36,9 +42,10 @@ def check_tasks_follow_the_registry(spec, registry):
         artifacts = task["inputs"].get("artifacts", {})
         assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
                 for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
-        assert set(task["inputs"]["parameters"]) == {"step", *step.sections}, name
+        assert set(task["inputs"]["parameters"]) == {"step", "code_version", *step.sections}, name
+        assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": code_version()}}, name
         assert task["taskInfo"]["name"] == step.display_name
-        assert executors[f"exec-{name}"]["container"]["image"] == IMAGES[step.image], name
+        assert executors[f"exec-{name}"]["container"]["image"] == expected_image(executors[f"exec-{name}"], step), name
         outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
         assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
             k: f"system.{kind}" for k, kind in step.artifacts().items()}, name
@@ -90,7 +97,7 @@ def test_every_executor_uses_our_image_and_installs_nothing(spec):
     for name, ex in executors.items():
         container = ex["container"]
         step = name.removeprefix("exec-")
-        assert container["image"] == (TRAIN_IMAGE if STEPS[step].image == "train" else CPU_IMAGE), step
+        assert container["image"] == expected_image(ex, STEPS[step]), step
         assert "pip install" not in " ".join(container["command"] + container.get("args", []))
     # The evaluation and SFT tasks share one component function each, called per stage.
     functions = {name: ex["container"]["args"][-1] for name, ex in executors.items()}
@@ -133,7 +140,8 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
     assert training == ["sft-stage1", "sft-stage2", "rl-stage3"]
     for step in training:
         assert executors[f"exec-{step}"]["emptyDirMounts"] == [
-            {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}]
+            {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm",
+             "sizeLimit": "32Gi" if step == "rl-stage3" else "64Gi"}]
         assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
     assert "emptyDirMounts" not in executors["exec-merge-checkpoint"]
     assert "retryPolicy" not in pipeline["root"]["dag"]["tasks"]["merge-checkpoint"]
@@ -281,3 +289,65 @@ def test_make_images_refuses_a_digest(tmp_path):
                             text=True)
     assert result.returncode != 0 and result.stdout == ""
     assert "cannot build registry.example/sid-train@sha256:" in result.stderr
+
+
+def test_code_version_is_a_constant_of_every_task(spec):
+    version = code_version()
+    assert version.startswith(__version__)
+    if (ROOT / ".git").exists():
+        assert "+g" in version  # the last commit that changed the code
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": version}}, name
+    assert "rerun_token" not in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_code_version_override(monkeypatch):
+    code_version.cache_clear()
+    monkeypatch.setenv("SIDREASONER_CODE_VERSION", "0.1.0+image-build-7")
+    try:
+        assert code_version() == "0.1.0+image-build-7"
+    finally:
+        monkeypatch.delenv("SIDREASONER_CODE_VERSION")
+        code_version.cache_clear()
+
+
+def test_rerun_keeps_caching_and_keys_the_downstream_tasks_on_a_token(tmp_path):
+    cfg = config.load("office")
+    rerun = [s for s in downstream("sft-stage2") if s in OFFICE_STEPS]
+    pipeline = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "r.yaml", rerun=frozenset(rerun)).read_text()))
+    assert pipeline["root"]["inputDefinitions"]["parameters"]["rerun_token"] == {
+        "defaultValue": "", "isOptional": True, "parameterType": "STRING"}
+    tasks = pipeline["root"]["dag"]["tasks"]
+    assert all(t["cachingOptions"] == {"enableCache": True} for t in tasks.values())
+    keyed = {name for name, t in tasks.items() if "rerun_token" in t["inputs"]["parameters"]}
+    assert keyed == set(rerun) == {"sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint",
+                                   "evaluate-stage3", "report"}
+    for name in keyed:
+        assert tasks[name]["inputs"]["parameters"]["rerun_token"] == {"componentInputParameter": "rerun_token"}
+
+
+def test_pods_requesting_accelerators_run_in_the_training_image(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    with_gpus = [name for name, ex in executors.items() if "accelerator" in ex["container"]["resources"]]
+    assert "exec-embed-items" in with_gpus and "exec-sft-stage1" in with_gpus
+    assert STEPS["embed-items"].image == "cpu"  # the registry's image; its GPU moves it
+    for name in with_gpus:
+        assert executors[name]["container"]["image"] == TRAIN_IMAGE, name
+
+
+def test_every_pod_has_a_deadline_memory_limit_and_cost_labels(tmp_path):
+    override = 'cluster.resources={"report": {"cpu": "1", "memory": "4Gi", "timeout": 600}}'
+    pipeline, platform = yaml.safe_load_all(
+        compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text())
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in OFFICE_STEPS:
+        executor = k8s[f"exec-{step}"]
+        expected = 600 if step == "report" else STEPS[step].timeout_s
+        assert int(executor["activeDeadlineSeconds"]) == expected, step
+        assert executor["podMetadata"]["labels"] == {STEP_LABEL: step, "sidreasoner.io/preset": "office",
+                                                     "sidreasoner.io/category": "Office_Products"}, step
+        resources = pipeline["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
+        if step != "report":
+            assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"], step
+    assert STEPS["sft-stage1"].timeout_s == STEPS["rl-stage3"].timeout_s == 72 * 3600
+    assert STEPS["evaluate-stage1"].timeout_s == 12 * 3600 and STEPS["preprocess"].timeout_s == 6 * 3600

@@ -154,7 +154,7 @@ def test_training_image_installs_rl_and_gpu_the_same_way_in_every_step():
     assert extras.count(["gpu", "rl"]) == 2, extras
     assert ["flash-attn"] in extras
     # torch comes first and alone (its own layer), then the dependencies, then the project.
-    assert pip_installs(runs[0]) == [["torch==" + pyproject_pins()["torch"]]]
+    assert pip_installs([r for r in runs if pip_installs(r)][0]) == [["torch==" + pyproject_pins()["torch"]]]
     # The gpu extra is vLLM alone, pinned: vLLM pins torch exactly, so its version decides which torch fits.
     assert [canonicalize_name(Requirement(r).name) for r in PYPROJECT["optional-dependencies"]["gpu"]] == ["vllm"]
     assert "vllm" in pyproject_pins() and "flash-attn" in pyproject_pins()
@@ -172,6 +172,38 @@ def test_cpu_image_carries_no_gpu_extra():
     runs = [args for keyword, args in instructions(CPU_DOCKERFILE) if keyword == "RUN"]
     assert not [e for run in runs for e in project_extras(run)]
     assert "vllm" not in (ROOT / CPU_DOCKERFILE).read_text().lower()
+
+
+def test_training_image_has_a_c_compiler_for_triton():
+    """Triton compiles a C launcher for each kernel at run time (torch.compile, vLLM, verl); the slim base
+    image has no compiler, so gcc and the C library headers are installed, before torch."""
+    steps = instructions(TRAIN_DOCKERFILE)
+    apt = [i for i, (k, a) in enumerate(steps) if k == "RUN" and "apt-get install" in a]
+    assert len(apt) == 1, "one apt-get layer"
+    run = steps[apt[0]][1]
+    packages = set(run.split("apt-get install", 1)[1].split("&&")[0].split()) - {"-y", "--no-install-recommends"}
+    assert {"gcc", "libc6-dev"} <= packages or "build-essential" in packages
+    assert "rm -rf /var/lib/apt/lists/*" in run
+    first_pip = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and pip_installs(a))
+    assert apt[0] < first_pip
+    user = next(i for i, (k, _) in enumerate(steps) if k == "USER")
+    assert apt[0] < user  # installed as root
+    assert "Triton" in (ROOT / "images" / "README.md").read_text() and "gcc" in (ROOT / "images" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES)
+def test_dependencies_are_installed_before_the_source_is_copied(dockerfile):
+    """Layer order: pyproject.toml alone, its dependencies installed, then the source and the project;
+    a code change then rebuilds only the last layers."""
+    steps = instructions(dockerfile)
+    copies = [(i, a.split()[:-1]) for i, (k, a) in enumerate(steps) if k == "COPY"]
+    assert copies[0][1] == ["pyproject.toml"], "pyproject.toml is copied first, alone"
+    source = min(i for i, srcs in copies if {"src", "components", "pipelines"} & set(srcs))
+    deps = [i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install -r /tmp/requirements.txt" in a
+            and "['dependencies']" in a]
+    project = [i for i, (k, a) in enumerate(steps) if k == "RUN"
+               and [r for args in pip_installs(a) for r in requirement_args(args) if r == "." or r.startswith(".[")]]
+    assert deps and copies[0][0] < deps[0] < source < project[0]
 
 
 @pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES)
@@ -267,7 +299,9 @@ def test_cpu_image_installs_in_a_clean_venv(tmp_path):
             subprocess.run(["/bin/sh", "-c", command], cwd=workdir, env=env, check=True)
             replayed.append(command)
             timings.append(f"{command}: {time.monotonic() - step:.0f} s")
-    assert replayed == ["pip install torch==2.13.0", "pip install . && sidreasoner --help > /dev/null"]
+    assert replayed[0] == "pip install torch==2.13.0" and len(replayed) == 3
+    assert "pip install -r /tmp/requirements.txt" in replayed[1]  # dependencies, before the code
+    assert replayed[2] == "pip install . && sidreasoner --help > /dev/null"
     assert sorted(copied) == ["README.md", "components", "pipelines", "pyproject.toml", "src"]
 
     # Import from elsewhere than the context folder (whose components/ and pipelines/ would shadow).

@@ -1,6 +1,7 @@
 """`sidreasoner submit` / `upload` against a KFP v2beta1 API server on 127.0.0.1."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ import pytest
 import yaml
 
 from sidreasoner import config
-from sidreasoner.pipelines.submit import submit, upload
+from sidreasoner.pipelines.pipeline import code_version
+from sidreasoner.pipelines.submit import spec_digest, submit, upload, version_name
 from sidreasoner.steps import STEP_NAMES, downstream
 
 
@@ -65,15 +67,34 @@ def test_existing_experiment_is_reused(kfp_api):
     assert len(state.calls("POST", "/experiments")) == 1
 
 
-def test_rerun_from_turns_caching_off_downstream_only(kfp_api):
+def _token_tasks(run_body):
+    return {name for name, t in _pipeline_spec(run_body)["root"]["dag"]["tasks"].items()
+            if "rerun_token" in t["inputs"]["parameters"]}
+
+
+def test_rerun_from_keeps_caching_and_sends_a_fresh_token_to_the_downstream_tasks(kfp_api):
     url, state = kfp_api
     result = submit(config.load("demo"), url, rerun_from="quantize-sids")
     rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
              "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3",
              "report"]
-    assert result.no_cache_steps == rerun
-    caching = _task_caching(_run_body(state))
-    assert caching == {step: step not in rerun for step in STEP_NAMES if step != "export-model"}  # no export.uri
+    assert result.rerun_steps == rerun
+    body = _run_body(state)
+    # Caching stays on everywhere, so the re-run tasks write cache entries under their new keys.
+    assert _task_caching(body) == {step: True for step in STEP_NAMES if step != "export-model"}  # no export.uri
+    assert _token_tasks(body) == set(rerun)
+    token = body["runtime_config"]["parameters"]["rerun_token"]
+    assert token and _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]["rerun_token"]["defaultValue"] == ""
+    submit(config.load("demo"), url, rerun_from="quantize-sids")
+    second = state.calls("POST", "/runs")[-1].json()["runtime_config"]["parameters"]["rerun_token"]
+    assert second != token  # every re-run gets a key no earlier run used
+
+
+def test_a_plain_run_sends_no_token(kfp_api):
+    url, state = kfp_api
+    submit(config.load("demo"), url)
+    body = _run_body(state)
+    assert "rerun_token" not in body["runtime_config"]["parameters"] and not _token_tasks(body)
 
 
 def test_no_cache_applies_to_every_task(kfp_api):
@@ -88,18 +109,76 @@ def test_no_cache_and_rerun_from_exclude_each_other():
         submit(config.load("demo"), "http://127.0.0.1:9", no_cache=True, rerun_from="preprocess")
 
 
-def test_upload_then_new_version(kfp_api):
+def _uploaded_yaml(call):
+    return call.body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+
+
+def _uploaded_spec(call):
+    return next(yaml.safe_load_all(_uploaded_yaml(call)))
+
+
+def test_upload_names_versions_by_code_and_spec_and_never_twice(kfp_api):
     cfg = config.load("games")
     url, state = kfp_api
-    pipeline_id = upload(cfg, url)
-    again = upload(cfg, url, version="v2")
-    assert again == pipeline_id
+    first = upload(cfg, url)
+    assert first.created and first.version == "sidreasoner"  # the server names the first version
     (up,) = state.calls("POST", "/pipelines/upload")
     assert up.query["name"] == ["sidreasoner"]
-    spec = next(yaml.safe_load_all(up.body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]))
+    spec = _uploaded_spec(up)
     assert spec["root"]["inputDefinitions"]["parameters"]["data"]["defaultValue"]["category"] == "Video_Games"
-    assert state.versions == [{"pipeline_version_id": state.versions[0]["pipeline_version_id"],
-                               "pipeline_id": pipeline_id, "display_name": "v2"}]
+    digest = spec_digest(_uploaded_yaml(up))
+    assert f"sha256:{digest}" in up.query["description"][0]
+    # The same spec again: the server's versions are listed, and nothing is uploaded.
+    again = upload(cfg, url)
+    assert (again.pipeline_id, again.version, again.created) == (first.pipeline_id, "sidreasoner", False)
+    assert state.calls("GET", f"/pipelines/{first.pipeline_id}/versions")
+    assert not state.calls("POST", "/pipelines/upload_version")
+    # Another spec: a new version named after the code version, the category and the spec's digest.
+    changed = upload(config.load("games", ["data.k_core=7"]), url)
+    assert changed.created and changed.pipeline_id == first.pipeline_id
+    (up2,) = state.calls("POST", "/pipelines/upload_version")
+    digest2 = spec_digest(_uploaded_yaml(up2))
+    assert digest2 != digest
+    assert changed.version == up2.query["name"][0] == version_name(config.load("games"), digest2)
+    assert changed.version.endswith(f"-video-games-{digest2}")
+    assert changed.version.startswith(code_version().replace("+", "-").lower())
+    assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", changed.version)
+    assert upload(config.load("games", ["data.k_core=7"]), url).created is False
+    assert len(state.versions) == 2
+
+
+def test_upload_finds_its_spec_past_the_first_page_of_versions(kfp_api):
+    cfg = config.load("demo")
+    url, state = kfp_api
+    first = upload(cfg, url)
+    for i in range(150):  # older versions: the spec's own is on the second page of 100
+        state.versions.insert(0, {"pipeline_version_id": f"old-{i}", "pipeline_id": first.pipeline_id,
+                                  "display_name": f"old-{i}", "description": ""})
+    assert upload(cfg, url).created is False
+    assert len(state.calls("GET", f"/pipelines/{first.pipeline_id}/versions")) == 2
+
+
+def test_upload_with_an_explicit_version_name(kfp_api):
+    url, state = kfp_api
+    first = upload(config.load("demo"), url)
+    named = upload(config.load("demo", ["seed=3"]), url, version="v2")
+    assert (named.pipeline_id, named.version, named.created) == (first.pipeline_id, "v2", True)
+    assert state.versions[-1]["display_name"] == "v2"
+    with pytest.raises(ValueError, match="has a version v2 of another spec"):
+        upload(config.load("demo", ["seed=4"]), url, version="v2")
+    assert upload(config.load("demo", ["seed=3"]), url, version="v3").version == "v2"  # same spec: kept
+
+
+def test_cli_upload_says_when_nothing_was_uploaded(kfp_api):
+    url, state = kfp_api
+    command = [sys.executable, "-m", "sidreasoner.cli", "upload", "--host", url]
+    env = {**os.environ, "SIDREASONER_CODE_VERSION": "0.1.0-test"}  # one code version for both processes
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "version sidreasoner uploaded" in first.stdout
+    second = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert "already has this spec as version sidreasoner; nothing uploaded" in second.stdout
+    assert len(state.calls("POST", "/pipelines/upload")) == 1 and not state.calls("POST", "/pipelines/upload_version")
 
 
 def test_cli_submit_wait_and_secret_free_requests(kfp_api):
@@ -111,7 +190,7 @@ def test_cli_submit_wait_and_secret_free_requests(kfp_api):
         capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Caching off for: report" in result.stdout
+    assert "Re-executing (new cache key): report" in result.stdout
     assert "Run finished: SUCCEEDED" in result.stdout
     assert state.calls("GET", f"/runs/{next(iter(state.runs))}")  # --wait polled the run
     assert all(secret.encode() not in r.body for r in state.requests)

@@ -141,8 +141,8 @@ def submit(
     except (ConfigError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"Run {result.run_id} created in experiment {experiment}.")
-    if result.no_cache_steps:
-        typer.echo(f"Caching off for: {', '.join(result.no_cache_steps)}")
+    if result.rerun_steps:
+        typer.echo(f"Re-executing (new cache key): {', '.join(result.rerun_steps)}")
     if wait:
         typer.echo(f"Run finished: {result.state}")
         if (result.state or "").upper() != "SUCCEEDED":
@@ -155,15 +155,23 @@ def upload(
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
     name: Annotated[str, typer.Option(help="pipeline name in the KFP UI")] = "sidreasoner",
-    version: Annotated[Optional[str], typer.Option(help="version name when the pipeline exists (default: version-category-timestamp)")] = None,
+    version: Annotated[Optional[str], typer.Option(help="version name when the pipeline exists (default: code version, category and the compiled spec's digest)")] = None,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """Register the compiled pipeline on a Kubeflow Pipelines server, or add a new version of it."""
+    """Register the compiled pipeline on a Kubeflow Pipelines server, or add a new version of it
+    (none when the server has a version of the same compiled spec)."""
     from sidreasoner.pipelines.submit import upload as upload_pipeline
 
     cfg = _load_config(preset, overrides)
-    pipeline_id = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace)
-    typer.echo(f"Pipeline {name} ({pipeline_id}) uploaded.")
+    try:
+        result = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace)
+    except ValueError as err:
+        _fail(str(err))
+    if result.created:
+        typer.echo(f"Pipeline {name} ({result.pipeline_id}): version {result.version} uploaded.")
+    else:
+        typer.echo(f"Pipeline {name} ({result.pipeline_id}) already has this spec as version {result.version}; "
+                   "nothing uploaded.")
 
 
 @app.command()

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from sidreasoner.errors import ConfigError
 
+HOUR = 3600
+
 # The KFP artifact types a step's outputs can have (named here: the library never imports kfp).
 ArtifactKind = Literal["Dataset", "Model", "Metrics", "HTML", "Markdown"]
 # Which image a step's pod runs in: the CPU image, or the CUDA training image.
@@ -62,6 +64,7 @@ class Step:
     retry: Retry | None = None
     enabled_by: str = ""  # dotted config key: the step is in the DAG only when it is set
     display_name: str = ""  # the name the KFP UI shows; the step name when empty
+    timeout_s: int = 6 * HOUR  # the pod's deadline on a cluster (cluster.resources.<step>.timeout overrides)
 
     def __post_init__(self):
         if not self.display_name:
@@ -90,6 +93,7 @@ DATASET = "preprocess.dataset"
 SID_INDEX = "quantize-sids.sid_index"
 CORPUS = "synthesize-corpus.corpus"
 TRAINING_RETRY = Retry(2, "60s")  # resumes from the step's last checkpoint
+TRAINING_TIMEOUT = 72 * HOUR  # per attempt: a retried pod resumes with a new deadline
 
 
 def _sft(stage: int, summary: str, base_model: str) -> Step:
@@ -98,7 +102,7 @@ def _sft(stage: int, summary: str, base_model: str) -> Step:
                 ("seed", f"stage{stage}"),
                 inputs={"base_model": base_model, "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
                 outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
-                image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY)
+                image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY, timeout_s=TRAINING_TIMEOUT)
 
 
 def _evaluation(stage: int, model: str) -> Step:
@@ -106,7 +110,7 @@ def _evaluation(stage: int, model: str) -> Step:
     return Step(f"evaluate-stage{stage}", f"constrained SID beam search with the Stage {stage} model, with and "
                 "without thinking (eval.modes): HR/NDCG@K", "evaluate", "sidreasoner.eval.evaluate:evaluate",
                 ("seed", "eval"), inputs={"model": model, "dataset": DATASET, "sid_index": SID_INDEX},
-                outputs={"evaluation": "Dataset"}, image="train", model_cache=True)
+                outputs={"evaluation": "Dataset"}, image="train", model_cache=True, timeout_s=12 * HOUR)
 
 
 def _registry(*steps: Step) -> dict[str, Step]:
@@ -152,7 +156,7 @@ STEPS: dict[str, Step] = _registry(
          "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
          "synthesize_corpus", "sidreasoner.teacher.corpus:synthesize_corpus", ("seed", "teacher"),
          inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"corpus": "Dataset"},
-         credentials=("teacher",), model_cache=True),
+         credentials=("teacher",), model_cache=True, timeout_s=48 * HOUR),
     Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
          "evaluate_baselines", "sidreasoner.eval.evaluate:evaluate_baselines", ("seed", "eval"),
          inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"baselines": "Dataset"}),
@@ -170,7 +174,7 @@ STEPS: dict[str, Step] = _registry(
          inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
          outputs={"stage3_checkpoint": "Model"},
          reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
-         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY),
+         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY, timeout_s=TRAINING_TIMEOUT),
     Step("merge-checkpoint", "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
          "to a plain Hugging Face model, checked by reloading it",
          "merge_checkpoint", "sidreasoner.rl.merge:merge_checkpoint", ("seed", "stage3"),

@@ -1,6 +1,7 @@
 """A small HTTP server on 127.0.0.1 that speaks the part of the KFP v2beta1 REST API that
-`kfp.Client` uses to create experiments and runs and to upload pipelines. It records every
-request so tests can check what the client really sent."""
+`kfp.Client` uses to create experiments and runs, to upload pipelines and their versions and to
+list a pipeline's versions (paged, as the server pages them). It records every request so tests
+can check what the client really sent."""
 
 from __future__ import annotations
 
@@ -81,6 +82,18 @@ def _handler(state: FakeKFP):
                 name = _filter_name(rec.query)
                 found = [p for p in state.pipelines.values() if name in (None, p["display_name"])]
                 return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
+            if rec.path.startswith(f"{API}/pipelines/") and rec.path.endswith("/versions"):
+                pipeline_id = rec.path.split("/")[-2]
+                name = _filter_name(rec.query)
+                found = [v for v in state.versions if v["pipeline_id"] == pipeline_id
+                         and name in (None, v["display_name"])]
+                start = int(rec.query.get("page_token", ["0"])[0] or 0)
+                size = int(rec.query.get("page_size", ["20"])[0])
+                page = found[start:start + size]
+                reply = {"pipeline_versions": page, "total_size": len(found)} if page else {}
+                if start + size < len(found):
+                    reply["next_page_token"] = str(start + size)
+                return self._reply(reply)
             self._reply({"error": f"not found: {rec.path}"}, 404)
 
         def do_POST(self):
@@ -95,12 +108,17 @@ def _handler(state: FakeKFP):
                 return self._reply(run)
             if rec.path == f"{API}/pipelines/upload":
                 name = rec.query.get("name", ["pipeline"])[0]
-                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name}
+                description = rec.query.get("description", [""])[0]
+                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": description}
                 state.pipelines[pipeline["pipeline_id"]] = pipeline
+                # As the server does: the pipeline's first version, named after it.
+                state.versions.append({"pipeline_version_id": str(uuid.uuid4()), "pipeline_id": pipeline["pipeline_id"],
+                                       "display_name": name, "description": description})
                 return self._reply(pipeline)
             if rec.path == f"{API}/pipelines/upload_version":
                 version = {"pipeline_version_id": str(uuid.uuid4()),
-                           "pipeline_id": rec.query["pipelineid"][0], "display_name": rec.query["name"][0]}
+                           "pipeline_id": rec.query["pipelineid"][0], "display_name": rec.query["name"][0],
+                           "description": rec.query.get("description", [""])[0]}
                 state.versions.append(version)
                 return self._reply(version)
             self._reply({"error": f"not found: {rec.path}"}, 404)

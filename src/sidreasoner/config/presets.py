@@ -83,24 +83,26 @@ _PAPER = {
                "verl": {"n_gpus_per_node": 4, "gpu_memory_utilization": 0.8, "test_freq": 50, "val_before_train": True,
                         "ref_param_offload": True}},
     # On a cluster: pods, GPUs, and the chart's model-cache PVC (mounted at /models), which also
-    # holds the checkpoints and caches that let a retried pod resume.
+    # holds the checkpoints and caches that let a retried pod resume. Memory limits equal the requests
+    # (a pod past them is killed, not its neighbours); a training pod's /dev/shm (RAM) counts against
+    # its limit. Deadlines: the registry's per-step `timeout_s` (`timeout` here overrides it).
     "cluster": {"resources": {
-        "download-data": {"cpu": "2", "memory": "8Gi"},
-        "preprocess": {"cpu": "2", "memory": "16Gi"},
-        "embed-items": {"cpu": "4", "memory": "32Gi", "gpus": 1},
-        "quantize-sids": {"cpu": "8", "memory": "16Gi"},
-        "synthesize-corpus": {"cpu": "2", "memory": "8Gi"},
-        "evaluate-baselines": {"cpu": "2", "memory": "8Gi"},
-        "prepare-base-model": {"cpu": "4", "memory": "32Gi"},
-        "sft-stage1": {"cpu": "32", "memory": "256Gi", "gpus": 8},
-        "evaluate-stage1": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "sft-stage2": {"cpu": "32", "memory": "256Gi", "gpus": 8},
-        "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "rl-stage3": {"cpu": "16", "memory": "128Gi", "gpus": 4},
-        "merge-checkpoint": {"cpu": "8", "memory": "64Gi"},
-        "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "gpus": 1},
-        "report": {"cpu": "1", "memory": "4Gi"},
-        "export-model": {"cpu": "2", "memory": "8Gi"},
+        "download-data": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
+        "preprocess": {"cpu": "2", "memory": "16Gi", "memory_limit": "16Gi"},
+        "embed-items": {"cpu": "4", "memory": "32Gi", "memory_limit": "32Gi", "gpus": 1},
+        "quantize-sids": {"cpu": "8", "memory": "16Gi", "memory_limit": "16Gi"},
+        "synthesize-corpus": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
+        "evaluate-baselines": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
+        "prepare-base-model": {"cpu": "4", "memory": "32Gi", "memory_limit": "32Gi"},
+        "sft-stage1": {"cpu": "32", "memory": "256Gi", "memory_limit": "256Gi", "gpus": 8, "shm_size": "64Gi"},
+        "evaluate-stage1": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi", "gpus": 1},
+        "sft-stage2": {"cpu": "32", "memory": "256Gi", "memory_limit": "256Gi", "gpus": 8, "shm_size": "64Gi"},
+        "evaluate-stage2": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi", "gpus": 1},
+        "rl-stage3": {"cpu": "16", "memory": "128Gi", "memory_limit": "128Gi", "gpus": 4, "shm_size": "32Gi"},
+        "merge-checkpoint": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi"},
+        "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi", "gpus": 1},
+        "report": {"cpu": "1", "memory": "4Gi", "memory_limit": "4Gi"},
+        "export-model": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
     }},
     # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10} (none above the beam width), greedy
     # reasoning up to 1024 tokens closed as the research code closes it, beams ranked with the "\n" and
@@ -138,13 +140,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "train_batch_size": 4, "micro_batch_size": 16, "max_prompt_length": 384, "max_response_length": 64,
                    "temperature": 1.0, "max_steps": 12, "max_samples": 48, "valid_samples": 32, "save_steps": 6},
         # Sized for 2 CPU cores: 500 test users, short reasoning.
-        "eval": {"ks": [1, 3, 5, 10], "num_beams": 10, "modes": ["nonthink", "think"], "splits": ["test"],
+        # The non-thinking question is the one Stage 1 trains on: the tiny model learns from a few
+        # thousand examples and does not carry a question it never saw over to the answer.
+        "eval": {"prompt_wording": "training", "ks": [1, 3, 5, 10], "num_beams": 10, "modes": ["nonthink", "think"],
+                 "splits": ["test"],
                  "batch_size": 32, "max_users": 500, "think_max_tokens": 96, "report_samples": 5},
     },
     "office": {**_PAPER, "data": {**_PAPER_DATA, "category": "Office_Products"}},
     "industrial": {**_PAPER, "data": {**_PAPER_DATA, "category": "Industrial_and_Scientific"}},
     "games": {**_PAPER, "data": {**_PAPER_DATA, "category": "Video_Games"}},
 }
+# A paper preset's pods carry its name (cost attribution), besides the step and category labels.
+for _name in ("office", "industrial", "games"):
+    PRESETS[_name]["cluster"] = {**_PAPER["cluster"], "labels": {"sidreasoner.io/preset": _name}}
+del _name
 
 # With data.format=research the bundle's own SIDs and corpus are used (no embedding, no quantizer,
 # no teacher); a `--set` of any of these keys still wins.

@@ -560,6 +560,10 @@ class EvalConfig(_Section):
         False, description="also score the tokens the research code generates after the SID, '\\n' then "
         "end-of-sequence, into each candidate's score and rank by the total (the research code's beam ranking)"
     )
+    prompt_wording: Literal["research", "training"] = Field(
+        "research", description="non-thinking question: research: the research code's evaluation wording (unlike "
+        "any training task's); training: the Stage 1 next-SID question the model was trained on"
+    )
     empty_think: Literal["training", "research"] = Field(
         "training", description="non-thinking prompt's empty think block: training: '<think>\\n\\n</think>\\n\\n', "
         "as in training; research: '<think>\\n</think>\\n\\n', as the research code's evaluation renders it"
@@ -633,8 +637,12 @@ class StepResources(_Section):
     accelerator: str = Field("nvidia.com/gpu", description="the accelerator resource name")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    timeout: int = Field(0, ge=0, description="seconds the pod may run (activeDeadlineSeconds); 0 = the "
+                         "step's default from the registry (Step.timeout_s)")
+    shm_size: str = Field("16Gi", description="size limit of a training pod's RAM-backed /dev/shm; it counts "
+                          "against the pod's memory limit")
 
-    @field_validator("cpu", "memory", "cpu_limit", "memory_limit", mode="before")
+    @field_validator("cpu", "memory", "cpu_limit", "memory_limit", "shm_size", mode="before")
     @classmethod
     def _quantity(cls, v: Any) -> Any:
         """`--set cluster.resources.sft-stage1.cpu=4` parses 4 as a number; a quantity is text."""
@@ -648,6 +656,8 @@ class ClusterConfig(_Section):
         "sidreasoner-model-cache", description="PVC (the chart's) mounted where models, checkpoints and caches live; empty = none")
     model_cache_mount: str = "/models"
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per step name")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels on every step's pod (cost "
+                                   "attribution), besides sidreasoner.io/step and sidreasoner.io/category")
 
     @field_validator("resources")
     @classmethod

@@ -110,9 +110,10 @@ def load_decoder(model_dir: Path, catalogue: list[str], ec: EvalConfig) -> SidDe
     return SidDecoder(model.to(device), tokenizer, catalogue, max_rows=ec.max_rows)
 
 
-def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool, empty_think: str = "training") -> list[list[int]]:
+def _prompts(decoder: SidDecoder, histories: list[list[str]], think: bool, empty_think: str = "training",
+             wording: str = "research") -> list[list[int]]:
     texts = [render_prompt(decoder.tokenizer, user, thinking=think, empty_think=empty_think, system=system)
-             for system, user in (evaluation_prompt(h, think) for h in histories)]
+             for system, user in (evaluation_prompt(h, think, wording) for h in histories)]
     return decoder.encode(texts)
 
 
@@ -128,7 +129,7 @@ def decode_users(decoder: SidDecoder, histories: list[list[str]], ec: EvalConfig
 
         starts = tqdm(starts, desc=progress, unit="batch", mininterval=5)
     for start in starts:
-        ids = _prompts(decoder, histories[start:start + ec.batch_size], think, ec.empty_think)
+        ids = _prompts(decoder, histories[start:start + ec.batch_size], think, ec.empty_think, ec.prompt_wording)
         texts = [""] * len(ids)
         if think:
             ids, texts = decoder.think(ids, ec.think_max_tokens, ec.think_sample, ec.temperature, ec.top_p,

@@ -142,11 +142,14 @@ def next_sid_question(history_sids: Sequence[str], reasoning: bool = False) -> s
     return template.format(history=sid_history(history_sids))
 
 
-def evaluation_prompt(history_sids: Sequence[str], thinking: bool) -> tuple[str, str]:
-    """(system, user) of the evaluation's prompt: the non-thinking evaluation's own wording, or the
-    Stage 2 question when thinking."""
+def evaluation_prompt(history_sids: Sequence[str], thinking: bool, wording: str = "research") -> tuple[str, str]:
+    """(system, user) of the evaluation's prompt: when thinking, the Stage 2 question; else the research
+    code's evaluation wording (`research`, worded unlike any training task), or the Stage 1 next-SID
+    question the model was trained on (`training`)."""
     if thinking:
         return SYSTEM_NEXT_ITEM, next_sid_question(history_sids, reasoning=True)
+    if wording == "training":
+        return SYSTEM_SID_HISTORY_TO_SID, next_sid_question(history_sids)
     return SYSTEM_EVAL_NEXT_SID, EVAL_SID_HISTORY_TO_SID.format(history=sid_history(history_sids))
 
 
