@@ -161,7 +161,9 @@ def test_research_protocol_exact(tmp_path):
     assert [(i["asin"], i["title"]) for i in items] == [
         ("I2", 'Blue" Gel Pen'), ("I4", "Stapler"), ("I10", "Tape Roll"), ("I1", "Pen &  Ink"),
         ("I3", "Notebook &ndash; A5 &#39;dotted&#39;")]
-    assert items[1]["description"] == "second"  # the last record's fields, the last usable title
+    # the last record's fields, the last usable title; the description as MiniOneRec writes it (the
+    # raw list's Python text, which its embedding text carries)
+    assert items[1]["description"] == "['second']"
     inter = pq.read_table(out / "interactions.parquet").to_pydict()
     assert list(zip(inter["user_id"], inter["item_id"])) == [
         (0, 0), (0, 1), (0, 2), (0, 0), (1, 3), (1, 0), (1, 3), (1, 4), (1, 1), (2, 3), (2, 4), (2, 1), (2, 2)]

@@ -85,8 +85,10 @@ class DataConfig(_Section):
     title_rule: Literal["minionerec", "unescape"] = Field(
         "minionerec", description="minionerec: drop titles holding scraped HTML ('<span id'), replace only &quot; and "
                                   "&amp;, strip spaces then double quotes, keep > 1 character and <= max_title_words "
-                                  "space-separated words; unescape: unescape every HTML entity, collapse whitespace, "
-                                  "keep non-empty titles of <= max_title_words words"
+                                  "space-separated words, and (Amazon 2018) keep the description as MiniOneRec writes "
+                                  "it (the raw field's Python text, tags removed); unescape: unescape every HTML "
+                                  "entity, collapse whitespace, keep non-empty titles of <= max_title_words words, "
+                                  "descriptions as plain text (a list's texts joined)"
     )
     duplicate_meta: Literal["last", "first"] = Field(
         "last", description="several meta records of one asin: last (MiniOneRec) = the title of the last record with a "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import html
 import io
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -234,6 +235,16 @@ def minionerec_title(value: Any) -> str:
     return text.replace("&quot;", '"').replace("&amp;", "&").strip(" ").strip('"')
 
 
+def minionerec_description(value: Any) -> str:
+    """MiniOneRec's description text: the raw field as Python prints it (a list keeps its brackets and
+    quotes, which its embedding text then carries), tags removed, entities unescaped, whitespace
+    collapsed; empty -> ''."""
+    if not value:
+        return ""
+    text = html.unescape(re.sub(r"<[^>]+>", "", str(value))).replace("&quot;", '"').replace("&amp;", "&")
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def _title(rec: dict, rule: TitleRule) -> str | None:
     if "title" not in rec or rec["title"] is None:
         return None
@@ -244,13 +255,15 @@ def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts, title_rule: Titl
     """One raw meta record -> ItemMeta, or None (counted) when it has no item id.
 
     The title is cleaned by `title_rule`: `unescape` (every HTML entity, whitespace collapsed) or
-    `minionerec` (`minionerec_title`); the other text fields are always `clean_text`-ed.
+    `minionerec` (`minionerec_title`, and an Amazon 2018 description as `minionerec_description`);
+    the other text fields are always `clean_text`-ed.
     """
     if fmt == "amazon2018":
         asin = _id_field(rec, "asin", counts)
         if asin is None:
             return None
-        return ItemMeta(asin, _title(rec, title_rule), clean_text(rec.get("description")),
+        describe = minionerec_description if title_rule == "minionerec" else clean_text
+        return ItemMeta(asin, _title(rec, title_rule), describe(rec.get("description")),
                         clean_text(rec.get("brand")), _text_list(rec.get("category")))
     asin = _id_field(rec, "parent_asin", counts)
     if asin is None:
