@@ -179,6 +179,19 @@ class _Bad(Exception):
         self.reason, self.column, self.detail = reason, column, detail
 
 
+def json_or_literal(text: str) -> Any:
+    """A field the research code writes as JSON or as a Python literal (a chat's `messages`): JSON first,
+    then `ast.literal_eval`, never eval. ValueError when it is neither."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"neither JSON nor a Python literal: {_snippet(text)}") from None
+
+
 def _literal(text: str, column: str) -> Any:
     try:
         return ast.literal_eval(text)
@@ -832,12 +845,9 @@ def _content(value: Any, counts: Counter) -> str:
 def _conversation(messages: Any, counts: Counter) -> list[dict[str, str]]:
     if isinstance(messages, str):
         try:
-            messages = orjson.loads(messages)
-        except orjson.JSONDecodeError:
-            try:
-                messages = ast.literal_eval(messages)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                raise _Bad("unparseable_messages", "messages", f"not a list literal: {_snippet(messages)}") from None
+            messages = json_or_literal(messages)
+        except ValueError:
+            raise _Bad("unparseable_messages", "messages", f"not a list literal: {_snippet(messages)}") from None
     if not isinstance(messages, list):
         raise _Bad("not_list_messages", "messages", f"not a list of messages: {_snippet(messages)}")
     if not messages:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import random
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import DataCollatorWithFlattening
 
+from sidreasoner.data.research import json_or_literal
 from sidreasoner.model import prompts
 
 IGNORE = -100
@@ -140,12 +140,9 @@ def _messages_record(raw, where: str) -> tuple[list[dict], str]:
     reads them) and the last assistant message's text ("" when there is none)."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            try:
-                raw = ast.literal_eval(raw)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                raise InstructionFileError(f"{where}: messages is neither JSON nor a Python literal") from None
+            raw = json_or_literal(raw)
+        except ValueError:
+            raise InstructionFileError(f"{where}: messages is neither JSON nor a Python literal") from None
     if not isinstance(raw, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in raw):
         raise InstructionFileError(f"{where}: messages must be a list of {{role, content}} objects")
     prompt: list[dict] = []
