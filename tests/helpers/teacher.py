@@ -104,6 +104,7 @@ class FakeOpenAI:
         self.answered: list[str] = []  # body hashes of requests answered with 200 + valid JSON
         self.received_hashes: list[str] = []
         self.waiting = 0
+        self.admitted = 0  # requests let through before block_after is reached (decided under the lock)
         self.auth_headers: set[str] = set()
         self.fault_times: list[tuple[str, float]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -157,9 +158,13 @@ class FakeOpenAI:
                     fault = fake.faults.pop(0) if fake.faults else None
                     if fault:
                         fake.fault_times.append((fault, time.monotonic()))
-                    block = fake.block_after is not None and len(fake.answered) >= fake.block_after
+                    # Counted when admitted, not when answered: concurrent requests all checking
+                    # `answered` before any was recorded would let more than block_after through.
+                    block = fake.block_after is not None and fake.admitted >= fake.block_after
                     if block:
                         fake.waiting += 1
+                    else:
+                        fake.admitted += 1
                 if block:
                     fake.unblock.wait()
                     self.close_connection = True
