@@ -1,6 +1,8 @@
 """Components for evaluation: the baselines, any trained model (one component, a task per stage),
 and the report."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -10,7 +12,7 @@ from sidreasoner.components.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate_baselines(step: str, seed: int, eval: dict, dataset: Input[Dataset], sid_index: Input[Dataset],
                        baselines: Output[Dataset], metrics: Output[Metrics],
-                       code_version: str = "", rerun_token: str = ""):
+                       code_version: str = "", rerun_token: str = "", compiled_sections: Optional[dict] = None):
     """Popularity and random rankings, scored like the models."""
     from sidreasoner.components.runtime import run_component
 
@@ -20,7 +22,7 @@ def evaluate_baselines(step: str, seed: int, eval: dict, dataset: Input[Dataset]
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(step: str, seed: int, eval: dict, model: Input[Model], dataset: Input[Dataset],
              sid_index: Input[Dataset], evaluation: Output[Dataset], metrics: Output[Metrics],
-             code_version: str = "", rerun_token: str = ""):
+             code_version: str = "", rerun_token: str = "", compiled_sections: Optional[dict] = None):
     """Constrained SID beam search with a trained model, with and without thinking: HR/NDCG@K."""
     from sidreasoner.components.runtime import run_component
 
@@ -32,7 +34,7 @@ def report(step: str, seed: int, eval: dict, baselines: Input[Dataset], stage1_e
            stage2_eval: Input[Dataset], stage3_eval: Input[Dataset], dataset: Input[Dataset],
            sid_index: Input[Dataset], report: Output[Dataset], metrics: Output[Metrics], report_html: Output[HTML],
            report_md: Output[Markdown],
-           code_version: str = "", rerun_token: str = ""):
+           code_version: str = "", rerun_token: str = "", compiled_sections: Optional[dict] = None):
     """One page comparing the baselines and every stage, with sample users and reasoning traces."""
     from sidreasoner.components.runtime import run_component
 

@@ -7,7 +7,7 @@ import dataclasses
 
 from kfp.dsl.python_component import PythonComponent
 
-from sidreasoner.components import data, evaluate, sid, teacher, train
+from sidreasoner.components import condition, data, evaluate, sid, teacher, train
 from sidreasoner.components.images import IMAGES
 from sidreasoner.steps import Image, Step
 
@@ -19,15 +19,24 @@ KINDS: dict[str, PythonComponent] = {
 }
 
 
+def _renamed(kind: PythonComponent, name: str, image: str) -> PythonComponent:
+    spec = kind.component_spec
+    container = dataclasses.replace(spec.implementation.container, image=image)
+    renamed = dataclasses.replace(spec, name=name,
+                                  implementation=dataclasses.replace(spec.implementation, container=container))
+    return PythonComponent(component_spec=renamed, python_func=kind.python_func)
+
+
+def condition_for(step: Step) -> PythonComponent:
+    """The task that decides at run time whether `step` (one with `enabled_by`) runs:
+    `<step>-enabled`, in the CPU image."""
+    return _renamed(condition.step_enabled, f"{step.name}-enabled", IMAGES["cpu"])
+
+
 def component_for(step: Step, image: Image | None = None) -> PythonComponent:
     """The component that runs `step`: named after it, in its image (`image` overrides the
     registry's, e.g. the training image for a pod the cluster section gives GPUs)."""
     if step.component not in KINDS:
         raise KeyError(f"step {step.name}: no component '{step.component}' in sidreasoner.components "
                        f"(known: {', '.join(KINDS)})")
-    kind = KINDS[step.component]
-    spec = kind.component_spec
-    container = dataclasses.replace(spec.implementation.container, image=IMAGES[image or step.image])
-    renamed = dataclasses.replace(spec, name=step.name,
-                                  implementation=dataclasses.replace(spec.implementation, container=container))
-    return PythonComponent(component_spec=renamed, python_func=kind.python_func)
+    return _renamed(KINDS[step.component], step.name, IMAGES[image or step.image])

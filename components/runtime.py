@@ -2,7 +2,8 @@
 publish its report pages and metrics.
 
 No kfp import: artifacts are used only through `.path` and `log_metric`. Every component also takes
-`code_version` and `rerun_token`: they are there for the task's cache key only, and ignored here.
+`code_version` and `rerun_token`, there for the task's cache key only, and `compiled_sections`, the
+values its sections had when the pipeline was compiled.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ import os
 import shutil
 from typing import Any
 
+from sidreasoner.config import complete_sections
 from sidreasoner.io import write_json
-from sidreasoner.runner import run_step
+from sidreasoner.runner import die_with_runner, run_step
 from sidreasoner.steps import STEPS
 
 
 def run_component(step_name: str, arguments: dict[str, Any]) -> None:
     """Run `step_name` with a component's arguments (its config sections and artifacts, by name)."""
+    die_with_runner()  # a `sidreasoner run` killed by SIGKILL takes this step with it
     step = STEPS[step_name]
-    config = {section: arguments[section] for section in step.sections}
+    # A section given partly through the API keeps the compiled preset's other keys.
+    config = complete_sections({section: arguments[section] for section in step.sections},
+                               arguments.get("compiled_sections"))
     paths = {name: arguments[name].path for name in step.folders}
     values = run_step(step_name, config, paths)
     for report in step.reports:

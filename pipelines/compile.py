@@ -16,6 +16,7 @@ def compile_pipeline(cfg: Config, output: str | Path, until: str | None = None,
     output = Path(output)
     with atomic_file(output) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix
-        compiler.Compiler().compile(pipeline_func=build(cfg, until, no_cache, rerun=rerun), package_path=str(yaml_tmp))
+        pipeline = build(cfg, until, no_cache, rerun=rerun, run_time_conditions=True)
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(yaml_tmp))
         yaml_tmp.replace(tmp)
     return output

@@ -31,7 +31,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
 from sidreasoner import __version__
-from sidreasoner.components.factory import component_for
+from sidreasoner.components.factory import component_for, condition_for
 from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
 from sidreasoner.steps import STEPS, Image, Step, pipeline_steps
 
@@ -133,17 +133,26 @@ def label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63].strip("._-")
 
 
+def _pod(task: dsl.PipelineTask, step_name: str, cluster: ClusterConfig, timeout_s: int, category: str) -> None:
+    """What every pod of the run gets: a deadline, pull secrets and the cost-attribution labels."""
+    # The pod's activeDeadlineSeconds (kfp has no task timeout of its own): a hung step fails
+    # instead of holding its GPUs; each retry is a new pod with a new deadline.
+    kubernetes.set_timeout(task, timeout_s)
+    if cluster.image_pull_secrets:
+        # On the pod itself: the run's ServiceAccount (the server's default unless the run names
+        # one) may not list them.
+        kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
+    for key, value in {**cluster.labels, STEP_LABEL: step_name, CATEGORY_LABEL: label_value(category)}.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+
+
 def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool, category: str) -> None:
     """A task's pod settings, all from the registry and the cluster section."""
     task.set_display_name(step.display_name)
     _credentials(task, step.credentials)
     res = cluster.resources.get(step.name, StepResources())
     _resources(task, res)
-    # The pod's activeDeadlineSeconds (kfp has no task timeout of its own): a hung step fails
-    # instead of holding its GPUs; each retry is a new pod with a new deadline.
-    kubernetes.set_timeout(task, res.timeout or step.timeout_s)
-    for key, value in {**cluster.labels, STEP_LABEL: step.name, CATEGORY_LABEL: label_value(category)}.items():
-        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    _pod(task, step.name, cluster, res.timeout or step.timeout_s, category)
     if cluster.model_cache_pvc and step.model_cache:
         _model_cache(task, cluster)
     if step.training_pod:
@@ -162,17 +171,39 @@ def _output(tasks: dict[str, dsl.PipelineTask], producer: str, output: str):
     return tasks[producer].outputs[output]
 
 
+CONDITION_TIMEOUT_S = 600
+
+
+def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.PipelineTask:
+    """`<step>-enabled`: reads the run's value of the section holding the step's setting."""
+    section = step.enabled_by.split(".", 1)[0]
+    task = condition_for(step)(step=step.name, section=params[section], compiled_section=defaults[section])
+    task.set_display_name(f"{step.display_name}: enabled?")
+    _pod(task, f"{step.name}-enabled", cfg.cluster, CONDITION_TIMEOUT_S, cfg.data.category)
+    return task
+
+
 def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset(),
-          registry: Mapping[str, Step] = STEPS, rerun: frozenset[str] = frozenset()):
+          registry: Mapping[str, Step] = STEPS, rerun: frozenset[str] = frozenset(),
+          run_time_conditions: bool = False):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
     in `no_cache` always execute (caching off), the others may be served from the cache. With
     `rerun`, the pipeline takes a `rerun_token` parameter (empty by default) that exactly those
-    steps' tasks receive: a run with a new token executes them and caches what they write."""
-    steps = pipeline_steps(cfg, until, registry)
+    steps' tasks receive: a run with a new token executes them and caches what they write.
+
+    A step with `enabled_by` (export-model) is in the DAG when `cfg` sets that key; with
+    `run_time_conditions` (a compiled pipeline, whose parameters a user may change in the UI) it
+    always is, behind a condition task that reads the run's value, and its outputs are not
+    pipeline outputs (KFP takes a pipeline output from a condition branch only through dsl.OneOf).
+
+    Every task receives its sections' compiled values as `compiled_sections`: a section passed
+    partly through the API is completed from them (a run parameter replaces the whole default)."""
+    steps = pipeline_steps(cfg, until, registry, conditional=run_time_conditions)
+    gated = {step.name for step in steps if step.enabled_by and run_time_conditions}
     defaults = to_params(cfg)
     if rerun:
         defaults["rerun_token"] = ""
-    Outputs = _outputs_type(steps)
+    Outputs = _outputs_type([step for step in steps if step.name not in gated])
     version = code_version()
 
     def sidreasoner(*values):
@@ -181,12 +212,18 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
         for step in steps:
             sections = {name: params[name] for name in step.sections}
             inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
-            keys = {"code_version": version, **({"rerun_token": params["rerun_token"]} if step.name in rerun else {})}
-            task = component_for(step, step_image(step, cfg.cluster))(step=step.name, **sections, **inputs, **keys)
+            keys = {"code_version": version, "compiled_sections": {name: defaults[name] for name in step.sections},
+                    **({"rerun_token": params["rerun_token"]} if step.name in rerun else {})}
+            component = component_for(step, step_image(step, cfg.cluster))
+            if step.name in gated:
+                with dsl.If(_condition(step, params, defaults, cfg).output == True, name=f"{step.name}-enabled"):  # noqa: E712
+                    task = component(step=step.name, **sections, **inputs, **keys)
+            else:
+                task = component(step=step.name, **sections, **inputs, **keys)
             _configure(task, step, cfg.cluster, cache=step.name not in no_cache, category=cfg.data.category)
             tasks[step.name] = task
         return Outputs(**{output_name(step.name, name): tasks[step.name].outputs[name]
-                          for step in steps for name in step.artifacts()})
+                          for step in steps if step.name not in gated for name in step.artifacts()})
 
     # KFP reads the pipeline's parameters (the config sections, defaulting to the preset's values)
     # and outputs (which depend on `until`) from the signature.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,20 +38,119 @@ def rerun_token() -> str:
     return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
-def _client(host: str, namespace: str | None):
+@dataclass(frozen=True)
+class Auth:
+    """How to get past a Kubeflow deployment's authentication, as kfp.Client supports it:
+    `token`, a bearer token (e.g. `kubectl create token`, or an OIDC access token);
+    `token_file`, a file re-read on every request (the projected ServiceAccount token with audience
+    `pipelines.kubeflow.org` of a pod inside the cluster); `cookie`, the auth proxy's session cookie
+    (`authservice_session=…` or `oauth2_proxy_kubeflow=…` from a browser session)."""
+
+    token: str | None = None
+    token_file: str | None = None
+    cookie: str | None = None
+
+    def __repr__(self) -> str:  # never print the secrets
+        given = [name for name in ("token", "token_file", "cookie") if getattr(self, name)]
+        return f"Auth({', '.join(given) or 'none'})"
+
+
+class KFPUnavailable(RuntimeError):
+    """The KFP API could not be reached, or refused the request: one line that says which and why."""
+
+
+REFUSED_HINTS = {
+    401: "not authenticated: pass --token, --token-file or --cookie",
+    403: "not allowed: the identity behind your token needs access to this namespace (a Kubeflow profile "
+         "contributor, or RBAC on pipelines.kubeflow.org)",
+}
+
+
+def _headers(auth: Auth) -> dict[str, str]:
+    headers = {}
+    if auth.token or auth.token_file:
+        token = auth.token or Path(auth.token_file).read_text().strip()
+        headers["Authorization"] = f"Bearer {token}"
+    if auth.cookie:
+        headers["Cookie"] = auth.cookie
+    return headers
+
+
+def _probe(host: str, auth: Auth, attempts: int = 3, timeout_s: float = 10.0) -> None:
+    """One request to the API's health endpoint first, so that an unreachable host or a refusal is
+    one clear line after a bounded retry (kfp.Client retries its own health check 5 times, 5 s apart,
+    logging a traceback each time)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz", headers=_headers(auth))
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                kind = response.headers.get_content_type()
+            if kind == "text/html":
+                raise KFPUnavailable(f"{host} answered with a web page, not the Kubeflow Pipelines API (a login "
+                                     "page?): pass --token or --cookie, or check the URL")
+            return
+        except urllib.error.HTTPError as err:
+            if err.code in REFUSED_HINTS:
+                raise KFPUnavailable(f"the Kubeflow Pipelines API at {host} answered {err.code} {err.reason}: "
+                                     f"{REFUSED_HINTS[err.code]}") from None
+            return  # another status: the server is there; the client reports what it says
+        except (urllib.error.URLError, OSError) as err:
+            if attempt == attempts:
+                reason = getattr(err, "reason", err)
+                raise KFPUnavailable(f"cannot reach the Kubeflow Pipelines API at {host}: {reason}") from None
+            time.sleep(attempt)
+
+
+def _client(host: str, namespace: str | None, auth: Auth = Auth()):
     import warnings
 
     import kfp
+    from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 
+    if auth.token_file and not auth.token and not Path(auth.token_file).is_file():
+        raise KFPUnavailable(f"token file {auth.token_file} does not exist")
+    _probe(host, auth)
+    credentials = ServiceAccountTokenVolumeCredentials(auth.token_file) if auth.token_file and not auth.token else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This client only works with", category=FutureWarning)
-        return kfp.Client(host=host, namespace=namespace or "kubeflow")
+        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=auth.token or None,
+                          cookies=auth.cookie or None, credentials=credentials)
+
+
+@contextmanager
+def _api_errors(host: str):
+    """Connection failures and refusals as one-line KFPUnavailable errors. The client's HTTP pool
+    retries a failed connection 3 times (urllib3's default) before giving up."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as err:
+        hint = REFUSED_HINTS.get(err.status, "")
+        reason = (err.reason or "").strip()
+        raise KFPUnavailable(f"the Kubeflow Pipelines API at {host} answered {err.status} {reason}"
+                             + (f": {hint}" if hint else "")) from None
+    except (HTTPError, OSError) as err:
+        cause = getattr(err, "reason", None) or err
+        raise KFPUnavailable(f"cannot reach the Kubeflow Pipelines API at {host}: {_short(cause)}") from None
+
+
+def _short(error: object) -> str:
+    """The last part of urllib3's nested message ("…: Failed to establish a new connection: [Errno 111]
+    Connection refused")."""
+    text = str(error)
+    return text.rsplit("Failed to establish a new connection: ", 1)[-1] if "Failed to establish" in text else text
 
 
 def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: str | None = None,
            pipeline_root: str | None = None, no_cache: bool = False, rerun_from: str | None = None,
            wait: bool = False, timeout_s: int = 24 * 3600, namespace: str | None = None,
-           service_account: str | None = None) -> Submitted:
+           service_account: str | None = None, auth: Auth = Auth()) -> Submitted:
     """Compile `cfg` and create a run. `rerun_from` re-executes that step and everything downstream
     of it while the steps before them come from the cache; `no_cache` turns caching off for the
     whole run.
@@ -63,14 +163,14 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
     execute, and their results are cached under those keys."""
     if no_cache and rerun_from:
         raise ValueError("--no-cache and --rerun-from exclude each other")
-    in_dag = {s.name for s in pipeline_steps(cfg)}
+    in_dag = {s.name for s in pipeline_steps(cfg, conditional=True)}
     rerun_steps = [name for name in downstream(rerun_from) if name in in_dag] if rerun_from else []
     params = run_parameters(cfg)
     if rerun_steps:
         params["rerun_token"] = rerun_token()
-    client = _client(host, namespace)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
         package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml", rerun=frozenset(rerun_steps))
+        client = _client(host, namespace, auth)
         exp = client.create_experiment(experiment, namespace=namespace)
         run = client.run_pipeline(
             experiment_id=exp.experiment_id,
@@ -81,9 +181,9 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
             enable_caching=False if no_cache else None,
             service_account=service_account,
         )
-    submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state)
-    if wait:
-        submitted.state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
+        submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state)
+        if wait:
+            submitted.state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
     return submitted
 
 
@@ -123,19 +223,36 @@ def _versions(client, pipeline_id: str):
             return
 
 
+def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline called `name` in `namespace` (shared pipelines without one).
+    kfp.Client.get_pipeline_id lists shared pipelines only."""
+    import json
+
+    name_filter = json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})  # 1: EQUALS
+    found = client.list_pipelines(filter=name_filter, namespace=namespace).pipelines or []
+    if len(found) > 1:
+        raise ValueError(f"several pipelines are called {name}{f' in namespace {namespace}' if namespace else ''}")
+    return found[0].pipeline_id if found else None
+
+
 def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | None = None,
-           namespace: str | None = None) -> Uploaded:
+           namespace: str | None = None, auth: Auth = Auth()) -> Uploaded:
     """Register the pipeline, or add a version of it when one with this name exists. A version is
     named after the code version, the category and the compiled spec's digest (`version` overrides
     the name), and its description records the digest: when a version of the same spec is already
-    there (by digest; the server's list of versions is read first), nothing is uploaded."""
-    client = _client(host, namespace)
-    with tempfile.TemporaryDirectory() as tmp:
+    there (by digest; the server's list of versions is read first), nothing is uploaded.
+
+    With `namespace` the pipeline belongs to that namespace (a Kubeflow profile) and only its
+    members see it; without, it is shared with every profile, which multi-user Kubeflow lets only
+    identities with rights in its own namespace create. A single-user server ignores the namespace
+    (kubeflow/pipelines backend/src/apiserver/resource/resource_manager.go `ReplaceNamespace`)."""
+    with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
         package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
         digest = spec_digest(package.read_bytes())
         vname = version or version_name(cfg, digest)
         description = f"sidreasoner {code_version()} ({cfg.data.category}); compiled spec sha256:{digest}"
-        pipeline_id = client.get_pipeline_id(name)
+        client = _client(host, namespace, auth)
+        pipeline_id = _pipeline_id(client, name, namespace)
         if pipeline_id is None:
             # The server names the first version after the pipeline; the description carries the digest.
             created = client.upload_pipeline(str(package), pipeline_name=name, description=description,

@@ -6,12 +6,17 @@ no secret values, least-privilege RBAC, securityContext and resources everywhere
 
 import base64
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+
+from .test_submit import _uploaded_yaml
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "sidreasoner"
 FULL_VALUES = yaml.safe_load((CHART / "ci" / "full-values.yaml").read_text())
@@ -126,8 +131,11 @@ def test_default_render_validates(chart):
         ("Job", "sidreasoner-upload-pipeline"),
         ("PersistentVolumeClaim", "sidreasoner-model-cache"),
         ("Role", "sidreasoner-pipeline-runner"),
+        ("Role", "sidreasoner-pipeline-uploader"),
         ("RoleBinding", "sidreasoner-pipeline-runner"),
+        ("RoleBinding", "sidreasoner-pipeline-uploader"),
         ("ServiceAccount", "sidreasoner-pipeline-runner"),
+        ("ServiceAccount", "sidreasoner-pipeline-uploader"),
     ]
 
 
@@ -298,10 +306,11 @@ def test_no_rule_grants_ray_io(chart, values):
     assert not [r for r in rules if "ray.io" in r["apiGroups"] or {"rayjobs", "rayclusters"} & set(r["resources"])]
 
 
-def test_rbac_and_service_account_can_be_left_to_the_cluster(chart):
-    docs = render(chart, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "pipeline-runner"}})
+def test_rbac_and_service_accounts_can_be_left_to_the_cluster(chart):
+    docs = render(chart, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "pipeline-runner"},
+                          "upload": {"serviceAccount": {"create": False, "name": "uploader"}}})
     assert {d["kind"] for d in docs} == {"PersistentVolumeClaim", "Job"}
-    assert one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
+    assert one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["serviceAccountName"] == "uploader"
 
 
 # --- model cache ----------------------------------------------------------------------------------
@@ -489,6 +498,8 @@ def test_upload_job(chart):
     assert c["command"] == ["/bin/sh", "-c"]
     assert c["args"][0] == 'exec sidreasoner upload --host "$KFP_HOST" --preset "$PRESET" "$@"'
     assert c["args"][2:] == ["--set", "cluster.model_cache_pvc=sidreasoner-model-cache",
+                             "--namespace", NAMESPACE,
+                             "--set", 'cluster.image_pull_secrets=["ghcr-pull"]',
                              "--set", "teacher.max_samples=2000"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and env["PRESET"] == "office"
@@ -527,6 +538,45 @@ def test_a_single_node_claim_must_be_acknowledged(chart):
 def _upload_sets(docs):
     args = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"][0]["args"]
     return [args[i + 1] for i in range(2, len(args) - 1) if args[i] == "--set"]
+
+
+def test_upload_job_runs_as_its_own_account_allowed_only_to_upload(chart):
+    docs = render(chart)
+    spec = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "sidreasoner-pipeline-uploader" != "sidreasoner-pipeline-runner"
+    assert one(docs, "ServiceAccount", "sidreasoner-pipeline-uploader")["automountServiceAccountToken"] is False
+    assert one(docs, "Role", "sidreasoner-pipeline-uploader")["rules"] == [
+        {"apiGroups": ["pipelines.kubeflow.org"], "resources": ["pipelines", "pipelines/versions"],
+         "verbs": ["create", "get", "list"]}]
+    binding = one(docs, "RoleBinding", "sidreasoner-pipeline-uploader")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sidreasoner-pipeline-uploader",
+                                    "namespace": NAMESPACE}]
+    shared = render(chart, {"upload": {"namespaced": False}})
+    assert "--namespace" not in one(shared, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+
+
+@pytest.mark.slow
+def test_rendered_upload_command_reaches_the_api_with_namespace_token_and_pull_secrets(chart, kfp_api, tmp_path):
+    """The Job's own command line, run here against the 127.0.0.1 API server: the pipeline lands in
+    the release's namespace, with the projected token, and its pods pull with the chart's Secrets."""
+    url, state = kfp_api
+    values = {**FULL_VALUES, "upload": {**FULL_VALUES["upload"], "preset": "demo", "extraArgs": []}}
+    (c,) = one(render(chart, values), "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    token = tmp_path / "token"
+    token.write_text("projected-sa-token")
+    env.update(KFP_HOST=url, KF_PIPELINES_SA_TOKEN_PATH=str(token), HOME=str(tmp_path),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    result = subprocess.run([*c["command"], *c["args"]], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (up,) = state.calls("POST", "/pipelines/upload")
+    assert up.query["namespace"] == [NAMESPACE]
+    assert {r.headers.get("authorization") for r in state.requests} == {"Bearer projected-sa-token"}
+    platform = list(yaml.safe_load_all(_uploaded_yaml(up)))[1]
+    for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        assert [s["secretName"] for s in executor["imagePullSecret"]] == ["ghcr-pull"]
+
 
 
 @pytest.mark.parametrize("values, claim", [

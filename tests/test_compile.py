@@ -14,9 +14,25 @@ from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.pipeline import STEP_LABEL, code_version
 from sidreasoner.steps import STEPS, downstream, pipeline_steps
 
-# The office DAG without export.uri: every registered step but those enabled by an unset key.
-OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"))]
+# The compiled office DAG: every registered step; export-model behind its run-time condition.
+OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"), conditional=True)]
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def step_tasks(spec) -> dict:
+    """The step tasks of a compiled pipeline, also those inside condition branches (not the
+    branches themselves, nor the tasks that decide them)."""
+    tasks = {}
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        if name.startswith("condition-"):
+            tasks.update(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+        elif not name.endswith("-enabled"):
+            tasks[name] = task
+    return tasks
+
+
+def step_executors(spec) -> dict:
+    return {name: ex for name, ex in spec["deploymentSpec"]["executors"].items() if not name.endswith("-enabled")}
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +49,17 @@ def expected_image(executor, step):
 def check_tasks_follow_the_registry(spec, registry):
     """Each registered step in the DAG is one task, named after it, wired to its inputs' producers,
     in its image, with its own config sections and the code version as parameters."""
-    tasks = spec["root"]["dag"]["tasks"]
-    executors = spec["deploymentSpec"]["executors"]
+    tasks = step_tasks(spec)
+    executors = step_executors(spec)
     for name, task in tasks.items():
         step = registry[name]
         producers = {step.source(i)[0] for i in step.inputs}
-        assert sorted(task.get("dependentTasks", [])) == sorted(producers), name
-        artifacts = task["inputs"].get("artifacts", {})
-        assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
-                for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
-        assert set(task["inputs"]["parameters"]) == {"step", "code_version", *step.sections}, name
+        if not step.enabled_by:  # a step behind a condition gets its inputs through the branch
+            assert sorted(task.get("dependentTasks", [])) == sorted(producers), name
+            artifacts = task["inputs"].get("artifacts", {})
+            assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+                    for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
+        assert set(task["inputs"]["parameters"]) == {"step", "code_version", "compiled_sections", *step.sections}, name
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": code_version()}}, name
         assert task["taskInfo"]["name"] == step.display_name
         assert executors[f"exec-{name}"]["container"]["image"] == expected_image(executors[f"exec-{name}"], step), name
@@ -52,12 +69,12 @@ def check_tasks_follow_the_registry(spec, registry):
 
 
 def test_tasks_are_the_registered_steps(spec):
-    assert sorted(spec["root"]["dag"]["tasks"]) == sorted(OFFICE_STEPS)
+    assert sorted(step_tasks(spec)) == sorted(OFFICE_STEPS)
     check_tasks_follow_the_registry(spec, STEPS)
 
 
 def test_tasks_are_the_dag_steps_in_order(spec):
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = step_tasks(spec)
     assert tasks["preprocess"]["dependentTasks"] == ["download-data"]
     assert tasks["embed-items"]["dependentTasks"] == ["preprocess"]
     assert sorted(tasks["quantize-sids"]["dependentTasks"]) == ["embed-items", "preprocess"]
@@ -85,14 +102,15 @@ def test_tasks_are_the_dag_steps_in_order(spec):
 
 
 def test_every_task_caches_and_download_retries(spec):
-    tasks = spec["root"]["dag"]["tasks"]
-    assert all(t["cachingOptions"] == {"enableCache": True} for t in tasks.values())
+    tasks = step_tasks(spec)
+    assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
+    assert tasks["export-model"]["cachingOptions"] == {}  # a cache hit would skip the upload
     assert tasks["download-data"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
                                                      "backoffMaxDuration": "3600s", "maxRetryCount": 3}
 
 
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
-    executors = spec["deploymentSpec"]["executors"]
+    executors = step_executors(spec)
     assert len(executors) == len(OFFICE_STEPS)
     for name, ex in executors.items():
         container = ex["container"]
@@ -107,7 +125,7 @@ def test_every_executor_uses_our_image_and_installs_nothing(spec):
 
 def test_every_image_has_a_dockerfile_with_the_project_pins(spec):
     torch_pin = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
-    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    images = {ex["container"]["image"] for ex in step_executors(spec).values()}
     assert images == set(DOCKERFILES)
     for image in images:
         dockerfile = (ROOT / DOCKERFILES[image]).read_text()
@@ -178,7 +196,7 @@ def test_image_override_from_environment(tmp_path):
     env = {**os.environ, "SIDREASONER_CPU_IMAGE": "registry.example/sid-cpu@sha256:" + "a" * 64}
     subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
     spec = next(yaml.safe_load_all(out.read_text()))
-    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    images = {ex["container"]["image"] for ex in step_executors(spec).values()}
     assert "registry.example/sid-cpu@sha256:" + "a" * 64 in images
     assert CPU_IMAGE not in images
 
@@ -204,13 +222,14 @@ PAPER_RESOURCES = {
     "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
     "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 4),
     "merge-checkpoint": ("8", "64Gi", 0), "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
+    "export-model": ("2", "8Gi", 0),
 }
 GIB = 1024 ** 3
 
 
 @pytest.mark.parametrize("step", OFFICE_STEPS)
 def test_paper_preset_resources(spec, step):
-    resources = spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
+    resources = step_executors(spec)[f"exec-{step}"]["container"]["resources"]
     cpu, memory, gpus = PAPER_RESOURCES[step]
     assert resources["resourceCpuRequest"] == cpu
     assert resources["resourceMemoryRequest"] == memory
@@ -262,25 +281,36 @@ def test_credentials_are_optional_secret_references(tmp_path):
     assert "secretAsEnv" not in k8s.get("exec-sft-stage1", {})
 
 
-def test_export_model_only_when_asked_uncached_with_storage_credentials(spec, tmp_path):
-    assert "export-model" not in spec["root"]["dag"]["tasks"]
+def test_export_model_runs_when_the_run_sets_export_uri_uncached_with_storage_credentials(spec):
+    """export-model is compiled in whatever the preset says, behind a condition task that reads the
+    run's `export` parameter: setting export.uri in the UI of an uploaded pipeline turns it on."""
     assert spec["root"]["inputDefinitions"]["parameters"]["export"]["defaultValue"] == {"uri": "", "overwrite": False}
-    text = compile_pipeline(config.load("office", ["export.uri=s3://models/office/run-1"]), tmp_path / "e.yaml").read_text()
-    pipeline, platform = yaml.safe_load_all(text)
-    task = pipeline["root"]["dag"]["tasks"]["export-model"]
-    assert task["dependentTasks"] == ["merge-checkpoint"]
-    assert task["cachingOptions"] == {}  # caching off: a cache hit would skip the upload
-    assert task["inputs"]["artifacts"]["stage3_model"]["taskOutputArtifact"] == {
+    root = spec["root"]["dag"]["tasks"]
+    gate = root["export-model-enabled"]
+    assert gate["inputs"]["parameters"]["section"] == {"componentInputParameter": "export"}
+    assert gate["inputs"]["parameters"]["compiled_section"]["runtimeValue"]["constant"] == {"uri": "", "overwrite": False}
+    branch = next(t for name, t in root.items() if name.startswith("condition-"))
+    assert branch["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--export-model-enabled-Output'] == true"
+    assert sorted(branch["dependentTasks"]) == ["export-model-enabled", "merge-checkpoint"]
+    assert branch["inputs"]["artifacts"]["pipelinechannel--merge-checkpoint-stage3_model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
-    assert pipeline["deploymentSpec"]["executors"]["exec-export-model"]["container"]["image"] == CPU_IMAGE
-    outputs = pipeline["components"]["comp-export-model"]["outputDefinitions"]["artifacts"]
+    task = step_tasks(spec)["export-model"]
+    assert task["inputs"]["artifacts"]["stage3_model"] == {
+        "componentInputArtifact": "pipelinechannel--merge-checkpoint-stage3_model"}
+    assert task["inputs"]["parameters"]["export"] == {"componentInputParameter": "pipelinechannel--export"}
+    assert spec["deploymentSpec"]["executors"]["exec-export-model"]["container"]["image"] == CPU_IMAGE
+    assert spec["deploymentSpec"]["executors"]["exec-export-model-enabled"]["container"]["image"] == CPU_IMAGE
+    outputs = spec["components"]["comp-export-model"]["outputDefinitions"]["artifacts"]
     assert outputs["model_export"]["artifactType"]["schemaTitle"] == "system.Model"
-    assert pipeline["root"]["inputDefinitions"]["parameters"]["export"]["defaultValue"]["uri"] == "s3://models/office/run-1"
-    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-export-model"]
-    assert {s["secretName"] for s in k8s["secretAsEnv"]} == {"sidreasoner-s3"}
-    assert k8s["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
-    with pytest.raises(config.ConfigError, match="export-model' is in the DAG only when export.uri is set"):
-        compile_pipeline(config.load("demo"), tmp_path / "x.yaml", until="export-model")
+
+
+def test_export_model_credentials(tmp_path):
+    platform = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "e.yaml").read_text()))[1]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {s["secretName"] for s in k8s["exec-export-model"]["secretAsEnv"]} == {"sidreasoner-s3"}
+    assert k8s["exec-export-model"]["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
+    assert "secretAsEnv" not in k8s["exec-export-model-enabled"]
 
 
 def test_make_images_refuses_a_digest(tmp_path):
@@ -296,7 +326,7 @@ def test_code_version_is_a_constant_of_every_task(spec):
     assert version.startswith(__version__)
     if (ROOT / ".git").exists():
         assert "+g" in version  # the last commit that changed the code
-    for name, task in spec["root"]["dag"]["tasks"].items():
+    for name, task in step_tasks(spec).items():
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": version}}, name
     assert "rerun_token" not in spec["root"]["inputDefinitions"]["parameters"]
 
@@ -317,17 +347,17 @@ def test_rerun_keeps_caching_and_keys_the_downstream_tasks_on_a_token(tmp_path):
     pipeline = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "r.yaml", rerun=frozenset(rerun)).read_text()))
     assert pipeline["root"]["inputDefinitions"]["parameters"]["rerun_token"] == {
         "defaultValue": "", "isOptional": True, "parameterType": "STRING"}
-    tasks = pipeline["root"]["dag"]["tasks"]
-    assert all(t["cachingOptions"] == {"enableCache": True} for t in tasks.values())
+    tasks = step_tasks(pipeline)
+    assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
     keyed = {name for name, t in tasks.items() if "rerun_token" in t["inputs"]["parameters"]}
     assert keyed == set(rerun) == {"sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint",
-                                   "evaluate-stage3", "report"}
-    for name in keyed:
+                                   "evaluate-stage3", "report", "export-model"}
+    for name in keyed - {"export-model"}:
         assert tasks[name]["inputs"]["parameters"]["rerun_token"] == {"componentInputParameter": "rerun_token"}
 
 
 def test_pods_requesting_accelerators_run_in_the_training_image(spec):
-    executors = spec["deploymentSpec"]["executors"]
+    executors = step_executors(spec)
     with_gpus = [name for name, ex in executors.items() if "accelerator" in ex["container"]["resources"]]
     assert "exec-embed-items" in with_gpus and "exec-sft-stage1" in with_gpus
     assert STEPS["embed-items"].image == "cpu"  # the registry's image; its GPU moves it

@@ -1,4 +1,5 @@
 import datetime as dt
+import re
 
 import pytest
 
@@ -128,3 +129,43 @@ def test_one_steps_resources_by_dotted_key_keep_the_rest():
         config.load("office", ["cluster.resources.sft-stage9.gpus=1"])
     with pytest.raises(config.ConfigError, match="'cluster.resources' is not a section"):
         config.load("office", ["cluster.resources.x=1"])
+
+
+def test_booleans_are_not_numbers():
+    with pytest.raises(ConfigError) as err:
+        config.load("demo", ["data.k_core=true"])
+    assert str(err.value) == "invalid config:\n  data.k_core: must be a number, not a boolean (got True)"
+    for item in ("seed=false", "sid.rqvae.lr=true", "data.split=[0.8,0.1,true]", "teacher.item_words=[true,5]",
+                 "cluster.resources.rl-stage3.gpus=true"):
+        key = item.split("=")[0]
+        with pytest.raises(ConfigError, match=rf"  {re.escape(key)}: must be a number, not a boolean"):
+            config.load("demo", [item])
+    with pytest.raises(ConfigError, match=r"data\.max_history: must be a number, not a boolean"):
+        config.load_from({"data": {"max_history": True}})
+    # numbers from overrides and files stay numbers
+    cfg = config.load("demo", ["data.k_core=5", "sid.rqvae.lr=1", "data.five_core=true"])
+    assert (cfg.data.k_core, type(cfg.data.k_core)) == (5, int)
+    assert (cfg.sid.rqvae.lr, type(cfg.sid.rqvae.lr)) == (1.0, float)
+    assert cfg.data.five_core is True  # a boolean field still takes a boolean
+    assert config.load_from({"data": {"k_core": 7}}).data.k_core == 7
+
+
+def test_category_must_be_a_file_name():
+    from sidreasoner.data.download import AMAZON2018_CATEGORIES, AMAZON2023_CATEGORIES
+
+    for name in ("../../../x", "a/b", "..", ".hidden", "Office Products", "Office*", "", "C:\\x"):
+        with pytest.raises(ConfigError) as err:
+            config.load("demo", [f"data.category={name}"])
+        assert str(err.value) == (
+            "invalid config:\n  data.category: names the dataset's files, so it must be 1-100 letters, digits, '_', "
+            f"'-' or '.', starting with a letter or digit (got {name!r})")
+    for name in (*AMAZON2018_CATEGORIES, *AMAZON2023_CATEGORIES, "Demo", "Tiny.v2", "Office_Products-2018"):
+        assert config.load("demo", [f"data.category={name}"]).data.category == name
+
+
+def test_a_text_field_takes_the_override_text_as_it_is():
+    cfg = config.load("demo", ["model.revision=2024", "data.category=2018", "teacher.model=null",
+                               'embed.model="builtin:all-minilm-l6-v2"'])
+    assert (cfg.model.revision, cfg.data.category, cfg.teacher.model) == ("2024", "2018", "null")
+    assert cfg.embed.model == "builtin:all-minilm-l6-v2"  # a JSON string is still read as JSON
+    assert config.load("demo", ["data.k_core=3"]).data.k_core == 3

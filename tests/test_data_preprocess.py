@@ -217,3 +217,110 @@ def test_write_research_csvs(tmp_path):
     assert json.loads((tmp_path / "research/index/Tiny.index.json").read_text())["3"] == ["<a_3>", "<b_1>", "<c_4>"]
     with pytest.raises(PreprocessError, match="no entry for item_id 3"):
         write_research_csvs(tmp_path / "data", {i: sids[i] for i in range(3)}, tmp_path / "r2", "Tiny")
+
+
+# ---------------------------------------------------------------- unusable fields, names and skip reports
+
+
+def test_unusable_timestamps_and_ratings_are_counted_skips_within_the_budget(tmp_path):
+    raw = tiny_raw(tmp_path / "raw")
+    with open(raw / "Tiny.json", "a") as fh:
+        for ts in ('"nan"', '"inf"', "1e300"):
+            fh.write(f'{{"reviewerID": "U1", "asin": "B001", "overall": 5.0, "unixReviewTime": {ts}}}\n')
+        fh.write(_review("U2", "B002", BASE, rating="five") + "\n")
+    m = preprocess(tiny_cfg(), raw, tmp_path / "out")  # 1 bad line + 4 unusable records of 25 = 20%
+    assert (m["raw_review_lines"], m["malformed_review_lines"], m["reviews_read"]) == (25, 1, 20)
+    assert (m["review_records_skipped_invalid_unixReviewTime"], m["review_records_skipped_invalid_overall"]) == (3, 1)
+    assert (m["users"], m["items"], m["interactions"], m["samples_train"]) == (4, 4, 16, 9)
+    with pytest.raises(RawDataError) as err:
+        preprocess(tiny_cfg("data.max_malformed_fraction=0.15"), raw, tmp_path / "out2")
+    assert str(err.value) == (
+        f"{raw / 'Tiny.json'}: 5 of 25 lines (20.0%) are malformed or unusable, above data.max_malformed_fraction=0.15 "
+        "(invalid_unixReviewTime: 3, invalid_overall: 1, malformed_line: 1; first bad line 21: "
+        "'{\"reviewerID\": \"U9\", \"asin\": \"B0')")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_boolean_user_id_is_skipped_not_merged_into_the_user_True(tmp_path):
+    raw = tiny_raw(tmp_path / "raw")
+    with open(raw / "Tiny.json", "a") as fh:
+        for asin in ("B001", "B002"):
+            fh.write(json.dumps({"reviewerID": True, "asin": asin, "overall": 5.0, "unixReviewTime": BASE}) + "\n")
+    m = preprocess(tiny_cfg(), raw, tmp_path / "out")
+    assert m["review_records_skipped_invalid_reviewerID"] == 2 and m["users"] == 4
+    assert pq.read_table(tmp_path / "out" / "users.parquet")["raw_user_id"].to_pylist() == ["U1", "U2", "U3", "U4"]
+
+
+def _small_raw(folder, reviews, fmt="amazon2018"):
+    return write_raw(folder, reviews, [_meta("B001", "Pen"), _meta("B002", "Ink")], fmt)
+
+
+def test_no_reviews_left_reports_every_skip_reason_top_first(tmp_path):
+    nan_ts = '{"reviewerID": "U1", "asin": "B001", "overall": 5.0, "unixReviewTime": "nan"}'
+    raw = _small_raw(tmp_path / "raw", [nan_ts] * 3 + [
+        _review("U2", "B002", BASE, rating="five"), _review("U3", "B001", BASE - 1), _review("U3", "B009", BASE)])
+    with pytest.raises(PreprocessError) as err:
+        preprocess(tiny_cfg("data.max_malformed_fraction=1.0"), raw, tmp_path / "out")
+    assert str(err.value) == (
+        f"no reviews left of the 6 lines of {raw / 'Tiny.json'}; skipped or dropped by reason: "
+        "invalid_unixReviewTime: 3, invalid_overall: 1, out_of_window: 1, unknown_or_dropped_item: 1 "
+        "(invalid_unixReviewTime: ids must be strings, ratings and timestamps finite numbers in range)")
+
+
+def test_no_reviews_left_for_the_window_says_so(tmp_path):
+    raw = _small_raw(tmp_path / "raw", [_review("U1", "B001", BASE - DAY), _review("U2", "B002", BASE - 1)])
+    with pytest.raises(PreprocessError, match=r"by reason: out_of_window: 2 \(out_of_window: check data\.time_window\)"):
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+
+
+def test_amazon2018_files_read_as_amazon2023_name_the_missing_fields(tmp_path):
+    raw = tiny_raw(tmp_path / "raw")
+    manifest = json.loads((raw / "manifest.json").read_text())
+    (raw / "manifest.json").write_text(json.dumps({**manifest, "format": "amazon2023"}))
+    with pytest.raises(PreprocessError) as err:
+        preprocess(tiny_cfg("data.max_malformed_fraction=1.0"), raw, tmp_path / "out")
+    assert str(err.value) == (
+        f"no items left of the 9 lines of {raw / 'meta_Tiny.json'}; skipped or dropped by reason: "
+        "missing_parent_asin: 8, malformed_line: 1 (missing_parent_asin: is data.format right? amazon2018 names the "
+        "fields reviewerID/asin/overall/unixReviewTime, amazon2023 user_id/parent_asin/rating/timestamp)")
+    with pytest.raises(RawDataError, match=r"meta_Tiny\.json: 9 of 9 lines \(100\.0%\) are malformed or unusable.*"
+                                           r"\(missing_parent_asin: 8, malformed_line: 1; first bad line 1: "
+                                           r"missing_parent_asin\)"):
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+
+
+@pytest.mark.parametrize("key, value", [("category", "../../../x"), ("category", "a/b"), ("reviews", "../Tiny.json"),
+                                        ("meta", "/etc/passwd"), ("bundle", "../elsewhere")])
+def test_manifest_names_that_lead_out_of_the_folder_are_refused(tmp_path, key, value):
+    raw = tiny_raw(tmp_path / "raw")
+    manifest = json.loads((raw / "manifest.json").read_text())
+    if key == "bundle":
+        manifest = {"format": "research", "category": "Tiny", "bundle": "bundle"}
+    (raw / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+    with pytest.raises(PreprocessError) as err:
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+    assert str(err.value) == (f"{raw / 'manifest.json'}: key '{key}': {value!r} cannot be part of a file name "
+                              "(allowed: 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit)")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["Tiny.json", "manifest.json", "meta_Tiny.json", "raw"]
+
+
+def test_research_csvs_refuse_a_category_that_is_a_path(tmp_path):
+    preprocess(tiny_cfg(), tiny_raw(tmp_path / "raw"), tmp_path / "data")
+    sids = {i: [f"<a_{i}>", f"<b_{i}>"] for i in range(4)}
+    with pytest.raises(PreprocessError, match=r"category '\.\./\.\./x' cannot be part of a file name"):
+        write_research_csvs(tmp_path / "data", sids, tmp_path / "a" / "research", "../../x")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "x.csv").exists()
+
+
+def test_byte_order_marks_and_crlf_line_endings_give_the_same_dataset(tmp_path):
+    plain = preprocess(tiny_cfg(), tiny_raw(tmp_path / "plain"), tmp_path / "out_plain")
+    raw = tiny_raw(tmp_path / "raw")
+    for name in ("Tiny.json", "meta_Tiny.json"):
+        text = (raw / name).read_bytes()
+        (raw / name).write_bytes(b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))
+    marked = preprocess(tiny_cfg(), raw, tmp_path / "out")
+    plain.pop("wall_seconds"), marked.pop("wall_seconds")
+    assert marked == plain and marked["malformed_meta_lines"] == 1 and marked["malformed_review_lines"] == 1
+    for table in ("items", "users", "train", "valid", "test"):
+        assert pq.read_table(tmp_path / "out" / f"{table}.parquet") == pq.read_table(
+            tmp_path / "out_plain" / f"{table}.parquet")

@@ -514,3 +514,39 @@ def test_read_bundle_checks_split_sids_against_the_index_depth(fresh):
     with pytest.raises(ResearchDataError, match=r"1 of 1 rows .*bad_sid_history_item_sid: 1.*<a_1><b_2> has 2 "
                                                 r"levels, expected 3"):
         read_bundle(fresh["root"], CAT)
+
+
+def test_byte_order_mark_and_crlf_line_endings_read_like_the_plain_files(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bom_crlf"
+    shutil.copytree(bundle["root"], copy)
+    for path in copy.rglob("*"):
+        if path.is_file():  # the CSVs' line breaks inside quoted fields stay as they are
+            data = path.read_bytes()
+            lines = _csv_records(data) if path.suffix == ".csv" else data.split(b"\n")
+            path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines))
+    plain, marked = read_bundle(bundle["root"], CAT), read_bundle(copy, CAT)
+    assert marked.metrics == plain.metrics
+    assert marked.splits["train"].samples == plain.splits["train"].samples
+    assert marked.info == plain.info and marked.general.conversations == plain.general.conversations
+    assert marked.index.codes == plain.index.codes and marked.item_narratives.texts == plain.item_narratives.texts
+    assert read_info(copy / "info" / f"{CAT}{SUFFIX}.txt")[0] == (SID0, TITLE0, 0)
+
+
+def _csv_records(data: bytes) -> list[bytes]:
+    """The file's records (a record ends at a newline outside quotes), without their line breaks."""
+    records, start, quoted = [], 0, False
+    for pos, byte in enumerate(data):
+        if byte == ord('"'):
+            quoted = not quoted
+        elif byte == ord("\n") and not quoted:
+            records.append(data[start:pos])
+            start = pos + 1
+    return records + ([data[start:]] if data[start:] else [])
+
+
+def test_a_category_that_is_a_path_is_refused(bundle):
+    for bad in ("../x", "Office/Products", ".hidden", "Office*", ""):
+        with pytest.raises(ResearchDataError, match=re.escape(f"category {bad!r} cannot be part of a file name")):
+            find_bundle(bundle["root"], bad)

@@ -33,11 +33,12 @@ def test_each_component_takes_what_its_step_declares(name):
     assert declared <= set(spec.inputs)
     assert {k for k, v in spec.inputs.items() if not v.optional} <= declared
     # The rest are other stages' config sections that a shared component may receive, and the
-    # cache-key-only arguments every task may get (all optional).
+    # cache-key-only arguments every task may get, and the compiled values of its sections (all
+    # optional).
     others = set(spec.inputs) - declared
-    assert {"code_version", "rerun_token"} <= others
-    assert all(spec.inputs[k].optional and k in {*config.Config.model_fields, "code_version", "rerun_token"}
-               for k in others)
+    every_task = {"code_version", "rerun_token", "compiled_sections"}
+    assert every_task <= others
+    assert all(spec.inputs[k].optional and k in {*config.Config.model_fields, *every_task} for k in others)
     assert {k: v.type for k, v in spec.outputs.items()} == {
         k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in step.artifacts().items()}
     assert spec.name == name

@@ -10,8 +10,10 @@ import yaml
 
 from sidreasoner import config
 from sidreasoner.pipelines.pipeline import code_version
-from sidreasoner.pipelines.submit import spec_digest, submit, upload, version_name
+from sidreasoner.pipelines.submit import Auth, KFPUnavailable, spec_digest, submit, upload, version_name
 from sidreasoner.steps import STEP_NAMES, downstream
+
+from .test_compile import step_tasks
 
 
 def _run_body(state):
@@ -26,7 +28,7 @@ def _pipeline_spec(run_body):
 
 def _task_caching(run_body):
     return {name: t["cachingOptions"].get("enableCache", False)
-            for name, t in _pipeline_spec(run_body)["root"]["dag"]["tasks"].items()}
+            for name, t in step_tasks(_pipeline_spec(run_body)).items()}
 
 
 def test_downstream_follows_the_artifacts():
@@ -53,7 +55,7 @@ def test_submit_sends_spec_parameters_root_and_caching(kfp_api):
     declared = _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]
     assert set(params) == set(declared)  # only what the pipeline declares; cluster is compile-time
     assert _pipeline_spec(body)["pipelineInfo"]["name"] == "sidreasoner"
-    assert all(_task_caching(body).values())
+    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}  # the upload never cached
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors["exec-synthesize-corpus"]["secretAsEnv"][0]["secretName"] == "sidreasoner-teacher"
 
@@ -68,7 +70,7 @@ def test_existing_experiment_is_reused(kfp_api):
 
 
 def _token_tasks(run_body):
-    return {name for name, t in _pipeline_spec(run_body)["root"]["dag"]["tasks"].items()
+    return {name for name, t in step_tasks(_pipeline_spec(run_body)).items()
             if "rerun_token" in t["inputs"]["parameters"]}
 
 
@@ -77,11 +79,11 @@ def test_rerun_from_keeps_caching_and_sends_a_fresh_token_to_the_downstream_task
     result = submit(config.load("demo"), url, rerun_from="quantize-sids")
     rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
              "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3",
-             "report"]
+             "report", "export-model"]
     assert result.rerun_steps == rerun
     body = _run_body(state)
     # Caching stays on everywhere, so the re-run tasks write cache entries under their new keys.
-    assert _task_caching(body) == {step: True for step in STEP_NAMES if step != "export-model"}  # no export.uri
+    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
     assert _token_tasks(body) == set(rerun)
     token = body["runtime_config"]["parameters"]["rerun_token"]
     assert token and _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]["rerun_token"]["defaultValue"] == ""
@@ -210,3 +212,90 @@ def test_cli_rerun_from_unknown_step_fails_clearly():
                              "--rerun-from", "train"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "unknown step 'train'" in result.stderr
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "sidreasoner.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_bearer_token_from_the_environment_reaches_every_request_and_no_output(kfp_api):
+    url, state = kfp_api
+    token = "eyJ-token-" + "t" * 24
+    state.required_token = token
+    result = _cli("submit", "--host", url, "--namespace", "team-a", env={"SIDREASONER_KFP_TOKEN": token})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert state.requests and all(r.headers.get("authorization") == f"Bearer {token}" for r in state.requests)
+    assert token not in result.stdout + result.stderr
+    assert state.calls("POST", "/experiments")[0].json()["namespace"] == "team-a"
+
+
+def test_cli_without_a_token_says_so_in_one_line(kfp_api):
+    url, state = kfp_api
+    state.required_token = "needed"
+    result = _cli("upload", "--host", url)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: the Kubeflow Pipelines API at {url} answered 401 Unauthorized: not authenticated: "
+        "pass --token, --token-file or --cookie"]
+
+
+def test_token_file_is_read_on_every_request(kfp_api, tmp_path):
+    """A pod's projected ServiceAccount token (the chart's upload Job) rotates: kfp re-reads the file."""
+    url, state = kfp_api
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    upload(config.load("demo"), url, auth=Auth(token_file=str(token_file)))
+    token_file.write_text("rotated-token\n")
+    before = len(state.requests)
+    upload(config.load("demo"), url, auth=Auth(token_file=str(token_file)))
+    assert {r.headers.get("authorization") for r in state.requests[:before]} == {"Bearer first-token"}
+    assert {r.headers.get("authorization") for r in state.requests[before:]} == {"Bearer rotated-token"}
+    with pytest.raises(KFPUnavailable, match="token file .*missing does not exist"):
+        upload(config.load("demo"), url, auth=Auth(token_file=str(tmp_path / "missing")))
+
+
+def test_cli_token_file_from_kfps_environment_variable(kfp_api, tmp_path):
+    url, state = kfp_api
+    (tmp_path / "token").write_text("sa-token")
+    result = _cli("upload", "--host", url, env={"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "token")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {r.headers.get("authorization") for r in state.requests} == {"Bearer sa-token"}
+
+
+def test_session_cookie_reaches_the_server(kfp_api):
+    url, state = kfp_api
+    auth = Auth(cookie="authservice_session=s3ss10n")
+    submit(config.load("demo"), url, auth=auth)
+    assert {r.headers.get("cookie") for r in state.requests} == {"authservice_session=s3ss10n"}
+    assert "s3ss10n" not in repr(auth)
+
+
+def test_upload_into_a_namespace_is_the_profiles_own_pipeline(kfp_api):
+    url, state = kfp_api
+    cfg = config.load("demo")
+    mine = upload(cfg, url, namespace="team-a")
+    (up,) = state.calls("POST", "/pipelines/upload")
+    assert up.query["namespace"] == ["team-a"]
+    assert state.calls("GET", "/pipelines")[0].query["namespace"] == ["team-a"]
+    assert upload(cfg, url, namespace="team-a").created is False  # found in its namespace
+    shared = upload(cfg, url)  # the shared pipeline of that name is another one
+    assert shared.created and shared.pipeline_id != mine.pipeline_id
+    assert "namespace" not in state.calls("POST", "/pipelines/upload")[1].query
+
+
+def test_cli_unreachable_host_is_one_line(unused_port):
+    url = f"http://127.0.0.1:{unused_port}"
+    for command in ("submit", "upload"):
+        result = _cli(command, "--host", url)
+        assert result.returncode == 1, command
+        assert result.stderr.strip().splitlines() == [
+            f"error: cannot reach the Kubeflow Pipelines API at {url}: [Errno 111] Connection refused"], command
+
+
+def test_credentials_in_a_url_are_refused_before_anything_is_sent(kfp_api):
+    url, state = kfp_api
+    result = _cli("submit", "--host", url, "--pipeline-root", "s3://AKIAXXXX:hunter2@bucket/root")
+    assert result.returncode == 2
+    assert "--pipeline-root has credentials inside its URL (s3://***@bucket/…)" in result.stderr
+    assert "hunter2" not in result.stderr and not state.requests

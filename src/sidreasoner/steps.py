@@ -207,19 +207,26 @@ def steps_until(until: str | None, registry: Mapping[str, Step] = STEPS) -> list
     return [registry[n] for n in names[: names.index(until) + 1]]
 
 
-def _enabled(step: Step, cfg: Any) -> bool:
+def step_enabled(step: Step, cfg: Any) -> bool:
+    """Whether `cfg` sets the key that turns `step` on (always True for a step without one)."""
+    if not step.enabled_by:
+        return True
     value = cfg
     for part in step.enabled_by.split("."):
         value = getattr(value, part)
     return bool(value.strip() if isinstance(value, str) else value)
 
 
-def pipeline_steps(cfg: Any, until: str | None = None, registry: Mapping[str, Step] = STEPS) -> list[Step]:
-    """The steps of `cfg`'s DAG up to `until`: a step with `enabled_by` only when that key is set."""
+def pipeline_steps(cfg: Any, until: str | None = None, registry: Mapping[str, Step] = STEPS,
+                   conditional: bool = False) -> list[Step]:
+    """The steps of `cfg`'s DAG up to `until`: a step with `enabled_by` only when that key is set,
+    or, with `conditional` (a compiled pipeline decides at run time), always."""
     steps = steps_until(until, registry)
-    if until and registry[until].enabled_by and not _enabled(registry[until], cfg):
+    if conditional:
+        return steps
+    if until and not step_enabled(registry[until], cfg):
         raise ConfigError(f"step '{until}' is in the DAG only when {registry[until].enabled_by} is set")
-    return [s for s in steps if not s.enabled_by or _enabled(s, cfg)]
+    return [s for s in steps if step_enabled(s, cfg)]
 
 
 def downstream(name: str, registry: Mapping[str, Step] = STEPS) -> list[str]:

@@ -21,7 +21,7 @@ class Recorded:
     path: str
     query: dict[str, list[str]]
     body: bytes
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
 
     def json(self):
         return json.loads(self.body)
@@ -35,6 +35,7 @@ class FakeKFP:
     pipelines: dict[str, dict] = field(default_factory=dict)
     versions: list[dict] = field(default_factory=list)
     final_state: str = "SUCCEEDED"
+    required_token: str | None = None  # when set, a request without `Authorization: Bearer <it>` gets 401
 
     def calls(self, method: str, suffix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path == API + suffix]
@@ -63,12 +64,21 @@ def _handler(state: FakeKFP):
         def _record(self) -> Recorded:
             length = int(self.headers.get("Content-Length") or 0)
             url = urlparse(self.path)
-            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length), dict(self.headers))
+            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length),
+                           {key.lower(): value for key, value in self.headers.items()})
             state.requests.append(rec)
             return rec
 
+        def _refused(self, rec: Recorded) -> bool:
+            if state.required_token and rec.headers.get("authorization") != f"Bearer {state.required_token}":
+                self._reply({"error": "unauthenticated", "code": 16}, 401)
+                return True
+            return False
+
         def do_GET(self):
             rec = self._record()
+            if self._refused(rec):
+                return
             if rec.path == f"{API}/healthz":
                 return self._reply({"multi_user": False})
             if rec.path == f"{API}/experiments":
@@ -79,8 +89,10 @@ def _handler(state: FakeKFP):
                 run = state.runs[rec.path.rsplit("/", 1)[1]]
                 return self._reply({**run, "state": state.final_state})
             if rec.path == f"{API}/pipelines":
-                name = _filter_name(rec.query)
-                found = [p for p in state.pipelines.values() if name in (None, p["display_name"])]
+                # As the server lists them: the namespace's own pipelines, or the shared ones.
+                name, namespace = _filter_name(rec.query), rec.query.get("namespace", [""])[0]
+                found = [p for p in state.pipelines.values()
+                         if name in (None, p["display_name"]) and p.get("namespace", "") == namespace]
                 return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
             if rec.path.startswith(f"{API}/pipelines/") and rec.path.endswith("/versions"):
                 pipeline_id = rec.path.split("/")[-2]
@@ -98,6 +110,8 @@ def _handler(state: FakeKFP):
 
         def do_POST(self):
             rec = self._record()
+            if self._refused(rec):
+                return
             if rec.path == f"{API}/experiments":
                 exp = {**rec.json(), "experiment_id": str(uuid.uuid4())}
                 state.experiments[exp["experiment_id"]] = exp
@@ -109,7 +123,8 @@ def _handler(state: FakeKFP):
             if rec.path == f"{API}/pipelines/upload":
                 name = rec.query.get("name", ["pipeline"])[0]
                 description = rec.query.get("description", [""])[0]
-                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": description}
+                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": description,
+                            "namespace": rec.query.get("namespace", [""])[0]}
                 state.pipelines[pipeline["pipeline_id"]] = pipeline
                 # As the server does: the pipeline's first version, named after it.
                 state.versions.append({"pipeline_version_id": str(uuid.uuid4()), "pipeline_id": pipeline["pipeline_id"],

@@ -55,6 +55,13 @@ Call with (dict "ctx" $ "override" .Values.x.podSecurityContext). */}}
 {{- toYaml (mergeOverwrite (deepCopy .ctx.Values.containerSecurityContext) (deepCopy (.override | default dict))) -}}
 {{- end -}}
 
+{{/* The imagePullSecrets' names as a JSON list, e.g. ["my-registry"]. */}}
+{{- define "sidreasoner.pullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}{{- $names = append $names .name }}{{- end }}
+{{- toJson $names }}
+{{- end -}}
+
 {{/* imagePullSecrets block (empty when none). */}}
 {{- define "sidreasoner.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}

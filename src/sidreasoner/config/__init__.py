@@ -2,7 +2,9 @@
 presets, `--set section.key=value` overrides, and the KFP run parameters a config becomes."""
 
 from sidreasoner.config.overrides import load, load_from, parse_overrides, validate
-from sidreasoner.config.params import COMPILE_TIME_SECTIONS, from_step_config, step_config, to_params
+from sidreasoner.config.params import (
+    COMPILE_TIME_SECTIONS, complete_sections, enabled_at_run_time, from_step_config, refuse_url_credentials, step_config,
+    to_params)
 from sidreasoner.config.presets import PRESETS
 from sidreasoner.config.schema import (
     AMAZON2018_BASE_URL, AMAZON2023_REPO, ClusterConfig, Config, DataConfig, DemoDataConfig, EmbedConfig, EvalConfig,
@@ -14,6 +16,7 @@ __all__ = [
     "AMAZON2018_BASE_URL", "AMAZON2023_REPO", "COMPILE_TIME_SECTIONS", "PRESETS", "ClusterConfig", "Config",
     "ConfigError", "DataConfig", "DemoDataConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "ModelConfig",
     "RQVAEConfig", "SIDConfig", "Stage1Config", "Stage1Tasks", "Stage2Config", "Stage3Config", "StepResources",
-    "TeacherConfig", "TimeWindow", "TinyModelConfig", "Toleration", "TrainerConfig", "VerlConfig", "from_step_config",
-    "load", "load_from", "parse_overrides", "step_config", "to_params", "validate",
+    "TeacherConfig", "TimeWindow", "TinyModelConfig", "Toleration", "TrainerConfig", "VerlConfig", "complete_sections",
+    "enabled_at_run_time", "from_step_config",
+    "load", "load_from", "parse_overrides", "refuse_url_credentials", "step_config", "to_params", "validate",
 ]

@@ -15,22 +15,24 @@ from sidreasoner.config.schema import Config
 from sidreasoner.errors import ConfigError
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _parse_value(text: str) -> Any:
-    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string."""
+def _parse_value(text: str, annotation: Any = None) -> Any:
+    """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string. A
+    text field takes the text as it is unless it is a JSON string (`model.revision=2024` is "2024")."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return text
+    return text if annotation is str and not isinstance(value, str) else value
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:
@@ -57,7 +59,8 @@ def _section_model(path: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def _check_key(dotted: str) -> None:
+def _check_key(dotted: str) -> Any:
+    """The annotation of the field at `dotted`; a ConfigError naming the key when there is none."""
     parts = dotted.split(".")
     parent = _section_model(parts[:-1])
     if parent is None:
@@ -67,6 +70,7 @@ def _check_key(dotted: str) -> None:
         close = difflib.get_close_matches(parts[-1], allowed, n=1)
         hint = f" Did you mean '{'.'.join(parts[:-1] + close)}'?" if close else ""
         raise ConfigError(f"unknown config key '{dotted}'. Allowed here: {', '.join(allowed)}.{hint}")
+    return parent.model_fields[parts[-1]].annotation
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -77,12 +81,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         dotted, raw = item.split("=", 1)
         dotted = dotted.strip()
-        _check_key(dotted)
+        annotation = _check_key(dotted)
         node = nested
         parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(raw.strip())
+        node[parts[-1]] = _parse_value(raw.strip(), annotation)
     return nested
 
 
@@ -90,7 +94,7 @@ def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(config)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             parent = _section_model([str(p) for p in e["loc"][:-1]])
             allowed = ", ".join(_allowed_keys(parent)) if parent else "?"
@@ -120,7 +124,7 @@ def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Confi
     When the result reads a research data bundle (data.format=research), the bundle's SIDs and corpus
     are taken as they are (RESEARCH_BUNDLE) unless the overrides say otherwise."""
     over = parse_overrides(overrides or [])
-    merged = _deep_merge(base, over)
+    merged = deep_merge(base, over)
     if merged.get("data", {}).get("format") == "research":
-        merged = _deep_merge(_deep_merge(base, RESEARCH_BUNDLE), over)
+        merged = deep_merge(deep_merge(base, RESEARCH_BUNDLE), over)
     return validate(merged)

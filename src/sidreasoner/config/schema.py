@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from sidreasoner.steps import STEP_NAMES
 
@@ -19,8 +20,44 @@ AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v
 AMAZON2023_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 
 
+def _holds_numbers(annotation: Any) -> bool:
+    """Whether a field's type is or holds int/float (`int`, `float | None`, `tuple[int, int]`, `list[int]`)."""
+    if annotation in (int, float):
+        return True
+    return any(_holds_numbers(arg) for arg in get_args(annotation) if arg is not Ellipsis)
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, dict) and any(_holds_bool(v) for v in value.values())
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1; a boolean where a number belongs is a mistake, not a number."""
+        if _holds_bool(value) and _holds_numbers(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
+
+# A name that becomes part of a file name (data.category): no path separators, no leading dot, no glob
+# characters, so it can never lead outside its folder.
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+FILE_NAME_RULE = "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be one part of a file name, or None when it can."""
+    if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+        return f"{name!r} cannot be part of a file name (allowed: {FILE_NAME_RULE})"
+    return None
 
 
 def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
@@ -62,7 +99,8 @@ class DataConfig(_Section):
                                   "research code's released data bundle (its data/Amazon folder: splits, SID index, "
                                   "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split"
     )
-    category: str = "Demo"
+    category: str = Field("Demo", description="the category (Office_Products); it names the dataset's files, so "
+                                              "it is letters, digits, '_', '-' and '.' only")
     base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
     five_core: bool = Field(False, description="amazon2018: use <Cat>_5.json(.gz) (MiniOneRec's choice) instead of the "
                                                "full file; a folder source falls back to the other")
@@ -108,7 +146,9 @@ class DataConfig(_Section):
                                      "(one global cut; equal timestamps by user id, then position)"
     )
     max_malformed_fraction: float = Field(
-        0.05, ge=0.0, le=1.0, description="above this share of unparseable lines a raw file is rejected"
+        0.05, ge=0.0, le=1.0, description="above this share of unparseable lines, or of records with an unusable "
+                                          "field (an id that is not a string, a rating or timestamp that is not a "
+                                          "finite number in range), a raw file is rejected"
     )
     min_samples: int = Field(50, ge=1, description="fail when fewer samples than this survive preprocessing")
     demo: DemoDataConfig = Field(default_factory=DemoDataConfig)
@@ -118,6 +158,13 @@ class DataConfig(_Section):
     def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
+        return v
+
+    @field_validator("category")
+    @classmethod
+    def _category_is_a_file_name(cls, v: str) -> str:
+        if file_name_problem(v):
+            raise ValueError(f"names the dataset's files, so it must be {FILE_NAME_RULE}")
         return v
 
     @field_validator("source")
@@ -615,7 +662,8 @@ class EvalConfig(_Section):
 
 
 class ExportConfig(_Section):
-    """Where `export-model` pushes the final model. The step is in the DAG only when `uri` is set."""
+    """Where `export-model` pushes the final model. The step runs only when `uri` is set: a local run
+    leaves it out, a compiled pipeline decides at run time (so the UI can set it)."""
 
     uri: str = Field("", description="destination folder: s3://, minio://, gs://, file:// or a path; empty = no export-model step")
     overwrite: bool = Field(False, description="replace a different complete model already at the URI")
@@ -660,6 +708,9 @@ class ClusterConfig(_Section):
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per step name")
     labels: dict[str, str] = Field(default_factory=dict, description="labels on every step's pod (cost "
                                    "attribution), besides sidreasoner.io/step and sidreasoner.io/category")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets (in the run's namespace) the step pods pull their images with, "
+        "for a private registry")
 
     @field_validator("resources")
     @classmethod

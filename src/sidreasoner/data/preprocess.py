@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sidreasoner.config import Config, DataConfig
+from sidreasoner.config.schema import file_name_problem
 from sidreasoner.data.from_research import dataset_from_bundle
 from sidreasoner.data.raw import FieldCounts, ItemMeta, LineStats, iter_meta, iter_reviews
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
@@ -79,6 +80,9 @@ def read_manifest(raw_dir: Path) -> RawManifest:
     for key in keys:
         if not isinstance(data.get(key), str) or not data[key]:
             raise PreprocessError(f"{path}: key '{key}' is missing or not a string")
+        problem = file_name_problem(data[key]) if key != "format" else None
+        if problem:  # these name files inside the raw and dataset folders: never a path leading out
+            raise PreprocessError(f"{path}: key '{key}': {problem}")
     if data["format"] == "research":
         return RawManifest(data["format"], data["category"], Path(raw_dir), Path(raw_dir), str(data.get("source", "")),
                            bundle=Path(raw_dir) / data["bundle"])
@@ -320,6 +324,49 @@ def _require(n: int, what: str, hint: str) -> None:
         raise PreprocessError(f"no data left after {what}. {hint}")
 
 
+# The metrics that count each drop reason of reviews / items: metric -> reason, or, for a key ending in '_',
+# a prefix whose metrics are named <prefix><reason>.
+REVIEW_DROPS = {"review_records_skipped_": "", "malformed_review_lines": "malformed_line",
+                "reviews_dropped_out_of_window": "out_of_window",
+                "reviews_dropped_unknown_item": "unknown_or_dropped_item"}
+ITEM_DROPS = {"meta_records_skipped_": "", "malformed_meta_lines": "malformed_line",
+              **{f"items_dropped_{p}": p for p in ("missing_title", "html_title", "empty_title", "short_title",
+                                                   "long_title")}}
+DROP_HINTS = {
+    "out_of_window": "check data.time_window",
+    "unknown_or_dropped_item": "their items are not in the meta file or lost their titles: check data.max_title_words "
+                               "and data.title_rule",
+    "malformed_line": "lines are not JSON objects",
+    "missing": "is data.format right? amazon2018 names the fields reviewerID/asin/overall/unixReviewTime, "
+               "amazon2023 user_id/parent_asin/rating/timestamp",
+    "invalid": "ids must be strings, ratings and timestamps finite numbers in range",
+    "title": "check data.max_title_words and data.title_rule",
+}
+
+
+def drop_reasons(metrics: dict[str, float], sources: dict[str, str]) -> list[tuple[str, int]]:
+    """(reason, count) of the non-zero drops named by `sources`, the most frequent first (ties by name)."""
+    counts: dict[str, int] = {}
+    for key, value in metrics.items():
+        for source, reason in sources.items():
+            if key == source or (source.endswith("_") and key.startswith(source)):
+                name = reason or key[len(source):]
+                counts[name] = counts.get(name, 0) + int(value)
+    return sorted(((r, n) for r, n in counts.items() if n), key=lambda rn: (-rn[1], rn[0]))
+
+
+def _require_some(n: int, what: str, path: Path, lines: float, reasons: list[tuple[str, int]]) -> None:
+    """Fail when nothing is left, naming every drop reason with its count, the top one first and its hint."""
+    if n:
+        return
+    top = reasons[0][0] if reasons else ""
+    kind = top if top in DROP_HINTS else "title" if top.endswith("_title") else top.split("_")[0]
+    hint = DROP_HINTS.get(kind, "")
+    listed = ", ".join(f"{reason}: {count}" for reason, count in reasons) or "none counted"
+    raise PreprocessError(f"no {what} left of the {int(lines)} lines of {path}; skipped or dropped by reason: "
+                          f"{listed}" + (f" ({top}: {hint})" if hint else ""))
+
+
 @dataclass
 class _Kept:
     """The rows of a window's reviews that survive the repeat and k-core filters, and what each dropped."""
@@ -344,7 +391,7 @@ def _keep_rows(cols: Columns, inside: np.ndarray, data: DataConfig) -> _Kept:
     return _Kept(kept, rows, duplicates, int((~core).sum()), rounds, len(np.unique(cols.item[kept])))
 
 
-def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float]) -> Columns:
+def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], path: Path) -> Columns:
     """Window start (widened while too few items survive), repeats, k-core; counts each in metrics."""
     start, widenings, n_inside, kept = data.time_window.start, 0, -1, None
     while True:
@@ -361,9 +408,7 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float]) 
     metrics["reviews_dropped_out_of_window"] += int((~inside).sum()) + before_unknown
     metrics["reviews_dropped_unknown_item"] -= before_unknown
     metrics.update(time_window_widenings=widenings, time_window_start_year=start.year if start else 0)
-    _require(n_inside, "the title and time-window filters",
-             f"reviews out of window: {metrics['reviews_dropped_out_of_window']}, of unknown/dropped items: "
-             f"{metrics['reviews_dropped_unknown_item']}. Check data.time_window and data.max_title_words.")
+    _require_some(n_inside, "reviews", path, metrics["raw_review_lines"], drop_reasons(metrics, REVIEW_DROPS))
     metrics.update(reviews_dropped_duplicate=kept.duplicates, reviews_dropped_k_core=kept.k_core,
                    k_core_iterations=kept.rounds)
     u_in, i_in = cols.user[kept.went_in], cols.item[kept.went_in]
@@ -470,10 +515,10 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
     metrics: dict[str, float] = {}
     kept = load_items(manifest.meta, manifest.format, data, metrics)
     kept_list = list(kept.values())
-    _require(len(kept_list), "the title filter", f"no item in {manifest.meta} has a usable title "
-             f"(<= data.max_title_words={data.max_title_words} words).")
+    _require_some(len(kept_list), "items", manifest.meta, metrics["raw_meta_lines"], drop_reasons(metrics, ITEM_DROPS))
     codes = {it.asin: n for n, it in enumerate(kept_list)}
-    cols = _filter_reviews(read_review_columns(manifest.reviews, manifest.format, data, codes, metrics), data, metrics)
+    cols = read_review_columns(manifest.reviews, manifest.format, data, codes, metrics)
+    cols = _filter_reviews(cols, data, metrics, manifest.reviews)
     cols, items, users = _reindex(cols, kept_list, data.id_order)
     metrics.update(users=len(users), items=len(items), interactions=len(cols.user),
                    items_dropped_k_core=len(kept_list) - len(items))
@@ -519,6 +564,9 @@ def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir
     List columns are Python-literal strings ("['A', 'B']", "[3, 7]"); SIDs are concatenated codes
     ("<a_1><b_2><c_3>"). Files are written atomically; call it inside the SID step's output folder.
     """
+    problem = file_name_problem(category)
+    if problem:
+        raise PreprocessError(f"category {problem}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "title", "description"])
     titles = items["title"].to_pylist()

@@ -1,8 +1,10 @@
 """Streaming readers for raw Amazon review/meta files (2018 and 2023 formats).
 
-Files are JSON lines, plain or gzipped (detected by magic bytes, not by name). Malformed lines are
-counted and skipped; a file that is not JSON lines at all, or has too many bad lines, is rejected
-with a `RawDataError` naming the file, the first bad line and a snippet. Fields are never eval()'d.
+Files are JSON lines, plain or gzipped (detected by magic bytes, not by name); a UTF-8 byte-order mark
+and CRLF line endings are accepted. Malformed lines, and records whose fields are unusable (an id that is
+not a string, a rating or timestamp that is not a finite number in range), are counted by reason and
+skipped; a file that is not JSON lines at all, or whose malformed share is above the budget, is rejected
+with a `RawDataError` naming the file, the first bad line and the reasons. Fields are never eval()'d.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import gzip
 import html
 import io
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ Format = Literal["amazon2018", "amazon2023"]
 FORMATS: tuple[str, ...] = ("amazon2018", "amazon2023")
 TitleRule = Literal["minionerec", "unescape"]
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 PROBE_LINES = 50  # when the first this-many non-empty lines all fail, the file is not JSON lines
 SNIPPET_CHARS = 80
 
@@ -63,13 +67,26 @@ class LineStats:
 
 @dataclass
 class FieldCounts:
-    """Records skipped by a normaliser, per reason (`missing_<field>` / `invalid_<field>`)."""
+    """Records skipped by a normaliser, per reason (`missing_<field>` / `invalid_<field>`); the first one's
+    line and reason are kept for the error message."""
 
     skipped: Counter = field(default_factory=Counter)
+    last_reason: str = ""
+    first_bad_line: int | None = None
+    first_bad_reason: str = ""
 
     @property
     def total(self) -> int:
         return sum(self.skipped.values())
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+        self.last_reason = reason
+
+    def note_line(self, line_no: int) -> None:
+        """The record of `line_no` was just skipped (its reason is `last_reason`)."""
+        if self.first_bad_line is None:
+            self.first_bad_line, self.first_bad_reason = line_no, self.last_reason
 
 
 def open_binary(path: str | Path) -> IO[bytes]:
@@ -139,6 +156,8 @@ def iter_json_lines(
     with open_binary(path) as fh:
         try:
             for line_no, raw in enumerate(fh, start=1):
+                if line_no == 1 and raw.startswith(UTF8_BOM):  # orjson rejects a byte-order mark
+                    raw = raw[len(UTF8_BOM):]
                 if not raw.strip():
                     continue
                 stats.lines += 1
@@ -188,26 +207,72 @@ def _check_format(fmt: str) -> None:
 
 
 def _id_field(rec: dict, key: str, counts: FieldCounts) -> str | None:
+    """An id is a non-blank string, never coerced (a `true` must not become the id "True")."""
     value = rec.get(key)
-    if value is None or value == "":
-        counts.skipped[f"missing_{key}"] += 1
+    if value is None or (isinstance(value, str) and not value.strip()):
+        counts.skip(f"missing_{key}")
         return None
-    if not isinstance(value, str | int):
-        counts.skipped[f"invalid_{key}"] += 1
+    if not isinstance(value, str):
+        counts.skip(f"invalid_{key}")
         return None
-    return str(value).strip() or None
+    return value.strip()
 
 
-def _number(rec: dict, key: str, counts: FieldCounts) -> float | None:
-    value = rec.get(key)
-    if value is None or value == "":
-        counts.skipped[f"missing_{key}"] += 1
+def _finite(value: Any) -> float | int | None:
+    """A JSON number (not a boolean) or a numeric string, when finite; ints stay exact."""
+    if isinstance(value, bool):
         return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        counts.skipped[f"invalid_{key}"] += 1
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None
+
+
+def _number(rec: dict, key: str, counts: FieldCounts) -> float | int | None:
+    value = rec.get(key)
+    if value is None or value == "":
+        counts.skip(f"missing_{key}")
+        return None
+    number = _finite(value)
+    if number is None:
+        counts.skip(f"invalid_{key}")
+    return number
+
+
+FLOAT32_MAX = 3.4028234e38  # ratings are stored as float32
+
+
+def _rating(rec: dict, key: str, counts: FieldCounts) -> float | None:
+    number = _number(rec, key, counts)
+    if number is None:
+        return None
+    if not abs(number) <= FLOAT32_MAX:
+        counts.skip(f"invalid_{key}")
+        return None
+    return float(number)
+
+
+# Review times are kept between the epoch and the end of year 9999 (what a datetime can hold).
+MAX_SECONDS = 253_402_300_800
+
+
+def _timestamp(rec: dict, key: str, divisor: int, counts: FieldCounts) -> int | None:
+    number = _number(rec, key, counts)
+    if number is None:
+        return None
+    seconds = int(number) // divisor
+    if not 0 <= seconds < MAX_SECONDS:
+        counts.skip(f"invalid_{key}")
+        return None
+    return seconds
 
 
 def normalize_review(rec: dict, fmt: Format, counts: FieldCounts) -> Review | None:
@@ -219,13 +284,13 @@ def normalize_review(rec: dict, fmt: Format, counts: FieldCounts) -> Review | No
     asin = _id_field(rec, asin_key, counts)
     if asin is None:
         return None
-    rating = _number(rec, rating_key, counts)
+    rating = _rating(rec, rating_key, counts)
     if rating is None:
         return None
-    ts = _number(rec, ts_key, counts)
+    ts = _timestamp(rec, ts_key, _TS_DIVISOR[fmt], counts)
     if ts is None:
         return None
-    return Review(user, asin, rating, int(ts) // _TS_DIVISOR[fmt])
+    return Review(user, asin, rating, ts)
 
 
 def minionerec_title(value: Any) -> str:
@@ -274,11 +339,39 @@ def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts, title_rule: Titl
 
 
 def _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize):
+    """Normalised records; malformed lines and unusable records share the one malformed-fraction budget."""
     _check_format(fmt)
-    for _, rec in iter_json_lines(path, max_malformed_fraction, stats):
+    for line_no, rec in iter_json_lines(path, 1.0, stats):
         record = normalize(rec, fmt, counts)
-        if record is not None:
+        if record is None:
+            counts.note_line(line_no)
+        else:
             yield record
+    _check_records(Path(path), stats, counts, max_malformed_fraction)
+
+
+def _skip_reasons(stats: LineStats, counts: FieldCounts) -> str:
+    """'reason: count, ...' of the skipped lines and records, the most frequent first (ties by name)."""
+    reasons = Counter(counts.skipped)
+    if stats.malformed:
+        reasons["malformed_line"] += stats.malformed
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _check_records(path: Path, stats: LineStats, counts: FieldCounts, max_malformed_fraction: float) -> None:
+    bad = stats.malformed + counts.total
+    fraction = bad / stats.lines if stats.lines else 0.0
+    if fraction <= max_malformed_fraction:
+        return
+    if counts.first_bad_line is not None and (stats.first_bad_line is None
+                                              or counts.first_bad_line < stats.first_bad_line):
+        first = f"first bad line {counts.first_bad_line}: {counts.first_bad_reason}"
+    else:
+        first = f"first bad line {stats.first_bad_line}: {stats.first_bad_snippet!r}"
+    raise RawDataError(
+        f"{path}: {bad} of {stats.lines} lines ({fraction:.1%}) are malformed or unusable, above "
+        f"data.max_malformed_fraction={max_malformed_fraction} ({_skip_reasons(stats, counts)}; "
+        f"{first})")
 
 
 def iter_reviews(

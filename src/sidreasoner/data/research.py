@@ -44,6 +44,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from sidreasoner.config.schema import file_name_problem
+
 SPLITS = ("train", "valid", "test")
 SPLIT_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id",
                  "history_item_sid", "item_sid")
@@ -56,6 +58,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SNIPPET_CHARS = 80
 CSV_FIELD_LIMIT = 1 << 28  # narratives and descriptions can exceed the csv module's 128 KiB default
 ARROW_MAGIC = (b"ARROW1", b"\xff\xff\xff\xff")  # Arrow IPC file / stream: read with pyarrow
+UTF8_BOM = b"\xef\xbb\xbf"
 
 _CODE = re.compile(r"<([a-z])_(0|[1-9][0-9]*)>")
 _SID = re.compile(r"(?:<[a-z]_(?:0|[1-9][0-9]*)>)+")
@@ -146,6 +149,9 @@ def find_bundle(folder: str | Path, category: str) -> BundleFiles:
     root = Path(folder)
     if not root.is_dir():
         raise ResearchDataError(f"{root}: no such folder")
+    problem = file_name_problem(category)
+    if problem:  # it is put into file names and glob patterns
+        raise ResearchDataError(f"{root}: category {problem}")
     files = BundleFiles(
         root=root, category=category,
         **{s: _one_match(root / s, category, "csv") for s in SPLITS},
@@ -736,7 +742,7 @@ def read_info(path: str | Path) -> list[InfoLine]:
     if not path.is_file():
         raise ResearchDataError(f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         for line_no, line in enumerate(fh, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -880,6 +886,8 @@ def _general_records(path: Path) -> Iterator[tuple[int, Any]]:
         return
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(UTF8_BOM):  # orjson rejects a byte-order mark
+                raw = raw[len(UTF8_BOM):]
             if not raw.strip():
                 continue
             text = _snippet(raw.decode("utf-8", "replace"))
