@@ -152,19 +152,22 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
            wait: bool = False, timeout_s: int = 24 * 3600, namespace: str | None = None,
            service_account: str | None = None, auth: Auth = Auth()) -> Submitted:
     """Compile `cfg` and create a run. `rerun_from` re-executes that step and everything downstream
-    of it while the steps before them come from the cache; `no_cache` turns caching off for the
-    whole run.
+    of it while the steps before them come from the cache; `no_cache` re-executes every step.
 
     A re-run keeps caching on: KFP's driver computes a task's cache fingerprint only when its
     caching is on, and the launcher stores a cache entry only for a task with a fingerprint
     (kubeflow/pipelines backend/src/v2/driver/driver.go, backend/src/v2/cacheutils), so tasks
     compiled with caching off would leave the old entries to be served to the next run. Instead
     the re-run tasks receive `rerun_token`, a fresh value per run: their cache keys are new, they
-    execute, and their results are cached under those keys."""
+    execute, and their results are cached under those keys. `no_cache` does the same for every
+    task, so the next plain run is served this run's results, not older ones."""
     if no_cache and rerun_from:
         raise ValueError("--no-cache and --rerun-from exclude each other")
     in_dag = {s.name for s in pipeline_steps(cfg, conditional=True)}
-    rerun_steps = [name for name in downstream(rerun_from) if name in in_dag] if rerun_from else []
+    if no_cache:
+        rerun_steps = [s.name for s in pipeline_steps(cfg, conditional=True)]
+    else:
+        rerun_steps = [name for name in downstream(rerun_from) if name in in_dag] if rerun_from else []
     params = run_parameters(cfg)
     if rerun_steps:
         params["rerun_token"] = rerun_token()
@@ -178,7 +181,6 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
             pipeline_package_path=str(package),
             params=params,
             pipeline_root=pipeline_root,
-            enable_caching=False if no_cache else None,
             service_account=service_account,
         )
         submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state)

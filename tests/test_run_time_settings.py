@@ -107,3 +107,18 @@ def test_cli_run_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith(message.format(file=file))
     assert "Traceback" not in result.stderr
+
+
+def test_step_config_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A config file saved by an editor that writes a byte-order mark reads like any other."""
+    from typer.testing import CliRunner
+
+    from sidreasoner.cli import app
+
+    config_file = tmp_path / "task.json"
+    config_file.write_bytes(b"\xef\xbb\xbf" + b'{"seed": 3, "data": {"source": "demo"}}')
+    result = CliRunner().invoke(app, ["step", "preprocess", "--config", str(config_file),
+                                      "--raw", str(tmp_path / "absent"), "--dataset", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "cannot read config file" not in result.output
+    assert "input 'raw' folder" in result.output

@@ -99,11 +99,16 @@ def test_a_plain_run_sends_no_token(kfp_api):
     assert "rerun_token" not in body["runtime_config"]["parameters"] and not _token_tasks(body)
 
 
-def test_no_cache_applies_to_every_task(kfp_api):
+def test_no_cache_executes_every_task_and_still_writes_the_cache(kfp_api):
+    """Caching off would leave no cache entry (like --rerun-from before), so the next plain run would
+    be served older results: every task gets a fresh token instead, with caching on."""
     url, state = kfp_api
-    submit(config.load("demo"), url, no_cache=True)
+    result = submit(config.load("demo"), url, no_cache=True)
     body = _run_body(state)
-    assert not any(_task_caching(body).values())
+    assert result.rerun_steps == list(STEP_NAMES)
+    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
+    assert _token_tasks(body) == set(STEP_NAMES)
+    assert body["runtime_config"]["parameters"]["rerun_token"]
 
 
 def test_no_cache_and_rerun_from_exclude_each_other():

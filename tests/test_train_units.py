@@ -164,6 +164,15 @@ def test_instruction_file(tmp_path, extended, base):
     assert counts["instructions"] == 2
 
 
+def test_instruction_file_with_a_byte_order_mark_and_crlf_and_bad_field_types(tmp_path):
+    path = tmp_path / "ins.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"instruction": "Say hi", "output": "hi"}).encode() + b"\r\n")
+    assert [(e.prompt, e.response) for e in data_mod.read_instruction_file(path)] == [("Say hi", "hi")]
+    path.write_text(json.dumps({"instruction": "Say hi", "input": 7, "output": "hi"}) + "\n")
+    with pytest.raises(data_mod.InstructionFileError, match=r"ins.jsonl:1: instruction and input must be strings"):
+        data_mod.read_instruction_file(path)
+
+
 def test_collators(extended):
     _, tok, *_ = extended
     rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8, 9], "labels": [IGNORE, 9]}]

@@ -174,7 +174,7 @@ def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max
     if not path.is_file():
         raise InstructionFileError(f"stage1.instruction_file {path}: no such file")
     records: list[tuple[list[dict], str]] = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark is not part of the first line
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -191,7 +191,10 @@ def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max
             if "prompt" in obj and "response" in obj:
                 prompt, response = obj["prompt"], obj["response"]
             elif "instruction" in obj and "output" in obj:
-                prompt = obj["instruction"] + (f"\n{obj['input']}" if obj.get("input") else "")
+                extra = obj.get("input") or ""
+                if not isinstance(obj["instruction"], str) or not isinstance(extra, str):
+                    raise InstructionFileError(f"{where}: instruction and input must be strings")
+                prompt = obj["instruction"] + (f"\n{extra}" if extra else "")
                 response = obj["output"]
             else:
                 raise InstructionFileError(
