@@ -53,6 +53,42 @@ def test_leak_check():
     assert r.ok
 
 
+def test_leak_check_judges_by_item_when_variants_share_a_title():
+    # Two colours of one pen: the history holds the black one, the target is the blue one.
+    black, blue, title = "<a_1><b_2><c_3>", "<a_1><b_2><c_4>", "Acme Gel Pen"
+    honest = f'The user bought {black} ("Acme Gel Pen") and likes the line. Recommended item: {blue}'
+    assert check_reasoning_end(honest, blue, title, [title]).ok
+    # Without a history item of that title, naming it still gives the answer away.
+    assert check_reasoning_end(honest, blue, title, ["Globex Headphones"]).reason == "leak_title"
+    # A repeat purchase: the target is in the history, so recapping the history names its SID.
+    again = f"The user bought {blue} and {black}, and rebuys what runs out. Recommended item: {blue}"
+    assert check_reasoning_end(again, blue, title, [title, title], history_sids=[blue, black]).ok
+    assert check_reasoning_end(again, blue, title, [title], history_sids=[black]).reason == "leak_sid"
+    r = validate_text("reasoning", honest, catalogue=CAT, context=[(title, black), (title, blue)], bounds=(2, 50),
+                      target=(blue, title), history_titles=[title], history_sids=[black])
+    assert (r.reason, r.text) == (None, honest)
+
+
+def test_a_short_title_inside_another_word_is_no_leak():
+    target = "<a_1><b_2><c_4>"
+    honest = f"I think the user writes a lot and will want more of it. Recommended item: {target}"
+    assert check_reasoning_end(honest, target, "Ink").ok
+    assert check_reasoning_end(f"More ink, surely. Recommended item: {target}", target, "Ink").reason == "leak_title"
+    # nor does a history title's longer word hide it: "Inkjet Paper" does not contain the title "Ink"
+    said = f"After the Inkjet Paper comes ink. Recommended item: {target}"
+    assert check_reasoning_end(said, target, "Ink", ["Inkjet Paper"]).reason == "leak_title"
+
+
+def test_repair_next_to_a_shared_title_needs_the_codes_to_pick_the_item():
+    ctx = [("Acme Gel Pen", "<a_1><b_2><c_3>"), ("Acme Gel Pen", "<a_1><b_2><c_4>")]
+    # The title fits both variants; the written SID is one code off from the second only.
+    r = repair_sids('He bought <a_1><b_9><c_4> ("Acme Gel Pen").', CAT, ctx)
+    assert (r.reason, r.text, r.repaired) == (None, 'He bought <a_1><b_2><c_4> ("Acme Gel Pen").', 1)
+    # Nothing but the title: either variant could be meant, so nothing is guessed.
+    r = repair_sids('He bought <a_5><b_5><c_5> ("Acme Gel Pen").', CAT, ctx)
+    assert (r.reason, r.detail) == ("invalid_sid", "<a_5><b_5><c_5> is not in the catalogue (ambiguous)")
+
+
 def test_length_bounds_and_full_validation():
     assert check_length("one two three", (3, 5)).ok
     assert (check_length("one two", (3, 5)).reason, check_length("one two", (3, 5)).detail) == ("too_short", "2 words < 3")

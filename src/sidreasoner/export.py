@@ -3,12 +3,19 @@
 `export.uri` names the destination folder (s3://, minio://, gs://, file:// or a path). The upload
 goes through `sidreasoner.storage.upload_dir`, which writes the `_SUCCESS` manifest last, so a reader
 (`prepare-base-model` with that URI as `model.base`, or `storage.download_dir`) never takes a half-
-uploaded model for a complete one. A destination that already holds a complete, different model is
-refused unless `export.overwrite` is set; one that holds exactly these files is left as it is.
+uploaded model for a complete one. The destination ends holding exactly the exported files and the
+marker: files of an older model there are deleted.
+
+Whose the destination is decides what may be deleted. One holding exactly these files is left as
+it is. One holding a different model of ours (its `_SUCCESS`), or files without our marker (someone
+else's folder), is refused unless `export.overwrite` is set. An export writes `_EXPORTING` before it
+touches anything and removes it last, so a retry that finds it resumes its own interrupted export
+without needing `export.overwrite`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # What a saved Hugging Face model folder must hold to be worth exporting.
 REQUIRED_FILES = ("config.json", "tokenizer_config.json")
+# Written into the target before anything there changes, removed once `_SUCCESS` is in place.
+PENDING = "_EXPORTING"
+PENDING_FORMAT = "sidreasoner.export/pending-v1"
 
 
 def _local_manifest(model_dir: Path) -> dict[str, dict]:
@@ -38,9 +48,69 @@ def _check_model_folder(model_dir: Path) -> None:
         raise FileNotFoundError(f"export-model: {model_dir} is not a saved Hugging Face model (missing: {', '.join(missing)})")
 
 
+def _check_not_a_file(uri: str) -> None:
+    loc = storage.parse_uri(uri)
+    if loc.scheme == "file" and Path(loc.key).exists() and not Path(loc.key).is_dir():
+        raise FileExistsError(f"export-model: export.uri {uri} is a file; it must name a folder")
+
+
 def _same_files(remote: dict, local: dict[str, dict]) -> bool:
     theirs = {rel: (int(meta.get("size", -1)), meta.get("md5")) for rel, meta in remote["files"].items()}
     return theirs == {rel: (meta["size"], meta["md5"]) for rel, meta in local.items()}
+
+
+def _target_state(uri: str) -> tuple[dict | None, set[str], bool]:
+    """(our completion manifest or None, every other file there, whether an export of ours is pending)."""
+    try:
+        manifest = storage.read_marker(uri)
+    except storage.IncompleteUploadError:  # a `_SUCCESS` another tool wrote (Hadoop's are empty)
+        manifest = None
+    try:
+        present = set(storage.list_files(uri))
+    except storage.NotFoundError:
+        present = set()
+    if manifest is None and storage.exists(f"{uri.rstrip('/')}/{storage.MARKER}"):
+        present.add(storage.MARKER)
+    pending = PENDING in present
+    present.discard(PENDING)
+    return manifest, present, pending
+
+
+def _few(names: set[str]) -> str:
+    shown = sorted(names)[:3]
+    return ", ".join(shown) + (f", … ({len(names)} in all)" if len(names) > 3 else "")
+
+
+def _refusal(uri: str, manifest: dict | None, present: set[str], local: dict[str, dict]) -> str | None:
+    """Why exporting into `uri` without export.overwrite would destroy something, or None."""
+    hint = "; set export.overwrite=true to replace them, or export to another folder"
+    if manifest is None:
+        if present:
+            return (f"export-model: {uri} holds {len(present)} file(s) ({_few(present)}) and no {storage.MARKER} "
+                    f"marker of a sidreasoner export: not a folder this step wrote{hint}")
+        return None
+    if not _same_files(manifest, local):
+        return (f"export-model: {uri} already holds a different complete model "
+                "(set export.overwrite=true to replace it)")
+    foreign = present - set(local)  # (files of it that went missing are simply uploaded again)
+    if foreign:
+        return (f"export-model: {uri} holds this model plus {len(foreign)} file(s) not in its {storage.MARKER} "
+                f"manifest ({_few(foreign)}){hint}")
+    return None
+
+
+def _replace(model_dir: Path, uri: str, present: set[str], local: dict[str, dict]) -> dict:
+    """Make `uri` hold exactly `model_dir`: mark the export pending, drop the old marker and every file
+    the new model does not have, upload, write `_SUCCESS`, clear the pending mark."""
+    pending_uri = f"{uri.rstrip('/')}/{PENDING}"
+    storage.put_bytes(pending_uri, (json.dumps({"format": PENDING_FORMAT, "files": sorted(local)}) + "\n").encode())
+    stale = sorted(present - set(local))
+    storage.delete_files(uri, [storage.MARKER] + stale)
+    if stale:
+        log.info("export-model: deleted %d file(s) of the previous contents of %s", len(stale), uri)
+    manifest = storage.upload_dir(model_dir, uri)
+    storage.delete_files(uri, [PENDING])
+    return manifest
 
 
 def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, float]:
@@ -51,16 +121,19 @@ def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, fl
         raise ConfigError("export.uri is empty: set it (--set export.uri=s3://bucket/models/run-1) to export the model")
     model_dir = Path(model_dir)
     _check_model_folder(model_dir)
+    _check_not_a_file(uri)
     local = _local_manifest(model_dir)
-    remote = storage.read_marker(uri)
-    if remote is not None and _same_files(remote, local):
+    remote, present, pending = _target_state(uri)
+    if remote is not None and _same_files(remote, local) and present == set(local):
         log.info("export-model: %s already holds this model; nothing uploaded", uri)
+        if pending:  # the export that wrote it died before clearing its mark
+            storage.delete_files(uri, [PENDING])
         manifest, uploaded = remote, False
-    elif remote is not None and not cfg.export.overwrite:
-        raise FileExistsError(f"export-model: {uri} already holds a different complete model "
-                              "(set export.overwrite=true to replace it)")
     else:
-        manifest, uploaded = storage.upload_dir(model_dir, uri), True
+        refusal = None if pending else _refusal(uri, remote, present, local)
+        if refusal is not None and not cfg.export.overwrite:
+            raise FileExistsError(refusal)
+        manifest, uploaded = _replace(model_dir, uri, present, local), True
     with atomic_dir(Path(export_dir)) as tmp:
         write_json(tmp / "export.json", {"uri": uri, "uploaded": uploaded, "files": manifest["files"],
                                          "total_bytes": manifest["total_bytes"]})

@@ -2,6 +2,7 @@
 
     download_file(uri, dest)   upload_file(src, uri)   list_files(uri)
     download_dir(uri, dest, require_marker=True)   upload_dir(src, uri)   exists(uri)   local_files(src)
+    read_marker(uri)   put_bytes(uri, data)   delete_files(uri, rels)
 
 Everything is streamed in 1 MiB chunks, retried with backoff on transient errors (downloads resume
 at the byte reached), checked against the store's size and checksums, and completed atomically:
@@ -16,14 +17,15 @@ SIDREASONER_GCS_CHUNK_SIZE (gs://); SIDREASONER_STORAGE_RETRIES, SIDREASONER_STO
 SIDREASONER_STORAGE_TIMEOUT (all).
 """
 
-from sidreasoner.storage.api import (MARKER, download_dir, download_file, exists, list_files, local_files,
-                                     read_marker, upload_dir, upload_file)
+from sidreasoner.storage.api import (MARKER, delete_files, download_dir, download_file, exists, list_files,
+                                     local_files, put_bytes, read_marker, upload_dir, upload_file)
 from sidreasoner.storage.errors import (ChecksumError, CredentialsError, IncompleteUploadError, NotFoundError,
                                         StorageError, TransientError, UnsupportedSchemeError)
 from sidreasoner.storage.uri import REMOTE_SCHEMES, Location, is_remote, parse_uri
 
 __all__ = [
     "MARKER", "REMOTE_SCHEMES", "ChecksumError", "CredentialsError", "IncompleteUploadError", "Location",
-    "NotFoundError", "StorageError", "TransientError", "UnsupportedSchemeError", "download_dir", "download_file",
-    "exists", "is_remote", "list_files", "local_files", "parse_uri", "read_marker", "upload_dir", "upload_file",
+    "NotFoundError", "StorageError", "TransientError", "UnsupportedSchemeError", "delete_files", "download_dir",
+    "download_file", "exists", "is_remote", "list_files", "local_files", "parse_uri", "put_bytes", "read_marker",
+    "upload_dir", "upload_file",
 ]

@@ -153,6 +153,27 @@ def upload_dir(src: str | os.PathLike, uri: str | os.PathLike) -> dict[str, Any]
     return manifest
 
 
+def put_bytes(uri: str | os.PathLike, data: bytes) -> None:
+    """Write a small object (or local file, atomically) holding `data`."""
+    loc = parse_uri(uri)
+    be = _backend(loc)
+    _call(be, loc, "write", lambda: be.put_bytes(loc, data))
+
+
+def delete_files(uri: str | os.PathLike, rels: list[str]) -> None:
+    """Delete the files `rels` (relative paths, as list_files gives them) under the folder `uri`; a file
+    already gone is no error. In a local folder, subfolders left empty are removed too."""
+    loc = parse_uri(uri)
+    be = _backend(loc)
+    for rel in rels:
+        target = loc.child(_safe_rel(rel, loc))
+        _call(be, target, "delete", lambda target=target: be.delete(target))
+    if loc.scheme == "file" and Path(loc.key).is_dir():
+        for dirpath, _, _ in sorted(os.walk(loc.key), key=lambda walked: -len(walked[0])):
+            if dirpath != loc.key and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+
+
 def read_marker(uri: str | os.PathLike) -> dict[str, Any] | None:
     """The folder's completion manifest, or None when the folder has no `_SUCCESS` marker."""
     loc = parse_uri(uri)

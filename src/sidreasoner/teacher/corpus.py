@@ -144,7 +144,7 @@ def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
     # The research corpus's reasoning paths precede the answer (training appends the target SID).
     return validate_text(task.kind, text, catalogue=ctx.catalogue, context=task.context(ctx), bounds=bounds,
                          target=target, history_titles=[ctx.items[i].title for i in task.history],
-                         final_sid=t.kind != "import")
+                         final_sid=t.kind != "import", history_sids=[ctx.items[i].sid for i in task.history])
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -179,7 +179,8 @@ def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITea
 
 
 def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks: list[Task],
-                   results: list[Checked], meta: dict) -> dict[str, int]:
+                   texts: list[str | None], results: list[Checked], meta: dict) -> dict[str, int]:
+    """`texts` are the replies as received: rejected.parquet keeps the rejected ones verbatim."""
     by_kind: dict[str, dict[int, Checked]] = {k: {} for k in KINDS}
     for task, res in zip(tasks, results):
         by_kind[task.kind][task.key] = res
@@ -212,9 +213,9 @@ def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks:
         "history_narrative": pa.array(hist_text, pa.string()),
         "reasoning_path": pa.array(path_text, pa.string()),
     }), out / "samples.parquet")
-    # rejected
-    rej = [(task.kind, task.key, res.reason, res.detail, res.text)
-           for task, res in zip(tasks, results) if not res.ok]
+    # rejected (a failed request has no text)
+    rej = [(task.kind, task.key, res.reason, res.detail, received)
+           for task, received, res in zip(tasks, texts, results) if not res.ok]
     pq.write_table(pa.table({
         "kind": pa.array([r[0] for r in rej], pa.string()),
         "key": pa.array([r[1] for r in rej], pa.int64()),
@@ -316,7 +317,8 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
                    "tasks": len(tasks), "rejected_by_reason": dict(sorted(reasons.items()))},
     }
     with atomic_dir(out_dir) as out:
-        metrics.update({k: float(v) for k, v in _write_outputs(out, cfg, ctx, train, tasks, results, meta).items()})
+        counts_written = _write_outputs(out, cfg, ctx, train, tasks, texts, results, meta)
+        metrics.update({k: float(v) for k, v in counts_written.items()})
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
         meta["metrics"] = metrics
         write_json(out / "meta.json", meta)

@@ -36,6 +36,15 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _as_words(phrase: str) -> re.Pattern:
+    """`phrase` (normalised) where it stands as whole words: a title "Ink" is not in "think"."""
+    return re.compile(rf"(?<![^\W_]){re.escape(phrase)}(?![^\W_])")
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    return bool(phrase) and _as_words(phrase).search(text) is not None
+
+
 def _codes(sid: str) -> list[tuple[str, int]]:
     return [(m.group(1), int(m.group(2))) for m in _TOKEN.finditer(sid)]
 
@@ -53,9 +62,22 @@ def _near_miss(written: str, context: Iterable[str]) -> set[str]:
     return out
 
 
-def _titles_in(segment: str, context: dict[str, str]) -> set[str]:
+def _titles_in(segment: str, titles: dict[str, set[str]]) -> set[str]:
+    """SIDs of every context item whose title is in `segment` (several when items share a title)."""
     seg = _norm(segment)
-    return {sid for title, sid in context.items() if title and title in seg}
+    return {sid for title, sids in titles.items() if _mentions(seg, title) for sid in sids}
+
+
+def _pick(by_title: set[str], by_code: set[str]) -> str | None:
+    """The one SID that the adjacent titles and the near-miss codes point at, or None."""
+    if len(by_title) == 1 and (not by_code or by_code == by_title):
+        return next(iter(by_title))
+    if not by_title and len(by_code) == 1:
+        return next(iter(by_code))
+    both = by_title & by_code
+    if len(by_title) > 1 and len(both) == 1:  # a shared title, settled by the codes
+        return next(iter(both))
+    return None
 
 
 def repair_sids(text: str, catalogue: frozenset[str] | set[str],
@@ -64,9 +86,9 @@ def repair_sids(text: str, catalogue: frozenset[str] | set[str],
     item of `context` ((title, sid) pairs: the items the prompt showed) explains it: its title sits
     right next to the run, or its SID differs from the run in one code / extends a truncated run.
     Runs written with spaces between tokens are normalised. Otherwise the text is rejected."""
-    titles = {}
+    titles: dict[str, set[str]] = {}
     for title, sid in context:
-        titles.setdefault(_norm(title), sid)
+        titles.setdefault(_norm(title), set()).add(sid)
     context_sids = {sid for _, sid in context}
     runs = list(SID_RUN.finditer(text))
     out, pos, repaired = [], 0, 0
@@ -81,11 +103,8 @@ def repair_sids(text: str, catalogue: frozenset[str] | set[str],
             neighbours = {re.sub(r"\s+", "", runs[k].group(0)) for k in (n - 1, n + 1) if 0 <= k < len(runs)}
             by_title = (_titles_in(before, titles) | _titles_in(after, titles)) - neighbours
             by_code = _near_miss(written, context_sids)
-            if len(by_title) == 1 and (not by_code or by_code == by_title):
-                fixed = next(iter(by_title))
-            elif not by_title and len(by_code) == 1:
-                fixed = next(iter(by_code))
-            else:
+            fixed = _pick(by_title, by_code)
+            if fixed is None:
                 why = "ambiguous" if (by_title or by_code) else "no candidate"
                 return Checked(None, "invalid_sid", f"{written} is not in the catalogue ({why})")
             repaired += 1
@@ -106,12 +125,15 @@ def check_length(text: str, bounds: tuple[int, int]) -> Checked:
 
 
 def check_reasoning_end(text: str, target_sid: str, target_title: str,
-                        history_titles: Iterable[str] = (), final_sid: bool = True) -> Checked:
+                        history_titles: Iterable[str] = (), final_sid: bool = True,
+                        history_sids: Iterable[str] = ()) -> Checked:
     """The path must END with the target SID (trailing punctuation is dropped) and must not name the
-    target's SID or title before that. A history title that merely contains the target's title (a
-    longer title of another item) is not a leak. With `final_sid=False` (paths written to precede the
-    answer, as the research corpus's are) a path may also end without a SID; one that ends with a
-    SID must still end with the target's."""
+    target item before that. Leaks are judged by item: a mention that can name a history item is not
+    one, so a history title equal to the target's (variants of one product often share a title) or
+    containing it (a longer title) is recapping the history, and so is the target's SID when the
+    target is itself in the history (a repeat purchase). With `final_sid=False` (paths written to
+    precede the answer, as the research corpus's are) a path may also end without a SID; one that
+    ends with a SID must still end with the target's."""
     body = text.rstrip(TRAILING)
     runs = list(SID_RUN.finditer(body))
     ends_with_sid = bool(runs) and runs[-1].end() == len(body)
@@ -123,15 +145,16 @@ def check_reasoning_end(text: str, target_sid: str, target_title: str,
         if final != target_sid:
             return Checked(None, "wrong_final_sid", f"ends with {final}, the target is {target_sid}")
         earlier, before = runs[:-1], body[: runs[-1].start()]
-    if any(re.sub(r"\s+", "", r.group(0)) == target_sid for r in earlier):
+    repeat_purchase = target_sid in set(history_sids)
+    if not repeat_purchase and any(re.sub(r"\s+", "", r.group(0)) == target_sid for r in earlier):
         return Checked(None, "leak_sid", "the target SID appears before the final answer")
     title = _norm(target_title)
     if title:
         masked = _norm(before)
         for other in sorted({_norm(t) for t in history_titles}, key=len, reverse=True):
-            if other != title and title in other:
-                masked = masked.replace(other, " ")
-        if title in masked:
+            if _mentions(other, title):
+                masked = _as_words(other).sub(" ", masked)
+        if _mentions(masked, title):
             return Checked(None, "leak_title", "the target title appears before the final answer")
     return Checked(body if ends_with_sid else text)
 
@@ -139,7 +162,7 @@ def check_reasoning_end(text: str, target_sid: str, target_title: str,
 def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | set[str],
                   context: list[tuple[str, str]], bounds: tuple[int, int],
                   target: tuple[str, str] | None = None, history_titles: Iterable[str] = (),
-                  final_sid: bool = True) -> Checked:
+                  final_sid: bool = True, history_sids: Iterable[str] = ()) -> Checked:
     """All checks for one text of `kind` (item | history | reasoning); `target` = (sid, title)."""
     if text is None or not text.strip():
         return Checked(None, "empty", "empty reply")
@@ -150,7 +173,8 @@ def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | se
     repaired = checked.repaired
     if kind == "reasoning":
         assert target is not None
-        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles, final_sid)
+        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles, final_sid,
+                                      history_sids)
         if not checked.ok:
             return checked
     checked = check_length(checked.text, bounds)

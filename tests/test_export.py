@@ -1,0 +1,164 @@
+"""export-model's target folder: it ends holding exactly the exported model, and a folder that is not
+ours is refused unless export.overwrite is set. Local paths, S3 (moto_server) and GCS (the emulator),
+all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sidreasoner import storage
+from sidreasoner.config import load
+from sidreasoner.export import PENDING, export_model
+from sidreasoner.storage.gcs import make_client as gcs_client
+from sidreasoner.storage.s3 import make_client as s3_client
+
+
+@pytest.fixture(params=["local", "s3", "gs"])
+def target(request, tmp_path, monkeypatch):
+    """A folder URI under which nothing exists yet, on each backend."""
+    monkeypatch.setenv("SIDREASONER_STORAGE_RETRY_DELAY", "0.02")
+    monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "3")
+    if request.param == "local":
+        return str(tmp_path / "exports" / "run-1")
+    if request.param == "s3":
+        moto = request.getfixturevalue("moto_server")
+        for name, value in (("SIDREASONER_S3_ENDPOINT", moto["url"]), ("AWS_ACCESS_KEY_ID", moto["key"]),
+                            ("AWS_SECRET_ACCESS_KEY", moto["secret"]), ("AWS_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        client = s3_client("s3")
+        if not client.bucket_exists("exp"):
+            client.make_bucket("exp")
+    else:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator"))
+        client = gcs_client()
+        if client.lookup_bucket("exp") is None:
+            client.create_bucket("exp")
+    return f"{request.param}://exp/{tmp_path.name}/run-1"  # tmp_path.name: a fresh prefix per test
+
+
+def _model(root: Path, shards: dict[str, bytes]) -> Path:
+    """A saved model folder as export-model checks it: config, tokenizer config, safetensors shards."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text('{"model_type": "qwen3"}')
+    (root / "tokenizer_config.json").write_text("{}")
+    for name, data in shards.items():
+        (root / name).write_bytes(data)
+    return root
+
+
+def _put(uri: str, rel: str, data: bytes, tmp_path: Path) -> None:
+    """Put a file there the way another tool would: no marker."""
+    src = tmp_path / "foreign" / rel
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(data)
+    storage.upload_file(src, f"{uri}/{rel}")
+
+
+def _export(uri: str, model: Path, record: Path, *overrides: str) -> dict[str, float]:
+    return export_model(load("demo", [f"export.uri={uri}", *overrides]), model, record)
+
+
+def _exactly(uri: str, model: Path) -> None:
+    """The target holds the model's files, its manifest lists exactly those, and nothing else is there."""
+    files = sorted(storage.local_files(model))
+    assert storage.list_files(uri) == files
+    assert sorted(storage.read_marker(uri)["files"]) == files
+
+
+def test_foreign_folder_is_refused_unless_overwrite(target, tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"new weights"})
+    _put(target, "notes.txt", b"someone's notes", tmp_path)
+    _put(target, "model-00002-of-00002.safetensors", b"a shard of another model", tmp_path)
+    with pytest.raises(FileExistsError, match=r"holds 2 file\(s\) \(model-00002-of-00002.safetensors, notes.txt\) "
+                                              r"and no _SUCCESS marker .*export.overwrite=true"):
+        _export(target, model, tmp_path / "e1")
+    assert storage.list_files(target) == ["model-00002-of-00002.safetensors", "notes.txt"]  # untouched
+    assert not (tmp_path / "e1").exists()
+
+    m = _export(target, model, tmp_path / "e2", "export.overwrite=true")
+    assert m["uploaded"] == 1.0 and m["files"] == 3.0
+    _exactly(target, model)  # the stray shard is gone, not left beside the new model
+
+
+def test_overwrite_leaves_no_file_of_the_old_model(target, tmp_path):
+    old = _model(tmp_path / "old", {"model-00001-of-00002.safetensors": b"old 1", "model-00002-of-00002.safetensors":
+                                    b"old 2"})
+    (old / "sub").mkdir()
+    (old / "sub" / "extra.json").write_text("{}")
+    new = _model(tmp_path / "new", {"model.safetensors": b"new weights, one shard"})
+    _export(target, old, tmp_path / "e1")
+    _exactly(target, old)
+    with pytest.raises(FileExistsError, match="already holds a different complete model"):
+        _export(target, new, tmp_path / "e2")
+    _exactly(target, old)
+
+    m = _export(target, new, tmp_path / "e3", "export.overwrite=true")
+    assert m["uploaded"] == 1.0
+    _exactly(target, new)
+    assert json.loads((tmp_path / "e3" / "export.json").read_text())["files"] == storage.read_marker(target)["files"]
+    if "://" not in target:
+        assert sorted(p.name for p in Path(target).iterdir()) == ["_SUCCESS", "config.json", "model.safetensors",
+                                                                  "tokenizer_config.json"]  # no empty sub/
+
+
+def test_a_file_dropped_beside_our_model_is_foreign(target, tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
+    _export(target, model, tmp_path / "e1")
+    _put(target, "README.md", b"added by hand", tmp_path)
+    with pytest.raises(FileExistsError, match=r"holds this model plus 1 file\(s\) not in its _SUCCESS manifest "
+                                              r"\(README.md\)"):
+        _export(target, model, tmp_path / "e2")
+    assert _export(target, model, tmp_path / "e3", "export.overwrite=true")["uploaded"] == 1.0
+    _exactly(target, model)
+
+
+def test_a_shard_missing_from_our_model_is_uploaded_again(target, tmp_path):
+    model = _model(tmp_path / "model", {"model-00001-of-00002.safetensors": b"part one",
+                                        "model-00002-of-00002.safetensors": b"part two"})
+    _export(target, model, tmp_path / "e1")
+    storage.delete_files(target, ["model-00002-of-00002.safetensors"])
+    m = _export(target, model, tmp_path / "e2")  # ours, same manifest: no overwrite needed to repair it
+    assert m["uploaded"] == 1.0
+    _exactly(target, model)
+    storage.download_dir(target, tmp_path / "back")
+    assert (tmp_path / "back" / "model-00002-of-00002.safetensors").read_bytes() == b"part two"
+
+
+def test_an_interrupted_export_of_ours_is_resumed_without_overwrite(target, tmp_path):
+    model = _model(tmp_path / "model", {"model-00001-of-00002.safetensors": b"part one",
+                                        "model-00002-of-00002.safetensors": b"part two"})
+    # What an export killed mid-upload leaves: its pending mark, some files, no _SUCCESS.
+    _put(target, PENDING, b'{"format": "sidreasoner.export/pending-v1", "files": []}\n', tmp_path)
+    _put(target, "config.json", (model / "config.json").read_bytes(), tmp_path)
+    _put(target, "model-00001-of-00002.safetensors", b"part o", tmp_path)  # cut short
+    m = _export(target, model, tmp_path / "e1")
+    assert m["uploaded"] == 1.0
+    _exactly(target, model)
+
+    # Killed after _SUCCESS but before its mark was cleared: the model is complete; only the mark goes.
+    _put(target, PENDING, b"{}\n", tmp_path)
+    again = _export(target, model, tmp_path / "e2")
+    assert again["uploaded"] == 0.0
+    _exactly(target, model)
+
+
+def test_a_success_file_of_another_tool_is_not_ours(target, tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
+    _put(target, "part-00000.parquet", b"PAR1", tmp_path)
+    _put(target, "_SUCCESS", b"", tmp_path)  # what Hadoop/Spark jobs write
+    with pytest.raises(FileExistsError, match=r"holds 2 file\(s\) \(_SUCCESS, part-00000.parquet\) and no _SUCCESS"):
+        _export(target, model, tmp_path / "e1")
+    _export(target, model, tmp_path / "e2", "export.overwrite=true")
+    _exactly(target, model)
+
+
+def test_a_local_target_that_is_a_file_is_refused(tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(FileExistsError, match=r"export.uri .*taken is a file; it must name a folder"):
+        _export(str(tmp_path / "taken"), model, tmp_path / "e1")
+    assert (tmp_path / "taken").read_text() == "a file"
