@@ -666,7 +666,8 @@ class ExportConfig(_Section):
     leaves it out, a compiled pipeline decides at run time (so the UI can set it)."""
 
     uri: str = Field("", description="destination folder: s3://, minio://, gs://, file:// or a path; empty = no export-model step")
-    overwrite: bool = Field(False, description="replace a different complete model already at the URI")
+    overwrite: bool = Field(False, description="replace what the URI holds when it is not this model (another "
+                            "model, files of another tool): those files are deleted")
 
 
 class Toleration(_Section):
