@@ -157,3 +157,31 @@ def kfp_api():
     """A fake KFP v2beta1 API server: (url, state); state records every request."""
     with KFPServer() as (url, state):
         yield url, state
+
+
+@pytest.fixture()
+def unused_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def flaky_http():
+    """flaky_http(files, seed=0) -> a FlakyServer on 127.0.0.1 serving {path: bytes} with byte ranges and
+    faults on request (cuts, stalls, no Content-Length, HTML login pages; tests/helpers/flaky_http.py).
+    Closed after the test."""
+    from .helpers.flaky_http import FlakyServer
+
+    servers = []
+
+    def start(files, seed=0):
+        servers.append(FlakyServer(files, seed))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

@@ -1,24 +1,145 @@
-"""Atomic artifact writes: a file or folder appears at its final path only when complete."""
+"""Atomic artifact writes: a file or folder appears at its final path only when complete.
+
+A folder is built in a hidden temp folder beside its final path (`.<name>.tmp-XXXX`), owned through an
+exclusively locked file `.<name>.tmp-XXXX.lock`. A step killed mid-write leaves both behind; the next
+atomic_dir for the same final path removes them once their lock is free (the owner is dead), and never
+touches the temp folder of a live writer.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+LOCK_SUFFIX = ".lock"
+
+
+def try_lock(fd: int, wait: bool = False) -> bool | None:
+    """flock(LOCK_EX) `fd`: True when held, False when another process holds it, None where the
+    filesystem cannot lock (some FUSE and network mounts)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        return None
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+    """Hold an exclusive lock on the file `path` (created if missing, never removed: removing a lock file
+    races with its next user). Waits for another holder, calling `on_wait` first. Yields False where the
+    filesystem cannot lock or the folder is read-only."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield False
+        return
+    try:
+        state = try_lock(fd)
+        if state is False:
+            if on_wait is not None:
+                on_wait()
+            state = try_lock(fd, wait=True)
+        yield bool(state)
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _claim_temp_name(parent: Path, prefix: str) -> tuple[Path, int | None]:
+    """A fresh temp path `parent/prefixXXXX` whose lock file `…XXXX.lock` this process holds: (path, fd).
+    fd is None where the filesystem cannot lock."""
+    while True:
+        fd, lock = tempfile.mkstemp(prefix=prefix, suffix=LOCK_SUFFIX, dir=parent)
+        state = try_lock(fd, wait=True)
+        tmp = Path(lock[: -len(LOCK_SUFFIX)])
+        if state:
+            # A cleaner may have taken the new lock file for a stale one, and removed it, before we locked it.
+            if _same_file(fd, Path(lock)):
+                return tmp, fd
+        elif state is None:
+            os.close(fd)
+            return tmp, None
+        os.close(fd)
+
+
+def _release_temp_name(tmp: Path, fd: int | None) -> None:
+    Path(f"{tmp}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    if fd is not None:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temps(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Remove the temp entries `parent/prefix*` whose owner is dead (its lock file is free, or it has none:
+    left by a writer that predates the lock files). Returns what was removed."""
+    parent = Path(parent)
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        path = parent / name
+        if name.endswith(LOCK_SUFFIX):
+            if _remove_if_owner_dead(path):
+                removed.append(path.with_name(name[: -len(LOCK_SUFFIX)]))
+        elif f"{name}{LOCK_SUFFIX}" not in names and not Path(f"{path}{LOCK_SUFFIX}").exists():
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _remove_if_owner_dead(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not try_lock(fd) or not _same_file(fd, lock):
+            return False  # a live owner, a filesystem without locks, or another cleaner got there first
+        _remove(lock.with_name(lock.name[: -len(LOCK_SUFFIX)]))
+        lock.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
+    """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed.
+    Temp folders of earlier writers of `final` that died (SIGKILL, power loss) are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    prefix = f".{final.name}.tmp-"
+    remove_stale_temps(final.parent, prefix)
+    tmp, fd = _claim_temp_name(final.parent, prefix)
     try:
+        tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
         yield tmp
         if final.is_dir():
             shutil.rmtree(final)
@@ -28,6 +149,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release_temp_name(tmp, fd)
 
 
 @contextlib.contextmanager

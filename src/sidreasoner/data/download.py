@@ -2,15 +2,23 @@
 
 Sources: `demo` (built-in generator), `amazon2018` (HTTP from data.base_url), `amazon2023` (the
 Hugging Face dataset repo), or a folder (`file://...`, a plain path, or a bucket folder `s3://`,
-`minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names. HTTP downloads go through a cache folder, resume from `<name>.part` with a Range
-request, and never pass a short file as complete.
+`minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names. HTTP
+downloads go through a cache folder that concurrent runs may share, resume from `<name>.part` with a Range
+request, and never pass a short, cut or wrong file as complete.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import gzip
 import hashlib
+import logging
 import os
 import shutil
+import socket
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -21,7 +29,7 @@ from tqdm import tqdm
 
 from sidreasoner.config import AMAZON2023_REPO, Config, DataConfig
 from sidreasoner.data.demo import generate_demo_raw
-from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.io import atomic_dir, locked, read_json, write_json
 
 AMAZON2018_CATEGORIES: tuple[str, ...] = (
     "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
@@ -41,6 +49,7 @@ AMAZON2023_CATEGORIES: tuple[str, ...] = (
     "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games", "Unknown",
 )
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
@@ -55,12 +64,27 @@ def check_category(category: str, allowed: tuple[str, ...], source: str) -> None
 
 # ---------------------------------------------------------------- HTTP with resume
 
+# Every cached file `<name>` has a manifest `<name>.manifest.json` (url, bytes, sha256) written only after
+# the download was checked (size, published digest, gzip to its end, JSON lines inside), and one lock file
+# `.<name>.lock`: runs sharing the cache (a shared PVC) take turns on a file, and the `.part` a killed run
+# leaves is resumed by the next one.
+
 
 @dataclass
 class Fetched:
     path: Path
     bytes_downloaded: int
     resumed: bool
+    sha256: str = ""
+
+
+class _AttemptFailed(DownloadError):
+    """One download attempt failed. keep_part: the partial file is a good prefix to resume from;
+    retry: another attempt may succeed."""
+
+    def __init__(self, reason: str, keep_part: bool, retry: bool = True):
+        super().__init__(reason)
+        self.reason, self.keep_part, self.retry = reason, keep_part, retry
 
 
 def _expected_total(resp: requests.Response, offset: int) -> int | None:
@@ -69,7 +93,8 @@ def _expected_total(resp: requests.Response, offset: int) -> int | None:
         crange = resp.headers.get("Content-Range", "")
         start = crange.split(" ", 1)[-1].split("-", 1)[0]
         if not start.isdigit() or int(start) != offset:
-            raise DownloadError(f"{resp.url}: server answered Range bytes={offset}- with Content-Range {crange!r}")
+            raise _AttemptFailed(f"server answered Range bytes={offset}- with Content-Range {crange!r}",
+                                 keep_part=True, retry=False)
         total = crange.rsplit("/", 1)[-1]
         if total.isdigit():
             return int(total)
@@ -79,48 +104,212 @@ def _expected_total(resp: requests.Response, offset: int) -> int | None:
     return int(length) + (offset if resp.status_code == 206 else 0)
 
 
-def _stream_to(resp: requests.Response, part: Path, mode: str, offset: int, total: int | None) -> int:
-    written = 0
+def _published_digests(resp: requests.Response) -> dict[str, str]:
+    """Whole-file digests the server publishes (hex by hashlib name): Repr-Digest / Digest (sha-256, md5),
+    x-goog-hash md5, and Content-MD5 on a full (200) response."""
+    found: dict[str, str] = {}
+    fields = [resp.headers.get("Repr-Digest", ""), resp.headers.get("Digest", ""), resp.headers.get("x-goog-hash", "")]
+    if resp.status_code == 200 and resp.headers.get("Content-MD5"):
+        fields.append(f"md5={resp.headers['Content-MD5']}")
+    for item in ",".join(fields).split(","):
+        algo, _, value = item.strip().partition("=")
+        algo = {"sha-256": "sha256", "md5": "md5"}.get(algo.strip().lower())
+        if algo and value:
+            try:
+                found[algo] = base64.b64decode(value.strip().strip(":"), validate=True).hex()
+            except ValueError:
+                continue
+    return found
+
+
+@dataclass
+class _Progress:
+    received: int = 0  # bytes written to the partial file over all attempts
+    resumed: bool = False
+
+
+def _stream_to(resp: requests.Response, part: Path, mode: str, offset: int, total: int | None,
+               progress: _Progress) -> None:
     with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                      desc=part.name.removesuffix(".part"), mininterval=2) as bar:
-        for chunk in resp.raw.stream(CHUNK, decode_content=False):  # raw bytes: sizes match headers
+                                      desc=part.name.split(".part")[0], mininterval=2) as bar:
+        # Raw bytes (sizes match headers), in pieces small enough that a killed run keeps nearly all it got.
+        for chunk in resp.raw.stream(1 << 16, decode_content=False):
             fh.write(chunk)
-            written += len(chunk)
+            progress.received += len(chunk)
             bar.update(len(chunk))
-    return written
 
 
-def http_download(url: str, cache_dir: Path, name: str | None = None, timeout: float = 60.0) -> Fetched:
-    """Download `url` into `cache_dir/name`, resuming `name.part`; a complete cached file is reused."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / (name or url.rsplit("/", 1)[-1])
-    if final.is_file():
-        return Fetched(final, 0, False)
-    part = final.with_name(final.name + ".part")
+def _fetch_once(url: str, part: Path, timeout: float, progress: _Progress) -> tuple[dict[str, str], bool]:
+    """One GET into `part`, resuming it with a Range request: (published digests, whether the server
+    confirmed the file's size)."""
     offset = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={offset}-", "Accept-Encoding": "identity"} if offset else {"Accept-Encoding": "identity"}
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
     try:
         with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
-            if resp.status_code == 416 and offset:  # stale .part (bigger than the file): start over
-                part.unlink()
-                return http_download(url, cache_dir, name, timeout)
+            if resp.status_code == 416 and offset:
+                if resp.headers.get("Content-Range", "") == f"bytes */{offset}":
+                    return {}, True  # the part is whole already (a run killed while checking it)
+                raise _AttemptFailed("the partial file is larger than the remote file", keep_part=False)
             if resp.status_code not in (200, 206):
-                raise DownloadError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+                retry = resp.status_code in (408, 425, 429) or resp.status_code >= 500
+                raise _AttemptFailed(f"HTTP {resp.status_code} {resp.reason}", keep_part=True, retry=retry)
+            ctype = resp.headers.get("Content-Type", "")
+            if ctype.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+                raise _AttemptFailed(f"the server sent an HTML page (Content-Type {ctype}) instead of the file: "
+                                     "a login or error page? Check the URL (data.base_url)", keep_part=True, retry=False)
             resumed = resp.status_code == 206
             start = offset if resumed else 0  # a server that ignores Range sends the whole file: restart
             total = _expected_total(resp, start)
-            written = _stream_to(resp, part, "ab" if resumed else "wb", start, total)
+            published = _published_digests(resp)
+            progress.resumed |= resumed
+            _stream_to(resp, part, "ab" if resumed else "wb", start, total, progress)
     except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
-        have = part.stat().st_size if part.is_file() else 0
-        raise DownloadError(f"{url}: download interrupted ({err}); {have} bytes kept in {part}, "
-                            "run again to resume") from err
+        raise _AttemptFailed(f"download interrupted ({err})", keep_part=True) from err
     size = part.stat().st_size
     if total is not None and size != total:
-        raise DownloadError(f"{url}: got {size} of {total} bytes; the partial file is kept at {part}, "
-                            "run again to resume")
+        raise _AttemptFailed(f"got {size} of {total} bytes", keep_part=size < total)
+    return published, total is not None
+
+
+def _content_problem(path: Path, name: str) -> tuple[str, bool] | None:
+    """What is wrong with the bytes of `path` for a file called `name`: (reason, truncated), or None.
+    A `.gz` must be gzip that decompresses to its end marker with good checksums; JSON (lines) inside
+    must start like JSON."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if name.endswith(".gz"):
+        if head[:2] != b"\x1f\x8b":
+            what = "an HTML page" if head.lstrip()[:1] == b"<" else "not gzip data"
+            return f"{what} where gzip was expected (starts with {head[:40]!r})", False
+        try:
+            with gzip.open(path, "rb") as fh:
+                first = fh.read(4096)
+                while fh.read(CHUNK):
+                    pass
+        except EOFError:
+            return "the gzip stream ends before its end marker (the download was cut)", True
+        except (gzip.BadGzipFile, zlib.error, OSError) as err:
+            return f"corrupt gzip data ({err})", False
+    else:
+        first = head
+    if name.removesuffix(".gz").endswith((".json", ".jsonl")):
+        start = first.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+        if start not in (b"{", b"["):
+            return f"not JSON lines (starts with {first[:40]!r})", False
+    return None
+
+
+def _digests(path: Path, algos: set[str]) -> dict[str, str]:
+    hashes = {algo: hashlib.new(algo) for algo in algos | {"sha256"}}
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            for h in hashes.values():
+                h.update(chunk)
+    return {algo: h.hexdigest() for algo, h in hashes.items()}
+
+
+def _check_download(part: Path, name: str, published: dict[str, str], size_confirmed: bool) -> str:
+    """Raise _AttemptFailed unless `part` is a complete `name`; return its sha256."""
+    problem = _content_problem(part, name)
+    if problem:
+        reason, truncated = problem
+        if truncated and size_confirmed:
+            raise _AttemptFailed(f"{reason}, although it has the size the server announced: the file on the "
+                                 "server is damaged", keep_part=False, retry=False)
+        raise _AttemptFailed(reason, keep_part=truncated)
+    digests = _digests(part, set(published))
+    for algo, want in published.items():
+        if digests[algo] != want:
+            raise _AttemptFailed(f"{algo} {digests[algo]} differs from the published {want}", keep_part=False)
+    return digests["sha256"]
+
+
+def _manifest_path(final: Path) -> Path:
+    return final.with_name(final.name + ".manifest.json")
+
+
+def _verified_cache(final: Path, url: str) -> str | None:
+    """sha256 of the cached `final` when it matches its manifest (size, sha256); a file without one
+    (cached before manifests existed) is checked like a fresh download. A bad file is removed: None."""
+    if not final.is_file():
+        return None
+    try:
+        manifest = read_json(_manifest_path(final))
+        want_bytes, want_sha = int(manifest["bytes"]), str(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        problem = _content_problem(final, final.name)
+        if problem is None:
+            sha = _digests(final, set())["sha256"]
+            with contextlib.suppress(OSError):  # a read-only cache is still usable
+                write_json(_manifest_path(final), {"url": url, "bytes": final.stat().st_size, "sha256": sha})
+            return sha
+        reason = problem[0]
+    else:
+        size = final.stat().st_size
+        sha = _digests(final, set())["sha256"] if size == want_bytes else None
+        if sha == want_sha:
+            return sha
+        reason = (f"{size} bytes{f', sha256 {sha}' if sha else ''} where its manifest says {want_bytes} bytes, "
+                  f"sha256 {want_sha}")
+    log.warning("cached %s is unusable (%s); downloading it again", final, reason)
+    final.unlink(missing_ok=True)
+    _manifest_path(final).unlink(missing_ok=True)
+    return None
+
+
+def _download_checked(url: str, final: Path, part: Path, timeout: float, attempts: int,
+                      backoff_s: float) -> Fetched:
+    """Download into `part` (resumed), check it, then manifest and rename onto `final`."""
+    progress = _Progress()
+    for attempt in range(1, attempts + 1):
+        try:
+            published, size_confirmed = _fetch_once(url, part, timeout, progress)
+            sha = _check_download(part, final.name, published, size_confirmed)
+            break
+        except _AttemptFailed as err:
+            if not err.keep_part:
+                part.unlink(missing_ok=True)
+            if attempt < attempts and err.retry:
+                log.warning("%s: %s; attempt %d of %d, retrying", url, err.reason, attempt, attempts)
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+                continue
+            have = part.stat().st_size if err.keep_part and part.is_file() else 0
+            kept = (f"{have} bytes kept in {part}, run again to resume" if have
+                    else "nothing was cached")
+            raise DownloadError(f"{url}: {err.reason}; {kept}") from err
+    write_json(_manifest_path(final), {"url": url, "bytes": part.stat().st_size, "sha256": sha})
     os.replace(part, final)
-    return Fetched(final, written, resumed)
+    return Fetched(final, progress.received, progress.resumed, sha)
+
+
+def http_download(url: str, cache_dir: Path, name: str | None = None, timeout: float = 60.0,
+                  attempts: int = 3, backoff_s: float = 1.0, link_to: Path | None = None) -> Fetched:
+    """Download `url` into `cache_dir/name`, resuming `name.part` and retrying up to `attempts` times; a
+    cached file is reused only when it still matches its manifest. Safe for runs sharing `cache_dir`.
+    `link_to`: also hard-link (or copy) the checked file there before another run may touch it."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / (name or url.rsplit("/", 1)[-1])
+
+    def note_wait() -> None:
+        log.warning("waiting for another run downloading %s", final)
+
+    with locked(final.with_name(f".{final.name}.lock"), on_wait=note_wait) as exclusive:
+        sha = _verified_cache(final, url)
+        if sha:
+            fetched = Fetched(final, 0, False, sha)
+        elif exclusive:
+            fetched = _download_checked(url, final, final.with_name(final.name + ".part"), timeout, attempts,
+                                        backoff_s)
+        else:  # no locks on this filesystem: a partial file of this process's own (no resume)
+            part = final.with_name(f"{final.name}.part-{socket.gethostname()}-{os.getpid()}")
+            try:
+                fetched = _download_checked(url, final, part, timeout, attempts, backoff_s)
+            finally:
+                part.unlink(missing_ok=True)
+        if link_to is not None:
+            _place(final, link_to)
+        return fetched
 
 
 # ---------------------------------------------------------------- sources
@@ -145,10 +334,9 @@ def _amazon2018(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple
     folder = "categoryFilesSmall" if data.five_core else "categoryFiles"
     meta = f"meta_{cat}.json.gz"
     for url, fname in ((f"{base}/{folder}/{reviews}", reviews), (f"{base}/metaFiles2/{meta}", meta)):
-        fetched = http_download(url, _cache_dir(data) / "amazon2018")
+        fetched = http_download(url, _cache_dir(data) / "amazon2018", link_to=out / fname)
         metrics["bytes_downloaded"] += fetched.bytes_downloaded
         metrics["resumed"] = max(metrics["resumed"], float(fetched.resumed))
-        _place(fetched.path, out / fname)
     return reviews, meta
 
 
