@@ -150,3 +150,26 @@ def test_export_model_joins_the_dag_when_asked_and_never_comes_from_the_cache(fi
     again = run_local(cfg, root)
     assert again["tasks"]["export-model"]["status"] == "SUCCEEDED"
     assert again["tasks"]["export-model"]["metrics"]["uploaded"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo DAG as `make demo` runs it: the preset unchanged (a few minutes on 2 cores)."""
+    root = tmp_path_factory.mktemp("demo_root")
+    return run_local(config.load("demo"), root)
+
+
+def test_demo_rl_makes_reasoning_pay(demo_run):
+    """What the demo shows, as properties: the Stage 3 reward rises, and reasoning pays on the test split."""
+    tasks = demo_run["tasks"]
+    checkpoint = Path(tasks["rl-stage3"]["outputs"]["stage3_checkpoint"])
+    rewards = [p["reward"] for p in json.loads((checkpoint / "training.json").read_text())["per_step"]]
+    quarter = len(rewards) // 4
+    assert np.mean(rewards[-quarter:]) >= np.mean(rewards[:quarter]) + 0.03, rewards
+    stage3 = tasks["evaluate-stage3"]["metrics"]
+    popularity = tasks["evaluate-baselines"]["metrics"]["test_popularity_hr@10"]
+    assert stage3["test_think_hr@10"] >= 0.9 * stage3["test_nonthink_hr@10"], stage3
+    assert stage3["test_think_hr@10"] >= 2 * popularity, (stage3, popularity)
+    page = (Path(tasks["report"]["outputs"]["report"]) / "report.html").read_text()
+    assert "<p class='lead'>On the test split (500 users), the best recommender is" in page
+    assert "stage3: RL reward per step" in page and "<polyline" in page

@@ -379,7 +379,7 @@ def fake_main(tmp_path, monkeypatch):
 def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere:10001")  # ray_address "" must still mean a local head
     cfg = config.load("demo", ["stage3.backend=verl", "stage3.train_batch_size=2", "stage3.micro_batch_size=8", "stage3.max_steps=2",
-                               f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
+                               "stage3.num_generations=4", f"stage3.checkpoint_dir={fake_main / 'ckpt'}"])
     out = fake_main / "out"
     m = verl_backend.train_verl(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], out)
     assert (m["steps"], m["resumed_from_step"], m["reward_first"], m["reward_last"], m["prompts"]) == (2, 0, 0.25, 0.75, 5)

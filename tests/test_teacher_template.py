@@ -2,6 +2,7 @@
 
 import csv
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -27,13 +28,31 @@ def test_template_texts_are_exact(teacher_inputs):
         'Games items, across 2 categories in all. The most frequent brand is Acme (3 of 3). The user follows the '
         '"Acme Family Card Game" line through 2 installments.')
     assert template.reasoning_path(ctx, [0, 1], ctx.items[2]) == (
-        'The user has bought 2 items; the most recent ones are <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1"), '
-        '<a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). Category: 2 of 2 items are Board Games items. Brand: '
-        'Acme accounts for 2 of 2 purchases. Series: the latest item belongs to the "Acme Family Card Game" line '
-        '(2 installments in the history), so another installment of that line is a natural next step. '
-        'Co-occurrence: of the 2 purchases that followed <a_0><b_1><c_0> in the training data, 2 were Board Games '
-        'items and 2 were from Acme. So the next purchase is most likely an Acme Family Card Game item that '
-        'continues that line. Recommended item: <a_0><b_2><c_0>')
+        'The user is walking a line; its latest installment is <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). '
+        'The next one, number 3, is in the catalogue. Recommended item: <a_0><b_2><c_0>')
+
+
+def test_reasoning_paths_are_written_before_the_purchase(teacher_inputs):
+    """Only the closing SID depends on the target: the steps come from the history, the catalogue's series
+    and the training data's follow-up counts, so the model can walk them at inference."""
+    ctx, _ = load_context(*teacher_inputs, "x")
+    for history in ([0, 1], [0, 1, 8], [3], [4]):
+        paths = {template.reasoning_path(ctx, history, it).rsplit(" ", 1)[0] for it in ctx.items}
+        assert len(paths) == 1, history
+    # a line bought twice wins over a later one-off purchase
+    assert template.reasoning_path(ctx, [0, 1, 8], ctx.items[2]).startswith(
+        'The user is walking a line; its latest installment is <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). '
+        'The next one, number 3, is in the catalogue.')
+    # the line is complete and nothing follows its last installment in the training data
+    assert template.reasoning_path(ctx, [2, 3], ctx.items[8]) == (
+        'Latest: <a_0><b_3><c_0> ("Acme Family Card Game Vol. 4"); the catalogue has no next installment of its '
+        'line. Nothing follows it often in the training data, so a popular item is the best guess. '
+        'Recommended item: <a_2><b_0><c_0>')
+    ctx.next_counts[3] = Counter({8: 2, 5: 1})
+    assert template.reasoning_path(ctx, [2, 3], ctx.items[8]) == (
+        'Latest: <a_0><b_3><c_0> ("Acme Family Card Game Vol. 4"); the catalogue has no next installment of its '
+        'line. Shoppers who buy it most often go on to number 1 of the "Globex Studio Headphones" line. '
+        'Recommended item: <a_2><b_0><c_0>')
 
 
 def test_template_step_artifacts(teacher_inputs, tmp_path):

@@ -92,7 +92,8 @@ def test_think_block_identical_in_training_and_inference(extended):
 def test_label_masking_of_every_task(extended, base):
     _, tok, *_ = extended
     cfg = config.load("demo", ["stage1.max_per_task=0", "stage1.tasks.sid_history_to_sid=1.0",
-                               "stage1.tasks.item_narratives=1.0", "stage1.tasks.history_narratives=1.0"]).stage1
+                               "stage1.tasks.item_narratives=1.0", "stage1.tasks.history_narratives=1.0",
+                               "stage1.tasks.title_history_to_title=1.0"]).stage1
     exs, counts = tasks.stage1_examples(cfg, 0, base["dataset"], base["sid_index"], base["corpus"])
     assert counts == {"sid_history_to_sid": 5, "title_to_sid": 6, "sid_to_title": 6, "sid_history_to_title": 5,
                       "title_history_to_title": 5, "title_history_to_sid": 5, "item_narratives": 6,

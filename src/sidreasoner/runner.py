@@ -46,7 +46,6 @@ def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Pat
     return {k: float(v) for k, v in metrics.items()}
 
 
-
 def _start_time(pid: int) -> str | None:
     """The process's start time (clock ticks after boot): with the pid, it names one process for good."""
     try:

@@ -175,6 +175,9 @@ def evaluate(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Pat
             "decoding": ec.decoding, "num_beams": ec.beams, "score_suffix": ec.score_suffix,
             "empty_think": ec.empty_think, "think_close": ec.think_close, "catalogue_size": len(cat.catalogue),
             "items": len(cat.sid_of_item)}
+    rl_record = Path(model_dir) / "training.json"
+    if rl_record.is_file():  # a Stage 3 model: the report draws its reward curve from these steps
+        info["rl_per_step"] = json.loads(rl_record.read_text()).get("per_step", [])
     _write(Path(out_dir), rows, metrics, info)
     return metrics
 

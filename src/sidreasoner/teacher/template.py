@@ -4,11 +4,14 @@ through the same validation; its artifacts say `templated: true`."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from sidreasoner.teacher.context import Context, Item
 
 DESCRIPTION_WORDS = 40
+_NUMBER = re.compile(r"(\d+)\s*$")
+_LINES_CACHE: dict[int, tuple[list[Item], dict[str, set[int]]]] = {}
 
 
 def _q(title: str) -> str:
@@ -87,46 +90,73 @@ def history_narrative(ctx: Context, history: list[int]) -> str:
     return " ".join(parts)
 
 
+def _installment(it: Item) -> int | None:
+    """The number that ends a series title ('Acme Gel Pen Vol. 3' -> 3); None outside a series."""
+    if not it.series:
+        return None
+    match = _NUMBER.search(it.title)
+    return int(match.group(1)) if match else None
+
+
+def _lines(ctx: Context) -> dict[str, set[int]]:
+    """Every series of the catalogue and the installment numbers it has (built once per context)."""
+    cached = _LINES_CACHE.get(id(ctx))
+    if cached is not None and cached[0] is ctx.items:
+        return cached[1]
+    lines: dict[str, set[int]] = {}
+    for it in ctx.items:
+        number = _installment(it)
+        if number is not None:
+            lines.setdefault(it.series, set()).add(number)
+    _LINES_CACHE.clear()
+    _LINES_CACHE[id(ctx)] = (ctx.items, lines)
+    return lines
+
+
+def _open_line(ctx: Context, items: list[Item]) -> tuple[Item, int] | None:
+    """(the user's latest item of the line they are walking, the number that comes next): the most recent
+    line bought at least twice whose next installment the catalogue has, else the latest item's line when
+    the catalogue has its next installment."""
+    numbered = [it for it in items if _installment(it) is not None]
+    counts = Counter(it.series for it in numbered)
+    lines = [it.series for it in reversed(numbered) if counts[it.series] >= 2]
+    if numbered and numbered[-1] is items[-1]:
+        lines.append(items[-1].series)
+    for line in dict.fromkeys(lines):
+        reached = max((it for it in numbered if it.series == line), key=_installment)
+        if _installment(reached) + 1 in _lines(ctx)[line]:
+            return reached, _installment(reached) + 1
+    return None
+
+
+def _follow_up(ctx: Context, last: Item) -> str:
+    """Where shoppers go after `last` in the training data, by line and number (else brand and category)."""
+    follow = ctx.top_next(last.item_id, 1)
+    if not follow:
+        return "Nothing follows it often in the training data, so a popular item is the best guess."
+    nxt = ctx.items[follow[0][0]]
+    number = _installment(nxt)
+    if number is not None:
+        where = f"number {number} of the {_q(nxt.series)} line"
+    else:
+        kind = " ".join(x for x in (nxt.brand, nxt.main_category) if x)
+        where = _a(kind) + " item" if kind else "another item"
+    return f"Shoppers who buy it most often go on to {where}."
+
+
 def reasoning_path(ctx: Context, history: list[int], target: Item) -> str:
+    """A short deduction from what the teacher may know before the purchase: the history, the catalogue's
+    series and the training data's follow-up counts. The target enters only as the closing SID, so the
+    steps are the ones the model can walk itself at inference, whatever the user bought next."""
     items = [ctx.items[i] for i in history]
-    n, last = len(items), items[-1]
-    recent = ", ".join(f"{it.sid} ({_q(it.title)})" for it in items[-3:])
-    parts = [f"The user has bought {n} item{'s' if n != 1 else ''}; the most recent "
-             f"{'ones are' if min(n, 3) > 1 else 'one is'} {recent}."]
-    cats = Counter(it.main_category for it in items if it.main_category)
-    if cats:
-        cat, k = _top(cats)
-        line = f"Category: {k} of {n} items are {cat} items"
-        if last.main_category and last.main_category != cat:
-            line += f", and the latest one is {_a(last.main_category)} item"
-        parts.append(line + ".")
-    brands = Counter(it.brand for it in items if it.brand)
-    if brands:
-        brand, k = _top(brands)
-        parts.append(f"Brand: {brand} accounts for {k} of {n} purchases" +
-                     (f", and the latest one is from {last.brand}." if last.brand and last.brand != brand else "."))
-    same_series = [it for it in items if it.series and it.series == target.series]
-    if same_series:
-        where = "the latest item" if last.series == target.series else "earlier items"
-        parts.append(f"Series: {where} belong{'s' if where == 'the latest item' else ''} to the "
-                     f"{_q(target.series)} line ({len(same_series)} installment"
-                     f"{'s' if len(same_series) != 1 else ''} in the history), so another installment of "
-                     "that line is a natural next step.")
-    elif last.series:
-        parts.append(f"Series: the latest item belongs to the {_q(last.series)} line, but the user's "
-                     "interests may move on to something else.")
-    followers = ctx.next_counts.get(last.item_id)
-    if followers:
-        total = sum(followers.values())
-        same_cat = sum(c for i, c in followers.items() if ctx.items[i].main_category == target.main_category)
-        line = f"Co-occurrence: of the {total} purchases that followed {last.sid} in the training data, {same_cat}"
-        line += f" were {target.main_category} items" if target.main_category else " were in the same category"
-        if target.brand:
-            same_brand = sum(c for i, c in followers.items() if ctx.items[i].brand == target.brand)
-            line += f" and {same_brand} were from {target.brand}"
-        parts.append(line + ".")
-    kind = " ".join(x for x in (target.brand, target.fine_category or target.main_category) if x) or "related"
-    tail = " that continues that line" if same_series else ""
-    parts.append(f"So the next purchase is most likely {_a(kind)} item{tail}.")
+    opened = _open_line(ctx, items)
+    if opened:
+        reached, number = opened
+        parts = [f"The user is walking a line; its latest installment is {reached.sid} ({_q(reached.title)}).",
+                 f"The next one, number {number}, is in the catalogue."]
+    else:
+        last = items[-1]
+        ending = "; the catalogue has no next installment of its line" if last.series else ""
+        parts = [f"Latest: {last.sid} ({_q(last.title)}){ending}.", _follow_up(ctx, last)]
     parts.append(f"Recommended item: {target.sid}")
     return " ".join(parts)
