@@ -1,4 +1,5 @@
-"""Run the pipeline on this machine through kfp.local (SubprocessRunner in this environment)."""
+"""Run the pipeline on this machine through kfp.local: every step in this environment (SubprocessRunner),
+or every step in its image through a Docker API (DockerRunner; Docker, or podman's service)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import json
 import os
 import time
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config
 from sidreasoner.io import write_json
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
+from sidreasoner.runner import children_die_with_this_process
 from sidreasoner.steps import pipeline_steps
 
 
@@ -26,21 +29,65 @@ def _read_metrics(artifact: Any) -> dict[str, float]:
     return dict(artifact.metadata or {})
 
 
+RUNNERS = ("subprocess", "docker")
+
+
+def _docker_pipeline_root(root: Path, prepare_root: bool) -> None:
+    """The steps' containers run as their images' user and write into the pipeline root: make sure they can.
+
+    With `prepare_root`, a folder they cannot write is handed to that user the way the chart's prepare Job
+    does it on a cluster; without it, such a folder is an error naming that fix.
+    """
+    from sidreasoner.components.images import CPU_IMAGE
+    from sidreasoner.pipelines.containers import (
+        image_user,
+        prepare_pipeline_root,
+        writable_by,
+    )
+
+    user = image_user(CPU_IMAGE)
+    if not user.isdigit() or user == "0" or writable_by(root, int(user)):
+        return
+    if prepare_root:
+        prepare_pipeline_root(root, CPU_IMAGE, int(user))
+    if not writable_by(root, int(user)):
+        info = root.stat()
+        raise PermissionError(
+            f"pipeline root {root} (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}) is not writable by uid "
+            f"{user}, the user {CPU_IMAGE} runs as: run `chown {user}:{user} {root}` (what the chart's model-cache "
+            "prepare Job does on a cluster), or pass --prepare-root to have a root container do it")
+
+
 def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
-              summary_path: str | Path | None = None) -> dict[str, Any]:
+              summary_path: str | Path | None = None, runner: str = "subprocess",
+              prepare_root: bool = False) -> dict[str, Any]:
     """Run the DAG (caching on), then describe every task: status, output paths, metrics.
 
-    A task whose outputs lie outside this run's folder was served from the cache.
+    A task whose outputs lie outside this run's folder was served from the cache. runner="docker" runs each
+    step in its image (components/images.py) through the Docker API that DOCKER_HOST names, mounting only
+    the pipeline root; the summary then lists every container run.
     """
     from kfp import local
 
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(root))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=True)
+    containers: list[dict] | None = None
     started = time.time()
-    with warnings.catch_warnings():
+    with ExitStack() as stack:
+        if runner == "docker":
+            from sidreasoner.pipelines.containers import kept_containers
+
+            _docker_pipeline_root(root, prepare_root)
+            containers = stack.enter_context(kept_containers())
+            local.init(runner=local.DockerRunner(), pipeline_root=str(root), enable_caching=True)
+        else:
+            children_die_with_this_process()
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=True)
         # kfp.local warns when an image name lacks "python"; ours are Python images.
+        stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         result = build(cfg, until)()
     new_dirs = sorted(d for d in set(os.listdir(root)) - before if d.startswith(PIPELINE_NAME))
@@ -69,6 +116,8 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         "config": cfg.model_dump(mode="json"),
         "tasks": tasks,
     }
+    if containers is not None:
+        summary["containers"] = containers
     if summary_path:
         write_json(summary_path, summary)
     return summary

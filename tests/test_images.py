@@ -41,8 +41,9 @@ CPU_TORCH_INDEX = ("--index-url", "https://download.pytorch.org/whl/cpu")
 # --- reading a Dockerfile -------------------------------------------------------------------------
 
 def instructions(dockerfile: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined and comments dropped."""
-    out, pending = [], ""
+    """(INSTRUCTION, arguments) in order, continuation lines joined and comments dropped, and `${NAME}`
+    replaced by the default of the build argument NAME (what a plain `docker build` uses)."""
+    out, pending, defaults = [], "", {}
     for line in (ROOT / dockerfile).read_text().splitlines():
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
             continue
@@ -53,6 +54,11 @@ def instructions(dockerfile: str) -> list[tuple[str, str]]:
             pending = pending[:-1]
             continue
         keyword, _, args = pending.strip().partition(" ")
+        if keyword.upper() == "ARG" and "=" in args:
+            name, _, default = args.strip().partition("=")
+            defaults[name] = " ".join(shlex.split(default))
+        elif keyword.upper() != "ARG":
+            args = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), args)
         out.append((keyword.upper(), " ".join(args.split())))
         pending = ""
     assert not pending, f"{dockerfile} ends inside a continued line"
@@ -162,7 +168,7 @@ def test_training_image_installs_rl_and_gpu_the_same_way_in_every_step():
 
 def test_flash_attn_is_a_build_arg_off_by_default():
     args = dict(a.partition("=")[::2] for k, a in instructions(TRAIN_DOCKERFILE) if k == "ARG")
-    assert args == {"INSTALL_FLASH_ATTN": "0"}
+    assert args == {"BASE_IMAGE": "python:3.11-slim", "INSTALL_FLASH_ATTN": "0"}
     flash = [a for k, a in instructions(TRAIN_DOCKERFILE) if k == "RUN" and "flash-attn" in a]
     assert len(flash) == 1 and flash[0].startswith('if [ "$INSTALL_FLASH_ATTN" = 1 ]; then')
     assert "--no-build-isolation" in flash[0]

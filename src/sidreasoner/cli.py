@@ -34,14 +34,19 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load_config(preset: str, overrides: list[str] | None, config_file: Path | None = None) -> Config:
+    """The config, or a one-line error; a URL with credentials in it is refused before anything is
+    written or logged."""
     try:
         if config_file is None:
-            return config_mod.load(preset, overrides)
-        try:
-            base = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"cannot read config file {config_file}: {err}") from None
-        return config_mod.load_from(base, overrides)
+            cfg = config_mod.load(preset, overrides)
+        else:
+            try:
+                base = json.loads(config_file.read_text(encoding="utf-8-sig"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise ConfigError(f"cannot read config file {config_file}: {err}") from None
+            cfg = config_mod.load_from(base, overrides)
+        config_mod.refuse_url_credentials(cfg.model_dump(mode="json"))
+        return cfg
     except ConfigError as err:
         _fail(str(err))
 
@@ -55,19 +60,32 @@ def run(
     ),
     until: Annotated[Optional[str], typer.Option(help="stop after this step")] = None,
     summary: Annotated[Optional[Path], typer.Option(help="write a JSON summary of every task here")] = None,
+    runner: Annotated[str, typer.Option(help="subprocess: every step in this environment; docker: every step in "
+                                        "its image, through the Docker API DOCKER_HOST names (Docker or podman)")
+                      ] = "subprocess",
+    prepare_root: Annotated[bool, typer.Option(help="docker runner: hand a pipeline root the images' user cannot "
+                                               "write to that user, from a root container")] = False,
 ) -> None:
     """Run the pipeline DAG on this machine through kfp.local (caching on: re-runs reuse finished steps)."""
     from sidreasoner.steps import steps_until
 
+    from sidreasoner.steps import pipeline_steps
+
     cfg = _load_config(preset, overrides)
     try:
         steps_until(until)
+        pipeline_steps(cfg, until)
     except ConfigError as err:
         _fail(str(err))
+    if pipeline_root.exists() and not pipeline_root.is_dir():
+        _fail(f"--pipeline-root {pipeline_root} is a file; give a folder (it is created when absent)")
     from sidreasoner.pipelines.local import run_local
 
     try:
-        result = run_local(cfg, pipeline_root, until=until, summary_path=summary)
+        result = run_local(cfg, pipeline_root, until=until, summary_path=summary, runner=runner,
+                           prepare_root=prepare_root)
+    except (ValueError, PermissionError) as err:
+        _fail(str(err), code=1)
     except RuntimeError as err:
         _fail(f"{err}. The task's log above shows the cause.", code=1)
     typer.echo(f"\nPipeline finished in {result['wall_seconds']} s. Artifacts:")
@@ -82,15 +100,24 @@ def run(
 
 
 def _print_headline(report_task: dict | None) -> None:
-    """One line per model and mode: test HR@K against the popularity baseline."""
+    """The report's opening paragraph, a file:// link that opens its page in a browser, and one line per
+    model and mode: HR@K against the popularity baseline."""
     if not report_task:
         return
+    page = next(r for r in STEPS["report"].reports if r.name == "report_html")
+    folder = Path(report_task["outputs"][page.folder])
+    try:
+        told = json.loads((folder / "headline.json").read_text())
+    except (OSError, ValueError):
+        told = {}
+    typer.echo(f"\n{told['text']}" if told.get("text") else "")
+    typer.echo(f"Report: {(folder / page.filename).resolve().as_uri()}")
     metrics = report_task["metrics"]
     hr = {k: v for k, v in metrics.items() if "_hr@" in k}
     popularity = next((v for k, v in hr.items() if k.startswith("popularity_")), None)
     if popularity is None:
         return
-    typer.echo(f"\nTest split ({report_task['outputs']['report_html']}):")
+    typer.echo(f"{told.get('split', 'test').capitalize()} split:")
     for key, value in hr.items():
         label, metric = key.rsplit("_", 1)
         ratio = f"  ({value / popularity:.1f}x popularity)" if popularity > 0 and not key.startswith("popularity") else ""
@@ -113,7 +140,23 @@ def compile_cmd(
 
 
 HostOpt = Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")]
-NamespaceOpt = Annotated[Optional[str], typer.Option(help="Kubernetes namespace (multi-user Kubeflow)")]
+NamespaceOpt = Annotated[Optional[str], typer.Option(help="Kubernetes namespace: your Kubeflow profile (multi-user Kubeflow)")]
+TokenOpt = Annotated[Optional[str], typer.Option(
+    envvar="SIDREASONER_KFP_TOKEN", show_default=False,
+    help="bearer token for the KFP API (e.g. `kubectl create token default-editor -n <profile> "
+         "--audience pipelines.kubeflow.org`); prefer the environment variable, the command line is visible to others")]
+TokenFileOpt = Annotated[Optional[str], typer.Option(
+    envvar="KF_PIPELINES_SA_TOKEN_PATH",
+    help="file holding the bearer token, re-read on every request (a pod's projected ServiceAccount token)")]
+CookieOpt = Annotated[Optional[str], typer.Option(
+    envvar="SIDREASONER_KFP_COOKIE", show_default=False,
+    help="session cookie of the auth proxy in front of Kubeflow, e.g. authservice_session=…")]
+
+
+def _auth(token: str | None, token_file: str | None, cookie: str | None):
+    from sidreasoner.pipelines.submit import Auth
+
+    return Auth(token=token, token_file=token_file, cookie=cookie)
 
 
 @app.command()
@@ -129,17 +172,24 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="wait for the run to finish; exit 1 unless it succeeded")] = False,
     namespace: NamespaceOpt = None,
     service_account: Annotated[Optional[str], typer.Option(help="service account the run's pods use")] = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    cookie: CookieOpt = None,
 ) -> None:
     """Compile the pipeline with the preset's values and create a run on a Kubeflow Pipelines server."""
+    from sidreasoner.pipelines.submit import KFPUnavailable
     from sidreasoner.pipelines.submit import submit as submit_run
 
     cfg = _load_config(preset, overrides)
     try:
+        config_mod.refuse_url_credentials({"--pipeline-root": pipeline_root})
         result = submit_run(cfg, host, experiment=experiment, run_name=run_name, pipeline_root=pipeline_root,
                             no_cache=no_cache, rerun_from=rerun_from, wait=wait, namespace=namespace,
-                            service_account=service_account)
+                            service_account=service_account, auth=_auth(token, token_file, cookie))
     except (ConfigError, ValueError) as err:
         _fail(str(err))
+    except KFPUnavailable as err:
+        _fail(str(err), code=1)
     typer.echo(f"Run {result.run_id} created in experiment {experiment}.")
     if result.rerun_steps:
         typer.echo(f"Re-executing (new cache key): {', '.join(result.rerun_steps)}")
@@ -157,16 +207,24 @@ def upload(
     name: Annotated[str, typer.Option(help="pipeline name in the KFP UI")] = "sidreasoner",
     version: Annotated[Optional[str], typer.Option(help="version name when the pipeline exists (default: code version, category and the compiled spec's digest)")] = None,
     namespace: NamespaceOpt = None,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    cookie: CookieOpt = None,
 ) -> None:
     """Register the compiled pipeline on a Kubeflow Pipelines server, or add a new version of it
-    (none when the server has a version of the same compiled spec)."""
+    (none when the server has a version of the same compiled spec). With --namespace the pipeline
+    belongs to that profile; without, it is shared with all profiles."""
+    from sidreasoner.pipelines.submit import KFPUnavailable
     from sidreasoner.pipelines.submit import upload as upload_pipeline
 
     cfg = _load_config(preset, overrides)
     try:
-        result = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace)
-    except ValueError as err:
+        result = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace,
+                                 auth=_auth(token, token_file, cookie))
+    except (ConfigError, ValueError) as err:
         _fail(str(err))
+    except KFPUnavailable as err:
+        _fail(str(err), code=1)
     if result.created:
         typer.echo(f"Pipeline {name} ({result.pipeline_id}): version {result.version} uploaded.")
     else:

@@ -1,0 +1,121 @@
+"""Building the project's images with podman on a machine with no registry (the image tests' set-up).
+
+`images/podman-setup.sh` installs podman and imports a local base image; this module builds an image
+from its Dockerfile on that base, taking the CPU torch wheel from the host pip's own source and pinning
+every other dependency to this venv's versions, so a containerised run can be compared with a run in
+this venv exactly. Images are tagged by a content hash (`build_cached`), so an unchanged tree reuses them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sidreasoner.pipelines.containers import build_cached
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "localhost/sidreasoner-base:bookworm"
+WORK = Path("/var/tmp/sidreasoner-image-build")
+
+
+class PodmanUnavailable(Exception):
+    """podman cannot be set up on this machine; the message says why."""
+
+
+def setup_podman() -> None:
+    """Run images/podman-setup.sh (idempotent); PodmanUnavailable when this machine cannot have podman."""
+    if shutil.which("sh") is None:
+        raise PodmanUnavailable("no /bin/sh")
+    result = subprocess.run(["sh", str(ROOT / "images" / "podman-setup.sh"), BASE_IMAGE], capture_output=True,
+                            text=True, check=False)
+    if result.returncode == 3:
+        raise PodmanUnavailable(result.stderr.strip().splitlines()[-1])
+    if result.returncode != 0:
+        raise RuntimeError(f"images/podman-setup.sh failed (exit {result.returncode}):\n{result.stderr}")
+
+
+def _base_image_id() -> str:
+    return subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def _cpu_torch_wheel(into: Path) -> Path | None:
+    """The torch==2.13.0 wheel the host pip installs, copied into `into`, when it is the CPU build."""
+    into.mkdir(parents=True, exist_ok=True)
+    for old in into.glob("torch-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "torch==2.13.0", "--no-deps", "-d", str(into)],
+                   check=True)
+    wheel = next(into.glob("torch-2.13.0*.whl"))
+    return wheel if "+cpu" in wheel.name else None
+
+
+def _venv_constraints() -> str:
+    """This venv's versions (`pip freeze`, the project itself and local paths left out)."""
+    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
+                            text=True, check=True).stdout
+    return "".join(line + "\n" for line in frozen.splitlines() if "==" in line and " @ " not in line)
+
+
+def snapshot(dockerfile: str, into: Path) -> Path:
+    """A copy of what a build of `dockerfile` reads (images/ and every COPY source), so that the image and a
+    run in this venv see the same code while the working tree goes on changing."""
+    from sidreasoner.pipelines.containers import copy_sources
+
+    into.mkdir(parents=True)
+    for source in ["images", *copy_sources(ROOT / dockerfile)]:
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, into / source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(ROOT / source, into / source)
+    return into
+
+
+def install_snapshot(context: Path, target: Path) -> dict:
+    """Install the snapshot's project into `target` (no dependencies: this venv has them); the environment
+    that makes `python -m sidreasoner.cli` run it instead of the editable install."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(context)], check=True)
+    return {"PYTHONPATH": str(target)}
+
+
+def _build_inputs(dockerfile: str, repository: str, cpu: bool) -> tuple[dict, list[str], list[str], Path]:
+    """(build arguments, podman build flags, inputs to hash besides the context, log path)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    pip_conf = ["[global]", "cert = /etc/ssl/certs/ca-certificates.crt"]
+    flags = ["--network", "host", "-v", "/etc/ssl/certs:/etc/ssl/certs:ro"]
+    hash_extra = [_base_image_id()]
+    build_args = {"BASE_IMAGE": BASE_IMAGE}
+    wheel = _cpu_torch_wheel(WORK / "wheels") if cpu else None
+    if wheel is not None:
+        build_args["TORCH_SOURCE"] = "--find-links /wheels"
+        flags += ["-v", f"{wheel.parent}:/wheels:ro"]
+        hash_extra.append(wheel.name)
+    if cpu:
+        constraints = _venv_constraints()
+        (WORK / "constraints.txt").write_text(constraints)
+        pip_conf.append("constraint = /etc/sidreasoner-constraints.txt")
+        flags += ["-v", f"{WORK / 'constraints.txt'}:/etc/sidreasoner-constraints.txt:ro"]
+        hash_extra.append(constraints)
+    name = repository.rsplit("/", 1)[-1]
+    (WORK / f"{name}.pip.conf").write_text("\n".join(pip_conf) + "\n")
+    flags += ["-v", f"{WORK / f'{name}.pip.conf'}:/etc/pip.conf:ro"]
+    return build_args, flags, hash_extra, WORK / f"{name}.build.log"
+
+
+def build_image(dockerfile: str, repository: str, cpu: bool = True, context: Path = ROOT) -> tuple[str, bool, Path]:
+    """Build `dockerfile` on the local base (cached by content hash); (image, built now, build log).
+
+    cpu: the CPU image, its torch from the host pip's CPU wheel and every dependency at this venv's version;
+    otherwise the Dockerfile's own sources and pip's resolution (the training image: CUDA torch, vLLM).
+    """
+    build_args, flags, hash_extra, log = _build_inputs(dockerfile, repository, cpu)
+    image, built = build_cached(context, context / dockerfile, repository, build_args, flags, hash_extra, log)
+    return image, built, log
+
+
+if __name__ == "__main__":  # python -m tests.helpers.image_build images/cpu/Dockerfile localhost/sidreasoner-cpu
+    setup_podman()
+    print(build_image(sys.argv[1], sys.argv[2]))
