@@ -684,6 +684,11 @@ def _description(value: Any, counts: Counter) -> list[str]:
     return texts
 
 
+def _counted(prefix: str, counts: Counter) -> dict[str, float]:
+    """A reader's counts as metrics: `<prefix>_<what>`, sorted."""
+    return {f"{prefix}_{k}": v for k, v in sorted(counts.items())}
+
+
 def _categories(value: Any) -> list[str]:
     if isinstance(value, list):
         return [v.strip() for v in value if isinstance(v, str) and v.strip()]
@@ -701,7 +706,7 @@ class Items:
     counts: Counter
 
     def metrics(self, prefix: str = "items") -> dict[str, float]:
-        return {f"{prefix}": len(self.items), **{f"{prefix}_{k}": v for k, v in sorted(self.counts.items())}}
+        return {f"{prefix}": len(self.items), **_counted(prefix, self.counts)}
 
 
 def read_items(path: str | Path) -> Items:
@@ -769,7 +774,7 @@ class ItemNarratives:
     counts: Counter
 
     def metrics(self, prefix: str = "item_narratives") -> dict[str, float]:
-        return {f"{prefix}": len(self.texts), **{f"{prefix}_{k}": v for k, v in sorted(self.counts.items())}}
+        return {f"{prefix}": len(self.texts), **_counted(prefix, self.counts)}
 
 
 def read_item_narratives(path: str | Path) -> ItemNarratives:
@@ -822,7 +827,7 @@ class GeneralReasoning:
         out = {f"{prefix}_conversations": len(self.conversations), f"{prefix}_lines_read": self.skips.read,
                f"{prefix}_sampled": self.sampled}
         out.update({f"{prefix}_skipped_{k}": v for k, v in sorted(self.skips.skipped.items())})
-        out.update({f"{prefix}_{k}": v for k, v in sorted(self.counts.items())})
+        out.update(_counted(prefix, self.counts))
         return out
 
 

@@ -14,7 +14,7 @@ step function (`StepFn`) that scores SID paths against the prompts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -110,27 +110,22 @@ def exact_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, k
         n_d = trie.nodes_at(depth)
         paths = trie.node_paths[depth]
         nxt_scores = torch.empty(b, trie.nodes_at(depth + 1), device=dev, dtype=node_scores.dtype)
-        # rows = (user, node) pairs in chunks of max_rows
-        users_per_chunk = max(1, max_rows // n_d)
-        node_chunk = n_d if users_per_chunk > 1 or n_d <= max_rows else max_rows
-        for u0 in range(0, b, users_per_chunk):
-            users = torch.arange(u0, min(b, u0 + users_per_chunk), device=dev)
-            for n0 in range(0, n_d, node_chunk):
-                nodes = torch.arange(n0, min(n_d, n0 + node_chunk), device=dev)
-                row_user = users.repeat_interleave(len(nodes))
-                row_node = nodes.repeat(len(users))
-                t1 = time.perf_counter()
-                logp = step_fn(row_user, paths[row_node])
-                timing.forward_s += time.perf_counter() - t1
-                cand = logp.index_select(1, trie.level_tokens[depth])  # [R, C]
-                # children of these nodes: their local code and parent
-                child_mask = (trie.parent[depth + 1] >= n0) & (trie.parent[depth + 1] < n0 + len(nodes))
-                child_ids = child_mask.nonzero().squeeze(1)
-                par = trie.parent[depth + 1][child_ids] - n0
-                code = trie.node_code[depth + 1][child_ids]
-                cand = cand.reshape(len(users), len(nodes), -1)
-                base = node_scores[users][:, n0 + par]  # [U, n_children]
-                nxt_scores[users.unsqueeze(1), child_ids.unsqueeze(0)] = base + cand[:, par, code]
+        for users, nodes in _row_chunks(b, n_d, max_rows, dev):
+            n0 = int(nodes[0])
+            row_user = users.repeat_interleave(len(nodes))
+            row_node = nodes.repeat(len(users))
+            t1 = time.perf_counter()
+            logp = step_fn(row_user, paths[row_node])
+            timing.forward_s += time.perf_counter() - t1
+            cand = logp.index_select(1, trie.level_tokens[depth])  # [R, C]
+            # children of these nodes: their local code and parent
+            child_mask = (trie.parent[depth + 1] >= n0) & (trie.parent[depth + 1] < n0 + len(nodes))
+            child_ids = child_mask.nonzero().squeeze(1)
+            par = trie.parent[depth + 1][child_ids] - n0
+            code = trie.node_code[depth + 1][child_ids]
+            cand = cand.reshape(len(users), len(nodes), -1)
+            base = node_scores[users][:, n0 + par]  # [U, n_children]
+            nxt_scores[users.unsqueeze(1), child_ids.unsqueeze(0)] = base + cand[:, par, code]
         node_scores = nxt_scores
     if len(suffix):
         node_scores = node_scores + _suffix_logp_all(trie, step_fn, b, suffix, max_rows, timing).to(node_scores.dtype)
@@ -146,23 +141,30 @@ def _suffix_logp_all(trie: CatalogueTrie, step_fn: StepFn, b: int, suffix: Seque
     n = len(leaf_paths)
     dev = leaf_paths.device
     out = torch.empty(b, n, device=dev)
-    users_per_chunk = max(1, max_rows // n)
-    leaf_chunk = n if users_per_chunk > 1 or n <= max_rows else max_rows
-    for u0 in range(0, b, users_per_chunk):
-        users = torch.arange(u0, min(b, u0 + users_per_chunk), device=dev)
-        for n0 in range(0, n, leaf_chunk):
-            leaves = torch.arange(n0, min(n, n0 + leaf_chunk), device=dev)
-            row_user = users.repeat_interleave(len(leaves))
-            rows = leaf_paths[leaves.repeat(len(users))]
-            added = torch.zeros(len(rows), device=dev)
-            for tok in suffix:
-                t1 = time.perf_counter()
-                logp = step_fn(row_user, rows)
-                timing.forward_s += time.perf_counter() - t1
-                added += logp[:, int(tok)].float()
-                rows = torch.cat([rows, torch.full((len(rows), 1), int(tok), dtype=rows.dtype, device=dev)], dim=1)
-            out[users.unsqueeze(1), leaves.unsqueeze(0)] = added.reshape(len(users), len(leaves))
+    for users, leaves in _row_chunks(b, n, max_rows, dev):
+        row_user = users.repeat_interleave(len(leaves))
+        rows = leaf_paths[leaves.repeat(len(users))]
+        added = torch.zeros(len(rows), device=dev)
+        for tok in suffix:
+            t1 = time.perf_counter()
+            logp = step_fn(row_user, rows)
+            timing.forward_s += time.perf_counter() - t1
+            added += logp[:, int(tok)].float()
+            rows = torch.cat([rows, torch.full((len(rows), 1), int(tok), dtype=rows.dtype, device=dev)], dim=1)
+        out[users.unsqueeze(1), leaves.unsqueeze(0)] = added.reshape(len(users), len(leaves))
     return out
+
+
+def _row_chunks(b: int, n: int, max_rows: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(users, columns) blocks covering every (prompt, catalogue node) pair of a [b, n] grid, each at most
+    max_rows pairs: whole rows of several users when a user's n nodes fit, else one user's nodes in
+    chunks of max_rows."""
+    users_per_chunk = max(1, max_rows // n)
+    col_chunk = n if users_per_chunk > 1 or n <= max_rows else max_rows
+    for u0 in range(0, b, users_per_chunk):
+        users = torch.arange(u0, min(b, u0 + users_per_chunk), device=device)
+        for c0 in range(0, n, col_chunk):
+            yield users, torch.arange(c0, min(n, c0 + col_chunk), device=device)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
