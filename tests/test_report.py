@@ -72,7 +72,8 @@ def test_opening_paragraph_says_what_the_run_shows(world):
     _, page, md, out = _run(world)
     text = ("On the test split (1 users), the best recommender is Stage 3 in thinking mode: HR@10 0.600, 3.0x the "
             "popularity baseline (0.200). At Stage 3, reasoning before the answer helps: HR@10 0.600 thinking "
-            "against 0.500 non-thinking. Thinking mode went from 0.250 at Stage 2 to 0.600 (2.4x).")
+            "against 0.500 non-thinking, HR@1 0.300 against 0.250. Thinking mode went from 0.250 at Stage 2 to 0.600 "
+            "(2.4x).")
     assert f"<p class='lead'>{text}</p>" in page
     assert md.splitlines()[2] == text
     assert json.loads((out / "headline.json").read_text()) == {"split": "test", "text": text}

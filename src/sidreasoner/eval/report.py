@@ -140,14 +140,19 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
         text += ", where the popularity baseline hits nothing."
     else:
         text += "."
-    hr = {(_display(n.rsplit(" (", 1)[0]), m): v[metric] for n, m, v in models}
-    labels = list(dict.fromkeys(_display(n.rsplit(" (", 1)[0]) for n, _, _ in models))
+    by_model = {(_display(n.rsplit(" (", 1)[0]), m): v for n, m, v in models}
+    hr = {key: v[metric] for key, v in by_model.items()}
+    labels = list(dict.fromkeys(label for label, _ in by_model))
     last = labels[-1]
     if (last, "think") in hr and (last, "nonthink") in hr:
         think, plain = hr[(last, "think")], hr[(last, "nonthink")]
         verdict = "helps" if think > plain else "does not help yet" if think < plain else "neither helps nor hurts"
         text += (f" At {last}, reasoning before the answer {verdict}: HR@{k} {think:.3f} thinking against "
-                 f"{plain:.3f} non-thinking.")
+                 f"{plain:.3f} non-thinking")
+        top1 = [by_model[(last, mode)].get("hr@1") for mode in ("think", "nonthink")]
+        if k != 1 and None not in top1:
+            text += f", HR@1 {top1[0]:.3f} against {top1[1]:.3f}"
+        text += "."
         if len(labels) > 1 and (labels[-2], "think") in hr:
             before = hr[(labels[-2], "think")]
             change = f"{think / before:.1f}x" if before > 0 else "up from 0"
