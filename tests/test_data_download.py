@@ -19,7 +19,7 @@ import pytest
 from sidreasoner.config import load
 from sidreasoner.data.download import DownloadError, download_data, http_download
 from sidreasoner.data.preprocess import preprocess
-from sidreasoner.io import atomic_dir, locked
+from sidreasoner.io import atomic_dir, atomic_file, locked
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
 
@@ -366,6 +366,43 @@ def test_next_writer_removes_dead_temps_and_keeps_a_live_writers(tmp_path):
         live.communicate("done\n", timeout=30)
     assert live.returncode == 0 and _temps(tmp_path, "out") == []
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
+
+
+FILE_WRITER = """
+import sys
+from sidreasoner.io import atomic_file
+with atomic_file(sys.argv[1]) as tmp:
+    tmp.write_text(sys.argv[2])
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _file_writer(path, text):
+    proc = subprocess.Popen([sys.executable, "-c", FILE_WRITER, str(path), text], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_next_file_writer_removes_a_killed_writers_temp_and_keeps_a_live_writers(tmp_path):
+    dead = _file_writer(tmp_path / "metrics.json", "dead")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    left = _temps(tmp_path, "metrics.json")
+    assert len(left) == 2 and left[1] == left[0] + ".lock"  # the half-written file and its lock
+    live = _file_writer(tmp_path / "metrics.json", "live")
+    try:
+        live_tmp = [name for name in _temps(tmp_path, "metrics.json") if not name.endswith(".lock")]
+        assert live_tmp != left[:1] and len(live_tmp) == 1  # the dead writer's temp went when the live one began
+        with atomic_file(tmp_path / "metrics.json") as tmp:
+            tmp.write_text("next")
+        assert (tmp_path / live_tmp[0]).read_text() == "live"
+        assert (tmp_path / "metrics.json").read_text() == "next"
+    finally:
+        live.communicate("done\n", timeout=30)
+    assert live.returncode == 0 and _temps(tmp_path, "metrics.json") == []
+    assert (tmp_path / "metrics.json").read_text() == "live"
 
 
 # ---------------------------------------------------------------- soak: many runs, one cache, a flaky mirror

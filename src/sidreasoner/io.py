@@ -1,9 +1,9 @@
 """Atomic artifact writes: a file or folder appears at its final path only when complete.
 
-A folder is built in a hidden temp folder beside its final path (`.<name>.tmp-XXXX`), owned through an
-exclusively locked file `.<name>.tmp-XXXX.lock`. A step killed mid-write leaves both behind; the next
-atomic_dir for the same final path removes them once their lock is free (the owner is dead), and never
-touches the temp folder of a live writer.
+A file or folder is built at a hidden temp path beside its final path (`.<name>.tmp-XXXX`), owned through
+an exclusively locked file `.<name>.tmp-XXXX.lock`. A step killed mid-write leaves both behind; the next
+atomic_file or atomic_dir for the same final path removes them once their lock is free (the owner is
+dead), and never touches the temp path of a live writer.
 """
 
 from __future__ import annotations
@@ -130,43 +130,50 @@ def _remove_if_owner_dead(lock: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed.
-    Temp folders of earlier writers of `final` that died (SIGKILL, power loss) are removed first."""
-    final = Path(final)
+def _temp_beside(final: Path) -> Iterator[Path]:
+    """A temp path beside `final` that this process owns while the block runs; temp paths of earlier
+    writers of `final` that died (SIGKILL, power loss) are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
     remove_stale_temps(final.parent, prefix)
     tmp, fd = _claim_temp_name(final.parent, prefix)
     try:
-        tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
         yield tmp
-        if final.is_dir():
-            shutil.rmtree(final)
-        elif final.exists():
-            final.unlink()
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     finally:
         _release_temp_name(tmp, fd)
 
 
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp file path beside `final`; on success it is renamed onto `final`."""
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _temp_beside(final) as tmp:
+        try:
+            tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
+            yield tmp
+            if final.is_dir():
+                shutil.rmtree(final)
+            elif final.exists():
+                final.unlink()
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp file path beside `final` (the file exists, empty); on success it is renamed onto
+    `final`, on error it is removed."""
+    final = Path(final)
+    with _temp_beside(final) as tmp:
+        try:
+            tmp.touch(mode=0o600)  # as tempfile.mkstemp made it
+            yield tmp
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
