@@ -70,7 +70,7 @@ def _run(world, splits=("test",)):
 
 def test_opening_paragraph_says_what_the_run_shows(world):
     _, page, md, out = _run(world)
-    text = ("On the test split (1 users), the best recommender is Stage 3 in thinking mode: HR@10 0.600, 3.0x the "
+    text = ("On the test split (1 user), the best recommender is Stage 3 in thinking mode: HR@10 0.600, 3.0x the "
             "popularity baseline (0.200). At Stage 3, reasoning before the answer helps: HR@10 0.600 thinking "
             "against 0.500 non-thinking, HR@1 0.300 against 0.250. Thinking mode went from 0.250 at Stage 2 to 0.600 "
             "(2.4x).")
@@ -120,7 +120,7 @@ def test_titles_and_reasoning_are_escaped(world):
 def test_valid_split_when_test_is_not_evaluated(world):
     metrics, page, _, out = _run(world, splits=("valid",))
     assert json.loads((out / "headline.json").read_text())["split"] == "valid"
-    assert "On the valid split (1 users)" in page and metrics["stage3_think_hr@10"] == 0.6
+    assert "On the valid split (1 user)" in page and metrics["stage3_think_hr@10"] == 0.6
 
 
 def test_console_prints_a_link_that_opens_the_page(world, capsys):

@@ -131,7 +131,8 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
     name, mode, vals = max(models, key=lambda s: s[2][metric])
     label = _display(name.rsplit(" (", 1)[0])
     users = int(vals.get("users", 0))
-    text = (f"On the {split} split ({users} users), the best recommender is {label} in {MODE_WORDS[mode]} mode: "
+    people = f"{users} user" + ("" if users == 1 else "s")
+    text = (f"On the {split} split ({people}), the best recommender is {label} in {MODE_WORDS[mode]} mode: "
             f"HR@{k} {vals[metric]:.3f}")
     popularity = next((v[metric] for n, m, v in series if m == "popularity" and metric in v), None)
     if popularity:
