@@ -67,9 +67,7 @@ def run(
                                                "write to that user, from a root container")] = False,
 ) -> None:
     """Run the pipeline DAG on this machine through kfp.local (caching on: re-runs reuse finished steps)."""
-    from sidreasoner.steps import steps_until
-
-    from sidreasoner.steps import pipeline_steps
+    from sidreasoner.steps import pipeline_steps, steps_until
 
     cfg = _load_config(preset, overrides)
     try:

@@ -131,14 +131,17 @@ def _remove_if_owner_dead(lock: Path) -> bool:
 
 @contextlib.contextmanager
 def _temp_beside(final: Path) -> Iterator[Path]:
-    """A temp path beside `final` that this process owns while the block runs; temp paths of earlier
-    writers of `final` that died (SIGKILL, power loss) are removed first."""
+    """A temp path beside `final` that this process owns while the block runs, removed when the block
+    fails; temp paths of earlier writers of `final` that died (SIGKILL, power loss) are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
     remove_stale_temps(final.parent, prefix)
     tmp, fd = _claim_temp_name(final.parent, prefix)
     try:
         yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
     finally:
         _release_temp_name(tmp, fd)
 
@@ -148,17 +151,13 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
     final = Path(final)
     with _temp_beside(final) as tmp:
-        try:
-            tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
-            yield tmp
-            if final.is_dir():
-                shutil.rmtree(final)
-            elif final.exists():
-                final.unlink()
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
+        yield tmp
+        if final.is_dir():
+            shutil.rmtree(final)
+        elif final.exists():
+            final.unlink()
+        os.replace(tmp, final)
 
 
 @contextlib.contextmanager
@@ -167,13 +166,9 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     `final`, on error it is removed."""
     final = Path(final)
     with _temp_beside(final) as tmp:
-        try:
-            tmp.touch(mode=0o600)  # as tempfile.mkstemp made it
-            yield tmp
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        tmp.touch(mode=0o600)  # as tempfile.mkstemp made it
+        yield tmp
+        os.replace(tmp, final)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -116,9 +116,9 @@ def report_split(splits: list[str]) -> str:
     return "test" if "test" in splits else splits[0]
 
 
-def _display(label: str) -> str:
-    """'stage3' -> 'Stage 3'; other labels as they are."""
-    return re.sub(r"^stage(\d+)$", r"Stage \1", label)
+def _display(name: str) -> str:
+    """A series name without its mode: 'stage3 (think)' -> 'Stage 3'; other labels as they are."""
+    return re.sub(r"^stage(\d+)$", r"Stage \1", name.rsplit(" (", 1)[0])
 
 
 def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
@@ -129,7 +129,7 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
     if not models:
         return f"No model was evaluated on the {split} split."
     name, mode, vals = max(models, key=lambda s: s[2][metric])
-    label = _display(name.rsplit(" (", 1)[0])
+    label = _display(name)
     users = int(vals.get("users", 0))
     people = f"{users} user" + ("" if users == 1 else "s")
     text = (f"On the {split} split ({people}), the best recommender is {label} in {MODE_WORDS[mode]} mode: "
@@ -141,12 +141,11 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
         text += ", where the popularity baseline hits nothing."
     else:
         text += "."
-    by_model = {(_display(n.rsplit(" (", 1)[0]), m): v for n, m, v in models}
-    hr = {key: v[metric] for key, v in by_model.items()}
+    by_model = {(_display(n), m): v for n, m, v in models}
     labels = list(dict.fromkeys(label for label, _ in by_model))
     last = labels[-1]
-    if (last, "think") in hr and (last, "nonthink") in hr:
-        think, plain = hr[(last, "think")], hr[(last, "nonthink")]
+    if (last, "think") in by_model and (last, "nonthink") in by_model:
+        think, plain = by_model[(last, "think")][metric], by_model[(last, "nonthink")][metric]
         verdict = "helps" if think > plain else "does not help yet" if think < plain else "neither helps nor hurts"
         text += (f" At {last}, reasoning before the answer {verdict}: HR@{k} {think:.3f} thinking against "
                  f"{plain:.3f} non-thinking")
@@ -154,8 +153,8 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
         if k != 1 and None not in top1:
             text += f", HR@1 {top1[0]:.3f} against {top1[1]:.3f}"
         text += "."
-        if len(labels) > 1 and (labels[-2], "think") in hr:
-            before = hr[(labels[-2], "think")]
+        if len(labels) > 1 and (labels[-2], "think") in by_model:
+            before = by_model[(labels[-2], "think")][metric]
             change = f"{think / before:.1f}x" if before > 0 else "up from 0"
             text += f" Thinking mode went from {before:.3f} at {labels[-2]} to {think:.3f} ({change})."
     return text
