@@ -2,7 +2,8 @@
 publish its report pages and metrics.
 
 No kfp import: artifacts are used only through `.path` and `log_metric`. Every component also takes
-`code_version` and `rerun_token`, there for the task's cache key only, and `compiled_sections`, the
+`code_version`, there for the task's cache key only, `generation`, the step's generation (in the
+cache key, and in the step's checkpoint and teacher cache keys), and `compiled_sections`, the
 values its sections had when the pipeline was compiled.
 """
 
@@ -19,13 +20,21 @@ from sidreasoner.runner import die_with_runner, run_step
 from sidreasoner.steps import STEPS
 
 
+def task_config(step_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The config slice a task's step runs with: its sections (a section given partly through the API
+    keeps the compiled preset's other keys) and its generation."""
+    step = STEPS[step_name]
+    config = complete_sections({section: arguments[section] for section in step.sections},
+                               arguments.get("compiled_sections"))
+    config["generations"] = {step_name: arguments.get("generation") or 0}
+    return config
+
+
 def run_component(step_name: str, arguments: dict[str, Any]) -> None:
     """Run `step_name` with a component's arguments (its config sections and artifacts, by name)."""
     die_with_runner()  # a `sidreasoner run` killed by SIGKILL takes this step with it
     step = STEPS[step_name]
-    # A section given partly through the API keeps the compiled preset's other keys.
-    config = complete_sections({section: arguments[section] for section in step.sections},
-                               arguments.get("compiled_sections"))
+    config = task_config(step_name, arguments)
     paths = {name: arguments[name].path for name in step.folders}
     values = run_step(step_name, config, paths)
     for report in step.reports:

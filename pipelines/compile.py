@@ -12,11 +12,11 @@ from sidreasoner.pipelines.pipeline import build
 
 
 def compile_pipeline(cfg: Config, output: str | Path, until: str | None = None,
-                     no_cache: frozenset[str] = frozenset(), rerun: frozenset[str] = frozenset()) -> Path:
+                     no_cache: frozenset[str] = frozenset()) -> Path:
     output = Path(output)
     with atomic_file(output) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix
-        pipeline = build(cfg, until, no_cache, rerun=rerun, run_time_conditions=True)
+        pipeline = build(cfg, until, no_cache, run_time_conditions=True)
         compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(yaml_tmp))
         yaml_tmp.replace(tmp)
     return output

@@ -7,32 +7,29 @@ and from the `cluster` section (resources, node selectors, tolerations). Pipelin
 the config sections, their defaults the preset's values; a task receives only the sections its
 step reads, so its cache key covers exactly those. Steps not built are not registered.
 
-Two more arguments reach the cache key (KFP's driver fingerprints a task's resolved inputs, command,
-args and image, and only when the task's caching is on: kubeflow/pipelines
-backend/src/v2/driver/driver.go `getFingerPrint`, backend/src/v2/cacheutils/cache.go
-`GenerateCacheKey`): every task gets `code_version` (the project's version and the last commit that
-changed the code, read at compile time), so a code change misses the cache; and the tasks in
-`rerun` get the run parameter
-`rerun_token`, so a re-run with a fresh token executes them and stores their results under new keys,
-with caching still on.
+Two more arguments reach every task's cache key (KFP's driver keys a container task on its resolved
+input parameter values, its input artifacts' MLMD ids, its output specs, image, command and args:
+kubeflow/pipelines backend/src/v2/driver/cache.go `getFingerPrint`, backend/src/v2/cacheutils/cache.go
+`GenerateCacheKey`): `code_version`, a digest of the installed package's source
+(`sidreasoner.provenance`), so a code change misses the cache; and `generation`, the run parameter
+`generation_<step>` (the config's `generations.<step>`, 0 by default). Both are passed to every task
+in every run: the driver fills no default for a component's optional parameter
+(backend/src/v2/driver/resolve.go, "They are resolved internally within the component"), so a value
+passed only sometimes would give the same task two keys.
 """
 
-import functools
-import hashlib
 import inspect
-import os
 import re
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
-from sidreasoner import __version__
 from sidreasoner.components.factory import component_for, condition_for
-from sidreasoner.config import ClusterConfig, Config, StepResources, to_params
+from sidreasoner.components.images import IMAGES
+from sidreasoner.config import ClusterConfig, Config, StepResources, generation_param, generation_params, to_params
+from sidreasoner.provenance import code_version
 from sidreasoner.steps import STEPS, Image, Step, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
@@ -48,37 +45,6 @@ SECRET_ENV = {
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
 # Pod labels for cost attribution (with cluster.labels, e.g. the paper presets' name).
 STEP_LABEL, CATEGORY_LABEL = "sidreasoner.io/step", "sidreasoner.io/category"
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True,
-                          timeout=30).stdout
-
-
-# What the step pods run: a commit touching only docs, charts or tests keeps every cache entry.
-CODE_PATHS = ("src", "components", "pipelines", "images", "pyproject.toml")
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The project's version and, in a git checkout, the last commit that changed CODE_PATHS (plus
-    a digest of uncommitted changes to them): `0.1.0+g1a2b3c4d5e6f[.dirty<digest>]`.
-    SIDREASONER_CODE_VERSION overrides it (e.g. the commit an image was built from)."""
-    override = os.environ.get("SIDREASONER_CODE_VERSION", "").strip()
-    if override:
-        return override
-    if not (ROOT / ".git").exists() or not (ROOT / "pyproject.toml").exists():
-        return __version__
-    try:
-        commit = _git("log", "-1", "--format=%h", "--abbrev=12", "--", *CODE_PATHS).strip()
-        diff = _git("diff", "HEAD", "--", *CODE_PATHS)
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    dirty = f".dirty{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else ""
-    return f"{__version__}+g{commit}{dirty}"
-
-
 def step_image(step: Step, cluster: ClusterConfig) -> Image:
     """The image of a step's pod: a pod that requests accelerators runs in the training image (the
     CPU image has no CUDA), whatever the registry says."""
@@ -96,7 +62,7 @@ def _outputs_type(steps: list[Step]) -> type:
     return NamedTuple("Outputs", fields)
 
 
-def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...]) -> None:
+def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...], s3_endpoint: str) -> None:
     for kind in kinds:
         if kind == "gcs":
             kubernetes.use_secret_as_volume(task, secret_name=GCS_SECRET, mount_path=GCS_MOUNT, optional=True)
@@ -104,6 +70,8 @@ def _credentials(task: dsl.PipelineTask, kinds: tuple[str, ...]) -> None:
         else:
             name, keys = SECRET_ENV[kind]
             kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=keys, optional=True)
+        if kind == "s3" and s3_endpoint:
+            task.set_env_variable("SIDREASONER_S3_ENDPOINT", s3_endpoint)
 
 
 def _resources(task: dsl.PipelineTask, res: StepResources) -> None:
@@ -144,12 +112,20 @@ def _pod(task: dsl.PipelineTask, step_name: str, cluster: ClusterConfig, timeout
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
     for key, value in {**cluster.labels, STEP_LABEL: step_name, CATEGORY_LABEL: label_value(category)}.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    # The images' user (images/*/Dockerfile): pods pass a restricted namespace's admission.
+    kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
+
+
+def _pull_policy(task: dsl.PipelineTask, image: str) -> None:
+    """A tag can be pushed again (`make push-images` after a fix): a node's copy of it may be old code
+    under the new code's `code_version`. Only a digest names one image for good."""
+    kubernetes.set_image_pull_policy(task, "IfNotPresent" if "@sha256:" in image else "Always")
 
 
 def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool, category: str) -> None:
     """A task's pod settings, all from the registry and the cluster section."""
     task.set_display_name(step.display_name)
-    _credentials(task, step.credentials)
+    _credentials(task, step.credentials, cluster.s3_endpoint)
     res = cluster.resources.get(step.name, StepResources())
     _resources(task, res)
     _pod(task, step.name, cluster, res.timeout or step.timeout_s, category)
@@ -162,6 +138,7 @@ def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache
                                    size_limit=res.shm_size)
     if step.retry:
         task.set_retry(num_retries=step.retry.num_retries, backoff_duration=step.retry.backoff_duration,
+                       backoff_max_duration=step.retry.backoff_max_duration,
                        **({"backoff_factor": step.retry.backoff_factor} if step.retry.backoff_factor else {}))
     # A step with side effects (an upload) would be skipped by a cache hit.
     task.set_caching_options(enable_caching=cache and not step.side_effects)
@@ -172,6 +149,9 @@ def _output(tasks: dict[str, dsl.PipelineTask], producer: str, output: str):
 
 
 CONDITION_TIMEOUT_S = 600
+# The condition task only reads a run parameter: a small pod, bounded so a quota admits it.
+CONDITION_RESOURCES = StepResources(cpu="100m", cpu_limit="1", memory="256Mi", memory_limit="1Gi")
+IMAGE_UID = 1000
 
 
 def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.PipelineTask:
@@ -179,17 +159,19 @@ def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.Pip
     section = step.enabled_by.split(".", 1)[0]
     task = condition_for(step)(step=step.name, section=params[section], compiled_section=defaults[section])
     task.set_display_name(f"{step.display_name}: enabled?")
+    _resources(task, CONDITION_RESOURCES)
     _pod(task, f"{step.name}-enabled", cfg.cluster, CONDITION_TIMEOUT_S, cfg.data.category)
+    _pull_policy(task, IMAGES["cpu"])
     return task
 
 
 def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset(),
-          registry: Mapping[str, Step] = STEPS, rerun: frozenset[str] = frozenset(),
-          run_time_conditions: bool = False):
+          registry: Mapping[str, Step] = STEPS, run_time_conditions: bool = False):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
-    in `no_cache` always execute (caching off), the others may be served from the cache. With
-    `rerun`, the pipeline takes a `rerun_token` parameter (empty by default) that exactly those
-    steps' tasks receive: a run with a new token executes them and caches what they write.
+    in `no_cache` always execute (caching off), the others may be served from the cache. Each
+    step's task receives its generation, the run parameter `generation_<step>` (default: the
+    config's `generations.<step>`, else 0): a run with a new value executes that task, and the
+    tasks that read its outputs, and caches what they write under the new key.
 
     A step with `enabled_by` (export-model) is in the DAG when `cfg` sets that key; with
     `run_time_conditions` (a compiled pipeline, whose parameters a user may change in the UI) it
@@ -200,9 +182,7 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
     partly through the API is completed from them (a run parameter replaces the whole default)."""
     steps = pipeline_steps(cfg, until, registry, conditional=run_time_conditions)
     gated = {step.name for step in steps if step.enabled_by and run_time_conditions}
-    defaults = to_params(cfg)
-    if rerun:
-        defaults["rerun_token"] = ""
+    defaults = {**to_params(cfg), **generation_params(cfg, [step.name for step in steps])}
     Outputs = _outputs_type([step for step in steps if step.name not in gated])
     version = code_version()
 
@@ -212,15 +192,17 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
         for step in steps:
             sections = {name: params[name] for name in step.sections}
             inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
-            keys = {"code_version": version, "compiled_sections": {name: defaults[name] for name in step.sections},
-                    **({"rerun_token": params["rerun_token"]} if step.name in rerun else {})}
-            component = component_for(step, step_image(step, cfg.cluster))
+            keys = {"code_version": version, "generation": params[generation_param(step.name)],
+                    "compiled_sections": {name: defaults[name] for name in step.sections}}
+            image = step_image(step, cfg.cluster)
+            component = component_for(step, image)
             if step.name in gated:
                 with dsl.If(_condition(step, params, defaults, cfg).output == True, name=f"{step.name}-enabled"):  # noqa: E712
                     task = component(step=step.name, **sections, **inputs, **keys)
             else:
                 task = component(step=step.name, **sections, **inputs, **keys)
             _configure(task, step, cfg.cluster, cache=step.name not in no_cache, category=cfg.data.category)
+            _pull_policy(task, IMAGES[image])
             tasks[step.name] = task
         return Outputs(**{output_name(step.name, name): tasks[step.name].outputs[name]
                           for step in steps if step.name not in gated for name in step.artifacts()})

@@ -9,33 +9,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidreasoner.config import Config, to_params
+from sidreasoner.config import Config, generation_params, keep_generations, to_params, with_rerun
 from sidreasoner.pipelines.compile import compile_pipeline
-from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, code_version
-from sidreasoner.steps import downstream, pipeline_steps
+from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build
+from sidreasoner.provenance import code_version
+from sidreasoner.steps import pipeline_steps
 
 
 @dataclass
 class Submitted:
     run_id: str
     experiment_id: str
-    rerun_steps: list[str]  # the steps --rerun-from executes again (a fresh rerun_token in their cache key)
+    rerun_steps: list[str]  # the steps this run executes again (--rerun-from / --no-cache)
     state: str | None = None
+    keep: str = ""  # the settings that give later runs this run's results ("" without a re-run)
 
 
 def run_parameters(cfg: Config) -> dict:
     """The run's parameter values: the config sections the compiled pipeline declares as inputs
-    (a section no built step reads is not a parameter, and the API server would refuse it)."""
-    declared = build(cfg).component_spec.inputs or {}
-    return {name: value for name, value in to_params(cfg).items() if name in declared}
+    (a section no built step reads is not a parameter, and the API server would refuse it) and
+    every task's generation."""
+    declared = build(cfg, run_time_conditions=True).component_spec.inputs or {}
+    return {name: value for name, value in pipeline_parameters(cfg).items() if name in declared}
 
 
-def rerun_token() -> str:
-    """A value no earlier run used: the UTC time and a random suffix."""
-    import datetime as dt
-    import uuid
-
-    return f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+def pipeline_parameters(cfg: Config) -> dict:
+    steps = [step.name for step in pipeline_steps(cfg, conditional=True)]
+    return {**to_params(cfg), **generation_params(cfg, steps)}
 
 
 @dataclass(frozen=True)
@@ -154,25 +154,18 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
     """Compile `cfg` and create a run. `rerun_from` re-executes that step and everything downstream
     of it while the steps before them come from the cache; `no_cache` re-executes every step.
 
-    A re-run keeps caching on: KFP's driver computes a task's cache fingerprint only when its
-    caching is on, and the launcher stores a cache entry only for a task with a fingerprint
-    (kubeflow/pipelines backend/src/v2/driver/driver.go, backend/src/v2/cacheutils), so tasks
-    compiled with caching off would leave the old entries to be served to the next run. Instead
-    the re-run tasks receive `rerun_token`, a fresh value per run: their cache keys are new, they
-    execute, and their results are cached under those keys. `no_cache` does the same for every
-    task, so the next plain run is served this run's results, not older ones."""
-    if no_cache and rerun_from:
-        raise ValueError("--no-cache and --rerun-from exclude each other")
-    in_dag = {s.name for s in pipeline_steps(cfg, conditional=True)}
-    if no_cache:
-        rerun_steps = [s.name for s in pipeline_steps(cfg, conditional=True)]
-    else:
-        rerun_steps = [name for name in downstream(rerun_from) if name in in_dag] if rerun_from else []
+    Both keep caching on and raise one step's generation (`with_rerun`): KFP's driver computes a
+    task's cache fingerprint only when its caching is on, and the launcher stores a cache entry only
+    for a task with a fingerprint (kubeflow/pipelines backend/src/v2/driver/cache.go
+    `getFingerPrintsAndID`, `createCache`), so tasks compiled with caching off would leave the old
+    entries to be served to the next run. A lookup returns the newest entry with the key
+    (backend/src/v2/cacheutils/cache.go `GetExecutionCache`, "created_at desc"): a later run given
+    the same generation (`Submitted.keep`) gets this run's results; one without it gets the results
+    of the generation it names."""
+    cfg, rerun_steps = with_rerun(cfg, no_cache, rerun_from)
     params = run_parameters(cfg)
-    if rerun_steps:
-        params["rerun_token"] = rerun_token()
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
-        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml", rerun=frozenset(rerun_steps))
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
         client = _client(host, namespace, auth)
         exp = client.create_experiment(experiment, namespace=namespace)
         run = client.run_pipeline(
@@ -183,7 +176,8 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
             pipeline_root=pipeline_root,
             service_account=service_account,
         )
-        submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state)
+        submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state,
+                              keep=keep_generations(cfg) if rerun_steps else "")
         if wait:
             submitted.state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
     return submitted

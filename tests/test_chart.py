@@ -6,6 +6,8 @@ no secret values, least-privilege RBAC, securityContext and resources everywhere
 
 import base64
 import copy
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -179,6 +181,12 @@ def test_raycluster_check_catches_a_missing_field(chart):
     ({"upload": {"resources": {"limits": None}}}, "/upload/resources"),  # null removes a default
     ({"kfpHost": "ml-pipeline:8888"}, "/kfpHost"),
     ({"teacherserver": {"enabled": True}}, "teacherserver"),  # misspelt key
+    ({"images": {"train": {"digest": "sha256:ABC"}}}, "/images/train/digest"),
+    ({"images": {"cpu": {"digest": "0.1.0@sha256:" + "a" * 64}}}, "/images/cpu/digest"),  # the digest alone
+    ({"rayCluster": {"image": {"digest": "d" * 64}}}, "/rayCluster/image/digest"),
+    ({"s3": {"endpoint": "minio:9000"}}, "/s3/endpoint"),
+    ({"s3": {"endpoint": "http://minio:9000/bucket"}}, "/s3/endpoint"),
+    ({"s3": {"endpoint": "http://key:secret@minio:9000"}}, "/s3/endpoint"),
 ])
 def test_schema_rejects_bad_values(chart, values, where):
     with pytest.raises(helm.HelmValuesError, match=where):
@@ -489,6 +497,93 @@ def test_raycluster_defaults_to_the_training_image(chart):
     assert rc["spec"]["enableInTreeAutoscaling"] is True and rc["spec"]["autoscalerOptions"]["idleTimeoutSeconds"]
 
 
+CPU_PINNED = "mirror.example/ml/sidreasoner-cpu@sha256:" + "c" * 64
+TRAIN_PINNED = "mirror.example/ml/sidreasoner-train@sha256:" + "d" * 64
+PINNED_IMAGES = {
+    "images": {"cpu": {"repository": "mirror.example/ml/sidreasoner-cpu", "digest": "sha256:" + "c" * 64},
+               "train": {"repository": "mirror.example/ml/sidreasoner-train", "digest": "sha256:" + "d" * 64}},
+    "rayCluster": {"enabled": True},
+}
+IMAGE_ENV = ("SIDREASONER_CPU_IMAGE", "SIDREASONER_TRAIN_IMAGE")
+
+
+def _upload_env(docs) -> dict[str, str]:
+    (c,) = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+def test_pinned_images_reach_the_upload_job_and_the_raycluster(chart):
+    docs = render(chart, PINNED_IMAGES)
+    validate_all(docs)
+    env = _upload_env(docs)
+    assert [env[name] for name in IMAGE_ENV] == [CPU_PINNED, TRAIN_PINNED]
+    for job in ("sidreasoner-upload-pipeline", "sidreasoner-model-cache-prepare"):
+        assert one(docs, "Job", job)["spec"]["template"]["spec"]["containers"][0]["image"] == CPU_PINNED, job
+    rc = one(docs, "RayCluster", "sidreasoner-ray")
+    assert [(where, c["image"]) for where, _, c in ray_pods(rc)] == [("head", TRAIN_PINNED), ("gpu", TRAIN_PINNED)]
+
+
+def test_default_images_are_the_packages_own(chart):
+    from sidreasoner import __version__
+
+    env = _upload_env(render(chart))
+    assert [env[name] for name in IMAGE_ENV] == [f"ghcr.io/sidreasoner-pipelines/sidreasoner-{kind}:{__version__}"
+                                                 for kind in ("cpu", "train")]
+
+
+def test_upload_job_compiles_the_pipeline_in_the_charts_images(chart, tmp_path):
+    """The Job's image settings, given to `sidreasoner compile` as the Job gives them to `sidreasoner
+    upload`: every step's pod runs one of the chart's two pinned images, and the demo's CPU and
+    training steps use both."""
+    env = _upload_env(render(chart, PINNED_IMAGES))
+    out = tmp_path / "pipeline.yaml"
+    result = subprocess.run([str(Path(sys.executable).parent / "sidreasoner"), "compile", "--preset", "demo",
+                             "-o", str(out)], env={**os.environ, **{name: env[name] for name in IMAGE_ENV}},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    assert {ex["container"]["image"] for ex in executors.values()} == {CPU_PINNED, TRAIN_PINNED}
+
+
+@pytest.mark.parametrize("image, expected", [
+    ({}, TRAIN_PINNED),
+    ({"repository": "mirror.example/ray"}, "mirror.example/ray@sha256:" + "d" * 64),  # the same image elsewhere
+    ({"tag": "custom"}, "mirror.example/ml/sidreasoner-train:custom"),  # another image: not the training digest
+    ({"tag": "custom", "digest": "sha256:" + "e" * 64}, "mirror.example/ml/sidreasoner-train@sha256:" + "e" * 64),
+], ids=["train", "repository", "tag", "digest"])
+def test_raycluster_image_overrides(chart, image, expected):
+    values = copy.deepcopy(PINNED_IMAGES)
+    values["rayCluster"]["image"] = image
+    rc = one(render(chart, values), "RayCluster", "sidreasoner-ray")
+    assert {c["image"] for _, _, c in ray_pods(rc)} == {expected}
+
+
+MINIO_ENDPOINT = f"http://sidreasoner-minio.{NAMESPACE}.svc:9000"
+
+
+@pytest.mark.parametrize("values, endpoint", [
+    (None, None),
+    (ONLY_EXISTING, MINIO_ENDPOINT),
+    ({**ONLY_EXISTING, "minio": {"enabled": True, "service": {"port": 9100}}},
+     f"http://sidreasoner-minio.{NAMESPACE}.svc:9100"),
+    ({"s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com"}}, "https://s3.eu-west-1.amazonaws.com"),
+    ({**ONLY_EXISTING, "s3": {"endpoint": "https://objects.example.com:9443"}}, "https://objects.example.com:9443"),
+], ids=["none", "chart-minio", "minio-port", "given", "given-over-minio"])
+def test_upload_points_the_s3_steps_at_the_endpoint(chart, values, endpoint):
+    from sidreasoner.config import load
+
+    docs = render(chart, values)
+    sets = [s for s in _upload_sets(docs) if s.startswith("cluster.s3_endpoint=")]
+    assert sets == ([f"cluster.s3_endpoint={endpoint}"] if endpoint else [])
+    if endpoint:
+        assert load("office", sets).cluster.s3_endpoint == endpoint  # what `sidreasoner upload` accepts
+    if endpoint and "sidreasoner-minio" in endpoint:
+        service = one(docs, "Service", "sidreasoner-minio")
+        s3_port = service["spec"]["ports"][0]
+        assert (s3_port["name"], endpoint) == ("s3", f"http://{service['metadata']['name']}.{NAMESPACE}.svc:"
+                                                     f"{s3_port['port']}")
+
+
 def test_upload_job(chart):
     job = one(render(chart, FULL_VALUES), "Job", "sidreasoner-upload-pipeline")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
@@ -500,6 +595,7 @@ def test_upload_job(chart):
     assert c["args"][2:] == ["--set", "cluster.model_cache_pvc=sidreasoner-model-cache",
                              "--namespace", NAMESPACE,
                              "--set", 'cluster.image_pull_secrets=["ghcr-pull"]',
+                             "--set", f"cluster.s3_endpoint=http://sidreasoner-minio.{NAMESPACE}.svc:9000",
                              "--set", "teacher.max_samples=2000"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and env["PRESET"] == "office"
@@ -720,3 +816,44 @@ def test_teacher_api_key_is_generated_when_none_is_given(chart):
     assert base64.b64decode(given["sidreasoner-teacher"]["data"]["api-key"]).decode() == "k"
     # Turned off, no key and no Secret.
     assert by_kind(render(chart, {"teacherServer": {"enabled": True, "requireApiKey": False}}), "Secret") == {}
+
+
+def _checksum(data: dict) -> str:
+    """Helm's `toJson | sha256sum` of a Secret's data."""
+    return hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()
+
+
+def _teacher_pod_annotations(docs) -> dict:
+    return one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["metadata"].get("annotations", {})
+
+
+def test_teacher_server_rolls_with_the_key_the_chart_applies(chart):
+    """Under `helm template` (Argo CD) `lookup` finds no Secret and every render generates another key:
+    the server's pod template carries the checksum of the rendered Secret's data, so applying a render
+    restarts the server with the key that the synthesize-corpus step reads."""
+    values = {"teacherServer": {"enabled": True}}
+    sums = []
+    for docs in (render(chart, values), render(chart, values)):
+        data = one(docs, "Secret", "sidreasoner-teacher")["data"]
+        assert _teacher_pod_annotations(docs) == {"checksum/teacher-api-key": _checksum(data)}
+        sums.append(_checksum(data))
+    assert sums[0] != sums[1]
+    given = render(chart, {**values, "secrets": {"teacher": {"apiKey": "k"}}})
+    assert _teacher_pod_annotations(given) == {"checksum/teacher-api-key": _checksum({"api-key": "aw=="})}
+    assert one(given, "Secret", "sidreasoner-teacher")["data"] == {"api-key": "aw=="}
+    assert _teacher_pod_annotations(render(chart, {"teacherServer": {"enabled": True, "requireApiKey": False}})) == {}
+
+
+def test_teacher_key_from_an_existing_secret_renders_the_same_every_time(chart):
+    """The GitOps mode: the key lives in a Secret the platform manages (External Secrets, Sealed Secrets);
+    the chart creates and generates none, so every `helm template` gives the same manifests."""
+    values = {"teacherServer": {"enabled": True}, "secrets": {"teacher": {"existingSecret": "sidreasoner-teacher"}}}
+    assert chart.render(values, name="sidreasoner", namespace=NAMESPACE) == \
+        chart.render(values, name="sidreasoner", namespace=NAMESPACE)
+    docs = render(chart, values)
+    validate_all(docs)
+    assert by_kind(docs, "Secret") == {}
+    (vllm,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in vllm["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-teacher", "key": "api-key"}
+    assert _teacher_pod_annotations(docs) == {}

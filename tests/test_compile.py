@@ -11,7 +11,8 @@ import yaml
 from sidreasoner import __version__, config
 from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, IMAGES, TRAIN_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
-from sidreasoner.pipelines.pipeline import STEP_LABEL, code_version
+from sidreasoner.pipelines.pipeline import STEP_LABEL
+from sidreasoner.provenance import code_version
 from sidreasoner.steps import STEPS, downstream, pipeline_steps
 
 # The compiled office DAG: every registered step; export-model behind its run-time condition.
@@ -59,8 +60,12 @@ def check_tasks_follow_the_registry(spec, registry):
             artifacts = task["inputs"].get("artifacts", {})
             assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
                     for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
-        assert set(task["inputs"]["parameters"]) == {"step", "code_version", "compiled_sections", *step.sections}, name
+        assert set(task["inputs"]["parameters"]) == {"step", "code_version", "generation", "compiled_sections",
+                                                     *step.sections}, name
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": code_version()}}, name
+        channel = f"generation_{name.replace('-', '_')}"  # inside a condition branch: the branch's channel
+        assert task["inputs"]["parameters"]["generation"]["componentInputParameter"] in {
+            channel, f"pipelinechannel--{channel}"}, name
         assert task["taskInfo"]["name"] == step.display_name
         assert executors[f"exec-{name}"]["container"]["image"] == expected_image(executors[f"exec-{name}"], step), name
         outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
@@ -106,7 +111,12 @@ def test_every_task_caches_and_download_retries(spec):
     assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
     assert tasks["export-model"]["cachingOptions"] == {}  # a cache hit would skip the upload
     assert tasks["download-data"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
-                                                     "backoffMaxDuration": "3600s", "maxRetryCount": 3}
+                                                     "backoffMaxDuration": "600s", "maxRetryCount": 3}
+    # A teacher endpoint down for a while: the retry resumes from the response cache.
+    assert tasks["synthesize-corpus"]["retryPolicy"] == {"backoffDuration": "120s", "backoffFactor": 2.0,
+                                                         "backoffMaxDuration": "600s", "maxRetryCount": 2}
+    retrying = {n for n, t in tasks.items() if "retryPolicy" in t}
+    assert retrying == {"download-data", "synthesize-corpus", "sft-stage1", "sft-stage2", "rl-stage3"}
 
 
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
@@ -139,16 +149,24 @@ def test_make_images_builds_exactly_the_compiled_images(spec, tmp_path):
     env = {**os.environ, "SIDREASONER_IMAGE_REGISTRY": "registry.example/team"}
     printed = subprocess.run([sys.executable, "-m", "sidreasoner.components.images", "--push"], env=env,
                              capture_output=True, text=True, check=True).stdout.splitlines()
+    version = code_version()
+    tag = version.replace("+", "-")
+    label = f"--label io.sidreasoner.code-version={version}"
     assert printed == [
-        "docker build -f images/cpu/Dockerfile -t registry.example/team/sidreasoner-cpu:0.1.0 .",
-        "docker build -f images/train/Dockerfile -t registry.example/team/sidreasoner-train:0.1.0 .",
+        f"docker build -f images/cpu/Dockerfile {label} -t registry.example/team/sidreasoner-cpu:{tag} "
+        "-t registry.example/team/sidreasoner-cpu:0.1.0 .",
+        f"docker build -f images/train/Dockerfile {label} -t registry.example/team/sidreasoner-train:{tag} "
+        "-t registry.example/team/sidreasoner-train:0.1.0 .",
+        f"docker push registry.example/team/sidreasoner-cpu:{tag}",
         "docker push registry.example/team/sidreasoner-cpu:0.1.0",
+        f"docker push registry.example/team/sidreasoner-train:{tag}",
         "docker push registry.example/team/sidreasoner-train:0.1.0",
     ]
     out = tmp_path / "p.yaml"
     subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
     compiled = {ex["container"]["image"] for ex in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
-    assert compiled == {line.split()[-1] for line in printed if line.startswith("docker push")}
+    # The pipeline names the code-version tags, which a later push of other code cannot move.
+    assert compiled == {f"registry.example/team/sidreasoner-{kind}:{tag}" for kind in ("cpu", "train")}
 
 
 def test_training_pods_get_shared_memory_and_retries(tmp_path):
@@ -169,7 +187,7 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "stage3", "eval",
-                           "export"}
+                           "export", *(f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS)}
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2017-10-01", "end": "2018-11-01"}
@@ -282,6 +300,44 @@ def test_credentials_are_optional_secret_references(tmp_path):
     assert "secretAsEnv" not in k8s.get("exec-sft-stage1", {})
 
 
+def _s3_endpoints(cfg, path) -> tuple[dict, dict]:
+    """{executor: its SIDREASONER_S3_ENDPOINT values} and the platform spec's executors, compiled."""
+    pipeline, platform = yaml.safe_load_all(compile_pipeline(cfg, path).read_text())
+    endpoints = {name: [e["value"] for e in ex["container"].get("env", []) if e["name"] == "SIDREASONER_S3_ENDPOINT"]
+                 for name, ex in pipeline["deploymentSpec"]["executors"].items()}
+    return endpoints, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_s3_endpoint_reaches_exactly_the_tasks_with_s3_credentials(tmp_path):
+    endpoint = "http://sidreasoner-minio.kubeflow-user.svc:9000"
+    endpoints, k8s = _s3_endpoints(config.load("office", [f"cluster.s3_endpoint={endpoint}"]), tmp_path / "p.yaml")
+    holders = {name for name, ex in k8s.items() if "sidreasoner-s3" in {s["secretName"] for s in ex.get("secretAsEnv", [])}}
+    assert holders == {"exec-download-data", "exec-prepare-base-model", "exec-export-model"}
+    assert {name: values for name, values in endpoints.items() if values} == {name: [endpoint] for name in holders}
+    unset, _ = _s3_endpoints(config.load("office"), tmp_path / "q.yaml")
+    assert [name for name, values in unset.items() if values] == []
+
+
+@pytest.mark.parametrize("endpoint", ["http://minio:9000", "https://s3.eu-west-1.amazonaws.com/", "http://10.0.0.5:9000"])
+def test_s3_endpoint_takes_an_http_host(endpoint):
+    assert config.load("office", [f"cluster.s3_endpoint={endpoint}"]).cluster.s3_endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint, problem", [
+    ("minio:9000", "expected http(s)://host[:port] with no path"),
+    ("ftp://minio:9000", "expected http(s)://host[:port] with no path"),
+    ("http://minio:9000/bucket", "expected http(s)://host[:port] with no path"),
+    ("http://minio:port", "expected http(s)://host[:port] with no path"),
+    ("http://minio:9000?secure=1", "expected http(s)://host[:port] with no path"),
+    ("http://access-key-0000:secret-key-0000@minio:9000", "credentials do not belong in the endpoint"),
+])
+def test_s3_endpoint_rejects_anything_else_naming_the_key(endpoint, problem):
+    with pytest.raises(config.ConfigError) as err:
+        config.load("office", [f"cluster.s3_endpoint={endpoint}"])
+    assert f"  cluster.s3_endpoint: {problem}" in str(err.value)
+    assert "key-0000" not in str(err.value)  # an error never repeats credentials
+
+
 def test_export_model_runs_when_the_run_sets_export_uri_uncached_with_storage_credentials(spec):
     """export-model is compiled in whatever the preset says, behind a condition task that reads the
     run's `export` parameter: setting export.uri in the UI of an uploaded pipeline turns it on."""
@@ -324,37 +380,50 @@ def test_make_images_refuses_a_digest(tmp_path):
 
 def test_code_version_is_a_constant_of_every_task(spec):
     version = code_version()
-    assert version.startswith(__version__)
-    if (ROOT / ".git").exists():
-        assert "+g" in version  # the last commit that changed the code
+    assert re.fullmatch(re.escape(__version__) + r"\+src[0-9a-f]{12}", version)
     for name, task in step_tasks(spec).items():
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": version}}, name
-    assert "rerun_token" not in spec["root"]["inputDefinitions"]["parameters"]
 
 
-def test_code_version_override(monkeypatch):
-    code_version.cache_clear()
-    monkeypatch.setenv("SIDREASONER_CODE_VERSION", "0.1.0+image-build-7")
-    try:
-        assert code_version() == "0.1.0+image-build-7"
-    finally:
-        monkeypatch.delenv("SIDREASONER_CODE_VERSION")
-        code_version.cache_clear()
-
-
-def test_rerun_keeps_caching_and_keys_the_downstream_tasks_on_a_token(tmp_path):
-    cfg = config.load("office")
-    rerun = [s for s in downstream("sft-stage2") if s in OFFICE_STEPS]
-    pipeline = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "r.yaml", rerun=frozenset(rerun)).read_text()))
-    assert pipeline["root"]["inputDefinitions"]["parameters"]["rerun_token"] == {
-        "defaultValue": "", "isOptional": True, "parameterType": "STRING"}
+def test_every_step_has_a_generation_parameter_passed_in_every_run(tmp_path):
+    """A value passed only in some runs would give a task two keys (the driver fills no default for a
+    component's optional parameter): every task gets its generation, from a run parameter with the
+    config's value as default."""
+    cfg = config.load("office", ["generations.rl-stage3=7"])
+    pipeline = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "g.yaml").read_text()))
+    declared = pipeline["root"]["inputDefinitions"]["parameters"]
+    generations = {k: v for k, v in declared.items() if k.startswith("generation_")}
+    assert set(generations) == {f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS}
+    assert generations["generation_rl_stage3"] == {"defaultValue": 7.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
+    assert generations["generation_sft_stage2"] == {"defaultValue": 0.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
     tasks = step_tasks(pipeline)
     assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
-    keyed = {name for name, t in tasks.items() if "rerun_token" in t["inputs"]["parameters"]}
-    assert keyed == set(rerun) == {"sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint",
-                                   "evaluate-stage3", "report", "export-model"}
-    for name in keyed - {"export-model"}:
-        assert tasks[name]["inputs"]["parameters"]["rerun_token"] == {"componentInputParameter": "rerun_token"}
+    assert "rerun_token" not in declared and "generations" not in declared
+
+
+def test_pods_run_as_the_images_user_and_tags_are_pulled_again(spec, tmp_path):
+    platform = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "s.yaml").read_text()))[1]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == set(spec["deploymentSpec"]["executors"])  # the condition task too
+    for name, executor in k8s.items():
+        assert executor["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, name
+        image = spec["deploymentSpec"]["executors"][name]["container"]["image"]
+        assert executor["imagePullPolicy"] == ("IfNotPresent" if "@sha256:" in image else "Always"), name
+    resources = spec["deploymentSpec"]["executors"]["exec-export-model-enabled"]["container"]["resources"]
+    assert (resources["cpuRequest"], resources["cpuLimit"], resources["memoryRequest"], resources["memoryLimit"]) == (
+        0.1, 1.0, 0.268435456, 1.073741824)
+
+
+def test_a_digest_pinned_image_is_not_pulled_again(tmp_path, monkeypatch):
+    from sidreasoner.components import images
+
+    digest = "registry.example/sidreasoner-train@sha256:" + "c" * 64
+    monkeypatch.setitem(images.IMAGES, "train", digest)
+    docs = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "d.yaml").read_text()))
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    in_train = [n for n, ex in docs[0]["deploymentSpec"]["executors"].items() if ex["container"]["image"] == digest]
+    assert "exec-rl-stage3" in in_train
+    assert {k8s[n]["imagePullPolicy"] for n in in_train} == {"IfNotPresent"}
 
 
 def test_pods_requesting_accelerators_run_in_the_training_image(spec):

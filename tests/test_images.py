@@ -28,6 +28,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, TRAIN_IMAGE, build_commands
+from sidreasoner.provenance import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -235,7 +236,9 @@ def test_images_module_builds_every_dockerfile_under_the_compiled_names():
     printed = subprocess.run([sys.executable, "-m", "sidreasoner.components.images"], capture_output=True,
                              text=True, check=True).stdout.splitlines()
     assert printed == build_commands()
-    assert sorted(printed) == sorted(f"docker build -f {d} -t {image} ." for image, d in DOCKERFILES.items())
+    for line, (image, dockerfile) in zip(printed, DOCKERFILES.items()):
+        assert line.startswith(f"docker build -f {dockerfile} --label io.sidreasoner.code-version={code_version()} "
+                               f"-t {image} ") and line.endswith(" .")
     assert sorted(line.split()[3] for line in printed) == ALL_DOCKERFILES
 
 

@@ -122,6 +122,30 @@ def test_changing_a_late_section_reruns_only_that_step(first_run, root):
     assert status == {name: "SUCCEEDED" if name in rerun else "CACHED" for name in STEPS}
 
 
+def test_rerun_from_retrains_the_step_and_reruns_what_follows(first_run, root, tmp_path):
+    """`sidreasoner run --rerun-from rl-stage3` on a finished root: Stage 3 trains again from step 0 (a new
+    generation, so a new checkpoint folder), merge, evaluate-stage3 and report run again, everything
+    before comes from the cache; the printed setting gives a later run these results, a plain run the
+    earlier ones."""
+    summary = tmp_path / "rerun.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(root), "--rerun-from", "rl-stage3",
+         "--summary", str(summary), *sum((["--set", s] for s in SMALL), [])], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tasks = json.loads(summary.read_text())["tasks"]
+    rerun = ["rl-stage3", "merge-checkpoint", "evaluate-stage3", "report"]
+    assert {n: t["status"] for n, t in tasks.items()} == {n: "SUCCEEDED" if n in rerun else "CACHED" for n in STEPS}
+    assert (tasks["rl-stage3"]["metrics"]["steps"], tasks["rl-stage3"]["metrics"]["resumed_from_step"]) == (2, 0)
+    keep = re.search(r"--set (generations\.rl-stage3=\d+)", result.stdout).group(1)
+    assert "Re-executed with a new generation: rl-stage3, merge-checkpoint, evaluate-stage3, report." in result.stdout
+    kept = run_local(config.load("demo", SMALL + [keep]), root)
+    assert all(t["status"] == "CACHED" for t in kept["tasks"].values())
+    assert kept["tasks"]["report"]["outputs"] == tasks["report"]["outputs"]
+    plain = run_local(config.load("demo", SMALL), root)
+    assert all(t["status"] == "CACHED" for t in plain["tasks"].values())
+    assert plain["tasks"]["report"]["outputs"] == first_run["tasks"]["report"]["outputs"]
+
+
 def test_cli_until_stops_after_the_step(tmp_path):
     summary = tmp_path / "s.json"
     result = subprocess.run(

@@ -36,7 +36,7 @@ def test_each_component_takes_what_its_step_declares(name):
     # cache-key-only arguments every task may get, and the compiled values of its sections (all
     # optional).
     others = set(spec.inputs) - declared
-    every_task = {"code_version", "rerun_token", "compiled_sections"}
+    every_task = {"code_version", "generation", "compiled_sections"}
     assert every_task <= others
     assert all(spec.inputs[k].optional and k in {*config.Config.model_fields, *every_task} for k in others)
     assert {k: v.type for k, v in spec.outputs.items()} == {

@@ -86,6 +86,16 @@ def test_retry_resumes_from_checkpoint(run):
     assert (tmp / "out2" / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # GRPO training
+def test_a_new_generation_trains_afresh(run):
+    """A re-execution (`--rerun-from rl-stage3`: a new generation) with the same inputs and settings
+    does not resume the finished checkpoint of the earlier one."""
+    tmp, art, _, _ = run
+    cfg = _cfg(tmp, "generations.rl-stage3=1")
+    m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp / "out3")
+    assert m["resumed_from_step"] == 0 and m["steps"] == 2
+
+
 def test_verl_backend_refuses_without_gpu(tmp_path):
     """backend=verl dispatches to the verl backend, which on a CPU-only machine stops before writing anything."""
     import torch

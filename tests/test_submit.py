@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sidreasoner import config
-from sidreasoner.pipelines.pipeline import code_version
+from sidreasoner.provenance import code_version
 from sidreasoner.pipelines.submit import Auth, KFPUnavailable, spec_digest, submit, upload, version_name
 from sidreasoner.steps import STEP_NAMES, downstream
 
@@ -69,12 +69,17 @@ def test_existing_experiment_is_reused(kfp_api):
     assert len(state.calls("POST", "/experiments")) == 1
 
 
-def _token_tasks(run_body):
-    return {name for name, t in step_tasks(_pipeline_spec(run_body)).items()
-            if "rerun_token" in t["inputs"]["parameters"]}
+def _generations(run_body) -> dict[str, int]:
+    """Each task's generation in this run: the run parameter its `generation` input names."""
+    params = run_body["runtime_config"]["parameters"]
+    out = {}
+    for name, task in step_tasks(_pipeline_spec(run_body)).items():
+        source = task["inputs"]["parameters"]["generation"]["componentInputParameter"]
+        out[name] = params[source.removeprefix("pipelinechannel--")]
+    return out
 
 
-def test_rerun_from_keeps_caching_and_sends_a_fresh_token_to_the_downstream_tasks(kfp_api):
+def test_rerun_from_keeps_caching_and_raises_the_steps_generation(kfp_api):
     url, state = kfp_api
     result = submit(config.load("demo"), url, rerun_from="quantize-sids")
     rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
@@ -84,35 +89,41 @@ def test_rerun_from_keeps_caching_and_sends_a_fresh_token_to_the_downstream_task
     body = _run_body(state)
     # Caching stays on everywhere, so the re-run tasks write cache entries under their new keys.
     assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
-    assert _token_tasks(body) == set(rerun)
-    token = body["runtime_config"]["parameters"]["rerun_token"]
-    assert token and _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]["rerun_token"]["defaultValue"] == ""
-    submit(config.load("demo"), url, rerun_from="quantize-sids")
-    second = state.calls("POST", "/runs")[-1].json()["runtime_config"]["parameters"]["rerun_token"]
-    assert second != token  # every re-run gets a key no earlier run used
+    generations = _generations(body)
+    generation = generations.pop("quantize-sids")
+    assert re.fullmatch(r"20\d{12}", str(generation)) and set(generations.values()) == {0}
+    assert result.keep == f"--set generations.quantize-sids={generation}"
+    # The compiled default is the re-run's generation too: the spec shows what the run did.
+    declared = _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]
+    assert declared["generation_quantize_sids"]["defaultValue"] == generation
+    kept = config.load("demo", [f"generations.quantize-sids={generation}"])
+    submit(kept, url, rerun_from="quantize-sids")
+    second = state.calls("POST", "/runs")[-1].json()["runtime_config"]["parameters"]["generation_quantize_sids"]
+    assert second > generation  # every re-run gets a key no earlier run used
 
 
-def test_a_plain_run_sends_no_token(kfp_api):
+def test_a_plain_run_passes_every_generation(kfp_api):
     url, state = kfp_api
-    submit(config.load("demo"), url)
+    result = submit(config.load("demo", ["generations.rl-stage3=5"]), url)
     body = _run_body(state)
-    assert "rerun_token" not in body["runtime_config"]["parameters"] and not _token_tasks(body)
+    assert _generations(body) == {s: 5 if s == "rl-stage3" else 0 for s in STEP_NAMES}
+    assert (result.rerun_steps, result.keep) == ([], "")
 
 
 def test_no_cache_executes_every_task_and_still_writes_the_cache(kfp_api):
-    """Caching off would leave no cache entry (like --rerun-from before), so the next plain run would
-    be served older results: every task gets a fresh token instead, with caching on."""
+    """Caching off would leave no cache entry, so the next plain run would be served older results:
+    the first step gets a new generation instead, with caching on, and every task reads its outputs."""
     url, state = kfp_api
     result = submit(config.load("demo"), url, no_cache=True)
     body = _run_body(state)
     assert result.rerun_steps == list(STEP_NAMES)
     assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
-    assert _token_tasks(body) == set(STEP_NAMES)
-    assert body["runtime_config"]["parameters"]["rerun_token"]
+    generations = _generations(body)
+    assert generations["download-data"] > 0 and result.keep.startswith("--set generations.download-data=")
 
 
 def test_no_cache_and_rerun_from_exclude_each_other():
-    with pytest.raises(ValueError, match="exclude each other"):
+    with pytest.raises(config.ConfigError, match="exclude each other"):
         submit(config.load("demo"), "http://127.0.0.1:9", no_cache=True, rerun_from="preprocess")
 
 
@@ -179,7 +190,7 @@ def test_upload_with_an_explicit_version_name(kfp_api):
 def test_cli_upload_says_when_nothing_was_uploaded(kfp_api):
     url, state = kfp_api
     command = [sys.executable, "-m", "sidreasoner.cli", "upload", "--host", url]
-    env = {**os.environ, "SIDREASONER_CODE_VERSION": "0.1.0-test"}  # one code version for both processes
+    env = dict(os.environ)
     first = subprocess.run(command, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "version sidreasoner uploaded" in first.stdout
@@ -197,7 +208,8 @@ def test_cli_submit_wait_and_secret_free_requests(kfp_api):
         capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Re-executing (new cache key): report" in result.stdout
+    assert "Re-executing with a new generation: report." in result.stdout
+    assert re.search(r"sidreasoner submit … --set generations.report=20\d{12}\n", result.stdout)
     assert "Run finished: SUCCEEDED" in result.stdout
     assert state.calls("GET", f"/runs/{next(iter(state.runs))}")  # --wait polled the run
     assert all(secret.encode() not in r.body for r in state.requests)

@@ -52,6 +52,24 @@ def test_corpus_complete_with_faults_and_second_run_is_free(teacher_inputs, fake
         assert (m3["requests"], m3["cache_hits"]) == (UNIQUE_REQUESTS, 0)
 
 
+def test_new_weights_under_the_same_name_are_asked_again(teacher_inputs, fake_openai, tmp_path):
+    """The cache key holds what /v1/models says of the model, teacher.model_revision and the step's
+    generation: any of them changing is a new corpus; nothing changing replays the cache."""
+    card = {"id": "fake-teacher", "object": "model", "created": 1, "owned_by": "vllm", "root": "/models/v1"}
+    with fake_openai(models=[card]) as srv:
+        cfg = cfg_for(srv, tmp_path)
+        assert synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c1")["requests"] == UNIQUE_REQUESTS
+        card["created"] = 2  # vLLM answers the listing's time: not part of the identity
+        assert synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c2")["cache_hits"] == UNIQUE_REQUESTS
+        card["root"] = "/models/v2"  # the endpoint now serves other weights under the same name
+        assert synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c3")["cache_hits"] == 0
+        revised = cfg_for(srv, tmp_path, "teacher.model_revision=2026-12-01")
+        assert synthesize_corpus(revised, *teacher_inputs, tmp_path / "c4")["cache_hits"] == 0
+        regenerated = cfg_for(srv, tmp_path, "generations.synthesize-corpus=2")
+        assert synthesize_corpus(regenerated, *teacher_inputs, tmp_path / "c5")["cache_hits"] == 0
+        assert synthesize_corpus(regenerated, *teacher_inputs, tmp_path / "c6")["cache_hits"] == UNIQUE_REQUESTS
+
+
 def test_retry_after_is_respected(teacher_inputs, fake_openai, tmp_path):
     with fake_openai(faults=["429"], retry_after="1") as srv:
         cfg = cfg_for(srv, tmp_path, "teacher.concurrency=1", "teacher.item_narratives=true",

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from sidreasoner.teacher.openai_teacher import served_identity
 from sidreasoner.teacher.cache import ResponseCache, cache_key
 from sidreasoner.teacher.context import series_of
 from sidreasoner.teacher.openai_teacher import (KEY_ENV_VARS, TeacherError, is_local_url, parse_reply,
@@ -102,15 +103,30 @@ def test_length_bounds_and_full_validation():
 def test_cache_key_is_content_addressed():
     msgs = [{"role": "user", "content": "hi <a_1>"}]
     params = {"temperature": 0.7, "max_tokens": 512}
-    key = cache_key("item", msgs, "m1", params)
-    blob = json.dumps({"kind": "item", "messages": msgs, "model": "m1", "params": params},
+    m1 = {"name": "m1", "revision": "", "served": {}, "generation": 0}
+    key = cache_key("item", msgs, m1, params)
+    blob = json.dumps({"kind": "item", "messages": msgs, "model": m1, "params": params},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     assert key == hashlib.sha256(blob.encode()).hexdigest()
-    assert key == cache_key("item", [dict(m) for m in msgs], "m1", dict(reversed(params.items())))
-    assert key != cache_key("item", msgs, "m2", params)
-    assert key != cache_key("item", msgs, "m1", {**params, "temperature": 0.2})
-    assert key != cache_key("history", msgs, "m1", params)
-    assert key != cache_key("item", [{"role": "user", "content": "hi <a_2>"}], "m1", params)
+    assert key == cache_key("item", [dict(m) for m in msgs], dict(reversed(m1.items())), dict(reversed(params.items())))
+    for changed in ({"name": "m2"}, {"revision": "2026-12"}, {"served": {"root": "/w/v2"}}, {"generation": 1}):
+        assert key != cache_key("item", msgs, {**m1, **changed}, params), changed
+    assert key != cache_key("item", msgs, m1, {**params, "temperature": 0.2})
+    assert key != cache_key("history", msgs, m1, params)
+    assert key != cache_key("item", [{"role": "user", "content": "hi <a_2>"}], m1, params)
+
+
+def test_served_identity_keeps_the_stable_fields():
+    vllm = {"object": "list", "data": [
+        {"id": "other", "root": "/x"},
+        {"id": "teacher", "object": "model", "created": 1796551234, "owned_by": "vllm", "root": "/models/qwen-v2",
+         "parent": None, "max_model_len": 32768, "permission": [{"id": "modelperm-1", "created": 1796551234}]}]}
+    assert served_identity(vllm, "teacher") == {"id": "teacher", "owned_by": "vllm", "root": "/models/qwen-v2",
+                                                "max_model_len": 32768}
+    openai = {"data": [{"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]}
+    assert served_identity(openai, "gpt-4o-mini") == {"id": "gpt-4o-mini", "owned_by": "system", "created": 1721172741}
+    assert served_identity(openai, "absent") == {}
+    assert served_identity({"error": "x"}, "teacher") == {} and served_identity([], "teacher") == {}
 
 
 def test_cache_roundtrip_and_sharding(tmp_path):

@@ -51,6 +51,14 @@ def _load_config(preset: str, overrides: list[str] | None, config_file: Path | N
         _fail(str(err))
 
 
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="execute every step again, with fresh training (a new generation of the first step; caching "
+    "stays on, so later runs given that generation get these results)")]
+RerunFromOpt = Annotated[Optional[str], typer.Option(
+    help="execute this step and every step after it again, with fresh training (a new generation of the step); "
+    "earlier steps come from the cache")]
+
+
 @app.command()
 def run(
     preset: PresetOpt = "demo",
@@ -65,6 +73,8 @@ def run(
                       ] = "subprocess",
     prepare_root: Annotated[bool, typer.Option(help="docker runner: hand a pipeline root the images' user cannot "
                                                "write to that user, from a root container")] = False,
+    no_cache: NoCacheOpt = False,
+    rerun_from: RerunFromOpt = None,
 ) -> None:
     """Run the pipeline DAG on this machine through kfp.local (caching on: re-runs reuse finished steps)."""
     from sidreasoner.steps import pipeline_steps, steps_until
@@ -72,7 +82,11 @@ def run(
     cfg = _load_config(preset, overrides)
     try:
         steps_until(until)
-        pipeline_steps(cfg, until)
+        in_run = [step.name for step in pipeline_steps(cfg, until)]
+        cfg, rerun_steps = config_mod.with_rerun(cfg, no_cache, rerun_from)
+        if rerun_from and rerun_from not in in_run:
+            raise ConfigError(f"--rerun-from {rerun_from}: the step is not in this run (--until {until}, or a step "
+                              "whose setting is not set)")
     except ConfigError as err:
         _fail(str(err))
     if pipeline_root.exists() and not pipeline_root.is_dir():
@@ -95,6 +109,15 @@ def run(
     _print_headline(result["tasks"].get("report"))
     if summary:
         typer.echo(f"Summary: {summary}")
+    if rerun_steps:
+        _print_keep(cfg, [name for name in rerun_steps if name in result["tasks"]], "sidreasoner run")
+
+
+def _print_keep(cfg, rerun_steps: list[str], command: str) -> None:
+    keep = config_mod.keep_generations(cfg)
+    typer.echo(f"Re-executed with a new generation: {', '.join(rerun_steps)}.\n"
+               f"Later runs get these results only when given the same generations: {command} … {keep}\n"
+               "(a run without them is served the results of the generations it names: the earlier ones)")
 
 
 def _print_headline(report_task: dict | None) -> None:
@@ -165,8 +188,8 @@ def submit(
     experiment: Annotated[str, typer.Option(help="experiment to file the run under (created if absent)")] = "sidreasoner",
     run_name: Annotated[Optional[str], typer.Option(help="run display name")] = None,
     pipeline_root: Annotated[Optional[str], typer.Option(help="artifact root URI (s3://, gs://, minio://); default: the server's")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="execute every step, use no cached result")] = False,
-    rerun_from: Annotated[Optional[str], typer.Option(help="execute this step and everything after it; earlier steps come from the cache")] = None,
+    no_cache: NoCacheOpt = False,
+    rerun_from: RerunFromOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the run to finish; exit 1 unless it succeeded")] = False,
     namespace: NamespaceOpt = None,
     service_account: Annotated[Optional[str], typer.Option(help="service account the run's pods use")] = None,
@@ -190,7 +213,10 @@ def submit(
         _fail(str(err), code=1)
     typer.echo(f"Run {result.run_id} created in experiment {experiment}.")
     if result.rerun_steps:
-        typer.echo(f"Re-executing (new cache key): {', '.join(result.rerun_steps)}")
+        typer.echo(f"Re-executing with a new generation: {', '.join(result.rerun_steps)}.\n"
+                   f"Later runs get this run's results only when given the same generations: sidreasoner submit … "
+                   f"{result.keep}\n(in the KFP UI: the run parameters generation_<step>; a run without them is "
+                   "served the results of the generations it names: the earlier ones)")
     if wait:
         typer.echo(f"Run finished: {result.state}")
         if (result.state or "").upper() != "SUCCEEDED":

@@ -41,9 +41,15 @@ class Report:
 
 @dataclass(frozen=True)
 class Retry:
+    """KFP retries a failed pod whatever the cause: its Argo retryStrategy has a limit and a backoff, no
+    exit-code rule (backend/src/v2/compiler/argocompiler/container.go `getTaskRetryStrategyFromInput`).
+    So only steps whose failures are often transient retry, few times, with a bounded wait, and a bad
+    config is refused before a run starts."""
+
     num_retries: int
     backoff_duration: str
     backoff_factor: float | None = None
+    backoff_max_duration: str = "600s"
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,9 @@ STEPS: dict[str, Step] = _registry(
          "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
          "synthesize_corpus", "sidreasoner.teacher.corpus:synthesize_corpus", ("seed", "teacher"),
          inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"corpus": "Dataset"},
-         credentials=("teacher",), model_cache=True, timeout_s=48 * HOUR),
+         credentials=("teacher",), model_cache=True, timeout_s=48 * HOUR,
+         # An endpoint down for a while: a retry resumes from the response cache, paying only for what is missing.
+         retry=Retry(2, "120s", 2.0)),
     Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
          "evaluate_baselines", "sidreasoner.eval.evaluate:evaluate_baselines", ("seed", "eval"),
          inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"baselines": "Dataset"}),

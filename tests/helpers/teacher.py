@@ -95,9 +95,11 @@ class FakeOpenAI:
 
     def __init__(self, *, delay: float = 0.0, faults: list[str] | None = None, retry_after: str = "0",
                  slow_s: float = 1.0, block_after: int | None = None,
-                 content: Callable[[list[dict]], str] = template_reply, status_for: Callable[[list[dict]], int] | None = None):
+                 content: Callable[[list[dict]], str] = template_reply, status_for: Callable[[list[dict]], int] | None = None,
+                 models: list[dict] | None = None):
         self.delay, self.faults, self.retry_after, self.slow_s = delay, list(faults or []), retry_after, slow_s
         self.block_after, self.content, self.status_for = block_after, content, status_for
+        self.models = models  # GET /v1/models entries; None: answer 404 as servers without the route do
         self.lock = threading.Lock()
         self.unblock = threading.Event()
         self.received = 0
@@ -142,6 +144,10 @@ class FakeOpenAI:
                     pass
 
             def do_GET(self):  # noqa: N802  (GET /stats: counters, for a server in another process)
+                if self.path.rstrip("/").endswith("/v1/models"):
+                    if fake.models is None:
+                        return self._send(404, b'{"error": {"message": "not found"}}')
+                    return self._send(200, json.dumps({"object": "list", "data": fake.models}).encode())
                 with fake.lock:
                     body = json.dumps({"received": fake.received, "answered": len(fake.answered)}).encode()
                 self._send(200, body)

@@ -35,9 +35,12 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
-{{/* "repository:tag" of an image dict; `@sha256:` tags become digests. */}}
+{{/* Reference of an image dict: "repository@digest" when it has a digest (the tag then only labels
+it in values), else "repository:tag"; a tag starting with `@sha256:` is a digest too. */}}
 {{- define "sidreasoner.image" -}}
-{{- if hasPrefix "@" .tag -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
+{{- else if hasPrefix "@" .tag -}}
 {{ .repository }}{{ .tag }}
 {{- else -}}
 {{ .repository }}:{{ .tag }}
@@ -122,10 +125,24 @@ creates it from values, else "" (no Secret). Call with (dict "cred" .Values.secr
 {{- include "sidreasoner.secretRef" (dict "cred" $s "fixed" (include "sidreasoner.hfSecretName" .) "has" $s.token) -}}
 {{- end -}}
 
-{{/* Ray image: rayCluster.image, each part defaulting to images.train. */}}
+{{/* Ray image: rayCluster.image, each part defaulting to images.train's; the training image's digest
+too, unless rayCluster.image.tag names another image. */}}
 {{- define "sidreasoner.rayImage" -}}
-{{- $img := dict "repository" (.Values.rayCluster.image.repository | default .Values.images.train.repository) "tag" (.Values.rayCluster.image.tag | default .Values.images.train.tag) -}}
+{{- $r := .Values.rayCluster.image -}}
+{{- $t := .Values.images.train -}}
+{{- $digest := $r.digest | default (ternary "" $t.digest (not (empty $r.tag))) -}}
+{{- $img := dict "repository" ($r.repository | default $t.repository) "tag" ($r.tag | default $t.tag) "digest" $digest -}}
 {{- include "sidreasoner.image" $img -}}
+{{- end -}}
+
+{{/* S3 endpoint of the pipeline's steps: s3.endpoint, else the chart's MinIO Service when enabled,
+else "" (the steps' own defaults). */}}
+{{- define "sidreasoner.s3Endpoint" -}}
+{{- if .Values.s3.endpoint -}}
+{{ .Values.s3.endpoint }}
+{{- else if .Values.minio.enabled -}}
+{{ printf "http://%s.%s.svc:%v" (include "sidreasoner.minioName" .) .Release.Namespace .Values.minio.service.port }}
+{{- end -}}
 {{- end -}}
 
 {{/* rayStartParams as a JSON map of strings (KubeRay wants strings; {} when empty). */}}

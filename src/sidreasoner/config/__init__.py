@@ -3,8 +3,8 @@ presets, `--set section.key=value` overrides, and the KFP run parameters a confi
 
 from sidreasoner.config.overrides import load, load_from, parse_overrides, validate
 from sidreasoner.config.params import (
-    COMPILE_TIME_SECTIONS, complete_sections, enabled_at_run_time, from_step_config, refuse_url_credentials, step_config,
-    to_params)
+    COMPILE_TIME_SECTIONS, complete_sections, enabled_at_run_time, from_step_config, generation_param, generation_params,
+    keep_generations, new_generation, raise_generation, refuse_url_credentials, step_config, to_params, with_rerun)
 from sidreasoner.config.presets import PRESETS
 from sidreasoner.config.schema import (
     AMAZON2018_BASE_URL, AMAZON2023_REPO, ClusterConfig, Config, DataConfig, DemoDataConfig, EmbedConfig, EvalConfig,
@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError", "DataConfig", "DemoDataConfig", "EmbedConfig", "EvalConfig", "ExportConfig", "ModelConfig",
     "RQVAEConfig", "SIDConfig", "Stage1Config", "Stage1Tasks", "Stage2Config", "Stage3Config", "StepResources",
     "TeacherConfig", "TimeWindow", "TinyModelConfig", "Toleration", "TrainerConfig", "VerlConfig", "complete_sections",
-    "enabled_at_run_time", "from_step_config",
+    "enabled_at_run_time", "from_step_config", "generation_param", "generation_params", "keep_generations",
+    "new_generation", "raise_generation", "with_rerun",
     "load", "load_from", "parse_overrides", "refuse_url_credentials", "step_config", "to_params", "validate",
 ]

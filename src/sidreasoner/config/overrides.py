@@ -62,6 +62,9 @@ def _section_model(path: list[str]) -> type[BaseModel] | None:
 def _check_key(dotted: str) -> Any:
     """The annotation of the field at `dotted`; a ConfigError naming the key when there is none."""
     parts = dotted.split(".")
+    mapping = getattr(Config.model_fields.get(parts[0]), "annotation", None)
+    if len(parts) == 2 and get_origin(mapping) is dict and not _is_model(get_args(mapping)[1]):
+        return get_args(mapping)[1]  # a mapping of plain values (generations.<step>); its validator checks the key
     parent = _section_model(parts[:-1])
     if parent is None:
         raise ConfigError(f"unknown config key '{dotted}': '{'.'.join(parts[:-1])}' is not a section")

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from sidreasoner.config.overrides import deep_merge, validate
 from sidreasoner.config.schema import Config
 from sidreasoner.errors import ConfigError
-from sidreasoner.steps import STEPS, step_enabled
+from sidreasoner.steps import STEPS, downstream, pipeline_steps, step_enabled
 
 
 def step_config(cfg: Config, step: str) -> dict[str, Any]:
@@ -20,6 +20,19 @@ def step_config(cfg: Config, step: str) -> dict[str, Any]:
 
 
 COMPILE_TIME_SECTIONS = ("cluster",)
+# Not one run parameter: each task receives its own step's generation as a parameter of its own
+# (`generation_param`), so raising one step's generation changes no other task's cache key.
+PER_STEP_FIELDS = ("generations",)
+
+
+def generation_param(step: str) -> str:
+    """The run parameter holding `step`'s generation, e.g. generation_rl_stage3."""
+    return "generation_" + step.replace("-", "_")
+
+
+def generation_params(cfg: Config, steps: list[str]) -> dict[str, int]:
+    """The generation run parameters of `steps`, with `cfg`'s values (0 when not set)."""
+    return {generation_param(step): cfg.generations.get(step, 0) for step in steps}
 
 
 def to_params(cfg: Config) -> dict[str, Any]:
@@ -27,7 +40,7 @@ def to_params(cfg: Config) -> dict[str, Any]:
     (None) values are left out: KFP parameters cannot hold null, and an absent key validates back
     to the same default. A URL with credentials in it is refused: parameters end up in the
     compiled YAML, the run's records and the UI."""
-    params = cfg.model_dump(mode="json", exclude_none=True, exclude=set(COMPILE_TIME_SECTIONS))
+    params = cfg.model_dump(mode="json", exclude_none=True, exclude={*COMPILE_TIME_SECTIONS, *PER_STEP_FIELDS})
     refuse_url_credentials(params)
     return params
 
@@ -75,3 +88,42 @@ def enabled_at_run_time(step: str, section: dict[str, Any], compiled_section: di
 def from_step_config(slice_: dict[str, Any]) -> Config:
     """Rebuild a full Config from a step's slice (absent sections take defaults), validating it."""
     return validate(slice_)
+
+
+def new_generation(current: int = 0) -> int:
+    """A generation no earlier re-run used: the UTC time as YYYYMMDDHHMMSS (above `current`)."""
+    import datetime as dt
+
+    return max(int(f"{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"), current + 1)
+
+
+def raise_generation(cfg: Config, step: str) -> Config:
+    """`cfg` with a new generation for `step`: it re-executes, with fresh training, and so does every
+    step that reads its outputs (their inputs are new artifacts)."""
+    if step not in STEPS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEPS)}")
+    generations = {**cfg.generations, step: new_generation(cfg.generations.get(step, 0))}
+    return cfg.model_copy(update={"generations": generations})
+
+
+def keep_generations(cfg: Config) -> str:
+    """The settings that give a later run this config's generations (and so its results)."""
+    return " ".join(f"--set generations.{step}={value}" for step, value in cfg.generations.items() if value)
+
+
+def with_rerun(cfg: Config, no_cache: bool = False, rerun_from: str | None = None) -> tuple[Config, list[str]]:
+    """`cfg` with a new generation for the step a re-run starts from (`no_cache`: the first step), and
+    the steps that then execute again: that step and every step that reads its outputs, directly or
+    not. KFP keys a task on its inputs' artifact ids, so a task whose upstream executed misses the
+    cache too; the steps' checkpoints are keyed on their input folders, so they train afresh."""
+    if no_cache and rerun_from:
+        raise ConfigError("--no-cache and --rerun-from exclude each other")
+    start = next(iter(STEPS)) if no_cache else rerun_from
+    if not start:
+        return cfg, []
+    in_dag = {s.name for s in pipeline_steps(cfg, conditional=True)}
+    if start not in STEPS:
+        raise ConfigError(f"--rerun-from: unknown step '{start}'. Allowed: {', '.join(STEPS)}")
+    if start not in in_dag:
+        raise ConfigError(f"--rerun-from {start}: the step is not in this pipeline's DAG")
+    return raise_generation(cfg, start), [name for name in downstream(start) if name in in_dag]

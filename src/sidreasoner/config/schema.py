@@ -10,9 +10,11 @@ import copy
 import datetime as dt
 import re
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
                       model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sidreasoner.steps import STEP_NAMES
 
@@ -309,6 +311,10 @@ class TeacherConfig(_Section):
     )
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (e.g. the chart's vLLM)")
     model: str = "gpt-4o-mini"
+    model_revision: str = Field(
+        "", description="what the endpoint serves under `model` (a checkpoint name, date or digest), part of the "
+                        "response cache's key: change it when the endpoint starts serving other weights under the "
+                        "same name. The key also holds what the endpoint's /models says of the model")
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
     concurrency: int = Field(16, ge=1)
@@ -397,6 +403,9 @@ class TrainerConfig(_Section):
     checkpoint_dir: str = Field(
         "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>"
     )
+    checkpoint_folders_kept: int = Field(
+        3, ge=1, description="after a successful training, the stage's checkpoint folders (one per config, code and "
+                             "inputs) kept in the checkpoint_dir: older ones are removed unless a live run holds them")
     logging_steps: int = Field(10, ge=1)
     gradient_checkpointing: bool = False
 
@@ -497,6 +506,10 @@ class VerlConfig(_Section):
                         "stage3.checkpoint_dir (a PVC): the inputs are staged there and the actor checkpoint is read back from it")
     nnodes: int = Field(1, ge=1, description="Ray nodes used for training (more than 1 needs ray_address)")
     n_gpus_per_node: int = Field(1, ge=1, description="GPUs per node (verl trainer.n_gpus_per_node)")
+    gpu_wait_s: int = Field(
+        1800, ge=0, description="with ray_address: seconds to wait, after asking the Ray autoscaler for nnodes "
+                                "bundles of n_gpus_per_node GPUs, until the cluster has them available (verl fails "
+                                "at once without them); 0 = check once, do not wait")
     rollout_engine: Literal["vllm", "sglang"] = Field(
         "vllm", description="rollout inference engine (verl rollout.name); the training image carries vLLM only, sglang needs your own image")
     rollout_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per rollout engine replica")
@@ -700,6 +713,21 @@ class StepResources(_Section):
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
+# The user-information part of a URL's authority (`scheme://user:password@host`).
+CREDENTIALS_IN_URL = re.compile(r"://[^/?#]*@")
+
+
+def _is_http_host(url: str) -> bool:
+    """Whether `url` is http(s)://host[:port] with nothing after it but a slash (storage/s3.py's rule)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path.strip("/")
+            and not parts.query and not parts.fragment)
+
+
 class ClusterConfig(_Section):
     """How steps run on Kubernetes. Read when the pipeline is compiled, not a run parameter."""
 
@@ -712,6 +740,29 @@ class ClusterConfig(_Section):
     image_pull_secrets: list[str] = Field(
         default_factory=list, description="Secrets (in the run's namespace) the step pods pull their images with, "
         "for a private registry")
+    s3_endpoint: str = Field(
+        "", description="S3/MinIO endpoint, http(s)://host[:port]: sets SIDREASONER_S3_ENDPOINT on the pods of the "
+        "steps that use S3 credentials (s3:// and minio:// URIs); empty = the storage defaults (AWS S3 for s3://, "
+        "KFP's MinIO for minio://)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mask_endpoint_credentials(cls, data: Any) -> Any:
+        """Validation errors repeat the value: never the user and password written into s3_endpoint."""
+        endpoint = data.get("s3_endpoint") if isinstance(data, dict) else None
+        if isinstance(endpoint, str) and CREDENTIALS_IN_URL.search(endpoint):
+            return {**data, "s3_endpoint": CREDENTIALS_IN_URL.sub("://***@", endpoint, count=1)}
+        return data
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, v: str) -> str:
+        if v and CREDENTIALS_IN_URL.search(v):
+            raise ValueError("credentials do not belong in the endpoint: the steps read them from the Secret "
+                             "sidreasoner-s3 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+        if v and not _is_http_host(v):
+            raise ValueError("expected http(s)://host[:port] with no path, e.g. http://sidreasoner-minio:9000")
+        return v
 
     @field_validator("resources")
     @classmethod
@@ -735,6 +786,35 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    generations: dict[str, int] = Field(
+        default_factory=dict,
+        description="step name -> generation (0 when absent): part of that step's cache key, checkpoint key and "
+                    "teacher cache key. Raising it re-executes the step, with fresh training, and what follows; "
+                    "`run`/`submit --rerun-from STEP` set it and print the setting that keeps those results")
+
+    @field_validator("generations")
+    @classmethod
+    def _known_steps(cls, value: dict[str, int]) -> dict[str, int]:
+        for step, generation in value.items():
+            if step not in STEP_NAMES:
+                raise ValueError(f"generations.{step}: no such step. Allowed: {', '.join(STEP_NAMES)}")
+            if generation < 0:
+                raise ValueError(f"generations.{step}: must be >= 0, got {generation}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_idle_rl_pod_gpus(self) -> "Config":
+        """verl on a Ray cluster trains on the cluster's GPUs: GPUs of the rl-stage3 pod would sit idle."""
+        pod, s = self.cluster.resources.get("rl-stage3"), self.stage3
+        if s.backend != "verl" or not s.verl.ray_address or pod is None or not pod.gpus:
+            return self
+        message = ("stage3.verl.ray_address is set, so verl trains on that Ray cluster's GPUs and the rl-stage3 "
+                   "pod's own GPUs would sit idle: drop cluster.resources.rl-stage3.gpus (--set "
+                   "cluster.resources.rl-stage3.gpus=0), or drop stage3.verl.ray_address to train on the pod's GPUs")
+        # Reported at the pod's key: an error on the whole Config would print the whole config as its input.
+        raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
+            type=PydanticCustomError("idle_rl_pod_gpus", message), loc=("cluster", "resources", "rl-stage3", "gpus"),
+            input=pod.gpus)])
 
 
 # Sections each step reads. A step's cache key covers exactly these.

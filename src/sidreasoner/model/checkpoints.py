@@ -1,15 +1,36 @@
-"""Checkpoint identity for resumable training (SFT and RL): a folder keyed by the config slice and
-the inputs' content, so a retried pod with the same config and inputs finds and resumes the same
-checkpoints."""
+"""Checkpoint identity for resumable training (SFT and RL): a folder keyed by the config slice, the
+code, the step's generation and its inputs (their content and where they lie), so a retried pod of
+the same task finds and resumes the same checkpoints, while a re-execution (a new generation, new
+code, or inputs from a re-executed upstream step, which are new artifacts at new paths) starts fresh."""
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
 import json
+import logging
+import math
 import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sidreasoner.config import Config
+from sidreasoner.provenance import code_version
+
+log = logging.getLogger(__name__)
+
+# The step each checkpointed stage section trains in.
+STAGE_STEPS = {"stage1": "sft-stage1", "stage2": "sft-stage2", "stage3": "rl-stage3"}
 
 
 def fingerprint(*folders: Path) -> str:
@@ -30,16 +51,315 @@ def fingerprint(*folders: Path) -> str:
     return h.hexdigest()
 
 
-def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Path:
-    """<checkpoint_dir or ~/.cache/sidreasoner/checkpoints>/<stage>-<hash of config slice + inputs>:
-    a retried pod with the same config and inputs finds and resumes the same checkpoints."""
+def checkpoint_key(stage: str, cfg: Config, section, inputs: list[Path]) -> str:
+    """16 hex digits over what makes a training run the same one: seed, model and stage settings, the
+    code, the step's generation, and the inputs' content and resolved paths."""
     slice_ = {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
-              stage: section.model_dump(mode="json", exclude={"checkpoint_dir"})}
-    key = hashlib.sha256((json.dumps(slice_, sort_keys=True) + fingerprint(*inputs)).encode()).hexdigest()[:16]
+              stage: section.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_folders_kept"}),
+              "code_version": code_version(), "generation": cfg.generations.get(STAGE_STEPS[stage], 0),
+              "inputs": [str(Path(folder).resolve()) for folder in inputs]}
+    return hashlib.sha256((json.dumps(slice_, sort_keys=True) + fingerprint(*inputs)).encode()).hexdigest()[:16]
+
+
+def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Path:
+    """<checkpoint_dir or ~/.cache/sidreasoner/checkpoints>/<stage>-<checkpoint_key>."""
     base = Path(section.checkpoint_dir).expanduser() if section.checkpoint_dir else Path.home() / ".cache" / "sidreasoner" / "checkpoints"
-    return base / f"{stage}-{key}"
+    return base / f"{stage}-{checkpoint_key(stage, cfg, section, inputs)}"
 
 
 def last_checkpoint(folder: Path) -> Path | None:
     ckpts = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
+
+
+# ---------------------------------------------------------------- one writer per checkpoint folder
+
+LOCK_WAIT_S = 6 * 3600.0  # how long a second run with the same key waits for the first to finish
+# Who holds a lock, as Kubernetes and Kubeflow Pipelines tell a pod (when set).
+HOLDER_ENV = ("HOSTNAME", "KFP_POD_NAME", "KFP_POD_UID", "KFP_RUN_ID", "ARGO_WORKFLOW_NAME", "ARGO_NODE_ID")
+
+
+@dataclass(frozen=True)
+class LockTimings:
+    heartbeat_s: float = 30.0  # the holder touches its lock file this often
+    # A lock file untouched this long has a dead holder. Many heartbeats: a slow shared volume, or
+    # clocks a little apart (the mtime is set by one host, its age read on another), must not make
+    # a live holder's lock look stale.
+    stale_s: float = 600.0
+    poll_s: float = 5.0  # a waiter looks again this often
+    log_every_s: float = 300.0  # and logs who holds the lock this often
+
+
+class CheckpointLockTimeout(TimeoutError):
+    """Another run held a checkpoint folder's lock for longer than the wait allowed."""
+
+
+def lock_path(folder: Path) -> Path:
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".lock")
+
+
+@contextmanager
+def checkpoint_lock(folder: Path, wait_s: float = LOCK_WAIT_S, timings: LockTimings = LockTimings()) -> Iterator[Path]:
+    """Hold `<folder>.lock` while the block runs, so that one run at a time trains into, resumes from
+    and rotates `folder`, also across pods and nodes sharing the volume. The lock file is created
+    with O_EXCL, names its holder and is touched every heartbeat; a lock without heartbeat for
+    `timings.stale_s`, or whose process on this host has ended, is taken over. Waits up to `wait_s`,
+    then raises CheckpointLockTimeout naming the lock file and its holder. Yields the lock file."""
+    lock = _FolderLock(lock_path(folder), timings)
+    lock.acquire(wait_s)
+    try:
+        yield lock.path
+    finally:
+        lock.release()
+
+
+class _FolderLock:
+    def __init__(self, path: Path, timings: LockTimings):
+        self.path, self.timings = path, timings
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, wait_s: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        start, logged = time.monotonic(), -math.inf
+        while not self._try_create():
+            seen = _read_lock(self.path)
+            if seen is None:
+                continue  # released since: try again at once
+            if self._take_over_if_stale(*seen):
+                break
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                raise CheckpointLockTimeout(_timeout_message(self.path, seen[0], waited, wait_s, self.timings.stale_s))
+            if time.monotonic() - logged >= self.timings.log_every_s:
+                log.info("%s: waiting for %s, which holds it since %s (%.0f s of %g s)", self.path,
+                         _describe(seen[0]), seen[0].get("since_utc", "an unknown time"), waited, wait_s)
+                logged = time.monotonic()
+            time.sleep(min(self.timings.poll_s, wait_s - waited))
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        seen = _read_lock(self.path)
+        if seen is not None and seen[0].get("token") == self.token:
+            self.path.unlink()
+        else:
+            log.warning("%s: left in place: it is no longer this run's (now %s)", self.path,
+                        _describe(seen[0]) if seen else "absent")
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_identity(self.token), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def _take_over_if_stale(self, info: dict, st: os.stat_result) -> bool:
+        """Move a stale lock aside, then create ours. Two takers may both judge it stale: the rename
+        lets one move it; the other finds it gone, or finds that it moved the winner's new lock, which it
+        puts back."""
+        reason = _stale_reason(info, st, self.timings.stale_s)
+        if reason is None:
+            return False
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        moved = _read_lock(aside)
+        if moved is None or not _same_lock(moved, (info, st)):
+            if moved is not None:
+                self._put_back(aside, moved[0])
+            return False
+        aside.unlink()
+        log.warning("%s: took over the lock of %s, held since %s: %s", self.path, _describe(info),
+                    info.get("since_utc", "an unknown time"), reason)
+        return self._try_create()
+
+    def _put_back(self, aside: Path, info: dict) -> None:
+        try:
+            os.link(aside, self.path)  # unlike a rename, fails when a lock is there again
+        except FileExistsError:
+            now = _read_lock(self.path)
+            if now is None or now[0].get("token") != info.get("token"):
+                log.error("%s: moved aside the live lock of %s and could not put it back: %s holds it now",
+                          self.path, _describe(info), _describe(now[0]) if now else "nobody")
+        aside.unlink()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.timings.heartbeat_s):
+            try:
+                if not self._touch():
+                    return
+            except OSError as e:
+                log.warning("%s: heartbeat failed (%s); trying again", self.path, e)
+
+    def _touch(self) -> bool:
+        """Refresh the lock's mtime; False once another run holds it."""
+        seen = _read_lock(self.path)
+        if seen is None and self._try_create():  # moved aside by a taker that could not put it back
+            return True
+        seen = seen or _read_lock(self.path)
+        if seen is not None and seen[0].get("token") == self.token:
+            os.utime(self.path)
+            return True
+        log.error("%s: lost while held, to %s: another run may write this checkpoint folder too", self.path,
+                  _describe(seen[0]) if seen else "nobody")
+        return False
+
+
+def _identity(token: str) -> dict:
+    now = time.time()
+    return {"token": token, "hostname": socket.gethostname(), "pid": os.getpid(), "host_id": _host_id(),
+            "process_start": _process_start(os.getpid()), "since": now,
+            "since_utc": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+            "env": {name: os.environ[name] for name in HOLDER_ENV if os.environ.get(name)}}
+
+
+@functools.cache
+def _host_id() -> str:
+    """Where pids are comparable: one host name, kernel boot and pid namespace (a host name alone is not
+    enough: pods with hostNetwork share the node's); empty where /proc cannot tell."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (a reused pid has another); None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _read_lock(path: Path) -> tuple[dict, os.stat_result] | None:
+    """(holder, stat) of a lock file; the holder is {} while the file is empty or unreadable; None when absent."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            st, text = os.fstat(fh.fileno()), fh.read()
+    except FileNotFoundError:
+        return None
+    try:
+        info = json.loads(text)
+    except ValueError:
+        info = {}
+    return (info if isinstance(info, dict) else {}), st
+
+
+def _same_lock(a: tuple[dict, os.stat_result], b: tuple[dict, os.stat_result]) -> bool:
+    return (a[0].get("token"), a[1].st_ino, a[1].st_mtime_ns) == (b[0].get("token"), b[1].st_ino, b[1].st_mtime_ns)
+
+
+def _stale_reason(info: dict, st: os.stat_result, stale_s: float) -> str | None:
+    age = time.time() - st.st_mtime
+    if age > stale_s:
+        return f"its heartbeat stopped {age:.0f} s ago (stale after {stale_s:g} s)"
+    pid = info.get("pid")
+    if _host_id() and info.get("host_id") == _host_id() and isinstance(pid, int) \
+            and _process_start(pid) != info.get("process_start"):
+        return f"its process {pid} on this host has ended"
+    return None
+
+
+def _describe(info: dict) -> str:
+    if not info.get("hostname"):
+        return "an unknown holder (the lock file is empty or unreadable)"
+    env = {k: v for k, v in (info.get("env") or {}).items() if not (k == "HOSTNAME" and v == info["hostname"])}
+    extra = ", ".join(f"{k}={v}" for k, v in env.items())
+    return f"{info['hostname']} pid {info.get('pid')}" + (f" ({extra})" if extra else "")
+
+
+def _timeout_message(path: Path, info: dict, waited: float, wait_s: float, stale_s: float) -> str:
+    return (f"{path}: held by {_describe(info)} since {info.get('since_utc', 'an unknown time')}; gave up after "
+            f"waiting {waited:.0f} s (at most {wait_s:g} s). Another run with the same config and inputs trains "
+            f"into {path.with_suffix('')}; a dead holder's lock is taken over once its heartbeat is {stale_s:g} s old")
+
+
+# ---------------------------------------------------------------- old checkpoint folders
+
+# What the training steps put at the top of a checkpoint folder: the HF and TRL Trainers' checkpoint-N;
+# SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console log, and Hydra's outputs/
+# (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*).
+OWN_ENTRIES = ("checkpoint-*", "warmup", "best", "initial.json", "inputs", "verl", "verl_console.log", "outputs",
+               ".*.tmp-*")
+
+
+def remove_old_checkpoint_folders(current: Path, keep: int, timings: LockTimings = LockTimings()) -> list[Path]:
+    """Remove the `<stage>-<key>` folders beside `current` (the same stage) beyond the newest `keep`,
+    `current` counting as one, newest by their last change; never `current`, one whose lock a live run
+    holds, or one holding anything the training steps do not write. Returns the folders removed."""
+    current = Path(current)
+    stage = current.name.rsplit("-", 1)[0]
+    _remove_leftover_trash(current.parent, stage)
+    others = sorted((p for p in _own_folders(current.parent, stage) if p.name != current.name),
+                    key=_last_change, reverse=True)
+    removed = [folder for folder in others[max(keep - 1, 0):] if _remove_unless_locked(folder, timings)]
+    if removed:
+        log.info("%s: removed %d older %s checkpoint folder(s), keeping the newest %d: %s", current.parent,
+                 len(removed), stage, keep, ", ".join(p.name for p in removed))
+    return removed
+
+
+def _own_folders(base: Path, stage: str) -> Iterator[Path]:
+    name = re.compile(rf"{re.escape(stage)}-[0-9a-f]{{16}}")
+    for folder in base.iterdir():
+        if not name.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+            continue
+        foreign = _foreign_entries(folder)
+        if foreign:
+            log.info("%s: left alone: it holds %s, which no training step writes", folder, ", ".join(foreign[:5]))
+        else:
+            yield folder
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    try:
+        names = sorted(entry.name for entry in folder.iterdir())
+    except OSError as e:
+        return [f"an unreadable listing ({e})"]
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, pattern) for pattern in OWN_ENTRIES)]
+
+
+def _last_change(folder: Path) -> float:
+    """The latest mtime of the folder and its entries: a new checkpoint-N (or verl's global_step_N, inside
+    verl/) changes it."""
+    try:
+        return max([folder.lstat().st_mtime] + [entry.lstat().st_mtime for entry in folder.iterdir()])
+    except OSError:
+        return 0.0  # removed meanwhile
+
+
+def _remove_unless_locked(folder: Path, timings: LockTimings) -> bool:
+    """Under the folder's lock, so that no run starts on it meanwhile; renamed out of the key's name first,
+    so that a removal cut short leaves no half checkpoint for a run to resume from."""
+    try:
+        with checkpoint_lock(folder, wait_s=0, timings=timings):
+            trash = folder.with_name(f".{folder.name}.removing-{uuid.uuid4().hex[:8]}")
+            os.rename(folder, trash)
+            shutil.rmtree(trash)
+    except CheckpointLockTimeout:
+        log.info("%s: kept: a live run holds its lock", folder)
+        return False
+    except OSError as e:
+        log.warning("%s: not removed: %s", folder, e)
+        return False
+    return True
+
+
+def _remove_leftover_trash(base: Path, stage: str) -> None:
+    for trash in base.glob(f".{stage}-*.removing-*"):
+        shutil.rmtree(trash, ignore_errors=True)

@@ -24,7 +24,7 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint
+from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
@@ -111,6 +111,20 @@ def _summary(history: list[dict]) -> dict:
 
 def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None,
               out_checkpoint_dir: Path) -> dict[str, float]:
+    """Train into the checkpoint folder under its lock, then remove the stage's old checkpoint folders."""
+    s = cfg.stage3
+    inputs = [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)]
+    ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus_dir)] if s.prompts == "narrated" else []))
+    with checkpoint_lock(ckpt):
+        metrics = _train_and_save(cfg, stage2_model_dir, dataset_dir, sid_index_dir, corpus_dir, ckpt,
+                                  Path(out_checkpoint_dir))
+        removed = remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
+    metrics["checkpoint_folders_removed"] = float(len(removed))
+    return metrics
+
+
+def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
+                    corpus_dir: Path | None, ckpt: Path, out: Path) -> dict[str, float]:
     from trl import GRPOTrainer
 
     start = time.time()
@@ -126,8 +140,6 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
     catalogue = rl_reward.load_catalogue(sid_index_dir)
     reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)
 
-    inputs = [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)]
-    ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus_dir)] if s.prompts == "narrated" else []))
     ckpt.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(ckpt)
     resumed_from = int(resume.name.split("-")[-1]) if resume else 0
@@ -162,7 +174,6 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
         "reward_fn": reward_fn.__name__,
     }
     metrics["wall_seconds"] = time.time() - start
-    out = Path(out_checkpoint_dir)
     with atomic_dir(out) as tmp:
         fmt, policy_path = _save_policy(model, tok, tmp, s.finetune)
         rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")

@@ -16,7 +16,9 @@ GPU only: verl 0.9.1's trainer cannot run on CPU (its rollouts are vLLM/SGLang s
 collectives NCCL), so with a local Ray head the step refuses at once when the pod has no CUDA GPU.
 With stage3.verl.ray_address the GPUs are the Ray cluster's; then the cluster's workers must share
 stage3.checkpoint_dir (the chart's PVC): the inputs are staged there, and verl writes its checkpoints
-there for this pod to read back.
+there for this pod to read back. verl checks the cluster's available GPUs once, so before it starts the
+step asks the Ray autoscaler for them and waits up to stage3.verl.gpu_wait_s until they are there
+(`cluster_gpus`); the request is withdrawn when verl ends.
 
 Output folder: actor/ (verl's sharded FSDP actor: model_world_size_*_rank_*.pt, fsdp_config.json and
 huggingface/; no optimizer or extra state; `merge-checkpoint` turns it into a Hugging Face model),
@@ -34,13 +36,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
-from sidreasoner.model.checkpoints import checkpoint_root
+from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, remove_old_checkpoint_folders
 from sidreasoner.rl import checkpoint as rl_checkpoint
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
@@ -282,6 +286,108 @@ def require_gpu(cfg: Config) -> None:
             "Ray cluster (stage3.verl.ray_address)")
 
 
+# ---------------------------------------------------------------- the Ray cluster's GPUs
+
+GPU_POLL_S = 10.0  # seconds between looks at the cluster's available GPUs
+
+
+class ClusterGPUTimeout(TimeoutError):
+    """The Ray cluster did not have verl's GPUs available within stage3.verl.gpu_wait_s."""
+
+
+def gpu_bundles(nnodes: int, gpus_per_node: int) -> list[dict[str, float]]:
+    """What verl places: one bundle of n_gpus_per_node GPUs per node (trainer.nnodes x trainer.n_gpus_per_node)."""
+    return [{"GPU": float(gpus_per_node)} for _ in range(nnodes)]
+
+
+def wait_for_gpus(nnodes: int, gpus_per_node: int, timeout_s: float, available: Callable[[], dict],
+                  request: Callable[[list[dict]], None], clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep, poll_s: float = GPU_POLL_S) -> float:
+    """Ask the autoscaler for verl's GPUs (`request(bundles)`), then poll `available()` (a Ray resource dict)
+    until it shows them; return the GPUs available. Raise ClusterGPUTimeout after `timeout_s` (0 = look once).
+
+    verl 0.9.1 does not wait: RayPPOTrainer.init_workers (verl/trainer/ppo/ray_trainer.py) calls
+    ResourcePoolManager.create_resource_pool, whose _check_resource_available (verl/single_controller/ray/base.py)
+    sums the GPUs of ray._private.state.available_resources_per_node() and raises "Total available GPUs …
+    is less than total desired GPUs …" when they fall short, so on a cluster whose GPU workers scale from zero
+    it fails before the autoscaler has started one."""
+    needed = nnodes * gpus_per_node
+    request(gpu_bundles(nnodes, gpus_per_node))
+    start = clock()
+    while True:
+        have, waited = float(available().get("GPU", 0)), clock() - start
+        if have >= needed:
+            log.info("stage3 (verl): the Ray cluster has %g GPU(s) available, %d needed (after %.0f s)", have, needed, waited)
+            return have
+        if waited >= timeout_s:
+            raise ClusterGPUTimeout(_gpu_timeout_message(nnodes, gpus_per_node, have, waited, timeout_s))
+        log.info("stage3 (verl): waiting for the Ray cluster's GPUs: %g available, %d needed, %.0f s of %g s",
+                 have, needed, waited, timeout_s)
+        sleep(min(poll_s, timeout_s - waited))
+
+
+def _gpu_timeout_message(nnodes: int, gpus_per_node: int, have: float, waited: float, timeout_s: float) -> str:
+    return (f"stage3 (verl): the Ray cluster (stage3.verl.ray_address) had {have:g} GPU(s) available after waiting "
+            f"{waited:.0f} s (stage3.verl.gpu_wait_s={timeout_s:g}); verl needs {nnodes * gpus_per_node} "
+            f"(stage3.verl.nnodes={nnodes} x stage3.verl.n_gpus_per_node={gpus_per_node}) and fails without them. "
+            f"Check that the RayCluster can run {nnodes} worker(s) of {gpus_per_node} GPU(s): the chart's "
+            f"rayCluster.workers.maxReplicas (>= {nnodes}) and rayCluster.workers.gpus (>= {gpus_per_node}), "
+            "rayCluster.enableInTreeAutoscaling (without the autoscaler, rayCluster.workers.replicas), and that "
+            "Kubernetes has GPU nodes for the workers (pending ray-worker pods, the autoscaler container's log on "
+            "the Ray head); or raise stage3.verl.gpu_wait_s")
+
+
+def _request_on_cluster(bundles: list[dict]) -> None:
+    """Ray's request_resources, run as a task on the cluster: through a Ray client (ray://) this process
+    has no GCS connection of its own to write the request with."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    ray.get(ray.remote(num_cpus=0)(request_resources).remote(bundles=bundles))
+
+
+def _connect(address: str):
+    import ray
+
+    try:
+        ray.init(address=address)
+    except Exception as e:
+        raise ConnectionError(f"stage3.verl.ray_address={address}: cannot connect to the Ray cluster ({e})") from e
+    return ray
+
+
+def _withdraw_gpu_request(address: str) -> None:
+    """An empty request replaces ours, so the autoscaler may stop the idle GPU workers again."""
+    try:
+        ray = _connect(address)
+        try:
+            _request_on_cluster([])
+        finally:
+            ray.shutdown()
+    except Exception as e:
+        log.warning("stage3 (verl): could not withdraw the GPU request from the Ray cluster at %s (%s): its "
+                    "autoscaler keeps the GPU workers until another request replaces it", address, e)
+
+
+@contextmanager
+def cluster_gpus(cfg: Config):
+    """With stage3.verl.ray_address: have the cluster's GPUs available before verl starts, and withdraw the
+    request once it has ended. Without: nothing."""
+    v = cfg.stage3.verl
+    if not v.ray_address:
+        yield
+        return
+    ray = _connect(v.ray_address)
+    try:
+        try:
+            wait_for_gpus(v.nnodes, v.n_gpus_per_node, v.gpu_wait_s, ray.available_resources, _request_on_cluster)
+        finally:
+            ray.shutdown()  # verl's driver connects on its own
+        yield
+    finally:
+        _withdraw_gpu_request(v.ray_address)
+
+
 def _stage_model(stage2_model_dir: Path, inputs: Path) -> Path:
     """A copy of the model under the shared checkpoint folder (named by a hash of config and inputs), made once."""
     staged = inputs / "stage2_model"
@@ -343,6 +449,18 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
 
     read = [stage2_model_dir, Path(dataset_dir), sid_index_dir] + ([Path(corpus_dir)] if s.prompts == "narrated" else [])
     ckpt = checkpoint_root("stage3", cfg, s, read).resolve()
+    with checkpoint_lock(ckpt):
+        metrics = _train_in(cfg, ckpt, stage2_model_dir, sid_index_dir, train_rows, valid_rows, skipped, start, out_dir)
+        removed = remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
+    metrics["checkpoint_folders_removed"] = float(len(removed))
+    return metrics
+
+
+def _train_in(cfg: Config, ckpt: Path, stage2_model_dir: Path, sid_index_dir: Path, train_rows: list[dict],
+              valid_rows: list[dict], skipped: int, start: float, out_dir: Path) -> dict[str, float]:
+    """Stage the inputs in the checkpoint folder `ckpt` (whose lock the caller holds), run verl, and write
+    the raw checkpoint to `out_dir`."""
+    s = cfg.stage3
     inputs = ckpt / "inputs"
     catalogue = inputs / "catalogue.json"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -358,9 +476,10 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
     if before:
         log.info("stage3 (verl): resuming from %s", before[1])
 
-    t0 = time.time()
-    _run_streaming(verl_command(overrides), _env(cfg, catalogue), ckpt, ckpt / CONSOLE_LOG)
-    train_wall = time.time() - t0
+    with cluster_gpus(cfg):
+        t0 = time.time()  # the wait for the cluster's GPUs is not training time
+        _run_streaming(verl_command(overrides), _env(cfg, catalogue), ckpt, ckpt / CONSOLE_LOG)
+        train_wall = time.time() - t0
     after = latest_checkpoint(paths.checkpoint_dir)
     if after is None:
         raise RuntimeError(f"verl finished without a checkpoint in {paths.checkpoint_dir} (with a Ray cluster, "

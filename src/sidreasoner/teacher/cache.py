@@ -1,6 +1,7 @@
 """Content-addressed response cache: one small JSON file per key, written atomically as replies arrive.
 
-Key = sha256 over (kind, messages, model, params). A file appears only complete (temp file, fsync,
+Key = sha256 over (kind, messages, model, params), where model names the served model: its name,
+`teacher.model_revision`, what the endpoint's /models says of it, and synthesize-corpus's generation. A file appears only complete (temp file, fsync,
 rename), so a SIGKILL or a pre-empted pod loses at most the replies still in flight, and a re-run
 pays only for what is missing. Files are sharded by the key's first two hex digits.
 """
@@ -17,7 +18,7 @@ from typing import Any
 DEFAULT_DIR = Path("~/.cache/sidreasoner/teacher")
 
 
-def cache_key(kind: str, messages: list[dict[str, str]], model: str, params: dict[str, Any]) -> str:
+def cache_key(kind: str, messages: list[dict[str, str]], model: dict[str, Any], params: dict[str, Any]) -> str:
     blob = json.dumps({"kind": kind, "messages": messages, "model": model, "params": params},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

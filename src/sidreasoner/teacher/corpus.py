@@ -163,10 +163,11 @@ def _run_template(tasks: list[Task], ctx: Context) -> tuple[list[str | None], li
 def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITeacher
                 ) -> tuple[list[str | None], list[str | None]]:
     t = cfg.teacher
+    identity = teacher.model_identity(cfg.generations.get("synthesize-corpus", 0))
     requests = []
     for task in tasks:
         messages = task.messages(ctx, cfg)
-        requests.append(Request(cache_key(task.kind, messages, t.model, teacher.params), messages))
+        requests.append(Request(cache_key(task.kind, messages, identity, teacher.params), messages))
     with _progress(len(tasks), f"teacher {t.model}") as bar:
         def on_reply(reply: Reply, n: int) -> None:
             bar.update(n)

@@ -125,6 +125,24 @@ def retry_after_seconds(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+# What a /models entry says of the weights behind a name. vLLM and lmdeploy answer `created` with the
+# time of the listing (their ModelCard's default_factory=time.time), OpenAI with the model's creation
+# time: `created` counts only from a server whose entries have no `root` (vLLM's served path).
+IDENTITY_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len")
+
+
+def served_identity(listing: Any, model: str) -> dict[str, Any]:
+    """The stable fields of `model`'s entry in a /models reply ({} when it has none)."""
+    entries = listing.get("data") if isinstance(listing, dict) else None
+    card = next((e for e in entries or [] if isinstance(e, dict) and e.get("id") == model), None)
+    if card is None:
+        return {}
+    identity = {k: card[k] for k in IDENTITY_FIELDS if card.get(k) is not None}
+    if "root" not in card and card.get("created") is not None:
+        identity["created"] = card["created"]
+    return identity
+
+
 class OpenAITeacher:
     def __init__(self, tcfg: TeacherConfig, cache: ResponseCache):
         self.cfg = tcfg
@@ -132,6 +150,26 @@ class OpenAITeacher:
         self.api_key = resolve_api_key(tcfg.base_url)
         self.counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0}
         self._rng = random.Random()
+
+    def model_identity(self, generation: int = 0) -> dict[str, Any]:
+        """What names the replies' model in the cache key: the configured name and revision, the
+        endpoint's own description of it (GET /models; {} when the endpoint has none or fails), and the
+        step's generation."""
+        import requests
+
+        url = f"{self.cfg.base_url.rstrip('/')}/models"
+        try:
+            reply = requests.get(url, headers={"Authorization": f"Bearer {self.api_key}"}, timeout=self.cfg.timeout_s)
+            served = served_identity(reply.json(), self.cfg.model) if reply.ok else {}
+        except (requests.RequestException, ValueError) as err:
+            log.warning("could not read %s (%s): the cache key names the model by its settings only",
+                        safe_url(url), type(err).__name__)
+            served = {}
+        if not served:
+            log.warning("%s does not describe model %s: set teacher.model_revision when the endpoint starts serving "
+                        "other weights under that name", safe_url(url), self.cfg.model)
+        return {"name": self.cfg.model, "revision": self.cfg.model_revision, "served": served,
+                "generation": generation}
 
     @property
     def params(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint
+from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.sid.index import load_catalogue
 from sidreasoner.train import data as data_mod
@@ -333,18 +333,30 @@ def _encode_all(tok, examples, cutoff, **options):
 
 
 def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, float]:
-    """What both SFT steps do around their training: the torchrun relaunch, seeding, loading the
-    input model, timing, and writing the output model (rank 0). `train_fn(cfg, section, model, tok,
-    dirs)` returns the trained model, the training record and the metrics."""
+    """What both SFT steps do around their training: the checkpoint folder's lock, the torchrun relaunch,
+    and, after a successful training, the removal of the stage's old checkpoint folders."""
     dirs = [Path(d) for d in folders]
-    launched = maybe_launch_distributed(step_fn, cfg, dirs)
-    if launched is not None:
-        return launched
+    section = getattr(cfg, stage)
+    ckpt = checkpoint_root(stage, cfg, section, dirs[:4])
+    if "LOCAL_RANK" in os.environ:  # a torchrun rank: the process that launched the ranks holds the lock
+        return _sft_train(stage, train_fn, cfg, dirs, ckpt)
+    with checkpoint_lock(ckpt):
+        launched = maybe_launch_distributed(step_fn, cfg, dirs)
+        metrics = launched if launched is not None else _sft_train(stage, train_fn, cfg, dirs, ckpt)
+        removed = remove_old_checkpoint_folders(ckpt, section.checkpoint_folders_kept)
+    metrics["checkpoint_folders_removed"] = float(len(removed))
+    return metrics
+
+
+def _sft_train(stage: str, train_fn, cfg: Config, dirs: list[Path], ckpt: Path) -> dict[str, float]:
+    """Seeding, loading the input model, timing, and writing the output model (rank 0) around
+    `train_fn(cfg, section, model, tok, dirs, ckpt)`, which returns the trained model, the training
+    record and the metrics."""
     start = time.time()
     section = getattr(cfg, stage)
     torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(dirs[0], dtype=getattr(torch, section.weights_dtype))
-    model, info, metrics = train_fn(cfg, section, model, tok, dirs)
+    model, info, metrics = train_fn(cfg, section, model, tok, dirs, ckpt)
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
         _write(dirs[-1], stage, model, tok, info, metrics,
@@ -352,7 +364,7 @@ def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, 
     return metrics
 
 
-def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path]):
+def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     _, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     codes = tasks.sid_code_tokens(sid_index_dir)
     base_vocab = len(tok)
@@ -366,7 +378,6 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path]):
         hr_ex, hr_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
     train_rows = _encode_all(tok, examples, s.cutoff_len, **_encoding(s))
     valid_rows = _encode_all(tok, loss_ex, s.cutoff_len, **_encoding(s))
-    ckpt = checkpoint_root("stage1", cfg, s, dirs[:4])
     model, info = train_sft("stage1", cfg, s, model, tok, train_rows, {"sid": valid_rows}, ckpt, new_ids,
                             s.embedding_warmup_epochs, select="sid")
     metrics = _metrics(info, len(train_rows), 0.0)
@@ -386,7 +397,7 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path]):
     return model, info, metrics
 
 
-def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path]):
+def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     model_dir, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
     if missing:
@@ -397,7 +408,6 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path]):
     train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
     valid_sets = {"sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
                   "reasoning": _encode_all(tok, reasoning_ex, s.cutoff_len, **_encoding(s))}
-    ckpt = checkpoint_root("stage2", cfg, s, dirs[:4])
     model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_sets, ckpt, select=s.select_on)
     metrics = _metrics(info, len(train_rows), 0.0)
     metrics["reasoning_holdout"] = float(len(reasoning_ex))
