@@ -45,6 +45,7 @@ SECRET_ENV = {
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
 # Pod labels for cost attribution (with cluster.labels, e.g. the paper presets' name).
 STEP_LABEL, CATEGORY_LABEL = "sidreasoner.io/step", "sidreasoner.io/category"
+IMAGE_UID = 1000  # the user the images run as (images/*/Dockerfile: USER 1000)
 def step_image(step: Step, cluster: ClusterConfig) -> Image:
     """The image of a step's pod: a pod that requests accelerators runs in the training image (the
     CPU image has no CUDA), whatever the registry says."""
@@ -112,7 +113,7 @@ def _pod(task: dsl.PipelineTask, step_name: str, cluster: ClusterConfig, timeout
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
     for key, value in {**cluster.labels, STEP_LABEL: step_name, CATEGORY_LABEL: label_value(category)}.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
-    # The images' user (images/*/Dockerfile): pods pass a restricted namespace's admission.
+    # Stated on the pod too, so that a namespace's restricted Pod Security admits it.
     kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
 
 
@@ -151,7 +152,6 @@ def _output(tasks: dict[str, dsl.PipelineTask], producer: str, output: str):
 CONDITION_TIMEOUT_S = 600
 # The condition task only reads a run parameter: a small pod, bounded so a quota admits it.
 CONDITION_RESOURCES = StepResources(cpu="100m", cpu_limit="1", memory="256Mi", memory_limit="1Gi")
-IMAGE_UID = 1000
 
 
 def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.PipelineTask:

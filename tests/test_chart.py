@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -483,6 +484,12 @@ def test_notes_say_how_stage3_reaches_the_raycluster(chart):
     assert "stage3.verl.nnodes=2 --set stage3.verl.n_gpus_per_node=8" in full
     assert "WARNING" not in full
     assert "ray_address" not in chart.render(None, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    # The printed settings are a config the paper presets accept (the step's own pod then has no GPU).
+    from sidreasoner import config
+
+    sets = re.findall(r"--set (\S+=\S+)", full)
+    cfg = config.load("office", sets)
+    assert cfg.cluster.resources["rl-stage3"].gpus == 0 and cfg.stage3.verl.ray_address.startswith("ray://")
 
 
 def test_raycluster_defaults_to_the_training_image(chart):

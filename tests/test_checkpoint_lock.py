@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,8 +16,11 @@ import pytest
 
 from sidreasoner import config
 from sidreasoner.config import ConfigError
+from sidreasoner.model import checkpoints
 from sidreasoner.model.checkpoints import (CheckpointLockTimeout, LockTimings, checkpoint_key, checkpoint_lock,
-                                           lock_path, remove_old_checkpoint_folders)
+                                           checkpoint_root, lock_path, remove_old_checkpoint_folders)
+from sidreasoner.rl import stage3
+from sidreasoner.train.sft import sft_stage1
 
 FAST = LockTimings(heartbeat_s=0.05, stale_s=0.5, poll_s=0.02, log_every_s=0.1)
 LOGGER = "sidreasoner.model.checkpoints"
@@ -234,7 +238,7 @@ def test_cleanup_keeps_the_newest_folders_of_the_stage(tmp_path):
     _folder(base, "stage1-000000000000000c", 200, ("best/best.json", "initial.json", "warmup/final.safetensors",
                                                    ".initial.json.tmp-x1y2", "checkpoint-4/trainer_state.json"))
     _folder(base, "stage1-000000000000000d", 300)
-    _folder(base, "stage1-000000000000000e", 400, ("checkpoint-2/",))
+    _folder(base, "stage1-000000000000000e", 400, ("checkpoint-2/", "README.md"))  # TRL's model card
     _folder(base, "stage2-000000000000000f", 9000)  # another stage: not counted, not removed
     _folder(base, "stage3-0000000000000010", 9000, ("inputs/catalogue.json", "verl/global_step_2/actor/x.pt",
                                                     "verl/latest_checkpointed_iteration.txt", "verl_console.log",
@@ -265,7 +269,7 @@ def test_cleanup_skips_a_folder_a_live_run_holds_but_not_one_of_a_dead_run(tmp_p
         with caplog.at_level(logging.INFO, logger=LOGGER):
             removed = remove_old_checkpoint_folders(current, keep=1, timings=FAST)
         assert sorted(removed) == [dead, plain]
-        assert _names(base) == ["stage2-000000000000000a", "stage2-000000000000000b", "stage2-000000000000000b.lock"]
+        assert _names(base) == [".stage2-000000000000000b.lock", "stage2-000000000000000a", "stage2-000000000000000b"]
         assert (held / "checkpoint-10" / "trainer_state.json").exists()
         assert f"{held}: kept: a live run holds its lock" in caplog.text
     finally:
@@ -288,7 +292,8 @@ def test_cleanup_leaves_folders_that_are_not_ours_alone(tmp_path):
 
 
 def test_checkpoint_folders_kept_is_at_least_one_and_not_part_of_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"stage1\.checkpoint_folders_kept: Input should be greater than or equal to 1"):
+    too_few = r"stage1\.checkpoint_folders_kept: Input should be greater than or equal to 1"
+    with pytest.raises(ConfigError, match=too_few):
         config.load("demo", ["stage1.checkpoint_folders_kept=0"])
     assert [getattr(config.load(), s).checkpoint_folders_kept for s in ("stage1", "stage2", "stage3")] == [3, 3, 3]
     inputs = tmp_path / "inputs"
@@ -299,3 +304,45 @@ def test_checkpoint_folders_kept_is_at_least_one_and_not_part_of_the_key(tmp_pat
     assert keys[1] == keys[3] == keys[7]
     other = config.load("demo", ["stage3.save_steps=7"])
     assert checkpoint_key("stage3", other, other.stage3, [inputs]) != keys[3]
+
+
+# ---------------------------------------------------------------- the training steps
+
+SFT_RUN = ["stage1.per_device_batch_size=8", "stage1.global_batch_size=8", "stage1.epochs=1", "stage1.valid_samples=3",
+           "stage1.hr_samples=2", "stage1.save_steps=1000", "stage1.checkpoint_folders_kept=2"]
+TRL_RUN = ["stage3.backend=trl", "stage3.num_generations=2", "stage3.train_batch_size=2", "stage3.micro_batch_size=4",
+           "stage3.max_steps=1", "stage3.max_response_length=8", "stage3.save_steps=1"]
+
+
+@pytest.mark.slow  # trains a model (seconds)
+def test_sft_waits_for_its_folders_lock_then_removes_older_folders(tiny_base_model, tmp_path, monkeypatch):
+    base = tiny_base_model
+    cfg = config.load("demo", base["overrides"] + SFT_RUN + [f"stage1.checkpoint_dir={tmp_path / 'ckpt'}"])
+    inputs = [base["model_dir"], base["dataset"], base["sid_index"], base["corpus"]]
+    ckpt = checkpoint_root("stage1", cfg, cfg.stage1, inputs)
+    newer = _folder(tmp_path / "ckpt", "stage1-0000000000000001", 100)
+    _folder(tmp_path / "ckpt", "stage1-0000000000000002", 200)
+    holder = _holder(tmp_path, [ckpt])
+    monkeypatch.setattr(checkpoints, "LOCK_WAIT_S", 0.3)
+    held_by = f"{lock_path(ckpt)}: held by {socket.gethostname()} pid {holder.pid} "
+    with pytest.raises(CheckpointLockTimeout, match=re.escape(held_by)):
+        sft_stage1(cfg, *inputs, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not ckpt.exists()
+    holder.kill()
+    holder.wait()
+    metrics = sft_stage1(cfg, *inputs, tmp_path / "out")  # the killed holder's lock is taken over
+    assert metrics["checkpoint_folders_removed"] == 1.0
+    assert _names(tmp_path / "ckpt") == sorted([ckpt.name, newer.name])
+
+
+@pytest.mark.slow  # GRPO training
+def test_rl_stage3_removes_older_folders_of_its_stage(tiny_artifacts, tiny_sid_model, tmp_path):
+    cfg = config.load("demo", TRL_RUN + [f"stage3.checkpoint_dir={tmp_path / 'ckpt'}"])
+    olds = [_folder(tmp_path / "ckpt", f"stage3-{i:016x}", 100 * i) for i in (1, 2, 3)]
+    stage1 = _folder(tmp_path / "ckpt", "stage1-0000000000000004", 900)
+    a = tiny_artifacts
+    metrics = stage3.rl_stage3(cfg, tiny_sid_model["dir"], a["dataset"], a["sid_index"], a["corpus"], tmp_path / "out")
+    assert metrics["checkpoint_folders_removed"] == 1.0
+    kept = _names(tmp_path / "ckpt")
+    assert len(kept) == 4 and olds[2].name not in kept and {olds[0].name, olds[1].name, stage1.name} < set(kept)
+    assert (tmp_path / "out" / "checkpoint.json").exists()

@@ -1,7 +1,9 @@
 """Checkpoint identity for resumable training (SFT and RL): a folder keyed by the config slice, the
 code, the step's generation and its inputs (their content and where they lie), so a retried pod of
 the same task finds and resumes the same checkpoints, while a re-execution (a new generation, new
-code, or inputs from a re-executed upstream step, which are new artifacts at new paths) starts fresh."""
+code, or inputs from a re-executed upstream step, which are new artifacts at new paths) starts fresh.
+One run at a time trains in a folder (`checkpoint_lock`), and after a successful training a stage's
+old folders are removed (`remove_old_checkpoint_folders`)."""
 
 from __future__ import annotations
 
@@ -95,19 +97,22 @@ class CheckpointLockTimeout(TimeoutError):
 
 
 def lock_path(folder: Path) -> Path:
+    """`.<folder name>.lock` beside the folder: hidden, as the project's other lock files, so that what
+    lists `<stage>-*` finds only checkpoint folders."""
     folder = Path(folder)
-    return folder.with_name(folder.name + ".lock")
+    return folder.with_name(f".{folder.name}.lock")
 
 
 @contextmanager
-def checkpoint_lock(folder: Path, wait_s: float = LOCK_WAIT_S, timings: LockTimings = LockTimings()) -> Iterator[Path]:
-    """Hold `<folder>.lock` while the block runs, so that one run at a time trains into, resumes from
-    and rotates `folder`, also across pods and nodes sharing the volume. The lock file is created
-    with O_EXCL, names its holder and is touched every heartbeat; a lock without heartbeat for
-    `timings.stale_s`, or whose process on this host has ended, is taken over. Waits up to `wait_s`,
-    then raises CheckpointLockTimeout naming the lock file and its holder. Yields the lock file."""
-    lock = _FolderLock(lock_path(folder), timings)
-    lock.acquire(wait_s)
+def checkpoint_lock(folder: Path, wait_s: float | None = None, timings: LockTimings = LockTimings()) -> Iterator[Path]:
+    """Hold the lock file `.<folder name>.lock` while the block runs, so that one run at a time trains
+    into, resumes from and rotates `folder`, also across pods and nodes sharing the volume. The lock
+    file is created with O_EXCL, names its holder and is touched every heartbeat; a lock without
+    heartbeat for `timings.stale_s`, or whose process on this host has ended, is taken over. Waits up
+    to `wait_s` (None: LOCK_WAIT_S), then raises CheckpointLockTimeout naming the lock file and its
+    holder. Yields the lock file."""
+    lock = _FolderLock(Path(folder), timings)
+    lock.acquire(LOCK_WAIT_S if wait_s is None else wait_s)
     try:
         yield lock.path
     finally:
@@ -115,8 +120,8 @@ def checkpoint_lock(folder: Path, wait_s: float = LOCK_WAIT_S, timings: LockTimi
 
 
 class _FolderLock:
-    def __init__(self, path: Path, timings: LockTimings):
-        self.path, self.timings = path, timings
+    def __init__(self, folder: Path, timings: LockTimings):
+        self.folder, self.path, self.timings = folder, lock_path(folder), timings
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,7 +137,7 @@ class _FolderLock:
                 break
             waited = time.monotonic() - start
             if waited >= wait_s:
-                raise CheckpointLockTimeout(_timeout_message(self.path, seen[0], waited, wait_s, self.timings.stale_s))
+                raise CheckpointLockTimeout(self._timeout_message(seen[0], waited, wait_s))
             if time.monotonic() - logged >= self.timings.log_every_s:
                 log.info("%s: waiting for %s, which holds it since %s (%.0f s of %g s)", self.path,
                          _describe(seen[0]), seen[0].get("since_utc", "an unknown time"), waited, wait_s)
@@ -140,6 +145,12 @@ class _FolderLock:
             time.sleep(min(self.timings.poll_s, wait_s - waited))
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
         self._thread.start()
+
+    def _timeout_message(self, info: dict, waited: float, wait_s: float) -> str:
+        return (f"{self.path}: held by {_describe(info)} since {info.get('since_utc', 'an unknown time')}; gave up "
+                f"after waiting {waited:.0f} s (at most {wait_s:g} s). Another run with the same config and inputs "
+                f"trains into {self.folder}; a dead holder's lock is taken over once its heartbeat is "
+                f"{self.timings.stale_s:g} s old")
 
     def release(self) -> None:
         self._stop.set()
@@ -164,26 +175,40 @@ class _FolderLock:
         return True
 
     def _take_over_if_stale(self, info: dict, st: os.stat_result) -> bool:
-        """Move a stale lock aside, then create ours. Two takers may both judge it stale: the rename
-        lets one move it; the other finds it gone, or finds that it moved the winner's new lock, which it
-        puts back."""
+        """Move a stale lock aside, then create ours. Of the takers that judge one lock file stale, only
+        the one that creates the claim file named after it (its inode and mtime) moves it: a rename by
+        every taker could move the lock that the first one has just created."""
         reason = _stale_reason(info, st, self.timings.stale_s)
         if reason is None:
+            return False
+        claim = self.path.with_name(f"{self.path.name}.takeover-{st.st_ino}-{st.st_mtime_ns}")
+        if not _claim(claim, self.timings.stale_s):
+            return False
+        try:
+            if not self._move_aside((info, st)) or not self._try_create():
+                return False
+        finally:
+            claim.unlink(missing_ok=True)
+        log.warning("%s: took over the lock of %s, held since %s: %s", self.path, _describe(info),
+                    info.get("since_utc", "an unknown time"), reason)
+        return True
+
+    def _move_aside(self, stale: tuple[dict, os.stat_result]) -> bool:
+        """Remove the stale lock file if it is still the one judged stale (neither released nor refreshed)."""
+        now = _read_lock(self.path)
+        if now is None or not _same_lock(now, stale):
             return False
         aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
         try:
             os.rename(self.path, aside)
-        except FileNotFoundError:
+        except FileNotFoundError:  # its holder, alive after all, released it
             return False
         moved = _read_lock(aside)
-        if moved is None or not _same_lock(moved, (info, st)):
-            if moved is not None:
-                self._put_back(aside, moved[0])
+        if moved is not None and not _same_lock(moved, stale):  # released and taken again in between
+            self._put_back(aside, moved[0])
             return False
-        aside.unlink()
-        log.warning("%s: took over the lock of %s, held since %s: %s", self.path, _describe(info),
-                    info.get("since_utc", "an unknown time"), reason)
-        return self._try_create()
+        aside.unlink(missing_ok=True)
+        return True
 
     def _put_back(self, aside: Path, info: dict) -> None:
         try:
@@ -215,6 +240,21 @@ class _FolderLock:
         log.error("%s: lost while held, to %s: another run may write this checkpoint folder too", self.path,
                   _describe(seen[0]) if seen else "nobody")
         return False
+
+
+def _claim(path: Path, stale_s: float) -> bool:
+    """Create `path` (O_EXCL); a claim older than `stale_s`, left by a taker that died, is removed for the next try."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        pass
+    try:
+        if time.time() - path.stat().st_mtime > stale_s:
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def _identity(token: str) -> dict:
@@ -283,19 +323,13 @@ def _describe(info: dict) -> str:
     return f"{info['hostname']} pid {info.get('pid')}" + (f" ({extra})" if extra else "")
 
 
-def _timeout_message(path: Path, info: dict, waited: float, wait_s: float, stale_s: float) -> str:
-    return (f"{path}: held by {_describe(info)} since {info.get('since_utc', 'an unknown time')}; gave up after "
-            f"waiting {waited:.0f} s (at most {wait_s:g} s). Another run with the same config and inputs trains "
-            f"into {path.with_suffix('')}; a dead holder's lock is taken over once its heartbeat is {stale_s:g} s old")
-
-
 # ---------------------------------------------------------------- old checkpoint folders
 
-# What the training steps put at the top of a checkpoint folder: the HF and TRL Trainers' checkpoint-N;
-# SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console log, and Hydra's outputs/
-# (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*).
-OWN_ENTRIES = ("checkpoint-*", "warmup", "best", "initial.json", "inputs", "verl", "verl_console.log", "outputs",
-               ".*.tmp-*")
+# What the training steps put at the top of a checkpoint folder: the HF and TRL Trainers' checkpoint-N,
+# and TRL's model card README.md; SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console
+# log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*).
+OWN_ENTRIES = ("checkpoint-*", "README.md", "warmup", "best", "initial.json", "inputs", "verl", "verl_console.log",
+               "outputs", ".*.tmp-*")
 
 
 def remove_old_checkpoint_folders(current: Path, keep: int, timings: LockTimings = LockTimings()) -> list[Path]:
