@@ -22,7 +22,7 @@ from sidreasoner.model.checkpoints import (CheckpointLockTimeout, LockTimings, c
 from sidreasoner.rl import stage3
 from sidreasoner.train.sft import sft_stage1
 
-FAST = LockTimings(heartbeat_s=0.05, stale_s=0.5, poll_s=0.02, log_every_s=0.1)
+FAST = LockTimings(heartbeat_s=0.05, stale_s=1.0, poll_s=0.02, log_every_s=0.1)
 LOGGER = "sidreasoner.model.checkpoints"
 
 # Holds the locks of the folders argv[3:] until killed or for argv[1] seconds; touches argv[2] once it holds them.
@@ -34,7 +34,7 @@ hold_s, ready, folders = float(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 with contextlib.ExitStack() as held:
     for folder in folders:
         held.enter_context(checkpoint_lock(Path(folder), wait_s=0,
-                                           timings=LockTimings(heartbeat_s=0.05, stale_s=0.5, poll_s=0.02)))
+                                           timings=LockTimings(heartbeat_s=0.05, stale_s=1.0, poll_s=0.02)))
     ready.touch()
     time.sleep(hold_s)
 Path(str(ready) + ".released").touch()
@@ -97,13 +97,13 @@ def _age(path: Path, seconds: float) -> None:
 def test_a_second_writer_waits_and_gets_the_lock_once_the_first_releases_it(tmp_path, caplog):
     folder = tmp_path / "ckpt" / "stage1-0123456789abcdef"
     # Held for twice the stale timeout: only the heartbeat keeps the waiter from taking it over.
-    holder = _holder(tmp_path, [folder], hold_s=1.0)
+    holder = _holder(tmp_path, [folder], hold_s=2.0)
     start = time.monotonic()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         with checkpoint_lock(folder, wait_s=20, timings=FAST) as lock:
             assert Path(str(holder.ready) + ".released").exists()
             assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert 0.5 < time.monotonic() - start < 10
+    assert 1.0 < time.monotonic() - start < 15
     assert holder.wait(10) == 0
     assert f"waiting for {socket.gethostname()} pid {holder.pid}" in caplog.text
     assert "took over" not in caplog.text
@@ -205,7 +205,9 @@ def test_a_lock_that_another_run_holds_by_now_is_left_in_place(tmp_path, caplog)
             swap = tmp_path / "swap"
             swap.write_text(other)
             os.replace(swap, lock)  # as a taker that judged this lock stale would have
-            time.sleep(0.2)
+            end = time.monotonic() + 10
+            while "lost while held" not in caplog.text and time.monotonic() < end:
+                time.sleep(0.02)  # the next heartbeat notices
     assert lock_path(folder).read_text() == other
     assert "lost while held, to sft-stage2-pod-c pid 12" in caplog.text
     assert "left in place: it is no longer this run's (now sft-stage2-pod-c pid 12)" in caplog.text
