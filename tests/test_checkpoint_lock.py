@@ -16,20 +16,20 @@ import pytest
 
 from sidreasoner import config
 from sidreasoner.config import ConfigError
-from sidreasoner.model import checkpoints
-from sidreasoner.model.checkpoints import (CheckpointLockTimeout, LockTimings, checkpoint_key, checkpoint_lock,
-                                           checkpoint_root, lock_path, remove_old_checkpoint_folders)
+from sidreasoner.model import folder_lock
+from sidreasoner.model.checkpoints import checkpoint_key, checkpoint_root, remove_old_checkpoint_folders
+from sidreasoner.model.folder_lock import CheckpointLockTimeout, LockTimings, checkpoint_lock, lock_path
 from sidreasoner.rl import stage3
 from sidreasoner.train.sft import sft_stage1
 
 FAST = LockTimings(heartbeat_s=0.05, stale_s=1.0, poll_s=0.02, log_every_s=0.1)
-LOGGER = "sidreasoner.model.checkpoints"
+LOGGER = "sidreasoner.model"  # the lock (folder_lock) and the cleanup (checkpoints)
 
 # Holds the locks of the folders argv[3:] until killed or for argv[1] seconds; touches argv[2] once it holds them.
 HOLDER = """
 import contextlib, sys, time
 from pathlib import Path
-from sidreasoner.model.checkpoints import LockTimings, checkpoint_lock
+from sidreasoner.model.folder_lock import LockTimings, checkpoint_lock
 hold_s, ready, folders = float(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 with contextlib.ExitStack() as held:
     for folder in folders:
@@ -45,7 +45,7 @@ Path(str(ready) + ".released").touch()
 RACER = """
 import contextlib, json, sys, time
 from pathlib import Path
-from sidreasoner.model.checkpoints import CheckpointLockTimeout, LockTimings, checkpoint_lock
+from sidreasoner.model.folder_lock import CheckpointLockTimeout, LockTimings, checkpoint_lock
 name, go, done, folders = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 timings = LockTimings(heartbeat_s=0.05, stale_s=60, poll_s=0.01)
 (done / (name + ".ready")).touch()
@@ -325,7 +325,7 @@ def test_sft_waits_for_its_folders_lock_then_removes_older_folders(tiny_base_mod
     newer = _folder(tmp_path / "ckpt", "stage1-0000000000000001", 100)
     _folder(tmp_path / "ckpt", "stage1-0000000000000002", 200)
     holder = _holder(tmp_path, [ckpt])
-    monkeypatch.setattr(checkpoints, "LOCK_WAIT_S", 0.3)
+    monkeypatch.setattr(folder_lock, "LOCK_WAIT_S", 0.3)
     held_by = f"{lock_path(ckpt)}: held by {socket.gethostname()} pid {holder.pid} "
     with pytest.raises(CheckpointLockTimeout, match=re.escape(held_by)):
         sft_stage1(cfg, *inputs, tmp_path / "out")

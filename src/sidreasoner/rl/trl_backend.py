@@ -24,7 +24,8 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward

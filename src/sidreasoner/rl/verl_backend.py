@@ -44,7 +44,8 @@ from pathlib import Path
 from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
-from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, remove_old_checkpoint_folders
+from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders
+from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.rl import checkpoint as rl_checkpoint
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward

@@ -18,7 +18,8 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_lock, checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.sid.index import load_catalogue
 from sidreasoner.train import data as data_mod
