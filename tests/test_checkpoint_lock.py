@@ -333,7 +333,8 @@ def test_sft_waits_for_its_folders_lock_then_removes_older_folders(tiny_base_mod
     holder.kill()
     holder.wait()
     metrics = sft_stage1(cfg, *inputs, tmp_path / "out")  # the killed holder's lock is taken over
-    assert metrics["checkpoint_folders_removed"] == 1.0
+    # What was on the volume is no result of the step: logged, not a metric (runs would differ by it).
+    assert "checkpoint_folders_removed" not in metrics and metrics["steps"] > 0
     assert _names(tmp_path / "ckpt") == sorted([ckpt.name, newer.name])
 
 
@@ -343,8 +344,7 @@ def test_rl_stage3_removes_older_folders_of_its_stage(tiny_artifacts, tiny_sid_m
     olds = [_folder(tmp_path / "ckpt", f"stage3-{i:016x}", 100 * i) for i in (1, 2, 3)]
     stage1 = _folder(tmp_path / "ckpt", "stage1-0000000000000004", 900)
     a = tiny_artifacts
-    metrics = stage3.rl_stage3(cfg, tiny_sid_model["dir"], a["dataset"], a["sid_index"], a["corpus"], tmp_path / "out")
-    assert metrics["checkpoint_folders_removed"] == 1.0
+    stage3.rl_stage3(cfg, tiny_sid_model["dir"], a["dataset"], a["sid_index"], a["corpus"], tmp_path / "out")
     kept = _names(tmp_path / "ckpt")
     assert len(kept) == 4 and olds[2].name not in kept and {olds[0].name, olds[1].name, stage1.name} < set(kept)
     assert (tmp_path / "out" / "checkpoint.json").exists()

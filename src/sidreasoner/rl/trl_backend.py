@@ -119,8 +119,7 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
     with checkpoint_lock(ckpt):
         metrics = _train_and_save(cfg, stage2_model_dir, dataset_dir, sid_index_dir, corpus_dir, ckpt,
                                   Path(out_checkpoint_dir))
-        removed = remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
-    metrics["checkpoint_folders_removed"] = float(len(removed))
+        remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
     return metrics
 
 

@@ -452,8 +452,7 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
     ckpt = checkpoint_root("stage3", cfg, s, read).resolve()
     with checkpoint_lock(ckpt):
         metrics = _train_in(cfg, ckpt, stage2_model_dir, sid_index_dir, train_rows, valid_rows, skipped, start, out_dir)
-        removed = remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
-    metrics["checkpoint_folders_removed"] = float(len(removed))
+        remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
     return metrics
 
 

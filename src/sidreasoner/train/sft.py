@@ -344,8 +344,7 @@ def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, 
     with checkpoint_lock(ckpt):
         launched = maybe_launch_distributed(step_fn, cfg, dirs)
         metrics = launched if launched is not None else _sft_train(stage, train_fn, cfg, dirs, ckpt)
-        removed = remove_old_checkpoint_folders(ckpt, section.checkpoint_folders_kept)
-    metrics["checkpoint_folders_removed"] = float(len(removed))
+        remove_old_checkpoint_folders(ckpt, section.checkpoint_folders_kept)
     return metrics
 
 
