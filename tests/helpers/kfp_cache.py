@@ -91,6 +91,18 @@ class Backend:
             results[name] = self._task(spec, executors, name, task, root_params, results, run_id)
         return results
 
+    def retry(self, compiled_yaml: str, parameters: dict[str, Any], results: dict[str, TaskResult],
+              name: str) -> TaskResult:
+        """Argo's retry of one failed pod of the run that gave `results`: the same executor input (parameters and input
+        artifacts), executed again; no cache lookup, since the first attempt wrote no entry."""
+        spec = next(yaml.safe_load_all(compiled_yaml))
+        task = spec["root"]["dag"]["tasks"][name]
+        params = _parameters(task, _root_parameters(spec, parameters))
+        inputs = {key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
+                  for key, a in task["inputs"].get("artifacts", {}).items()}
+        trained = self._train(name, params, inputs) if name in TRAINING else None
+        return TaskResult("EXECUTED", results[name].outputs, trained)
+
     def _task(self, spec, executors, name, task, root_params, results, run_id) -> TaskResult:
         component = spec["components"][task["componentRef"]["name"]]
         label = component["executorLabel"]
