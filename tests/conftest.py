@@ -108,6 +108,14 @@ def teacher_inputs(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def kfp_backend():
+    """The KFP cache model's Backend class: `backend = kfp_backend(); backend.run(compiled_yaml, params)`."""
+    from .helpers.kfp_cache import Backend
+
+    return Backend
+
+
+@pytest.fixture(scope="session")
 def fake_openai():
     """The FakeOpenAI class: `with fake_openai(faults=[...]) as server: server.base_url ...`."""
     return teacher.FakeOpenAI

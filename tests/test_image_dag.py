@@ -5,7 +5,8 @@ has, a path uid 1000 cannot write, a component command that needs the venv's lay
 image's user (uid 1000), only the pipeline root is mounted (no source tree), no step installs anything,
 and artifacts pass between containers through the pipeline root. The training steps run in the CPU image
 too (the demo's tiny model trains on CPU). The run's metrics must equal those of a
-SubprocessRunner run of the same tree and preset.
+SubprocessRunner run of the same tree and settings (the demo preset on less data, as
+tests/test_pipeline_local.py runs it).
 
 Run by `make image-test` (and by `make test` when CI is set). It sets podman up when it can (root and
 apt-get) and is skipped, with the reason, when it cannot.
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from .test_pipeline_local import SMALL
 from .helpers.image_build import (
     BASE_IMAGE,
     PodmanUnavailable,
@@ -104,10 +106,12 @@ def cpu_image(docker_host, tree):
 
 
 def _run_demo(root: Path, tmp_path: Path, runner: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    """The demo DAG on less data and shorter training, as tests/test_pipeline_local.py runs it: every step and
+    artifact of the demo, in about a fifth of its time (what the demo learns is test_demo_reasoning_pays' job)."""
     summary = tmp_path / f"{runner}-summary.json"
-    command = [*SIDREASONER, "run", "--preset", "demo", "--pipeline-root", str(root), "--summary", str(summary),
-               "--runner", runner, *extra]
-    # About 3 min on an idle 2-core machine; over 30 min when it is shared with other heavy jobs.
+    command = [*SIDREASONER, "run", "--preset", "demo", *sum((["--set", s] for s in SMALL), []), "--pipeline-root",
+               str(root), "--summary", str(summary), "--runner", runner, *extra]
+    # About 1 min on an idle 2-core machine; much more when it is shared with other heavy jobs.
     return subprocess.run(command, cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=5400, check=False)
 

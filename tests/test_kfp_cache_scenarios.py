@@ -14,7 +14,6 @@ from sidreasoner.pipelines import pipeline
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.submit import run_parameters
 from sidreasoner.steps import STEPS, downstream
-from tests.helpers.kfp_cache import Backend
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "office"
@@ -48,11 +47,11 @@ def describe(results) -> str:
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory, request):
+def table(tmp_path_factory, request, kfp_backend):
     tmp = tmp_path_factory.mktemp("kfp-cache")
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    backend = Backend()
+    backend = kfp_backend()
     base = config.load(PRESET)
     kept = config.load(PRESET, [f"generations.rl-stage3={GENERATION}"])
     rows = []
@@ -120,9 +119,9 @@ def test_docs_show_the_computed_table(table):
     assert markdown(table) in doc, "docs/cluster.md differs from the computed table:\n" + markdown(table)
 
 
-def test_a_retried_task_resumes_its_checkpoint(tmp_path):
+def test_a_retried_task_resumes_its_checkpoint(tmp_path, kfp_backend):
     """A retry replays the same task with the same inputs: the same checkpoint folder, resumed."""
-    backend = Backend()
+    backend = kfp_backend()
     cfg = config.load(PRESET)
     text, parameters = compiled(cfg, tmp_path), run_parameters(cfg)
     first = backend.run(text, parameters)
