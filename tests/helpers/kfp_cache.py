@@ -98,8 +98,7 @@ class Backend:
         spec = next(yaml.safe_load_all(compiled_yaml))
         task = spec["root"]["dag"]["tasks"][name]
         params = _parameters(task, _root_parameters(spec, parameters))
-        inputs = {key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
-                  for key, a in task["inputs"].get("artifacts", {}).items()}
+        inputs = _input_artifacts(task, results)
         trained = self._train(name, params, inputs) if name in TRAINING else None
         return TaskResult("EXECUTED", results[name].outputs, trained)
 
@@ -108,8 +107,7 @@ class Backend:
         label = component["executorLabel"]
         container = spec["deploymentSpec"]["executors"][label]["container"]
         params = _parameters(task, root_params)
-        inputs = {key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
-                  for key, a in task["inputs"].get("artifacts", {}).items()}
+        inputs = _input_artifacts(task, results)
         outputs_spec = component.get("outputDefinitions", {}).get("artifacts", {})
         key = {
             "inputArtifactNames": {k: {"artifactNames": [str(a.id)]} for k, a in inputs.items()},
@@ -173,6 +171,12 @@ def _parameters(task: dict, root_params: dict[str, Any]) -> dict[str, Any]:
         else:
             raise NotImplementedError(f"task parameter {name}: {source}")
     return json.loads(json.dumps(values))  # protobuf Values: numbers are floats, as in the backend
+
+
+def _input_artifacts(task: dict, results: dict[str, TaskResult]) -> dict[str, Artifact]:
+    """Each input artifact of `task`: the producing task's output in this run (cached or executed)."""
+    return {key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
+            for key, a in task["inputs"].get("artifacts", {}).items()}
 
 
 def _in_order(tasks: dict[str, dict]) -> list[tuple[str, dict]]:
