@@ -489,3 +489,70 @@ def _reap(running, results, timeout_s=90.0):
         results[i] = (proc.returncode, err.read())
         err.close()
         del running[i]
+
+
+# ---------------------------------------------------------------- a local data.source folder
+
+def _tiny_source(src):
+    """A data.source folder with Tiny.json (amazon2018 reviews) and meta_Tiny.json."""
+    src.mkdir(parents=True)
+    reviews = [{"reviewerID": f"U{u}", "asin": f"A{i}", "overall": 5.0, "unixReviewTime": 1_500_000_000 + u * 9 + i}
+               for u in range(4) for i in range(4)]
+    (src / "Tiny.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    (src / "meta_Tiny.json").write_text("".join(json.dumps({"asin": f"A{i}", "title": f"T {i}"}) + "\n"
+                                                for i in range(4)))
+    return src
+
+
+def _folder_cfg(src):
+    return load("demo", [f"data.source={src}", "data.category=Tiny", "data.five_core=false", "data.k_core=2",
+                         "data.min_samples=1", "data.time_window.start=null"])
+
+
+def test_a_symlink_out_of_the_source_folder_is_refused_and_never_read(tmp_path):
+    secret = tmp_path / "private" / "credentials.json"
+    secret.parent.mkdir()
+    secret.write_text("TOKEN=hunter2\n")
+    secret.chmod(0o600)
+    src = _tiny_source(tmp_path / "src")
+    (src / "meta_Tiny.json").unlink()
+    (src / "meta_Tiny.json").symlink_to(secret)
+    with pytest.raises(DownloadError) as err:
+        download_data(_folder_cfg(src), tmp_path / "raw")
+    assert str(err.value) == (f"data.source: {src / 'meta_Tiny.json'} is a symbolic link to {secret}, outside {src}; "
+                              "only files inside the folder are read (copy the file there)")
+    assert not (tmp_path / "raw").exists() and "hunter2" not in str(err.value)
+
+    (src / "meta_Tiny.json").unlink()  # a link that stays inside the folder is read, as a copy
+    (src / "versions").mkdir()
+    (src / "versions" / "meta_v2.json").write_text(json.dumps({"asin": "A1", "title": "T"}) + "\n")
+    (src / "meta_Tiny.json").symlink_to("versions/meta_v2.json")
+    download_data(_folder_cfg(src), tmp_path / "raw")
+    assert not (tmp_path / "raw" / "meta_Tiny.json").is_symlink()
+    assert (tmp_path / "raw" / "meta_Tiny.json").read_text() == (src / "versions" / "meta_v2.json").read_text()
+
+
+def test_a_source_file_changed_after_download_leaves_the_artifact_as_its_manifest_says(tmp_path):
+    src = _tiny_source(tmp_path / "src")
+    cfg = _folder_cfg(src)
+    download_data(cfg, tmp_path / "raw")
+    raw = tmp_path / "raw"
+    with open(src / "Tiny.json", "a") as fh:  # the user adds reviews after the step finished
+        fh.write(json.dumps({"reviewerID": "U9", "asin": "A1", "overall": 1.0, "unixReviewTime": 1_500_000_000}) + "\n")
+    for name, want in json.loads((raw / "manifest.json").read_text())["files"].items():
+        body = (raw / name).read_bytes()
+        assert (len(body), hashlib.sha256(body).hexdigest()) == (want["bytes"], want["sha256"]), name
+        assert os.stat(raw / name).st_nlink == 1  # a copy, not a second name of the user's file
+    assert preprocess(cfg, raw, tmp_path / "data")["users"] == 4
+
+
+def test_a_symlink_out_of_a_research_bundle_folder_is_refused(tmp_path, write_research_bundle):
+    bundle = write_research_bundle(tmp_path / "Amazon", "Office_Products", n_users=6, n_items=12)
+    split = bundle["root"] / "index" / "Office_Products.item.json"
+    elsewhere = tmp_path / "elsewhere.json"
+    split.rename(elsewhere)
+    split.symlink_to(elsewhere)
+    cfg = load("demo", ["data.format=research", f"data.source={bundle['root']}", "data.category=Office_Products"])
+    with pytest.raises(DownloadError, match=rf"{split} is a symbolic link to {elsewhere}, outside {bundle['root']}"):
+        download_data(cfg, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()

@@ -16,6 +16,7 @@ from sidreasoner.data.preprocess import (
     split_bounds, title_problem, window_seconds, write_research_csvs,
 )
 from sidreasoner.data.raw import RawDataError
+from tests.helpers.raw_manifest import seal
 
 DAY = 86_400
 BASE = int(dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # 1483228800
@@ -39,7 +40,7 @@ def write_raw(folder, reviews, meta, fmt="amazon2018", category="Tiny"):
     (folder / "manifest.json").write_text(json.dumps(
         {"source": "test", "format": fmt, "category": category, "reviews": f"{category}.json",
          "meta": f"meta_{category}.json"}))
-    return folder
+    return seal(folder)
 
 
 def tiny_raw(folder):
@@ -190,6 +191,7 @@ def test_too_few_samples_and_empty_split_errors(tmp_path):
 def test_not_json_reviews_fail_with_file_and_line(tmp_path):
     raw = tiny_raw(tmp_path / "raw")
     (raw / "Tiny.json").write_text("reviewerID,asin\n" + "U1,B001\n" * 60)
+    seal(raw)
     with pytest.raises(RawDataError, match=r"Tiny\.json: .*first bad line 1"):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -228,6 +230,7 @@ def test_unusable_timestamps_and_ratings_are_counted_skips_within_the_budget(tmp
         for ts in ('"nan"', '"inf"', "1e300"):
             fh.write(f'{{"reviewerID": "U1", "asin": "B001", "overall": 5.0, "unixReviewTime": {ts}}}\n')
         fh.write(_review("U2", "B002", BASE, rating="five") + "\n")
+    seal(raw)
     m = preprocess(tiny_cfg(), raw, tmp_path / "out")  # 1 bad line + 4 unusable records of 25 = 20%
     assert (m["raw_review_lines"], m["malformed_review_lines"], m["reviews_read"]) == (25, 1, 20)
     assert (m["review_records_skipped_invalid_unixReviewTime"], m["review_records_skipped_invalid_overall"]) == (3, 1)
@@ -246,6 +249,7 @@ def test_a_boolean_user_id_is_skipped_not_merged_into_the_user_True(tmp_path):
     with open(raw / "Tiny.json", "a") as fh:
         for asin in ("B001", "B002"):
             fh.write(json.dumps({"reviewerID": True, "asin": asin, "overall": 5.0, "unixReviewTime": BASE}) + "\n")
+    seal(raw)
     m = preprocess(tiny_cfg(), raw, tmp_path / "out")
     assert m["review_records_skipped_invalid_reviewerID"] == 2 and m["users"] == 4
     assert pq.read_table(tmp_path / "out" / "users.parquet")["raw_user_id"].to_pylist() == ["U1", "U2", "U3", "U4"]
@@ -318,9 +322,35 @@ def test_byte_order_marks_and_crlf_line_endings_give_the_same_dataset(tmp_path):
     for name in ("Tiny.json", "meta_Tiny.json"):
         text = (raw / name).read_bytes()
         (raw / name).write_bytes(b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))
+    seal(raw)
     marked = preprocess(tiny_cfg(), raw, tmp_path / "out")
     plain.pop("wall_seconds"), marked.pop("wall_seconds")
     assert marked == plain and marked["malformed_meta_lines"] == 1 and marked["malformed_review_lines"] == 1
     for table in ("items", "users", "train", "valid", "test"):
         assert pq.read_table(tmp_path / "out" / f"{table}.parquet") == pq.read_table(
             tmp_path / "out_plain" / f"{table}.parquet")
+
+
+def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path):
+    raw = tiny_raw(tmp_path / "raw")
+    size = (raw / "Tiny.json").stat().st_size
+    with open(raw / "Tiny.json", "a") as fh:
+        fh.write(_review("U9", "B001", BASE) + "\n")
+    with pytest.raises(PreprocessError) as err:
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+    grown = (raw / "Tiny.json").stat().st_size
+    assert str(err.value) == (f"{raw / 'Tiny.json'}: {grown} bytes where manifest.json says {size}; the raw file "
+                              "changed after download-data; run download-data again")
+    seal(raw)
+    text = (raw / "meta_Tiny.json").read_bytes()
+    (raw / "meta_Tiny.json").write_bytes(text.replace(b"Notebook", b"Notebooc"))  # same size
+    with pytest.raises(PreprocessError, match=r"meta_Tiny\.json: sha256 [0-9a-f]{64} where manifest\.json says "
+                                              r"[0-9a-f]{64}; the raw file changed after download-data"):
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+    manifest = json.loads((raw / "manifest.json").read_text())
+    del manifest["files"]
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PreprocessError, match=r"manifest\.json: key 'files' \(each raw file's bytes and sha256\) is "
+                                              r"missing or empty; the raw folder must come from download-data"):
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

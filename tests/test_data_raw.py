@@ -168,3 +168,14 @@ def test_byte_order_mark_and_crlf_line_endings_are_accepted(tmp_path, gz):
     stats = LineStats()
     assert [m.title for m in iter_meta(path, "amazon2018", 0.0, stats, FieldCounts())] == ["Pen"]
     assert (stats.lines, stats.malformed) == (1, 0)
+
+
+def test_a_bad_line_is_shown_as_a_short_escaped_prefix(tmp_path):
+    line = "\x1b[2J\x1b[31m" + "A" * 51 + "SECRET-PAST-THE-PREFIX" + "B" * 200  # terminal escapes, then 60 chars
+    path = tmp_path / "r.json"
+    path.write_text(line + "\n" + "not json\n" * 3)
+    with pytest.raises(RawDataError) as err:
+        list(iter_json_lines(path))
+    msg = str(err.value)
+    assert "\x1b" not in msg and "SECRET" not in msg
+    assert f"(first bad line 1: {line[:60] + '...'!r})" in msg and "'\\x1b[2J\\x1b[31mAAA" in msg

@@ -162,3 +162,32 @@ def test_a_local_target_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match=r"export.uri .*taken is a file; it must name a folder"):
         _export(str(tmp_path / "taken"), model, tmp_path / "e1")
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def _precious(folder: Path) -> dict[str, bytes]:
+    """Another run's export that a link in the target points to; it must come through unchanged."""
+    files = {"config.json": b'{"model_type": "run-6"}', "model.safetensors": b"run-6 weights", "sub/notes.txt": b"n"}
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return files
+
+
+def test_a_symlink_in_a_local_target_is_refused_and_overwrite_removes_only_the_link(tmp_path):
+    run6, target = tmp_path / "exports" / "run-6", tmp_path / "exports" / "run-7"
+    kept = _precious(run6)
+    _export(str(target), _model(tmp_path / "old", {"model.safetensors": b"old"}), tmp_path / "e1")
+    (target / "previous").symlink_to("../run-6")
+    (target / "config.json").unlink()
+    (target / "config.json").symlink_to(run6 / "config.json")
+    new = _model(tmp_path / "new", {"model.safetensors": b"new weights"})
+    for model in (new, tmp_path / "old"):  # a different model, and the same one with a linked file
+        with pytest.raises(FileExistsError, match=r"holds 2 symbolic link\(s\) \(config\.json -> .*run-6/config\.json, "
+                                                  r"previous -> \.\./run-6\), which an export never writes; "
+                                                  r"set export\.overwrite=true"):
+            _export(str(target), model, tmp_path / "e2")
+    m = _export(str(target), new, tmp_path / "e3", "export.overwrite=true")
+    assert m["uploaded"] == 1.0
+    _exactly(str(target), new)
+    assert not any(p.is_symlink() for p in target.iterdir())
+    assert {p.relative_to(run6).as_posix(): p.read_bytes() for p in run6.rglob("*") if p.is_file()} == kept

@@ -16,6 +16,7 @@ from sidreasoner.data.preprocess import (
     preprocess, title_problem, widest_start, window_seconds, write_research_csvs, year_back,
 )
 from sidreasoner.data.raw import FieldCounts, normalize_meta
+from tests.helpers.raw_manifest import seal
 
 DAY = 86_400
 T0 = int(dt.datetime(2017, 10, 1, tzinfo=dt.timezone.utc).timestamp())  # 1506816000
@@ -44,7 +45,7 @@ def write_raw(folder, reviews, meta, category="Tiny"):
     (folder / "manifest.json").write_text(json.dumps(
         {"source": "test", "format": "amazon2018", "category": category, "reviews": f"{category}_5.json",
          "meta": f"meta_{category}.json"}))
-    return folder
+    return seal(folder)
 
 
 LONG = " ".join(["w"] * 21)  # 21 words

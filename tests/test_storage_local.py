@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidreasoner import storage
+from sidreasoner.storage.api import symlinks
 
 
 def test_parse_uri_and_unknown_scheme(tmp_path):
@@ -55,3 +56,34 @@ def test_local_folder_without_marker(tmp_path):
         storage.upload_file(tmp_path / "nope", tmp_path / "o")
     with pytest.raises(storage.NotFoundError, match=r"nope: no such folder"):
         storage.list_files(tmp_path / "nope")
+
+
+def test_local_listing_shows_links_as_themselves_and_never_follows_them(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.txt").write_text("not yours")
+    (outside / "deep" / "x.bin").write_bytes(b"x")
+    folder = tmp_path / "folder"
+    (folder / "real").mkdir(parents=True)
+    (folder / "real" / "a.txt").write_text("a")
+    (folder / "to_outside_dir").symlink_to(outside)
+    (folder / "real" / "loop").symlink_to(folder)
+    assert storage.list_files(folder) == ["real/a.txt", "real/loop", "to_outside_dir"]
+    assert symlinks(folder) == {"real/loop": str(folder), "to_outside_dir": str(outside)}
+    storage.delete_files(folder, ["to_outside_dir", "real/loop"])  # removes the links, not what they point to
+    assert storage.list_files(folder) == ["real/a.txt"] and (outside / "deep" / "x.bin").read_bytes() == b"x"
+
+
+def test_download_dir_refuses_a_link_out_of_a_local_folder_and_copies_one_inside(tmp_path):
+    (tmp_path / "secret.txt").write_text("not yours")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    (src / "b.txt").symlink_to("a.txt")
+    assert storage.download_dir(src, tmp_path / "out", require_marker=False) == ["a.txt", "b.txt"]
+    assert (tmp_path / "out" / "b.txt").read_text() == "a" and not (tmp_path / "out" / "b.txt").is_symlink()
+    (src / "c.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(storage.StorageError, match=r"src/c\.txt: refusing a symbolic link to .*secret\.txt "
+                                                   r"\(outside the folder\)"):
+        storage.download_dir(src, tmp_path / "out2", require_marker=False)
+    assert not (tmp_path / "out2").exists()

@@ -10,7 +10,8 @@ Whose the destination is decides what may be deleted. One holding exactly these 
 it is. One holding a different model of ours (its `_SUCCESS`), or files without our marker (someone
 else's folder), is refused unless `export.overwrite` is set. An export writes `_EXPORTING` before it
 touches anything and removes it last, so a retry that finds it resumes its own interrupted export
-without needing `export.overwrite`.
+without needing `export.overwrite`. A symbolic link in a local target is never ours: it is refused even
+then, and `export.overwrite` removes the link itself, never what it points to.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sidreasoner import storage
 from sidreasoner.config import Config, ConfigError
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.storage._common import digest_file
+from sidreasoner.storage.api import symlinks
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +83,23 @@ def _few(names: set[str]) -> str:
     return ", ".join(shown) + (f", … ({len(names)} in all)" if len(names) > 3 else "")
 
 
+HINT = "; set export.overwrite=true to replace them, or export to another folder"
+
+
+def _link_refusal(uri: str, links: dict[str, str]) -> str | None:
+    if not links:
+        return None
+    shown = _few({f"{name} -> {to}" for name, to in links.items()})
+    return (f"export-model: {uri} holds {len(links)} symbolic link(s) ({shown}), which an export never writes"
+            f"{HINT} (the links are removed, never what they point to)")
+
+
 def _refusal(uri: str, manifest: dict | None, present: set[str], local: dict[str, dict]) -> str | None:
     """Why exporting into `uri` without export.overwrite would destroy something, or None."""
-    hint = "; set export.overwrite=true to replace them, or export to another folder"
     if manifest is None:
         if present:
             return (f"export-model: {uri} holds {len(present)} file(s) ({_few(present)}) and no {storage.MARKER} "
-                    f"marker of a sidreasoner export: not a folder this step wrote{hint}")
+                    f"marker of a sidreasoner export: not a folder this step wrote{HINT}")
         return None
     if not _same_files(manifest, local):
         return (f"export-model: {uri} already holds a different complete model "
@@ -95,16 +107,17 @@ def _refusal(uri: str, manifest: dict | None, present: set[str], local: dict[str
     foreign = present - set(local)  # (files of it that went missing are simply uploaded again)
     if foreign:
         return (f"export-model: {uri} holds this model plus {len(foreign)} file(s) not in its {storage.MARKER} "
-                f"manifest ({_few(foreign)}){hint}")
+                f"manifest ({_few(foreign)}){HINT}")
     return None
 
 
-def _replace(model_dir: Path, uri: str, present: set[str], local: dict[str, dict]) -> dict:
-    """Make `uri` hold exactly `model_dir`: mark the export pending, drop the old marker and every file
-    the new model does not have, upload, write `_SUCCESS`, clear the pending mark."""
+def _replace(model_dir: Path, uri: str, present: set[str], local: dict[str, dict], links: set[str]) -> dict:
+    """Make `uri` hold exactly `model_dir`: mark the export pending, drop the old marker, every file the new
+    model does not have and every symbolic link (the link, not its target), upload, write `_SUCCESS`, clear
+    the pending mark."""
     pending_uri = f"{uri.rstrip('/')}/{PENDING}"
     storage.put_bytes(pending_uri, (json.dumps({"format": PENDING_FORMAT, "files": sorted(local)}) + "\n").encode())
-    stale = sorted(present - set(local))
+    stale = sorted((present - set(local)) | (links - {PENDING}))  # a link named PENDING was just replaced
     storage.delete_files(uri, [storage.MARKER] + stale)
     if stale:
         log.info("export-model: deleted %d file(s) of the previous contents of %s", len(stale), uri)
@@ -124,16 +137,17 @@ def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, fl
     _check_not_a_file(uri)
     local = _local_manifest(model_dir)
     remote, present, pending = _target_state(uri)
-    if remote is not None and _same_files(remote, local) and present == set(local):
+    links = symlinks(uri)
+    if remote is not None and _same_files(remote, local) and present == set(local) and not links:
         log.info("export-model: %s already holds this model; nothing uploaded", uri)
         if pending:  # the export that wrote it died before clearing its mark
             storage.delete_files(uri, [PENDING])
         manifest, uploaded = remote, False
     else:
-        refusal = None if pending else _refusal(uri, remote, present, local)
+        refusal = _link_refusal(uri, links) or (None if pending else _refusal(uri, remote, present, local))
         if refusal is not None and not cfg.export.overwrite:
             raise FileExistsError(refusal)
-        manifest, uploaded = _replace(model_dir, uri, present, local), True
+        manifest, uploaded = _replace(model_dir, uri, present, local, set(links)), True
     with atomic_dir(Path(export_dir)) as tmp:
         write_json(tmp / "export.json", {"uri": uri, "uploaded": uploaded, "files": manifest["files"],
                                          "total_bytes": manifest["total_bytes"]})

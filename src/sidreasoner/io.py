@@ -4,6 +4,10 @@ A file or folder is built at a hidden temp path beside its final path (`.<name>.
 an exclusively locked file `.<name>.tmp-XXXX.lock`. A step killed mid-write leaves both behind; the next
 atomic_file or atomic_dir for the same final path removes them once their lock is free (the owner is
 dead), and never touches the temp path of a live writer.
+
+atomic_dir replaces an existing folder by renaming it aside (`.<name>.old-XXXX`, owned the same way), renaming
+the new folder in, and only then deleting the old copy. A kill at any moment leaves one whole copy: the final
+folder, or (killed between the two renames) the aside, which the next atomic_dir for that path puts back.
 """
 
 from __future__ import annotations
@@ -115,16 +119,27 @@ def remove_stale_temps(parent: str | os.PathLike, prefix: str) -> list[Path]:
 
 
 def _remove_if_owner_dead(lock: Path) -> bool:
+    with _owner_dead(lock) as dead:
+        if dead:
+            _remove(lock.with_name(lock.name[: -len(LOCK_SUFFIX)]))
+        return dead
+
+
+@contextlib.contextmanager
+def _owner_dead(lock: Path) -> Iterator[bool]:
+    """Yield True, holding `lock`, when the writer that owned it is dead (the lock file is free); the lock file
+    is removed after the block. False for a live owner, a filesystem without locks, or when another cleaner
+    got there first."""
     try:
         fd = os.open(lock, os.O_RDWR)
     except OSError:
-        return False
+        yield False
+        return
     try:
-        if not try_lock(fd) or not _same_file(fd, lock):
-            return False  # a live owner, a filesystem without locks, or another cleaner got there first
-        _remove(lock.with_name(lock.name[: -len(LOCK_SUFFIX)]))
-        lock.unlink(missing_ok=True)
-        return True
+        dead = bool(try_lock(fd)) and _same_file(fd, lock)
+        yield dead
+        if dead:
+            lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
 
@@ -146,18 +161,70 @@ def _temp_beside(final: Path) -> Iterator[Path]:
         _release_temp_name(tmp, fd)
 
 
+def _aside_prefix(final: Path) -> str:
+    return f".{final.name}.old-"
+
+
+def _restore_asides(final: Path) -> None:
+    """Asides of dead writers of `final`: one is put back where `final` is missing (its writer was killed
+    between the two renames), the others are old copies already replaced, and removed."""
+    prefix = _aside_prefix(final)
+    try:
+        names = sorted(n for n in os.listdir(final.parent)
+                       if n.startswith(prefix) and n.endswith(LOCK_SUFFIX))
+    except FileNotFoundError:
+        return
+    for name in names:
+        lock = final.parent / name
+        with _owner_dead(lock) as dead:
+            aside = lock.with_name(name[: -len(LOCK_SUFFIX)])
+            if not dead or not os.path.lexists(aside):
+                continue
+            if not os.path.lexists(final):
+                _put_back(aside, final)
+            else:
+                _remove(aside)
+
+
+def _put_back(aside: Path, final: Path) -> None:
+    try:
+        os.rename(aside, final)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not os.path.lexists(final):
+            raise
+        _remove(aside)  # another writer has just put its whole copy there
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Move the finished folder `tmp` to `final`. An existing `final` is renamed aside first and deleted only
+    once the new copy is in place."""
+    if not os.path.lexists(final):
+        os.replace(tmp, final)
+        return
+    aside, fd = _claim_temp_name(final.parent, _aside_prefix(final))
+    try:
+        os.rename(final, aside)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            _put_back(aside, final)
+            raise
+        # Deleted under the temp name, whose lock this writer holds: a kill mid-delete leaves a dead temp.
+        os.rename(aside, tmp)
+        _remove(tmp)
+    finally:
+        _release_temp_name(aside, fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `final`; on success it replaces `final`, on error it is removed."""
     final = Path(final)
+    _restore_asides(final)
     with _temp_beside(final) as tmp:
         tmp.mkdir(mode=0o700)  # as tempfile.mkdtemp made it
         yield tmp
-        if final.is_dir():
-            shutil.rmtree(final)
-        elif final.exists():
-            final.unlink()
-        os.replace(tmp, final)
+        _swap_in(tmp, final)
 
 
 @contextlib.contextmanager

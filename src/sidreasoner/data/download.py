@@ -5,12 +5,18 @@ Hugging Face dataset repo), or a folder (`file://...`, a plain path, or a bucket
 `minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names. HTTP
 downloads go through a cache folder that concurrent runs may share, resume from `<name>.part` with a Range
 request, and never pass a short, cut or wrong file as complete.
+
+A file of the user's own folder is copied into the artifact (a reflink where the filesystem has them), never
+hard-linked, so that changing it later cannot change a finished artifact; a symbolic link there that leads out
+of the folder is refused. A file of the download cache is hard-linked: the cache is this step's own, and its
+files are only ever replaced by a rename, which leaves the artifact's link to the old bytes as it was.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import logging
@@ -308,7 +314,7 @@ def http_download(url: str, cache_dir: Path, name: str | None = None, timeout: f
             finally:
                 part.unlink(missing_ok=True)
         if link_to is not None:
-            _place(final, link_to)
+            _link_cached(final, link_to)
         return fetched
 
 
@@ -319,12 +325,36 @@ def _cache_dir(data: DataConfig) -> Path:
     return Path(data.cache_dir).expanduser() if data.cache_dir else Path.home() / ".cache" / "sidreasoner" / "downloads"
 
 
-def _place(src: Path, dest: Path) -> None:
-    """Hardlink (same filesystem) or copy `src` to `dest`."""
+def _link_cached(src: Path, dest: Path) -> None:
+    """Hard-link (same filesystem) or copy the cached file `src` to `dest`."""
     try:
         os.link(src.resolve(), dest)
     except OSError:
-        shutil.copyfile(src, dest)
+        _copy(src, dest)
+
+
+FICLONE = 0x40049409  # Linux ioctl: `dest` shares the blocks of `src`, copy-on-write (btrfs, XFS, bcachefs)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """Copy `src` to `dest`: a reflink where the filesystem has them, else the bytes."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+
+
+def _inside(folder: Path, rel: str) -> Path:
+    """`folder/rel`, unless it is (or goes through) a symbolic link that leads out of `folder`."""
+    path = folder / rel
+    real = path.resolve()
+    if not real.is_relative_to(folder.resolve()):
+        raise DownloadError(f"data.source: {path} is a symbolic link to {real}, outside {folder}; only files inside "
+                            "the folder are read (copy the file there)")
+    return path
 
 
 def _amazon2018(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
@@ -352,7 +382,7 @@ def _amazon2023(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple
         except Exception as err:  # hub errors have many types; name the file and the repo
             raise DownloadError(f"hf://datasets/{AMAZON2023_REPO}/{remote}: {err}") from err
         fname = remote.rsplit("/", 1)[-1]
-        _place(path, out / fname)
+        _link_cached(path, out / fname)
         metrics["bytes_downloaded"] += path.stat().st_size
         names.append(fname)
     return names[0], names[1]
@@ -411,7 +441,7 @@ def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
             present = sorted(p.name for p in folder.iterdir())[:50]
             raise DownloadError(f"{folder}: none of {candidates} found (data.format={data.format}, "
                                 f"data.category={data.category}). Present: {present or 'nothing'}")
-        _place(folder / hit, out / hit)
+        _copy(_inside(folder, hit), out / hit)
         found.append(hit)
     return found[0], found[1]
 
@@ -457,7 +487,7 @@ def _research_bundle(data: DataConfig, out: Path, metrics: dict[str, float]) -> 
                               data.category)
         for name in names:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            _place(folder / name, dest / name)
+            _copy(_inside(folder, name), dest / name)
     try:
         find_bundle(dest, data.category)
     except ResearchDataError as err:

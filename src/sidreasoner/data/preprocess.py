@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import math
 import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,7 @@ def read_manifest(raw_dir: Path) -> RawManifest:
         if problem:  # these name files inside the raw and dataset folders: never a path leading out
             raise PreprocessError(f"{path}: key '{key}': {problem}")
     if data["format"] == "research":
+        check_raw_files(path, data.get("files"), [])
         return RawManifest(data["format"], data["category"], Path(raw_dir), Path(raw_dir), str(data.get("source", "")),
                            bundle=Path(raw_dir) / data["bundle"])
     out = RawManifest(data["format"], data["category"], Path(raw_dir) / data["reviews"],
@@ -91,7 +93,41 @@ def read_manifest(raw_dir: Path) -> RawManifest:
     for key in ("reviews", "meta"):
         if not getattr(out, key).is_file():
             raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw_dir}")
+    check_raw_files(path, data.get("files"), [data["reviews"], data["meta"]])
     return out
+
+
+def check_raw_files(manifest: Path, files: Any, needed: list[str]) -> None:
+    """Each file the manifest lists (the `needed` ones among them) still has the size and sha256 that
+    download-data recorded: a raw file changed since would silently change the dataset."""
+    if not isinstance(files, dict) or not files:
+        raise PreprocessError(f"{manifest}: key 'files' (each raw file's bytes and sha256) is missing or empty; "
+                              "the raw folder must come from download-data")
+    for name in needed:
+        if name not in files:
+            raise PreprocessError(f"{manifest}: 'files' does not list {name!r}, so it cannot be checked")
+    for name, want in files.items():
+        _check_raw_file(manifest, name, want)
+
+
+def _check_raw_file(manifest: Path, name: Any, want: Any) -> None:
+    parts = PurePosixPath(str(name)).parts
+    if not name or str(name).startswith("/") or ".." in parts or "\\" in str(name):
+        raise PreprocessError(f"{manifest}: 'files' names {name!r}, which is not a file in {manifest.parent}")
+    try:
+        size, sha256 = int(want["bytes"]), str(want["sha256"])
+    except (TypeError, KeyError, ValueError):
+        raise PreprocessError(f"{manifest}: 'files' entry {name!r} needs 'bytes' and 'sha256'") from None
+    path = manifest.parent / name
+    changed = "the raw file changed after download-data; run download-data again"
+    if not path.is_file():
+        raise PreprocessError(f"{path}: missing, but {manifest.name} lists it; {changed}")
+    if path.stat().st_size != size:
+        raise PreprocessError(f"{path}: {path.stat().st_size} bytes where {manifest.name} says {size}; {changed}")
+    with open(path, "rb") as fh:
+        got = hashlib.file_digest(fh, "sha256").hexdigest()
+    if got != sha256:
+        raise PreprocessError(f"{path}: sha256 {got} where {manifest.name} says {sha256}; {changed}")
 
 
 # ---------------------------------------------------------------- items

@@ -28,7 +28,7 @@ TitleRule = Literal["minionerec", "unescape"]
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 PROBE_LINES = 50  # when the first this-many non-empty lines all fail, the file is not JSON lines
-SNIPPET_CHARS = 80
+SNIPPET_CHARS = 60  # of a bad line, in error messages
 
 
 class RawDataError(ValueError):
@@ -58,7 +58,7 @@ class LineStats:
     valid: int = 0
     malformed: int = 0
     first_bad_line: int | None = None
-    first_bad_snippet: str = ""
+    first_bad_snippet: str = ""  # quoted and escaped (repr)
 
     @property
     def malformed_fraction(self) -> float:
@@ -100,13 +100,15 @@ def open_binary(path: str | Path) -> IO[bytes]:
 
 
 def _snippet(raw: bytes) -> str:
+    """The start of a bad line, quoted and escaped as repr does: no control character or terminal escape
+    sequence of the file reaches the message."""
     text = raw.decode("utf-8", errors="replace").strip()
-    return text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else "")
+    return repr(text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else ""))
 
 
 def _bad_line_error(path: Path, stats: LineStats, why: str) -> RawDataError:
     return RawDataError(
-        f"{path}: {why} (first bad line {stats.first_bad_line}: {stats.first_bad_snippet!r}). "
+        f"{path}: {why} (first bad line {stats.first_bad_line}: {stats.first_bad_snippet}). "
         "Expected one JSON object per line, plain or gzipped."
     )
 
@@ -367,7 +369,7 @@ def _check_records(path: Path, stats: LineStats, counts: FieldCounts, max_malfor
                                               or counts.first_bad_line < stats.first_bad_line):
         first = f"first bad line {counts.first_bad_line}: {counts.first_bad_reason}"
     else:
-        first = f"first bad line {stats.first_bad_line}: {stats.first_bad_snippet!r}"
+        first = f"first bad line {stats.first_bad_line}: {stats.first_bad_snippet}"
     raise RawDataError(
         f"{path}: {bad} of {stats.lines} lines ({fraction:.1%}) are malformed or unusable, above "
         f"data.max_malformed_fraction={max_malformed_fraction} ({_skip_reasons(stats, counts)}; "

@@ -73,6 +73,18 @@ def _fetch(be, loc: Location, info: ObjectInfo, dest: Path, expected_md5: str | 
     log.info("downloaded %s -> %s (%d bytes)", loc, dest, info.size)
 
 
+def _check_local_links(loc: Location, rels) -> None:
+    """Files of a local folder reached through a symbolic link must be files inside the folder."""
+    root = Path(loc.key).resolve()
+    for rel in rels:
+        real = (root / rel).resolve()
+        if real == root / rel:
+            continue  # no link on the way
+        if not real.is_relative_to(root) or not real.is_file():
+            where = "outside the folder" if not real.is_relative_to(root) else "not a file"
+            raise StorageError(f"{loc.child(rel)}: refusing a symbolic link to {real} ({where})")
+
+
 def _safe_rel(rel: str, loc: Location) -> str:
     parts = PurePosixPath(rel).parts
     if not rel or rel.startswith("/") or ".." in parts or "\\" in rel:
@@ -217,7 +229,10 @@ def download_dir(uri: str | os.PathLike, dest: str | os.PathLike, *, require_mar
                 f"{loc}: incomplete upload: the folder has {len(listing)} file(s) but no {MARKER} marker, so its "
                 "upload never finished (or it was not written by sidreasoner.storage.upload_dir). Re-upload it; "
                 "for a hand-made raw data folder use require_marker=False")
-        wanted = {_safe_rel(info.key, loc): {"size": info.size} for info in listing}
+        wanted = {_safe_rel(info.key, loc): {"size": info.size} for info in listing if "link" not in info.extra}
+        wanted.update({_safe_rel(info.key, loc): {} for info in listing if "link" in info.extra})
+    if loc.scheme == "file":
+        _check_local_links(loc, wanted)
     with atomic_dir(dest) as tmp:
         for rel, meta in wanted.items():
             floc = loc.child(rel)
@@ -240,6 +255,15 @@ def list_files(uri: str | os.PathLike) -> list[str]:
     if loc.scheme == "file" and not Path(loc.key).exists():
         raise NotFoundError(f"{loc}: no such folder")
     return sorted(info.key for info in _list(be, loc) if info.key != MARKER)
+
+
+def symlinks(uri: str | os.PathLike) -> dict[str, str]:
+    """The symbolic links that list_files lists in the local folder `uri`: relative path -> where each points
+    ({} for a bucket folder, which has none)."""
+    loc = parse_uri(uri)
+    if loc.scheme != "file":
+        return {}
+    return {info.key: info.extra["link"] for info in _list(_backend(loc), loc) if "link" in info.extra}
 
 
 def exists(uri: str | os.PathLike) -> bool:

@@ -13,6 +13,13 @@ from sidreasoner.storage.errors import ChecksumError, NotFoundError, StorageErro
 from sidreasoner.storage.uri import Location
 
 
+def _entry(root: Path, path: Path) -> ObjectInfo:
+    rel = path.relative_to(root).as_posix()
+    if path.is_symlink():
+        return ObjectInfo(rel, path.lstat().st_size, extra={"link": os.readlink(path)})
+    return ObjectInfo(rel, path.stat().st_size)
+
+
 class LocalBackend:
     scheme = "file"
 
@@ -34,16 +41,18 @@ class LocalBackend:
         return ObjectInfo(loc.key, path.stat().st_size) if path.is_file() else None
 
     def list(self, loc: Location) -> Iterator[ObjectInfo]:
+        """Files and symbolic links under the folder. A link is listed as itself (extra["link"]: where it
+        points) and never followed, so nothing outside the folder is ever listed, read or deleted through it."""
         root = Path(loc.key)
         if not root.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
+        for dirpath, dirnames, filenames in os.walk(root):
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            dirnames[:] = sorted(d for d in dirnames if d not in links)
+            for name in sorted(filenames + links):
                 if name.startswith(".") and ".tmp-" in name:  # our own in-flight temp files
                     continue
-                path = Path(dirpath) / name
-                yield ObjectInfo(path.relative_to(root).as_posix(), path.stat().st_size)
+                yield _entry(root, Path(dirpath) / name)
 
     def read_into(self, loc: Location, info: ObjectInfo, writer, offset: int) -> None:
         with open(loc.key, "rb") as fh:
