@@ -45,3 +45,45 @@ def test_rejected_parquet_keeps_the_rejected_text(teacher_inputs, tmp_path):
     assert len(rejected) == 18 and rejected[1]["key"] == 1 and rejected[1]["reason"] == "too_short"
     assert rejected[1]["text"] == template.reasoning_path(ctx, history, ctx.items[target])
     assert all(r["text"] for r in rejected)
+
+
+def test_a_reasoning_teachers_think_block_is_stripped_so_stage2_has_one(teacher_inputs, fake_openai, template_reply,
+                                                                         tmp_path):
+    """Replies open with a think block (or, as a server whose chat template opened it writes, only close
+    one); what follows it is the text. A reply that is only a think block, or that keeps think tags after
+    the leading block, is rejected. Stage 2's target then holds exactly the think block the pipeline
+    builds."""
+    def content(messages):
+        user = messages[-1]["content"]
+        text = template_reply(messages)
+        if "Task: item narrative." in user and "SID: <a_0><b_0><c_0>" in user:
+            return "<think>\nOnly thoughts, the budget ran out.\n</think>\n"
+        if "Task: item narrative." in user and "SID: <a_0><b_1><c_0>" in user:
+            return f"<think>plan</think>\n{text} <think>second thoughts</think>"
+        if "Task: item narrative." in user and "SID: <a_0><b_2><c_0>" in user:
+            return f"The template opened the block.\n</think>\n\n{text}"
+        return f"<think>\nLet me look at the history first.\n</think>\n\n{text}"
+
+    with fake_openai(content=content) as srv:
+        cfg = config.load("demo", ["teacher.kind=openai", f"teacher.base_url={srv.base_url}",
+                                   "teacher.model=fake-teacher", f"teacher.cache_dir={tmp_path / 'cache'}",
+                                   "teacher.timeout_s=5", "teacher.concurrency=4"])
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+    assert (m["think_stripped"], m["rejected_think_only"], m["rejected_think_tags"]) == (46, 1, 1)
+    assert (m["items_narrated"], m["samples_narrated"]) == (10, 18)
+    rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
+    assert sorted((r["key"], r["reason"]) for r in rejected) == [(0, "think_only"), (1, "think_tags")]
+    assert rejected[0]["text"].startswith("<think>")  # kept as received
+    samples = pq.read_table(tmp_path / "c" / "samples.parquet").to_pylist()
+    items = pq.read_table(tmp_path / "c" / "items.parquet").to_pylist()
+    texts = [s["reasoning_path"] for s in samples] + [s["history_narrative"] for s in samples]
+    texts += [i["narrative"] for i in items]
+    assert not [t for t in texts if "think>" in t]
+    assert samples[0]["reasoning_path"].startswith("The user bought")
+
+    from sidreasoner.train.tasks import stage2_examples
+
+    train, valid = stage2_examples(cfg.stage2, cfg.seed, teacher_inputs[1], tmp_path / "c")
+    assert len(train) + len(valid) == 18
+    for ex in train + valid:
+        assert ex.response.count("<think>") == 1 and ex.response.count("</think>") == 1, ex.response

@@ -192,3 +192,159 @@ def test_sigkill_midway_then_rerun_loses_nothing(teacher_inputs, fake_openai, tm
         assert srv.received == UNIQUE_REQUESTS - answered_before_kill
         assert (m["cache_hits"], m["requests"]) == (answered_before_kill, UNIQUE_REQUESTS - answered_before_kill)
         assert (m["items_narrated"], m["samples_narrated"]) == (12, 18)
+
+
+# Replies with HTTP 200 that are not a usable chat completion, and the reason each is counted under.
+CONTENT = '"content": "<a_0><b_0><c_0> is a fine item."'
+BAD_BODIES = [
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": "lots"}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": "many"}}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": 1e999}}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"completion_tokens": NaN}}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"completion_tokens": -3}}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": true}}', "bad_usage"),
+    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": 1' + b'0' * 40 + b'}}',
+     "bad_usage"),
+    (b'{"choices": [{"message": {"content": "\\ud800 lone surrogate"}}]}', "bad_text"),
+    (b'{"object": "chat.completion"}', "no_choices"),
+    (b'{"choices": []}', "no_choices"),
+    (b'{"choices": "abc"}', "no_choices"),
+    (b'[1, 2]', "no_choices"),
+    (b'{"error": {"message": "overloaded"}}', "no_choices"),
+    (b'{"choices": [null]}', "no_message"),
+    (b'{"choices": [{"message": "hi"}]}', "no_message"),
+    (b'{"choices": [{"message": {"content": null}}]}', "no_content"),
+    (b'{"choices": [{"message": {"content": ["a", "b"]}}]}', "no_content"),
+    (b'{"choices": [{"message": {"content": "  "}}]}', "no_content"),
+    (b'{"choices": [{"finish_reason": 7, "message": {' + CONTENT.encode() + b'}}]}', "bad_finish_reason"),
+    (b"Internal Server Error", "not_json"),
+    (b"\xff\xfe{}", "not_json"),
+    (b"[" * 5000 + b"]" * 5000, "not_json"),
+]
+
+
+def test_malformed_replies_are_counted_retried_and_within_budget(teacher_inputs, fake_openai, tmp_path):
+    """Every bad shape is answered once, then the retry gets a good reply: nothing escapes the retry loop,
+    each bad reply is counted under its reason, and the corpus is complete."""
+    faults = [f for body, _ in BAD_BODIES for f in (body, None)]
+    with fake_openai(faults=faults) as srv:
+        cfg = cfg_for(srv, tmp_path, "teacher.concurrency=1", "teacher.max_retries=1", "teacher.timeout_s=5")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+    n = len(BAD_BODIES)
+    assert (m["requests"], m["retries"], m["failures"], m["bad_replies"]) == (UNIQUE_REQUESTS + n, n, 0, n)
+    expected = {}
+    for _, reason in BAD_BODIES:
+        expected[reason] = expected.get(reason, 0) + 1
+    assert {k[len("bad_reply_"):]: v for k, v in m.items() if k.startswith("bad_reply_") and v} == expected
+    assert (m["items_narrated"], m["samples_narrated"], m["rejected"]) == (12, 18, 0)
+    assert len(ResponseCache(tmp_path / "cache")) == UNIQUE_REQUESTS
+
+
+def test_an_endpoint_that_always_answers_a_lone_surrogate_spends_budget_not_the_step(teacher_inputs, fake_openai,
+                                                                                    tmp_path):
+    def body_for(messages):
+        if "Task: item narrative." in messages[-1]["content"] and "SID: <a_0><b_0><c_0>" in messages[-1]["content"]:
+            return b'{"choices": [{"message": {"content": "<a_0><b_0><c_0> is \\udcff here."}}]}'
+        return None
+
+    with fake_openai(body_for=body_for) as srv:
+        cfg = cfg_for(srv, tmp_path, "teacher.max_retries=2")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        assert (m["failures"], m["bad_reply_bad_text"], m["items_narrated"]) == (1, 3, 11)
+        rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
+        assert [(r["key"], r["reason"]) for r in rejected] == [(0, "request_failed")]
+        assert "surrogate" in rejected[0]["detail"]
+        srv.reset_counts()  # never cached: a re-run asks again
+        m2 = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        assert (srv.received, m2["cache_hits"], m2["failures"]) == (3, UNIQUE_REQUESTS - 1, 1)
+
+
+def test_rejected_replies_are_set_aside_and_asked_again_once_the_endpoint_is_fixed(teacher_inputs, fake_openai,
+                                                                                  template_reply, tmp_path):
+    broken = {"on": True}
+
+    def content(messages):  # while broken, reasoning paths stop before the answer: missing_final_sid
+        text = template_reply(messages)
+        if broken["on"] and "Task: reasoning path." in messages[-1]["content"]:
+            return text.rsplit("\n", 1)[0]
+        return text
+
+    with fake_openai(content=content) as srv:
+        cfg = cfg_for(srv, tmp_path)
+        with pytest.raises(FailureBudgetError) as err:
+            synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        msg = str(err.value)
+        assert "0 failed request(s) + 18 rejected text(s) = 18 of 48" in msg
+        assert (f"21 accepted replies are cached in {tmp_path / 'cache'}; a re-run sends only the 9 request(s) "
+                f"that failed or were rejected (rejected replies are kept for inspection in "
+                f"{tmp_path / 'cache' / 'rejected'})") in msg
+        assert len(ResponseCache(tmp_path / "cache")) == 21
+        aside = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "rejected").rglob("*.json")]
+        assert len(aside) == 9 and {a["reason"] for a in aside} == {"missing_final_sid"}
+        assert all(a["content"].startswith("The user bought") for a in aside)
+
+        broken["on"] = False
+        srv.reset_counts()
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        assert srv.received == 9 and (m["cache_hits"], m["requests"], m["rejected"]) == (21, 9, 0)
+        assert m["samples_narrated"] == 18
+        assert not list((tmp_path / "cache" / "rejected").rglob("*.json"))  # accepted now: nothing left aside
+
+
+def test_replies_far_over_max_tokens_are_cut_off_and_counted(teacher_inputs, fake_openai, tmp_path):
+    """10 MB replies to two item prompts (one with Content-Length, one closed-delimited): the client stops
+    reading at the cap, counts each as too_large, retries, and caches nothing of them."""
+    from tests.helpers.teacher import big_reply
+
+    def body_for(messages):
+        user = messages[-1]["content"]
+        if "Task: item narrative." not in user:
+            return None
+        if "SID: <a_0><b_0><c_0>" in user:
+            return big_reply(10 << 20)
+        if "SID: <a_0><b_1><c_0>" in user:
+            return big_reply(10 << 20, length_header=False)
+        return None
+
+    with fake_openai(body_for=body_for) as srv:
+        cfg = cfg_for(srv, tmp_path, "teacher.max_retries=1", "teacher.timeout_s=5")
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        assert (m["failures"], m["bad_reply_too_large"], m["items_narrated"]) == (2, 4, 10)
+        assert srv.hung_up == 4 and max(srv.sent_bytes) < 2 << 20, srv.sent_bytes
+    rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
+    assert sorted(r["key"] for r in rejected) == [0, 1]
+    assert all("teacher.max_tokens=512" in r["detail"] for r in rejected)
+    sizes = [p.stat().st_size for p in (tmp_path / "cache").rglob("*.json")]
+    assert len(sizes) == UNIQUE_REQUESTS - 2 and max(sizes) < 4096
+
+
+def test_an_oversized_cached_reply_is_asked_again(teacher_inputs, fake_openai, tmp_path):
+    """A cache written before replies were capped may hold huge replies: they are not read, but asked again."""
+    with fake_openai() as srv:
+        cfg = cfg_for(srv, tmp_path)
+        synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        victim = next((tmp_path / "cache").rglob("*.json"))
+        entry = json.loads(victim.read_text())
+        victim.write_text(json.dumps({**entry, "content": entry["content"] + " word" * 200_000}))
+        srv.reset_counts()
+        m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
+        assert (srv.received, m["cache_hits"]) == (1, UNIQUE_REQUESTS - 1)
+        assert victim.stat().st_size < 4096
+
+
+def test_a_reply_cut_off_at_max_tokens_is_rejected_as_truncated(teacher_inputs, fake_openai, template_reply, tmp_path):
+    from tests.helpers.teacher import completion_body
+
+    def body_for(messages):  # a narrative that reads fine but was stopped by max_tokens
+        user = messages[-1]["content"]
+        if "Task: item narrative." in user and "SID: <a_1><b_0><c_0>" in user:
+            return completion_body(template_reply(messages), finish_reason="length")
+        return None
+
+    with fake_openai(body_for=body_for) as srv:
+        m = synthesize_corpus(cfg_for(srv, tmp_path), *teacher_inputs, tmp_path / "c")
+    assert (m["rejected_truncated"], m["rejected"], m["items_narrated"], m["bad_replies"]) == (1, 1, 11, 0)
+    rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
+    assert [(r["key"], r["reason"]) for r in rejected] == [(4, "truncated")]
+    assert rejected[0]["detail"] == "the endpoint cut the reply off at teacher.max_tokens=512 (finish_reason=length)"
+    assert len(list((tmp_path / "cache" / "rejected").rglob("*.json"))) == 1

@@ -9,8 +9,10 @@ from sidreasoner.teacher.openai_teacher import served_identity
 from sidreasoner.teacher.cache import ResponseCache, cache_key
 from sidreasoner.teacher.context import series_of
 from sidreasoner.teacher.openai_teacher import (KEY_ENV_VARS, TeacherError, is_local_url, parse_reply,
-                                                resolve_api_key, retry_after_seconds, safe_url, MalformedReply)
-from sidreasoner.teacher.validate import check_length, check_reasoning_end, repair_sids, validate_text
+                                                resolve_api_key, retry_after_seconds, safe_url, MalformedReply,
+                                                Parsed, body_cap, content_cap)
+from sidreasoner.teacher.validate import (check_length, check_reasoning_end, repair_sids, strip_think,
+                                          validate_text)
 
 CAT = frozenset({"<a_1><b_2><c_3>", "<a_1><b_2><c_4>", "<a_7><b_0><c_0>"})
 CTX = [("Acme Gel Pen Vol. 3", "<a_1><b_2><c_3>"), ("Acme Gel Pen Vol. 4", "<a_1><b_2><c_4>")]
@@ -144,11 +146,11 @@ def test_series_and_reply_parsing():
     assert series_of("Acme Gel Pen Vol. 3") == "Acme Gel Pen"
     assert series_of("Hooli Retro Adventure Game Core Chapter 6") == "Hooli Retro Adventure Game Core"
     assert series_of("Plain Stapler") is None
-    assert parse_reply('{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}') \
-        == ("hi", 3, 1)
+    body = '{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    assert parse_reply(body, 512) == Parsed("hi", None, 3, 1)
     for bad in ('{"choices": [', '{"choices": []}', '{"choices":[{"message":{"content":""}}]}'):
         with pytest.raises(MalformedReply):
-            parse_reply(bad)
+            parse_reply(bad, 512)
     assert retry_after_seconds({"retry-after": "2"}) == 2.0
     assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
     assert retry_after_seconds({}) is None
@@ -168,3 +170,24 @@ def test_api_key_resolution(monkeypatch):
     monkeypatch.setenv("SIDREASONER_TEACHER_API_KEY", "sk-a")
     assert resolve_api_key("https://api.openai.com/v1") == "sk-a"
     assert safe_url("https://user:pw@host.example:8443/v1?key=x") == "https://host.example:8443/v1"
+
+
+def test_a_reply_is_capped_by_max_tokens():
+    assert (content_cap(512), body_cap(512)) == (5120, 47104)
+    fits = "é" * (content_cap(512) // 2)  # two bytes each in UTF-8
+    assert parse_reply(json.dumps({"choices": [{"message": {"content": fits}}]}), 512).content == fits
+    with pytest.raises(MalformedReply, match=r"too_large.*5121 bytes, over the 5120 that teacher.max_tokens=512"):
+        parse_reply(json.dumps({"choices": [{"message": {"content": fits + "x"}}]}), 512)
+
+
+def test_a_leading_think_block_is_stripped_and_stray_tags_are_rejected():
+    assert (strip_think("<think>\nplan\n</think>\n\nThe answer.").text, strip_think("x").think_stripped) == (
+        "The answer.", False)
+    assert strip_think("plan, opened by the template</think> The answer.").text == "The answer."
+    assert strip_think("<THINK>plan</Think >The answer.").think_stripped
+    for text, reason in (("<think>only a plan</think>  ", "think_only"), ("<think>cut off", "think_only"),
+                         ("<think>a<think>b</think>", "think_only"),
+                         ("<think>a</think> b <think>c</think>", "think_tags"),
+                         ("b </think> c <think>", "think_tags"), ("The answer <think>late</think> more", "think_tags")):
+        got = strip_think(text)
+        assert (got.text, got.reason) == (None, reason), text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -84,19 +85,61 @@ def body_hash(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
 
+class Big:
+    """A 200 body of `prefix + chunk * count + suffix`, written chunk by chunk through a small send buffer,
+    with a Content-Length header or (`length_header=False`) delimited by closing the connection."""
+
+    def __init__(self, prefix: bytes, chunk: bytes, count: int, suffix: bytes, length_header: bool = True):
+        self.prefix, self.chunk, self.count, self.suffix = prefix, chunk, count, suffix
+        self.length_header = length_header
+
+    def __len__(self) -> int:
+        return len(self.prefix) + len(self.chunk) * self.count + len(self.suffix)
+
+    def parts(self):
+        yield self.prefix
+        for _ in range(self.count):
+            yield self.chunk
+        yield self.suffix
+
+
+def big_reply(size: int, length_header: bool = True) -> Big:
+    """A well-formed chat-completions body whose content is about `size` bytes of words."""
+    chunk = b"word " * 13107  # 64 KiB
+    return Big(b'{"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "',
+               chunk, max(1, size // len(chunk)), b'end"}}]}', length_header)
+
+
+def completion_body(text: str, *, finish_reason: str | None = "stop", usage: object = None) -> bytes:
+    """A chat-completions body carrying `text` (usage: the `usage` value, default small counts)."""
+    return json.dumps({
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "fake-teacher",
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}],
+        "usage": usage if usage is not None else {"prompt_tokens": 3, "completion_tokens": len(text.split())},
+    }).encode()
+
+
 class FakeOpenAI:
     """POST /v1/chat/completions on 127.0.0.1.
 
     faults: consumed in arrival order, one per request: "429" (Retry-After: `retry_after`), "500",
-    "slow" (sleeps `slow_s`, beyond the client's timeout), "malformed" (invalid JSON, HTTP 200).
+    "slow" (sleeps `slow_s`, beyond the client's timeout), "malformed" (invalid JSON, HTTP 200), bytes or
+    a `Big` (sent as the HTTP 200 body as it is), None or "" (answered normally).
     block_after: after that many answered requests, further requests hang until `release()`.
     content: messages -> reply text (default `template_reply`).
+    body_for: messages -> bytes or a `Big` to send as the HTTP 200 body instead, or None (answer normally).
+    hung_up / sent_bytes: `Big` bodies the client stopped reading (it closed the connection), and how
+    many bytes of them were written before it did.
     """
 
     def __init__(self, *, delay: float = 0.0, faults: list[str] | None = None, retry_after: str = "0",
                  slow_s: float = 1.0, block_after: int | None = None,
                  content: Callable[[list[dict]], str] = template_reply, status_for: Callable[[list[dict]], int] | None = None,
-                 models: list[dict] | None = None):
+                 models: list[dict] | None = None,
+                 body_for: Callable[[list[dict]], bytes | Big | None] | None = None):
+        self.body_for = body_for
+        self.hung_up = 0
+        self.sent_bytes: list[int] = []
         self.delay, self.faults, self.retry_after, self.slow_s = delay, list(faults or []), retry_after, slow_s
         self.block_after, self.content, self.status_for = block_after, content, status_for
         self.models = models  # GET /v1/models entries; None: answer 404 as servers without the route do
@@ -143,6 +186,33 @@ class FakeOpenAI:
                 except OSError:
                     pass
 
+            def _send_big(self, big: Big) -> None:
+                """Chunk by chunk through a small send buffer, so a client that stops reading is noticed."""
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+                self.close_connection = True
+                sent = 0
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    if big.length_header:
+                        self.send_header("Content-Length", str(len(big)))
+                    else:
+                        self.send_header("Connection", "close")
+                    self.end_headers()
+                    for part in big.parts():
+                        self.wfile.write(part)
+                        sent += len(part)
+                except OSError:
+                    with fake.lock:
+                        fake.hung_up += 1
+                with fake.lock:
+                    fake.sent_bytes.append(sent)
+
+            def _send_raw(self, body) -> None:
+                if isinstance(body, Big):
+                    return self._send_big(body)
+                return self._send(200, body)
+
             def do_GET(self):  # noqa: N802  (GET /stats: counters, for a server in another process)
                 if self.path.rstrip("/").endswith("/v1/models"):
                     if fake.models is None:
@@ -187,6 +257,11 @@ class FakeOpenAI:
                     return self._send(200, b"{}")
                 if fault == "malformed":
                     return self._send(200, b'{"choices": [{"message": {"content": "trunc')
+                if isinstance(fault, (bytes, Big)):
+                    return self._send_raw(fault)
+                raw = fake.body_for(messages) if fake.body_for is not None else None
+                if raw is not None:
+                    return self._send_raw(raw)
                 if fake.status_for is not None:
                     status = fake.status_for(messages)
                     if status != 200:

@@ -31,9 +31,9 @@ from sidreasoner.config import Config
 from sidreasoner.data.from_research import bundle_file
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.teacher import prompts, template
-from sidreasoner.teacher.cache import ResponseCache, cache_key, resolve_dir
+from sidreasoner.teacher.cache import REJECTED, ResponseCache, cache_key, resolve_dir
 from sidreasoner.teacher.context import Context, load_context
-from sidreasoner.teacher.openai_teacher import OpenAITeacher, Reply, Request, safe_url
+from sidreasoner.teacher.openai_teacher import OpenAITeacher, Reply, Request, safe_url, zero_counts
 from sidreasoner.teacher.validate import REASONS, Checked, validate_text
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,10 @@ KINDS = ("item", "history", "reasoning")
 
 
 class FailureBudgetError(RuntimeError):
-    """Too many failed requests or rejected texts; the cache is kept so a re-run resumes."""
+    """Too many failed requests or rejected texts; accepted replies stay cached so a re-run resumes."""
+
+
+CUT_OFF = ("length", "content_filter")  # finish reasons of a reply the endpoint stopped before its end
 
 
 @dataclass
@@ -132,8 +135,11 @@ def import_tasks(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
     return tasks, np.asarray(samples["sample"], dtype=np.int64)[rows], texts
 
 
-def check(task: Task, text: str | None, ctx: Context, cfg: Config) -> Checked:
+def check(task: Task, text: str | None, ctx: Context, cfg: Config, finish_reason: str | None = None) -> Checked:
     t = cfg.teacher
+    if finish_reason in CUT_OFF:
+        why = f"at teacher.max_tokens={t.max_tokens}" if finish_reason == "length" else "by its content filter"
+        return Checked(None, "truncated", f"the endpoint cut the reply off {why} (finish_reason={finish_reason})")
     bounds = {"item": t.item_words, "history": t.history_words, "reasoning": t.reasoning_words}[task.kind]
     if t.kind == "import":  # the research corpus is taken at the lengths its teacher wrote
         bounds = (1, sys.maxsize)
@@ -161,7 +167,8 @@ def _run_template(tasks: list[Task], ctx: Context) -> tuple[list[str | None], li
 
 
 def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITeacher
-                ) -> tuple[list[str | None], list[str | None]]:
+                ) -> tuple[list[str], list[Reply]]:
+    """The cache key and the reply of every task."""
     t = cfg.teacher
     identity = teacher.model_identity(cfg.generations.get("synthesize-corpus", 0))
     requests = []
@@ -176,7 +183,20 @@ def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITea
                             refresh=False)
 
         replies = teacher.run(requests, on_reply)
-    return ([replies[r.key].content for r in requests], [replies[r.key].error for r in requests])
+    return [r.key for r in requests], [replies[r.key] for r in requests]
+
+
+def _settle_cache(cache: ResponseCache, keys: list[str], replies: list[Reply], results: list[Checked]
+                  ) -> tuple[int, int]:
+    """Moves the rejected replies out of the cache, so that a re-run asks for them again. Returns how many
+    requests a re-run sends (the failed and rejected ones) and how many accepted replies stay cached."""
+    bad = {k for k, res in zip(keys, results) if not res.ok}
+    for key, reply, res in zip(keys, replies, results):
+        if not res.ok and res.reason != "request_failed":
+            cache.set_aside(key, res.reason, res.detail)
+        elif res.ok and not reply.cached and key not in bad:
+            cache.forget_rejection(key)
+    return len(bad), len(set(keys) - bad)
 
 
 def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks: list[Task],
@@ -253,53 +273,85 @@ def _import_source(dataset_dir: Path) -> dict:
     return {"source": record.get("source"), "category": record.get("category"), "files": record.get("files")}
 
 
+@dataclass
+class Taught:
+    tasks: list[Task]
+    rows: np.ndarray
+    texts: list[str | None]  # as received (rejected.parquet keeps the rejected ones verbatim)
+    results: list[Checked]
+    counts: dict[str, int]
+    cache_dir: Path | None = None
+    resend: int = 0  # requests a re-run sends again: the failed and the rejected ones
+    accepted: int = 0  # accepted replies of this run, in the cache
+
+
+def _budget_error(t, taught: Taught, reasons: Counter) -> FailureBudgetError:
+    failed = reasons.get("request_failed", 0)
+    rejected = sum(reasons.values()) - failed
+    bad, total = failed + rejected, len(taught.tasks)
+    if taught.cache_dir is not None:
+        where = (f"{taught.accepted} accepted replies are cached in {taught.cache_dir}; a re-run sends only the "
+                 f"{taught.resend} request(s) that failed or were rejected (rejected replies are kept for "
+                 f"inspection in {taught.cache_dir / REJECTED}).")
+    elif t.kind == "import":
+        where = ("The imported texts were checked like a teacher's replies (reasons above); raise "
+                 "teacher.failure_budget to keep the ones that pass.")
+    else:
+        where = "The template teacher has no cache; check the inputs."
+    by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+    return FailureBudgetError(
+        f"synthesize-corpus: {failed} failed request(s) + {rejected} rejected text(s) = {bad} of "
+        f"{total} ({bad / total:.1%}) exceeds teacher.failure_budget={t.failure_budget:.1%} "
+        f"(by reason: {by_reason}). {where}")
+
+
+def _metrics(taught: Taught, reasons: Counter) -> dict[str, float]:
+    tasks, results = taught.tasks, taught.results
+    metrics: dict[str, float] = {k: float(v) for k, v in taught.counts.items()}
+    for reason in REASONS:
+        if reason != "request_failed":
+            metrics[f"rejected_{reason}"] = float(reasons.get(reason, 0))
+    metrics.update(tasks=float(len(tasks)), rejected=float(sum(reasons.values()) - reasons.get("request_failed", 0)),
+                   repaired_sids=float(sum(r.repaired for r in results if r.ok)),
+                   think_stripped=float(sum(r.think_stripped for r in results)),
+                   items_total=float(sum(1 for x in tasks if x.kind == "item")),
+                   samples_total=float(len({x.key for x in tasks if x.kind != "item"})))
+    return metrics
+
+
+def _teach(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path) -> Taught:
+    t = cfg.teacher
+    if t.kind == "import":
+        tasks, rows, texts = import_tasks(cfg, ctx, train, dataset_dir)
+        results = [check(task, text, ctx, cfg) for task, text in zip(tasks, texts)]
+        return Taught(tasks, rows, texts, results, {**zero_counts(), "imported_texts": len(tasks)})
+    tasks, rows = build_tasks(cfg, ctx, train)
+    if t.kind == "template":
+        texts, _ = _run_template(tasks, ctx)
+        return Taught(tasks, rows, texts, [check(task, text, ctx, cfg) for task, text in zip(tasks, texts)],
+                      zero_counts())
+    cache_dir = resolve_dir(t.cache_dir)
+    cache = ResponseCache(cache_dir)
+    teacher = OpenAITeacher(t, cache)
+    keys, replies = _run_openai(tasks, ctx, cfg, teacher)
+    results = [Checked(None, "request_failed", r.error) if r.error is not None
+               else check(task, r.content, ctx, cfg, r.finish_reason) for task, r in zip(tasks, replies)]
+    resend, accepted = _settle_cache(cache, keys, replies, results)
+    return Taught(tasks, rows, [r.content for r in replies], results, dict(teacher.counts), cache_dir, resend,
+                  accepted)
+
+
 def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
     """Write the teacher corpus for `dataset_dir` + `sid_index_dir` into `out_dir` (atomically)."""
     started = time.perf_counter()
     t = cfg.teacher
     ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir), cfg.data.category)
-    teacher = None
-    cache_dir = None
-    if t.kind == "import":
-        tasks, rows, texts = import_tasks(cfg, ctx, train, Path(dataset_dir))
-        errors: list[str | None] = [None] * len(tasks)
-        counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0,
-                  "imported_texts": len(tasks)}
-    else:
-        tasks, rows = build_tasks(cfg, ctx, train)
-    if t.kind == "openai":
-        cache_dir = resolve_dir(t.cache_dir)
-        teacher = OpenAITeacher(t, ResponseCache(cache_dir))
-        texts, errors = _run_openai(tasks, ctx, cfg, teacher)
-        counts = dict(teacher.counts)
-    elif t.kind == "template":
-        texts, errors = _run_template(tasks, ctx)
-        counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0}
-    results = [Checked(None, "request_failed", err) if err is not None else check(task, text, ctx, cfg)
-               for task, text, err in zip(tasks, texts, errors)]
+    taught = _teach(cfg, ctx, train, Path(dataset_dir))
+    tasks, rows, texts, results = taught.tasks, taught.rows, taught.texts, taught.results
     reasons = Counter(r.reason for r in results if not r.ok)
-    metrics: dict[str, float] = {k: float(v) for k, v in counts.items()}
-    for reason in REASONS:
-        if reason != "request_failed":
-            metrics[f"rejected_{reason}"] = float(reasons.get(reason, 0))
-    failed_tasks = reasons.get("request_failed", 0)
-    rejected_tasks = sum(reasons.values()) - failed_tasks
-    metrics.update(tasks=float(len(tasks)), rejected=float(rejected_tasks),
-                   repaired_sids=float(sum(r.repaired for r in results if r.ok)),
-                   items_total=float(sum(1 for x in tasks if x.kind == "item")),
-                   samples_total=float(len({x.key for x in tasks if x.kind != "item"})))
-    bad = failed_tasks + rejected_tasks
-    if tasks and bad / len(tasks) > t.failure_budget:
-        where = (f"Replies received so far are cached in {cache_dir} (rejected replies too); a re-run "
-                 "resumes from there and sends only the failed requests." if cache_dir else
-                 "The imported texts were checked like a teacher's replies (reasons above); raise "
-                 "teacher.failure_budget to keep the ones that pass." if t.kind == "import" else
-                 "The template teacher has no cache; check the inputs.")
-        by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
-        raise FailureBudgetError(
-            f"synthesize-corpus: {failed_tasks} failed request(s) + {rejected_tasks} rejected text(s) = {bad} of "
-            f"{len(tasks)} ({bad / len(tasks):.1%}) exceeds teacher.failure_budget={t.failure_budget:.1%} "
-            f"(by reason: {by_reason}). {where}")
+    metrics = _metrics(taught, reasons)
+    if tasks and sum(reasons.values()) / len(tasks) > t.failure_budget:
+        raise _budget_error(t, taught, reasons)
     meta = {
         "teacher": t.kind,
         "templated": t.kind == "template",

@@ -1,5 +1,5 @@
-"""Validation of teacher text: SIDs in the catalogue (repaired when unambiguous), length bounds, and
-the leak check for reasoning paths.
+"""Validation of teacher text: a leading think block stripped, SIDs in the catalogue (repaired when
+unambiguous), length bounds, and the leak check for reasoning paths.
 
 Every check returns the (possibly repaired) text or a rejection reason from `REASONS`.
 """
@@ -16,8 +16,10 @@ _TOKEN = re.compile(r"<([a-z])_(\d+)>")
 ADJACENT_CHARS = 120  # how far from a bad SID a title may sit to count as "right next to it"
 TRAILING = " \t\r\n.!,;:)]}*`'\"»"
 
-REASONS = ("request_failed", "empty", "invalid_sid", "too_short", "too_long", "missing_final_sid",
-           "wrong_final_sid", "leak_sid", "leak_title")
+THINK_TAG = re.compile(r"</?think\s*>", re.IGNORECASE)
+
+REASONS = ("request_failed", "empty", "truncated", "think_only", "think_tags", "invalid_sid", "too_short",
+           "too_long", "missing_final_sid", "wrong_final_sid", "leak_sid", "leak_title")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Checked:
     reason: str | None = None
     detail: str = ""
     repaired: int = 0
+    think_stripped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -115,6 +118,29 @@ def repair_sids(text: str, catalogue: frozenset[str] | set[str],
     return Checked("".join(out), repaired=repaired)
 
 
+def strip_think(text: str) -> Checked:
+    """The text after a leading think block, which reasoning teachers (Qwen3, DeepSeek-R1) write before
+    their answer; Stage 2 wraps the reasoning in a think block of its own. A reply whose first tag closes
+    the block was opened by the server's chat template. Rejected: a reply that is only a think block,
+    and one that still holds think tags after it."""
+    first = THINK_TAG.search(text)
+    if first is None:
+        return Checked(text)
+    closing = first.group(0).startswith("</")
+    if not closing and first.start() > 0 and text[: first.start()].strip():
+        return Checked(None, "think_tags", f"a think tag at character {first.start()}, after the answer began")
+    close = first if closing else THINK_TAG.search(text, first.end())
+    if close is None or not close.group(0).startswith("</"):
+        return Checked(None, "think_only", "the think block is never closed")
+    rest = text[close.end():].strip()
+    if not rest:
+        return Checked(None, "think_only", "nothing follows the think block")
+    stray = THINK_TAG.search(rest)
+    if stray is not None:
+        return Checked(None, "think_tags", f"{stray.group(0)} still in the text after the leading think block")
+    return Checked(rest, think_stripped=True)
+
+
 def check_length(text: str, bounds: tuple[int, int]) -> Checked:
     n = len(text.split())
     if n < bounds[0]:
@@ -166,7 +192,18 @@ def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | se
     """All checks for one text of `kind` (item | history | reasoning); `target` = (sid, title)."""
     if text is None or not text.strip():
         return Checked(None, "empty", "empty reply")
-    text = text.strip()
+    unwrapped = strip_think(text.strip())
+    if not unwrapped.ok:
+        return unwrapped
+    checked = _check_body(kind, unwrapped.text, catalogue, context, bounds, target, history_titles, final_sid,
+                          history_sids)
+    checked.think_stripped = unwrapped.think_stripped
+    return checked
+
+
+def _check_body(kind: str, text: str, catalogue: frozenset[str] | set[str], context: list[tuple[str, str]],
+                bounds: tuple[int, int], target: tuple[str, str] | None, history_titles: Iterable[str],
+                final_sid: bool, history_sids: Iterable[str]) -> Checked:
     checked = repair_sids(text, catalogue, context)
     if not checked.ok:
         return checked
