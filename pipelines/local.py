@@ -4,10 +4,10 @@ or every step in its image through a Docker API (DockerRunner; Docker, or podman
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,26 @@ def _docker_pipeline_root(root: Path, prepare_root: bool) -> None:
             "prepare Job does on a cluster), or pass --prepare-root to have a root container do it")
 
 
+@contextmanager
+def _recording_run_names(names: list[str]) -> Iterator[None]:
+    """Record the name kfp.local gives this run's folder (`<pipeline>-<timestamp>`, chosen when the run
+    starts and kept to itself): another run on the same root may create its folder meanwhile, so the
+    newest folder need not be this run's."""
+    from kfp.local import executor_input_utils
+
+    original = executor_input_utils.get_local_pipeline_resource_name
+
+    def recording(pipeline_name: str) -> str:
+        names.append(original(pipeline_name))
+        return names[-1]
+
+    executor_input_utils.get_local_pipeline_resource_name = recording
+    try:
+        yield
+    finally:
+        executor_input_utils.get_local_pipeline_resource_name = original
+
+
 def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
               summary_path: str | Path | None = None, runner: str = "subprocess",
               prepare_root: bool = False) -> dict[str, Any]:
@@ -73,7 +93,7 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    before = set(os.listdir(root))
+    run_names: list[str] = []
     containers: list[dict] | None = None
     started = time.time()
     with ExitStack() as stack:
@@ -89,9 +109,9 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         # kfp.local warns when an image name lacks "python"; ours are Python images.
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        stack.enter_context(_recording_run_names(run_names))
         result = build(cfg, until)()
-    new_dirs = sorted(d for d in set(os.listdir(root)) - before if d.startswith(PIPELINE_NAME))
-    run_dir = root / new_dirs[-1] if new_dirs else None
+    run_dir = root / run_names[-1] if run_names else None
     outputs = result.outputs
 
     tasks = {}

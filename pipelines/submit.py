@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import json
 import re
+import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidreasoner.config import Config, generation_params, keep_generations, to_params, with_rerun
 from sidreasoner.pipelines.compile import compile_pipeline
@@ -66,6 +72,46 @@ REFUSED_HINTS = {
 }
 
 
+HEALTHZ = "/apis/v2beta1/healthz"
+ANSWER_READ = 4096  # bytes of the health answer read to tell whether it is the API's
+SHOWN_CHARS = 60  # characters of an answer that is not the API's, shown in the error
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _shown(body: bytes | str) -> str:
+    """A short, escaped prefix of what a server answered: no control character reaches the terminal."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+    return ascii(text[:SHOWN_CHARS]) + ("…" if len(text) > SHOWN_CHARS else "")
+
+
+def _not_kfp(host: str, request: str, status: Any, body: bytes | str, expected: str) -> str:
+    return (f"{host} is not the Kubeflow Pipelines API: {request} answered {status} {_shown(body)}, not "
+            f"{expected}; check --host (the API's base URL, e.g. http://localhost:8080)")
+
+
+def _checked(host: str, client, request: str, key: str, call: Callable, **kwargs) -> Any:
+    """`call`'s answer when it holds `key` as the v2beta1 API's answers do (backend/api/v2beta1: a Run its
+    run_id, a Pipeline its pipeline_id), else KFPUnavailable saying what the server answered. kfp.Client
+    prints a link to the UI with every answer, even one without an id: it is printed only for a real answer."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        answer = call(**kwargs)
+    value = getattr(answer, key, None)
+    if not (isinstance(value, str) and value):
+        # Every service of a kfp.Client shares one ApiClient, which keeps the last raw answer.
+        last = getattr(getattr(getattr(client, "_run_api", None), "api_client", None), "last_response", None)
+        raise KFPUnavailable(_not_kfp(host, request, getattr(last, "status", "?"), getattr(last, "data", b""),
+                                      f"an object holding {key}"))
+    sys.stdout.write(printed.getvalue())
+    return answer
+
+
 def _headers(auth: Auth) -> dict[str, str]:
     headers = {}
     if auth.token or auth.token_file:
@@ -77,21 +123,24 @@ def _headers(auth: Auth) -> dict[str, str]:
 
 
 def _probe(host: str, auth: Auth, attempts: int = 3, timeout_s: float = 10.0) -> None:
-    """One request to the API's health endpoint first, so that an unreachable host or a refusal is
-    one clear line after a bounded retry (kfp.Client retries its own health check 5 times, 5 s apart,
-    logging a traceback each time)."""
+    """One request to the API's health endpoint first, so that an unreachable host, a refusal or a server
+    that is not the API (its answer is not a JSON object) is one clear line after a bounded retry
+    (kfp.Client retries its own health check 5 times, 5 s apart, logging a traceback each time)."""
     import time
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(f"{host.rstrip('/')}/apis/v2beta1/healthz", headers=_headers(auth))
+    request = urllib.request.Request(f"{host.rstrip('/')}{HEALTHZ}", headers=_headers(auth))
     for attempt in range(1, attempts + 1):
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 kind = response.headers.get_content_type()
+                body = response.read(ANSWER_READ)
             if kind == "text/html":
                 raise KFPUnavailable(f"{host} answered with a web page, not the Kubeflow Pipelines API (a login "
                                      "page?): pass --token or --cookie, or check the URL")
+            if not isinstance(_json_or_none(body), dict):
+                raise KFPUnavailable(_not_kfp(host, f"GET {HEALTHZ}", response.status, body, "a JSON object"))
             return
         except urllib.error.HTTPError as err:
             if err.code in REFUSED_HINTS:
@@ -167,8 +216,10 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
         package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
         client = _client(host, namespace, auth)
-        exp = client.create_experiment(experiment, namespace=namespace)
-        run = client.run_pipeline(
+        exp = _checked(host, client, f"creating experiment {experiment}", "experiment_id", client.create_experiment,
+                       name=experiment, namespace=namespace)
+        run = _checked(
+            host, client, "creating the run", "run_id", client.run_pipeline,
             experiment_id=exp.experiment_id,
             job_name=run_name or f"{PIPELINE_NAME}-{cfg.data.category}".lower(),
             pipeline_package_path=str(package),
@@ -194,8 +245,6 @@ def spec_digest(text: str | bytes) -> str:
     """The first 12 hex digits of the SHA-256 of the compiled YAML's documents as canonical JSON (the
     compiler's header comment lists default values in a different order in every process). The
     spec holds `code_version`, so a code change changes the digest."""
-    import json
-
     import yaml
 
     canonical = json.dumps(list(yaml.safe_load_all(text)), sort_keys=True, separators=(",", ":"))
@@ -222,8 +271,6 @@ def _versions(client, pipeline_id: str):
 def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
     """The id of the pipeline called `name` in `namespace` (shared pipelines without one).
     kfp.Client.get_pipeline_id lists shared pipelines only."""
-    import json
-
     name_filter = json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})  # 1: EQUALS
     found = client.list_pipelines(filter=name_filter, namespace=namespace).pipelines or []
     if len(found) > 1:
@@ -251,8 +298,9 @@ def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | Non
         pipeline_id = _pipeline_id(client, name, namespace)
         if pipeline_id is None:
             # The server names the first version after the pipeline; the description carries the digest.
-            created = client.upload_pipeline(str(package), pipeline_name=name, description=description,
-                                             namespace=namespace)
+            created = _checked(host, client, f"uploading pipeline {name}", "pipeline_id", client.upload_pipeline,
+                               pipeline_package_path=str(package), pipeline_name=name, description=description,
+                               namespace=namespace)
             return Uploaded(created.pipeline_id, name, True)
         taken = False
         for existing in _versions(client, pipeline_id):
@@ -261,6 +309,7 @@ def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | Non
             taken = taken or existing.display_name == vname
         if taken:
             raise ValueError(f"pipeline {name} has a version {vname} of another spec; choose another --version")
-        client.upload_pipeline_version(str(package), pipeline_version_name=vname, pipeline_id=pipeline_id,
-                                       description=description)
+        _checked(host, client, f"uploading version {vname}", "pipeline_version_id", client.upload_pipeline_version,
+                 pipeline_package_path=str(package), pipeline_version_name=vname, pipeline_id=pipeline_id,
+                 description=description)
         return Uploaded(pipeline_id, vname, True)

@@ -2,6 +2,7 @@
 models (built once per session), the builders behind them, a fake OpenAI server, storage servers and a
 fake KFP API."""
 
+import contextlib
 import os
 
 # Tests never reach a hub: models and data come from the wheels and the demo generator.
@@ -193,3 +194,13 @@ def flaky_http():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture()
+def not_kfp_api():
+    """not_kfp_api(body, content_type="text/plain") -> the URL of a server on 127.0.0.1 that answers every
+    request 200 with `body`: a server that is not the KFP API. Closed after the test."""
+    from .helpers.kfp_api import NotKFPServer
+
+    with contextlib.ExitStack() as stack:
+        yield lambda body, content_type="text/plain": stack.enter_context(NotKFPServer(body, content_type))

@@ -169,3 +169,40 @@ def test_a_text_field_takes_the_override_text_as_it_is():
     assert (cfg.model.revision, cfg.data.category, cfg.teacher.model) == ("2024", "2018", "null")
     assert cfg.embed.model == "builtin:all-minilm-l6-v2"  # a JSON string is still read as JSON
     assert config.load("demo", ["data.k_core=3"]).data.k_core == 3
+
+
+SEED_BOUND = "must be a whole number with 0 <= seed < 2**32 = 4294967296 (numpy's and torch's seeds)"
+
+
+@pytest.mark.parametrize("item, message", [
+    ("seed=-1", f"seed: {SEED_BOUND} (got -1)"),
+    ("seed=4294967296", f"seed: {SEED_BOUND} (got 4294967296)"),
+    ("seed=1e23", f"seed: {SEED_BOUND} (got 1e+23)"),
+    ("stage1.lr=Infinity", "stage1.lr: Input should be a finite number (got inf)"),
+    ("stage1.lr=1e30", "stage1.lr: Input should be less than or equal to 1 (got 1e+30)"),
+    ("stage3.lr=NaN", "stage3.lr: Input should be a finite number (got nan)"),
+    ("sid.rqvae.lr=2", "sid.rqvae.lr: Input should be less than or equal to 1 (got 2)"),
+    ("sid.balance=1e400", "sid.balance: Input should be a finite number (got inf)"),
+    ("data.split=[0.8,0.1,NaN]", "data.split.2: Input should be a finite number (got nan)"),
+    ("teacher.backoff_s=-Infinity", "teacher.backoff_s: Input should be a finite number (got -inf)"),
+    ("teacher.timeout_s=1e12", "teacher.timeout_s: Input should be less than or equal to 604800 (got 1000000000000.0)"),
+    ("data.k_core=1e20", "data.k_core: must be a whole number within ±2**53 = 9007199254740992 (a KFP run parameter "
+                         "is a 64-bit float) (got 1e+20)"),
+    ("data.window_earliest_start_year=10000",
+     "data.window_earliest_start_year: Input should be less than or equal to 9999 (got 10000)"),
+    ("sid.rqvae.hidden_dims=[64,0]", "sid.rqvae.hidden_dims: every width must be >= 1 (got [64, 0])"),
+])
+def test_out_of_range_numbers_fail_naming_key_value_and_bound(item, message):
+    with pytest.raises(ConfigError) as err:
+        config.load("demo", [item])
+    assert str(err.value) == f"invalid config:\n  {message}"
+
+
+def test_a_compiled_whole_number_arrives_as_a_float_and_stays_whole():
+    """KFP hands a step its run parameters as 64-bit floats: 3.0 is 3, 1e23 is no seed."""
+    cfg = config.from_step_config({"seed": 4294967295.0, "sid": {"levels": 3.0}})
+    assert (cfg.seed, type(cfg.seed), cfg.sid.levels) == (4294967295, int, 3)
+    with pytest.raises(ConfigError, match=re.escape(f"seed: {SEED_BOUND} (got 1e+23)")):
+        config.from_step_config({"seed": 1e23})
+    with pytest.raises(ConfigError, match=r"seed: Input should be a valid integer, got a number with a fractional"):
+        config.from_step_config({"seed": 2.5})

@@ -122,3 +122,56 @@ def test_cli_recommend_prints_titles_and_reasoning(folders):
     assert thinking.stdout.startswith("Reasoning:")
     bad = subprocess.run(args[:-1] + ["1,x"], capture_output=True, text=True)
     assert bad.returncode == 2 and "comma-separated item ids" in bad.stderr
+
+
+def _dataset_trained_on(folders, tmp_path, max_history: int):
+    """The fixture dataset with the stats.json preprocess writes, recording data.max_history."""
+    import shutil
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(folders / "dataset", dataset)
+    (dataset / "stats.json").write_text(json.dumps({"category": "Demo", "data_config": {"max_history": max_history}}))
+    return dataset
+
+
+def test_recommend_names_unknown_ids_and_keeps_the_trained_history_length(folders, tmp_path):
+    dataset = _dataset_trained_on(folders, tmp_path, 4)
+    args = (folders / "model", folders / "sid_index", dataset)
+    short = recommend(*args, [1, 999, 2], k=3)
+    assert short.unknown_ids == [999] and short.history_used == [1, 2] and short.older_dropped == 0
+    assert short.notes() == ["item id 999 is not in the SID index: left out of the history"]
+    long = [i % N_ITEMS for i in range(3000)]
+    got = recommend(*args, long[:1500] + [999] + long[1500:] + [-5], k=3)
+    assert got.unknown_ids == [999, -5] and got.history_used == long[-4:] and got.older_dropped == 2996
+    assert got.max_history == 4
+    assert got.notes() == [
+        "item ids 999, -5 are not in the SID index: left out of the history",
+        f"the history has 3000 known items; the model was trained on at most 4 (data.max_history in "
+        f"{dataset / 'stats.json'}): the 4 most recent are used"]
+    want = recommend(*args, long[-4:], k=3)
+    assert [(r["sid"], r["score"]) for r in got.items] == [(r["sid"], r["score"]) for r in want.items]
+    items, reasoning = got  # still unpacks as (items, reasoning)
+    assert items == got.items and reasoning == ""
+
+
+def test_cli_recommend_warns_and_reports_what_it_used(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from sidreasoner.cli import app
+
+    dataset = _dataset_trained_on(folders, tmp_path, 2)
+    args = ["recommend", "--model", str(folders / "model"), "--sid-index", str(folders / "sid_index"),
+            "--dataset", str(dataset), "--history", "7,1,999,2,3", "-k", "2"]
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert [line for line in text.stderr.splitlines() if line.startswith("warning:")] == [
+        "warning: item id 999 is not in the SID index: left out of the history",
+        f"warning: the history has 4 known items; the model was trained on at most 2 (data.max_history in "
+        f"{dataset / 'stats.json'}): the 2 most recent are used"]
+    assert text.stdout.splitlines()[0] == "History used (oldest first): 2, 3"
+    as_json = CliRunner().invoke(app, args + ["--json"])
+    assert as_json.exit_code == 0, as_json.output
+    out = json.loads(as_json.stdout)
+    assert (out["history_used"], out["unknown_item_ids"], out["older_items_dropped"], out["max_history"]) == (
+        [2, 3], [999], 2, 2)
+    assert [r["rank"] for r in out["recommendations"]] == [1, 2] and out["reasoning"] == ""

@@ -3,6 +3,7 @@ real step process busy on a download from a 127.0.0.1 server that stalls, a real
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -154,3 +155,37 @@ def test_a_step_dies_with_its_parent_only_under_sidreasoner_run(tmp_path):
         assert not _gone_within(child, 1)
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def _run_command(root: Path, summary: Path, *overrides: str) -> list[str]:
+    return [str(SIDREASONER), "run", "--until", "download-data", "--pipeline-root", str(root), "--summary",
+            str(summary), *(arg for item in overrides for arg in ("--set", item))]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a process group")
+def test_two_runs_on_one_root_each_describe_their_own_folder(tmp_path):
+    """The first run is held (SIGSTOP) once its run folder exists, while a second run on the same root starts
+    and finishes: each summary names its own folder and calls its own executed task SUCCEEDED."""
+    root = tmp_path / "root"
+    first = subprocess.Popen(_run_command(root, tmp_path / "first.json"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (root.is_dir() and any(p.name.startswith("sidreasoner-") for p in root.iterdir())):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run made no run folder"
+            time.sleep(0.01)
+        os.killpg(first.pid, signal.SIGSTOP)
+        (first_dir,) = [p.resolve() for p in root.iterdir() if p.name.startswith("sidreasoner-")]
+        second = subprocess.run(_run_command(root, tmp_path / "second.json", "data.demo.num_items=21"),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr[-3000:]
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert first.wait(120) == 0
+    for name, folder in (("first", first_dir), ("second", None)):
+        summary = json.loads((tmp_path / f"{name}.json").read_text())
+        task = summary["tasks"]["download-data"]
+        assert task["status"] == "SUCCEEDED", (name, summary["run_dir"])
+        assert Path(task["outputs"]["raw"]).parent.parent == Path(summary["run_dir"])
+        if folder:
+            assert summary["run_dir"] == str(folder)

@@ -316,3 +316,42 @@ def test_credentials_in_a_url_are_refused_before_anything_is_sent(kfp_api):
     assert result.returncode == 2
     assert "--pipeline-root has credentials inside its URL (s3://***@bucket/…)" in result.stderr
     assert "hunter2" not in result.stderr and not state.requests
+
+
+@pytest.mark.parametrize("command", [["upload"], ["submit"], ["submit", "--wait"]])
+@pytest.mark.parametrize("body, content_type", [(b"OK", "text/plain"), (b"{}", "application/json")])
+def test_a_server_that_is_not_kfp_is_one_line_naming_its_answer(not_kfp_api, body, content_type, command):
+    url = not_kfp_api(body, content_type)
+    result = _cli(*command, "--host", url)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    if body == b"OK":
+        shown = "GET /apis/v2beta1/healthz answered 200 'OK', not a JSON object"
+    elif command == ["upload"]:
+        shown = "uploading pipeline sidreasoner answered 200 '{}', not an object holding pipeline_id"
+    else:
+        shown = "creating experiment sidreasoner answered 200 '{}', not an object holding experiment_id"
+    assert result.stderr.strip().splitlines() == [
+        f"error: {url} is not the Kubeflow Pipelines API: {shown}; check --host (the API's base URL, e.g. "
+        "http://localhost:8080)"]
+    assert "created" not in result.stdout and "uploaded" not in result.stdout and "None" not in result.stdout
+
+
+def test_what_the_server_answered_is_shown_short_and_escaped(not_kfp_api):
+    url = not_kfp_api(b"\x1b[2J<status>fine</status>" + b"x" * 500, "application/xml")
+    result = _cli("submit", "--host", url)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "answered 200 '\\x1b[2J<status>fine</status>xxx" in line and "\x1b" not in line
+    assert line.count("x") < 100 and "…, not a JSON object" in line
+
+
+def test_a_run_answer_without_a_run_id_is_not_a_created_run(kfp_api):
+    url, state = kfp_api
+    state.answers["POST", "/runs"] = {"note": "accepted"}
+    result = _cli("submit", "--host", url, "--wait")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {url} is not the Kubeflow Pipelines API: creating the run answered 200 '{{\"note\": \"accepted\"}}', "
+        "not an object holding run_id; check --host (the API's base URL, e.g. http://localhost:8080)"]
+    assert "Run details" not in result.stdout and "created" not in result.stdout
+    assert not state.calls("GET", "/runs/None")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,15 +41,35 @@ def _load_config(preset: str, overrides: list[str] | None, config_file: Path | N
         if config_file is None:
             cfg = config_mod.load(preset, overrides)
         else:
-            try:
-                base = json.loads(config_file.read_text(encoding="utf-8-sig"))
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(f"cannot read config file {config_file}: {err}") from None
-            cfg = config_mod.load_from(base, overrides)
+            cfg = config_mod.load_from(_read_config_file(config_file), overrides)
         config_mod.refuse_url_credentials(cfg.model_dump(mode="json"))
         return cfg
     except ConfigError as err:
         _fail(str(err))
+
+
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+              type(None): "null"}
+
+
+def _read_config_file(path: Path) -> dict:
+    """A --config file's sections: a JSON object in UTF-8 text, else a ConfigError naming the file and why."""
+    try:
+        base = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start]
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte {err.start} is {bad:#04x})") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read config file {path}: its JSON is nested too deep") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    where = config_mod.too_deep(base)
+    if where:
+        raise ConfigError(f"config file {path}: nested deeper than {config_mod.MAX_DEPTH} levels, at {where[:200]}")
+    if not isinstance(base, dict):
+        raise ConfigError(f"config file {path} holds {JSON_KINDS.get(type(base), 'a JSON value')}, not an object of "
+                          "config sections ({\"data\": {…}, \"stage1\": {…}})")
+    return base
 
 
 NoCacheOpt = Annotated[bool, typer.Option(
@@ -91,6 +112,11 @@ def run(
         _fail(str(err))
     if pipeline_root.exists() and not pipeline_root.is_dir():
         _fail(f"--pipeline-root {pipeline_root} is a file; give a folder (it is created when absent)")
+    if summary is not None and summary.is_dir():
+        _fail(f"--summary {summary} is a folder; give the path of the JSON file to write")
+    if summary is not None:
+        _writable_folder(f"--summary {summary}: its folder", summary.parent)
+    _writable_folder("--pipeline-root", pipeline_root)
     from sidreasoner.pipelines.local import run_local
 
     try:
@@ -111,6 +137,17 @@ def run(
         typer.echo(f"Summary: {summary}")
     if rerun_steps:
         _print_keep(cfg, [name for name in rerun_steps if name in result["tasks"]], "sidreasoner run")
+
+
+def _writable_folder(what: str, folder: Path) -> None:
+    """Fail now, not after the run, when `folder` cannot be created or written to (a read-only mount, a
+    file in its path, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        _fail(f"{what} {folder} is not writable: {err.strerror or err}")
 
 
 def _print_keep(cfg, rerun_steps: list[str], command: str) -> None:
@@ -264,10 +301,14 @@ def recommend(
     dataset: Annotated[Path, typer.Option(help="preprocess' folder (titles)", file_okay=False)],
     think: Annotated[bool, typer.Option("--think", help="reason first (thinking mode), then decode SIDs")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="how many recommendations")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: the recommendations, the "
+                                          "reasoning and the history used")] = False,
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
 ) -> None:
-    """Print top-k recommendations (SID, title, score) for one history, and the reasoning with --think."""
+    """Print top-k recommendations (SID, title, score) for one history, and the reasoning with --think.
+    Item ids not in the SID index are left out, and only the most recent ones the training data kept
+    (data.max_history) are used; a warning line says so."""
     from sidreasoner.eval.evaluate import recommend as recommend_items
 
     cfg = _load_config(preset, overrides)
@@ -276,12 +317,22 @@ def recommend(
     except ValueError:
         _fail(f"--history must be comma-separated item ids, got {history!r}")
     try:
-        recs, reasoning = recommend_items(model, sid_index, dataset, ids, k=k, think=think, cfg=cfg)
+        found = recommend_items(model, sid_index, dataset, ids, k=k, think=think, cfg=cfg)
     except (ValueError, OSError) as err:
         _fail(str(err), code=1)
+    for note in found.notes():
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+    if as_json:
+        typer.echo(json.dumps({"recommendations": found.items, "reasoning": found.reasoning,
+                               "history_used": found.history_used, "unknown_item_ids": found.unknown_ids,
+                               "older_items_dropped": found.older_dropped, "max_history": found.max_history},
+                              indent=2))
+        return
+    if found.notes():
+        typer.echo(f"History used (oldest first): {', '.join(map(str, found.history_used))}")
     if think:
-        typer.echo(f"Reasoning:\n{reasoning.strip()}\n")
-    for rec in recs:
+        typer.echo(f"Reasoning:\n{found.reasoning.strip()}\n")
+    for rec in found.items:
         titles = "; ".join(rec["titles"]) or "?"
         typer.echo(f"{rec['rank']:>3}. {rec['sid']}  {titles}  (log-prob {rec['score']:.3f})")
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config, from_step_config
+from sidreasoner.errors import no_space_left
 from sidreasoner.steps import STEPS, Step
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,28 @@ def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Pat
     for key in step.inputs:
         if not Path(paths[key]).is_dir():
             raise FileNotFoundError(f"step {name}: input '{key}' folder {paths[key]} does not exist")
-    metrics = step.load()(cfg, *(Path(paths[k]) for k in step.folders))
+    try:
+        metrics = step.load()(cfg, *(Path(paths[k]) for k in step.folders))
+    except Exception as err:
+        full = no_space_left(err, write_locations(step, cfg, paths))
+        if full is None:
+            raise
+        raise full from err
     return {k: float(v) for k, v in metrics.items()}
+
+
+def write_locations(step: Step, cfg: Config, paths: Mapping[str, str | Path]) -> list[Path]:
+    """Where a step writes: its output folders, the checkpoint and cache folders of the config sections
+    it reads (empty: their defaults under ~/.cache/sidreasoner), and the temp folder."""
+    found = [Path(paths[name]) for name in step.outputs]
+    for name in step.sections:
+        section = getattr(cfg, name, None)
+        for setting, default in (("checkpoint_dir", "checkpoints"), ("cache_dir", "")):
+            value = getattr(section, setting, None)
+            if value is not None:
+                found.append(Path(value).expanduser() if value else Path.home() / ".cache" / "sidreasoner" / default)
+    found.append(Path(tempfile.gettempdir()))
+    return list(dict.fromkeys(found))
 
 
 def _start_time(pid: int) -> str | None:

@@ -36,6 +36,8 @@ class FakeKFP:
     versions: list[dict] = field(default_factory=list)
     final_state: str = "SUCCEEDED"
     required_token: str | None = None  # when set, a request without `Authorization: Bearer <it>` gets 401
+    # (method, path after /apis/v2beta1) -> a JSON answer given instead of the API's (a server that only looks like KFP)
+    answers: dict[tuple[str, str], dict] = field(default_factory=dict)
 
     def calls(self, method: str, suffix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path == API + suffix]
@@ -70,6 +72,9 @@ def _handler(state: FakeKFP):
             return rec
 
         def _refused(self, rec: Recorded) -> bool:
+            if (rec.method, rec.path.removeprefix(API)) in state.answers:
+                self._reply(state.answers[rec.method, rec.path.removeprefix(API)])
+                return True
             if state.required_token and rec.headers.get("authorization") != f"Bearer {state.required_token}":
                 self._reply({"error": "unauthenticated", "code": 16}, 401)
                 return True
@@ -152,6 +157,41 @@ class KFPServer:
     def __enter__(self):
         self.thread.start()
         return f"http://127.0.0.1:{self.httpd.server_port}", self.state
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class NotKFPServer:
+    """Context manager: a server on 127.0.0.1 that answers every request 200 with the same body (`OK` as
+    text/plain, `{}` as JSON: a web app or a mock that is not the KFP API). `with NotKFPServer(b"OK") as url`."""
+
+    def __init__(self, body: bytes, content_type: str = "text/plain"):
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                server.requests.append(f"{self.command} {urlparse(self.path).path}")
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_port}"
 
     def __exit__(self, *exc):
         self.httpd.shutdown()

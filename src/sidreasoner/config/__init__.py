@@ -1,7 +1,7 @@
 """Typed, validated run configuration: the schema (one section per part of the pipeline), the
 presets, `--set section.key=value` overrides, and the KFP run parameters a config becomes."""
 
-from sidreasoner.config.overrides import load, load_from, parse_overrides, validate
+from sidreasoner.config.overrides import MAX_DEPTH, load, load_from, parse_overrides, too_deep, validate
 from sidreasoner.config.params import (
     COMPILE_TIME_SECTIONS, complete_sections, enabled_at_run_time, from_step_config, generation_param, generation_params,
     keep_generations, new_generation, raise_generation, refuse_url_credentials, step_config, to_params, with_rerun)
@@ -19,5 +19,6 @@ __all__ = [
     "TeacherConfig", "TimeWindow", "TinyModelConfig", "Toleration", "TrainerConfig", "VerlConfig", "complete_sections",
     "enabled_at_run_time", "from_step_config", "generation_param", "generation_params", "keep_generations",
     "new_generation", "raise_generation", "with_rerun",
-    "load", "load_from", "parse_overrides", "refuse_url_credentials", "step_config", "to_params", "validate",
+    "MAX_DEPTH", "load", "load_from", "parse_overrides", "too_deep", "refuse_url_credentials", "step_config",
+    "to_params", "validate",
 ]

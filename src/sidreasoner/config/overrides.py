@@ -25,6 +25,22 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+MAX_DEPTH = 32  # the schema nests 6 deep: cluster.resources.<step>.tolerations.<i>.key
+
+
+def too_deep(value: Any) -> str | None:
+    """The key where `value` nests deeper than MAX_DEPTH (copying or validating it would exhaust the
+    stack), or None."""
+    todo = [(value, "", 0)]
+    while todo:
+        node, key, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            return key
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        todo.extend((item, f"{key}.{name}" if key else str(name), depth + 1) for name, item in items)
+    return None
+
+
 def _parse_value(text: str, annotation: Any = None) -> Any:
     """`--set` values: JSON when they parse as JSON (numbers, true/false, lists, null), else a string. A
     text field takes the text as it is unless it is a JSON string (`model.revision=2024` is "2024")."""
@@ -89,7 +105,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(raw.strip(), annotation)
+        try:
+            node[parts[-1]] = _parse_value(raw.strip(), annotation)
+        except RecursionError:
+            raise ConfigError(f"override '{dotted}': the value is nested deeper than {MAX_DEPTH} levels") from None
     return nested
 
 
@@ -127,7 +146,12 @@ def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Confi
     When the result reads a research data bundle (data.format=research), the bundle's SIDs and corpus
     are taken as they are (RESEARCH_BUNDLE) unless the overrides say otherwise."""
     over = parse_overrides(overrides or [])
+    for given in (base, over):
+        where = too_deep(given)
+        if where:
+            raise ConfigError(f"config nested deeper than {MAX_DEPTH} levels, at {where[:200]}")
     merged = deep_merge(base, over)
-    if merged.get("data", {}).get("format") == "research":
+    data = merged.get("data")
+    if isinstance(data, dict) and data.get("format") == "research":
         merged = deep_merge(deep_merge(base, RESEARCH_BUNDLE), over)
     return validate(merged)

@@ -29,6 +29,30 @@ def _holds_numbers(annotation: Any) -> bool:
     return any(_holds_numbers(arg) for arg in get_args(annotation) if arg is not Ellipsis)
 
 
+def _holds_ints(annotation: Any) -> bool:
+    """Whether a field holds whole numbers only (`int`, `list[int]`, `dict[str, int]`), no floats."""
+    return _holds_numbers(annotation) and not _holds_float(annotation)
+
+
+def _holds_float(annotation: Any) -> bool:
+    return annotation is float or any(_holds_float(arg) for arg in get_args(annotation))
+
+
+def _numbers(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _numbers(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+# KFP passes run parameters as 64-bit floats (a compiled `seed: 3` arrives as 3.0): whole numbers are exact
+# up to 2**53, so a whole-number setting takes an integral float, within that.
+EXACT_WHOLE = 2**53
+SEED_END = 2**32  # numpy's and torch's seeds: 0 <= seed < 2**32
+WEEK_S = 7 * 24 * 3600  # longest wait or timeout: time.sleep and socket timeouts overflow far above it
+
+
 def _holds_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return True
@@ -38,14 +62,19 @@ def _holds_bool(value: Any) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Infinity and NaN are never settings: an infinite learning rate trains a NaN model.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads true as 1; a boolean where a number belongs is a mistake, not a number."""
-        if _holds_bool(value) and _holds_numbers(cls.model_fields[info.field_name].annotation):
+        annotation = cls.model_fields[info.field_name].annotation
+        if _holds_bool(value) and _holds_numbers(annotation):
             raise ValueError("must be a number, not a boolean")
+        if _holds_ints(annotation) and any(not -EXACT_WHOLE <= n <= EXACT_WHOLE for n in _numbers(value)):
+            raise ValueError(f"must be a whole number within ±2**53 = {EXACT_WHOLE} (a KFP run parameter is a "
+                             "64-bit float)")
         return value
 
 
@@ -119,7 +148,7 @@ class DataConfig(_Section):
                              "year and filter again, until enough survive (MiniOneRec: 3000); 0 = never"
     )
     window_earliest_start_year: int = Field(
-        1996, ge=1, description="widening stops once the start year is this or earlier (MiniOneRec: 1996)"
+        1996, ge=1, le=9999, description="widening stops once the start year is this or earlier (MiniOneRec: 1996)"
     )
     max_title_words: int = Field(20, ge=1, description="items whose title has more words are dropped")
     title_rule: Literal["minionerec", "unescape"] = Field(
@@ -220,9 +249,17 @@ class RQVAEConfig(_Section):
     rq/rqvae.py recipe."""
 
     hidden_dims: list[int] = Field([256, 128], description="encoder layer widths; the decoder mirrors them")
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _widths(cls, v: list[int]) -> list[int]:
+        if any(width < 1 for width in v):
+            raise ValueError("every width must be >= 1")
+        return v
+
     latent_dim: int = Field(32, ge=2)
     epochs: int = Field(100, ge=1, description="epochs after the k-means init")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate (no weight decay)")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate (no weight decay)")
     lr_warmup_epochs: int = Field(
         0, ge=0, description="learning rate rises linearly from 0 over this many epochs' steps, then stays constant"
     )
@@ -318,7 +355,7 @@ class TeacherConfig(_Section):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
     concurrency: int = Field(16, ge=1)
-    timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    timeout_s: float = Field(60.0, gt=0, le=WEEK_S, description="per-request timeout")
     max_retries: int = Field(5, ge=0, description="retries on 429/5xx/timeouts/malformed replies, with backoff")
     cache_dir: str = Field("", description="response cache that survives pod restarts (a PVC); empty = ~/.cache/sidreasoner/teacher")
     item_narratives: bool = True
@@ -326,8 +363,9 @@ class TeacherConfig(_Section):
     reasoning_paths: bool = True
     max_samples: int = Field(0, ge=0, description="training samples to narrate/reason over; 0 = all")
     failure_budget: float = Field(0.05, ge=0, le=1, description="share of failed/rejected requests above which the step fails")
-    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry, with jitter (Retry-After wins)")
-    backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay, Retry-After included")
+    backoff_s: float = Field(1.0, ge=0, le=WEEK_S,
+                             description="first retry delay; doubles per retry, with jitter (Retry-After wins)")
+    backoff_max_s: float = Field(60.0, ge=0, le=WEEK_S, description="cap on one retry delay, Retry-After included")
     item_words: tuple[int, int] = Field((10, 300), description="[min, max] words of an item narrative")
     history_words: tuple[int, int] = Field((10, 400), description="[min, max] words of a history narrative")
     reasoning_words: tuple[int, int] = Field((15, 400), description="[min, max] words of a reasoning path")
@@ -380,7 +418,7 @@ class TrainerConfig(_Section):
     precision, LoRA, sample caps, checkpoints and logging."""
 
     epochs: float = Field(3, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1)
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="learning-rate warm-up as a share of the total "
                                                              "optimizer steps (used when warmup_steps is 0)")
     warmup_steps: int = Field(0, ge=0, description="learning-rate warm-up in optimizer steps; > 0 wins over warmup_ratio")
@@ -507,9 +545,10 @@ class VerlConfig(_Section):
     nnodes: int = Field(1, ge=1, description="Ray nodes used for training (more than 1 needs ray_address)")
     n_gpus_per_node: int = Field(1, ge=1, description="GPUs per node (verl trainer.n_gpus_per_node)")
     gpu_wait_s: int = Field(
-        1800, ge=0, description="with ray_address: seconds to wait, after asking the Ray autoscaler for nnodes "
-                                "bundles of n_gpus_per_node GPUs, until the cluster has them available (verl fails "
-                                "at once without them); 0 = check once, do not wait")
+        1800, ge=0, le=WEEK_S,
+        description="with ray_address: seconds to wait, after asking the Ray autoscaler for nnodes bundles of "
+                    "n_gpus_per_node GPUs, until the cluster has them available (verl fails at once without them); "
+                    "0 = check once, do not wait")
     rollout_engine: Literal["vllm", "sglang"] = Field(
         "vllm", description="rollout inference engine (verl rollout.name); the training image carries vLLM only, sglang needs your own image")
     rollout_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per rollout engine replica")
@@ -774,7 +813,8 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_END, description="seed of every random draw; numpy and torch take "
+                                                         "0 <= seed < 2**32")
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     sid: SIDConfig = Field(default_factory=SIDConfig)
@@ -791,6 +831,15 @@ class Config(_Section):
         description="step name -> generation (0 when absent): part of that step's cache key, checkpoint key and "
                     "teacher cache key. Raising it re-executes the step, with fresh training, and what follows; "
                     "`run`/`submit --rerun-from STEP` set it and print the setting that keeps those results")
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        """Before the general whole-number check, so that 1e23 is told the seed's own bound."""
+        if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < SEED_END:
+            raise ValueError(f"must be a whole number with 0 <= seed < 2**32 = {SEED_END} (numpy's and torch's "
+                             "seeds)")
+        return value
 
     @field_validator("generations")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -42,12 +43,37 @@ def fetch_bucket_model(uri: str) -> Path:
     return local
 
 
+# A Hugging Face repo id: `name` or `namespace/name` (huggingface_hub's validate_repo_id).
+HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?)?")
+MODEL_FILES = {"config.json": ("config.json",), "safetensors weights": ("*.safetensors",),
+               "tokenizer files": ("tokenizer.json", "tokenizer_config.json")}
+
+
+def check_model_source(source: str) -> None:
+    """A source that is not a hub id must be a saved model folder: a ModelSourceError naming the folder
+    and what is missing, before transformers takes a missing folder for a repo id or asks for a
+    tokenizer library to convert files that are not there."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if HUB_ID.fullmatch(source) and ".." not in source and "--" not in source:
+            return
+        raise ModelSourceError(f"model folder {source} does not exist")
+    if not path.is_dir():
+        raise ModelSourceError(f"model {source} is a file; expected a saved Hugging Face model folder")
+    missing = [what for what, patterns in MODEL_FILES.items()
+               if not any(next(path.glob(pattern), None) for pattern in patterns)]
+    if missing:
+        raise ModelSourceError(f"{source} is not a saved Hugging Face model folder: it has no "
+                               f"{' and no '.join(missing)}")
+
+
 def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torch.dtype = torch.float32):
     """From a hub id, a local folder or a bucket folder, never running remote code, weights from
     safetensors only."""
     source = str(source)
     if source.startswith(BUCKET_SCHEMES):
         source = str(fetch_bucket_model(source))
+    check_model_source(source)
     kwargs = {"revision": revision} if revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(

@@ -8,6 +8,7 @@ match.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 EMPTY_THINK = "<think>\n\n</think>\n\n"
@@ -111,7 +112,14 @@ ALL_WORDING = [SYSTEM_SID_HISTORY_TO_SID, SYSTEM_ITEM_IDENTIFICATION, SYSTEM_NEX
                TITLE_HISTORY_TO_SID, REASONING_QUESTION, EVAL_SID_HISTORY_TO_SID]
 
 
+# A history entry is SID code tokens and nothing else: text from data never reaches a prompt this way.
+_SID_ONLY = re.compile(r"(?:<[a-z]_\d+>)+")
+
+
 def sid_history(sids: Sequence[str]) -> str:
+    for sid in sids:
+        if not isinstance(sid, str) or not _SID_ONLY.fullmatch(sid):
+            raise ValueError(f"history entry {sid!r} is not a SID (only SID code tokens like <a_12> may be in it)")
     return ", ".join(sids)
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from sidreasoner.config import Config, EmbedConfig
+from sidreasoner.errors import enospc_if_full
 from sidreasoner.io import atomic_dir, write_json
 
 BUILTIN_PREFIX = "builtin:"
@@ -181,6 +182,16 @@ def _skip(data_dir: Path, out_dir: Path) -> dict[str, float]:
     return {"n_items": float(n_items), "dim": 0.0, "skipped": 1.0}
 
 
+def _save(path: Path, vectors: np.ndarray) -> None:
+    try:
+        np.save(path, vectors)
+    except OSError as err:
+        full = enospc_if_full(err, path)
+        if full is err:
+            raise
+        raise full from err
+
+
 def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     """Embed every item of `data_dir/items.parquet` into `out_dir` (written atomically)."""
     ecfg = cfg.embed
@@ -204,7 +215,7 @@ def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
         "device": device, "example_text": texts[0] if texts else "",
     }
     with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "embeddings.npy", vectors)
+        _save(tmp / "embeddings.npy", vectors)
         write_json(tmp / "meta.json", meta)
     return {"n_items": float(len(texts)), "dim": float(vectors.shape[1]),
             "items_per_s": len(texts) / max(wall, 1e-9), "wall_s": wall}

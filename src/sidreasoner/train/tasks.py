@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -11,7 +12,8 @@ import pandas as pd
 
 from sidreasoner.config import Stage1Config, Stage2Config
 from sidreasoner.model import prompts
-from sidreasoner.sid.index import load_sid_map
+from sidreasoner.model.text_safety import DataText
+from sidreasoner.sid.index import load_catalogue, load_sid_map
 from sidreasoner.train.data import Example, read_instruction_file
 
 STAGE1_TASKS = ("sid_history_to_sid", "title_to_sid", "sid_to_title", "sid_history_to_title",
@@ -32,9 +34,9 @@ def sid_code_tokens(sid_index_dir: Path) -> list[str]:
     return sorted(tokens, key=lambda t: (t[1], int(t[3:-1])))
 
 
-def _titles(dataset_dir: Path) -> dict[int, str]:
+def _titles(dataset_dir: Path, safe: DataText) -> dict[int, str]:
     items = pd.read_parquet(Path(dataset_dir) / "items.parquet", columns=["item_id", "title"])
-    return dict(zip(items.item_id.astype(int), items.title.astype(str)))
+    return {int(i): safe.plain(t) for i, t in zip(items.item_id, items.title.astype(str))}
 
 
 def _pick(rng: np.random.Generator, examples: list[Example], weight: float, cap: int) -> list[Example]:
@@ -65,13 +67,17 @@ def general_reasoning_file(cfg: Stage1Config, dataset_dir: Path) -> str:
 
 
 def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_dir: Path,
-                    corpus_dir: Path) -> tuple[list[Example], dict[str, int]]:
+                    corpus_dir: Path, data_text: DataText | None = None) -> tuple[list[Example], dict[str, int]]:
     """The Stage 1 task mix. Chat tasks carry the research code's system and user messages (the
     title-history-to-title task's system message draws one of 11 instructions per training sample with
     random.Random(seed)). The title/SID translation tasks have one example per distinct title and per
-    distinct SID (the item listed last wins), as the research code's title/SID maps do."""
+    distinct SID (the item listed last wins), as the research code's title/SID maps do.
+    Text from data (titles, the corpus' narratives, the instruction file) goes through `data_text`
+    (the tokenizer's; by default marker shapes), which breaks the markers in it and counts them."""
+    safe = data_text or DataText()
     sid = load_sid_map(sid_index_dir)
-    title = _titles(dataset_dir)
+    catalogue = frozenset(load_catalogue(sid_index_dir))
+    title = _titles(dataset_dir, safe)
     instructions = general_reasoning_file(cfg, dataset_dir)
     train = pd.read_parquet(Path(dataset_dir) / "train.parquet")
     hist = [[int(x) for x in h] for h in train.history_item_ids]
@@ -108,11 +114,13 @@ def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_d
             Example("title_history_to_sid", prompts.TITLE_HISTORY_TO_SID.format(
                 category=category, titles=prompts.title_history([title[i] for i in h])), sid[t])
             for h, t in zip(hist, tgt)],
-        "item_narratives": lambda: _corpus_texts(corpus_dir, "items.parquet", "narrative", "item_narratives"),
-        "history_narratives": lambda: _corpus_texts(corpus_dir, "samples.parquet", "history_narrative", "history_narratives"),
-        "instructions": lambda: read_instruction_file(
+        "item_narratives": lambda: [_safe_teacher(e, safe, catalogue) for e in _corpus_texts(
+            corpus_dir, "items.parquet", "narrative", "item_narratives")],
+        "history_narratives": lambda: [_safe_teacher(e, safe, catalogue) for e in _corpus_texts(
+            corpus_dir, "samples.parquet", "history_narrative", "history_narratives")],
+        "instructions": lambda: [_safe_instruction(e, safe) for e in read_instruction_file(
             instructions, samples=cfg.instruction_samples, seed=seed, max_len=cfg.instruction_cutoff_len,
-            thinking=cfg.instruction_thinking) if instructions else [],
+            thinking=cfg.instruction_thinking)] if instructions else [],
     }
     rng = np.random.default_rng(seed)
     out: list[Example] = []
@@ -131,6 +139,20 @@ def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_d
     if not out:
         raise ValueError("stage1: the task mix is empty (all weights 0 or no data)")
     return out, counts
+
+
+def _safe_teacher(ex: Example, safe: DataText, catalogue: frozenset[str]) -> Example:
+    return dataclasses.replace(ex, response=safe.teacher(ex.response, catalogue))
+
+
+def _safe_instruction(ex: Example, safe: DataText) -> Example:
+    """An instruction-file example with the markers in its messages and answer broken (an opening think
+    block of the answer keeps its tags)."""
+    if ex.messages is None:
+        return dataclasses.replace(ex, prompt=safe.plain(ex.prompt), response=safe.reply(ex.response))
+    messages = [{**m, "content": safe.plain(m["content"])} for m in ex.messages]
+    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return dataclasses.replace(ex, prompt=prompt, messages=messages, response=safe.reply(ex.response))
 
 
 def _corpus_texts(corpus_dir: Path, name: str, column: str, task: str) -> list[Example]:
@@ -162,11 +184,14 @@ def next_sid_valid(dataset_dir: Path, sid_index_dir: Path, n: int, seed: int,
     return exs, hists
 
 
-def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path,
-                    corpus_dir: Path) -> tuple[list[Example], list[Example]]:
+def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path, corpus_dir: Path,
+                    data_text: DataText | None = None) -> tuple[list[Example], list[Example]]:
     """(train, held out): reasoning examples from the corpus samples; `reasoning_holdout` of them (at most a
-    tenth, at least one when > 0) are held out of training for the reasoning validation loss."""
+    tenth, at least one when > 0) are held out of training for the reasoning validation loss. The paths
+    go through `data_text` as stage1_examples' teacher texts do."""
+    safe = data_text or DataText()
     sid = load_sid_map(sid_index_dir)
+    catalogue = frozenset(load_catalogue(sid_index_dir))
     path = Path(corpus_dir) / "samples.parquet"
     if not path.exists():
         raise FileNotFoundError(f"stage2 needs the corpus' samples.parquet (reasoning paths), not found in {corpus_dir}")
@@ -176,7 +201,7 @@ def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path,
         raise ValueError(f"stage2: {len(frame)} reasoning paths in {path}, too few to train on"
                          + (" and hold some out (stage2.reasoning_holdout)" if cfg.reasoning_holdout else ""))
     exs = [Example("reasoning", prompts.next_sid_question([sid[int(i)] for i in h], reasoning=True),
-                   prompts.reasoning_response(r, sid[int(t)]), thinking=True)
+                   prompts.reasoning_response(safe.teacher(r, catalogue), sid[int(t)]), thinking=True)
            for h, t, r in zip(frame.history_item_ids, frame.item_id, frame.reasoning_path)]
     rng = np.random.default_rng(seed + 2)
     order = rng.permutation(len(exs))
