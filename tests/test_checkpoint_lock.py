@@ -240,7 +240,8 @@ def test_cleanup_keeps_the_newest_folders_of_the_stage(tmp_path):
     _folder(base, "stage1-000000000000000c", 200, ("best/best.json", "initial.json", "warmup/final.safetensors",
                                                    ".initial.json.tmp-x1y2", "checkpoint-4/trainer_state.json"))
     _folder(base, "stage1-000000000000000d", 300)
-    _folder(base, "stage1-000000000000000e", 400, ("checkpoint-2/", "README.md"))  # TRL's model card
+    _folder(base, "stage1-000000000000000e", 400, ("checkpoint-2/", "README.md",  # TRL's model card
+                                                   ".checkpoint-4.damaged-1a2b3c4d/trainer_state.json"))
     _folder(base, "stage2-000000000000000f", 9000)  # another stage: not counted, not removed
     _folder(base, "stage3-0000000000000010", 9000, ("inputs/catalogue.json", "verl/global_step_2/actor/x.pt",
                                                     "verl/latest_checkpointed_iteration.txt", "verl_console.log",

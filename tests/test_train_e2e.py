@@ -15,7 +15,7 @@ import pytest
 
 from sidreasoner import config
 from sidreasoner.eval.evaluate import evaluate, evaluate_baselines
-from sidreasoner.model.checkpoints import last_checkpoint
+from sidreasoner.model.checkpoints import resumable_checkpoint
 from sidreasoner.runner import run_step
 from sidreasoner.train.base import prepare_base_model
 from sidreasoner.train.sft import sft_stage1, sft_stage2
@@ -100,15 +100,15 @@ def test_stage1_resumes_after_kill(pipeline, tmp_path):
     found = None
     while time.time() < deadline and proc.poll() is None:
         dirs = list(ckpt_parent.glob("stage1-*"))
-        if dirs and last_checkpoint(dirs[0]) is not None:
-            found = last_checkpoint(dirs[0])
+        found = resumable_checkpoint(dirs[0], move_aside=False) if dirs else None  # saved and sealed
+        if found is not None:
             break
         time.sleep(0.05)
     assert found is not None, "no checkpoint appeared before the run ended"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out").exists()
-    killed_at = int(last_checkpoint(found.parent).name.split("-")[-1])
+    killed_at = int(resumable_checkpoint(found.parent, move_aside=False).name.split("-")[-1])
     m = sft_stage1(cfg, p["base"], p["dataset"], p["sid_index"], p["corpus"], tmp_path / "out")
     assert m["resumed_from_step"] >= killed_at > 0
     info = json.loads((tmp_path / "out" / "training.json").read_text())

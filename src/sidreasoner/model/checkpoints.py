@@ -3,7 +3,8 @@ code, the step's generation and its inputs (their content and where they lie), s
 the same task finds and resumes the same checkpoints, while a re-execution (a new generation, new
 code, or inputs from a re-executed upstream step, which are new artifacts at new paths) starts fresh.
 One run at a time trains in a folder (`folder_lock.checkpoint_lock`), and after a successful training a stage's
-old folders are removed (`remove_old_checkpoint_folders`)."""
+old folders are removed (`remove_old_checkpoint_folders`). A Trainer checkpoint is sealed once saved
+(`seal_checkpoint`); a run resumes only from one that checks whole against its seal (`resumable_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from sidreasoner.config import Config
+from sidreasoner.io import write_json
 from sidreasoner.model.folder_lock import CheckpointLockTimeout, LockTimings, checkpoint_lock
 from sidreasoner.provenance import code_version
 
@@ -67,13 +71,166 @@ def last_checkpoint(folder: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
 
 
+# ---------------------------------------------------------------- sealed checkpoints
+
+SEAL = "sidreasoner-seal.json"
+_WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole; larger ones by sampled blocks
+_BLOCK = 1 << 20
+_BLOCKS = 16
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """N of a folder named checkpoint-N; None for any other name."""
+    match = _CHECKPOINT.fullmatch(Path(folder).name)
+    return int(match.group(1)) if match else None
+
+
+def seal_checkpoint(folder: Path, **extra) -> None:
+    """Write the seal of a checkpoint folder the Trainer has finished saving: each file's size and sha256
+    (of the whole file up to 256 MiB, of 16 blocks of 1 MiB spread over a larger one), and `extra`. A
+    checkpoint without a seal was cut short while saving and is never resumed from."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.name.startswith(".") and p.name != SEAL}
+    write_json(folder / SEAL, {"files": files, **extra})
+
+
+def read_seal(folder: Path) -> dict:
+    """The seal of a checkpoint (`checkpoint_problem` has found it whole)."""
+    return json.loads((Path(folder) / SEAL).read_text())
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint `folder` cannot be resumed from, as "<file>: <why>"; None when every file its seal
+    lists is there, as saved, and readable."""
+    folder = Path(folder)
+    try:
+        files = read_seal(folder)["files"]
+        if not isinstance(files, dict) or not all(isinstance(saved, dict) for saved in files.values()):
+            return f"{SEAL}: not a list of files with their sizes and digests"
+        if "trainer_state.json" not in files:
+            return f"{SEAL}: lists no trainer_state.json"
+    except FileNotFoundError:
+        return f"{SEAL}: absent (its save was cut short)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{SEAL}: unreadable ({e})"
+    for name, saved in files.items():
+        problem = _file_problem(folder / name, saved)
+        if problem:
+            return f"{name}: {problem}"
+    return _step_problem(folder)
+
+
+def resumable_checkpoint(root: Path, move_aside: bool = True) -> Path | None:
+    """The newest checkpoint-N in `root` that `checkpoint_problem` finds whole, or None. Each newer one is
+    logged with the file at fault and why, and (`move_aside`) renamed to .checkpoint-N.damaged-<hex>, so
+    that the training saving checkpoint-N again writes into an empty folder."""
+    root = Path(root)
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None]
+    for folder in sorted(found, key=checkpoint_step, reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        log.warning("%s: not resumed from: %s%s", folder, problem, _move_aside(folder) if move_aside else "")
+    if found:
+        log.warning("%s: no whole checkpoint left: the training starts from step 0", root)
+    return None
+
+
+def _move_aside(folder: Path) -> str:
+    aside = folder.with_name(f".{folder.name}.damaged-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(folder, aside)
+    except OSError as e:
+        return f"; left in place ({e})"
+    return f"; moved to {aside.name}"
+
+
+def remove_checkpoints_from(root: Path, step: int) -> list[str]:
+    """Remove the checkpoints checkpoint-N of `root` with N >= step; returns their names."""
+    doomed = sorted((p for p in Path(root).glob("checkpoint-*") if (checkpoint_step(p) or -1) >= step),
+                    key=checkpoint_step)
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [p.name for p in doomed]
+
+
+def _digest(path: Path) -> dict:
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        if size <= _WHOLE_HASH_BYTES:
+            for chunk in iter(lambda: fh.read(_BLOCK), b""):
+                h.update(chunk)
+        else:
+            for i in range(_BLOCKS):
+                fh.seek((size - _BLOCK) * i // (_BLOCKS - 1))
+                h.update(fh.read(_BLOCK))
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _file_problem(path: Path, saved: dict) -> str | None:
+    try:
+        now = _digest(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e})"
+    if now["size"] != saved.get("size"):
+        return f"{now['size']:,} bytes, {saved.get('size', 0):,} when saved (truncated or overwritten)"
+    if now["sha256"] != saved.get("sha256"):
+        return "its content changed since it was saved (sha256 differs)"
+    return _format_problem(path)
+
+
+def _format_problem(path: Path) -> str | None:
+    """A cheap look at the file's format: JSON parses, a safetensors header matches the file's size, a
+    torch .pt/.pth/.bin zip archive has its directory."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".safetensors":
+            return _safetensors_problem(path)
+        elif path.suffix in (".pt", ".pth", ".bin"):  # torch.save writes zip archives
+            zipfile.ZipFile(path).close()
+    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, zipfile.BadZipFile) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return "no safetensors header"
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            return f"its header claims {n:,} bytes of a {size:,}-byte file"
+        header = json.loads(fh.read(n))
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    if 8 + n + max(ends, default=0) != size:
+        return f"its tensors end at byte {8 + n + max(ends, default=0):,} of {size:,}"
+    return None
+
+
+def _step_problem(folder: Path) -> str | None:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if step != checkpoint_step(folder):
+        return f"trainer_state.json: global_step {step} in {folder.name}"
+    return None
+
+
 # ---------------------------------------------------------------- old checkpoint folders
 
 # What the training steps put at the top of a checkpoint folder: the HF and TRL Trainers' checkpoint-N,
 # and TRL's model card README.md; SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console
-# log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*).
+# log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*); damaged
+# checkpoints moved aside (.checkpoint-N.damaged-*).
 OWN_ENTRIES = ("checkpoint-*", "README.md", "warmup", "best", "initial.json", "inputs", "verl", "verl_console.log",
-               "outputs", ".*.tmp-*")
+               "outputs", ".*.tmp-*", ".checkpoint-*.damaged-*")
 
 
 def remove_old_checkpoint_folders(current: Path, keep: int, timings: LockTimings = LockTimings()) -> list[Path]:

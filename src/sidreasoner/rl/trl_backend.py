@@ -14,6 +14,7 @@ than max_prompt_length are left out before training.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -24,13 +25,14 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders, resumable_checkpoint
 from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
 from sidreasoner.rl.checkpoint import write_manifest
 from sidreasoner.rl.metrics import summary_metrics
+from sidreasoner.train.checkpointing import FiniteTraining, ResumedAt, SealCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,30 @@ def _grpo_config(cfg: Config, ckpt: Path):
     )
 
 
+@functools.cache
+def _grpo_trainer_class():
+    """TRL's GRPOTrainer stopping at the first non-finite value (`FiniteTraining`), whose prompt order is a
+    function of the seed and the epoch alone: TRL's RepeatSampler draws every epoch from one generator seeded
+    once, which a run resumed in a later epoch would restart. (trl is imported only when the backend runs.)"""
+    from trl import GRPOTrainer
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochRepeatSampler(RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:  # the Trainer's dataloader calls it before each epoch
+            self.generator.manual_seed(self.seed + epoch)
+
+    class Trainer(FiniteTraining, GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):  # GRPOTrainer's sampler, with set_epoch
+            return EpochRepeatSampler(
+                data_source=self.train_dataset if dataset is None else dataset,
+                mini_repeat_count=self.num_generations,
+                batch_size=self.args.generation_batch_size // self.num_generations,
+                repeat_count=self.num_iterations * self.args.steps_per_generation,
+                shuffle=self.shuffle_dataset, seed=self.args.seed)
+
+    return Trainer
+
+
 def _peft_config(s):
     """LoRA on every linear layer (stage3.finetune=lora); None for full fine-tuning."""
     if s.finetune != "lora":
@@ -125,8 +151,6 @@ def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_
 
 def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
                     corpus_dir: Path | None, ckpt: Path, out: Path) -> dict[str, float]:
-    from trl import GRPOTrainer
-
     start = time.time()
     s = cfg.stage3
     torch.manual_seed(cfg.seed)
@@ -141,16 +165,19 @@ def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_
     reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)
 
     ckpt.mkdir(parents=True, exist_ok=True)
-    resume = last_checkpoint(ckpt)
-    resumed_from = int(resume.name.split("-")[-1]) if resume else 0
+    resume = resumable_checkpoint(ckpt)
     if resume:
         log.info("stage3: resuming from %s", resume)
     args = _grpo_config(cfg, ckpt)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward_fn], args=args, train_dataset=train_ds,
-                          processing_class=tok, peft_config=_peft_config(s))
+    started = ResumedAt()
+    trainer = _grpo_trainer_class()(model=model, reward_funcs=[reward_fn], args=args, train_dataset=train_ds,
+                                    processing_class=tok, peft_config=_peft_config(s),
+                                    callbacks=[SealCheckpoints(), started], stage="stage3",
+                                    lr_setting=f"stage3.lr={s.lr:g}")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_wall = time.time() - t0
+    resumed_from = started.step
     history = list(trainer.state.log_history)
     summary = _summary(history)
     steps_run = trainer.state.global_step - resumed_from

@@ -1,15 +1,18 @@
-"""Tokenised examples with response-only labels, and the batch collators (packed or padded)."""
+"""Tokenised examples with response-only labels, the batch collators (packed or padded) and the
+length-grouped sampler."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from transformers import DataCollatorWithFlattening
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sidreasoner.data.research import json_or_literal
 from sidreasoner.model import prompts
@@ -121,6 +124,30 @@ def collator(batching: str, pad_id: int):
     return PadCollator(pad_id)
 
 
+class LengthGroupedEpochSampler(Sampler):
+    """transformers' length-grouped order (mega-batches of `batch_size` examples of similar lengths, the
+    longest first), drawn from a generator of its own for each (seed, epoch): the order of an epoch is the
+    same in a run resumed from a checkpoint as in one never interrupted (transformers' sampler draws from the
+    global RNG, which a resume restores to the checkpoint's state). The generator's seed is a digest of
+    (seed, epoch), not the seed itself, which also seeds the model's initialisation and the example draws.
+    The Trainer's dataloader calls set_epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = list(lengths), batch_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        digest = hashlib.sha256(f"length-grouped order {self.seed} {self.epoch}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class InstructionFileError(ValueError):
     pass
 
@@ -183,6 +210,8 @@ def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise InstructionFileError(f"{where}: not valid JSON ({err.msg})") from None
+            except RecursionError:
+                raise InstructionFileError(f"{where}: its JSON is nested too deep to read") from None
             if not isinstance(obj, dict):
                 raise InstructionFileError(f"{where}: expected a JSON object")
             if "messages" in obj:

@@ -7,23 +7,29 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import checkpoint_root, last_checkpoint, remove_old_checkpoint_folders
+from sidreasoner.model.checkpoints import (checkpoint_root, read_seal, remove_old_checkpoint_folders,
+                                           resumable_checkpoint)
 from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
+from sidreasoner.model.text_safety import DataText
 from sidreasoner.sid.index import load_catalogue
 from sidreasoner.train import data as data_mod
 from sidreasoner.train import tasks
+from sidreasoner.train.checkpointing import FiniteTraining, ResumedAt, SaveAfterEpochEvaluation, SealCheckpoints
 from sidreasoner.train.decode import constrained_greedy_sid
 from sidreasoner.train.distributed import is_rank0, maybe_launch_distributed
 
@@ -88,15 +94,18 @@ class BestModelCallback(TrainerCallback):
     """After each evaluation of the selection set (`metric`, a key such as eval_sid_loss; the other sets'
     evaluations are ignored): keep the best weights (in <ckpt>/best) and stop after `patience` evaluations
     without a strictly lower loss. A tie keeps the earlier weights, as transformers' load_best_model_at_end
-    and EarlyStoppingCallback do. Decisions read the checkpointed log history, so they survive a resume."""
+    and EarlyStoppingCallback do. Decisions read the checkpointed log history, so they survive a resume; an
+    early stop saves a checkpoint, so that a retry finds the training finished. `paused`: evaluations are
+    not looked at (the one before training)."""
 
     def __init__(self, best_dir: Path, patience: int, metric: str = "eval_loss"):
         self.best_dir = best_dir
         self.patience = patience
         self.metric = metric
+        self.paused = False
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-        if metrics is None or self.metric not in metrics:
+        if self.paused or metrics is None or self.metric not in metrics:
             return
         evals = [h[self.metric] for h in state.log_history if self.metric in h]
         if not evals:
@@ -111,7 +120,7 @@ class BestModelCallback(TrainerCallback):
         best_idx = min(range(len(evals)), key=evals.__getitem__)  # the first of equal losses
         if self.patience and len(evals) - 1 - best_idx >= self.patience:
             log.info("early stopping: %d evaluations without a better %s", len(evals) - 1 - best_idx, self.metric)
-            control.should_training_stop = True
+            control.should_training_stop = control.should_save = True
 
 
 def _args(section, out: Path, epochs: float, seed: int, evaluate: bool, world: int) -> TrainingArguments:
@@ -148,11 +157,34 @@ def _args(section, out: Path, epochs: float, seed: int, evaluate: bool, world: i
     )
 
 
-def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed: int, new_ids: list[int], world: int):
+class _SFTTrainer(FiniteTraining, Trainer):
+    """transformers' Trainer stopping at the first non-finite value (`FiniteTraining`), whose length-grouped
+    order is a function of the seed and the epoch alone (`data.LengthGroupedEpochSampler`)."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(dataset)
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return data_mod.LengthGroupedEpochSampler([len(row["input_ids"]) for row in dataset], batch, seed)
+
+
+def _trainer(stage: str, section, model, args, rows, pad_id: int, valid_sets=None, callbacks=(),
+             label: str = "") -> _SFTTrainer:
+    """A Trainer on `rows` whose checkpoints are sealed and hold the evaluation of the epoch they end."""
+    return _SFTTrainer(model=model, args=args, train_dataset=data_mod.ListDataset(rows),
+                       eval_dataset={name: data_mod.ListDataset(r) for name, r in (valid_sets or {}).items()} or None,
+                       data_collator=data_mod.collator(section.batching, pad_id),
+                       callbacks=[SealCheckpoints(), SaveAfterEpochEvaluation(), *callbacks],
+                       stage=label or stage, lr_setting=f"{stage}.lr={section.lr:g}")
+
+
+def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed: int, new_ids: list[int], world: int,
+                      stage: str = "stage1"):
     """Train only the new SID embedding rows (others frozen, their gradients zeroed, no weight decay)."""
     done = ckpt / "warmup" / "final.safetensors"
-    if done.exists():
-        _load_trainable_all(model, load_file(str(done)))
+    if _load_warmup(model, done):
         return
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -165,11 +197,11 @@ def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed
     try:
         # No weight decay here: AdamW's decoupled decay would shrink every row of the embedding
         # (and, tied, lm_head), not only the SID rows whose gradients the mask lets through.
-        args = _args(section.model_copy(update={"weight_decay": 0.0}), ckpt / "warmup", epochs, seed,
-                     evaluate=False, world=world)
-        trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(rows),
-                          data_collator=data_mod.collator(section.batching, tok.pad_token_id))
-        trainer.train(resume_from_checkpoint=str(last_checkpoint(ckpt / "warmup")) if last_checkpoint(ckpt / "warmup") else None)
+        section = section.model_copy(update={"weight_decay": 0.0})
+        args = _args(section, ckpt / "warmup", epochs, seed, evaluate=False, world=world)
+        trainer = _trainer(stage, section, model, args, rows, tok.pad_token_id, label=f"{stage} embedding warm-up")
+        resume = resumable_checkpoint(ckpt / "warmup", move_aside=is_rank0())
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         handle.remove()
         for n, p in model.named_parameters():
@@ -179,9 +211,92 @@ def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed
             save_file({"embed": emb.detach().cpu().contiguous()}, str(tmp))
 
 
+def _load_warmup(model, done: Path) -> bool:
+    """Load a finished warm-up's embeddings; False when there is none, or it is damaged (logged and removed:
+    the warm-up then resumes from its last checkpoint)."""
+    if not done.exists():
+        return False
+    try:
+        _load_trainable_all(model, load_file(str(done)))
+    except (OSError, KeyError, RuntimeError, SafetensorError) as e:
+        log.warning("%s: damaged (%s); the warm-up runs again from its last checkpoint", done, e)
+        if is_rank0():
+            done.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def _load_trainable_all(model, state):
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(state["embed"])
+
+
+def _read_initial(ckpt: Path) -> dict | None:
+    """initial.json, the validation losses before training; None when it is absent or damaged (logged)."""
+    path = ckpt / "initial.json"
+    try:
+        initial = read_json(path)
+        if isinstance(initial, dict) and "initial_valid_loss" in initial \
+                and isinstance(initial.get("initial_valid_losses"), dict):
+            return initial
+        why = "not an object with initial_valid_loss and initial_valid_losses"
+    except FileNotFoundError:
+        why = "absent"
+    except (OSError, ValueError) as e:
+        why = f"unreadable ({e})"
+    log.warning("%s: %s; the validation losses before training are evaluated again", path, why)
+    return None
+
+
+def _initial_losses(trainer, best: BestModelCallback, valid_sets: dict, select: str) -> dict:
+    """The validation losses of the model before training (not an evaluation the best-model callback sees)."""
+    losses = {}
+    if valid_sets:
+        best.paused = True
+        try:
+            first = trainer.evaluate()
+        finally:
+            best.paused = False
+        trainer.state.log_history.clear()
+        losses = {name: float(first[valid_metric(name)]) for name in valid_sets}
+    return {"initial_valid_loss": losses.get(select), "initial_valid_losses": losses}
+
+
+def _train(trainer, resume: Path | None, started: ResumedAt) -> tuple[dict, int]:
+    """Train from `resume` (None: from the start); returns the Trainer's run metrics and the global step it
+    started at. A checkpoint sealed as finished (its last step, or an early stop) is loaded, not trained on:
+    the Trainer would train on past an early stop."""
+    if resume is not None and read_seal(resume).get("finished"):
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        return {}, trainer.state.global_step
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return result.metrics, started.step
+
+
+def _load_best(model, best_dir: Path, best_loss: float | None) -> bool:
+    """Load the kept best weights when they are those of `best_loss`; False when there are none such."""
+    if best_loss is None or not (best_dir / "best.json").exists():
+        return False
+    try:
+        if abs(read_json(best_dir / "best.json")["eval_loss"] - best_loss) >= 1e-9:
+            return False
+        _load_trainable(model, load_file(str(best_dir / "trainable.safetensors")))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise ValueError(f"{best_dir}: the kept best weights are damaged ({e}); remove {best_dir.parent} "
+                         "to train afresh") from None
+    return True
+
+
+def _with_lora(model, section, new_ids):
+    if section.finetune != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM",
+                      trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None)
+    return get_peft_model(model, lora)
 
 
 def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dict],
@@ -189,95 +304,93 @@ def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dic
               warmup_epochs: float = 0.0, select: str = "sid"):
     """Train; returns (trained model with the best weights, LoRA merged; info dict). Every epoch the loss of
     each non-empty validation set in `valid_sets` is logged (as eval_<name>_loss); set `select` picks the
-    checkpoint and drives early stopping."""
+    checkpoint and drives early stopping. Resumes from the newest whole checkpoint in `ckpt`."""
     valid_sets = {name: rows for name, rows in valid_sets.items() if rows}
     if valid_sets and select not in valid_sets:
         raise ValueError(f"{stage}: the validation set {select!r} that chooses the checkpoint is empty")
     valid_sets = {select: valid_sets[select], **valid_sets} if valid_sets else {}
-    metric = valid_metric(select)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ckpt.mkdir(parents=True, exist_ok=True)
-    resume = last_checkpoint(ckpt)
-    if warmup_epochs > 0 and new_ids and resume is None and section.finetune == "full":
-        _embedding_warmup(model, tok, section, train_rows, ckpt, warmup_epochs, cfg.seed, new_ids, world)
-    if section.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
-                          target_modules="all-linear", task_type="CAUSAL_LM",
-                          trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None)
-        model = get_peft_model(model, lora)
+    resume = resumable_checkpoint(ckpt, move_aside=is_rank0())
+    initial = _read_initial(ckpt) if resume else None
+    if warmup_epochs > 0 and new_ids and section.finetune == "full" and (resume is None or initial is None):
+        _embedding_warmup(model, tok, section, train_rows, ckpt, warmup_epochs, cfg.seed, new_ids, world, stage)
+    model = _with_lora(model, section, new_ids)
     if section.gradient_checkpointing:
         model.config.use_cache = False
     args = _args(section, ckpt, section.epochs, cfg.seed, evaluate=bool(valid_sets), world=world)
     best_dir = ckpt / "best"
-    trainer = Trainer(model=model, args=args, train_dataset=data_mod.ListDataset(train_rows),
-                      eval_dataset={name: data_mod.ListDataset(rows) for name, rows in valid_sets.items()} or None,
-                      data_collator=data_mod.collator(section.batching, tok.pad_token_id),
-                      callbacks=[BestModelCallback(best_dir, section.early_stopping_patience, metric)])
-    initial_valid, initial_losses = None, {}
-    if resume is None:
-        if best_dir.exists():  # stale best from an attempt that died before its first checkpoint
-            import shutil
-
-            shutil.rmtree(best_dir)
-        if valid_sets:
-            first = trainer.evaluate()
-            initial_losses = {name: float(first[valid_metric(name)]) for name in valid_sets}
-            initial_valid = initial_losses[select]
-            trainer.state.log_history.clear()
-            (best_dir / "best.json").unlink(missing_ok=True)
-        write_json(ckpt / "initial.json", {"initial_valid_loss": initial_valid, "initial_valid_losses": initial_losses})
-    elif (ckpt / "initial.json").exists():
-        initial = read_json(ckpt / "initial.json")
-        initial_valid, initial_losses = initial.get("initial_valid_loss"), initial.get("initial_valid_losses", {})
-    resumed_from = int(resume.name.split("-")[-1]) if resume else 0
+    best, started = BestModelCallback(best_dir, section.early_stopping_patience, valid_metric(select)), ResumedAt()
+    trainer = _trainer(stage, section, model, args, train_rows, tok.pad_token_id, valid_sets, [best, started])
+    if resume is None and best_dir.exists():  # stale best from an attempt that died before its first checkpoint
+        shutil.rmtree(best_dir)
+    if initial is None:
+        initial = _initial_losses(trainer, best, valid_sets, select)
+        if is_rank0():
+            write_json(ckpt / "initial.json", initial)
     if resume:
         log.info("%s: resuming from %s", stage, resume)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.time() - t0
-    history = list(trainer.state.log_history)
+    runtime, resumed_from = _train(trainer, resume, started)
+    run = _Run(trainer.state, args, resumed_from, time.time() - t0, runtime)
     # Per set, its loss at each evaluation (every evaluation evaluates every set, so the lists align).
-    losses = {name: [h[valid_metric(name)] for h in history if valid_metric(name) in h] for name in valid_sets}
+    losses = {name: [h[valid_metric(name)] for h in run.state.log_history if valid_metric(name) in h]
+              for name in valid_sets}
     best_loss = min(losses[select], default=None) if valid_sets else None
-    best_at = losses[select].index(best_loss) if best_loss is not None else 0
-    used_best = False
-    if best_loss is not None and (best_dir / "best.json").exists():
-        best = read_json(best_dir / "best.json")
-        if abs(best["eval_loss"] - best_loss) < 1e-9:
-            _load_trainable(model, load_file(str(best_dir / "trainable.safetensors")))
-            used_best = True
+    used_best = _load_best(model, best_dir, best_loss)
     if section.finetune == "lora":
         model = model.merge_and_unload()
-    steps_run = trainer.state.global_step - resumed_from
-    tokens_per_step = sum(len(r["input_ids"]) for r in train_rows) / max(1, trainer.state.max_steps / max(section.epochs, 1e-9))
-    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    info = {
-        "stage": stage,
-        "history": history,
-        "select_metric": metric,
+    valid = _valid_info(select, losses, best_loss, used_best, initial)
+    return model, {"stage": stage, **valid, **_run_info(run, section, train_rows, ckpt)}
+
+
+@dataclass
+class _Run:
+    """What a training left: the Trainer's state and arguments, the global step it started at, its wall time
+    and the Trainer's run metrics."""
+
+    state: TrainerState
+    args: TrainingArguments
+    resumed_from: int
+    wall: float
+    runtime: dict
+
+
+def _valid_info(select: str, losses: dict, best_loss: float | None, used_best: bool, initial: dict) -> dict:
+    best_at = losses[select].index(best_loss) if best_loss is not None else 0
+    return {
+        "select_metric": valid_metric(select),
         "valid_losses": losses,
         "valid_losses_at_best": {name: values[best_at] for name, values in losses.items() if best_at < len(values)},
-        "initial_valid_loss": initial_valid,
-        "initial_valid_losses": initial_losses,
+        "initial_valid_loss": initial["initial_valid_loss"],
+        "initial_valid_losses": initial["initial_valid_losses"],
         "best_valid_loss": best_loss,
         "used_best_checkpoint": used_best,
-        "resumed_from_step": resumed_from,
-        "global_step": trainer.state.global_step,
-        "max_steps": trainer.state.max_steps,
-        "epochs_run": float(trainer.state.epoch or 0.0),
-        "train_wall_seconds": wall,
-        "tokens_per_s": steps_run * tokens_per_step / wall if wall > 0 else 0.0,
+    }
+
+
+def _run_info(run: _Run, section, train_rows: list[dict], ckpt: Path) -> dict:
+    state = run.state
+    history = list(state.log_history)
+    steps_run = state.global_step - run.resumed_from
+    tokens_per_step = sum(len(r["input_ids"]) for r in train_rows) / max(1, state.max_steps / max(section.epochs, 1e-9))
+    train_losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    return {
+        "history": history,
+        "resumed_from_step": run.resumed_from,
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs_run": float(state.epoch or 0.0),
+        "train_wall_seconds": run.wall,
+        "tokens_per_s": steps_run * tokens_per_step / run.wall if run.wall > 0 else 0.0,
         "train_loss_first": train_losses[0][1] if train_losses else None,
         "train_loss_last": train_losses[-1][1] if train_losses else None,
-        "train_runtime_metrics": result.metrics,
+        "train_runtime_metrics": run.runtime,
         "checkpoint_dir": str(ckpt),
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "world_size": world,
-        "bf16": args.bf16,
+        "gradient_accumulation_steps": run.args.gradient_accumulation_steps,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "bf16": run.args.bf16,
     }
-    return model, info
 
 
 # ---------------------------------------------------------------- outputs
@@ -369,7 +482,8 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     codes = tasks.sid_code_tokens(sid_index_dir)
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
-    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
+    data_text = DataText(tok)  # after the SID codes are added: they are markers too
+    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir, data_text)
     if s.valid_samples:  # one seeded sample: its first valid_samples for the loss, first hr_samples for HR@1
         valid_ex, valid_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed)
         loss_ex, hr_ex, hr_hist = valid_ex[: s.valid_samples], valid_ex[: s.hr_samples], valid_hist[: s.hr_samples]
@@ -393,6 +507,7 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
         info["sample_predictions"] = [{"history": h, "target": ex.response, "predicted": p}
                                       for h, ex, p in list(zip(hr_hist, hr_ex, preds))[:20]]
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
+    metrics["data_markers_neutralised"] = float(data_text.count)
     info["task_counts"] = counts
     return model, info, metrics
 
@@ -403,7 +518,8 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     if missing:
         raise ValueError(f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
                          "give it the sft-stage1 model")
-    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir)
+    data_text = DataText(tok)
+    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir, data_text)
     sid_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.valid_samples, cfg.seed)
     train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
     valid_sets = {"sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
@@ -411,6 +527,7 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_sets, ckpt, select=s.select_on)
     metrics = _metrics(info, len(train_rows), 0.0)
     metrics["reasoning_holdout"] = float(len(reasoning_ex))
+    metrics["data_markers_neutralised"] = float(data_text.count)
     return model, info, metrics
 
 
