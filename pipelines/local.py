@@ -3,16 +3,18 @@ or every step in its image through a Docker API (DockerRunner; Docker, or podman
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config
 from sidreasoner.io import write_json
+from sidreasoner.pipelines.console import Console, TaskFailed
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
 from sidreasoner.runner import children_die_with_this_process
 from sidreasoner.steps import pipeline_steps
@@ -30,6 +32,9 @@ def _read_metrics(artifact: Any) -> dict[str, float]:
 
 
 RUNNERS = ("subprocess", "docker")
+# Under the pipeline root, never in a folder kfp.local or a step's container writes: a container runs as its
+# image's user and could not write into a run folder this process had made first.
+LOGS = "logs"
 
 
 def _docker_pipeline_root(root: Path, prepare_root: bool) -> None:
@@ -78,6 +83,43 @@ def _recording_run_names(names: list[str]) -> Iterator[None]:
         executor_input_utils.get_local_pipeline_resource_name = original
 
 
+def _task_metrics(outputs: dict[str, Any]) -> dict[str, float]:
+    metrics = outputs.get("metrics")
+    try:
+        return _read_metrics(metrics) if metrics is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def _tasks_on(console: Console) -> Iterator[None]:
+    """Run every task inside `console.task`, which sends what kfp.local prints about it (its state lines and
+    its process's output) to the task's log file. kfp.local has no hook for a task's output, so the one
+    function that runs a task is wrapped (kfp is pinned to 2.17.0; tests/test_local_console.py covers it)."""
+    from kfp.local import executor_input_utils as names
+    from kfp.local.orchestrator import task_executor
+
+    original = task_executor.execute_single_task
+
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        given = inspect.signature(original).bind(*args, **kwargs).arguments
+        root = Path(given["pipeline_root"])
+        folder = Path(names.construct_local_task_root(
+            pipeline_root=str(root), pipeline_resource_name=given["pipeline_resource_name"],
+            task_resource_name=names.get_local_task_resource_name(given["task_spec"].component_ref.name)))
+        where = folder.relative_to(root)  # <run>/<task>
+        with console.task(given["task_name"], root / LOGS / where.parent / f"{where.name}.log") as task:
+            outputs, state = original(*args, **kwargs)
+            task.end("SUCCEEDED" if state.name == "SUCCESS" else "FAILED", _task_metrics(outputs))
+        return outputs, state
+
+    task_executor.execute_single_task = execute
+    try:
+        yield
+    finally:
+        task_executor.execute_single_task = original
+
+
 def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
               summary_path: str | Path | None = None, runner: str = "subprocess",
               prepare_root: bool = False) -> dict[str, Any]:
@@ -85,7 +127,9 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
 
     A task whose outputs lie outside this run's folder was served from the cache. runner="docker" runs each
     step in its image (components/images.py) through the Docker API that DOCKER_HOST names, mounting only
-    the pipeline root; the summary then lists every container run.
+    the pipeline root; the summary then lists every container run. The console gets one line as each task
+    starts and ends (pipelines/console.py); what a task prints goes to `<root>/logs/<run>/<task>.log`, what
+    kfp.local prints about the run to `<root>/logs/<run>/pipeline.log`. A failed task raises TaskFailed.
     """
     from kfp import local
 
@@ -93,7 +137,10 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    with suppress(OSError):  # before the docker runner may hand the root to the images' user; else no logs
+        (root / LOGS).mkdir(exist_ok=True)
     run_names: list[str] = []
+    console = Console()
     containers: list[dict] | None = None
     started = time.time()
     with ExitStack() as stack:
@@ -110,7 +157,17 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         stack.enter_context(_recording_run_names(run_names))
-        result = build(cfg, until)()
+        stack.enter_context(console.capturing(lambda: root / LOGS / run_names[-1] / "pipeline.log" if run_names
+                                              else None))
+        stack.enter_context(_tasks_on(console))
+        try:
+            result = build(cfg, until)()
+        except RuntimeError as err:
+            if console.failed is None:
+                raise
+            failed = console.failed
+            raise TaskFailed(f"task {failed.name} failed: its last lines are above, its full log is "
+                             f"{failed.log_path}") from err
     run_dir = root / run_names[-1] if run_names else None
     outputs = result.outputs
 

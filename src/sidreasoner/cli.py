@@ -117,15 +117,16 @@ def run(
     if summary is not None:
         _writable_folder(f"--summary {summary}: its folder", summary.parent)
     _writable_folder("--pipeline-root", pipeline_root)
+    from sidreasoner.pipelines.console import ESCAPES, TaskFailed
     from sidreasoner.pipelines.local import run_local
 
     try:
         result = run_local(cfg, pipeline_root, until=until, summary_path=summary, runner=runner,
                            prepare_root=prepare_root)
-    except (ValueError, PermissionError) as err:
+    except (ValueError, PermissionError, TaskFailed) as err:
         _fail(str(err), code=1)
-    except RuntimeError as err:
-        _fail(f"{err}. The task's log above shows the cause.", code=1)
+    except RuntimeError as err:  # from kfp.local, with its terminal colours
+        _fail(ESCAPES.sub("", str(err)), code=1)
     typer.echo(f"\nPipeline finished in {result['wall_seconds']} s. Artifacts:")
     for name, task in result["tasks"].items():
         typer.echo(f"  {name:<18} {task['status']:<9}")
