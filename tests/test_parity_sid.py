@@ -199,6 +199,7 @@ def _write_inputs(tmp_path, emb):
     data.mkdir()
     emb_dir.mkdir()
     pd.DataFrame({"item_id": np.arange(len(emb))}).to_parquet(data / "items.parquet")
+    (data / "stats.json").write_text(json.dumps({"category": "Office_Products"}))
     np.save(emb_dir / "embeddings.npy", emb)
     return data, emb_dir
 

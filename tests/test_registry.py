@@ -61,6 +61,13 @@ def test_registry_refuses_inputs_no_earlier_step_writes():
         check_registry({**STEPS, "sft-stage1": stray})
 
 
+def test_registry_refuses_a_config_section_named_like_a_folder():
+    # The sft component's output is `model`: it cannot also receive the `model` config section.
+    reads_model = dataclasses.replace(STEPS["sft-stage1"], sections=("seed", "stage1", "model"))
+    with pytest.raises(ValueError, match="step sft-stage1: model is both a config section and a folder"):
+        check_registry({**STEPS, "sft-stage1": reads_model})
+
+
 # A step a contributor might add: the evaluation of the Stage 1 model on another split, a kind of
 # work that exists (the `evaluate` component), so nothing but the registry changes.
 EXTRA = Step("evaluate-stage1-again", "evaluate the Stage 1 model once more", "evaluate",

@@ -40,7 +40,7 @@ def test_rejected_parquet_keeps_the_rejected_text(teacher_inputs, tmp_path):
                                "teacher.item_narratives=false", "teacher.history_narratives=false"])
     synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
     rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
-    ctx, train = load_context(*teacher_inputs, "Tiny")
+    ctx, train = load_context(*teacher_inputs)
     history, target = train["history_item_ids"][1].as_py(), train["item_id"][1].as_py()
     assert len(rejected) == 18 and rejected[1]["key"] == 1 and rejected[1]["reason"] == "too_short"
     assert rejected[1]["text"] == template.reasoning_path(ctx, history, ctx.items[target])

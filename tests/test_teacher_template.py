@@ -14,7 +14,7 @@ from sidreasoner.teacher.corpus import FailureBudgetError, select_samples, synth
 
 
 def test_template_texts_are_exact(teacher_inputs):
-    ctx, _ = load_context(*teacher_inputs, "x")
+    ctx, _ = load_context(*teacher_inputs)
     assert template.item_narrative(ctx, ctx.items[1]) == (
         '<a_0><b_1><c_0> is "Acme Family Card Game Vol. 2", made by Acme. It is listed under Board Games > '
         'Family Card Game. Part 2 of the Acme Family Card Game series. In the training interactions it was bought '
@@ -35,7 +35,7 @@ def test_template_texts_are_exact(teacher_inputs):
 def test_reasoning_paths_are_written_before_the_purchase(teacher_inputs):
     """Only the closing SID depends on the target: the steps come from the history, the catalogue's series
     and the training data's follow-up counts, so the model can walk them at inference."""
-    ctx, _ = load_context(*teacher_inputs, "x")
+    ctx, _ = load_context(*teacher_inputs)
     for history in ([0, 1], [0, 1, 8], [3], [4]):
         paths = {template.reasoning_path(ctx, history, it).rsplit(" ", 1)[0] for it in ctx.items}
         assert len(paths) == 1, history

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sidreasoner.config import Config, from_step_config
+from sidreasoner.config import Config, ScopedConfig, scope_config, validate
 from sidreasoner.errors import no_space_left
 from sidreasoner.steps import STEPS, Step
 
@@ -34,10 +34,10 @@ WATCH_SECONDS = 0.5
 def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path],
              registry: Mapping[str, Step] = STEPS) -> dict[str, float]:
     """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
-    output folder name of the step to a folder."""
+    output folder name of the step to a folder. The step sees only the config sections it declares:
+    reading another raises UndeclaredSection."""
     step = registry[name]
-    if not isinstance(cfg, Config):
-        cfg = from_step_config(cfg)
+    cfg = step_view(step, cfg)
     missing = [k for k in step.folders if k not in paths]
     if missing:
         raise ValueError(f"step {name} needs paths for: {', '.join(missing)}")
@@ -52,6 +52,11 @@ def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Pat
             raise
         raise full from err
     return {k: float(v) for k, v in metrics.items()}
+
+
+def step_view(step: Step, cfg: Config | dict[str, Any]) -> ScopedConfig:
+    """The config `step` runs with: its declared sections of `cfg` (a Config, or a slice validated here)."""
+    return scope_config(cfg if isinstance(cfg, Config) else validate(cfg), step.name, step.sections)
 
 
 def write_locations(step: Step, cfg: Config, paths: Mapping[str, str | Path]) -> list[Path]:

@@ -58,7 +58,7 @@ class Step:
     summary: str
     component: str  # the kind of work: the function in components/ that runs this step
     function: str  # "module:function" of the library, imported only when the step runs
-    sections: tuple[str, ...]  # config sections read; the task's cache key covers exactly these
+    sections: tuple[str, ...]  # the config sections it may read (others raise); its cache key covers these
     inputs: Mapping[str, str] = field(default_factory=dict)  # folder name -> "producer-step.output"
     outputs: Mapping[str, ArtifactKind] = field(default_factory=dict)
     reports: tuple[Report, ...] = ()
@@ -126,7 +126,8 @@ def _registry(*steps: Step) -> dict[str, Step]:
 
 
 def check_registry(registry: Mapping[str, Step]) -> None:
-    """Fail unless every input names an output of an earlier step and every report lies in an output."""
+    """Fail unless every input names an output of an earlier step, every report lies in an output, and no
+    name is both an input and an output, or both a config section and a folder."""
     seen: dict[str, Step] = {}
     for step in registry.values():
         for name in step.inputs:
@@ -140,6 +141,10 @@ def check_registry(registry: Mapping[str, Step]) -> None:
         clash = set(step.inputs) & set(step.artifacts())
         if clash:
             raise ValueError(f"step {step.name}: {', '.join(sorted(clash))} is both an input and an output")
+        # A component takes its config sections and its folders as parameters of one function.
+        clash = set(step.sections) & {*step.inputs, *step.artifacts()}
+        if clash:
+            raise ValueError(f"step {step.name}: {', '.join(sorted(clash))} is both a config section and a folder")
         seen[step.name] = step
 
 

@@ -137,7 +137,7 @@ class Backend:
     def _train(self, step_name: str, params: dict, inputs: dict[str, Artifact]) -> int:
         """What the training step does with its checkpoint folder: resume a finished one, or train."""
         stage = TRAINING[step_name]
-        cfg = from_step_config(task_config(step_name, params))
+        cfg = from_step_config(task_config(step_name, params), step_name)
         folders = [Path(local_path(inputs[name].uri)) for name in STEPS[step_name].inputs]
         folder = checkpoint_key(stage, cfg, getattr(cfg, stage), folders)
         if folder in self.checkpoints:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from sidreasoner.config.overrides import deep_merge, validate
 from sidreasoner.config.schema import Config
+from sidreasoner.config.scope import ScopedConfig, scope_config
 from sidreasoner.errors import ConfigError
 from sidreasoner.steps import STEPS, downstream, pipeline_steps, step_enabled
 
@@ -85,9 +86,18 @@ def enabled_at_run_time(step: str, section: dict[str, Any], compiled_section: di
     return step_enabled(STEPS[step], from_step_config(sections))
 
 
-def from_step_config(slice_: dict[str, Any]) -> Config:
-    """Rebuild a full Config from a step's slice (absent sections take defaults), validating it."""
-    return validate(slice_)
+def from_step_config(slice_: dict[str, Any], step: str | None = None) -> Config:
+    """Validate a step's slice into the config that `step` runs with, in which reading a section the step
+    does not declare raises. Without `step`, a full Config (absent sections take the defaults)."""
+    cfg = validate(slice_)
+    return cfg if step is None else scoped(cfg, step)
+
+
+def scoped(cfg: Config, step: str) -> ScopedConfig:
+    """`cfg` as the registered step `step` sees it: its declared sections only."""
+    if step not in STEPS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEPS)}")
+    return scope_config(cfg, step, STEPS[step].sections)
 
 
 def new_generation(current: int = 0) -> int:

@@ -570,6 +570,19 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
     return metrics
 
 
+def dataset_category(dataset_dir: Path) -> str:
+    """The category a dataset was made from, as its stats.json records it (preprocess and the research import
+    write it): it names the research-layout files of the steps that read the dataset."""
+    path = Path(dataset_dir) / "stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: it records the dataset's category (the preprocess step writes it)")
+    category = read_json(path).get("category")
+    problem = file_name_problem(category)
+    if problem:
+        raise ValueError(f"{path}: the category {problem}")
+    return category
+
+
 # ---------------------------------------------------------------- research-code export
 
 

@@ -206,8 +206,7 @@ def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_
         rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")
         rl_data.write_parquet(valid_rows, tmp / "rl_data" / "valid.parquet")
         write_json(tmp / "training.json", {**info, "metrics": metrics,
-                                           "config": {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
-                                                      "stage3": s.model_dump(mode="json")}})
+                                           "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
         pts = [(p["step"], p["reward"]) for p in summary["per_step"]]
         (tmp / "reward_curve.html").write_text(loss_curve_html(
             f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics,

@@ -503,8 +503,7 @@ def _train_in(cfg: Config, ckpt: Path, stage2_model_dir: Path, sid_index_dir: Pa
         shutil.copytree(inputs / "rl_data", tmp / "rl_data")
         metrics["wall_seconds"] = time.time() - start
         write_json(tmp / "training.json", {**info, "metrics": metrics,
-                                           "config": {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"),
-                                                      "stage3": s.model_dump(mode="json")}})
+                                           "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
         pts = [(p["step"], p["reward"]) for p in per_step]
         (tmp / "reward_curve.html").write_text(loss_curve_html(
             f"stage3 ({s.reward} reward, verl): mean reward per step", pts, [], metrics, labels=("mean reward", "")))

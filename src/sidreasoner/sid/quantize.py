@@ -24,6 +24,7 @@ import torch
 
 from sidreasoner.config import Config
 from sidreasoner.data.from_research import bundle_file
+from sidreasoner.data.preprocess import dataset_category
 from sidreasoner.data.research import read_sid_index
 from sidreasoner.io import atomic_dir, read_json, write_json
 from sidreasoner.sid.codes import code_usage, collision_stats, format_sid, parse_sid, sid_tokens
@@ -55,16 +56,6 @@ def _count_items(data_dir: Path) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"items file not found: {path} (the preprocess step writes it)")
     return pq.read_metadata(path).num_rows
-
-
-def dataset_category(data_dir: Path, default: str) -> str:
-    """The dataset category from `data_dir/stats.json` ("category"), else `default`."""
-    path = Path(data_dir) / "stats.json"
-    if path.is_file():
-        category = read_json(path).get("category")
-        if category:
-            return str(category)
-    return default
 
 
 @contextlib.contextmanager
@@ -141,7 +132,7 @@ def import_sids(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
                "duplicate_sids": float(len(index.duplicates)), "colliding_items": float(index.colliding_items),
                "collision_rate_after": stats["collision_rate"], "duplicate_rate_after": stats["duplicate_rate"],
                **code_usage(codes, codebook_size)}
-    category = dataset_category(data_dir, cfg.data.category)
+    category = dataset_category(data_dir)
     meta = {"method": "import", "levels": index.levels, "codebook_size": codebook_size, "n_items": n_items,
             "category": category, "imported_from": read_json(bundle_file(data_dir, "import.json", "the bundle record")),
             "duplicates": index.duplicates}
@@ -174,7 +165,7 @@ def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Pa
     metrics.update(code_usage(codes, cfg.sid.codebook_size))
     metrics["nonfinite_values_zeroed"] = float(n_zeroed)
     metrics.update(result.metrics)
-    category = dataset_category(data_dir, cfg.data.category)
+    category = dataset_category(data_dir)
     meta = {"method": cfg.sid.method, "levels": cfg.sid.levels, "codebook_size": cfg.sid.codebook_size,
             "codebook_dim": int(result.codebooks.shape[-1]), "n_items": len(codes), "seed": cfg.seed,
             "category": category, "sid": cfg.sid.model_dump(mode="json")}

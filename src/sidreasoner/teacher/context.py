@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from sidreasoner.data.preprocess import dataset_category
 from sidreasoner.io import read_json
 
 _SERIES = re.compile(
@@ -74,7 +75,7 @@ def _clean(text) -> str:
     return " ".join(str(text).split()) if text is not None else ""
 
 
-def load_context(dataset_dir: Path, sid_index_dir: Path, default_category: str) -> tuple[Context, "pq.Table"]:
+def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, "pq.Table"]:
     """Items with SIDs, the catalogue and next-item statistics of the train split; also the train table."""
     dataset_dir, sid_index_dir = Path(dataset_dir), Path(sid_index_dir)
     table = pq.read_table(dataset_dir / "items.parquet").to_pylist()
@@ -93,10 +94,7 @@ def load_context(dataset_dir: Path, sid_index_dir: Path, default_category: str) 
             raise ValueError(f"{sid_index_dir}: SID {sid} of item {item_id} is not in catalogue.json")
         items.append(Item(item_id, sid, _clean(row.get("title")), _clean(row.get("brand")),
                           tuple(_clean(c) for c in (row.get("categories") or [])), _clean(row.get("description"))))
-    category = default_category
-    stats = dataset_dir / "stats.json"
-    if stats.is_file():
-        category = read_json(stats).get("category") or default_category
+    category = dataset_category(dataset_dir)
     train = pq.read_table(dataset_dir / "train.parquet")
     ctx = Context(category, items, catalogue)
     nxt: dict[int, Counter] = defaultdict(Counter)

@@ -345,7 +345,7 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
     """Write the teacher corpus for `dataset_dir` + `sid_index_dir` into `out_dir` (atomically)."""
     started = time.perf_counter()
     t = cfg.teacher
-    ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir), cfg.data.category)
+    ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir))
     taught = _teach(cfg, ctx, train, Path(dataset_dir))
     tasks, rows, texts, results = taught.tasks, taught.rows, taught.texts, taught.results
     reasons = Counter(r.reason for r in results if not r.ok)

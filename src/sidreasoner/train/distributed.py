@@ -43,7 +43,7 @@ def maybe_launch_distributed(step: Callable[..., dict[str, float]], cfg: Config,
     work = dirs[-1].parent
     work.mkdir(parents=True, exist_ok=True)
     cfg_path, metrics_path = work / f".{name}.config.json", work / f".{name}.metrics.json"
-    cfg_path.write_text(json.dumps(config_mod.to_params(cfg)))
+    cfg_path.write_text(json.dumps(config_for_ranks(cfg)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "sidreasoner.train.distributed", f"{step.__module__}:{step.__qualname__}",
            str(cfg_path), str(metrics_path), *map(str, dirs)]
@@ -52,11 +52,25 @@ def maybe_launch_distributed(step: Callable[..., dict[str, float]], cfg: Config,
     return json.loads(metrics_path.read_text())
 
 
+def config_for_ranks(cfg: Config) -> dict:
+    """What the ranks rebuild `cfg` from: its values (the step's generation included) and, for a step's
+    scoped config, the step and the sections it may read."""
+    values = cfg.model_dump(mode="json")
+    if isinstance(cfg, config_mod.ScopedConfig):
+        return {"config": values, "step": cfg.step_name, "sections": list(cfg.sections)}
+    return {"config": values}
+
+
+def config_of_rank(record: dict) -> Config:
+    cfg = config_mod.validate(record["config"])
+    return config_mod.scope_config(cfg, record["step"], record["sections"]) if "step" in record else cfg
+
+
 def main(argv: list[str]) -> None:
     target, cfg_path, metrics_path, *dirs = argv
     module, attr = target.split(":")
     step = getattr(importlib.import_module(module), attr)
-    cfg = config_mod.from_step_config(json.loads(Path(cfg_path).read_text()))
+    cfg = config_of_rank(json.loads(Path(cfg_path).read_text()))
     metrics = step(cfg, *map(Path, dirs))
     if is_rank0():
         write_json(metrics_path, metrics)

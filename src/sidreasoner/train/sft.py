@@ -473,7 +473,7 @@ def _sft_train(stage: str, train_fn, cfg: Config, dirs: list[Path], ckpt: Path) 
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
         _write(dirs[-1], stage, model, tok, info, metrics,
-               {"seed": cfg.seed, "model": cfg.model.model_dump(mode="json"), stage: section.model_dump(mode="json")})
+               {"seed": cfg.seed, stage: section.model_dump(mode="json")})
     return metrics
 
 
