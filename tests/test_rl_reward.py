@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -63,6 +62,8 @@ def test_format_reward():
     assert score("<think>x</think>\n<a_9><b_9><c_9>", kind="format") == 1.0
     assert score("<a_1><b_2><c_3>", kind="format") == 0.0            # no think block
     assert score("<think>a</think><think>b</think><a_1><b_2><c_3>", kind="format") == 0.0
+    assert score("<think><think>x</think><a_1><b_2><c_3>", kind="format") == 0.0
+    assert score("<think>a <think>b</think><a_1><b_2><c_3>", kind="format") == 0.0
     assert score("<think>x</think>item <a_1><b_2><c_3>", kind="format") == 0.0
 
 
@@ -79,9 +80,10 @@ def test_catalogue_from_path_env_and_extra_info(tmp_path, monkeypatch):
 
 
 def test_ranking_penalties_match_minionerec():
-    w = [1 / math.log2(i + 2) for i in range(4)]
-    assert R.ranking_penalties(4) == pytest.approx([-x / sum(w) for x in w])
-    assert sum(R.ranking_penalties(4)) == pytest.approx(-1.0)
+    # -(1/log2(i+2)) / sum_j 1/log2(j+2): weights 1, 0.6309, 0.5, 0.4307 (sum 2.5616)
+    assert R.ranking_penalties(4) == pytest.approx([-0.390380, -0.246302, -0.195190, -0.168128], abs=1e-6)
+    assert R.ranking_penalties(3) == pytest.approx([-0.469279, -0.296082, -0.234639], abs=1e-6)
+    assert R.ranking_penalties(1) == [-1.0]
 
 
 def test_trl_reward_plain_conversational_and_ranking():
@@ -94,11 +96,11 @@ def test_trl_reward_plain_conversational_and_ranking():
     fn(plain, [GT, GT], log_metric=lambda k, v: logged.__setitem__(k, v))
     assert logged["sid/parsed"] == 0.5 and logged["sid/exact"] == 0.5
     rank = R.make_trl_reward("ranking")
-    pen = R.ranking_penalties(3)
+    pen = [-0.469279, -0.296082, -0.234639]
     comps = ["<think></think><a_7><b_0><c_0>", "<think></think><a_1><b_2><c_3>", "junk",   # group with a hit
              "<think></think><a_7><b_0><c_0>", "junk", "junk"]                             # group without
     prompts = ["p1"] * 3 + ["p2"] * 3
-    assert rank(comps, [GT] * 6, prompts=prompts) == pytest.approx([pen[0], 1.0, pen[2], 0.0, 0.0, 0.0])
+    assert rank(comps, [GT] * 6, prompts=prompts) == pytest.approx([pen[0], 1.0, pen[2], 0.0, 0.0, 0.0], abs=1e-6)
 
 
 def test_module_trl_reward_uses_env(tmp_path, monkeypatch):
