@@ -54,6 +54,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{server.server_port}/{name}"
     work = Path(tempfile.mkdtemp(prefix="download-bench-"))
     try:
+
         def fresh_download():
             shutil.rmtree(work / "cache", ignore_errors=True)
             http_download(url, work / "cache")
@@ -65,13 +66,20 @@ def main() -> None:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     size_mb = (src / name).stat().st_size / 1e6
-    print(json.dumps({
-        "file_mb": round(size_mb, 1), "repeats": args.repeats,
-        "download_with_checks_s": round(download_s, 2), "checks_alone_s": round(check_s, 2),
-        "checks_share_of_download": round(check_s / download_s, 2),
-        "cached_reuse_check_s": round(reuse_s, 2),
-        "checks_mb_per_s": round(size_mb / check_s, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "file_mb": round(size_mb, 1),
+                "repeats": args.repeats,
+                "download_with_checks_s": round(download_s, 2),
+                "checks_alone_s": round(check_s, 2),
+                "checks_share_of_download": round(check_s / download_s, 2),
+                "cached_reuse_check_s": round(reuse_s, 2),
+                "checks_mb_per_s": round(size_mb / check_s, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,16 @@ def build(n_items: int, codebook: int, levels: int, seed: int):
     codes = sorted(seen)
     titles = generate_titles(n_items, seed)
     tok = tiny.train_tokenizer(list(titles) + prompts.ALL_WORDING, 2048)
-    cfg = TinyModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-                          intermediate_size=768, vocab_size=2048, max_positions=2048)
+    cfg = TinyModelConfig(
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        intermediate_size=768,
+        vocab_size=2048,
+        max_positions=2048,
+    )
     model = tiny.build_model(cfg, tok, seed)
     all_codes = [sid_tokens([0] * lvl + [c])[lvl] for lvl in range(levels) for c in range(codebook)]
     ids = extend_tokenizer(model, tok, all_codes)
@@ -61,22 +69,30 @@ def hf_baseline(model, tok, prompt_texts, catalogue, beams, k, batch):
     tok.padding_side = "left"
     out, t_constraint = [], 0.0
     for s in range(0, len(prompt_texts), batch):
-        enc = tok(prompt_texts[s:s + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(prompt_texts[s : s + batch], return_tensors="pt", padding=True, add_special_tokens=False)
         plen = enc["input_ids"].shape[1]
 
-        def allowed(_b, input_ids):
+        def allowed(_b, input_ids, plen=plen):
             nonlocal t_constraint
             t0 = time.perf_counter()
             r = allowed_lists.get(tuple(input_ids[plen:].tolist()), [tok.eos_token_id])
             t_constraint += time.perf_counter() - t0
             return r
 
-        gen = model.generate(**enc, num_beams=beams, num_return_sequences=beams, max_new_tokens=levels,
-                             do_sample=False, prefix_allowed_tokens_fn=allowed, length_penalty=0.0,
-                             early_stopping=True, pad_token_id=tok.pad_token_id)
+        gen = model.generate(
+            **enc,
+            num_beams=beams,
+            num_return_sequences=beams,
+            max_new_tokens=levels,
+            do_sample=False,
+            prefix_allowed_tokens_fn=allowed,
+            length_penalty=0.0,
+            early_stopping=True,
+            pad_token_id=tok.pad_token_id,
+        )
         n = len(enc["input_ids"])
         for u in range(n):
-            out.append([tok.decode(x) for x in gen[u * beams:(u + 1) * beams, plen:]][:k])
+            out.append([tok.decode(x) for x in gen[u * beams : (u + 1) * beams, plen:]][:k])
     return out, t_constraint
 
 
@@ -102,44 +118,67 @@ def main():
     model, tok, catalogue = build(args.items, args.codebook, 3, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(args.seed + 1)
-    texts = [prompts.render_prompt(tok, prompts.next_sid_question([catalogue[i] for i in rng.choice(len(catalogue), args.history)]))
-             for _ in range(args.users)]
+    texts = [
+        prompts.render_prompt(
+            tok, prompts.next_sid_question([catalogue[i] for i in rng.choice(len(catalogue), args.history)])
+        )
+        for _ in range(args.users)
+    ]
     dec = SidDecoder(model, tok, catalogue)
     ids = dec.encode(texts)
     lens = [len(x) for x in ids]
-    res: dict = {"parameters": n_params, "items": len(catalogue), "users": args.users, "batch": args.batch,
-                 "prompt_tokens_mean": float(np.mean(lens)), "threads": args.threads, "model": "random init (untrained)"}
+    res: dict = {
+        "parameters": n_params,
+        "items": len(catalogue),
+        "users": args.users,
+        "batch": args.batch,
+        "prompt_tokens_mean": float(np.mean(lens)),
+        "threads": args.threads,
+        "model": "random init (untrained)",
+    }
     print(json.dumps(res))
 
     def ours(beams, k, method="beam"):
         out = []
         for s in range(0, len(ids), args.batch):
-            out.extend(r.sids for r in dec.rank(ids[s:s + args.batch], beams, k, method))
+            out.extend(r.sids for r in dec.rank(ids[s : s + args.batch], beams, k, method))
         return out
 
     ours(10, 10)  # warm-up
     for beams in (10, 50):
         with torch.no_grad():
-            (base, t_con), t_base = timed(lambda: hf_baseline(model, tok, texts, catalogue, beams, 10, args.batch))
+            (base, t_con), t_base = timed(
+                lambda beams=beams: hf_baseline(model, tok, texts, catalogue, beams, 10, args.batch)
+            )
         dec.timing.__init__()
-        mine, t_ours = timed(lambda: ours(beams, 10))
-        agree = sum(a == b for a, b in zip(base, mine)) / len(base)
-        row = {"baseline_users_per_s": args.users / t_base, "ours_users_per_s": args.users / t_ours,
-               "speedup": t_base / t_ours, "identical_top10_share": agree,
-               "baseline_constraint_share": t_con / t_base,
-               "ours_mask_share": dec.timing.mask_s / t_ours,
-               "ours_prefill_share": dec.timing.prefill_s / t_ours}
+        mine, t_ours = timed(lambda beams=beams: ours(beams, 10))
+        agree = sum(a == b for a, b in zip(base, mine, strict=True)) / len(base)
+        row = {
+            "baseline_users_per_s": args.users / t_base,
+            "ours_users_per_s": args.users / t_ours,
+            "speedup": t_base / t_ours,
+            "identical_top10_share": agree,
+            "baseline_constraint_share": t_con / t_base,
+            "ours_mask_share": dec.timing.mask_s / t_ours,
+            "ours_prefill_share": dec.timing.prefill_s / t_ours,
+        }
         res[f"beam{beams}"] = row
         print(beams, json.dumps(row))
         if beams == 10:
             res["beam10_top10"] = mine
     dec.timing.__init__()
     exact, t_exact = timed(lambda: ours(10, 10, "exact"))
-    res["exact"] = {"users_per_s": args.users / t_exact,
-                    "speedup_vs_baseline_beam50": res["beam50"]["baseline_users_per_s"] and (args.users / t_exact) / res["beam50"]["baseline_users_per_s"],
-                    "beam10_top10_differs_share": sum(a != b for a, b in zip(res["beam10_top10"], exact)) / len(exact),
-                    "beam10_top1_differs_share": sum(a[:1] != b[:1] for a, b in zip(res["beam10_top10"], exact)) / len(exact),
-                    "beam10_top10_set_recall": float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res["beam10_top10"], exact)]))}
+    res["exact"] = {
+        "users_per_s": args.users / t_exact,
+        "speedup_vs_baseline_beam50": res["beam50"]["baseline_users_per_s"]
+        and (args.users / t_exact) / res["beam50"]["baseline_users_per_s"],
+        "beam10_top10_differs_share": sum(a != b for a, b in zip(res["beam10_top10"], exact, strict=True)) / len(exact),
+        "beam10_top1_differs_share": sum(a[:1] != b[:1] for a, b in zip(res["beam10_top10"], exact, strict=True))
+        / len(exact),
+        "beam10_top10_set_recall": float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(res["beam10_top10"], exact, strict=True)])
+        ),
+    }
     del res["beam10_top10"]
     print("exact", json.dumps(res["exact"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

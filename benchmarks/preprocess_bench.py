@@ -37,9 +37,19 @@ def write_meta(path: Path, items: int) -> None:
     with gzip.open(path, "wt", compresslevel=1) as fh:
         for i in range(items):
             title = f"Bench Product {i} &amp; Accessories" if i % 50 else ""  # 2% empty titles
-            fh.write(json.dumps({"asin": _asin(i), "title": title, "description": [f"Description of item {i}."],
-                                 "brand": f"Brand{i % 300}", "category": ["Bench", f"Sub{i % 40}"],
-                                 "price": "$9.99"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "asin": _asin(i),
+                        "title": title,
+                        "description": [f"Description of item {i}."],
+                        "brand": f"Brand{i % 300}",
+                        "category": ["Bench", f"Sub{i % 40}"],
+                        "price": "$9.99",
+                    }
+                )
+                + "\n"
+            )
 
 
 def write_reviews(path: Path, reviews: int, items: int, seed: int = 0) -> int:
@@ -58,7 +68,8 @@ def write_reviews(path: Path, reviews: int, items: int, seed: int = 0) -> int:
                 f'{{"overall": {s}.0, "verified": true, "reviewTime": "01 1, 2017", "reviewerID": "A{a:011d}", '
                 f'"asin": "{_asin(b)}", "reviewerName": "Someone", "reviewText": "{TEXTS[b % 3]}", '
                 f'"summary": "Five Stars", "unixReviewTime": {t}}}\n'
-                for a, b, t, s in zip(u.tolist(), it.tolist(), ts.tolist(), stars.tolist()))
+                for a, b, t, s in zip(u.tolist(), it.tolist(), ts.tolist(), stars.tolist(), strict=True)
+            )
             data = lines.encode()
             total += len(data)
             fh.write(data)
@@ -74,9 +85,14 @@ def generate(reviews: int, items: int) -> dict:
     t0 = time.perf_counter()
     write_meta(src / f"meta_{CATEGORY}.json.gz", items)
     raw_bytes = write_reviews(src / f"{CATEGORY}.json.gz", reviews, items)
-    out = {"src": str(src), "reviews": reviews, "items": items, "uncompressed_review_bytes": raw_bytes,
-           "gz_review_bytes": (src / f"{CATEGORY}.json.gz").stat().st_size,
-           "generate_seconds": round(time.perf_counter() - t0, 1)}
+    out = {
+        "src": str(src),
+        "reviews": reviews,
+        "items": items,
+        "uncompressed_review_bytes": raw_bytes,
+        "gz_review_bytes": (src / f"{CATEGORY}.json.gz").stat().st_size,
+        "generate_seconds": round(time.perf_counter() - t0, 1),
+    }
     info.write_text(json.dumps(out))
     return out
 
@@ -106,10 +122,14 @@ def run_step(src: str) -> dict:
     metrics = preprocess(cfg, OUT / "raw", OUT / "data")
     t2 = time.perf_counter()
     peak = peak_rss_kib()
-    return {"download_seconds": round(t1 - t0, 2), "preprocess_seconds": round(t2 - t1, 2),
-            "rows_per_second": round(metrics["raw_review_lines"] / (t2 - t1)),
-            "peak_rss_mib": round(peak / 1024, 1), "rss_after_imports_mib": round(baseline / 1024, 1),
-            "metrics": metrics}
+    return {
+        "download_seconds": round(t1 - t0, 2),
+        "preprocess_seconds": round(t2 - t1, 2),
+        "rows_per_second": round(metrics["raw_review_lines"] / (t2 - t1)),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "rss_after_imports_mib": round(baseline / 1024, 1),
+        "metrics": metrics,
+    }
 
 
 def main() -> None:
@@ -122,7 +142,9 @@ def main() -> None:
         print(json.dumps(run_step(args.child)))
         return
     gen = generate(args.reviews, args.items)
-    child = subprocess.run([sys.executable, __file__, "--child", gen["src"]], check=True, capture_output=True, text=True)
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", gen["src"]], check=True, capture_output=True, text=True
+    )
     result = {**gen, **json.loads(child.stdout.strip().splitlines()[-1])}
     result["uncompressed_review_mib"] = round(result["uncompressed_review_bytes"] / 2**20, 1)
     print(json.dumps(result, indent=2))

@@ -78,25 +78,33 @@ def pct_spread(values: list[float]) -> str:
 def table_row(name: str, recipe: str, runs: list[dict[str, float]]) -> str:
     col = lambda key: [r[key] for r in runs]  # noqa: E731
     used = " / ".join(f"{min(col(f'codes_used_level_{i}')):.0f}" for i in range(3))
-    return (f"| {name} | {recipe} | {np.mean(col('wall_s')):.1f} | {pct_spread(col('collision_rate_before'))} | "
-            f"{pct_spread(col('collision_rate_after_sinkhorn'))} | {100 * max(col('collision_rate_after')):.2f}% | "
-            f"{used} |")
+    return (
+        f"| {name} | {recipe} | {np.mean(col('wall_s')):.1f} | {pct_spread(col('collision_rate_before'))} | "
+        f"{pct_spread(col('collision_rate_after_sinkhorn'))} | {100 * max(col('collision_rate_after')):.2f}% | "
+        f"{used} |"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3500)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (cfg.seed); figures are mean (min-max)")
-    ap.add_argument("--recipes", nargs="+", default=["rkmeans", "rqvae", "research"],
-                    choices=["rkmeans", "rqvae", "research"])
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="run seeds (cfg.seed); figures are mean (min-max)"
+    )
+    ap.add_argument(
+        "--recipes", nargs="+", default=["rkmeans", "rqvae", "research"], choices=["rkmeans", "rqvae", "research"]
+    )
     ap.add_argument("--research-epochs", type=int, default=100, help="epochs of the research recipe (its own: 10,000)")
     ap.add_argument("--data", nargs="+", default=["clustered-384", "clustered-2560", "minilm-titles"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    datasets = {"clustered-384": lambda: clustered(args.n, 384), "clustered-2560": lambda: clustered(args.n, 2560),
-                "minilm-titles": lambda: minilm_titles(args.n)}
+    datasets = {
+        "clustered-384": lambda: clustered(args.n, 384),
+        "clustered-2560": lambda: clustered(args.n, 2560),
+        "minilm-titles": lambda: minilm_titles(args.n),
+    }
     print("| data | recipe | wall s | colliding before | after Sinkhorn | after (max) | codes used a / b / c (min) |")
     print("|---|---|---|---|---|---|---|")
     rows = []

@@ -40,8 +40,16 @@ def child(folder: str) -> None:
     from sidreasoner import config
     from sidreasoner.runner import run_step
 
-    cfg = config.load("office", ["data.format=research", f"data.source={folder}", f"data.category={CATEGORY}",
-                                 "data.cache_dir=", "teacher.cache_dir="])
+    cfg = config.load(
+        "office",
+        [
+            "data.format=research",
+            f"data.source={folder}",
+            f"data.category={CATEGORY}",
+            "data.cache_dir=",
+            "teacher.cache_dir=",
+        ],
+    )
     base_kib = _vm_hwm_kib()
     seconds, metrics = {}, {}
     with tempfile.TemporaryDirectory(prefix="research_bench_out_") as out:
@@ -51,10 +59,19 @@ def child(folder: str) -> None:
             metrics[step] = run_step(step, cfg, paths)
             seconds[step] = round(time.perf_counter() - t0, 2)
     peak_kib = _vm_hwm_kib()
-    print(json.dumps({"import_seconds": round(sum(seconds.values()), 2), "step_seconds": seconds,
-                      "peak_rss_mib": round(peak_kib / 1024, 1), "imports_rss_mib": round(base_kib / 1024, 1),
-                      "preprocess_metrics": metrics["preprocess"], "sid_metrics": metrics["quantize-sids"],
-                      "corpus_metrics": metrics["synthesize-corpus"]}))
+    print(
+        json.dumps(
+            {
+                "import_seconds": round(sum(seconds.values()), 2),
+                "step_seconds": seconds,
+                "peak_rss_mib": round(peak_kib / 1024, 1),
+                "imports_rss_mib": round(base_kib / 1024, 1),
+                "preprocess_metrics": metrics["preprocess"],
+                "sid_metrics": metrics["quantize-sids"],
+                "corpus_metrics": metrics["synthesize-corpus"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -72,11 +89,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="research_bench_") as tmp:
         t0 = time.perf_counter()
-        write_bundle(Path(tmp), CATEGORY, n_users=args.users, n_items=args.items, seed=0, min_len=4, max_len=18,
-                     n_general=args.general, text_words=30, repeat=0.04)
+        write_bundle(
+            Path(tmp),
+            CATEGORY,
+            n_users=args.users,
+            n_items=args.items,
+            seed=0,
+            min_len=4,
+            max_len=18,
+            n_general=args.general,
+            text_words=30,
+            repeat=0.04,
+        )
         generate = time.perf_counter() - t0
-        sizes = {str(p.relative_to(tmp)): round(p.stat().st_size / 2**20, 1) for p in sorted(Path(tmp).rglob("*"))
-                 if p.is_file()}
+        sizes = {
+            str(p.relative_to(tmp)): round(p.stat().st_size / 2**20, 1)
+            for p in sorted(Path(tmp).rglob("*"))
+            if p.is_file()
+        }
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, "--child", tmp], check=True, capture_output=True, text=True)
         total = time.perf_counter() - t0

@@ -50,8 +50,15 @@ def write_data(root: Path, n_items: int, n_users: int, history: int, seed: int) 
     dataset, sid_index = root / "dataset", root / "sid_index"
     dataset.mkdir(parents=True)
     sid_index.mkdir(parents=True)
-    rows = [{"user_id": u, "history_item_ids": rng.choice(n_items, history, replace=False).tolist(),
-             "item_id": int(rng.integers(n_items)), "timestamp": u} for u in range(n_users)]
+    rows = [
+        {
+            "user_id": u,
+            "history_item_ids": rng.choice(n_items, history, replace=False).tolist(),
+            "item_id": int(rng.integers(n_items)),
+            "timestamp": u,
+        }
+        for u in range(n_users)
+    ]
     for split in ("train", "valid", "test"):
         pd.DataFrame(rows).to_parquet(dataset / f"{split}.parquet")
     (sid_index / "index.json").write_text(json.dumps({str(i): sid_tokens(c) for i, c in enumerate(codes)}))
@@ -59,24 +66,49 @@ def write_data(root: Path, n_items: int, n_users: int, history: int, seed: int) 
     return dataset, sid_index, codes
 
 
-def run_one(root: Path, dataset: Path, sid_index: Path, codes: np.ndarray, hidden: int, layers: int,
-            generations: int, max_new: int, steps: int, seed: int) -> dict:
+def run_one(
+    root: Path,
+    dataset: Path,
+    sid_index: Path,
+    codes: np.ndarray,
+    hidden: int,
+    layers: int,
+    generations: int,
+    max_new: int,
+    steps: int,
+    seed: int,
+) -> dict:
     model_dir = root / f"model_{hidden}_{layers}"
     if not model_dir.exists():
         build_tiny_model(model_dir, codes, codebook=32, seed=seed, hidden=hidden, layers=layers, vocab=600)
     params = sum(t.numel() for t in load_file(model_dir / "model.safetensors").values())
     tag = f"{hidden}_{layers}_{generations}_{max_new}"
-    cfg = config.load("demo", [
-        "stage3.backend=trl", f"stage3.num_generations={generations}", "stage3.train_batch_size=4",
-        f"stage3.micro_batch_size={4 * generations}", f"stage3.max_steps={steps}",
-        f"stage3.max_response_length={max_new}", f"stage3.save_steps={steps}", "stage3.valid_samples=1",
-        f"stage3.checkpoint_dir={root / 'ckpt' / tag}", f"seed={seed}"])
+    cfg = config.load(
+        "demo",
+        [
+            "stage3.backend=trl",
+            f"stage3.num_generations={generations}",
+            "stage3.train_batch_size=4",
+            f"stage3.micro_batch_size={4 * generations}",
+            f"stage3.max_steps={steps}",
+            f"stage3.max_response_length={max_new}",
+            f"stage3.save_steps={steps}",
+            "stage3.valid_samples=1",
+            f"stage3.checkpoint_dir={root / 'ckpt' / tag}",
+            f"seed={seed}",
+        ],
+    )
     t0 = time.perf_counter()
     # stage3.prompts=train (the demo's): the corpus folder is not read.
     metrics = stage3.rl_stage3(cfg, model_dir, dataset, sid_index, root / "corpus", root / f"out_{tag}")
-    return {"samples_per_s": metrics["samples_per_s"], "train_wall_seconds": metrics["train_wall_seconds"],
-            "step_wall_seconds": time.perf_counter() - t0, "completion_length_mean": metrics["completion_length_mean"],
-            "steps": metrics["steps"], "parameters": params}
+    return {
+        "samples_per_s": metrics["samples_per_s"],
+        "train_wall_seconds": metrics["train_wall_seconds"],
+        "step_wall_seconds": time.perf_counter() - t0,
+        "completion_length_mean": metrics["completion_length_mean"],
+        "steps": metrics["steps"],
+        "parameters": params,
+    }
 
 
 def main():
@@ -92,8 +124,12 @@ def main():
         root = Path(tmp)
         dataset, sid_index, codes = write_data(root, n_items=500, n_users=200, history=10, seed=args.seed)
         for label, hidden, layers, generations, max_new in CONFIGS:
-            row = {"config": label, "num_generations": generations, "max_response_length": max_new,
-                   **run_one(root, dataset, sid_index, codes, hidden, layers, generations, max_new, args.steps, args.seed)}
+            row = {
+                "config": label,
+                "num_generations": generations,
+                "max_response_length": max_new,
+                **run_one(root, dataset, sid_index, codes, hidden, layers, generations, max_new, args.steps, args.seed),
+            }
             results["runs"].append(row)
             print(json.dumps(row))
     out = Path(args.out)

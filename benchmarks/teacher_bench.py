@@ -39,12 +39,25 @@ def make_inputs(root: Path, n: int) -> tuple[Path, Path]:
     items = []
     for i in range(n):
         noun, brand = NOUNS[i % len(NOUNS)], BRANDS[(i // len(NOUNS)) % len(BRANDS)]
-        items.append({"item_id": i, "asin": f"B{i:09d}", "title": f"{brand} {noun} Model {i}",
-                      "description": f"A {noun.lower()} from {brand}, model {i}.", "brand": brand,
-                      "categories": ["Bench", noun]})
+        items.append(
+            {
+                "item_id": i,
+                "asin": f"B{i:09d}",
+                "title": f"{brand} {noun} Model {i}",
+                "description": f"A {noun.lower()} from {brand}, model {i}.",
+                "brand": brand,
+                "categories": ["Bench", noun],
+            }
+        )
     pq.write_table(pa.Table.from_pylist(items), data / "items.parquet")
-    schema = pa.schema([("user_id", pa.int64()), ("history_item_ids", pa.list_(pa.int64())),
-                        ("item_id", pa.int64()), ("timestamp", pa.int64())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.int64()),
+            ("history_item_ids", pa.list_(pa.int64())),
+            ("item_id", pa.int64()),
+            ("timestamp", pa.int64()),
+        ]
+    )
     rows = [{"user_id": i, "history_item_ids": [i], "item_id": (i + 1) % n, "timestamp": i} for i in range(n)]
     for split in ("train", "valid", "test"):
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), data / f"{split}.parquet")
@@ -59,8 +72,12 @@ class Server:
     """tests/helpers/teacher.py's FakeOpenAI in its own process, so it never competes for the client's GIL."""
 
     def __init__(self, delay: float):
-        self.proc = subprocess.Popen([sys.executable, str(HELPERS), "--delay", str(delay)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HELPERS), "--delay", str(delay)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.base_url = self.proc.stdout.readline().strip()
 
     @property
@@ -92,13 +109,19 @@ def main() -> None:
     try:
         data, sid = make_inputs(root, args.items)
         sub_data, sub_sid = make_inputs(root / "subset", args.serial_items)
-        base = ["teacher.kind=openai", "teacher.history_narratives=false", "teacher.reasoning_paths=false",
-                "teacher.timeout_s=30", "teacher.failure_budget=0"]
+        base = [
+            "teacher.kind=openai",
+            "teacher.history_narratives=false",
+            "teacher.reasoning_paths=false",
+            "teacher.timeout_s=30",
+            "teacher.failure_budget=0",
+        ]
         srv = Server(args.delay)
         try:
             common = base + [f"teacher.base_url={srv.base_url}"]
-            cfg_par = config.load("demo", common + [f"teacher.concurrency={args.concurrency}",
-                                                    f"teacher.cache_dir={root / 'cache-par'}"])
+            cfg_par = config.load(
+                "demo", common + [f"teacher.concurrency={args.concurrency}", f"teacher.cache_dir={root / 'cache-par'}"]
+            )
             cfg_ser = config.load("demo", common + ["teacher.concurrency=1", f"teacher.cache_dir={root / 'cache-ser'}"])
             t_par, m_par = run(cfg_par, data, sid, root / "out-par")
             req_par = srv.received
@@ -109,17 +132,23 @@ def main() -> None:
             srv.close()
         t_ser_full = t_ser * args.items / args.serial_items
         result = {
-            "items": args.items, "server_delay_s": args.delay,
+            "items": args.items,
+            "server_delay_s": args.delay,
             f"concurrency_{args.concurrency}_wall_s": round(t_par, 2),
             f"concurrency_{args.concurrency}_items_per_s": round(args.items / t_par, 1),
-            "concurrency_1_subset_items": args.serial_items, "concurrency_1_subset_wall_s": round(t_ser, 2),
+            "concurrency_1_subset_items": args.serial_items,
+            "concurrency_1_subset_wall_s": round(t_ser, 2),
             "concurrency_1_items_per_s": round(args.serial_items / t_ser, 2),
             "concurrency_1_wall_s_extrapolated": round(t_ser_full, 1),
             "speedup": round(t_ser_full / t_par, 1),
-            "warm_cache_wall_s": round(t_warm, 3), "warm_over_first": round(t_warm / t_par, 4),
-            "first_run_requests": req_par, "warm_run_requests": req_warm,
-            "first_run_items_narrated": m_par["items_narrated"], "warm_cache_hits": m_warm["cache_hits"],
-            "serial_items_narrated": m_ser["items_narrated"], "cpu_count": os.cpu_count(),
+            "warm_cache_wall_s": round(t_warm, 3),
+            "warm_over_first": round(t_warm / t_par, 4),
+            "first_run_requests": req_par,
+            "warm_run_requests": req_warm,
+            "first_run_items_narrated": m_par["items_narrated"],
+            "warm_cache_hits": m_warm["cache_hits"],
+            "serial_items_narrated": m_ser["items_narrated"],
+            "cpu_count": os.cpu_count(),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -13,17 +13,30 @@ from sidreasoner.steps import Image, Step
 
 KINDS: dict[str, PythonComponent] = {
     component.python_func.__name__: component
-    for component in (data.download_data, data.preprocess, sid.embed_items, sid.quantize_sids,
-                      teacher.synthesize_corpus, evaluate.evaluate_baselines, train.prepare_base_model, train.sft,
-                      evaluate.evaluate, train.rl_stage3, train.merge_checkpoint, evaluate.report, train.export_model)
+    for component in (
+        data.download_data,
+        data.preprocess,
+        sid.embed_items,
+        sid.quantize_sids,
+        teacher.synthesize_corpus,
+        evaluate.evaluate_baselines,
+        train.prepare_base_model,
+        train.sft,
+        evaluate.evaluate,
+        train.rl_stage3,
+        train.merge_checkpoint,
+        evaluate.report,
+        train.export_model,
+    )
 }
 
 
 def _renamed(kind: PythonComponent, name: str, image: str) -> PythonComponent:
     spec = kind.component_spec
     container = dataclasses.replace(spec.implementation.container, image=image)
-    renamed = dataclasses.replace(spec, name=name,
-                                  implementation=dataclasses.replace(spec.implementation, container=container))
+    renamed = dataclasses.replace(
+        spec, name=name, implementation=dataclasses.replace(spec.implementation, container=container)
+    )
     return PythonComponent(component_spec=renamed, python_func=kind.python_func)
 
 
@@ -37,6 +50,7 @@ def component_for(step: Step, image: Image | None = None) -> PythonComponent:
     """The component that runs `step`: named after it, in its image (`image` overrides the
     registry's, e.g. the training image for a pod the cluster section gives GPUs)."""
     if step.component not in KINDS:
-        raise KeyError(f"step {step.name}: no component '{step.component}' in sidreasoner.components "
-                       f"(known: {', '.join(KINDS)})")
+        raise KeyError(
+            f"step {step.name}: no component '{step.component}' in sidreasoner.components (known: {', '.join(KINDS)})"
+        )
     return _renamed(KINDS[step.component], step.name, IMAGES[image or step.image])

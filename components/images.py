@@ -33,11 +33,16 @@ def build_commands(push: bool = False) -> list[str]:
     """The `docker build` (and `docker push`) commands for every image, run from the repository root."""
     pinned = [image for image in DOCKERFILES if "@" in image]
     if pinned:
-        raise SystemExit(f"cannot build {', '.join(pinned)}: a digest names an image that exists already. Set "
-                         "SIDREASONER_CPU_IMAGE / SIDREASONER_TRAIN_IMAGE to digests only when compiling or submitting")
-    commands = [f"docker build -f {dockerfile} --label {CODE_VERSION_LABEL}={code_version()} "
-                + " ".join(f"-t {tag}" for tag in _tags(image)) + " ."
-                for image, dockerfile in DOCKERFILES.items()]
+        raise SystemExit(
+            f"cannot build {', '.join(pinned)}: a digest names an image that exists already. Set "
+            "SIDREASONER_CPU_IMAGE / SIDREASONER_TRAIN_IMAGE to digests only when compiling or submitting"
+        )
+    commands = [
+        f"docker build -f {dockerfile} --label {CODE_VERSION_LABEL}={code_version()} "
+        + " ".join(f"-t {tag}" for tag in _tags(image))
+        + " ."
+        for image, dockerfile in DOCKERFILES.items()
+    ]
     if push:
         commands += [f"docker push {tag}" for image in DOCKERFILES for tag in _tags(image)]
     return commands

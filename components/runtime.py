@@ -24,8 +24,9 @@ def task_config(step_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """The config slice a task's step runs with: its sections (a section given partly through the API
     keeps the compiled preset's other keys) and its generation."""
     step = STEPS[step_name]
-    config = complete_sections({section: arguments[section] for section in step.sections},
-                               arguments.get("compiled_sections"))
+    config = complete_sections(
+        {section: arguments[section] for section in step.sections}, arguments.get("compiled_sections")
+    )
     config["generations"] = {step_name: arguments.get("generation") or 0}
     return config
 

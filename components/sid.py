@@ -9,9 +9,17 @@ from sidreasoner.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def embed_items(step: str, seed: int, embed: dict, dataset: Input[Dataset], embeddings: Output[Dataset],
-                metrics: Output[Metrics],
-                code_version: str = "", generation: int = 0, compiled_sections: Optional[dict] = None):
+def embed_items(
+    step: str,
+    seed: int,
+    embed: dict,
+    dataset: Input[Dataset],
+    embeddings: Output[Dataset],
+    metrics: Output[Metrics],
+    code_version: str = "",
+    generation: int = 0,
+    compiled_sections: Optional[dict] = None,
+):
     """Encode every item's text into a dense vector."""
     from sidreasoner.components.runtime import run_component
 
@@ -19,9 +27,18 @@ def embed_items(step: str, seed: int, embed: dict, dataset: Input[Dataset], embe
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def quantize_sids(step: str, seed: int, sid: dict, dataset: Input[Dataset], embeddings: Input[Dataset],
-                  sid_index: Output[Dataset], metrics: Output[Metrics],
-                  code_version: str = "", generation: int = 0, compiled_sections: Optional[dict] = None):
+def quantize_sids(
+    step: str,
+    seed: int,
+    sid: dict,
+    dataset: Input[Dataset],
+    embeddings: Input[Dataset],
+    sid_index: Output[Dataset],
+    metrics: Output[Metrics],
+    code_version: str = "",
+    generation: int = 0,
+    compiled_sections: Optional[dict] = None,
+):
     """Quantize embeddings into collision-free Semantic IDs and the catalogue of valid SIDs."""
     from sidreasoner.components.runtime import run_component
 

@@ -11,8 +11,9 @@ from sidreasoner.io import atomic_file
 from sidreasoner.pipelines.pipeline import build
 
 
-def compile_pipeline(cfg: Config, output: str | Path, until: str | None = None,
-                     no_cache: frozenset[str] = frozenset()) -> Path:
+def compile_pipeline(
+    cfg: Config, output: str | Path, until: str | None = None, no_cache: frozenset[str] = frozenset()
+) -> Path:
     output = Path(output)
     with atomic_file(output) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix

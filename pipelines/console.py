@@ -28,9 +28,21 @@ ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BAR = re.compile(r"^\s*(?:(?P<desc>[^|]*?):\s*)?(?P<percent>\d{1,3})%\|[^|]*\|\s*(?P<count>\S+)/(?P<total>\S+)")
 LOSS = re.compile(r"['\"](?P<key>loss|reward)['\"]:\s*(?P<value>[-+\d.eE]+|nan)")
 # The metric a task's end line shows: the first name one of these finds, in this order (the largest K of an @K).
-KEY_METRICS = tuple(re.compile(p) for p in (
-    r"^stage3_think_hr@", r"(?<!item)_hr@\d+$", r"^reward_last$", r"^valid_loss$", r"^collision_rate_after$",
-    r"^samples_train$", r"^bytes_total$", r"^items_narrated$", r"^n_items$", r"^parameters$"))
+KEY_METRICS = tuple(
+    re.compile(p)
+    for p in (
+        r"^stage3_think_hr@",
+        r"(?<!item)_hr@\d+$",
+        r"^reward_last$",
+        r"^valid_loss$",
+        r"^collision_rate_after$",
+        r"^samples_train$",
+        r"^bytes_total$",
+        r"^items_narrated$",
+        r"^n_items$",
+        r"^parameters$",
+    )
+)
 # kfp.local's own lines about a task (its logger's and a rule); what the task's process prints comes indented
 # by 4 spaces.
 KFP_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} - [A-Z]+ - |-+$)")
@@ -84,7 +96,8 @@ class Progress:
         filled = width * self.percent // 100
         label = f"{self.bar[0]} " if self.bar[0] else ""
         return f"{label}[{'#' * filled}{'.' * (width - filled)}] {self.percent:>3}% {self.count}/{self.bar[1]}" + (
-            f"  {self.loss}" if self.loss else "")
+            f"  {self.loss}" if self.loss else ""
+        )
 
 
 @dataclass
@@ -226,7 +239,7 @@ class Console:
             task = tasks[-1]
             columns = shutil.get_terminal_size((100, 24)).columns
             head = f"  {task.name} running {seconds(time.monotonic() - task.started)}  "
-            text = (head + task.progress.text(max(10, min(30, columns - len(head) - 40))))[:columns - 1]
+            text = (head + task.progress.text(max(10, min(30, columns - len(head) - 40))))[: columns - 1]
             self.out.write(f"\r\x1b[K{text}")
             self.out.flush()
             self._bar_shown, self._drawn_at = True, time.monotonic()

@@ -28,8 +28,9 @@ def _image_present(client: Any, image: str) -> bool:
     return any(image in (found.tags + found.attrs.get("RepoDigests", [])) for found in client.images.list())
 
 
-def _run_and_keep(client: Any, image: str, command: list[str], volumes: dict, records: list[dict],
-                  **run_args: Any) -> int:
+def _run_and_keep(
+    client: Any, image: str, command: list[str], volumes: dict, records: list[dict], **run_args: Any
+) -> int:
     """kfp's run_docker_container, but the container outlives the step until its exit status is read."""
     from kfp.local.docker_task_handler import add_latest_tag_if_not_present
 
@@ -44,13 +45,15 @@ def _run_and_keep(client: Any, image: str, command: list[str], volumes: dict, re
             print(chunk.decode(errors="replace"), end="")
         exit_code = container.wait()["StatusCode"]
         container.reload()
-        records.append({
-            "image": image,
-            "user": container.attrs["Config"].get("User") or "0",
-            "command": command,
-            "mounts": sorted(m["Destination"] for m in container.attrs.get("Mounts", [])),
-            "exit_code": exit_code,
-        })
+        records.append(
+            {
+                "image": image,
+                "user": container.attrs["Config"].get("User") or "0",
+                "command": command,
+                "mounts": sorted(m["Destination"] for m in container.attrs.get("Mounts", [])),
+                "exit_code": exit_code,
+            }
+        )
         return exit_code
     finally:
         container.remove(force=True)
@@ -112,14 +115,21 @@ def prepare_pipeline_root(root: Path, image: str, uid: int) -> None:
     client = docker.from_env()
     try:
         client.containers.run(
-            image=image, command=["chown", f"{uid}:{uid}", str(root)], user="0", cap_drop=["ALL"],
-            cap_add=PREPARE_CAPABILITIES, volumes={str(root): {"bind": str(root), "mode": "rw"}},
-            network_mode="none", remove=True)
+            image=image,
+            command=["chown", f"{uid}:{uid}", str(root)],
+            user="0",
+            cap_drop=["ALL"],
+            cap_add=PREPARE_CAPABILITIES,
+            volumes={str(root): {"bind": str(root), "mode": "rw"}},
+            network_mode="none",
+            remove=True,
+        )
     finally:
         client.close()
 
 
 # --- a local build, tagged by what went into it -----------------------------------------------------
+
 
 def copy_sources(dockerfile: Path) -> list[str]:
     """The source paths of every COPY in a Dockerfile (continuation lines are not used by COPY here)."""
@@ -134,8 +144,14 @@ def copy_sources(dockerfile: Path) -> list[str]:
 def _files_under(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                  and not p.name.endswith(".pyc") and ".egg-info" not in str(p.relative_to(path)))
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and not p.name.endswith(".pyc")
+        and ".egg-info" not in str(p.relative_to(path))
+    )
 
 
 def content_tag(context: Path, dockerfile: Path, extra: list[str]) -> str:
@@ -151,15 +167,23 @@ def content_tag(context: Path, dockerfile: Path, extra: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_reference(context: Path, dockerfile: Path, repository: str, build_args: dict[str, str],
-                     hash_extra: list[str]) -> str:
+def cached_reference(
+    context: Path, dockerfile: Path, repository: str, build_args: dict[str, str], hash_extra: list[str]
+) -> str:
     """`repository:<content tag>`, the name `build_cached` gives the image these inputs build."""
     extra = [f"{k}={v}" for k, v in sorted(build_args.items())] + hash_extra
     return f"{repository}:{content_tag(context, dockerfile, extra)}"
 
 
-def build_cached(context: Path, dockerfile: Path, repository: str, build_args: dict[str, str],
-                 build_flags: list[str], hash_extra: list[str], log_path: Path) -> tuple[str, bool]:
+def build_cached(
+    context: Path,
+    dockerfile: Path,
+    repository: str,
+    build_args: dict[str, str],
+    build_flags: list[str],
+    hash_extra: list[str],
+    log_path: Path,
+) -> tuple[str, bool]:
     """`podman build` the Dockerfile as `repository:<content tag>` unless that image exists already.
 
     Returns (image reference, whether it was built now). The build's output goes to `log_path`. Images that

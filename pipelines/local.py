@@ -60,7 +60,8 @@ def _docker_pipeline_root(root: Path, prepare_root: bool) -> None:
         raise PermissionError(
             f"pipeline root {root} (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}) is not writable by uid "
             f"{user}, the user {CPU_IMAGE} runs as: run `chown {user}:{user} {root}` (what the chart's model-cache "
-            "prepare Job does on a cluster), or pass --prepare-root to have a root container do it")
+            "prepare Job does on a cluster), or pass --prepare-root to have a root container do it"
+        )
 
 
 @contextmanager
@@ -104,9 +105,13 @@ def _tasks_on(console: Console) -> Iterator[None]:
     def execute(*args: Any, **kwargs: Any) -> Any:
         given = inspect.signature(original).bind(*args, **kwargs).arguments
         root = Path(given["pipeline_root"])
-        folder = Path(names.construct_local_task_root(
-            pipeline_root=str(root), pipeline_resource_name=given["pipeline_resource_name"],
-            task_resource_name=names.get_local_task_resource_name(given["task_spec"].component_ref.name)))
+        folder = Path(
+            names.construct_local_task_root(
+                pipeline_root=str(root),
+                pipeline_resource_name=given["pipeline_resource_name"],
+                task_resource_name=names.get_local_task_resource_name(given["task_spec"].component_ref.name),
+            )
+        )
         where = folder.relative_to(root)  # <run>/<task>
         with console.task(given["task_name"], root / LOGS / where.parent / f"{where.name}.log") as task:
             outputs, state = original(*args, **kwargs)
@@ -120,9 +125,14 @@ def _tasks_on(console: Console) -> Iterator[None]:
         task_executor.execute_single_task = original
 
 
-def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
-              summary_path: str | Path | None = None, runner: str = "subprocess",
-              prepare_root: bool = False) -> dict[str, Any]:
+def run_local(
+    cfg: Config,
+    pipeline_root: str | Path,
+    until: str | None = None,
+    summary_path: str | Path | None = None,
+    runner: str = "subprocess",
+    prepare_root: bool = False,
+) -> dict[str, Any]:
     """Run the DAG (caching on), then describe every task: status, output paths, metrics.
 
     A task whose outputs lie outside this run's folder was served from the cache. runner="docker" runs each
@@ -157,8 +167,9 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         stack.enter_context(_recording_run_names(run_names))
-        stack.enter_context(console.capturing(lambda: root / LOGS / run_names[-1] / "pipeline.log" if run_names
-                                              else None))
+        stack.enter_context(
+            console.capturing(lambda: root / LOGS / run_names[-1] / "pipeline.log" if run_names else None)
+        )
         stack.enter_context(_tasks_on(console))
         try:
             result = build(cfg, until)()
@@ -166,8 +177,9 @@ def run_local(cfg: Config, pipeline_root: str | Path, until: str | None = None,
             if console.failed is None:
                 raise
             failed = console.failed
-            raise TaskFailed(f"task {failed.name} failed: its last lines are above, its full log is "
-                             f"{failed.log_path}") from err
+            raise TaskFailed(
+                f"task {failed.name} failed: its last lines are above, its full log is {failed.log_path}"
+            ) from err
     run_dir = root / run_names[-1] if run_names else None
     outputs = result.outputs
 

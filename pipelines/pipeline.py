@@ -40,12 +40,17 @@ ARTIFACT_TYPES = {"Dataset": Dataset, "Model": Model, "Metrics": Metrics, "HTML"
 SECRET_ENV = {
     "teacher": ("sidreasoner-teacher", {"api-key": "SIDREASONER_TEACHER_API_KEY"}),
     "hf": ("sidreasoner-hf", {"token": "HF_TOKEN"}),
-    "s3": ("sidreasoner-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}),
+    "s3": (
+        "sidreasoner-s3",
+        {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+    ),
 }
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
 # Pod labels for cost attribution (with cluster.labels, e.g. the paper presets' name).
 STEP_LABEL, CATEGORY_LABEL = "sidreasoner.io/step", "sidreasoner.io/category"
 IMAGE_UID = 1000  # the user the images run as (images/*/Dockerfile: USER 1000)
+
+
 def step_image(step: Step, cluster: ClusterConfig) -> Image:
     """The image of a step's pod: a pod that requests accelerators runs in the training image (the
     CPU image has no CUDA), whatever the registry says."""
@@ -58,8 +63,11 @@ def output_name(step: str, output: str) -> str:
 
 
 def _outputs_type(steps: list[Step]) -> type:
-    fields = [(output_name(step.name, name), ARTIFACT_TYPES[kind])
-              for step in steps for name, kind in step.artifacts().items()]
+    fields = [
+        (output_name(step.name, name), ARTIFACT_TYPES[kind])
+        for step in steps
+        for name, kind in step.artifacts().items()
+    ]
     return NamedTuple("Outputs", fields)
 
 
@@ -135,12 +143,16 @@ def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache
     if step.training_pod:
         # PyTorch data loaders and NCCL need more shared memory than the 64 MiB default. The volume
         # is RAM and counts against the pod's memory limit, so it is bounded.
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=res.shm_size)
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=res.shm_size
+        )
     if step.retry:
-        task.set_retry(num_retries=step.retry.num_retries, backoff_duration=step.retry.backoff_duration,
-                       backoff_max_duration=step.retry.backoff_max_duration,
-                       **({"backoff_factor": step.retry.backoff_factor} if step.retry.backoff_factor else {}))
+        task.set_retry(
+            num_retries=step.retry.num_retries,
+            backoff_duration=step.retry.backoff_duration,
+            backoff_max_duration=step.retry.backoff_max_duration,
+            **({"backoff_factor": step.retry.backoff_factor} if step.retry.backoff_factor else {}),
+        )
     # A step with side effects (an upload) would be skipped by a cache hit.
     task.set_caching_options(enable_caching=cache and not step.side_effects)
 
@@ -165,8 +177,13 @@ def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.Pip
     return task
 
 
-def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = frozenset(),
-          registry: Mapping[str, Step] = STEPS, run_time_conditions: bool = False):
+def build(
+    cfg: Config,
+    until: str | None = None,
+    no_cache: frozenset[str] = frozenset(),
+    registry: Mapping[str, Step] = STEPS,
+    run_time_conditions: bool = False,
+):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
     in `no_cache` always execute (caching off), the others may be served from the cache. Each
     step's task receives its generation, the run parameter `generation_<step>` (default: the
@@ -187,13 +204,16 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
     version = code_version()
 
     def sidreasoner(*values):
-        params = dict(zip(defaults, values))
+        params = dict(zip(defaults, values, strict=True))
         tasks: dict[str, dsl.PipelineTask] = {}
         for step in steps:
             sections = {name: params[name] for name in step.sections}
             inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
-            keys = {"code_version": version, "generation": params[generation_param(step.name)],
-                    "compiled_sections": {name: defaults[name] for name in step.sections}}
+            keys = {
+                "code_version": version,
+                "generation": params[generation_param(step.name)],
+                "compiled_sections": {name: defaults[name] for name in step.sections},
+            }
             image = step_image(step, cfg.cluster)
             component = component_for(step, image)
             if step.name in gated:
@@ -204,15 +224,24 @@ def build(cfg: Config, until: str | None = None, no_cache: frozenset[str] = froz
             _configure(task, step, cfg.cluster, cache=step.name not in no_cache, category=cfg.data.category)
             _pull_policy(task, IMAGES[image])
             tasks[step.name] = task
-        return Outputs(**{output_name(step.name, name): tasks[step.name].outputs[name]
-                          for step in steps if step.name not in gated for name in step.artifacts()})
+        return Outputs(
+            **{
+                output_name(step.name, name): tasks[step.name].outputs[name]
+                for step in steps
+                if step.name not in gated
+                for name in step.artifacts()
+            }
+        )
 
     # KFP reads the pipeline's parameters (the config sections, defaulting to the preset's values)
     # and outputs (which depend on `until`) from the signature.
     sidreasoner.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value))
-         for name, value in defaults.items()],
-        return_annotation=Outputs)
+        [
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation=type(value))
+            for name, value in defaults.items()
+        ],
+        return_annotation=Outputs,
+    )
     return dsl.pipeline(
         name=PIPELINE_NAME,
         description="SIDReasoner: LLM reasoning over Semantic IDs for generative recommendation",

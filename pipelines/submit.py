@@ -68,7 +68,7 @@ class KFPUnavailable(RuntimeError):
 REFUSED_HINTS = {
     401: "not authenticated: pass --token, --token-file or --cookie",
     403: "not allowed: the identity behind your token needs access to this namespace (a Kubeflow profile "
-         "contributor, or RBAC on pipelines.kubeflow.org)",
+    "contributor, or RBAC on pipelines.kubeflow.org)",
 }
 
 
@@ -91,8 +91,10 @@ def _shown(body: bytes | str) -> str:
 
 
 def _not_kfp(host: str, request: str, status: Any, body: bytes | str, expected: str) -> str:
-    return (f"{host} is not the Kubeflow Pipelines API: {request} answered {status} {_shown(body)}, not "
-            f"{expected}; check --host (the API's base URL, e.g. http://localhost:8080)")
+    return (
+        f"{host} is not the Kubeflow Pipelines API: {request} answered {status} {_shown(body)}, not "
+        f"{expected}; check --host (the API's base URL, e.g. http://localhost:8080)"
+    )
 
 
 def _checked(host: str, client, request: str, key: str, call: Callable, **kwargs) -> Any:
@@ -106,8 +108,11 @@ def _checked(host: str, client, request: str, key: str, call: Callable, **kwargs
     if not (isinstance(value, str) and value):
         # Every service of a kfp.Client shares one ApiClient, which keeps the last raw answer.
         last = getattr(getattr(getattr(client, "_run_api", None), "api_client", None), "last_response", None)
-        raise KFPUnavailable(_not_kfp(host, request, getattr(last, "status", "?"), getattr(last, "data", b""),
-                                      f"an object holding {key}"))
+        raise KFPUnavailable(
+            _not_kfp(
+                host, request, getattr(last, "status", "?"), getattr(last, "data", b""), f"an object holding {key}"
+            )
+        )
     sys.stdout.write(printed.getvalue())
     return answer
 
@@ -137,15 +142,18 @@ def _probe(host: str, auth: Auth, attempts: int = 3, timeout_s: float = 10.0) ->
                 kind = response.headers.get_content_type()
                 body = response.read(ANSWER_READ)
             if kind == "text/html":
-                raise KFPUnavailable(f"{host} answered with a web page, not the Kubeflow Pipelines API (a login "
-                                     "page?): pass --token or --cookie, or check the URL")
+                raise KFPUnavailable(
+                    f"{host} answered with a web page, not the Kubeflow Pipelines API (a login "
+                    "page?): pass --token or --cookie, or check the URL"
+                )
             if not isinstance(_json_or_none(body), dict):
                 raise KFPUnavailable(_not_kfp(host, f"GET {HEALTHZ}", response.status, body, "a JSON object"))
             return
         except urllib.error.HTTPError as err:
             if err.code in REFUSED_HINTS:
-                raise KFPUnavailable(f"the Kubeflow Pipelines API at {host} answered {err.code} {err.reason}: "
-                                     f"{REFUSED_HINTS[err.code]}") from None
+                raise KFPUnavailable(
+                    f"the Kubeflow Pipelines API at {host} answered {err.code} {err.reason}: {REFUSED_HINTS[err.code]}"
+                ) from None
             return  # another status: the server is there; the client reports what it says
         except (urllib.error.URLError, OSError) as err:
             if attempt == attempts:
@@ -166,8 +174,13 @@ def _client(host: str, namespace: str | None, auth: Auth = Auth()):
     credentials = ServiceAccountTokenVolumeCredentials(auth.token_file) if auth.token_file and not auth.token else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This client only works with", category=FutureWarning)
-        return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=auth.token or None,
-                          cookies=auth.cookie or None, credentials=credentials)
+        return kfp.Client(
+            host=host,
+            namespace=namespace or "kubeflow",
+            existing_token=auth.token or None,
+            cookies=auth.cookie or None,
+            credentials=credentials,
+        )
 
 
 @contextmanager
@@ -182,8 +195,9 @@ def _api_errors(host: str):
     except ApiException as err:
         hint = REFUSED_HINTS.get(err.status, "")
         reason = (err.reason or "").strip()
-        raise KFPUnavailable(f"the Kubeflow Pipelines API at {host} answered {err.status} {reason}"
-                             + (f": {hint}" if hint else "")) from None
+        raise KFPUnavailable(
+            f"the Kubeflow Pipelines API at {host} answered {err.status} {reason}" + (f": {hint}" if hint else "")
+        ) from None
     except (HTTPError, OSError) as err:
         cause = getattr(err, "reason", None) or err
         raise KFPUnavailable(f"cannot reach the Kubeflow Pipelines API at {host}: {_short(cause)}") from None
@@ -196,10 +210,20 @@ def _short(error: object) -> str:
     return text.rsplit("Failed to establish a new connection: ", 1)[-1] if "Failed to establish" in text else text
 
 
-def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: str | None = None,
-           pipeline_root: str | None = None, no_cache: bool = False, rerun_from: str | None = None,
-           wait: bool = False, timeout_s: int = 24 * 3600, namespace: str | None = None,
-           service_account: str | None = None, auth: Auth = Auth()) -> Submitted:
+def submit(
+    cfg: Config,
+    host: str,
+    experiment: str = "sidreasoner",
+    run_name: str | None = None,
+    pipeline_root: str | None = None,
+    no_cache: bool = False,
+    rerun_from: str | None = None,
+    wait: bool = False,
+    timeout_s: int = 24 * 3600,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    auth: Auth = Auth(),
+) -> Submitted:
     """Compile `cfg` and create a run. `rerun_from` re-executes that step and everything downstream
     of it while the steps before them come from the cache; `no_cache` re-executes every step.
 
@@ -216,10 +240,21 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
         package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
         client = _client(host, namespace, auth)
-        exp = _checked(host, client, f"creating experiment {experiment}", "experiment_id", client.create_experiment,
-                       name=experiment, namespace=namespace)
+        exp = _checked(
+            host,
+            client,
+            f"creating experiment {experiment}",
+            "experiment_id",
+            client.create_experiment,
+            name=experiment,
+            namespace=namespace,
+        )
         run = _checked(
-            host, client, "creating the run", "run_id", client.run_pipeline,
+            host,
+            client,
+            "creating the run",
+            "run_id",
+            client.run_pipeline,
             experiment_id=exp.experiment_id,
             job_name=run_name or f"{PIPELINE_NAME}-{cfg.data.category}".lower(),
             pipeline_package_path=str(package),
@@ -227,8 +262,9 @@ def submit(cfg: Config, host: str, experiment: str = "sidreasoner", run_name: st
             pipeline_root=pipeline_root,
             service_account=service_account,
         )
-        submitted = Submitted(run.run_id, exp.experiment_id, rerun_steps, run.state,
-                              keep=keep_generations(cfg) if rerun_steps else "")
+        submitted = Submitted(
+            run.run_id, exp.experiment_id, rerun_steps, run.state, keep=keep_generations(cfg) if rerun_steps else ""
+        )
         if wait:
             submitted.state = client.wait_for_run_completion(run.run_id, timeout=timeout_s).state
     return submitted
@@ -271,15 +307,23 @@ def _versions(client, pipeline_id: str):
 def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
     """The id of the pipeline called `name` in `namespace` (shared pipelines without one).
     kfp.Client.get_pipeline_id lists shared pipelines only."""
-    name_filter = json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})  # 1: EQUALS
+    name_filter = json.dumps(
+        {"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]}
+    )  # 1: EQUALS
     found = client.list_pipelines(filter=name_filter, namespace=namespace).pipelines or []
     if len(found) > 1:
         raise ValueError(f"several pipelines are called {name}{f' in namespace {namespace}' if namespace else ''}")
     return found[0].pipeline_id if found else None
 
 
-def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | None = None,
-           namespace: str | None = None, auth: Auth = Auth()) -> Uploaded:
+def upload(
+    cfg: Config,
+    host: str,
+    name: str = PIPELINE_NAME,
+    version: str | None = None,
+    namespace: str | None = None,
+    auth: Auth = Auth(),
+) -> Uploaded:
     """Register the pipeline, or add a version of it when one with this name exists. A version is
     named after the code version, the category and the compiled spec's digest (`version` overrides
     the name), and its description records the digest: when a version of the same spec is already
@@ -298,9 +342,17 @@ def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | Non
         pipeline_id = _pipeline_id(client, name, namespace)
         if pipeline_id is None:
             # The server names the first version after the pipeline; the description carries the digest.
-            created = _checked(host, client, f"uploading pipeline {name}", "pipeline_id", client.upload_pipeline,
-                               pipeline_package_path=str(package), pipeline_name=name, description=description,
-                               namespace=namespace)
+            created = _checked(
+                host,
+                client,
+                f"uploading pipeline {name}",
+                "pipeline_id",
+                client.upload_pipeline,
+                pipeline_package_path=str(package),
+                pipeline_name=name,
+                description=description,
+                namespace=namespace,
+            )
             return Uploaded(created.pipeline_id, name, True)
         taken = False
         for existing in _versions(client, pipeline_id):
@@ -309,7 +361,15 @@ def upload(cfg: Config, host: str, name: str = PIPELINE_NAME, version: str | Non
             taken = taken or existing.display_name == vname
         if taken:
             raise ValueError(f"pipeline {name} has a version {vname} of another spec; choose another --version")
-        _checked(host, client, f"uploading version {vname}", "pipeline_version_id", client.upload_pipeline_version,
-                 pipeline_package_path=str(package), pipeline_version_name=vname, pipeline_id=pipeline_id,
-                 description=description)
+        _checked(
+            host,
+            client,
+            f"uploading version {vname}",
+            "pipeline_version_id",
+            client.upload_pipeline_version,
+            pipeline_package_path=str(package),
+            pipeline_version_name=vname,
+            pipeline_id=pipeline_id,
+            description=description,
+        )
         return Uploaded(pipeline_id, vname, True)

@@ -15,11 +15,17 @@ from .helpers import artifacts, bundle, storage_servers, teacher  # noqa: E402
 from .helpers.kfp_api import KFPServer  # noqa: E402
 
 # The tiny base model's architecture (prepare_base_model's `model.tiny.*`): hidden 32, one layer.
-TINY_BASE = ["model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.head_dim=8",
-             "model.tiny.num_layers=1", "model.tiny.vocab_size=400"]
+TINY_BASE = [
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.head_dim=8",
+    "model.tiny.num_layers=1",
+    "model.tiny.vocab_size=400",
+]
 
 
 # ---------------------------------------------------------------- tiny artifacts and models
+
 
 @pytest.fixture(scope="session")
 def write_research_bundle():
@@ -100,7 +106,18 @@ def write_sid_index():
     return models.write_sid_index
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """The demo DAG as `make demo` runs it, the preset unchanged (minutes on 2 cores): run_local's summary.
+    Run once for the tests of what the demo trains and shows. Shared: read its folders, never write."""
+    from sidreasoner import config
+    from sidreasoner.pipelines.local import run_local
+
+    return run_local(config.load("demo"), tmp_path_factory.mktemp("demo_root"))
+
+
 # ---------------------------------------------------------------- teacher
+
 
 @pytest.fixture()
 def teacher_inputs(tmp_path):
@@ -129,6 +146,7 @@ def template_reply():
 
 
 # ---------------------------------------------------------------- servers on 127.0.0.1
+
 
 @pytest.fixture(scope="session")
 def gcs_emulator():

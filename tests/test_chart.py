@@ -57,8 +57,13 @@ def chart():
 
 def render(chart, values=None) -> list[dict]:
     out = chart.render(values, name="sidreasoner", namespace=NAMESPACE, is_install=True)
-    return [doc for path, text in sorted(out.items()) if not path.endswith("NOTES.txt")
-            for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in sorted(out.items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def render_text(chart, values=None) -> str:
@@ -103,9 +108,16 @@ def check_raycluster(rc):
         templates.append(group["template"])
     for template in templates:
         assert template["spec"]["containers"], "pod template without containers"
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
-                                      "metadata": {"name": "raycluster-template"}, "template": template},
-                                     KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "raycluster-template"},
+                "template": template,
+            },
+            KUBE_VERSION,
+            strict=True,
+        )
 
 
 def validate_all(docs):
@@ -117,6 +129,7 @@ def validate_all(docs):
 
 
 # --- lint and schema validation of every manifest ------------------------------------------------
+
 
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
 def test_lint_is_clean(values):
@@ -146,8 +159,17 @@ def test_full_render_validates(chart):
     docs = render(chart, FULL_VALUES)
     validate_all(docs)
     assert sorted({d["kind"] for d in docs}) == [
-        "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "RayCluster", "Role", "RoleBinding",
-        "Secret", "Service", "ServiceAccount"]
+        "Deployment",
+        "Job",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "RayCluster",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    ]
     assert set(by_kind(docs, "Deployment")) == {"sidreasoner-teacher", "sidreasoner-minio"}
     assert set(by_kind(docs, "Service")) == {"sidreasoner-teacher", "sidreasoner-minio"}
     assert set(by_kind(docs, "PersistentVolumeClaim")) == {"sidreasoner-model-cache", "sidreasoner-minio"}
@@ -170,43 +192,54 @@ def test_raycluster_check_catches_a_missing_field(chart):
 
 # --- values.schema.json and template guards -------------------------------------------------------
 
-@pytest.mark.parametrize("values, where", [
-    ({"teacherServer": {"gpus": "two"}}, "/teacherServer/gpus"),
-    ({"teacherServer": {"gpus": 0}}, "/teacherServer/gpus"),
-    ({"rayCluster": {"workers": {"gpus": 1.5}}}, "/rayCluster/workers/gpus"),
-    ({"rayCluster": {"workers": {"gpus": 0}}}, "/rayCluster/workers/gpus"),  # verl trains on GPUs only
-    ({"modelCache": {"mountPath": "models"}}, "/modelCache/mountPath"),  # absolute paths only
-    ({"rbac": {"rayJobs": True}}, "rayJobs"),  # gone: the pipeline submits no RayJob
-    ({"modelCache": {"accessModes": ["ReadWriteSometimes"]}}, "/modelCache/accessModes"),
-    ({"modelCache": {"size": "lots"}}, "/modelCache/size"),
-    ({"upload": {"resources": {"limits": None}}}, "/upload/resources"),  # null removes a default
-    ({"kfpHost": "ml-pipeline:8888"}, "/kfpHost"),
-    ({"teacherserver": {"enabled": True}}, "teacherserver"),  # misspelt key
-    ({"images": {"train": {"digest": "sha256:ABC"}}}, "/images/train/digest"),
-    ({"images": {"cpu": {"digest": "0.1.0@sha256:" + "a" * 64}}}, "/images/cpu/digest"),  # the digest alone
-    ({"rayCluster": {"image": {"digest": "d" * 64}}}, "/rayCluster/image/digest"),
-    ({"s3": {"endpoint": "minio:9000"}}, "/s3/endpoint"),
-    ({"s3": {"endpoint": "http://minio:9000/bucket"}}, "/s3/endpoint"),
-    ({"s3": {"endpoint": "http://key:secret@minio:9000"}}, "/s3/endpoint"),
-])
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"teacherServer": {"gpus": "two"}}, "/teacherServer/gpus"),
+        ({"teacherServer": {"gpus": 0}}, "/teacherServer/gpus"),
+        ({"rayCluster": {"workers": {"gpus": 1.5}}}, "/rayCluster/workers/gpus"),
+        ({"rayCluster": {"workers": {"gpus": 0}}}, "/rayCluster/workers/gpus"),  # verl trains on GPUs only
+        ({"modelCache": {"mountPath": "models"}}, "/modelCache/mountPath"),  # absolute paths only
+        ({"rbac": {"rayJobs": True}}, "rayJobs"),  # gone: the pipeline submits no RayJob
+        ({"modelCache": {"accessModes": ["ReadWriteSometimes"]}}, "/modelCache/accessModes"),
+        ({"modelCache": {"size": "lots"}}, "/modelCache/size"),
+        ({"upload": {"resources": {"limits": None}}}, "/upload/resources"),  # null removes a default
+        ({"kfpHost": "ml-pipeline:8888"}, "/kfpHost"),
+        ({"teacherserver": {"enabled": True}}, "teacherserver"),  # misspelt key
+        ({"images": {"train": {"digest": "sha256:ABC"}}}, "/images/train/digest"),
+        ({"images": {"cpu": {"digest": "0.1.0@sha256:" + "a" * 64}}}, "/images/cpu/digest"),  # the digest alone
+        ({"rayCluster": {"image": {"digest": "d" * 64}}}, "/rayCluster/image/digest"),
+        ({"s3": {"endpoint": "minio:9000"}}, "/s3/endpoint"),
+        ({"s3": {"endpoint": "http://minio:9000/bucket"}}, "/s3/endpoint"),
+        ({"s3": {"endpoint": "http://key:secret@minio:9000"}}, "/s3/endpoint"),
+    ],
+)
 def test_schema_rejects_bad_values(chart, values, where):
     with pytest.raises(helm.HelmValuesError, match=where):
         chart.render(values, name="sidreasoner", namespace=NAMESPACE)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"secrets": {"teacher": {"apiKey": "k", "existingSecret": "t"}}}, "either apiKey or existingSecret"),
-    ({"secrets": {"s3": {"accessKeyId": "a"}}}, "both accessKeyId and secretAccessKey"),
-    ({"minio": {"enabled": True}}, "minio.enabled needs root credentials"),
-    ({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, "modelCache.accessModes lacks ReadWriteMany"),
-    ({"rayCluster": {"enabled": True, "workers": {"replicas": 5, "maxReplicas": 2}}}, "minReplicas <= replicas <= maxReplicas"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"secrets": {"teacher": {"apiKey": "k", "existingSecret": "t"}}}, "either apiKey or existingSecret"),
+        ({"secrets": {"s3": {"accessKeyId": "a"}}}, "both accessKeyId and secretAccessKey"),
+        ({"minio": {"enabled": True}}, "minio.enabled needs root credentials"),
+        ({"modelCache": {"accessModes": ["ReadWriteOnce"]}}, "modelCache.accessModes lacks ReadWriteMany"),
+        (
+            {"rayCluster": {"enabled": True, "workers": {"replicas": 5, "maxReplicas": 2}}},
+            "minReplicas <= replicas <= maxReplicas",
+        ),
+    ],
+)
 def test_template_guards(chart, values, message):
     with pytest.raises(helm.HelmRenderError, match=message):
         chart.render(values, name="sidreasoner", namespace=NAMESPACE)
 
 
 # --- credentials ------------------------------------------------------------------------------------
+
 
 def test_default_render_creates_no_secret(chart):
     docs = render(chart)
@@ -225,11 +258,19 @@ def test_existing_secrets_only_put_no_secret_value_in_the_output(chart):
         for value in cred.values():
             assert value not in text and base64.b64encode(value.encode()).decode() not in text
     # The chart's pods read the named existing Secrets.
-    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for _, spec in pod_specs(docs) for c in spec["containers"] for e in c.get("env", [])
-            if "valueFrom" in e}
-    assert refs == {("my-s3", "AWS_ACCESS_KEY_ID"), ("my-s3", "AWS_SECRET_ACCESS_KEY"),
-                    ("my-hf", "token"), ("sidreasoner-teacher", "api-key")}
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for _, spec in pod_specs(docs)
+        for c in spec["containers"]
+        for e in c.get("env", [])
+        if "valueFrom" in e
+    }
+    assert refs == {
+        ("my-s3", "AWS_ACCESS_KEY_ID"),
+        ("my-s3", "AWS_SECRET_ACCESS_KEY"),
+        ("my-hf", "token"),
+        ("sidreasoner-teacher", "api-key"),
+    }
 
 
 def test_secrets_from_values_have_fixed_names_and_keys(chart):
@@ -247,6 +288,7 @@ def test_no_default_secret_values():
 
 
 # --- every container: securityContext and resources -----------------------------------------------
+
 
 @pytest.mark.parametrize("values", [None, FULL_VALUES, ONLY_EXISTING], ids=["default", "full", "existing"])
 def test_every_container_is_unprivileged_and_bounded(chart, values):
@@ -282,18 +324,26 @@ KFP_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact"], "verbs": ["get"]},
 ]
 FULL_KFP_RULES = KFP_RULES[:3] + [
-    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact", "sidreasoner-s3"],
-     "verbs": ["get"]},
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["mlpipeline-minio-artifact", "sidreasoner-s3"],
+        "verbs": ["get"],
+    },
 ]
 
 
 # Stage 3 (verl) reaches the RayCluster as a Ray client, not through the Kubernetes API: a RayCluster
 # adds no rule.
-@pytest.mark.parametrize("values, rules", [
-    (None, KFP_RULES),
-    ({"rayCluster": {"enabled": True}}, KFP_RULES),
-    (FULL_VALUES, FULL_KFP_RULES),
-], ids=["kfp-only", "with-raycluster", "full"])
+@pytest.mark.parametrize(
+    "values, rules",
+    [
+        (None, KFP_RULES),
+        ({"rayCluster": {"enabled": True}}, KFP_RULES),
+        (FULL_VALUES, FULL_KFP_RULES),
+    ],
+    ids=["kfp-only", "with-raycluster", "full"],
+)
 def test_runner_rbac_is_exactly_what_the_launchers_need(chart, values, rules):
     docs = render(chart, values)
     role = one(docs, "Role", "sidreasoner-pipeline-runner")
@@ -301,10 +351,14 @@ def test_runner_rbac_is_exactly_what_the_launchers_need(chart, values, rules):
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
     binding = one(docs, "RoleBinding", "sidreasoner-pipeline-runner")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": "sidreasoner-pipeline-runner"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sidreasoner-pipeline-runner",
-                                    "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "sidreasoner-pipeline-runner",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sidreasoner-pipeline-runner", "namespace": NAMESPACE}
+    ]
     assert by_kind(docs, "ClusterRole") == {} and by_kind(docs, "ClusterRoleBinding") == {}
 
 
@@ -316,18 +370,30 @@ def test_no_rule_grants_ray_io(chart, values):
 
 
 def test_rbac_and_service_accounts_can_be_left_to_the_cluster(chart):
-    docs = render(chart, {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "pipeline-runner"},
-                          "upload": {"serviceAccount": {"create": False, "name": "uploader"}}})
+    docs = render(
+        chart,
+        {
+            "rbac": {"create": False},
+            "serviceAccount": {"create": False, "name": "pipeline-runner"},
+            "upload": {"serviceAccount": {"create": False, "name": "uploader"}},
+        },
+    )
     assert {d["kind"] for d in docs} == {"PersistentVolumeClaim", "Job"}
-    assert one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["serviceAccountName"] == "uploader"
+    assert (
+        one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["serviceAccountName"] == "uploader"
+    )
 
 
 # --- model cache ----------------------------------------------------------------------------------
 
+
 def test_model_cache_pvc_from_values(chart):
     pvc = one(render(chart, FULL_VALUES), "PersistentVolumeClaim", "sidreasoner-model-cache")
-    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "storageClassName": "nfs-client",
-                           "resources": {"requests": {"storage": "500Gi"}}}
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteMany"],
+        "storageClassName": "nfs-client",
+        "resources": {"requests": {"storage": "500Gi"}},
+    }
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     default = one(render(chart), "PersistentVolumeClaim", "sidreasoner-model-cache")
     assert "storageClassName" not in default["spec"] and default["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -336,16 +402,24 @@ def test_model_cache_pvc_from_values(chart):
 
 
 def test_existing_model_cache_claim_is_mounted_not_created(chart):
-    values = {"modelCache": {"existingClaim": "shared-models"}, "teacherServer": {"enabled": True},
-              "rayCluster": {"enabled": True}}
+    values = {
+        "modelCache": {"existingClaim": "shared-models"},
+        "teacherServer": {"enabled": True},
+        "rayCluster": {"enabled": True},
+    }
     docs = render(chart, values)
     assert by_kind(docs, "PersistentVolumeClaim") == {}
-    claims = {v["persistentVolumeClaim"]["claimName"] for _, spec in pod_specs(docs)
-              for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, spec in pod_specs(docs)
+        for v in spec.get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"shared-models"}
 
 
 # --- vLLM teacher ---------------------------------------------------------------------------------
+
 
 def test_teacher_server(chart):
     docs = render(chart, FULL_VALUES)
@@ -394,13 +468,16 @@ def test_teacher_server_defaults_match_the_paper_presets(chart):
 
 # --- MinIO, RayCluster, upload Job ------------------------------------------------------------------
 
+
 def test_minio_reads_the_s3_secret(chart):
     docs = render(chart, FULL_VALUES)
     deployment = one(docs, "Deployment", "sidreasoner-minio")
     (minio,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in minio["env"]}
-    assert env == {"MINIO_ROOT_USER": {"name": "sidreasoner-s3", "key": "AWS_ACCESS_KEY_ID"},
-                   "MINIO_ROOT_PASSWORD": {"name": "sidreasoner-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert env == {
+        "MINIO_ROOT_USER": {"name": "sidreasoner-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "MINIO_ROOT_PASSWORD": {"name": "sidreasoner-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }
     assert minio["readinessProbe"]["httpGet"]["path"] == "/minio/health/ready"
     service = one(docs, "Service", "sidreasoner-minio")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -427,8 +504,11 @@ def test_raycluster_serves_stage3_as_a_ray_client(chart, values):
     rc = one(render(chart, values), "RayCluster", "sidreasoner-ray")
     check_raycluster(rc)
     head = rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert {p["name"]: p["containerPort"] for p in head["ports"]} == {"client": 10001, "gcs-server": 6379,
-                                                                     "dashboard": 8265}
+    assert {p["name"]: p["containerPort"] for p in head["ports"]} == {
+        "client": 10001,
+        "gcs-server": 6379,
+        "dashboard": 8265,
+    }
     cluster = load("office").cluster
     mount = ClusterConfig().model_cache_mount
     assert cluster.model_cache_mount == mount == "/models"
@@ -448,8 +528,14 @@ def test_raycluster_serves_stage3_as_a_ray_client(chart, values):
 
 
 def test_raycluster_follows_the_model_cache_mount_path(chart):
-    docs = render(chart, {"rayCluster": {"enabled": True}, "teacherServer": {"enabled": True},
-                          "modelCache": {"mountPath": "/data/cache/"}})
+    docs = render(
+        chart,
+        {
+            "rayCluster": {"enabled": True},
+            "teacherServer": {"enabled": True},
+            "modelCache": {"mountPath": "/data/cache/"},
+        },
+    )
     rc = one(docs, "RayCluster", "sidreasoner-ray")
     (teacher,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
     for where, c in [(w, c) for w, _, c in ray_pods(rc)] + [("teacher", teacher)]:
@@ -472,18 +558,25 @@ def test_raycluster_ray_version_matches_the_installed_ray():
 
 
 def test_notes_say_how_stage3_reaches_the_raycluster(chart):
-    notes = chart.render({"rayCluster": {"enabled": True}}, name="sidreasoner",
-                         namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    notes = chart.render({"rayCluster": {"enabled": True}}, name="sidreasoner", namespace=NAMESPACE)[
+        "sidreasoner/templates/NOTES.txt"
+    ]
     assert f"stage3.verl.ray_address=ray://sidreasoner-ray-head-svc.{NAMESPACE}.svc.cluster.local:10001" in notes
     assert "stage3.verl.nnodes=1 --set stage3.verl.n_gpus_per_node=8" in notes
-    single = chart.render({"rayCluster": {"enabled": True}, "modelCache": {"accessModes": ["ReadWriteOnce"],
-                           "allowSingleNode": True}}, name="sidreasoner", namespace=NAMESPACE)
+    single = chart.render(
+        {"rayCluster": {"enabled": True}, "modelCache": {"accessModes": ["ReadWriteOnce"], "allowSingleNode": True}},
+        name="sidreasoner",
+        namespace=NAMESPACE,
+    )
     assert "not ReadWriteMany" in single["sidreasoner/templates/NOTES.txt"]
     assert "not ReadWriteMany" not in notes  # the default claim is ReadWriteMany
     full = chart.render(FULL_VALUES, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
     assert "stage3.verl.nnodes=2 --set stage3.verl.n_gpus_per_node=8" in full
     assert "WARNING" not in full
-    assert "ray_address" not in chart.render(None, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    assert (
+        "ray_address"
+        not in chart.render(None, name="sidreasoner", namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    )
     # The printed settings are a config the paper presets accept (the step's own pod then has no GPU).
     from sidreasoner import config
 
@@ -507,8 +600,10 @@ def test_raycluster_defaults_to_the_training_image(chart):
 CPU_PINNED = "mirror.example/ml/sidreasoner-cpu@sha256:" + "c" * 64
 TRAIN_PINNED = "mirror.example/ml/sidreasoner-train@sha256:" + "d" * 64
 PINNED_IMAGES = {
-    "images": {"cpu": {"repository": "mirror.example/ml/sidreasoner-cpu", "digest": "sha256:" + "c" * 64},
-               "train": {"repository": "mirror.example/ml/sidreasoner-train", "digest": "sha256:" + "d" * 64}},
+    "images": {
+        "cpu": {"repository": "mirror.example/ml/sidreasoner-cpu", "digest": "sha256:" + "c" * 64},
+        "train": {"repository": "mirror.example/ml/sidreasoner-train", "digest": "sha256:" + "d" * 64},
+    },
     "rayCluster": {"enabled": True},
 }
 IMAGE_ENV = ("SIDREASONER_CPU_IMAGE", "SIDREASONER_TRAIN_IMAGE")
@@ -534,8 +629,9 @@ def test_default_images_are_the_packages_own(chart):
     from sidreasoner import __version__
 
     env = _upload_env(render(chart))
-    assert [env[name] for name in IMAGE_ENV] == [f"ghcr.io/sidreasoner-pipelines/sidreasoner-{kind}:{__version__}"
-                                                 for kind in ("cpu", "train")]
+    assert [env[name] for name in IMAGE_ENV] == [
+        f"ghcr.io/sidreasoner-pipelines/sidreasoner-{kind}:{__version__}" for kind in ("cpu", "train")
+    ]
 
 
 def test_upload_job_compiles_the_pipeline_in_the_charts_images(chart, tmp_path):
@@ -544,20 +640,28 @@ def test_upload_job_compiles_the_pipeline_in_the_charts_images(chart, tmp_path):
     training steps use both."""
     env = _upload_env(render(chart, PINNED_IMAGES))
     out = tmp_path / "pipeline.yaml"
-    result = subprocess.run([str(Path(sys.executable).parent / "sidreasoner"), "compile", "--preset", "demo",
-                             "-o", str(out)], env={**os.environ, **{name: env[name] for name in IMAGE_ENV}},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "sidreasoner"), "compile", "--preset", "demo", "-o", str(out)],
+        env={**os.environ, **{name: env[name] for name in IMAGE_ENV}},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
     assert {ex["container"]["image"] for ex in executors.values()} == {CPU_PINNED, TRAIN_PINNED}
 
 
-@pytest.mark.parametrize("image, expected", [
-    ({}, TRAIN_PINNED),
-    ({"repository": "mirror.example/ray"}, "mirror.example/ray@sha256:" + "d" * 64),  # the same image elsewhere
-    ({"tag": "custom"}, "mirror.example/ml/sidreasoner-train:custom"),  # another image: not the training digest
-    ({"tag": "custom", "digest": "sha256:" + "e" * 64}, "mirror.example/ml/sidreasoner-train@sha256:" + "e" * 64),
-], ids=["train", "repository", "tag", "digest"])
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        ({}, TRAIN_PINNED),
+        ({"repository": "mirror.example/ray"}, "mirror.example/ray@sha256:" + "d" * 64),  # the same image elsewhere
+        ({"tag": "custom"}, "mirror.example/ml/sidreasoner-train:custom"),  # another image: not the training digest
+        ({"tag": "custom", "digest": "sha256:" + "e" * 64}, "mirror.example/ml/sidreasoner-train@sha256:" + "e" * 64),
+    ],
+    ids=["train", "repository", "tag", "digest"],
+)
 def test_raycluster_image_overrides(chart, image, expected):
     values = copy.deepcopy(PINNED_IMAGES)
     values["rayCluster"]["image"] = image
@@ -568,14 +672,20 @@ def test_raycluster_image_overrides(chart, image, expected):
 MINIO_ENDPOINT = f"http://sidreasoner-minio.{NAMESPACE}.svc:9000"
 
 
-@pytest.mark.parametrize("values, endpoint", [
-    (None, None),
-    (ONLY_EXISTING, MINIO_ENDPOINT),
-    ({**ONLY_EXISTING, "minio": {"enabled": True, "service": {"port": 9100}}},
-     f"http://sidreasoner-minio.{NAMESPACE}.svc:9100"),
-    ({"s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com"}}, "https://s3.eu-west-1.amazonaws.com"),
-    ({**ONLY_EXISTING, "s3": {"endpoint": "https://objects.example.com:9443"}}, "https://objects.example.com:9443"),
-], ids=["none", "chart-minio", "minio-port", "given", "given-over-minio"])
+@pytest.mark.parametrize(
+    "values, endpoint",
+    [
+        (None, None),
+        (ONLY_EXISTING, MINIO_ENDPOINT),
+        (
+            {**ONLY_EXISTING, "minio": {"enabled": True, "service": {"port": 9100}}},
+            f"http://sidreasoner-minio.{NAMESPACE}.svc:9100",
+        ),
+        ({"s3": {"endpoint": "https://s3.eu-west-1.amazonaws.com"}}, "https://s3.eu-west-1.amazonaws.com"),
+        ({**ONLY_EXISTING, "s3": {"endpoint": "https://objects.example.com:9443"}}, "https://objects.example.com:9443"),
+    ],
+    ids=["none", "chart-minio", "minio-port", "given", "given-over-minio"],
+)
 def test_upload_points_the_s3_steps_at_the_endpoint(chart, values, endpoint):
     from sidreasoner.config import load
 
@@ -587,8 +697,10 @@ def test_upload_points_the_s3_steps_at_the_endpoint(chart, values, endpoint):
     if endpoint and "sidreasoner-minio" in endpoint:
         service = one(docs, "Service", "sidreasoner-minio")
         s3_port = service["spec"]["ports"][0]
-        assert (s3_port["name"], endpoint) == ("s3", f"http://{service['metadata']['name']}.{NAMESPACE}.svc:"
-                                                     f"{s3_port['port']}")
+        assert (s3_port["name"], endpoint) == (
+            "s3",
+            f"http://{service['metadata']['name']}.{NAMESPACE}.svc:{s3_port['port']}",
+        )
 
 
 def test_upload_job(chart):
@@ -599,11 +711,18 @@ def test_upload_job(chart):
     assert c["image"] == "ghcr.io/sidreasoner-pipelines/sidreasoner-cpu:0.1.0"
     assert c["command"] == ["/bin/sh", "-c"]
     assert c["args"][0] == 'exec sidreasoner upload --host "$KFP_HOST" --preset "$PRESET" "$@"'
-    assert c["args"][2:] == ["--set", "cluster.model_cache_pvc=sidreasoner-model-cache",
-                             "--namespace", NAMESPACE,
-                             "--set", 'cluster.image_pull_secrets=["ghcr-pull"]',
-                             "--set", f"cluster.s3_endpoint=http://sidreasoner-minio.{NAMESPACE}.svc:9000",
-                             "--set", "teacher.max_samples=2000"]
+    assert c["args"][2:] == [
+        "--set",
+        "cluster.model_cache_pvc=sidreasoner-model-cache",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        'cluster.image_pull_secrets=["ghcr-pull"]',
+        "--set",
+        f"cluster.s3_endpoint=http://sidreasoner-minio.{NAMESPACE}.svc:9000",
+        "--set",
+        "teacher.max_samples=2000",
+    ]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888" and env["PRESET"] == "office"
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
@@ -620,6 +739,7 @@ def test_notes_warn_about_a_secret_the_pipeline_cannot_see(chart):
 
 # --- cluster plan: shared cache, permissions, pull secrets, idle GPUs, network (docs/cluster.md) ---
 
+
 @pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["default", "full"])
 def test_model_cache_claim_is_read_write_many(chart, values):
     """Parallel GPU steps on different nodes mount the claim at once (evaluate-stage1 beside sft-stage2,
@@ -634,8 +754,13 @@ def test_a_single_node_claim_must_be_acknowledged(chart):
     docs = render(chart, {"modelCache": {"accessModes": ["ReadWriteOnce"], "allowSingleNode": True}})
     assert one(docs, "PersistentVolumeClaim", "sidreasoner-model-cache")["spec"]["accessModes"] == ["ReadWriteOnce"]
     # An existing claim's access modes are the cluster's business: nothing to refuse.
-    assert by_kind(render(chart, {"modelCache": {"existingClaim": "shared-models",
-                                                 "accessModes": ["ReadWriteOnce"]}}), "PersistentVolumeClaim") == {}
+    assert (
+        by_kind(
+            render(chart, {"modelCache": {"existingClaim": "shared-models", "accessModes": ["ReadWriteOnce"]}}),
+            "PersistentVolumeClaim",
+        )
+        == {}
+    )
 
 
 def _upload_sets(docs):
@@ -649,14 +774,21 @@ def test_upload_job_runs_as_its_own_account_allowed_only_to_upload(chart):
     assert spec["serviceAccountName"] == "sidreasoner-pipeline-uploader" != "sidreasoner-pipeline-runner"
     assert one(docs, "ServiceAccount", "sidreasoner-pipeline-uploader")["automountServiceAccountToken"] is False
     assert one(docs, "Role", "sidreasoner-pipeline-uploader")["rules"] == [
-        {"apiGroups": ["pipelines.kubeflow.org"], "resources": ["pipelines", "pipelines/versions"],
-         "verbs": ["create", "get", "list"]}]
+        {
+            "apiGroups": ["pipelines.kubeflow.org"],
+            "resources": ["pipelines", "pipelines/versions"],
+            "verbs": ["create", "get", "list"],
+        }
+    ]
     binding = one(docs, "RoleBinding", "sidreasoner-pipeline-uploader")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sidreasoner-pipeline-uploader",
-                                    "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sidreasoner-pipeline-uploader", "namespace": NAMESPACE}
+    ]
     shared = render(chart, {"upload": {"namespaced": False}})
-    assert "--namespace" not in one(shared, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"][
-        "containers"][0]["args"]
+    assert (
+        "--namespace"
+        not in one(shared, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
 
 
 @pytest.mark.slow
@@ -669,8 +801,12 @@ def test_rendered_upload_command_reaches_the_api_with_namespace_token_and_pull_s
     env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     token = tmp_path / "token"
     token.write_text("projected-sa-token")
-    env.update(KFP_HOST=url, KF_PIPELINES_SA_TOKEN_PATH=str(token), HOME=str(tmp_path),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    env.update(
+        KFP_HOST=url,
+        KF_PIPELINES_SA_TOKEN_PATH=str(token),
+        HOME=str(tmp_path),
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    )
     result = subprocess.run([*c["command"], *c["args"]], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (up,) = state.calls("POST", "/pipelines/upload")
@@ -681,29 +817,43 @@ def test_rendered_upload_command_reaches_the_api_with_namespace_token_and_pull_s
         assert [s["secretName"] for s in executor["imagePullSecret"]] == ["ghcr-pull"]
 
 
-
-@pytest.mark.parametrize("values, claim", [
-    (None, "sidreasoner-model-cache"),
-    (FULL_VALUES, "sidreasoner-model-cache"),
-    ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
-    ({"modelCache": {"name": "my-cache"}}, "my-cache"),
-], ids=["default", "full", "existing", "renamed"])
+@pytest.mark.parametrize(
+    "values, claim",
+    [
+        (None, "sidreasoner-model-cache"),
+        (FULL_VALUES, "sidreasoner-model-cache"),
+        ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
+        ({"modelCache": {"name": "my-cache"}}, "my-cache"),
+    ],
+    ids=["default", "full", "existing", "renamed"],
+)
 def test_upload_compiles_the_pipeline_for_the_releases_claim(chart, values, claim):
     docs = render(chart, values)
     assert _upload_sets(docs)[0] == f"cluster.model_cache_pvc={claim}"
-    claims = {v["persistentVolumeClaim"]["claimName"] for _, spec in pod_specs(docs)
-              for v in spec.get("volumes", []) if v["name"] == "model-cache"}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, spec in pod_specs(docs)
+        for v in spec.get("volumes", [])
+        if v["name"] == "model-cache"
+    }
     assert claims == {claim}
     # Without any cache the pipeline keeps its own setting.
-    assert not [s for s in _upload_sets(render(chart, {"modelCache": {"enabled": False}}))
-                if s.startswith("cluster.model_cache_pvc=")]
+    assert not [
+        s
+        for s in _upload_sets(render(chart, {"modelCache": {"enabled": False}}))
+        if s.startswith("cluster.model_cache_pvc=")
+    ]
 
 
-@pytest.mark.parametrize("values, claim", [
-    (None, "sidreasoner-model-cache"),
-    (FULL_VALUES, "sidreasoner-model-cache"),
-    ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
-], ids=["default", "full", "existing"])
+@pytest.mark.parametrize(
+    "values, claim",
+    [
+        (None, "sidreasoner-model-cache"),
+        (FULL_VALUES, "sidreasoner-model-cache"),
+        ({"modelCache": {"existingClaim": "shared-models"}}, "shared-models"),
+    ],
+    ids=["default", "full", "existing"],
+)
 def test_model_cache_prepare_job(chart, values, claim):
     """Pipeline pods run as uid 1000 and KFP sets no fsGroup; a fresh volume's root is root's. A hook Job,
     before the upload, creates the folders the steps write and hands them to 1000:1000 — as root, with
@@ -735,20 +885,25 @@ def test_model_cache_prepare_job(chart, values, claim):
 
 def test_model_cache_prepare_job_can_be_left_out(chart):
     assert "sidreasoner-model-cache-prepare" not in by_kind(
-        render(chart, {"modelCache": {"prepare": {"enabled": False}}}), "Job")
+        render(chart, {"modelCache": {"prepare": {"enabled": False}}}), "Job"
+    )
     assert "sidreasoner-model-cache-prepare" not in by_kind(render(chart, {"modelCache": {"enabled": False}}), "Job")
 
 
-@pytest.mark.parametrize("values, secrets", [(None, None), (FULL_VALUES, [{"name": "ghcr-pull"}])],
-                         ids=["default", "full"])
+@pytest.mark.parametrize(
+    "values, secrets", [(None, None), (FULL_VALUES, [{"name": "ghcr-pull"}])], ids=["default", "full"]
+)
 def test_runner_service_account_carries_the_image_pull_secrets(chart, values, secrets):
     """The pipeline's pods run as the runner ServiceAccount: its imagePullSecrets reach them."""
     sa = one(render(chart, values), "ServiceAccount", "sidreasoner-pipeline-runner")
     assert sa.get("imagePullSecrets") == secrets
 
 
-@pytest.mark.parametrize("values", [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}},
-                                    FULL_VALUES], ids=["default", "full"])
+@pytest.mark.parametrize(
+    "values",
+    [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}}, FULL_VALUES],
+    ids=["default", "full"],
+)
 def test_no_gpu_is_held_while_no_run_needs_it(chart, values):
     docs = render(chart, values)
     assert one(docs, "Deployment", TEACHER_SERVICE)["spec"]["replicas"] == 0
@@ -774,8 +929,11 @@ def _selects(selector, labels):
     return True
 
 
-@pytest.mark.parametrize("values", [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}},
-                                    FULL_VALUES, ONLY_EXISTING], ids=["default", "full", "existing"])
+@pytest.mark.parametrize(
+    "values",
+    [{"teacherServer": {"enabled": True}, "rayCluster": {"enabled": True}}, FULL_VALUES, ONLY_EXISTING],
+    ids=["default", "full", "existing"],
+)
 def test_network_policies_let_only_the_pipeline_in(chart, values):
     """KFP labels every pod of a run pipelines.kubeflow.org/v2_component=true: those pods (and the Ray pods
     among themselves) reach the teacher's port and the Ray head's client port, nothing else does."""
@@ -789,7 +947,8 @@ def test_network_policies_let_only_the_pipeline_in(chart, values):
     ray = policies["sidreasoner-ray"]["spec"]
     rc = one(docs, "RayCluster", "sidreasoner-ray")
     ray_labels = [rc["spec"]["headGroupSpec"]["template"]["metadata"]["labels"]] + [
-        g["template"]["metadata"]["labels"] for g in rc["spec"]["workerGroupSpecs"]]
+        g["template"]["metadata"]["labels"] for g in rc["spec"]["workerGroupSpecs"]
+    ]
     assert all(_selects(ray["podSelector"], labels) for labels in ray_labels)
     assert not _selects(ray["podSelector"], pod)
     within, client = ray["ingress"]
@@ -800,8 +959,13 @@ def test_network_policies_let_only_the_pipeline_in(chart, values):
 
 def test_network_policies_can_be_widened_or_left_out(chart):
     extra = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}
-    docs = render(chart, {"teacherServer": {"enabled": True, "networkPolicy": {"allowFrom": [extra]}},
-                          "rayCluster": {"enabled": True, "networkPolicy": {"enabled": False}}})
+    docs = render(
+        chart,
+        {
+            "teacherServer": {"enabled": True, "networkPolicy": {"allowFrom": [extra]}},
+            "rayCluster": {"enabled": True, "networkPolicy": {"enabled": False}},
+        },
+    )
     (teacher,) = by_kind(docs, "NetworkPolicy").values()
     assert teacher["spec"]["ingress"][0]["from"] == [PIPELINE_PODS, extra]
 
@@ -810,16 +974,19 @@ def test_teacher_api_key_is_generated_when_none_is_given(chart):
     docs = render(chart, {"teacherServer": {"enabled": True}})
     key = base64.b64decode(one(docs, "Secret", "sidreasoner-teacher")["data"]["api-key"]).decode()
     assert len(key) == 40 and key.isalnum()
-    again = base64.b64decode(one(render(chart, {"teacherServer": {"enabled": True}}), "Secret",
-                                 "sidreasoner-teacher")["data"]["api-key"]).decode()
+    again = base64.b64decode(
+        one(render(chart, {"teacherServer": {"enabled": True}}), "Secret", "sidreasoner-teacher")["data"]["api-key"]
+    ).decode()
     assert again != key  # random (lookup keeps the cluster's one on upgrades; offline there is none)
-    notes = chart.render({"teacherServer": {"enabled": True}}, name="sidreasoner",
-                         namespace=NAMESPACE)["sidreasoner/templates/NOTES.txt"]
+    notes = chart.render({"teacherServer": {"enabled": True}}, name="sidreasoner", namespace=NAMESPACE)[
+        "sidreasoner/templates/NOTES.txt"
+    ]
     assert "sidreasoner-teacher: generated by this release" in notes
     # A given key or existing Secret is used as it is: nothing generated.
     assert by_kind(render(chart, ONLY_EXISTING), "Secret") == {}
-    given = by_kind(render(chart, {"teacherServer": {"enabled": True}, "secrets": {"teacher": {"apiKey": "k"}}}),
-                    "Secret")
+    given = by_kind(
+        render(chart, {"teacherServer": {"enabled": True}, "secrets": {"teacher": {"apiKey": "k"}}}), "Secret"
+    )
     assert base64.b64decode(given["sidreasoner-teacher"]["data"]["api-key"]).decode() == "k"
     # Turned off, no key and no Secret.
     assert by_kind(render(chart, {"teacherServer": {"enabled": True, "requireApiKey": False}}), "Secret") == {}
@@ -855,8 +1022,9 @@ def test_teacher_key_from_an_existing_secret_renders_the_same_every_time(chart):
     """The GitOps mode: the key lives in a Secret the platform manages (External Secrets, Sealed Secrets);
     the chart creates and generates none, so every `helm template` gives the same manifests."""
     values = {"teacherServer": {"enabled": True}, "secrets": {"teacher": {"existingSecret": "sidreasoner-teacher"}}}
-    assert chart.render(values, name="sidreasoner", namespace=NAMESPACE) == \
-        chart.render(values, name="sidreasoner", namespace=NAMESPACE)
+    assert chart.render(values, name="sidreasoner", namespace=NAMESPACE) == chart.render(
+        values, name="sidreasoner", namespace=NAMESPACE
+    )
     docs = render(chart, values)
     validate_all(docs)
     assert by_kind(docs, "Secret") == {}

@@ -75,8 +75,9 @@ def _wait_for(path: Path, timeout: float = 15.0) -> None:
 
 def _holder(tmp_path: Path, folders: list[Path], hold_s: float = 30.0, env: dict | None = None) -> subprocess.Popen:
     ready = tmp_path / f"ready-{len(list(tmp_path.glob('ready-*')))}"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(hold_s), str(ready), *map(str, folders)],
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(hold_s), str(ready), *map(str, folders)], env={**os.environ, **(env or {})}
+    )
     _wait_for(ready)
     proc.ready = ready
     return proc
@@ -154,9 +155,19 @@ def test_a_holder_on_another_host_is_judged_by_its_heartbeat_alone(tmp_path, cap
     folder = tmp_path / "stage1-0123456789abcdef"
     pid = 4194303  # no such process here; on its own host it may well run
     assert not Path(f"/proc/{pid}").exists()
-    lock_path(folder).write_text(json.dumps({
-        "token": "b" * 32, "hostname": "sft-stage1-pod-b", "pid": pid, "host_id": "sft-stage1-pod-b/boot/pid:[1]",
-        "process_start": 77, "since_utc": "2026-01-02T03:04:05+00:00", "env": {"HOSTNAME": "sft-stage1-pod-b"}}))
+    lock_path(folder).write_text(
+        json.dumps(
+            {
+                "token": "b" * 32,
+                "hostname": "sft-stage1-pod-b",
+                "pid": pid,
+                "host_id": "sft-stage1-pod-b/boot/pid:[1]",
+                "process_start": 77,
+                "since_utc": "2026-01-02T03:04:05+00:00",
+                "env": {"HOSTNAME": "sft-stage1-pod-b"},
+            }
+        )
+    )
     with pytest.raises(CheckpointLockTimeout, match=r"held by sft-stage1-pod-b pid 4194303 since 2026-01-02T03:04:05"):
         with checkpoint_lock(folder, wait_s=0.2, timings=FAST):
             pass
@@ -174,8 +185,14 @@ def test_racing_takers_of_stale_locks_each_lock_has_exactly_one_winner(tmp_path)
         _age(lock_path(folder), 3600)
     go, done = tmp_path / "go", tmp_path / "done"
     done.mkdir()
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, f"r{i}", str(go), str(done), *map(str, folders)],
-                               stdout=subprocess.PIPE, text=True) for i in range(8)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, f"r{i}", str(go), str(done), *map(str, folders)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
     for i in range(len(racers)):
         _wait_for(done / f"r{i}.ready")
     go.write_text(str(len(racers)))
@@ -215,6 +232,7 @@ def test_a_lock_that_another_run_holds_by_now_is_left_in_place(tmp_path, caplog)
 
 # ---------------------------------------------------------------- old checkpoint folders
 
+
 def _folder(base: Path, name: str, age_s: float, entries=("checkpoint-10/trainer_state.json",)) -> Path:
     folder = base / name
     for entry in entries:
@@ -237,19 +255,51 @@ def test_cleanup_keeps_the_newest_folders_of_the_stage(tmp_path):
     base = tmp_path / "checkpoints"
     current = _folder(base, "stage1-000000000000000a", 0)
     _folder(base, "stage1-000000000000000b", 100)
-    _folder(base, "stage1-000000000000000c", 200, ("best/best.json", "initial.json", "warmup/final.safetensors",
-                                                   ".initial.json.tmp-x1y2", "checkpoint-4/trainer_state.json"))
+    _folder(
+        base,
+        "stage1-000000000000000c",
+        200,
+        (
+            "best/best.json",
+            "initial.json",
+            "warmup/final.safetensors",
+            ".initial.json.tmp-x1y2",
+            "checkpoint-4/trainer_state.json",
+        ),
+    )
     _folder(base, "stage1-000000000000000d", 300)
-    _folder(base, "stage1-000000000000000e", 400, ("checkpoint-2/", "README.md",  # TRL's model card
-                                                   ".checkpoint-4.damaged-1a2b3c4d/trainer_state.json"))
+    _folder(
+        base,
+        "stage1-000000000000000e",
+        400,
+        (
+            "checkpoint-2/",
+            "README.md",  # TRL's model card
+            ".checkpoint-4.damaged-1a2b3c4d/trainer_state.json",
+        ),
+    )
     _folder(base, "stage2-000000000000000f", 9000)  # another stage: not counted, not removed
-    _folder(base, "stage3-0000000000000010", 9000, ("inputs/catalogue.json", "verl/global_step_2/actor/x.pt",
-                                                    "verl/latest_checkpointed_iteration.txt", "verl_console.log",
-                                                    "outputs/2026-01-01/10-00-00/.hydra/config.yaml"))
+    _folder(
+        base,
+        "stage3-0000000000000010",
+        9000,
+        (
+            "inputs/catalogue.json",
+            "verl/global_step_2/actor/x.pt",
+            "verl/latest_checkpointed_iteration.txt",
+            "verl_console.log",
+            "outputs/2026-01-01/10-00-00/.hydra/config.yaml",
+        ),
+    )
     removed = remove_old_checkpoint_folders(current, keep=3, timings=FAST)
     assert sorted(p.name for p in removed) == ["stage1-000000000000000d", "stage1-000000000000000e"]
-    assert _names(base) == ["stage1-000000000000000a", "stage1-000000000000000b", "stage1-000000000000000c",
-                            "stage2-000000000000000f", "stage3-0000000000000010"]
+    assert _names(base) == [
+        "stage1-000000000000000a",
+        "stage1-000000000000000b",
+        "stage1-000000000000000c",
+        "stage2-000000000000000f",
+        "stage3-0000000000000010",
+    ]
     # The newest by its last checkpoint, though the folder itself is older: a verl-shaped folder counts too.
     newer = _folder(tmp_path / "verl", "stage3-0000000000000011", 50)
     _folder(tmp_path / "verl", "stage3-0000000000000012", 80, ("inputs/catalogue.json", "verl_console.log"))
@@ -302,8 +352,11 @@ def test_checkpoint_folders_kept_is_at_least_one_and_not_part_of_the_key(tmp_pat
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / "data.txt").write_text("x")
-    keys = {kept: checkpoint_key("stage3", cfg, cfg.stage3, [inputs])
-            for kept in (1, 3, 7) for cfg in [config.load("demo", [f"stage3.checkpoint_folders_kept={kept}"])]}
+    keys = {
+        kept: checkpoint_key("stage3", cfg, cfg.stage3, [inputs])
+        for kept in (1, 3, 7)
+        for cfg in [config.load("demo", [f"stage3.checkpoint_folders_kept={kept}"])]
+    }
     assert keys[1] == keys[3] == keys[7]
     other = config.load("demo", ["stage3.save_steps=7"])
     assert checkpoint_key("stage3", other, other.stage3, [inputs]) != keys[3]
@@ -311,10 +364,24 @@ def test_checkpoint_folders_kept_is_at_least_one_and_not_part_of_the_key(tmp_pat
 
 # ---------------------------------------------------------------- the training steps
 
-SFT_RUN = ["stage1.per_device_batch_size=8", "stage1.global_batch_size=8", "stage1.epochs=1", "stage1.valid_samples=3",
-           "stage1.hr_samples=2", "stage1.save_steps=1000", "stage1.checkpoint_folders_kept=2"]
-TRL_RUN = ["stage3.backend=trl", "stage3.num_generations=2", "stage3.train_batch_size=2", "stage3.micro_batch_size=4",
-           "stage3.max_steps=1", "stage3.max_response_length=8", "stage3.save_steps=1"]
+SFT_RUN = [
+    "stage1.per_device_batch_size=8",
+    "stage1.global_batch_size=8",
+    "stage1.epochs=1",
+    "stage1.valid_samples=3",
+    "stage1.hr_samples=2",
+    "stage1.save_steps=1000",
+    "stage1.checkpoint_folders_kept=2",
+]
+TRL_RUN = [
+    "stage3.backend=trl",
+    "stage3.num_generations=2",
+    "stage3.train_batch_size=2",
+    "stage3.micro_batch_size=4",
+    "stage3.max_steps=1",
+    "stage3.max_response_length=8",
+    "stage3.save_steps=1",
+]
 
 
 @pytest.mark.slow  # trains a model (seconds)

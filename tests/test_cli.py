@@ -52,14 +52,25 @@ def test_compile_writes_yaml(tmp_path):
     assert result.returncode == 0, result.stderr
     spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "sidreasoner"
-    assert spec["root"]["inputDefinitions"]["parameters"]["data"]["defaultValue"]["category"] == "Industrial_and_Scientific"
+    assert (
+        spec["root"]["inputDefinitions"]["parameters"]["data"]["defaultValue"]["category"]
+        == "Industrial_and_Scientific"
+    )
 
 
 def test_step_config_file_and_bad_input_folder(tmp_path):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps({"data": {"k_core": 2}}))
-    result = sidreasoner("step", "preprocess", "--raw", str(tmp_path / "missing"), "--dataset", str(tmp_path / "d"),
-                         "--config", str(cfg_file))
+    result = sidreasoner(
+        "step",
+        "preprocess",
+        "--raw",
+        str(tmp_path / "missing"),
+        "--dataset",
+        str(tmp_path / "d"),
+        "--config",
+        str(cfg_file),
+    )
     assert result.returncode == 1
     assert "input 'raw' folder" in result.stderr and "missing" in result.stderr
     assert not (tmp_path / "d").exists()
@@ -70,17 +81,28 @@ def _error(result) -> list[str]:
     return result.stderr.strip().splitlines()
 
 
-@pytest.mark.parametrize("content, says", [
-    (b'{"data": ' * 100_000 + b"1" + b"}" * 100_000, "its JSON is nested too deep"),
-    (b'{"data": {"demo": ' + b'{"a": ' * 900 + b"1" + b"}" * 902, "nested deeper than 32 levels, at data.demo.a.a"),
-    (b'[{"data": {"k_core": 2}}]', "holds an array, not an object of config sections"),
-    ('{"data": {"category": "Caf\u00e9"}}'.encode("latin-1"), "not UTF-8 text (byte 26 is 0xe9)"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b'{"data": ' * 100_000 + b"1" + b"}" * 100_000, "its JSON is nested too deep"),
+        (b'{"data": {"demo": ' + b'{"a": ' * 900 + b"1" + b"}" * 902, "nested deeper than 32 levels, at data.demo.a.a"),
+        (b'[{"data": {"k_core": 2}}]', "holds an array, not an object of config sections"),
+        ('{"data": {"category": "Caf\u00e9"}}'.encode("latin-1"), "not UTF-8 text (byte 26 is 0xe9)"),
+    ],
+)
 def test_a_config_file_that_is_no_config_is_one_line_naming_it(tmp_path, content, says):
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_bytes(content)
-    result = sidreasoner("step", "preprocess", "--raw", str(tmp_path / "raw"), "--dataset", str(tmp_path / "d"),
-                         "--config", str(cfg_file))
+    result = sidreasoner(
+        "step",
+        "preprocess",
+        "--raw",
+        str(tmp_path / "raw"),
+        "--dataset",
+        str(tmp_path / "d"),
+        "--config",
+        str(cfg_file),
+    )
     assert result.returncode == 2
     (line,) = _error(result)
     assert line.startswith("error: ") and str(cfg_file) in line and says in line, line
@@ -89,11 +111,13 @@ def test_a_config_file_that_is_no_config_is_one_line_naming_it(tmp_path, content
 def test_run_refuses_a_summary_folder_before_running(tmp_path):
     root = tmp_path / "root"
     (tmp_path / "summary").mkdir()
-    result = sidreasoner("run", "--pipeline-root", str(root), "--until", "download-data", "--summary",
-                         str(tmp_path / "summary"))
+    result = sidreasoner(
+        "run", "--pipeline-root", str(root), "--until", "download-data", "--summary", str(tmp_path / "summary")
+    )
     assert result.returncode == 2
-    assert _error(result) == [f"error: --summary {tmp_path / 'summary'} is a folder; give the path of the JSON "
-                              "file to write"]
+    assert _error(result) == [
+        f"error: --summary {tmp_path / 'summary'} is a folder; give the path of the JSON file to write"
+    ]
     assert not root.exists()
 
 
@@ -104,8 +128,9 @@ def read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if mounted.returncode:
             pytest.skip(f"cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
         yield folder
@@ -123,9 +148,12 @@ def test_run_refuses_a_read_only_pipeline_root_before_running(read_only_folder, 
         (line,) = _error(result)
         assert line.startswith(f"error: {what} {root} is not writable: "), line
         assert "Read-only file system" in line or "Permission denied" in line
-    result = sidreasoner("run", "--pipeline-root", str(tmp_path / "root"), "--summary", str(read_only_folder / "s.json"))
-    assert _error(result)[0].startswith(f"error: --summary {read_only_folder / 's.json'}: its folder {read_only_folder} "
-                                        "is not writable")
+    result = sidreasoner(
+        "run", "--pipeline-root", str(tmp_path / "root"), "--summary", str(read_only_folder / "s.json")
+    )
+    assert _error(result)[0].startswith(
+        f"error: --summary {read_only_folder / 's.json'}: its folder {read_only_folder} is not writable"
+    )
     assert not (tmp_path / "root").exists()
 
 
@@ -134,11 +162,26 @@ def test_a_base_model_folder_that_is_no_model_is_one_line(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "README.md").write_text("not a model\n")
-    for base, says in ((tmp_path / "notes", f"{tmp_path / 'notes'} is not a saved Hugging Face model folder: it has "
-                                            "no config.json and no safetensors weights and no tokenizer files"),
-                       (tmp_path / "gone", f"model folder {tmp_path / 'gone'} does not exist")):
-        result = sidreasoner("step", "prepare-base-model", "--dataset", str(tmp_path / "d"), "--corpus",
-                             str(tmp_path / "c"), "--base-model", str(tmp_path / "out"), "--set", f"model.base={base}")
+    for base, says in (
+        (
+            tmp_path / "notes",
+            f"{tmp_path / 'notes'} is not a saved Hugging Face model folder: it has "
+            "no config.json and no safetensors weights and no tokenizer files",
+        ),
+        (tmp_path / "gone", f"model folder {tmp_path / 'gone'} does not exist"),
+    ):
+        result = sidreasoner(
+            "step",
+            "prepare-base-model",
+            "--dataset",
+            str(tmp_path / "d"),
+            "--corpus",
+            str(tmp_path / "c"),
+            "--base-model",
+            str(tmp_path / "out"),
+            "--set",
+            f"model.base={base}",
+        )
         assert result.returncode == 1
         assert _error(result) == [f"error: prepare-base-model: {says}"]
 
@@ -152,15 +195,27 @@ def test_an_instruction_line_nested_too_deep_names_its_line(tmp_path):
         read_instruction_file(path)
 
 
-def test_recommend_with_a_model_folder_that_is_no_model_is_one_line(tmp_path, write_dataset, write_sid_index,
-                                                                     random_codes):
+def test_recommend_with_a_model_folder_that_is_no_model_is_one_line(
+    tmp_path, write_dataset, write_sid_index, random_codes
+):
     write_dataset(tmp_path / "dataset", 12, 4)
     write_sid_index(tmp_path / "sid_index", range(12), random_codes(12, 3, 4))
     (tmp_path / "notes").mkdir()
-    for model, says in ((tmp_path / "notes", f"{tmp_path / 'notes'} is not a saved Hugging Face model folder"),
-                        (tmp_path / "gone", f"model folder {tmp_path / 'gone'} does not exist")):
-        result = sidreasoner("recommend", "--model", str(model), "--history", "0,1", "--sid-index",
-                             str(tmp_path / "sid_index"), "--dataset", str(tmp_path / "dataset"))
+    for model, says in (
+        (tmp_path / "notes", f"{tmp_path / 'notes'} is not a saved Hugging Face model folder"),
+        (tmp_path / "gone", f"model folder {tmp_path / 'gone'} does not exist"),
+    ):
+        result = sidreasoner(
+            "recommend",
+            "--model",
+            str(model),
+            "--history",
+            "0,1",
+            "--sid-index",
+            str(tmp_path / "sid_index"),
+            "--dataset",
+            str(tmp_path / "dataset"),
+        )
         assert result.returncode == 1
         (line,) = _error(result)
         assert line.startswith(f"error: {says}"), line

@@ -2,7 +2,6 @@ import os
 import re
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, IMAGES, TRAIN_
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.pipeline import STEP_LABEL
 from sidreasoner.provenance import code_version
-from sidreasoner.steps import STEPS, downstream, pipeline_steps
+from sidreasoner.steps import STEPS, pipeline_steps
 
 # The compiled office DAG: every registered step; export-model behind its run-time condition.
 OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"), conditional=True)]
@@ -58,19 +57,29 @@ def check_tasks_follow_the_registry(spec, registry):
         if not step.enabled_by:  # a step behind a condition gets its inputs through the branch
             assert sorted(task.get("dependentTasks", [])) == sorted(producers), name
             artifacts = task["inputs"].get("artifacts", {})
-            assert {k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
-                    for k, a in artifacts.items()} == {i: step.source(i) for i in step.inputs}, name
-        assert set(task["inputs"]["parameters"]) == {"step", "code_version", "generation", "compiled_sections",
-                                                     *step.sections}, name
+            assert {
+                k: (a["taskOutputArtifact"]["producerTask"], a["taskOutputArtifact"]["outputArtifactKey"])
+                for k, a in artifacts.items()
+            } == {i: step.source(i) for i in step.inputs}, name
+        assert set(task["inputs"]["parameters"]) == {
+            "step",
+            "code_version",
+            "generation",
+            "compiled_sections",
+            *step.sections,
+        }, name
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": code_version()}}, name
         channel = f"generation_{name.replace('-', '_')}"  # inside a condition branch: the branch's channel
         assert task["inputs"]["parameters"]["generation"]["componentInputParameter"] in {
-            channel, f"pipelinechannel--{channel}"}, name
+            channel,
+            f"pipelinechannel--{channel}",
+        }, name
         assert task["taskInfo"]["name"] == step.display_name
         assert executors[f"exec-{name}"]["container"]["image"] == expected_image(executors[f"exec-{name}"], step), name
         outputs = spec["components"][f"comp-{name}"]["outputDefinitions"]["artifacts"]
         assert {k: v["artifactType"]["schemaTitle"] for k, v in outputs.items()} == {
-            k: f"system.{kind}" for k, kind in step.artifacts().items()}, name
+            k: f"system.{kind}" for k, kind in step.artifacts().items()
+        }, name
 
 
 def test_tasks_are_the_registered_steps(spec):
@@ -85,43 +94,82 @@ def test_tasks_are_the_dag_steps_in_order(spec):
     assert sorted(tasks["quantize-sids"]["dependentTasks"]) == ["embed-items", "preprocess"]
     assert sorted(tasks["synthesize-corpus"]["dependentTasks"]) == ["preprocess", "quantize-sids"]
     assert sorted(tasks["prepare-base-model"]["dependentTasks"]) == ["preprocess", "synthesize-corpus"]
-    assert sorted(tasks["sft-stage1"]["dependentTasks"]) == ["prepare-base-model", "preprocess", "quantize-sids",
-                                                             "synthesize-corpus"]
+    assert sorted(tasks["sft-stage1"]["dependentTasks"]) == [
+        "prepare-base-model",
+        "preprocess",
+        "quantize-sids",
+        "synthesize-corpus",
+    ]
     assert "sft-stage1" in tasks["sft-stage2"]["dependentTasks"]
     assert sorted(tasks["evaluate-stage2"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2"]
-    assert sorted(tasks["rl-stage3"]["dependentTasks"]) == ["preprocess", "quantize-sids", "sft-stage2",
-                                                           "synthesize-corpus"]
+    assert sorted(tasks["rl-stage3"]["dependentTasks"]) == [
+        "preprocess",
+        "quantize-sids",
+        "sft-stage2",
+        "synthesize-corpus",
+    ]
     assert sorted(tasks["merge-checkpoint"]["dependentTasks"]) == ["rl-stage3", "sft-stage2"]
     assert sorted(tasks["evaluate-stage3"]["dependentTasks"]) == ["merge-checkpoint", "preprocess", "quantize-sids"]
     merge_inputs = tasks["merge-checkpoint"]["inputs"]["artifacts"]
-    assert merge_inputs["stage3_checkpoint"]["taskOutputArtifact"] == {"outputArtifactKey": "stage3_checkpoint",
-                                                                       "producerTask": "rl-stage3"}
-    assert merge_inputs["stage2_model"]["taskOutputArtifact"] == {"outputArtifactKey": "model",
-                                                                  "producerTask": "sft-stage2"}
+    assert merge_inputs["stage3_checkpoint"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "stage3_checkpoint",
+        "producerTask": "rl-stage3",
+    }
+    assert merge_inputs["stage2_model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "sft-stage2",
+    }
     assert tasks["evaluate-stage3"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
+        "outputArtifactKey": "stage3_model",
+        "producerTask": "merge-checkpoint",
+    }
     assert tasks["report"]["inputs"]["artifacts"]["stage2_eval"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "evaluation", "producerTask": "evaluate-stage2"}
-    assert sorted(tasks["report"]["dependentTasks"]) == ["evaluate-baselines", "evaluate-stage1", "evaluate-stage2",
-                                                         "evaluate-stage3", "preprocess", "quantize-sids"]
+        "outputArtifactKey": "evaluation",
+        "producerTask": "evaluate-stage2",
+    }
+    assert sorted(tasks["report"]["dependentTasks"]) == [
+        "evaluate-baselines",
+        "evaluate-stage1",
+        "evaluate-stage2",
+        "evaluate-stage3",
+        "preprocess",
+        "quantize-sids",
+    ]
 
 
 def test_every_task_caches_and_download_retries(spec):
     tasks = step_tasks(spec)
     assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
     assert tasks["export-model"]["cachingOptions"] == {}  # a cache hit would skip the upload
-    assert tasks["download-data"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
-                                                     "backoffMaxDuration": "600s", "maxRetryCount": 3}
+    assert tasks["download-data"]["retryPolicy"] == {
+        "backoffDuration": "30s",
+        "backoffFactor": 2.0,
+        "backoffMaxDuration": "600s",
+        "maxRetryCount": 3,
+    }
     # A teacher endpoint down for a while: the retry resumes from the response cache.
-    assert tasks["synthesize-corpus"]["retryPolicy"] == {"backoffDuration": "120s", "backoffFactor": 2.0,
-                                                         "backoffMaxDuration": "600s", "maxRetryCount": 2}
+    assert tasks["synthesize-corpus"]["retryPolicy"] == {
+        "backoffDuration": "120s",
+        "backoffFactor": 2.0,
+        "backoffMaxDuration": "600s",
+        "maxRetryCount": 2,
+    }
     retrying = {n for n, t in tasks.items() if "retryPolicy" in t}
     assert retrying == {"download-data", "synthesize-corpus", "sft-stage1", "sft-stage2", "rl-stage3"}
 
 
 # office's tasks in the training image: the registry's "train" steps, and embed-items for its GPU.
-OFFICE_TRAIN_IMAGE_STEPS = {"embed-items", "prepare-base-model", "sft-stage1", "evaluate-stage1", "sft-stage2",
-                            "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3"}
+OFFICE_TRAIN_IMAGE_STEPS = {
+    "embed-items",
+    "prepare-base-model",
+    "sft-stage1",
+    "evaluate-stage1",
+    "sft-stage2",
+    "evaluate-stage2",
+    "rl-stage3",
+    "merge-checkpoint",
+    "evaluate-stage3",
+}
 
 
 def test_every_executor_uses_our_image_and_installs_nothing(spec):
@@ -152,8 +200,13 @@ def test_every_image_has_a_dockerfile_with_the_project_pins(spec):
 
 def test_make_images_builds_exactly_the_compiled_images(spec, tmp_path):
     env = {**os.environ, "SIDREASONER_IMAGE_REGISTRY": "registry.example/team"}
-    printed = subprocess.run([sys.executable, "-m", "sidreasoner.components.images", "--push"], env=env,
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    printed = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.components.images", "--push"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     version = code_version()
     tag = version.replace("+", "-")
     label = f"--label io.sidreasoner.code-version={version}"
@@ -169,7 +222,10 @@ def test_make_images_builds_exactly_the_compiled_images(spec, tmp_path):
     ]
     out = tmp_path / "p.yaml"
     subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out)], env=env, check=True)
-    compiled = {ex["container"]["image"] for ex in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
+    compiled = {
+        ex["container"]["image"]
+        for ex in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()
+    }
     # The pipeline names the code-version tags, which a later push of other code cannot move.
     assert compiled == {f"registry.example/team/sidreasoner-{kind}:{tag}" for kind in ("cpu", "train")}
 
@@ -182,8 +238,13 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
     assert training == ["sft-stage1", "sft-stage2", "rl-stage3"]
     for step in training:
         assert executors[f"exec-{step}"]["emptyDirMounts"] == [
-            {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm",
-             "sizeLimit": "32Gi" if step == "rl-stage3" else "64Gi"}]
+            {
+                "medium": "Memory",
+                "mountPath": "/dev/shm",
+                "volumeName": "dshm",
+                "sizeLimit": "32Gi" if step == "rl-stage3" else "64Gi",
+            }
+        ]
         assert pipeline["root"]["dag"]["tasks"][step]["retryPolicy"]["maxRetryCount"] == 2
     assert "emptyDirMounts" not in executors["exec-merge-checkpoint"]
     assert "retryPolicy" not in pipeline["root"]["dag"]["tasks"]["merge-checkpoint"]
@@ -191,8 +252,20 @@ def test_training_pods_get_shared_memory_and_retries(tmp_path):
 
 def test_parameters_default_to_the_preset(spec):
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"seed", "data", "embed", "sid", "teacher", "model", "stage1", "stage2", "stage3", "eval",
-                           "export", *(f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS)}
+    assert set(params) == {
+        "seed",
+        "data",
+        "embed",
+        "sid",
+        "teacher",
+        "model",
+        "stage1",
+        "stage2",
+        "stage3",
+        "eval",
+        "export",
+        *(f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS),
+    }
     data = params["data"]["defaultValue"]
     assert data["category"] == "Office_Products"
     assert data["time_window"] == {"start": "2017-10-01", "end": "2018-11-01"}
@@ -241,14 +314,24 @@ def test_teacher_key_is_a_secret_reference_never_a_value(tmp_path, monkeypatch):
 
 # Resource expectations per step for the paper presets: (CPU request, memory request, GPUs).
 PAPER_RESOURCES = {
-    "download-data": ("2", "8Gi", 0), "preprocess": ("2", "16Gi", 0), "embed-items": ("4", "32Gi", 1),
-    "quantize-sids": ("8", "16Gi", 0), "synthesize-corpus": ("2", "8Gi", 0), "evaluate-baselines": ("2", "8Gi", 0),
-    "prepare-base-model": ("4", "32Gi", 0), "sft-stage1": ("32", "256Gi", 8), "evaluate-stage1": ("8", "64Gi", 1),
-    "sft-stage2": ("32", "256Gi", 8), "evaluate-stage2": ("8", "64Gi", 1), "rl-stage3": ("16", "128Gi", 4),
-    "merge-checkpoint": ("8", "64Gi", 0), "evaluate-stage3": ("8", "64Gi", 1), "report": ("1", "4Gi", 0),
+    "download-data": ("2", "8Gi", 0),
+    "preprocess": ("2", "16Gi", 0),
+    "embed-items": ("4", "32Gi", 1),
+    "quantize-sids": ("8", "16Gi", 0),
+    "synthesize-corpus": ("2", "8Gi", 0),
+    "evaluate-baselines": ("2", "8Gi", 0),
+    "prepare-base-model": ("4", "32Gi", 0),
+    "sft-stage1": ("32", "256Gi", 8),
+    "evaluate-stage1": ("8", "64Gi", 1),
+    "sft-stage2": ("32", "256Gi", 8),
+    "evaluate-stage2": ("8", "64Gi", 1),
+    "rl-stage3": ("16", "128Gi", 4),
+    "merge-checkpoint": ("8", "64Gi", 0),
+    "evaluate-stage3": ("8", "64Gi", 1),
+    "report": ("1", "4Gi", 0),
     "export-model": ("2", "8Gi", 0),
 }
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 @pytest.mark.parametrize("step", OFFICE_STEPS)
@@ -265,8 +348,10 @@ def test_paper_preset_resources(spec, step):
 
 
 def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
-    override = ('cluster.resources={"sft-stage1": {"gpus": 2, "node_selector": {"gpu": "h100"}, '
-                '"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}')
+    override = (
+        'cluster.resources={"sft-stage1": {"gpus": 2, "node_selector": {"gpu": "h100"}, '
+        '"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}'
+    )
     text = compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text()
     pipeline, platform = yaml.safe_load_all(text)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -277,8 +362,14 @@ def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
     assert container["resources"]["accelerator"]["resourceCount"] == "2"
     assert container["resources"]["resourceMemoryRequest"] == "256Gi"  # the rest of the preset kept
     assert {"name": "HF_HOME", "value": "/models/hf"} in container["env"]
-    for step in ("download-data", "embed-items", "prepare-base-model", "sft-stage1", "evaluate-stage2",
-                 "merge-checkpoint"):
+    for step in (
+        "download-data",
+        "embed-items",
+        "prepare-base-model",
+        "sft-stage1",
+        "evaluate-stage2",
+        "merge-checkpoint",
+    ):
         assert k8s[f"exec-{step}"]["pvcMount"][0]["constant"] == "sidreasoner-model-cache", step
     assert "pvcMount" not in k8s.get("exec-report", {})
     no_pvc = compile_pipeline(config.load("office", ["cluster.model_cache_pvc="]), tmp_path / "q.yaml").read_text()
@@ -308,34 +399,43 @@ def test_credentials_are_optional_secret_references(tmp_path):
 def _s3_endpoints(cfg, path) -> tuple[dict, dict]:
     """{executor: its SIDREASONER_S3_ENDPOINT values} and the platform spec's executors, compiled."""
     pipeline, platform = yaml.safe_load_all(compile_pipeline(cfg, path).read_text())
-    endpoints = {name: [e["value"] for e in ex["container"].get("env", []) if e["name"] == "SIDREASONER_S3_ENDPOINT"]
-                 for name, ex in pipeline["deploymentSpec"]["executors"].items()}
+    endpoints = {
+        name: [e["value"] for e in ex["container"].get("env", []) if e["name"] == "SIDREASONER_S3_ENDPOINT"]
+        for name, ex in pipeline["deploymentSpec"]["executors"].items()
+    }
     return endpoints, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 def test_s3_endpoint_reaches_exactly_the_tasks_with_s3_credentials(tmp_path):
     endpoint = "http://sidreasoner-minio.kubeflow-user.svc:9000"
     endpoints, k8s = _s3_endpoints(config.load("office", [f"cluster.s3_endpoint={endpoint}"]), tmp_path / "p.yaml")
-    holders = {name for name, ex in k8s.items() if "sidreasoner-s3" in {s["secretName"] for s in ex.get("secretAsEnv", [])}}
+    holders = {
+        name for name, ex in k8s.items() if "sidreasoner-s3" in {s["secretName"] for s in ex.get("secretAsEnv", [])}
+    }
     assert holders == {"exec-download-data", "exec-prepare-base-model", "exec-export-model"}
     assert {name: values for name, values in endpoints.items() if values} == {name: [endpoint] for name in holders}
     unset, _ = _s3_endpoints(config.load("office"), tmp_path / "q.yaml")
     assert [name for name, values in unset.items() if values] == []
 
 
-@pytest.mark.parametrize("endpoint", ["http://minio:9000", "https://s3.eu-west-1.amazonaws.com/", "http://10.0.0.5:9000"])
+@pytest.mark.parametrize(
+    "endpoint", ["http://minio:9000", "https://s3.eu-west-1.amazonaws.com/", "http://10.0.0.5:9000"]
+)
 def test_s3_endpoint_takes_an_http_host(endpoint):
     assert config.load("office", [f"cluster.s3_endpoint={endpoint}"]).cluster.s3_endpoint == endpoint
 
 
-@pytest.mark.parametrize("endpoint, problem", [
-    ("minio:9000", "expected http(s)://host[:port] with no path"),
-    ("ftp://minio:9000", "expected http(s)://host[:port] with no path"),
-    ("http://minio:9000/bucket", "expected http(s)://host[:port] with no path"),
-    ("http://minio:port", "expected http(s)://host[:port] with no path"),
-    ("http://minio:9000?secure=1", "expected http(s)://host[:port] with no path"),
-    ("http://access-key-0000:secret-key-0000@minio:9000", "credentials do not belong in the endpoint"),
-])
+@pytest.mark.parametrize(
+    "endpoint, problem",
+    [
+        ("minio:9000", "expected http(s)://host[:port] with no path"),
+        ("ftp://minio:9000", "expected http(s)://host[:port] with no path"),
+        ("http://minio:9000/bucket", "expected http(s)://host[:port] with no path"),
+        ("http://minio:port", "expected http(s)://host[:port] with no path"),
+        ("http://minio:9000?secure=1", "expected http(s)://host[:port] with no path"),
+        ("http://access-key-0000:secret-key-0000@minio:9000", "credentials do not belong in the endpoint"),
+    ],
+)
 def test_s3_endpoint_rejects_anything_else_naming_the_key(endpoint, problem):
     with pytest.raises(config.ConfigError) as err:
         config.load("office", [f"cluster.s3_endpoint={endpoint}"])
@@ -350,16 +450,24 @@ def test_export_model_runs_when_the_run_sets_export_uri_uncached_with_storage_cr
     root = spec["root"]["dag"]["tasks"]
     gate = root["export-model-enabled"]
     assert gate["inputs"]["parameters"]["section"] == {"componentInputParameter": "export"}
-    assert gate["inputs"]["parameters"]["compiled_section"]["runtimeValue"]["constant"] == {"uri": "", "overwrite": False}
+    assert gate["inputs"]["parameters"]["compiled_section"]["runtimeValue"]["constant"] == {
+        "uri": "",
+        "overwrite": False,
+    }
     branch = next(t for name, t in root.items() if name.startswith("condition-"))
-    assert branch["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--export-model-enabled-Output'] == true"
+    assert (
+        branch["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--export-model-enabled-Output'] == true"
+    )
     assert sorted(branch["dependentTasks"]) == ["export-model-enabled", "merge-checkpoint"]
     assert branch["inputs"]["artifacts"]["pipelinechannel--merge-checkpoint-stage3_model"]["taskOutputArtifact"] == {
-        "outputArtifactKey": "stage3_model", "producerTask": "merge-checkpoint"}
+        "outputArtifactKey": "stage3_model",
+        "producerTask": "merge-checkpoint",
+    }
     task = step_tasks(spec)["export-model"]
     assert task["inputs"]["artifacts"]["stage3_model"] == {
-        "componentInputArtifact": "pipelinechannel--merge-checkpoint-stage3_model"}
+        "componentInputArtifact": "pipelinechannel--merge-checkpoint-stage3_model"
+    }
     assert task["inputs"]["parameters"]["export"] == {"componentInputParameter": "pipelinechannel--export"}
     assert spec["deploymentSpec"]["executors"]["exec-export-model"]["container"]["image"] == CPU_IMAGE
     assert spec["deploymentSpec"]["executors"]["exec-export-model-enabled"]["container"]["image"] == CPU_IMAGE
@@ -377,8 +485,9 @@ def test_export_model_credentials(tmp_path):
 
 def test_make_images_refuses_a_digest(tmp_path):
     env = {**os.environ, "SIDREASONER_TRAIN_IMAGE": "registry.example/sid-train@sha256:" + "b" * 64}
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.components.images"], env=env, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.components.images"], env=env, capture_output=True, text=True
+    )
     assert result.returncode != 0 and result.stdout == ""
     assert "cannot build registry.example/sid-train@sha256:" in result.stderr
 
@@ -399,8 +508,16 @@ def test_every_step_has_a_generation_parameter_passed_in_every_run(tmp_path):
     declared = pipeline["root"]["inputDefinitions"]["parameters"]
     generations = {k: v for k, v in declared.items() if k.startswith("generation_")}
     assert set(generations) == {f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS}
-    assert generations["generation_rl_stage3"] == {"defaultValue": 7.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
-    assert generations["generation_sft_stage2"] == {"defaultValue": 0.0, "isOptional": True, "parameterType": "NUMBER_INTEGER"}
+    assert generations["generation_rl_stage3"] == {
+        "defaultValue": 7.0,
+        "isOptional": True,
+        "parameterType": "NUMBER_INTEGER",
+    }
+    assert generations["generation_sft_stage2"] == {
+        "defaultValue": 0.0,
+        "isOptional": True,
+        "parameterType": "NUMBER_INTEGER",
+    }
     tasks = step_tasks(pipeline)
     assert all(t["cachingOptions"] == {"enableCache": True} for n, t in tasks.items() if not STEPS[n].side_effects)
     assert "rerun_token" not in declared and "generations" not in declared
@@ -416,7 +533,11 @@ def test_pods_run_as_the_images_user_and_tags_are_pulled_again(spec, tmp_path):
         assert executor["imagePullPolicy"] == ("IfNotPresent" if "@sha256:" in image else "Always"), name
     resources = spec["deploymentSpec"]["executors"]["exec-export-model-enabled"]["container"]["resources"]
     assert (resources["cpuRequest"], resources["cpuLimit"], resources["memoryRequest"], resources["memoryLimit"]) == (
-        0.1, 1.0, 0.268435456, 1.073741824)
+        0.1,
+        1.0,
+        0.268435456,
+        1.073741824,
+    )
 
 
 def test_a_digest_pinned_image_is_not_pulled_again(tmp_path, monkeypatch):
@@ -443,14 +564,18 @@ def test_pods_requesting_accelerators_run_in_the_training_image(spec):
 def test_every_pod_has_a_deadline_memory_limit_and_cost_labels(tmp_path):
     override = 'cluster.resources={"report": {"cpu": "1", "memory": "4Gi", "timeout": 600}}'
     pipeline, platform = yaml.safe_load_all(
-        compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text())
+        compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text()
+    )
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for step in OFFICE_STEPS:
         executor = k8s[f"exec-{step}"]
         expected = 600 if step == "report" else STEPS[step].timeout_s
         assert int(executor["activeDeadlineSeconds"]) == expected, step
-        assert executor["podMetadata"]["labels"] == {STEP_LABEL: step, "sidreasoner.io/preset": "office",
-                                                     "sidreasoner.io/category": "Office_Products"}, step
+        assert executor["podMetadata"]["labels"] == {
+            STEP_LABEL: step,
+            "sidreasoner.io/preset": "office",
+            "sidreasoner.io/category": "Office_Products",
+        }, step
         resources = pipeline["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["resources"]
         if step != "report":
             assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"], step

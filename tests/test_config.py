@@ -32,8 +32,16 @@ def test_paper_presets(preset, category):
 
 
 def test_overrides_parse_json_values_and_strings():
-    cfg = config.load("demo", ["data.k_core=3", "sid.method=rqvae", "data.time_window.start=2017-01-01",
-                               "embed.fields=[\"title\"]", "data.five_core=true"])
+    cfg = config.load(
+        "demo",
+        [
+            "data.k_core=3",
+            "sid.method=rqvae",
+            "data.time_window.start=2017-01-01",
+            'embed.fields=["title"]',
+            "data.five_core=true",
+        ],
+    )
     assert cfg.data.k_core == 3
     assert cfg.sid.method == "rqvae"
     assert cfg.data.time_window.start == dt.date(2017, 1, 1)
@@ -122,8 +130,11 @@ def test_one_steps_resources_by_dotted_key_keep_the_rest():
     assert (stage3.gpus, stage3.cpu, stage3.memory) == (0, "16", "128Gi")
     assert cfg.cluster.resources["merge-checkpoint"].cpu == "4"
     assert cfg.cluster.resources["sft-stage1"].gpus == 8
-    with pytest.raises(config.ConfigError, match=r"cluster.resources.rl-stage3.gpu'.*Did you mean "
-                                                 r"'cluster.resources.rl-stage3.gpus'"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"cluster.resources.rl-stage3.gpu'.*Did you mean "
+        r"'cluster.resources.rl-stage3.gpus'",
+    ):
         config.load("office", ["cluster.resources.rl-stage3.gpu=1"])
     with pytest.raises(config.ConfigError, match=r"unknown step\(s\) sft-stage9"):
         config.load("office", ["cluster.resources.sft-stage9.gpus=1"])
@@ -135,8 +146,13 @@ def test_booleans_are_not_numbers():
     with pytest.raises(ConfigError) as err:
         config.load("demo", ["data.k_core=true"])
     assert str(err.value) == "invalid config:\n  data.k_core: must be a number, not a boolean (got True)"
-    for item in ("seed=false", "sid.rqvae.lr=true", "data.split=[0.8,0.1,true]", "teacher.item_words=[true,5]",
-                 "cluster.resources.rl-stage3.gpus=true"):
+    for item in (
+        "seed=false",
+        "sid.rqvae.lr=true",
+        "data.split=[0.8,0.1,true]",
+        "teacher.item_words=[true,5]",
+        "cluster.resources.rl-stage3.gpus=true",
+    ):
         key = item.split("=")[0]
         with pytest.raises(ConfigError, match=rf"  {re.escape(key)}: must be a number, not a boolean"):
             config.load("demo", [item])
@@ -158,14 +174,17 @@ def test_category_must_be_a_file_name():
             config.load("demo", [f"data.category={name}"])
         assert str(err.value) == (
             "invalid config:\n  data.category: names the dataset's files, so it must be 1-100 letters, digits, '_', "
-            f"'-' or '.', starting with a letter or digit (got {name!r})")
+            f"'-' or '.', starting with a letter or digit (got {name!r})"
+        )
     for name in (*AMAZON2018_CATEGORIES, *AMAZON2023_CATEGORIES, "Demo", "Tiny.v2", "Office_Products-2018"):
         assert config.load("demo", [f"data.category={name}"]).data.category == name
 
 
 def test_a_text_field_takes_the_override_text_as_it_is():
-    cfg = config.load("demo", ["model.revision=2024", "data.category=2018", "teacher.model=null",
-                               'embed.model="builtin:all-minilm-l6-v2"'])
+    cfg = config.load(
+        "demo",
+        ["model.revision=2024", "data.category=2018", "teacher.model=null", 'embed.model="builtin:all-minilm-l6-v2"'],
+    )
     assert (cfg.model.revision, cfg.data.category, cfg.teacher.model) == ("2024", "2018", "null")
     assert cfg.embed.model == "builtin:all-minilm-l6-v2"  # a JSON string is still read as JSON
     assert config.load("demo", ["data.k_core=3"]).data.k_core == 3
@@ -174,24 +193,35 @@ def test_a_text_field_takes_the_override_text_as_it_is():
 SEED_BOUND = "must be a whole number with 0 <= seed < 2**32 = 4294967296 (numpy's and torch's seeds)"
 
 
-@pytest.mark.parametrize("item, message", [
-    ("seed=-1", f"seed: {SEED_BOUND} (got -1)"),
-    ("seed=4294967296", f"seed: {SEED_BOUND} (got 4294967296)"),
-    ("seed=1e23", f"seed: {SEED_BOUND} (got 1e+23)"),
-    ("stage1.lr=Infinity", "stage1.lr: Input should be a finite number (got inf)"),
-    ("stage1.lr=1e30", "stage1.lr: Input should be less than or equal to 1 (got 1e+30)"),
-    ("stage3.lr=NaN", "stage3.lr: Input should be a finite number (got nan)"),
-    ("sid.rqvae.lr=2", "sid.rqvae.lr: Input should be less than or equal to 1 (got 2)"),
-    ("sid.balance=1e400", "sid.balance: Input should be a finite number (got inf)"),
-    ("data.split=[0.8,0.1,NaN]", "data.split.2: Input should be a finite number (got nan)"),
-    ("teacher.backoff_s=-Infinity", "teacher.backoff_s: Input should be a finite number (got -inf)"),
-    ("teacher.timeout_s=1e12", "teacher.timeout_s: Input should be less than or equal to 604800 (got 1000000000000.0)"),
-    ("data.k_core=1e20", "data.k_core: must be a whole number within ±2**53 = 9007199254740992 (a KFP run parameter "
-                         "is a 64-bit float) (got 1e+20)"),
-    ("data.window_earliest_start_year=10000",
-     "data.window_earliest_start_year: Input should be less than or equal to 9999 (got 10000)"),
-    ("sid.rqvae.hidden_dims=[64,0]", "sid.rqvae.hidden_dims: every width must be >= 1 (got [64, 0])"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("seed=-1", f"seed: {SEED_BOUND} (got -1)"),
+        ("seed=4294967296", f"seed: {SEED_BOUND} (got 4294967296)"),
+        ("seed=1e23", f"seed: {SEED_BOUND} (got 1e+23)"),
+        ("stage1.lr=Infinity", "stage1.lr: Input should be a finite number (got inf)"),
+        ("stage1.lr=1e30", "stage1.lr: Input should be less than or equal to 1 (got 1e+30)"),
+        ("stage3.lr=NaN", "stage3.lr: Input should be a finite number (got nan)"),
+        ("sid.rqvae.lr=2", "sid.rqvae.lr: Input should be less than or equal to 1 (got 2)"),
+        ("sid.balance=1e400", "sid.balance: Input should be a finite number (got inf)"),
+        ("data.split=[0.8,0.1,NaN]", "data.split.2: Input should be a finite number (got nan)"),
+        ("teacher.backoff_s=-Infinity", "teacher.backoff_s: Input should be a finite number (got -inf)"),
+        (
+            "teacher.timeout_s=1e12",
+            "teacher.timeout_s: Input should be less than or equal to 604800 (got 1000000000000.0)",
+        ),
+        (
+            "data.k_core=1e20",
+            "data.k_core: must be a whole number within ±2**53 = 9007199254740992 (a KFP run parameter "
+            "is a 64-bit float) (got 1e+20)",
+        ),
+        (
+            "data.window_earliest_start_year=10000",
+            "data.window_earliest_start_year: Input should be less than or equal to 9999 (got 10000)",
+        ),
+        ("sid.rqvae.hidden_dims=[64,0]", "sid.rqvae.hidden_dims: every width must be >= 1 (got [64, 0])"),
+    ],
+)
 def test_out_of_range_numbers_fail_naming_key_value_and_bound(item, message):
     with pytest.raises(ConfigError) as err:
         config.load("demo", [item])

@@ -4,10 +4,10 @@
 import os
 
 import pytest
-from sidreasoner.pipelines.containers import content_tag, writable_by
-from sidreasoner.pipelines.local import run_local
 
 from sidreasoner.config import load
+from sidreasoner.pipelines.containers import content_tag, writable_by
+from sidreasoner.pipelines.local import run_local
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def test_deterministic_under_seed(tmp_path):
     cfg = DemoDataConfig(num_items=60, num_users=50)
     a = generate_demo_raw(cfg, "Demo", tmp_path / "a", seed=3)
     b = generate_demo_raw(cfg, "Demo", tmp_path / "b", seed=3)
-    c = generate_demo_raw(cfg, "Demo", tmp_path / "c", seed=4)
+    generate_demo_raw(cfg, "Demo", tmp_path / "c", seed=4)
     for name in ("Demo.json.gz", "meta_Demo.json.gz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
         assert (tmp_path / "a" / name).read_bytes() != (tmp_path / "c" / name).read_bytes()
@@ -68,10 +68,13 @@ def test_series_order_beats_popularity(demo_data):
     train = pq.read_table(data / "train.parquet").to_pydict()
     test = pq.read_table(data / "test.parquet").to_pydict()
     successors: dict[int, Counter] = defaultdict(Counter)
-    for hist, item in zip(train["history_item_ids"], train["item_id"]):
+    for hist, item in zip(train["history_item_ids"], train["item_id"], strict=True):
         successors[hist[-1]][item] += 1
     top10 = {i for i, _ in Counter(train["item_id"]).most_common(10)}
     pop_hr10 = sum(i in top10 for i in test["item_id"]) / len(test["item_id"])
-    next_hr1 = sum(successors[h[-1]].most_common(1)[0][0] == i for h, i in zip(test["history_item_ids"], test["item_id"])
-                   if successors[h[-1]]) / len(test["item_id"])
+    next_hr1 = sum(
+        successors[h[-1]].most_common(1)[0][0] == i
+        for h, i in zip(test["history_item_ids"], test["item_id"], strict=True)
+        if successors[h[-1]]
+    ) / len(test["item_id"])
     assert next_hr1 > 0.5 and next_hr1 > 2 * pop_hr10

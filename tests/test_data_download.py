@@ -38,7 +38,10 @@ def test_fresh_download_then_cached(server, tmp_path):
     assert (got.path, got.bytes_downloaded, got.resumed) == (tmp_path / "f.bin", 10240, False)
     assert got.path.read_bytes() == PAYLOAD and not (tmp_path / "f.bin.part").exists()
     assert json.loads((tmp_path / "f.bin.manifest.json").read_text()) == {
-        "url": f"{server.url}/f.bin", "bytes": 10240, "sha256": hashlib.sha256(PAYLOAD).hexdigest()}
+        "url": f"{server.url}/f.bin",
+        "bytes": 10240,
+        "sha256": hashlib.sha256(PAYLOAD).hexdigest(),
+    }
     again = http_download(f"{server.url}/f.bin", tmp_path)
     assert again.bytes_downloaded == 0 and _ranges(server) == [None]
 
@@ -96,12 +99,24 @@ def test_amazon2018_download_from_local_mirror(tmp_path, flaky_http):
     reviews = _gz_lines([{"reviewerID": "U", "asin": "A", "overall": 5.0, "unixReviewTime": 1}])
     meta = _gz_lines([{"asin": "A", "title": "T"}])
     srv = flaky_http({"/categoryFilesSmall/Software_5.json.gz": reviews, "/metaFiles2/meta_Software.json.gz": meta})
-    cfg = load("demo", ["data.source=amazon2018", "data.category=Software", "data.five_core=true",
-                        f"data.base_url={srv.url}", f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load(
+        "demo",
+        [
+            "data.source=amazon2018",
+            "data.category=Software",
+            "data.five_core=true",
+            f"data.base_url={srv.url}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     m = download_data(cfg, tmp_path / "raw")
     assert m["bytes_downloaded"] == len(reviews) + len(meta) and m["files"] == 2 and m["resumed"] == 0
     manifest = json.loads((tmp_path / "raw/manifest.json").read_text())
-    assert (manifest["format"], manifest["reviews"], manifest["meta"]) == ("amazon2018", "Software_5.json.gz", "meta_Software.json.gz")
+    assert (manifest["format"], manifest["reviews"], manifest["meta"]) == (
+        "amazon2018",
+        "Software_5.json.gz",
+        "meta_Software.json.gz",
+    )
     assert (tmp_path / "raw/Software_5.json.gz").read_bytes() == reviews
     assert (tmp_path / "cache/amazon2018/Software_5.json.gz").is_file()
 
@@ -137,14 +152,34 @@ def test_amazon2023_folder_source_end_to_end(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     ms = 1_600_000_000_000
-    reviews = [{"user_id": f"U{u}", "parent_asin": f"P{i}", "asin": f"P{i}-x", "rating": 4.0,
-                "timestamp": ms + (u + 10 * i) * 86_400_000} for u in range(4) for i in range(4)]
-    meta = [{"parent_asin": f"P{i}", "title": f"Item &amp; {i}", "description": [], "features": [f"feat {i}"],
-             "store": "Shop", "categories": ["Cat"]} for i in range(4)]
+    reviews = [
+        {
+            "user_id": f"U{u}",
+            "parent_asin": f"P{i}",
+            "asin": f"P{i}-x",
+            "rating": 4.0,
+            "timestamp": ms + (u + 10 * i) * 86_400_000,
+        }
+        for u in range(4)
+        for i in range(4)
+    ]
+    meta = [
+        {
+            "parent_asin": f"P{i}",
+            "title": f"Item &amp; {i}",
+            "description": [],
+            "features": [f"feat {i}"],
+            "store": "Shop",
+            "categories": ["Cat"],
+        }
+        for i in range(4)
+    ]
     (src / "Tiny.jsonl").write_text("\n".join(json.dumps(r) for r in reviews) + "\n")
     (src / "meta_Tiny.jsonl.gz").write_bytes(_gz_lines(meta))
-    cfg = load("demo", [f"data.source={src}", "data.format=amazon2023", "data.category=Tiny", "data.k_core=2",
-                        "data.min_samples=1"])
+    cfg = load(
+        "demo",
+        [f"data.source={src}", "data.format=amazon2023", "data.category=Tiny", "data.k_core=2", "data.min_samples=1"],
+    )
     download_data(cfg, tmp_path / "raw")
     assert json.loads((tmp_path / "raw/manifest.json").read_text())["meta"] == "meta_Tiny.jsonl.gz"
     m = preprocess(cfg, tmp_path / "raw", tmp_path / "data")
@@ -158,8 +193,18 @@ def test_amazon2023_folder_source_end_to_end(tmp_path):
 # ---------------------------------------------------------------- what arrived is checked before it is cached
 
 _RNG = random.Random(0)
-REVIEWS = _gz_lines([{"reviewerID": f"U{i}", "asin": f"A{i % 7}", "overall": 5.0, "unixReviewTime": i,
-                      "summary": f"{_RNG.getrandbits(128):032x}"} for i in range(2000)])  # about 60 KB
+REVIEWS = _gz_lines(
+    [
+        {
+            "reviewerID": f"U{i}",
+            "asin": f"A{i % 7}",
+            "overall": 5.0,
+            "unixReviewTime": i,
+            "summary": f"{_RNG.getrandbits(128):032x}",
+        }
+        for i in range(2000)
+    ]
+)  # about 60 KB
 META = _gz_lines([{"asin": f"A{i}", "title": f"T{i}"} for i in range(7)])
 MIRROR = {"/categoryFilesSmall/Software_5.json.gz": REVIEWS, "/metaFiles2/meta_Software.json.gz": META}
 REVIEWS_URL = "/categoryFilesSmall/Software_5.json.gz"
@@ -173,21 +218,34 @@ def _cached(cache):
 def test_cut_download_without_content_length_is_not_cached(flaky_http, tmp_path):
     srv = flaky_http(MIRROR)
     srv.mode = "no_length_cut"
-    with pytest.raises(DownloadError, match=r"Software_5\.json\.gz: the gzip stream ends before its end marker "
-                                            r"\(the download was cut\); \d+ bytes kept in .*\.part, run again"):
+    with pytest.raises(
+        DownloadError,
+        match=r"Software_5\.json\.gz: the gzip stream ends before its end marker "
+        r"\(the download was cut\); \d+ bytes kept in .*\.part, run again",
+    ):
         http_download(srv.url + REVIEWS_URL, tmp_path, attempts=1)
     assert list(_cached(tmp_path)) == ["Software_5.json.gz.part"]
     srv.mode = "no_length"  # the next run: a whole body, still without Content-Length
     got = http_download(srv.url + REVIEWS_URL, tmp_path)
-    assert got.path.read_bytes() == REVIEWS and set(_cached(tmp_path)) == {"Software_5.json.gz",
-                                                                           "Software_5.json.gz.manifest.json"}
+    assert got.path.read_bytes() == REVIEWS and set(_cached(tmp_path)) == {
+        "Software_5.json.gz",
+        "Software_5.json.gz.manifest.json",
+    }
 
 
 def test_step_cut_without_content_length_fails_and_keeps_nothing(flaky_http, tmp_path):
     srv = flaky_http(MIRROR)
     srv.mode = "no_length_cut"
-    cfg = load("demo", ["data.source=amazon2018", "data.category=Software", "data.five_core=true",
-                        f"data.base_url={srv.url}", f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load(
+        "demo",
+        [
+            "data.source=amazon2018",
+            "data.category=Software",
+            "data.five_core=true",
+            f"data.base_url={srv.url}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     with pytest.raises(DownloadError, match="ends before its end marker"):
         download_data(cfg, tmp_path / "raw")
     assert not (tmp_path / "raw").exists() and not (tmp_path / "cache/amazon2018/Software_5.json.gz").exists()
@@ -196,17 +254,26 @@ def test_step_cut_without_content_length_fails_and_keeps_nothing(flaky_http, tmp
 def test_html_login_page_is_refused(flaky_http, tmp_path):
     srv = flaky_http(MIRROR)
     srv.mode = "html"
-    with pytest.raises(DownloadError, match=r"Software_5\.json\.gz: the server sent an HTML page \(Content-Type "
-                                            r"text/html; charset=utf-8\).*\(data\.base_url\); nothing was cached"):
+    with pytest.raises(
+        DownloadError,
+        match=r"Software_5\.json\.gz: the server sent an HTML page \(Content-Type "
+        r"text/html; charset=utf-8\).*\(data\.base_url\); nothing was cached",
+    ):
         http_download(srv.url + REVIEWS_URL, tmp_path)
     assert _cached(tmp_path) == {} and srv.count(REVIEWS_URL) == 1  # a login page is not retried
 
 
-@pytest.mark.parametrize("body, reason", [
-    (b"<!DOCTYPE html><html>Please log in</html>", r"an HTML page where gzip was expected \(starts with b'<!DOCTYPE"),
-    (gzip.compress(b"<html>Please log in</html>"), r"not JSON lines \(starts with b'<html>"),
-    (REVIEWS[:-8] + bytes(8), r"corrupt gzip data \(CRC check failed"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (
+            b"<!DOCTYPE html><html>Please log in</html>",
+            r"an HTML page where gzip was expected \(starts with b'<!DOCTYPE",
+        ),
+        (gzip.compress(b"<html>Please log in</html>"), r"not JSON lines \(starts with b'<html>"),
+        (REVIEWS[:-8] + bytes(8), r"corrupt gzip data \(CRC check failed"),
+    ],
+)
 def test_wrong_or_corrupt_body_with_right_length_is_not_cached(flaky_http, tmp_path, body, reason):
     srv = flaky_http({REVIEWS_URL: body})
     with pytest.raises(DownloadError, match=rf"Software_5\.json\.gz: {reason}.*; nothing was cached"):
@@ -221,11 +288,16 @@ def _b64(digest: bytes) -> str:
 @pytest.mark.parametrize("header", ["x-goog-hash", "Repr-Digest"])
 def test_published_digest_is_checked(flaky_http, tmp_path, header):
     srv = flaky_http(MIRROR)
-    published = {"x-goog-hash": lambda body: f"crc32c=AAAAAA==,md5={_b64(hashlib.md5(body).digest())}",
-                 "Repr-Digest": lambda body: f"sha-256=:{_b64(hashlib.sha256(body).digest())}:"}[header]
+    published = {
+        "x-goog-hash": lambda body: f"crc32c=AAAAAA==,md5={_b64(hashlib.md5(body).digest())}",
+        "Repr-Digest": lambda body: f"sha-256=:{_b64(hashlib.sha256(body).digest())}:",
+    }[header]
     srv.headers[REVIEWS_URL] = {header: published(META)}  # what another file would have
-    with pytest.raises(DownloadError, match=r"Software_5\.json\.gz: (md5|sha256) [0-9a-f]+ differs from the "
-                                            r"published [0-9a-f]+; nothing was cached"):
+    with pytest.raises(
+        DownloadError,
+        match=r"Software_5\.json\.gz: (md5|sha256) [0-9a-f]+ differs from the "
+        r"published [0-9a-f]+; nothing was cached",
+    ):
         http_download(srv.url + REVIEWS_URL, tmp_path, attempts=1)
     assert _cached(tmp_path) == {}
     srv.headers[REVIEWS_URL] = {header: published(REVIEWS)}
@@ -234,8 +306,11 @@ def test_published_digest_is_checked(flaky_http, tmp_path, header):
 
 def test_gzip_cut_on_the_server_is_reported_not_retried(flaky_http, tmp_path):
     srv = flaky_http({REVIEWS_URL: REVIEWS[: len(REVIEWS) // 2]})  # served whole, with its Content-Length
-    with pytest.raises(DownloadError, match=r"ends before its end marker \(the download was cut\), although it "
-                                            r"has the size the server announced: the file on the server is damaged"):
+    with pytest.raises(
+        DownloadError,
+        match=r"ends before its end marker \(the download was cut\), although it "
+        r"has the size the server announced: the file on the server is damaged",
+    ):
         http_download(srv.url + REVIEWS_URL, tmp_path)
     assert _cached(tmp_path) == {} and srv.count(REVIEWS_URL) == 1
 
@@ -249,6 +324,7 @@ def test_whole_part_left_by_a_killed_run_is_checked_not_downloaded_again(flaky_h
 
 
 # ---------------------------------------------------------------- a cached file is re-checked before reuse
+
 
 def test_cached_file_that_no_longer_matches_its_manifest_is_downloaded_again(flaky_http, tmp_path):
     srv = flaky_http(MIRROR)
@@ -273,13 +349,33 @@ def test_cached_file_without_manifest_is_checked_before_reuse(flaky_http, tmp_pa
 
 # ---------------------------------------------------------------- runs sharing one cache (real processes)
 
+
 def _step(raw, url, cache, *, stdout=subprocess.PIPE, stderr=subprocess.PIPE):
     """`sidreasoner step download-data` for Software (5-core) from the mirror at `url`, as a process."""
     return subprocess.Popen(
-        [sys.executable, "-m", "sidreasoner.cli", "step", "download-data", "--raw", str(raw),
-         "-s", "data.source=amazon2018", "-s", "data.category=Software", "-s", "data.five_core=true",
-         "-s", f"data.base_url={url}", "-s", f"data.cache_dir={cache}"],
-        stdout=stdout, stderr=stderr, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "step",
+            "download-data",
+            "--raw",
+            str(raw),
+            "-s",
+            "data.source=amazon2018",
+            "-s",
+            "data.category=Software",
+            "-s",
+            "data.five_core=true",
+            "-s",
+            f"data.base_url={url}",
+            "-s",
+            f"data.cache_dir={cache}",
+        ],
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+    )
 
 
 def _wait_for(predicate, timeout_s=30.0):
@@ -318,6 +414,7 @@ def test_two_runs_sharing_a_cache_both_finish_with_whole_files(flaky_http, tmp_p
 
 # ---------------------------------------------------------------- temp folders of killed steps
 
+
 def _temps(folder, name):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}.tmp-"))
 
@@ -351,8 +448,12 @@ with atomic_dir(sys.argv[1]) as tmp:
 
 
 def test_next_writer_removes_dead_temps_and_keeps_a_live_writers(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(tmp_path / "out")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER, str(tmp_path / "out")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert live.stdout.readline() == "ready\n"
         (tmp_path / ".out.tmp-legacy").mkdir()  # left by a writer without lock files
@@ -379,8 +480,9 @@ with atomic_file(sys.argv[1]) as tmp:
 
 
 def _file_writer(path, text):
-    proc = subprocess.Popen([sys.executable, "-c", FILE_WRITER, str(path), text], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FILE_WRITER, str(path), text], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "ready\n"
     return proc
 
@@ -432,8 +534,15 @@ def test_soak_runs_sharing_a_cache_against_a_flaky_mirror(flaky_http, tmp_path):
     why in one line; the cache holds no bad file."""
     rng = random.Random(7)
     srv = flaky_http(MIRROR, seed=7)
-    srv.random_modes = ("normal",) * 5 + ("truncate", "ignore_range", "no_length", "no_length_cut", "stall",
-                                          "stall_cut", "html")
+    srv.random_modes = ("normal",) * 5 + (
+        "truncate",
+        "ignore_range",
+        "no_length",
+        "no_length_cut",
+        "stall",
+        "stall_cut",
+        "html",
+    )
     srv.piece, srv.piece_delay_s, srv.stall_s = 8192, 0.02, 0.5
     cache, started, running, results = tmp_path / "cache", time.monotonic(), {}, {}
     (cache / "amazon2018").mkdir(parents=True)
@@ -443,8 +552,11 @@ def test_soak_runs_sharing_a_cache_against_a_flaky_mirror(flaky_http, tmp_path):
             _reap(running, results)
         _spoil_cache(cache / "amazon2018", rng)
         err = open(tmp_path / f"err{i}.txt", "w+")  # noqa: SIM115 - closed by _reap when the run ends
-        running[i] = (_step(tmp_path / f"raw{i}", srv.url, cache, stdout=subprocess.DEVNULL, stderr=err),
-                      time.monotonic(), err)
+        running[i] = (
+            _step(tmp_path / f"raw{i}", srv.url, cache, stdout=subprocess.DEVNULL, stderr=err),
+            time.monotonic(),
+            err,
+        )
         if i in to_kill:
             time.sleep(rng.uniform(0.3, 1.2))
             running[i][0].send_signal(signal.SIGKILL)
@@ -468,13 +580,17 @@ def test_soak_runs_sharing_a_cache_against_a_flaky_mirror(flaky_http, tmp_path):
         if path.name in SERVED:
             manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
             assert path.read_bytes() == SERVED[path.name]
-            assert (manifest["bytes"], manifest["sha256"]) == (len(SERVED[path.name]),
-                                                               hashlib.sha256(SERVED[path.name]).hexdigest())
+            assert (manifest["bytes"], manifest["sha256"]) == (
+                len(SERVED[path.name]),
+                hashlib.sha256(SERVED[path.name]).hexdigest(),
+            )
         else:
             assert path.name.endswith((".manifest.json", ".part", ".lock")), path.name
     faulty = sum(mode != "normal" for _, _, mode in srv.requests)
-    print(f"soak: {len(finished)} of 20 finished, {len(results) - len(finished) - len(to_kill)} failed, "
-          f"{len(to_kill)} killed; {len(srv.requests)} requests ({faulty} faulty); {time.monotonic() - started:.1f} s")
+    print(
+        f"soak: {len(finished)} of 20 finished, {len(results) - len(finished) - len(to_kill)} failed, "
+        f"{len(to_kill)} killed; {len(srv.requests)} requests ({faulty} faulty); {time.monotonic() - started:.1f} s"
+    )
 
 
 def _reap(running, results, timeout_s=90.0):
@@ -493,20 +609,34 @@ def _reap(running, results, timeout_s=90.0):
 
 # ---------------------------------------------------------------- a local data.source folder
 
+
 def _tiny_source(src):
     """A data.source folder with Tiny.json (amazon2018 reviews) and meta_Tiny.json."""
     src.mkdir(parents=True)
-    reviews = [{"reviewerID": f"U{u}", "asin": f"A{i}", "overall": 5.0, "unixReviewTime": 1_500_000_000 + u * 9 + i}
-               for u in range(4) for i in range(4)]
+    reviews = [
+        {"reviewerID": f"U{u}", "asin": f"A{i}", "overall": 5.0, "unixReviewTime": 1_500_000_000 + u * 9 + i}
+        for u in range(4)
+        for i in range(4)
+    ]
     (src / "Tiny.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
-    (src / "meta_Tiny.json").write_text("".join(json.dumps({"asin": f"A{i}", "title": f"T {i}"}) + "\n"
-                                                for i in range(4)))
+    (src / "meta_Tiny.json").write_text(
+        "".join(json.dumps({"asin": f"A{i}", "title": f"T {i}"}) + "\n" for i in range(4))
+    )
     return src
 
 
 def _folder_cfg(src):
-    return load("demo", [f"data.source={src}", "data.category=Tiny", "data.five_core=false", "data.k_core=2",
-                         "data.min_samples=1", "data.time_window.start=null"])
+    return load(
+        "demo",
+        [
+            f"data.source={src}",
+            "data.category=Tiny",
+            "data.five_core=false",
+            "data.k_core=2",
+            "data.min_samples=1",
+            "data.time_window.start=null",
+        ],
+    )
 
 
 def test_a_symlink_out_of_the_source_folder_is_refused_and_never_read(tmp_path):
@@ -519,8 +649,10 @@ def test_a_symlink_out_of_the_source_folder_is_refused_and_never_read(tmp_path):
     (src / "meta_Tiny.json").symlink_to(secret)
     with pytest.raises(DownloadError) as err:
         download_data(_folder_cfg(src), tmp_path / "raw")
-    assert str(err.value) == (f"data.source: {src / 'meta_Tiny.json'} is a symbolic link to {secret}, outside {src}; "
-                              "only files inside the folder are read (copy the file there)")
+    assert str(err.value) == (
+        f"data.source: {src / 'meta_Tiny.json'} is a symbolic link to {secret}, outside {src}; "
+        "only files inside the folder are read (copy the file there)"
+    )
     assert not (tmp_path / "raw").exists() and "hunter2" not in str(err.value)
 
     (src / "meta_Tiny.json").unlink()  # a link that stays inside the folder is read, as a copy

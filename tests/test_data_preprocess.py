@@ -12,14 +12,23 @@ import pytest
 
 from sidreasoner.config import load
 from sidreasoner.data.preprocess import (
-    PreprocessError, chronological_split, dedupe_mask, history_lists, k_core_mask, preprocess, sliding_windows,
-    split_bounds, title_problem, window_seconds, write_research_csvs,
+    PreprocessError,
+    chronological_split,
+    dedupe_mask,
+    history_lists,
+    k_core_mask,
+    preprocess,
+    sliding_windows,
+    split_bounds,
+    title_problem,
+    window_seconds,
+    write_research_csvs,
 )
 from sidreasoner.data.raw import RawDataError
 from tests.helpers.raw_manifest import seal
 
 DAY = 86_400
-BASE = int(dt.datetime(2017, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # 1483228800
+BASE = int(dt.datetime(2017, 1, 1, tzinfo=dt.UTC).timestamp())  # 1483228800
 
 
 def _review(user, asin, ts, rating=5.0):
@@ -37,17 +46,33 @@ def write_raw(folder, reviews, meta, fmt="amazon2018", category="Tiny"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{category}.json").write_text("\n".join(reviews) + "\n")
     (folder / f"meta_{category}.json").write_text("\n".join(meta) + "\n")
-    (folder / "manifest.json").write_text(json.dumps(
-        {"source": "test", "format": fmt, "category": category, "reviews": f"{category}.json",
-         "meta": f"meta_{category}.json"}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "source": "test",
+                "format": fmt,
+                "category": category,
+                "reviews": f"{category}.json",
+                "meta": f"meta_{category}.json",
+            }
+        )
+    )
     return seal(folder)
 
 
 def tiny_raw(folder):
     """4 users x 4 items (B001..B004) at BASE + (u + 10k) days, plus one of each kind of dirt."""
-    meta = [_meta("B001", "Pen &amp; Ink"), _meta("B002", "Blue &quot;Gel&quot; Pen"), _meta("B003", "Notebook"),
-            _meta("B004", " Pencil "), _meta("B005"), _meta("B006", "  "), _meta("B007", " ".join(["w"] * 21)),
-            _meta("B003", "Duplicate Notebook"), '{"asin": "B008", "tit']
+    meta = [
+        _meta("B001", "Pen &amp; Ink"),
+        _meta("B002", "Blue &quot;Gel&quot; Pen"),
+        _meta("B003", "Notebook"),
+        _meta("B004", " Pencil "),
+        _meta("B005"),
+        _meta("B006", "  "),
+        _meta("B007", " ".join(["w"] * 21)),
+        _meta("B003", "Duplicate Notebook"),
+        '{"asin": "B008", "tit',
+    ]
     reviews = [_review(f"U{u}", f"B00{k + 1}", BASE + (u + 10 * k) * DAY) for u in (4, 2, 3, 1) for k in range(4)]
     reviews += [
         _review("U1", "B001", BASE + 100 * DAY, 1.0),  # duplicate (user, item): the earliest is kept
@@ -60,8 +85,18 @@ def tiny_raw(folder):
 
 
 def tiny_cfg(*extra):
-    return load("demo", ["data.k_core=2", "data.max_history=2", "data.min_samples=1", "data.category=Tiny",
-                         "data.max_malformed_fraction=0.2", "data.time_window.start=2017-01-01", *extra])
+    return load(
+        "demo",
+        [
+            "data.k_core=2",
+            "data.max_history=2",
+            "data.min_samples=1",
+            "data.category=Tiny",
+            "data.max_malformed_fraction=0.2",
+            "data.time_window.start=2017-01-01",
+            *extra,
+        ],
+    )
 
 
 # ---------------------------------------------------------------- unit functions
@@ -107,7 +142,11 @@ def test_chronological_split_exact_membership():
 
 def test_title_problem():
     assert [title_problem(t, 3) for t in (None, "", "a b c", "a b c d")] == [
-        "missing_title", "empty_title", None, "long_title"]
+        "missing_title",
+        "empty_title",
+        None,
+        "long_title",
+    ]
 
 
 def test_time_window_is_inclusive_utc_days():
@@ -125,31 +164,62 @@ def test_preprocess_tiny_exact(tmp_path):
     m = preprocess(tiny_cfg(), raw, tmp_path / "out")
     m.pop("wall_seconds")
     assert m == {
-        "raw_meta_lines": 9, "malformed_meta_lines": 1, "items_dropped_missing_title": 1,
-        "items_dropped_empty_title": 1, "items_dropped_long_title": 1, "items_dropped_duplicate_asin": 1,
-        "raw_review_lines": 21, "malformed_review_lines": 1, "reviews_read": 20,
-        "reviews_dropped_out_of_window": 1, "reviews_dropped_unknown_item": 1, "reviews_dropped_duplicate": 1,
-        "reviews_dropped_k_core": 1, "k_core_iterations": 1, "users": 4, "items": 4, "interactions": 16,
-        "items_dropped_k_core": 0, "samples_train": 9, "samples_valid": 1, "samples_test": 2,
-        "items_dropped_html_title": 0, "items_dropped_short_title": 0, "interactions_repeated": 0,
-        "time_window_start_year": 2017, "time_window_widenings": 0,
+        "raw_meta_lines": 9,
+        "malformed_meta_lines": 1,
+        "items_dropped_missing_title": 1,
+        "items_dropped_empty_title": 1,
+        "items_dropped_long_title": 1,
+        "items_dropped_duplicate_asin": 1,
+        "raw_review_lines": 21,
+        "malformed_review_lines": 1,
+        "reviews_read": 20,
+        "reviews_dropped_out_of_window": 1,
+        "reviews_dropped_unknown_item": 1,
+        "reviews_dropped_duplicate": 1,
+        "reviews_dropped_k_core": 1,
+        "k_core_iterations": 1,
+        "users": 4,
+        "items": 4,
+        "interactions": 16,
+        "items_dropped_k_core": 0,
+        "samples_train": 9,
+        "samples_valid": 1,
+        "samples_test": 2,
+        "items_dropped_html_title": 0,
+        "items_dropped_short_title": 0,
+        "interactions_repeated": 0,
+        "time_window_start_year": 2017,
+        "time_window_widenings": 0,
     }
     out = tmp_path / "out"
     items = pq.read_table(out / "items.parquet").to_pylist()
     assert [(i["item_id"], i["asin"], i["title"]) for i in items] == [
-        (0, "B001", "Pen & Ink"), (1, "B002", 'Blue "Gel" Pen'), (2, "B003", "Notebook"), (3, "B004", "Pencil")]
+        (0, "B001", "Pen & Ink"),
+        (1, "B002", 'Blue "Gel" Pen'),
+        (2, "B003", "Notebook"),
+        (3, "B004", "Pencil"),
+    ]
     assert items[0]["description"] == "about B001" and items[0]["categories"] == ["Office"]
     assert pq.read_table(out / "users.parquet").to_pylist() == [
-        {"user_id": i, "raw_user_id": f"U{i + 1}"} for i in range(4)]
+        {"user_id": i, "raw_user_id": f"U{i + 1}"} for i in range(4)
+    ]
     inter = pq.read_table(out / "interactions.parquet").to_pydict()
     assert inter["user_id"] == [u for u in range(4) for _ in range(4)]
     assert inter["item_id"] == [0, 1, 2, 3] * 4
     assert inter["timestamp"][:4] == [BASE + (1 + 10 * k) * DAY for k in range(4)]
     assert inter["rating"][0] == 5.0  # the earliest duplicate, not the later 1-star one
     train = pq.read_table(out / "train.parquet").to_pydict()
-    assert list(zip(train["user_id"], train["history_item_ids"], train["item_id"])) == [
-        (0, [0], 1), (1, [0], 1), (2, [0], 1), (3, [0], 1),
-        (0, [0, 1], 2), (1, [0, 1], 2), (2, [0, 1], 2), (3, [0, 1], 2), (0, [1, 2], 3)]
+    assert list(zip(train["user_id"], train["history_item_ids"], train["item_id"], strict=True)) == [
+        (0, [0], 1),
+        (1, [0], 1),
+        (2, [0], 1),
+        (3, [0], 1),
+        (0, [0, 1], 2),
+        (1, [0, 1], 2),
+        (2, [0, 1], 2),
+        (3, [0, 1], 2),
+        (0, [1, 2], 3),
+    ]
     valid = pq.read_table(out / "valid.parquet").to_pydict()
     test = pq.read_table(out / "test.parquet").to_pydict()
     assert (valid["user_id"], valid["history_item_ids"], valid["item_id"]) == ([1], [[1, 2]], [3])
@@ -211,9 +281,14 @@ def test_write_research_csvs(tmp_path):
     with open(tmp_path / "research/test/Tiny.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows[0] == {
-        "user_id": "2", "history_item_title": "['Blue \"Gel\" Pen', 'Notebook']", "item_title": "Pencil",
-        "history_item_id": "[1, 2]", "item_id": "3", "history_item_sid": "['<a_1><b_1><c_2>', '<a_2><b_0><c_3>']",
-        "item_sid": "<a_3><b_1><c_4>"}
+        "user_id": "2",
+        "history_item_title": "['Blue \"Gel\" Pen', 'Notebook']",
+        "item_title": "Pencil",
+        "history_item_id": "[1, 2]",
+        "item_id": "3",
+        "history_item_sid": "['<a_1><b_1><c_2>', '<a_2><b_0><c_3>']",
+        "item_sid": "<a_3><b_1><c_4>",
+    }
     assert len(rows) == 2
     assert (tmp_path / "research/info/Tiny.txt").read_text().splitlines()[0] == "<a_0><b_0><c_1>\tPen & Ink\t0"
     assert json.loads((tmp_path / "research/index/Tiny.index.json").read_text())["3"] == ["<a_3>", "<b_1>", "<c_4>"]
@@ -240,7 +315,8 @@ def test_unusable_timestamps_and_ratings_are_counted_skips_within_the_budget(tmp
     assert str(err.value) == (
         f"{raw / 'Tiny.json'}: 5 of 25 lines (20.0%) are malformed or unusable, above data.max_malformed_fraction=0.15 "
         "(invalid_unixReviewTime: 3, invalid_overall: 1, malformed_line: 1; first bad line 21: "
-        "'{\"reviewerID\": \"U9\", \"asin\": \"B0')")
+        '\'{"reviewerID": "U9", "asin": "B0\')'
+    )
     assert not (tmp_path / "out2").exists()
 
 
@@ -261,19 +337,25 @@ def _small_raw(folder, reviews, fmt="amazon2018"):
 
 def test_no_reviews_left_reports_every_skip_reason_top_first(tmp_path):
     nan_ts = '{"reviewerID": "U1", "asin": "B001", "overall": 5.0, "unixReviewTime": "nan"}'
-    raw = _small_raw(tmp_path / "raw", [nan_ts] * 3 + [
-        _review("U2", "B002", BASE, rating="five"), _review("U3", "B001", BASE - 1), _review("U3", "B009", BASE)])
+    raw = _small_raw(
+        tmp_path / "raw",
+        [nan_ts] * 3
+        + [_review("U2", "B002", BASE, rating="five"), _review("U3", "B001", BASE - 1), _review("U3", "B009", BASE)],
+    )
     with pytest.raises(PreprocessError) as err:
         preprocess(tiny_cfg("data.max_malformed_fraction=1.0"), raw, tmp_path / "out")
     assert str(err.value) == (
         f"no reviews left of the 6 lines of {raw / 'Tiny.json'}; skipped or dropped by reason: "
         "invalid_unixReviewTime: 3, invalid_overall: 1, out_of_window: 1, unknown_or_dropped_item: 1 "
-        "(invalid_unixReviewTime: ids must be strings, ratings and timestamps finite numbers in range)")
+        "(invalid_unixReviewTime: ids must be strings, ratings and timestamps finite numbers in range)"
+    )
 
 
 def test_no_reviews_left_for_the_window_says_so(tmp_path):
     raw = _small_raw(tmp_path / "raw", [_review("U1", "B001", BASE - DAY), _review("U2", "B002", BASE - 1)])
-    with pytest.raises(PreprocessError, match=r"by reason: out_of_window: 2 \(out_of_window: check data\.time_window\)"):
+    with pytest.raises(
+        PreprocessError, match=r"by reason: out_of_window: 2 \(out_of_window: check data\.time_window\)"
+    ):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
 
 
@@ -286,15 +368,27 @@ def test_amazon2018_files_read_as_amazon2023_name_the_missing_fields(tmp_path):
     assert str(err.value) == (
         f"no items left of the 9 lines of {raw / 'meta_Tiny.json'}; skipped or dropped by reason: "
         "missing_parent_asin: 8, malformed_line: 1 (missing_parent_asin: is data.format right? amazon2018 names the "
-        "fields reviewerID/asin/overall/unixReviewTime, amazon2023 user_id/parent_asin/rating/timestamp)")
-    with pytest.raises(RawDataError, match=r"meta_Tiny\.json: 9 of 9 lines \(100\.0%\) are malformed or unusable.*"
-                                           r"\(missing_parent_asin: 8, malformed_line: 1; first bad line 1: "
-                                           r"missing_parent_asin\)"):
+        "fields reviewerID/asin/overall/unixReviewTime, amazon2023 user_id/parent_asin/rating/timestamp)"
+    )
+    with pytest.raises(
+        RawDataError,
+        match=r"meta_Tiny\.json: 9 of 9 lines \(100\.0%\) are malformed or unusable.*"
+        r"\(missing_parent_asin: 8, malformed_line: 1; first bad line 1: "
+        r"missing_parent_asin\)",
+    ):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
 
 
-@pytest.mark.parametrize("key, value", [("category", "../../../x"), ("category", "a/b"), ("reviews", "../Tiny.json"),
-                                        ("meta", "/etc/passwd"), ("bundle", "../elsewhere")])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("category", "../../../x"),
+        ("category", "a/b"),
+        ("reviews", "../Tiny.json"),
+        ("meta", "/etc/passwd"),
+        ("bundle", "../elsewhere"),
+    ],
+)
 def test_manifest_names_that_lead_out_of_the_folder_are_refused(tmp_path, key, value):
     raw = tiny_raw(tmp_path / "raw")
     manifest = json.loads((raw / "manifest.json").read_text())
@@ -303,8 +397,10 @@ def test_manifest_names_that_lead_out_of_the_folder_are_refused(tmp_path, key, v
     (raw / "manifest.json").write_text(json.dumps({**manifest, key: value}))
     with pytest.raises(PreprocessError) as err:
         preprocess(tiny_cfg(), raw, tmp_path / "out")
-    assert str(err.value) == (f"{raw / 'manifest.json'}: key '{key}': {value!r} cannot be part of a file name "
-                              "(allowed: 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit)")
+    assert str(err.value) == (
+        f"{raw / 'manifest.json'}: key '{key}': {value!r} cannot be part of a file name "
+        "(allowed: 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit)"
+    )
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["Tiny.json", "manifest.json", "meta_Tiny.json", "raw"]
 
 
@@ -328,7 +424,8 @@ def test_byte_order_marks_and_crlf_line_endings_give_the_same_dataset(tmp_path):
     assert marked == plain and marked["malformed_meta_lines"] == 1 and marked["malformed_review_lines"] == 1
     for table in ("items", "users", "train", "valid", "test"):
         assert pq.read_table(tmp_path / "out" / f"{table}.parquet") == pq.read_table(
-            tmp_path / "out_plain" / f"{table}.parquet")
+            tmp_path / "out_plain" / f"{table}.parquet"
+        )
 
 
 def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path):
@@ -339,18 +436,26 @@ def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path
     with pytest.raises(PreprocessError) as err:
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     grown = (raw / "Tiny.json").stat().st_size
-    assert str(err.value) == (f"{raw / 'Tiny.json'}: {grown} bytes where manifest.json says {size}; the raw file "
-                              "changed after download-data; run download-data again")
+    assert str(err.value) == (
+        f"{raw / 'Tiny.json'}: {grown} bytes where manifest.json says {size}; the raw file "
+        "changed after download-data; run download-data again"
+    )
     seal(raw)
     text = (raw / "meta_Tiny.json").read_bytes()
     (raw / "meta_Tiny.json").write_bytes(text.replace(b"Notebook", b"Notebooc"))  # same size
-    with pytest.raises(PreprocessError, match=r"meta_Tiny\.json: sha256 [0-9a-f]{64} where manifest\.json says "
-                                              r"[0-9a-f]{64}; the raw file changed after download-data"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"meta_Tiny\.json: sha256 [0-9a-f]{64} where manifest\.json says "
+        r"[0-9a-f]{64}; the raw file changed after download-data",
+    ):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     manifest = json.loads((raw / "manifest.json").read_text())
     del manifest["files"]
     (raw / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(PreprocessError, match=r"manifest\.json: key 'files' \(each raw file's bytes and sha256\) is "
-                                              r"missing or empty; the raw folder must come from download-data"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"manifest\.json: key 'files' \(each raw file's bytes and sha256\) is "
+        r"missing or empty; the raw folder must come from download-data",
+    ):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -8,8 +8,17 @@ import json
 import pytest
 
 from sidreasoner.data.raw import (
-    FieldCounts, ItemMeta, LineStats, RawDataError, Review, clean_text, iter_json_lines, iter_meta, iter_reviews,
-    normalize_meta, normalize_review,
+    FieldCounts,
+    ItemMeta,
+    LineStats,
+    RawDataError,
+    Review,
+    clean_text,
+    iter_json_lines,
+    iter_meta,
+    iter_reviews,
+    normalize_meta,
+    normalize_review,
 )
 
 
@@ -79,11 +88,25 @@ def test_amazon2023_review_timestamp_ms_to_seconds():
 
 def test_meta_normalisers_unescape_and_map_fields():
     counts = FieldCounts()
-    rec18 = {"asin": "A1", "title": "  Pen &amp; Ink &quot;Pro&quot; ", "description": ["Nice &lt;b&gt;", " pen"],
-             "brand": "Acme", "category": ["Office", "Pens"], "price": "$1"}
-    assert normalize_meta(rec18, "amazon2018", counts) == ItemMeta("A1", 'Pen & Ink "Pro"', "Nice <b> pen", "Acme", ["Office", "Pens"])
-    rec23 = {"parent_asin": "P1", "title": "T", "description": [], "features": ["f1", "f2"], "store": "S&amp;T",
-             "categories": ["C"]}
+    rec18 = {
+        "asin": "A1",
+        "title": "  Pen &amp; Ink &quot;Pro&quot; ",
+        "description": ["Nice &lt;b&gt;", " pen"],
+        "brand": "Acme",
+        "category": ["Office", "Pens"],
+        "price": "$1",
+    }
+    assert normalize_meta(rec18, "amazon2018", counts) == ItemMeta(
+        "A1", 'Pen & Ink "Pro"', "Nice <b> pen", "Acme", ["Office", "Pens"]
+    )
+    rec23 = {
+        "parent_asin": "P1",
+        "title": "T",
+        "description": [],
+        "features": ["f1", "f2"],
+        "store": "S&amp;T",
+        "categories": ["C"],
+    }
     assert normalize_meta(rec23, "amazon2023", counts) == ItemMeta("P1", "T", "f1 f2", "S&T", ["C"])
     assert normalize_meta({"title": "x"}, "amazon2018", counts) is None
     assert normalize_meta({"asin": "A2"}, "amazon2018", counts).title is None  # missing title kept for counting
@@ -100,10 +123,21 @@ def _review18(user="U1", asin="A1", rating=5.0, ts=1500000000):
 
 def test_unusable_ratings_and_timestamps_are_counted_by_reason_and_skipped(tmp_path):
     lines = [
-        _review18(ts="nan"), _review18(ts="inf"), _review18(ts=1e300), _review18(ts=10**20), _review18(ts=-5),
-        _review18(ts="soon"), _review18(ts=True), _review18(ts=[1]), _review18(rating="five"),
-        _review18(rating="NaN"), _review18(rating="-inf"), _review18(rating=False), _review18(rating=1e39),
-        _review18(user="U2", rating="4", ts="1500000001"), _review18(user="U3", rating=3, ts=1500000002.7),
+        _review18(ts="nan"),
+        _review18(ts="inf"),
+        _review18(ts=1e300),
+        _review18(ts=10**20),
+        _review18(ts=-5),
+        _review18(ts="soon"),
+        _review18(ts=True),
+        _review18(ts=[1]),
+        _review18(rating="five"),
+        _review18(rating="NaN"),
+        _review18(rating="-inf"),
+        _review18(rating=False),
+        _review18(rating=1e39),
+        _review18(user="U2", rating="4", ts="1500000001"),
+        _review18(user="U3", rating=3, ts=1500000002.7),
     ]
     stats, counts = LineStats(), FieldCounts()
     got = list(iter_reviews(_write(tmp_path / "r.json", lines), "amazon2018", 1.0, stats, counts))
@@ -118,19 +152,25 @@ def test_amazon2023_timestamp_that_is_not_a_number_is_skipped():
     assert normalize_review({**base, "timestamp": "nan"}, "amazon2023", counts) is None
     assert normalize_review({**base, "timestamp": 2**63}, "amazon2023", counts) is None
     assert normalize_review({**base, "timestamp": "1588687728923"}, "amazon2023", counts) == Review(
-        "U", "P", 5.0, 1588687728)
+        "U", "P", 5.0, 1588687728
+    )
     assert dict(counts.skipped) == {"invalid_timestamp": 2}
 
 
 def test_unusable_records_share_the_malformed_budget_and_the_error_names_file_line_and_reasons(tmp_path):
-    lines = [_review18(user=f"U{i}") for i in range(16)] + ["{oops"] + [_review18(ts="nan")] * 2 + [
-        _review18(rating="five")]  # 4 of 20 bad = 20%
+    lines = (
+        [_review18(user=f"U{i}") for i in range(16)]
+        + ["{oops"]
+        + [_review18(ts="nan")] * 2
+        + [_review18(rating="five")]
+    )  # 4 of 20 bad = 20%
     path = _write(tmp_path / "Office.json", lines)
     with pytest.raises(RawDataError) as err:
         list(iter_reviews(path, "amazon2018", 0.15, LineStats(), FieldCounts()))
     assert str(err.value) == (
         f"{path}: 4 of 20 lines (20.0%) are malformed or unusable, above data.max_malformed_fraction=0.15 "
-        "(invalid_unixReviewTime: 2, invalid_overall: 1, malformed_line: 1; first bad line 17: '{oops')")
+        "(invalid_unixReviewTime: 2, invalid_overall: 1, malformed_line: 1; first bad line 17: '{oops')"
+    )
     lines[0] = _review18(user=True)  # now the first bad record comes before the bad line
     path.write_text("\n".join(lines))
     with pytest.raises(RawDataError, match=r"5 of 20 lines \(25\.0%\).*first bad line 1: invalid_reviewerID\)$"):
@@ -146,13 +186,21 @@ def test_ids_must_be_strings_never_coerced():
     assert normalize_review(json.loads(_review18(user="  ")), "amazon2018", counts) is None
     assert normalize_review(json.loads(_review18(asin=123)), "amazon2018", counts) is None
     assert normalize_review(json.loads(_review18(user=" True ")), "amazon2018", counts) == Review(
-        "True", "A1", 5.0, 1500000000)
-    assert normalize_review({"user_id": True, "parent_asin": "P", "rating": 5, "timestamp": 1}, "amazon2023",
-                            counts) is None
+        "True", "A1", 5.0, 1500000000
+    )
+    assert (
+        normalize_review({"user_id": True, "parent_asin": "P", "rating": 5, "timestamp": 1}, "amazon2023", counts)
+        is None
+    )
     assert normalize_meta({"asin": True, "title": "Pen"}, "amazon2018", counts) is None
     assert normalize_meta({"parent_asin": 42, "title": "Pen"}, "amazon2023", counts) is None
-    assert dict(counts.skipped) == {"invalid_reviewerID": 6, "missing_reviewerID": 1, "invalid_asin": 2,
-                                    "invalid_user_id": 1, "invalid_parent_asin": 1}
+    assert dict(counts.skipped) == {
+        "invalid_reviewerID": 6,
+        "missing_reviewerID": 1,
+        "invalid_asin": 2,
+        "invalid_user_id": 1,
+        "invalid_parent_asin": 1,
+    }
 
 
 @pytest.mark.parametrize("gz", [False, True])

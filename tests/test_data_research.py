@@ -11,9 +11,24 @@ import re
 import pytest
 
 from sidreasoner.data.research import (
-    Item, NarrativeRow, ResearchDataError, Sample, check_item_ids, find_bundle, read_bundle,
-    read_general_reasoning, read_info, read_integrated_narratives, read_item_narratives, read_items,
-    read_sid_index, read_split, reasoning_text, research_description, sid_levels, strip_think,
+    Item,
+    NarrativeRow,
+    ResearchDataError,
+    Sample,
+    check_item_ids,
+    find_bundle,
+    read_bundle,
+    read_general_reasoning,
+    read_info,
+    read_integrated_narratives,
+    read_item_narratives,
+    read_items,
+    read_sid_index,
+    read_split,
+    reasoning_text,
+    research_description,
+    sid_levels,
+    strip_think,
 )
 
 from .helpers.bundle import SUFFIX, break_bundle, write_bundle
@@ -22,7 +37,7 @@ CAT = "Office_Products"
 # SIDs the seed-0 bundle gives items 0, 1, 2 (random.Random(0), three levels of 256 codes).
 SID0, SID1, SID2 = "<a_197><b_215><c_20>", "<a_132><b_248><c_207>", "<a_155><b_244><c_183>"
 TITLE0 = 'Pendaflex Hanging Folder Tabs, 2", Clear, 25 Tabs'
-TITLE1 = "Scotch's \"Magic\" Tape, 3/4 x 1000 Inches"
+TITLE1 = 'Scotch\'s "Magic" Tape, 3/4 x 1000 Inches'
 TITLE2 = 'Acme Ruler, 12" / 30 cm, [Metal] \\ Steel'
 
 
@@ -139,22 +154,47 @@ def test_quirky_rows_parse_exactly(bundle):
 
 def test_repeated_history_items_and_targets_in_history_are_counted(bundle):
     m = read_split(bundle["paths"]["test"]).metrics("test")
-    assert m == {"test_rows": 6, "test_rows_read": 6, "test_rows_repeated_history_items": 5,
-                 "test_rows_target_in_history": 3}
+    assert m == {
+        "test_rows": 6,
+        "test_rows_read": 6,
+        "test_rows_repeated_history_items": 5,
+        "test_rows_target_in_history": 3,
+    }
 
 
 def test_columns_in_any_order_blank_lines_and_extra_columns(tmp_path):
-    header = ["item_sid", "item_id", "extra", "history_item_sid", "history_item_id", "item_title", "history_item_title",
-              "user_id"]
-    path = _write_csv(tmp_path / "x.csv", header, [
-        ["<a_1><b_2>", "7", "x", "['<a_0><b_0>', '<a_3><b_4>']", "[3, 4]", 'Tape, 2" wide',
-         str(["O'Brien", 'Say "hi"']), "U9"],
-        [],  # a blank line: not a row
-        ["<a_0><b_0>", "3", "y", "['<a_3><b_4>']", "[4]", "Pen", "['Pad']", "U10"],
-    ])
+    header = [
+        "item_sid",
+        "item_id",
+        "extra",
+        "history_item_sid",
+        "history_item_id",
+        "item_title",
+        "history_item_title",
+        "user_id",
+    ]
+    path = _write_csv(
+        tmp_path / "x.csv",
+        header,
+        [
+            [
+                "<a_1><b_2>",
+                "7",
+                "x",
+                "['<a_0><b_0>', '<a_3><b_4>']",
+                "[3, 4]",
+                'Tape, 2" wide',
+                str(["O'Brien", 'Say "hi"']),
+                "U9",
+            ],
+            [],  # a blank line: not a row
+            ["<a_0><b_0>", "3", "y", "['<a_3><b_4>']", "[4]", "Pen", "['Pad']", "U10"],
+        ],
+    )
     assert path.read_text().splitlines()[1] == (
         '<a_1><b_2>,7,x,"[\'<a_0><b_0>\', \'<a_3><b_4>\']","[3, 4]","Tape, 2"" wide",'
-        '"[""O\'Brien"", \'Say ""hi""\']",U9')
+        '"[""O\'Brien"", \'Say ""hi""\']",U9'
+    )
     rows = read_split(path, levels=2)
     assert rows.samples == [
         Sample("U9", [3, 4], 7, ["O'Brien", 'Say "hi"'], 'Tape, 2" wide', ["<a_0><b_0>", "<a_3><b_4>"], "<a_1><b_2>"),
@@ -232,8 +272,11 @@ def test_history_length_mismatch_in_the_bundle(fresh):
 
 def test_missing_column_names_file_and_column(fresh):
     info = break_bundle(fresh, "missing_column")
-    with pytest.raises(ResearchDataError, match=rf"{re.escape(info['file'])}: missing column\(s\) item_sid "
-                                                r"\(the header has: user_id, .*history_item_sid\)"):
+    with pytest.raises(
+        ResearchDataError,
+        match=rf"{re.escape(info['file'])}: missing column\(s\) item_sid "
+        r"\(the header has: user_id, .*history_item_sid\)",
+    ):
         read_split(fresh["paths"]["test"])
 
 
@@ -267,8 +310,11 @@ def test_sid_index_reports_colliding_items(bundle):
 
 def test_sid_with_wrong_number_of_levels_names_file_and_item(fresh):
     info = break_bundle(fresh, "sid_wrong_levels")
-    with pytest.raises(ResearchDataError, match=rf"{re.escape(info['file'])}: item 3 has 2 codes .*expected 3 "
-                                                r"\(as the first item\)"):
+    with pytest.raises(
+        ResearchDataError,
+        match=rf"{re.escape(info['file'])}: item 3 has 2 codes .*expected 3 "
+        r"\(as the first item\)",
+    ):
         read_sid_index(fresh["paths"]["index"])
     with pytest.raises(ResearchDataError, match=r"item 0 has 3 codes .*expected 4 \(levels=4\)"):
         read_sid_index(write_bundle(fresh["root"].parent / "other")["paths"]["index"], levels=4)
@@ -276,20 +322,24 @@ def test_sid_with_wrong_number_of_levels_names_file_and_item(fresh):
 
 def test_sid_codes_out_of_level_order(fresh):
     info = break_bundle(fresh, "sid_bad_letter")
-    with pytest.raises(ResearchDataError,
-                       match=rf"{re.escape(info['file'])}: item 3: code 2 <c_1> should be level 'b'"):
+    with pytest.raises(
+        ResearchDataError, match=rf"{re.escape(info['file'])}: item 3: code 2 <c_1> should be level 'b'"
+    ):
         read_sid_index(fresh["paths"]["index"])
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"01": ["<a_1>"]}', "item id '01' is not a non-negative integer"),
-    ('{"0": ["<a_1>"], "0": ["<a_2>"]}', "key(s) '0' appear more than once"),
-    ('{"0": ["<a_1>"], "1": ["a_2"]}', "item 1: code 1 'a_2' is not like <a_12>"),
-    ('{"0": "<a_1><b_2>"}', "item 0: expected a non-empty list of codes"),
-    ('["<a_1>"]', "expected a JSON object of item id -> SID codes, got list"),
-    ('{"0": [', "not valid JSON"),
-    ("{}", "the index is empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"01": ["<a_1>"]}', "item id '01' is not a non-negative integer"),
+        ('{"0": ["<a_1>"], "0": ["<a_2>"]}', "key(s) '0' appear more than once"),
+        ('{"0": ["<a_1>"], "1": ["a_2"]}', "item 1: code 1 'a_2' is not like <a_12>"),
+        ('{"0": "<a_1><b_2>"}', "item 0: expected a non-empty list of codes"),
+        ('["<a_1>"]', "expected a JSON object of item id -> SID codes, got list"),
+        ('{"0": [', "not valid JSON"),
+        ("{}", "the index is empty"),
+    ],
+)
 def test_malformed_index_files(tmp_path, content, message):
     path = tmp_path / "Cat.index.json"
     path.write_text(content)
@@ -299,8 +349,15 @@ def test_malformed_index_files(tmp_path, content, message):
 
 
 def test_sid_levels():
-    assert [sid_levels(s) for s in ("<a_1><b_2><c_3>", "<a_0>", "<a_1><c_2>", "<a_01>", " <a_1>", "<a_1>x", "")] == \
-        [3, 1, None, None, None, None, None]
+    assert [sid_levels(s) for s in ("<a_1><b_2><c_3>", "<a_0>", "<a_1><c_2>", "<a_01>", " <a_1>", "<a_1>x", "")] == [
+        3,
+        1,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 # ---------------------------------------------------------------- item.json and info
@@ -313,8 +370,10 @@ def test_items_descriptions_are_normalised(bundle):
     assert items.items[2].description == []  # a list literal of blank strings
     assert items.items[3].description == ["['It's a notebook, dotted']"]  # does not parse: kept whole
     assert items.items[4].description == ["A plain description, not a list."]
-    assert items.items[0].description == [f"The {TITLE0} is built for daily office use.",
-                                          "Item 0: comes with a one-year warranty."]
+    assert items.items[0].description == [
+        f"The {TITLE0} is built for daily office use.",
+        "Item 0: comes with a one-year warranty.",
+    ]
     assert items.items[0].categories == ["Office Products", "Paper"]
     for i, it in bundle["items"].items():
         assert items.items[i].title == it["title"] and items.items[i].description == it["texts"]
@@ -387,16 +446,23 @@ def test_integrated_narratives_per_row(bundle):
     assert got.rows[5].history_narrative is None  # NaN, as pandas reads it
     assert got.rows[7].reasoning_path == ""  # nothing after </think>: kept, as the research code does
     assert isinstance(got.rows[0], NarrativeRow) and first["item_id"] == got.rows[0].item_id
-    assert dict(got.texts) == {"history_narrative_missing": 2, "reasoning_path_missing": 1,
-                               "reasoning_path_unclosed_think": 1, "reasoning_path_empty_after_think": 1}
+    assert dict(got.texts) == {
+        "history_narrative_missing": 2,
+        "reasoning_path_missing": 1,
+        "reasoning_path_unclosed_think": 1,
+        "reasoning_path_empty_after_think": 1,
+    }
 
 
 def test_integrated_narratives_need_one_text_column(tmp_path):
     path = _write_csv(tmp_path / "n.csv", HEADER, [])
     with pytest.raises(ResearchDataError, match=r"n\.csv: missing column integrated_narrative and reasoning_path"):
         read_integrated_narratives(path)
-    path = _write_csv(tmp_path / "r.csv", ["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid",
-                                           "reasoning_path"], [["U", "[1]", "2", "['<a_1>']", "<a_2>", "why"]])
+    path = _write_csv(
+        tmp_path / "r.csv",
+        ["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid", "reasoning_path"],
+        [["U", "[1]", "2", "['<a_1>']", "<a_2>", "why"]],
+    )
     assert read_integrated_narratives(path).rows == [NarrativeRow("U", [1], 2, ["<a_1>"], "<a_2>", None, "why")]
 
 
@@ -408,9 +474,15 @@ def test_general_reasoning_content_is_normalised(bundle):
     assert got.conversations[0] == [
         {"role": "system", "content": "You are a careful assistant."},
         {"role": "user", "content": "Question 0: what is 0 + 0?"},
-        {"role": "assistant", "content": "<think>add</think>\n0"}]
-    assert got.metrics() == {"general_conversations": 5, "general_lines_read": 6, "general_sampled": 6,
-                             "general_multi_part_content": 1, "general_no_assistant": 1}
+        {"role": "assistant", "content": "<think>add</think>\n0"},
+    ]
+    assert got.metrics() == {
+        "general_conversations": 5,
+        "general_lines_read": 6,
+        "general_sampled": 6,
+        "general_multi_part_content": 1,
+        "general_no_assistant": 1,
+    }
 
 
 def test_general_reasoning_sample_draws_like_the_research_code(bundle):
@@ -436,9 +508,20 @@ def test_messages_that_are_not_a_list(fresh):
 def test_general_reasoning_bad_lines(tmp_path):
     path = tmp_path / "g.arrow"
     good = json.dumps({"messages": str([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])})
-    path.write_text("\n".join([good, "{not json", json.dumps({"other": 1}),
-                               json.dumps({"messages": "[{'role': 'user'}]"}),
-                               json.dumps({"messages": "[{'role': 'user', 'content': 5}]"}), "", good]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                good,
+                "{not json",
+                json.dumps({"other": 1}),
+                json.dumps({"messages": "[{'role': 'user'}]"}),
+                json.dumps({"messages": "[{'role': 'user', 'content': 5}]"}),
+                "",
+                good,
+            ]
+        )
+        + "\n"
+    )
     got = read_general_reasoning(path, max_malformed_fraction=1.0)
     assert len(got.conversations) == 2 and got.skips.read == 6
     assert dict(got.skips.skipped) == {"not_json": 1, "missing_messages": 1, "bad_message": 1, "bad_content": 1}
@@ -464,8 +547,10 @@ def test_item_missing_from_index_or_items_names_file_row_and_id(fresh, kind):
     info = break_bundle(fresh, kind)
     with pytest.raises(ResearchDataError) as err:
         read_bundle(fresh["root"], CAT)
-    assert str(err.value) == (f"{fresh['paths'][info['split']]}: row {info['row']}, field {info['field']}: "
-                              f"item 2 is not in {fresh['root'] / 'index' / info['source']}")
+    assert str(err.value) == (
+        f"{fresh['paths'][info['split']]}: row {info['row']}, field {info['field']}: "
+        f"item 2 is not in {fresh['root'] / 'index' / info['source']}"
+    )
     assert (info["split"], info["row"], info["field"]) == ("train", 6, "history_item_id")
 
 
@@ -476,43 +561,72 @@ def test_sids_and_titles_that_disagree_with_the_index_are_counted(fresh):
     table[2][6] = SID0  # row 2's target SID
     table[3][2] = "Another title"  # row 3's target title
     _write_csv(path, table[0], table[1:])
-    got = check_item_ids({"valid": read_split(path)}, read_sid_index(fresh["paths"]["index"]),
-                         read_items(fresh["paths"]["items"]))
+    got = check_item_ids(
+        {"valid": read_split(path)}, read_sid_index(fresh["paths"]["index"]), read_items(fresh["paths"]["items"])
+    )
     assert (got.sid_mismatch_rows, got.title_mismatch_rows) == (1, 1)
-    assert got.first_sid_mismatch == f"{path}: row 2: item 9 has SID {SID0} here, {fresh['items'][9]['sid']} in " \
-                                     f"{fresh['paths']['index']}"
+    assert (
+        got.first_sid_mismatch == f"{path}: row 2: item 9 has SID {SID0} here, {fresh['items'][9]['sid']} in "
+        f"{fresh['paths']['index']}"
+    )
     assert got.first_title_mismatch.startswith(f"{path}: row 3: item 5 has title 'Another title' here")
 
 
 def test_read_bundle_metrics(bundle):
     got = read_bundle(bundle["root"], CAT, general_sample=4, seed=0)
     assert got.metrics == {
-        "train_rows": 29, "train_rows_read": 29, "train_rows_repeated_history_items": 12,
+        "train_rows": 29,
+        "train_rows_read": 29,
+        "train_rows_repeated_history_items": 12,
         "train_rows_target_in_history": 9,
-        "valid_rows": 6, "valid_rows_read": 6, "valid_rows_repeated_history_items": 4,
+        "valid_rows": 6,
+        "valid_rows_read": 6,
+        "valid_rows_repeated_history_items": 4,
         "valid_rows_target_in_history": 1,
-        "test_rows": 6, "test_rows_read": 6, "test_rows_repeated_history_items": 5, "test_rows_target_in_history": 3,
-        "sid_items": 12, "sid_levels": 3, "sid_duplicate_sids": 2, "sid_colliding_items": 5,
-        "items": 12, "items_description_empty": 2, "items_description_unparsed_list": 1,
-        "item_narratives": 10, "item_narratives_empty": 1, "item_narratives_missing_llm_stage2": 1,
+        "test_rows": 6,
+        "test_rows_read": 6,
+        "test_rows_repeated_history_items": 5,
+        "test_rows_target_in_history": 3,
+        "sid_items": 12,
+        "sid_levels": 3,
+        "sid_duplicate_sids": 2,
+        "sid_colliding_items": 5,
+        "items": 12,
+        "items_description_empty": 2,
+        "items_description_unparsed_list": 1,
+        "item_narratives": 10,
+        "item_narratives_empty": 1,
+        "item_narratives_missing_llm_stage2": 1,
         "item_narratives_think_stripped": 2,
-        "narrative_rows": 29, "narrative_rows_read": 29, "narrative_history_narratives": 27,
-        "narrative_reasoning_paths": 27, "narrative_history_narrative_missing": 2,
-        "narrative_reasoning_path_missing": 1, "narrative_reasoning_path_unclosed_think": 1,
+        "narrative_rows": 29,
+        "narrative_rows_read": 29,
+        "narrative_history_narratives": 27,
+        "narrative_reasoning_paths": 27,
+        "narrative_history_narrative_missing": 2,
+        "narrative_reasoning_path_missing": 1,
+        "narrative_reasoning_path_unclosed_think": 1,
         "narrative_reasoning_path_empty_after_think": 1,
-        "general_conversations": 3, "general_lines_read": 6, "general_sampled": 4, "general_multi_part_content": 1,
+        "general_conversations": 3,
+        "general_lines_read": 6,
+        "general_sampled": 4,
+        "general_multi_part_content": 1,
         "general_no_assistant": 1,
         "info_lines": 12,
-        "consistency_sid_mismatch_rows": 0, "consistency_title_mismatch_rows": 0,
-        "consistency_index_items_without_meta": 0, "consistency_info_mismatch_lines": 0,
+        "consistency_sid_mismatch_rows": 0,
+        "consistency_title_mismatch_rows": 0,
+        "consistency_index_items_without_meta": 0,
+        "consistency_info_mismatch_lines": 0,
     }
 
 
 def test_read_bundle_checks_split_sids_against_the_index_depth(fresh):
     """The index fixes the number of levels: a two-level SID in a split is a malformed row."""
     _write_csv(fresh["paths"]["test"], HEADER, [["A0", f"['{TITLE0}']", TITLE1, "[0]", "1", "['<a_1><b_2>']", SID1]])
-    with pytest.raises(ResearchDataError, match=r"1 of 1 rows .*bad_sid_history_item_sid: 1.*<a_1><b_2> has 2 "
-                                                r"levels, expected 3"):
+    with pytest.raises(
+        ResearchDataError,
+        match=r"1 of 1 rows .*bad_sid_history_item_sid: 1.*<a_1><b_2> has 2 "
+        r"levels, expected 3",
+    ):
         read_bundle(fresh["root"], CAT)
 
 

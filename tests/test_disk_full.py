@@ -13,8 +13,14 @@ import pytest
 
 SIDREASONER = Path(sys.executable).parent / "sidreasoner"
 # A few optimizer steps on the tiny fixtures, a checkpoint after each.
-SFT = ["stage1.per_device_batch_size=8", "stage1.global_batch_size=8", "stage1.valid_samples=3", "stage1.hr_samples=2",
-       "stage1.epochs=1", "stage1.early_stopping_patience=0"]
+SFT = [
+    "stage1.per_device_batch_size=8",
+    "stage1.global_batch_size=8",
+    "stage1.valid_samples=3",
+    "stage1.hr_samples=2",
+    "stage1.epochs=1",
+    "stage1.early_stopping_patience=0",
+]
 FREE = r"\d+(\.\d)? (bytes|KiB) free now"
 
 
@@ -28,8 +34,9 @@ def small_disk(tmp_path):
             pytest.skip("mounting a tmpfs needs root")
         folder = tmp_path / f"disk{len(mounted)}"
         folder.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if result.returncode:
             pytest.skip(f"cannot mount a tmpfs: {result.stderr.strip()}")
         mounted.append(folder)
@@ -50,9 +57,20 @@ def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def _sft(base, model_out: Path, checkpoint_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return _step("sft-stage1", "--base-model", str(base["model_dir"]), "--dataset", str(base["dataset"]),
-                 "--sid-index", str(base["sid_index"]), "--corpus", str(base["corpus"]), "--model", str(model_out),
-                 overrides=[*base["overrides"], *SFT, f"stage1.checkpoint_dir={checkpoint_dir}", *overrides])
+    return _step(
+        "sft-stage1",
+        "--base-model",
+        str(base["model_dir"]),
+        "--dataset",
+        str(base["dataset"]),
+        "--sid-index",
+        str(base["sid_index"]),
+        "--corpus",
+        str(base["corpus"]),
+        "--model",
+        str(model_out),
+        overrides=[*base["overrides"], *SFT, f"stage1.checkpoint_dir={checkpoint_dir}", *overrides],
+    )
 
 
 @pytest.mark.slow
@@ -86,6 +104,7 @@ def test_embed_items_on_a_full_disk_is_one_line(tiny_artifacts, small_disk):
     assert result.returncode == 1
     (line,) = _error_lines(result)
     where, on = re.escape(str(disk / "emb")), re.escape(str(disk))
-    assert re.fullmatch(rf"error: embed-items: no space left on {where} \({FREE}\) writing {on}/[^/]+/embeddings\.npy",
-                        line), line
+    assert re.fullmatch(
+        rf"error: embed-items: no space left on {where} \({FREE}\) writing {on}/[^/]+/embeddings\.npy", line
+    ), line
     assert os.listdir(disk) == []

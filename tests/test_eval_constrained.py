@@ -42,15 +42,15 @@ def test_every_returned_sid_is_valid_random_logits(cat, beams, batch):
     first = logits(batch)
     leaves, scores = beam_search_core(trie, first, step, beams)
     assert leaves.shape[1] == min(beams, max(1, leaves.shape[1]))
-    for lrow, srow in zip(leaves.tolist(), scores.tolist()):
-        got = [l for l in lrow if l >= 0]
+    for lrow, srow in zip(leaves.tolist(), scores.tolist(), strict=True):
+        got = [leaf for leaf in lrow if leaf >= 0]
         assert len(set(got)) == len(got)
-        for l in got:
-            assert tuple(tm[l].tolist()) in valid
-        assert all(s == float("-inf") for l, s in zip(lrow, srow) if l < 0)
+        for leaf in got:
+            assert tuple(tm[leaf].tolist()) in valid
+        assert all(s == float("-inf") for leaf, s in zip(lrow, srow, strict=True) if leaf < 0)
     leaves, scores = exact_core(trie, first, step, beams, max_rows=7)
     assert leaves.shape[1] == min(beams, len(tm))
-    assert all(0 <= l < len(tm) for l in leaves.flatten().tolist())
+    assert all(0 <= leaf < len(tm) for leaf in leaves.flatten().tolist())
 
 
 @settings(max_examples=60, deadline=None)
@@ -99,7 +99,7 @@ def tiny(tmp_path_factory, random_codes, build_tiny_model):
 
 
 def _prompts(tok, cat, n=5):
-    return [render_prompt(tok, next_sid_question(cat[i:i + 4])) for i in range(n)]
+    return [render_prompt(tok, next_sid_question(cat[i : i + 4])) for i in range(n)]
 
 
 def test_tiny_model_beam_matches_hf_generate_and_is_valid(tiny):
@@ -114,13 +114,22 @@ def test_tiny_model_beam_matches_hf_generate_and_is_valid(tiny):
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     plen = enc["input_ids"].shape[1]
-    out = model.generate(**enc, num_beams=8, num_return_sequences=8, max_new_tokens=3, do_sample=False,
-                         logits_processor=[TrieLogitsProcessor(dec.trie, plen, tok.eos_token_id)], length_penalty=0.0,
-                         return_dict_in_generate=True, output_scores=True, pad_token_id=tok.pad_token_id)
+    out = model.generate(
+        **enc,
+        num_beams=8,
+        num_return_sequences=8,
+        max_new_tokens=3,
+        do_sample=False,
+        logits_processor=[TrieLogitsProcessor(dec.trie, plen, tok.eos_token_id)],
+        length_penalty=0.0,
+        return_dict_in_generate=True,
+        output_scores=True,
+        pad_token_id=tok.pad_token_id,
+    )
     for u, r in enumerate(ranked):
-        hf = [tok.decode(s) for s in out.sequences[u * 8:(u + 1) * 8, plen:]]
+        hf = [tok.decode(s) for s in out.sequences[u * 8 : (u + 1) * 8, plen:]]
         assert hf == r.sids
-        assert out.sequences_scores[u * 8:(u + 1) * 8].tolist() == pytest.approx(r.scores, abs=1e-3)
+        assert out.sequences_scores[u * 8 : (u + 1) * 8].tolist() == pytest.approx(r.scores, abs=1e-3)
 
 
 def test_tiny_model_exact_ranks_whole_catalogue(tiny):
@@ -129,18 +138,18 @@ def test_tiny_model_exact_ranks_whole_catalogue(tiny):
     ids = dec.encode(_prompts(tok, cat, 3))
     exact = dec.exact(ids, len(cat))
     beam = dec.beam(ids, 5)
-    for e, b in zip(exact, beam):
+    for e, b in zip(exact, beam, strict=True):
         assert sorted(e.sids) == cat  # every valid SID scored exactly once
         assert e.scores[0] == pytest.approx(b.scores[0], abs=1e-4) and e.scores[0] >= b.scores[-1] - 1e-4
         # beam's scores are exact totals of the SIDs it returns
-        scored = dict(zip(e.sids, e.scores))
+        scored = dict(zip(e.sids, e.scores, strict=True))
         assert [scored[s] for s in b.sids] == pytest.approx(b.scores, abs=1e-3)
 
 
 def test_tiny_model_thinking_mode_never_emits_invalid_sid(tiny):
     model, tok, cat = tiny
     dec = SidDecoder(model, tok, cat)
-    prompts = [render_prompt(tok, next_sid_question(cat[i:i + 3], reasoning=True), thinking=True) for i in range(3)]
+    prompts = [render_prompt(tok, next_sid_question(cat[i : i + 3], reasoning=True), thinking=True) for i in range(3)]
     sid_prompts, texts = dec.think(dec.encode(prompts), max_new_tokens=12)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     close = tok.convert_tokens_to_ids("</think>")

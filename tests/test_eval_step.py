@@ -55,8 +55,15 @@ def test_exact_decoding_and_recommend(folders):
     recs, reasoning = recommend(folders / "model", folders / "sid_index", folders / "dataset", [1, 2, 3], k=4)
     assert [r["rank"] for r in recs] == [1, 2, 3, 4] and reasoning == ""
     assert all(r["titles"] and len(r["titles"]) == len(r["item_ids"]) for r in recs)
-    recs, reasoning = recommend(folders / "model", folders / "sid_index", folders / "dataset", [1, 2], k=3, think=True,
-                                cfg=_cfg(think_max_tokens=5))
+    recs, reasoning = recommend(
+        folders / "model",
+        folders / "sid_index",
+        folders / "dataset",
+        [1, 2],
+        k=3,
+        think=True,
+        cfg=_cfg(think_max_tokens=5),
+    )
     assert len(recs) == 3 and isinstance(reasoning, str)
 
 
@@ -82,14 +89,19 @@ def test_popularity_ties_and_random_are_deterministic():
 
 
 def test_report_renders_self_contained(folders):
-    from sidreasoner.eval.report import decode_sids, report
     from sidreasoner.eval.evaluate import Catalogue
+    from sidreasoner.eval.report import decode_sids, report
 
     cfg = _cfg(ks=[1, 5, 10], think_max_tokens=6, max_users=4, report_samples=2)
     evaluate_baselines(cfg, folders / "dataset", folders / "sid_index", folders / "rb")
     evaluate(cfg, folders / "model", folders / "dataset", folders / "sid_index", folders / "rs1")
-    m = report(cfg, {"baselines": folders / "rb", "stage1": folders / "rs1"}, folders / "dataset",
-               folders / "sid_index", folders / "report")
+    m = report(
+        cfg,
+        {"baselines": folders / "rb", "stage1": folders / "rs1"},
+        folders / "dataset",
+        folders / "sid_index",
+        folders / "report",
+    )
     text = (folders / "report" / "report.html").read_text()
     md = (folders / "report" / "report.md").read_text()
     assert "<svg" in text and "<rect" in text and "<script" not in text
@@ -100,7 +112,10 @@ def test_report_renders_self_contained(folders):
     assert m["sample_users"] == 2 and "stage1_nonthink_hr@10" in m
     cat = Catalogue.load(folders / "sid_index", folders / "dataset")
     sid = cat.sid_of_item[3]
-    assert decode_sids(f"I think {sid} next", cat) == f"I think {sid} [{' / '.join(cat.title(i) for i in cat.sid_items[sid])}] next"
+    assert (
+        decode_sids(f"I think {sid} next", cat)
+        == f"I think {sid} [{' / '.join(cat.title(i) for i in cat.sid_items[sid])}] next"
+    )
     assert "[not in catalogue]" in decode_sids("<a_99><b_0><c_0>", cat)
 
 
@@ -109,15 +124,28 @@ def test_cli_recommend_prints_titles_and_reasoning(folders):
     import subprocess
     import sys
 
-    args = [sys.executable, "-m", "sidreasoner.cli", "recommend", "--model", str(folders / "model"),
-            "--sid-index", str(folders / "sid_index"), "--dataset", str(folders / "dataset"), "--history", "1,2,3"]
+    args = [
+        sys.executable,
+        "-m",
+        "sidreasoner.cli",
+        "recommend",
+        "--model",
+        str(folders / "model"),
+        "--sid-index",
+        str(folders / "sid_index"),
+        "--dataset",
+        str(folders / "dataset"),
+        "--history",
+        "1,2,3",
+    ]
     result = subprocess.run(args + ["-k", "3"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert [line.split(".")[0].strip() for line in lines] == ["1", "2", "3"]
     assert all("<a_" in line and "log-prob" in line for line in lines)
-    thinking = subprocess.run(args + ["-k", "2", "--think", "--set", "eval.think_max_tokens=4"],
-                              capture_output=True, text=True)
+    thinking = subprocess.run(
+        args + ["-k", "2", "--think", "--set", "eval.think_max_tokens=4"], capture_output=True, text=True
+    )
     assert thinking.returncode == 0, thinking.stderr[-2000:]
     assert thinking.stdout.startswith("Reasoning:")
     bad = subprocess.run(args[:-1] + ["1,x"], capture_output=True, text=True)
@@ -147,7 +175,8 @@ def test_recommend_names_unknown_ids_and_keeps_the_trained_history_length(folder
     assert got.notes() == [
         "item ids 999, -5 are not in the SID index: left out of the history",
         f"the history has 3000 known items; the model was trained on at most 4 (data.max_history in "
-        f"{dataset / 'stats.json'}): the 4 most recent are used"]
+        f"{dataset / 'stats.json'}): the 4 most recent are used",
+    ]
     want = recommend(*args, long[-4:], k=3)
     assert [(r["sid"], r["score"]) for r in got.items] == [(r["sid"], r["score"]) for r in want.items]
     items, reasoning = got  # still unpacks as (items, reasoning)
@@ -160,18 +189,34 @@ def test_cli_recommend_warns_and_reports_what_it_used(folders, tmp_path):
     from sidreasoner.cli import app
 
     dataset = _dataset_trained_on(folders, tmp_path, 2)
-    args = ["recommend", "--model", str(folders / "model"), "--sid-index", str(folders / "sid_index"),
-            "--dataset", str(dataset), "--history", "7,1,999,2,3", "-k", "2"]
+    args = [
+        "recommend",
+        "--model",
+        str(folders / "model"),
+        "--sid-index",
+        str(folders / "sid_index"),
+        "--dataset",
+        str(dataset),
+        "--history",
+        "7,1,999,2,3",
+        "-k",
+        "2",
+    ]
     text = CliRunner().invoke(app, args)
     assert text.exit_code == 0, text.output
     assert [line for line in text.stderr.splitlines() if line.startswith("warning:")] == [
         "warning: item id 999 is not in the SID index: left out of the history",
         f"warning: the history has 4 known items; the model was trained on at most 2 (data.max_history in "
-        f"{dataset / 'stats.json'}): the 2 most recent are used"]
+        f"{dataset / 'stats.json'}): the 2 most recent are used",
+    ]
     assert text.stdout.splitlines()[0] == "History used (oldest first): 2, 3"
     as_json = CliRunner().invoke(app, args + ["--json"])
     assert as_json.exit_code == 0, as_json.output
     out = json.loads(as_json.stdout)
     assert (out["history_used"], out["unknown_item_ids"], out["older_items_dropped"], out["max_history"]) == (
-        [2, 3], [999], 2, 2)
+        [2, 3],
+        [999],
+        2,
+        2,
+    )
     assert [r["rank"] for r in out["recommendations"]] == [1, 2] and out["reasoning"] == ""

@@ -25,8 +25,12 @@ def target(request, tmp_path, monkeypatch):
         return str(tmp_path / "exports" / "run-1")
     if request.param == "s3":
         moto = request.getfixturevalue("moto_server")
-        for name, value in (("SIDREASONER_S3_ENDPOINT", moto["url"]), ("AWS_ACCESS_KEY_ID", moto["key"]),
-                            ("AWS_SECRET_ACCESS_KEY", moto["secret"]), ("AWS_REGION", "us-east-1")):
+        for name, value in (
+            ("SIDREASONER_S3_ENDPOINT", moto["url"]),
+            ("AWS_ACCESS_KEY_ID", moto["key"]),
+            ("AWS_SECRET_ACCESS_KEY", moto["secret"]),
+            ("AWS_REGION", "us-east-1"),
+        ):
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         client = s3_client("s3")
@@ -73,8 +77,11 @@ def test_foreign_folder_is_refused_unless_overwrite(target, tmp_path):
     model = _model(tmp_path / "model", {"model.safetensors": b"new weights"})
     _put(target, "notes.txt", b"someone's notes", tmp_path)
     _put(target, "model-00002-of-00002.safetensors", b"a shard of another model", tmp_path)
-    with pytest.raises(FileExistsError, match=r"holds 2 file\(s\) \(model-00002-of-00002.safetensors, notes.txt\) "
-                                              r"and no _SUCCESS marker .*export.overwrite=true"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"holds 2 file\(s\) \(model-00002-of-00002.safetensors, notes.txt\) "
+        r"and no _SUCCESS marker .*export.overwrite=true",
+    ):
         _export(target, model, tmp_path / "e1")
     assert storage.list_files(target) == ["model-00002-of-00002.safetensors", "notes.txt"]  # untouched
     assert not (tmp_path / "e1").exists()
@@ -85,8 +92,9 @@ def test_foreign_folder_is_refused_unless_overwrite(target, tmp_path):
 
 
 def test_overwrite_leaves_no_file_of_the_old_model(target, tmp_path):
-    old = _model(tmp_path / "old", {"model-00001-of-00002.safetensors": b"old 1", "model-00002-of-00002.safetensors":
-                                    b"old 2"})
+    old = _model(
+        tmp_path / "old", {"model-00001-of-00002.safetensors": b"old 1", "model-00002-of-00002.safetensors": b"old 2"}
+    )
     (old / "sub").mkdir()
     (old / "sub" / "extra.json").write_text("{}")
     new = _model(tmp_path / "new", {"model.safetensors": b"new weights, one shard"})
@@ -101,24 +109,33 @@ def test_overwrite_leaves_no_file_of_the_old_model(target, tmp_path):
     _exactly(target, new)
     assert json.loads((tmp_path / "e3" / "export.json").read_text())["files"] == storage.read_marker(target)["files"]
     if "://" not in target:
-        assert sorted(p.name for p in Path(target).iterdir()) == ["_SUCCESS", "config.json", "model.safetensors",
-                                                                  "tokenizer_config.json"]  # no empty sub/
+        assert sorted(p.name for p in Path(target).iterdir()) == [
+            "_SUCCESS",
+            "config.json",
+            "model.safetensors",
+            "tokenizer_config.json",
+        ]  # no empty sub/
 
 
 def test_a_file_dropped_beside_our_model_is_foreign(target, tmp_path):
     model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
     _export(target, model, tmp_path / "e1")
     _put(target, "README.md", b"added by hand", tmp_path)
-    with pytest.raises(FileExistsError, match=r"holds this model plus 1 file\(s\) not in its _SUCCESS manifest "
-                                              r"\(README.md\)"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"holds this model plus 1 file\(s\) not in its _SUCCESS manifest "
+        r"\(README.md\)",
+    ):
         _export(target, model, tmp_path / "e2")
     assert _export(target, model, tmp_path / "e3", "export.overwrite=true")["uploaded"] == 1.0
     _exactly(target, model)
 
 
 def test_a_shard_missing_from_our_model_is_uploaded_again(target, tmp_path):
-    model = _model(tmp_path / "model", {"model-00001-of-00002.safetensors": b"part one",
-                                        "model-00002-of-00002.safetensors": b"part two"})
+    model = _model(
+        tmp_path / "model",
+        {"model-00001-of-00002.safetensors": b"part one", "model-00002-of-00002.safetensors": b"part two"},
+    )
     _export(target, model, tmp_path / "e1")
     storage.delete_files(target, ["model-00002-of-00002.safetensors"])
     m = _export(target, model, tmp_path / "e2")  # ours, same manifest: no overwrite needed to repair it
@@ -129,8 +146,10 @@ def test_a_shard_missing_from_our_model_is_uploaded_again(target, tmp_path):
 
 
 def test_an_interrupted_export_of_ours_is_resumed_without_overwrite(target, tmp_path):
-    model = _model(tmp_path / "model", {"model-00001-of-00002.safetensors": b"part one",
-                                        "model-00002-of-00002.safetensors": b"part two"})
+    model = _model(
+        tmp_path / "model",
+        {"model-00001-of-00002.safetensors": b"part one", "model-00002-of-00002.safetensors": b"part two"},
+    )
     # What an export killed mid-upload leaves: its pending mark, some files, no _SUCCESS.
     _put(target, PENDING, b'{"format": "sidreasoner.export/pending-v1", "files": []}\n', tmp_path)
     _put(target, "config.json", (model / "config.json").read_bytes(), tmp_path)
@@ -182,9 +201,12 @@ def test_a_symlink_in_a_local_target_is_refused_and_overwrite_removes_only_the_l
     (target / "config.json").symlink_to(run6 / "config.json")
     new = _model(tmp_path / "new", {"model.safetensors": b"new weights"})
     for model in (new, tmp_path / "old"):  # a different model, and the same one with a linked file
-        with pytest.raises(FileExistsError, match=r"holds 2 symbolic link\(s\) \(config\.json -> .*run-6/config\.json, "
-                                                  r"previous -> \.\./run-6\), which an export never writes; "
-                                                  r"set export\.overwrite=true"):
+        with pytest.raises(
+            FileExistsError,
+            match=r"holds 2 symbolic link\(s\) \(config\.json -> .*run-6/config\.json, "
+            r"previous -> \.\./run-6\), which an export never writes; "
+            r"set export\.overwrite=true",
+        ):
             _export(str(target), model, tmp_path / "e2")
     m = _export(str(target), new, tmp_path / "e3", "export.overwrite=true")
     assert m["uploaded"] == 1.0

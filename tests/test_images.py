@@ -19,11 +19,9 @@ import sys
 import time
 import tomllib
 import venv
-
 from pathlib import Path
 
 import pytest
-
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -40,6 +38,7 @@ CPU_TORCH_INDEX = ("--index-url", "https://download.pytorch.org/whl/cpu")
 
 
 # --- reading a Dockerfile -------------------------------------------------------------------------
+
 
 def instructions(dockerfile: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order, continuation lines joined and comments dropped, and `${NAME}`
@@ -74,7 +73,7 @@ def pip_installs(run: str) -> list[list[str]]:
     found = []
     for i in starts:
         args = []
-        for token in tokens[i + 2:]:
+        for token in tokens[i + 2 :]:
             if token in stops:
                 break
             args.append(token)
@@ -84,8 +83,20 @@ def pip_installs(run: str) -> list[list[str]]:
 
 def requirement_args(args: list[str]) -> list[str]:
     """The positional arguments of a `pip install` (requirements and paths), options dropped."""
-    takes_value = {"--index-url", "-i", "--extra-index-url", "-r", "--requirement", "-c", "--constraint",
-                   "-f", "--find-links", "--report", "-t", "--target"}
+    takes_value = {
+        "--index-url",
+        "-i",
+        "--extra-index-url",
+        "-r",
+        "--requirement",
+        "-c",
+        "--constraint",
+        "-f",
+        "--find-links",
+        "--report",
+        "-t",
+        "--target",
+    }
     out, skip = [], False
     for arg in args:
         if skip:
@@ -110,13 +121,18 @@ def pyproject_pins() -> dict[str, str]:
 
 def project_extras(run: str) -> list[list[str]]:
     """Extras of this project a RUN installs: `pip install '.[a,b]'` and pyproject reads `['x']`."""
-    found = [re.fullmatch(r"\.\[([\w,-]+)\]", a).group(1).split(",")
-             for args in pip_installs(run) for a in requirement_args(args) if a.startswith(".[")]
+    found = [
+        re.fullmatch(r"\.\[([\w,-]+)\]", a).group(1).split(",")
+        for args in pip_installs(run)
+        for a in requirement_args(args)
+        if a.startswith(".[")
+    ]
     read = re.findall(r"\['optional-dependencies'\]\['([\w-]+)'\]", run)
     return found + ([read] if read else [])
 
 
 # --- fast checks ----------------------------------------------------------------------------------
+
 
 def test_every_dockerfile_is_built_under_a_compiled_image_name():
     """images/ holds exactly the Dockerfiles components/images.py names (no orphan, none missing)."""
@@ -195,7 +211,9 @@ def test_training_image_has_a_c_compiler_for_triton():
     assert apt[0] < first_pip
     user = next(i for i, (k, _) in enumerate(steps) if k == "USER")
     assert apt[0] < user  # installed as root
-    assert "Triton" in (ROOT / "images" / "README.md").read_text() and "gcc" in (ROOT / "images" / "README.md").read_text()
+    assert (
+        "Triton" in (ROOT / "images" / "README.md").read_text() and "gcc" in (ROOT / "images" / "README.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES)
@@ -206,10 +224,17 @@ def test_dependencies_are_installed_before_the_source_is_copied(dockerfile):
     copies = [(i, a.split()[:-1]) for i, (k, a) in enumerate(steps) if k == "COPY"]
     assert copies[0][1] == ["pyproject.toml"], "pyproject.toml is copied first, alone"
     source = min(i for i, srcs in copies if {"src", "components", "pipelines"} & set(srcs))
-    deps = [i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install -r /tmp/requirements.txt" in a
-            and "['dependencies']" in a]
-    project = [i for i, (k, a) in enumerate(steps) if k == "RUN"
-               and [r for args in pip_installs(a) for r in requirement_args(args) if r == "." or r.startswith(".[")]]
+    deps = [
+        i
+        for i, (k, a) in enumerate(steps)
+        if k == "RUN" and "pip install -r /tmp/requirements.txt" in a and "['dependencies']" in a
+    ]
+    project = [
+        i
+        for i, (k, a) in enumerate(steps)
+        if k == "RUN"
+        and [r for args in pip_installs(a) for r in requirement_args(args) if r == "." or r.startswith(".[")]
+    ]
     assert deps and copies[0][0] < deps[0] < source < project[0]
 
 
@@ -228,17 +253,20 @@ def test_no_env_or_arg_looks_like_a_secret(dockerfile):
             words = shlex.split(args)
             names = [w.split("=", 1)[0] for w in words if "=" in w] or words[:1]  # `ENV A=1 B=2` or `ENV A 1`
             for name in names:
-                assert not re.search(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL", name.upper()), \
+                assert not re.search(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL", name.upper()), (
                     f"{dockerfile}: {keyword} {name}: secrets come from Kubernetes Secrets at run time"
+                )
 
 
 def test_images_module_builds_every_dockerfile_under_the_compiled_names():
-    printed = subprocess.run([sys.executable, "-m", "sidreasoner.components.images"], capture_output=True,
-                             text=True, check=True).stdout.splitlines()
+    printed = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.components.images"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert printed == build_commands()
-    for line, (image, dockerfile) in zip(printed, DOCKERFILES.items()):
-        assert line.startswith(f"docker build -f {dockerfile} --label io.sidreasoner.code-version={code_version()} "
-                               f"-t {image} ") and line.endswith(" .")
+    for line, (image, dockerfile) in zip(printed, DOCKERFILES.items(), strict=True):
+        assert line.startswith(
+            f"docker build -f {dockerfile} --label io.sidreasoner.code-version={code_version()} -t {image} "
+        ) and line.endswith(" .")
     assert sorted(line.split()[3] for line in printed) == ALL_DOCKERFILES
 
 
@@ -247,12 +275,14 @@ def test_images_module_builds_every_dockerfile_under_the_compiled_names():
 def test_make_images_pipes_the_images_module_to_the_shell(target, flag, tmp_path):
     # -n prints the recipe without running it (there is no Docker engine here); the venv is
     # pointed at a scratch folder so make does not consider rebuilding the project's own.
-    out = subprocess.run(["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'v'}"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={tmp_path / 'v'}"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"-m sidreasoner.components.images{flag} | sh -ex" in out
 
 
 # --- clean-venv installs (slow) --------------------------------------------------------------------
+
 
 def _fresh_venv(path: Path) -> tuple[Path, dict]:
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
@@ -286,6 +316,11 @@ def _translate_cpu_index(run: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    bool(os.environ.get("CI")),
+    reason="under CI `make test` runs `make image-test` next, which builds images/cpu/Dockerfile itself and "
+    "checks the installed package in the image (tests/test_image_dag.py)",
+)
 def test_cpu_image_installs_in_a_clean_venv(tmp_path):
     """Replays images/cpu/Dockerfile in a fresh venv: its COPY lines into a scratch WORKDIR, its RUN
     lines that install (`pip install …` and the checks chained to them), verbatim but for the torch
@@ -322,8 +357,11 @@ def test_cpu_image_installs_in_a_clean_venv(tmp_path):
         "  'generic': {g: bool(importlib.util.find_spec(g)) for g in ('components', 'pipelines')},\n"
         "  'torch': __import__('torch').__version__}))\n"
     )
-    result = json.loads(subprocess.run([str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True,
-                                       text=True, check=True).stdout)
+    result = json.loads(
+        subprocess.run(
+            [str(python), "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert result["components"].startswith(result["site"])  # installed, not read from the copy
     assert result["generic"] == {"components": False, "pipelines": False}  # only sidreasoner is a top-level name
     site = Path(result["site"])
@@ -333,9 +371,11 @@ def test_cpu_image_installs_in_a_clean_venv(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SIDREASONER_TEST_TRAIN_RESOLVE") != "1",
-                    reason="set SIDREASONER_TEST_TRAIN_RESOLVE=1: pip's resolver downloads ~1.8 GB of wheels to "
-                           "read their metadata (this index serves no PEP 658 metadata files), about 3.5 min here")
+@pytest.mark.skipif(
+    os.environ.get("SIDREASONER_TEST_TRAIN_RESOLVE") != "1",
+    reason="set SIDREASONER_TEST_TRAIN_RESOLVE=1: pip's resolver downloads ~1.8 GB of wheels to "
+    "read their metadata (this index serves no PEP 658 metadata files), about 3.5 min here",
+)
 def test_training_image_requirements_resolve(tmp_path):
     """pip's resolver accepts the training image's commands: torch==2.13.0 installed first (the CPU
     wheel here, the CUDA one in the image), then `pip install '.[rl,gpu]'` as a dry run. Only the
@@ -354,10 +394,16 @@ def test_training_image_requirements_resolve(tmp_path):
     project = [a for run in runs for a in pip_installs(run) if ".[rl,gpu]" in a]
     assert project == [[".[rl,gpu]"]]
     report = tmp_path / "report.json"
-    subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
-                    ".[rl,gpu]"], cwd=workdir, env=env, check=True)
-    chosen = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-              for i in json.loads(report.read_text())["install"]}
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), ".[rl,gpu]"],
+        cwd=workdir,
+        env=env,
+        check=True,
+    )
+    chosen = {
+        canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
     pins = pyproject_pins()
     assert "torch" not in chosen  # the torch==2.13.0 already installed satisfies vLLM's and verl's needs
     for name in ("vllm", "verl", "transformers", "peft", "trl", "accelerate"):

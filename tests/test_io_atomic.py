@@ -51,8 +51,11 @@ def _fill(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def _holds(folder: Path, files: dict[str, bytes]) -> bool:
-    return (folder.is_dir() and sorted(p.name for p in folder.iterdir()) == sorted(files)
-            and all((folder / name).read_bytes() == data for name, data in files.items()))
+    return (
+        folder.is_dir()
+        and sorted(p.name for p in folder.iterdir()) == sorted(files)
+        and all((folder / name).read_bytes() == data for name, data in files.items())
+    )
 
 
 def _whole_copies(parent: Path) -> dict[str, str]:
@@ -73,12 +76,17 @@ def _stopped_writer(final: Path, moment: str) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("moment, at_the_kill, after", [
-    ("between-renames", {".out.old-*": "old"}, "old"),  # the old copy is put back; the killed write never finished
-    ("mid-delete", {"out": "new"}, "new"),  # the new copy is in place; the old one was being deleted
-], ids=["between-renames", "mid-delete"])
+@pytest.mark.parametrize(
+    "moment, at_the_kill, after",
+    [
+        ("between-renames", {".out.old-*": "old"}, "old"),  # the old copy is put back; the killed write never finished
+        ("mid-delete", {"out": "new"}, "new"),  # the new copy is in place; the old one was being deleted
+    ],
+    ids=["between-renames", "mid-delete"],
+)
 def test_a_writer_killed_while_replacing_a_folder_leaves_a_whole_copy_that_the_next_writer_keeps(
-        tmp_path, moment, at_the_kill, after):
+    tmp_path, moment, at_the_kill, after
+):
     final = tmp_path / "out"
     _fill(final, OLD)
     proc = _stopped_writer(final, moment)

@@ -29,8 +29,11 @@ def executed(results) -> list[str]:
 
 
 def trained(results) -> dict[str, int]:
-    return {name: results[name].steps_trained for name in ("sft-stage1", "sft-stage2", "rl-stage3")
-            if results[name].status == "EXECUTED"}
+    return {
+        name: results[name].steps_trained
+        for name in ("sft-stage1", "sft-stage2", "rl-stage3")
+        if results[name].status == "EXECUTED"
+    }
 
 
 def served(results, step: str) -> str:
@@ -39,8 +42,7 @@ def served(results, step: str) -> str:
 
 def describe(results) -> str:
     ran = executed(results)
-    ran_text = ("every step" if ran == [s for s in STEPS if s in results] else
-                ", ".join(ran) if ran else "none")
+    ran_text = "every step" if ran == [s for s in STEPS if s in results] else ", ".join(ran) if ran else "none"
     fresh = trained(results)
     training = ", ".join(f"{k} {'fresh' if v else 'resumed (0 steps)'}" for k, v in fresh.items()) or "-"
     return f"{ran_text} | {training} | {served(results, 'rl-stage3')} | {served(results, 'report')}"
@@ -57,7 +59,9 @@ def table(tmp_path_factory, request, kfp_backend):
     rows = []
 
     def run(label, cfg, parameters=None, yaml_text=None):
-        results = backend.run(yaml_text or compiled(cfg, tmp), run_parameters(cfg) if parameters is None else parameters)
+        results = backend.run(
+            yaml_text or compiled(cfg, tmp), run_parameters(cfg) if parameters is None else parameters
+        )
         rows.append((label, results))
         return results
 
@@ -65,24 +69,33 @@ def table(tmp_path_factory, request, kfp_backend):
     run("2. `submit --rerun-from rl-stage3` (generation G)", kept)
     run("3. plain run", base)
     run("4. run with `--set generations.rl-stage3=G`", kept)
-    run("5. UI: uploaded pipeline, run parameter `generation_rl_stage3=G`", base,
-        parameters={**run_parameters(base), "generation_rl_stage3": GENERATION})
-    run("6. `--set stage2.lr=2e-5` (one section changed), generation G kept", config.load(
-        PRESET, [f"generations.rl-stage3={GENERATION}", "stage2.lr=2e-5"]))
+    run(
+        "5. UI: uploaded pipeline, run parameter `generation_rl_stage3=G`",
+        base,
+        parameters={**run_parameters(base), "generation_rl_stage3": GENERATION},
+    )
+    run(
+        "6. `--set stage2.lr=2e-5` (one section changed), generation G kept",
+        config.load(PRESET, [f"generations.rl-stage3={GENERATION}", "stage2.lr=2e-5"]),
+    )
     new_code = "0.1.0+srcffffffffffff"
     mp.setattr(pipeline, "code_version", lambda: new_code)
     mp.setattr(checkpoints, "code_version", lambda: new_code)
     run("7. code change (new `code_version`)", base)
     mp.setitem(images.IMAGES, "train", "registry.example/sidreasoner-train@sha256:" + "e" * 64)
     run("8. training image changed (digest)", base)
-    run("9. `submit --no-cache` (generation G of download-data)", config.load(
-        PRESET, [f"generations.download-data={GENERATION}"]))
+    run(
+        "9. `submit --no-cache` (generation G of download-data)",
+        config.load(PRESET, [f"generations.download-data={GENERATION}"]),
+    )
     return rows
 
 
 def markdown(rows) -> str:
-    lines = ["| run | executed (all others cached) | training | rl-stage3 result from | report from |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| run | executed (all others cached) | training | rl-stage3 result from | report from |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {label} | {describe(results)} |" for label, results in rows]
     return "\n".join(lines)
 

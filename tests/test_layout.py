@@ -90,8 +90,11 @@ def test_no_import_cycle_in_the_library():
 
 
 def test_library_never_imports_kfp():
-    offenders = sorted(name for name, path in library_modules().items()
-                       if any(m == "kfp" or m.startswith("kfp.") for m in imported_modules(name, path, set())))
+    offenders = sorted(
+        name
+        for name, path in library_modules().items()
+        if any(m == "kfp" or m.startswith("kfp.") for m in imported_modules(name, path, set()))
+    )
     assert offenders == []
 
 
@@ -112,6 +115,7 @@ def test_no_generic_top_level_packages():
 
 def package_graph() -> dict[str, set[str]]:
     """The import graph between the library's subpackages (sidreasoner.train, sidreasoner.eval, …)."""
+
     def package(module: str) -> str:
         return ".".join(module.split(".")[:2])
 

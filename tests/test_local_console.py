@@ -16,15 +16,18 @@ from sidreasoner.pipelines.console import Console, Progress, key_metric
 
 SIDREASONER = Path(sys.executable).parent / "sidreasoner"
 DATA = ["data.demo.num_items=120", "data.demo.num_users=400"]
-TRAINER = ["    {'loss': 2.31, 'grad_norm': 1.5, 'learning_rate': 1e-05, 'epoch': 0.5}",
-           "      0%|          | 0/40 [00:00<?, ?it/s]",
-           "     45%|####5     | 18/40 [00:02<00:03,  6.10it/s]",
-           "    100%|##########| 3/3 [00:00<00:00, 20.0it/s]",
-           "    {'reward': 0.25, 'kl': 0.01, 'completion_length': 12.0}"]
+TRAINER = [
+    "    {'loss': 2.31, 'grad_norm': 1.5, 'learning_rate': 1e-05, 'epoch': 0.5}",
+    "      0%|          | 0/40 [00:00<?, ?it/s]",
+    "     45%|####5     | 18/40 [00:02<00:03,  6.10it/s]",
+    "    100%|##########| 3/3 [00:00<00:00, 20.0it/s]",
+    "    {'reward': 0.25, 'kl': 0.01, 'completion_length': 12.0}",
+]
 
 
-def _run_task(console: Console, name: str, root: Path, lines: list[str], state: str = "SUCCEEDED",
-              metrics: dict | None = None):
+def _run_task(
+    console: Console, name: str, root: Path, lines: list[str], state: str = "SUCCEEDED", metrics: dict | None = None
+):
     with console.task(name, root / f"{name}.log") as task:
         for line in lines:
             print(line)
@@ -86,8 +89,11 @@ def test_a_containers_output_comes_in_chunks_with_its_bars_carriage_returns(tmp_
 
 def test_an_exception_inside_a_task_is_reported_as_its_failure(tmp_path):
     console, out = _console(tmp_path)
-    with pytest.raises(KeyboardInterrupt), console.capturing(lambda: None), \
-            console.task("sft-stage1", tmp_path / "log.txt"):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        console.capturing(lambda: None),
+        console.task("sft-stage1", tmp_path / "log.txt"),
+    ):
         print("    step 3 of 40")
         raise KeyboardInterrupt
     assert "sft-stage1" in out.getvalue() and "FAILED" in out.getvalue() and "  | step 3 of 40" in out.getvalue()
@@ -121,8 +127,17 @@ def test_the_bar_is_drawn_only_on_a_terminal_and_cleared_before_each_line(tmp_pa
 
 
 def test_key_metric_picks_the_headline_number():
-    assert key_metric({"test_nonthink_hr@1": 0.1, "test_nonthink_hr@10": 0.4375, "test_nonthink_item_hr@10": 0.5,
-                       "test_think_hr@10": 0.3}) == "test_nonthink_hr@10=0.4375"
+    assert (
+        key_metric(
+            {
+                "test_nonthink_hr@1": 0.1,
+                "test_nonthink_hr@10": 0.4375,
+                "test_nonthink_item_hr@10": 0.5,
+                "test_think_hr@10": 0.3,
+            }
+        )
+        == "test_nonthink_hr@10=0.4375"
+    )
     assert key_metric({"reward_first": 0.0, "reward_last": 0.25, "kl_mean": 0.1}) == "reward_last=0.25"
     assert key_metric({"wall_seconds": 3.0}) == ""
 
@@ -134,7 +149,8 @@ def test_the_wrapped_kfp_function_still_takes_what_the_wrapper_reads():
 
     original = task_executor.execute_single_task
     assert {"task_name", "task_spec", "pipeline_resource_name", "pipeline_root"} <= set(
-        inspect.signature(original).parameters)
+        inspect.signature(original).parameters
+    )
     with _tasks_on(Console(io.StringIO())):
         assert task_executor.execute_single_task is not original
     assert task_executor.execute_single_task is original
@@ -142,9 +158,22 @@ def test_the_wrapped_kfp_function_still_takes_what_the_wrapper_reads():
 
 def _run(root: Path, *overrides: str) -> subprocess.CompletedProcess:
     settings = [arg for item in [*DATA, *overrides] for arg in ("--set", item)]
-    return subprocess.run([str(SIDREASONER), "run", "--until", "preprocess", "--pipeline-root", str(root),
-                           "--summary", str(root / "summary.json"), *settings], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [
+            str(SIDREASONER),
+            "run",
+            "--until",
+            "preprocess",
+            "--pipeline-root",
+            str(root),
+            "--summary",
+            str(root / "summary.json"),
+            *settings,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _task_lines(stdout: str) -> list[list[str]]:
@@ -156,8 +185,12 @@ def test_a_real_run_prints_a_line_per_task_start_and_end_and_keeps_the_rest_in_l
     root = tmp_path / "root"
     run = _run(root)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert _task_lines(run.stdout) == [["download-data", "started"], ["download-data", "SUCCEEDED"],
-                                       ["preprocess", "started"], ["preprocess", "SUCCEEDED"]]
+    assert _task_lines(run.stdout) == [
+        ["download-data", "started"],
+        ["download-data", "SUCCEEDED"],
+        ["preprocess", "started"],
+        ["preprocess", "SUCCEEDED"],
+    ]
     assert "\x1b" not in run.stdout + run.stderr and "\r" not in run.stdout
     assert "KFP Executor" not in run.stdout and "executor_input" not in run.stdout
     summary = json.loads((root / "summary.json").read_text())

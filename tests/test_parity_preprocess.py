@@ -13,14 +13,19 @@ import pytest
 
 from sidreasoner.config import load
 from sidreasoner.data.preprocess import (
-    preprocess, title_problem, widest_start, window_seconds, write_research_csvs, year_back,
+    preprocess,
+    title_problem,
+    widest_start,
+    window_seconds,
+    write_research_csvs,
+    year_back,
 )
 from sidreasoner.data.raw import FieldCounts, normalize_meta
 from tests.helpers.raw_manifest import seal
 
 DAY = 86_400
-T0 = int(dt.datetime(2017, 10, 1, tzinfo=dt.timezone.utc).timestamp())  # 1506816000
-NOV1 = int(dt.datetime(2018, 11, 1, tzinfo=dt.timezone.utc).timestamp())  # 1541030400
+T0 = int(dt.datetime(2017, 10, 1, tzinfo=dt.UTC).timestamp())  # 1506816000
+NOV1 = int(dt.datetime(2018, 11, 1, tzinfo=dt.UTC).timestamp())  # 1541030400
 
 
 def T(days):
@@ -42,9 +47,17 @@ def write_raw(folder, reviews, meta, category="Tiny"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{category}_5.json").write_text("\n".join(reviews) + "\n")
     (folder / f"meta_{category}.json").write_text("\n".join(meta) + "\n")
-    (folder / "manifest.json").write_text(json.dumps(
-        {"source": "test", "format": "amazon2018", "category": category, "reviews": f"{category}_5.json",
-         "meta": f"meta_{category}.json"}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "source": "test",
+                "format": "amazon2018",
+                "category": category,
+                "reviews": f"{category}_5.json",
+                "meta": f"meta_{category}.json",
+            }
+        )
+    )
     return seal(folder)
 
 
@@ -90,13 +103,22 @@ REVIEWS = [
 
 def paper_cfg(*extra):
     """The office preset on the tiny files: a 2-core, histories of 3, no widening (tested on its own)."""
-    return load("office", ["data.category=Tiny", "data.k_core=2", "data.max_history=3", "data.min_samples=1",
-                           "data.window_widen_below_items=0", *extra])
+    return load(
+        "office",
+        [
+            "data.category=Tiny",
+            "data.k_core=2",
+            "data.max_history=3",
+            "data.min_samples=1",
+            "data.window_widen_below_items=0",
+            *extra,
+        ],
+    )
 
 
 def _samples(out, split):
     t = pq.read_table(out / f"{split}.parquet").to_pydict()
-    return list(zip(t["user_id"], t["history_item_ids"], t["item_id"], t["timestamp"]))
+    return list(zip(t["user_id"], t["history_item_ids"], t["item_id"], t["timestamp"], strict=True))
 
 
 # ---------------------------------------------------------------- settings
@@ -111,7 +133,12 @@ def test_paper_presets_carry_the_research_settings():
         assert (d.title_rule, d.duplicate_meta, d.repeats, d.id_order) == ("minionerec", "last", "keep", "first_seen")
         assert d.split == (0.8, 0.1, 0.1)
     demo = load("demo").data
-    assert (demo.title_rule, demo.duplicate_meta, demo.repeats, demo.id_order) == ("unescape", "first", "earliest", "sorted")
+    assert (demo.title_rule, demo.duplicate_meta, demo.repeats, demo.id_order) == (
+        "unescape",
+        "first",
+        "earliest",
+        "sorted",
+    )
     assert demo.window_widen_below_items == 0 and demo.window_end_cut == "day_end"
 
 
@@ -134,7 +161,14 @@ def test_title_rule_replaces_only_quot_and_amp_then_strips_spaces_then_quotes():
     assert title("a \t b", "minionerec") == "a \t b"
     rule = "minionerec"
     assert [title_problem(t, 3, rule) for t in (None, "", "X", "ab", 'Big <span id="a">', "a b c", "a  b c")] == [
-        "missing_title", "empty_title", "short_title", None, "html_title", None, "long_title"]
+        "missing_title",
+        "empty_title",
+        "short_title",
+        None,
+        "html_title",
+        None,
+        "long_title",
+    ]
     assert [title_problem(t, 3, "unescape") for t in ("X", 'Big <span id="a">', "a  b c")] == [None, None, None]
 
 
@@ -146,31 +180,73 @@ def test_research_protocol_exact(tmp_path):
     m = preprocess(paper_cfg(), raw, tmp_path / "out")
     m.pop("wall_seconds")
     assert m == {
-        "raw_meta_lines": 14, "malformed_meta_lines": 0, "items_dropped_missing_title": 1,
-        "items_dropped_html_title": 1, "items_dropped_empty_title": 1, "items_dropped_short_title": 1,
-        "items_dropped_long_title": 2, "items_dropped_duplicate_asin": 2,
-        "raw_review_lines": 18, "malformed_review_lines": 0, "reviews_read": 18,
-        "reviews_dropped_out_of_window": 3, "reviews_dropped_unknown_item": 1, "reviews_dropped_duplicate": 0,
-        "reviews_dropped_k_core": 1, "k_core_iterations": 1, "time_window_widenings": 0,
-        "time_window_start_year": 2017, "interactions_repeated": 2, "users": 3, "items": 5, "interactions": 13,
-        "items_dropped_k_core": 1, "samples_train": 8, "samples_valid": 1, "samples_test": 1,
+        "raw_meta_lines": 14,
+        "malformed_meta_lines": 0,
+        "items_dropped_missing_title": 1,
+        "items_dropped_html_title": 1,
+        "items_dropped_empty_title": 1,
+        "items_dropped_short_title": 1,
+        "items_dropped_long_title": 2,
+        "items_dropped_duplicate_asin": 2,
+        "raw_review_lines": 18,
+        "malformed_review_lines": 0,
+        "reviews_read": 18,
+        "reviews_dropped_out_of_window": 3,
+        "reviews_dropped_unknown_item": 1,
+        "reviews_dropped_duplicate": 0,
+        "reviews_dropped_k_core": 1,
+        "k_core_iterations": 1,
+        "time_window_widenings": 0,
+        "time_window_start_year": 2017,
+        "interactions_repeated": 2,
+        "users": 3,
+        "items": 5,
+        "interactions": 13,
+        "items_dropped_k_core": 1,
+        "samples_train": 8,
+        "samples_valid": 1,
+        "samples_test": 1,
     }
     out = tmp_path / "out"
     # users by their first kept line (U3, U1, U2); items by first use walking U3's, U1's, U2's sequences
     assert [u["raw_user_id"] for u in pq.read_table(out / "users.parquet").to_pylist()] == ["U3", "U1", "U2"]
     items = pq.read_table(out / "items.parquet").to_pylist()
     assert [(i["asin"], i["title"]) for i in items] == [
-        ("I2", 'Blue" Gel Pen'), ("I4", "Stapler"), ("I10", "Tape Roll"), ("I1", "Pen &  Ink"),
-        ("I3", "Notebook &ndash; A5 &#39;dotted&#39;")]
+        ("I2", 'Blue" Gel Pen'),
+        ("I4", "Stapler"),
+        ("I10", "Tape Roll"),
+        ("I1", "Pen &  Ink"),
+        ("I3", "Notebook &ndash; A5 &#39;dotted&#39;"),
+    ]
     # the last record's fields, the last usable title; the description as MiniOneRec writes it (the
     # raw list's Python text, which its embedding text carries)
     assert items[1]["description"] == "['second']"
     inter = pq.read_table(out / "interactions.parquet").to_pydict()
-    assert list(zip(inter["user_id"], inter["item_id"])) == [
-        (0, 0), (0, 1), (0, 2), (0, 0), (1, 3), (1, 0), (1, 3), (1, 4), (1, 1), (2, 3), (2, 4), (2, 1), (2, 2)]
+    assert list(zip(inter["user_id"], inter["item_id"], strict=True)) == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (0, 0),
+        (1, 3),
+        (1, 0),
+        (1, 3),
+        (1, 4),
+        (1, 1),
+        (2, 3),
+        (2, 4),
+        (2, 1),
+        (2, 2),
+    ]
     assert _samples(out, "train") == [
-        (2, [3], 4, T(1)), (1, [3], 0, T(2)), (1, [3, 0], 3, T(3)), (1, [3, 0, 3], 4, T(4)),
-        (0, [0], 1, T(5)), (2, [3, 4], 1, T(6)), (0, [0, 1], 2, T(7)), (2, [3, 4, 1], 2, T(8))]
+        (2, [3], 4, T(1)),
+        (1, [3], 0, T(2)),
+        (1, [3, 0], 3, T(3)),
+        (1, [3, 0, 3], 4, T(4)),
+        (0, [0], 1, T(5)),
+        (2, [3, 4], 1, T(6)),
+        (0, [0, 1], 2, T(7)),
+        (2, [3, 4, 1], 2, T(8)),
+    ]
     assert _samples(out, "valid") == [(0, [0, 1, 2], 0, T(10))]  # the target is in its own history
     assert _samples(out, "test") == [(1, [0, 3, 4], 1, NOV1)]  # 2018-11-01 00:00:00 is inside the window
     write_research_csvs(out, {n: [f"<a_{n}>"] for n in range(5)}, tmp_path / "research", "Tiny")
@@ -180,8 +256,13 @@ def test_research_protocol_exact(tmp_path):
 def test_project_rules_on_the_same_files(tmp_path):
     """The demo's rules: repeats dropped, every entity unescaped, '<span id', '""' and one-letter titles kept."""
     raw = write_raw(tmp_path / "raw", REVIEWS, META)
-    m = preprocess(paper_cfg("data.title_rule=unescape", "data.duplicate_meta=first", "data.repeats=earliest",
-                             "data.id_order=sorted"), raw, tmp_path / "out")
+    m = preprocess(
+        paper_cfg(
+            "data.title_rule=unescape", "data.duplicate_meta=first", "data.repeats=earliest", "data.id_order=sorted"
+        ),
+        raw,
+        tmp_path / "out",
+    )
     assert (m["items_dropped_html_title"], m["items_dropped_short_title"], m["items_dropped_long_title"]) == (0, 0, 1)
     assert (m["items_dropped_missing_title"], m["items_dropped_empty_title"]) == (2, 0)  # I6 and I10's first record
     # I10 is dropped (its first record has no title), I5 kept: it has one review, so the 2-core drops it, then U4
@@ -189,7 +270,11 @@ def test_project_rules_on_the_same_files(tmp_path):
     assert (m["k_core_iterations"], m["reviews_dropped_k_core"], m["interactions"]) == (2, 2, 9)
     items = pq.read_table(tmp_path / "out/items.parquet").to_pylist()
     assert [(i["asin"], i["title"]) for i in items] == [
-        ("I1", "Pen & Ink"), ("I2", '"Blue" Gel Pen'), ("I3", "Notebook – A5 'dotted'"), ("I4", "Stapler")]
+        ("I1", "Pen & Ink"),
+        ("I2", '"Blue" Gel Pen'),
+        ("I3", "Notebook – A5 'dotted'"),
+        ("I4", "Stapler"),
+    ]
     assert items[3]["description"] == "first"
 
 
@@ -213,38 +298,61 @@ def test_day_end_keeps_the_whole_end_day(tmp_path):
 def _widening_raw(folder):
     """Items by period: P1, P2 from 2017-10 (users A, B, E); P3 in 2017-03..04 (A, B); P4 and P1 on 2016-09-30
     (C, D)."""
-    sep30 = int(dt.datetime(2016, 9, 30, tzinfo=dt.timezone.utc).timestamp())
-    mar = int(dt.datetime(2017, 3, 1, tzinfo=dt.timezone.utc).timestamp())
+    sep30 = int(dt.datetime(2016, 9, 30, tzinfo=dt.UTC).timestamp())
+    mar = int(dt.datetime(2017, 3, 1, tzinfo=dt.UTC).timestamp())
     reviews = [
-        _review("A", "P1", T(1)), _review("B", "P1", T(2)), _review("A", "P2", T(3)), _review("B", "P2", T(4)),
-        _review("E", "P1", T(5)), _review("E", "P2", T(6)),
-        _review("A", "P3", mar), _review("B", "P3", mar + 60 * DAY),
+        _review("A", "P1", T(1)),
+        _review("B", "P1", T(2)),
+        _review("A", "P2", T(3)),
+        _review("B", "P2", T(4)),
+        _review("E", "P1", T(5)),
+        _review("E", "P2", T(6)),
+        _review("A", "P3", mar),
+        _review("B", "P3", mar + 60 * DAY),
         _review("C", "Q9", mar),  # an unknown item: counted as unknown once the window reaches it
-        _review("C", "P4", sep30), _review("D", "P4", sep30), _review("C", "P1", sep30), _review("D", "P1", sep30),
+        _review("C", "P4", sep30),
+        _review("D", "P4", sep30),
+        _review("C", "P1", sep30),
+        _review("D", "P1", sep30),
     ]
     return write_raw(folder, reviews, [_meta(f"P{n}", f"Part {n}") for n in range(1, 5)])
 
 
-@pytest.mark.parametrize("extra, widenings, start_year, items, out_of_window, unknown", [
-    (["data.window_widen_below_items=0"], 0, 2017, 2, 7, 0),  # off: 2017-10 on only
-    (["data.window_widen_below_items=3"], 1, 2016, 3, 4, 1),  # 2 items < 3: back to 2016-10, then 3
-    (["data.window_widen_below_items=4"], 2, 2015, 4, 0, 1),  # 3 < 4: back to 2015-10, reaching 2016-09-30
-    (["data.window_widen_below_items=5"], 21, 1996, 4, 0, 1),  # never enough: down to 1996, as the research code
-    (["data.window_widen_below_items=5", "data.window_earliest_start_year=2016"], 1, 2016, 3, 4, 1),
-    (["data.window_widen_below_items=5", "data.window_earliest_start_year=2017"], 0, 2017, 2, 7, 0),
-])
+@pytest.mark.parametrize(
+    "extra, widenings, start_year, items, out_of_window, unknown",
+    [
+        (["data.window_widen_below_items=0"], 0, 2017, 2, 7, 0),  # off: 2017-10 on only
+        (["data.window_widen_below_items=3"], 1, 2016, 3, 4, 1),  # 2 items < 3: back to 2016-10, then 3
+        (["data.window_widen_below_items=4"], 2, 2015, 4, 0, 1),  # 3 < 4: back to 2015-10, reaching 2016-09-30
+        (["data.window_widen_below_items=5"], 21, 1996, 4, 0, 1),  # never enough: down to 1996, as the research code
+        (["data.window_widen_below_items=5", "data.window_earliest_start_year=2016"], 1, 2016, 3, 4, 1),
+        (["data.window_widen_below_items=5", "data.window_earliest_start_year=2017"], 0, 2017, 2, 7, 0),
+    ],
+)
 def test_start_widens_a_year_at_a_time(tmp_path, extra, widenings, start_year, items, out_of_window, unknown):
     m = preprocess(paper_cfg("data.split=[0.34,0.33,0.33]", *extra), _widening_raw(tmp_path / "raw"), tmp_path / "out")
     assert (m["time_window_widenings"], m["time_window_start_year"], m["items"]) == (widenings, start_year, items)
     assert (m["reviews_dropped_out_of_window"], m["reviews_dropped_unknown_item"]) == (out_of_window, unknown)
-    assert m["reviews_dropped_out_of_window"] + m["reviews_dropped_unknown_item"] + m["interactions"] + \
-        m["reviews_dropped_k_core"] == m["reviews_read"] == 13
+    assert (
+        m["reviews_dropped_out_of_window"]
+        + m["reviews_dropped_unknown_item"]
+        + m["interactions"]
+        + m["reviews_dropped_k_core"]
+        == m["reviews_read"]
+        == 13
+    )
 
 
 def test_first_seen_ids_follow_the_file_not_the_names(tmp_path):
     # Z's line comes first, so Z is user 0; its items, walked in time order (ties in file order), come first.
-    reviews = [_review("Z", "B2", T(3)), _review("Z", "B3", T(3)), _review("A", "B1", T(1)), _review("A", "B3", T(2)),
-               _review("Z", "B1", T(9)), _review("A", "B2", T(9))]
+    reviews = [
+        _review("Z", "B2", T(3)),
+        _review("Z", "B3", T(3)),
+        _review("A", "B1", T(1)),
+        _review("A", "B3", T(2)),
+        _review("Z", "B1", T(9)),
+        _review("A", "B2", T(9)),
+    ]
     raw = write_raw(tmp_path / "raw", reviews, [_meta(f"B{n}", f"Box {n}") for n in (1, 2, 3)])
     split = "data.split=[0.5,0.25,0.25]"
     preprocess(paper_cfg("data.k_core=1", split), raw, tmp_path / "first")
@@ -252,12 +360,23 @@ def test_first_seen_ids_follow_the_file_not_the_names(tmp_path):
     first = pq.read_table(tmp_path / "first/interactions.parquet").to_pydict()
     assert [u["raw_user_id"] for u in pq.read_table(tmp_path / "first/users.parquet").to_pylist()] == ["Z", "A"]
     assert [i["asin"] for i in pq.read_table(tmp_path / "first/items.parquet").to_pylist()] == ["B2", "B3", "B1"]
-    assert list(zip(first["user_id"], first["item_id"])) == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+    assert list(zip(first["user_id"], first["item_id"], strict=True)) == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 2),
+        (1, 1),
+        (1, 0),
+    ]
     srt = pq.read_table(tmp_path / "sorted/interactions.parquet").to_pydict()
-    assert list(zip(srt["user_id"], srt["item_id"])) == [(0, 0), (0, 2), (0, 1), (1, 1), (1, 2), (1, 0)]
+    assert list(zip(srt["user_id"], srt["item_id"], strict=True)) == [(0, 0), (0, 2), (0, 1), (1, 1), (1, 2), (1, 0)]
     # the two samples at T(9) go by user id: Z's (valid) before A's (test) under first_seen, A's first when sorted
     assert (_samples(tmp_path / "first", "valid"), _samples(tmp_path / "first", "test")) == (
-        [(0, [0, 1], 2, T(9))], [(1, [2, 1], 0, T(9))])
+        [(0, [0, 1], 2, T(9))],
+        [(1, [2, 1], 0, T(9))],
+    )
     assert (_samples(tmp_path / "sorted", "valid"), _samples(tmp_path / "sorted", "test")) == (
-        [(0, [0, 2], 1, T(9))], [(1, [1, 2], 0, T(9))])
+        [(0, [0, 2], 1, T(9))],
+        [(1, [1, 2], 0, T(9))],
+    )
     assert np.array_equal(first["timestamp"], [T(3), T(3), T(9), T(1), T(2), T(9)])

@@ -31,15 +31,19 @@ from sidreasoner.train.sft import _encoding, extend_tokenizer
 QWEN3_TEMPLATE = (importlib.resources.files("trl") / "chat_templates" / "qwen3.jinja").read_text()
 PAPER = ("office", "industrial", "games")
 
-HEAD = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.")
+HEAD = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
 S0, S1, S2 = "<a_0><b_1><c_2>", "<a_0><b_1><c_3>", "<a_0><b_2><c_0>"
 T0, T1, T2 = "Acme Gel Pen Vol. 1", "Acme Gel Pen Vol. 2", "Acme Gel Pen Vol. 3"
 REASONING = f"The latest item is {S1}; the series continues. Recommended item: {S2}"
 NEXT_ITEM_SYSTEM = HEAD + "\nCan you recommend the next item for the user based on their interaction history?\n"
-REASONING_USER = (f"The user has sequentially interacted with items {S0}, {S1}. Can you recommend the next item for "
-                  "him? Let's think step by step before making recommendation. Directly output the item SID after "
-                  "thinking.")
+REASONING_USER = (
+    f"The user has sequentially interacted with items {S0}, {S1}. Can you recommend the next item for "
+    "him? Let's think step by step before making recommendation. Directly output the item SID after "
+    "thinking."
+)
 
 # The research code's messages (system, user, assistant) of each task for train row 1 of the tiny
 # artifacts (history items 0, 1; target item 2), category Office_Products, seed 42.
@@ -48,32 +52,38 @@ RESEARCH_STAGE1 = {
         HEAD + " Can you predict the next possible item that the user may expect?",
         f"The user has interacted with items {S0}, {S1} in chronological order. Can you predict the next possible "
         "item that the user may expect?",
-        S2),
+        S2,
+    ),
     "title_to_sid": (
         HEAD + " \nAnswer the question about item identification.\n",
         f"Which item has the title: {T2}?",
-        S2),
+        S2,
+    ),
     "sid_to_title": (
         HEAD + " \nAnswer the question about item identification.\n",
         f'What is the title of item "{S2}"?',
-        T2),
+        T2,
+    ),
     "sid_history_to_title": (
         NEXT_ITEM_SYSTEM,
         f"The user has sequentially interacted with items {S0}, {S1}. Can you recommend the next item for him? "
         "Tell me the title of the item?",
-        T2),
+        T2,
+    ),
     # random.Random(42).randint(0, 10) draws 10, 1, … : train row 1 gets instruction 1.
     "title_history_to_title": (
         HEAD + "\nConsidering the office products that has recently captured the user's interest, kindly create a "
-               "compilation of other office products that the user might have played prior to this.\n \n",
+        "compilation of other office products that the user might have played prior to this.\n \n",
         f'The user has palyed the following office productss before: "{T0}",\t"{T1}"',
-        f'"{T2}"\n'),
+        f'"{T2}"\n',
+    ),
     "title_history_to_sid": (
         HEAD + " \nBased on the user's historical interaction with item titles, predict the semantic ID of the next "
-               "item they may expect.\n",
+        "item they may expect.\n",
         f'The user has interacted with the following office products items in chronological order: "{T0}", "{T1}". '
         "Can you predict the next item the user may expect?",
-        S2),
+        S2,
+    ),
 }
 
 # What Qwen3's template renders for those conversations: the research code's training sequences.
@@ -82,43 +92,62 @@ PINNED_STAGE1 = {
         "<|im_start|>system\n" + HEAD + " Can you predict the next possible item that the user may expect?"
         "<|im_end|>\n<|im_start|>user\nThe user has interacted with items <a_0><b_1><c_2>, <a_0><b_1><c_3> in "
         "chronological order. Can you predict the next possible item that the user may expect?<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"),
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"
+    ),
     "title_to_sid": (
         "<|im_start|>system\n" + HEAD + " \nAnswer the question about item identification.\n<|im_end|>\n"
         "<|im_start|>user\nWhich item has the title: Acme Gel Pen Vol. 3?<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"),
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"
+    ),
     "sid_to_title": (
         "<|im_start|>system\n" + HEAD + " \nAnswer the question about item identification.\n<|im_end|>\n"
-        "<|im_start|>user\nWhat is the title of item \"<a_0><b_2><c_0>\"?<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\nAcme Gel Pen Vol. 3<|im_end|>\n"),
+        '<|im_start|>user\nWhat is the title of item "<a_0><b_2><c_0>"?<|im_end|>\n'
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nAcme Gel Pen Vol. 3<|im_end|>\n"
+    ),
     "sid_history_to_title": (
         "<|im_start|>system\n" + HEAD + "\nCan you recommend the next item for the user based on their interaction "
         "history?\n<|im_end|>\n<|im_start|>user\nThe user has sequentially interacted with items <a_0><b_1><c_2>, "
         "<a_0><b_1><c_3>. Can you recommend the next item for him? Tell me the title of the item?<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\nAcme Gel Pen Vol. 3<|im_end|>\n"),
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nAcme Gel Pen Vol. 3<|im_end|>\n"
+    ),
     "title_history_to_title": (
         "<|im_start|>system\n" + HEAD + "\nConsidering the office products that has recently captured the user's "
         "interest, kindly create a compilation of other office products that the user might have played prior to "
         "this.\n \n<|im_end|>\n<|im_start|>user\nThe user has palyed the following office productss before: "
-        "\"Acme Gel Pen Vol. 1\",\t\"Acme Gel Pen Vol. 2\"<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n\"Acme Gel Pen Vol. 3\"\n<|im_end|>\n"),
+        '"Acme Gel Pen Vol. 1",\t"Acme Gel Pen Vol. 2"<|im_end|>\n'
+        '<|im_start|>assistant\n<think>\n\n</think>\n\n"Acme Gel Pen Vol. 3"\n<|im_end|>\n'
+    ),
     "title_history_to_sid": (
         "<|im_start|>system\n" + HEAD + " \nBased on the user's historical interaction with item titles, predict the "
         "semantic ID of the next item they may expect.\n<|im_end|>\n<|im_start|>user\nThe user has interacted with "
-        "the following office products items in chronological order: \"Acme Gel Pen Vol. 1\", \"Acme Gel Pen Vol. "
-        "2\". Can you predict the next item the user may expect?<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"),
+        'the following office products items in chronological order: "Acme Gel Pen Vol. 1", "Acme Gel Pen Vol. '
+        '2". Can you predict the next item the user may expect?<|im_end|>\n'
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"
+    ),
 }
 PINNED_STAGE2 = (
     "<|im_start|>system\n" + NEXT_ITEM_SYSTEM + "<|im_end|>\n<|im_start|>user\n" + REASONING_USER + "<|im_end|>\n"
-    "<|im_start|>assistant\n<think>\n" + REASONING + "\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n")
-PINNED_THINK_PROMPT = ("<|im_start|>system\n" + NEXT_ITEM_SYSTEM + "<|im_end|>\n<|im_start|>user\n" + REASONING_USER
-                       + "<|im_end|>\n<|im_start|>assistant\n")
+    "<|im_start|>assistant\n<think>\n" + REASONING + "\n</think>\n\n<a_0><b_2><c_0><|im_end|>\n"
+)
+PINNED_THINK_PROMPT = (
+    "<|im_start|>system\n"
+    + NEXT_ITEM_SYSTEM
+    + "<|im_end|>\n<|im_start|>user\n"
+    + REASONING_USER
+    + "<|im_end|>\n<|im_start|>assistant\n"
+)
 EVAL_SYSTEM = HEAD + " \nCan you predict the next possible item that the user may expect?\n"
-EVAL_USER = ("Can you predict the next possible item the user may expect, given the following chronological "
-             f"interaction history: {S0}, {S1}")
-PINNED_NONTHINK_PROMPT = ("<|im_start|>system\n" + EVAL_SYSTEM + "<|im_end|>\n<|im_start|>user\n" + EVAL_USER
-                          + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+EVAL_USER = (
+    "Can you predict the next possible item the user may expect, given the following chronological "
+    f"interaction history: {S0}, {S1}"
+)
+PINNED_NONTHINK_PROMPT = (
+    "<|im_start|>system\n"
+    + EVAL_SYSTEM
+    + "<|im_end|>\n<|im_start|>user\n"
+    + EVAL_USER
+    + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
 
 
 def _messages(system: str, user: str, answer: str | None = None) -> list[dict]:
@@ -170,9 +199,14 @@ def test_stage1_sequences_are_the_research_codes(toks, office):
     tok, q3 = toks
     s = config.load("office").stage1
     examples, counts = tasks.stage1_examples(s, 42, office["dataset"], office["sid_index"], office["corpus"])
-    needles = {"sid_history_to_sid": f"{S0}, {S1} in", "title_to_sid": T2, "sid_to_title": S2,
-               "sid_history_to_title": f"{S0}, {S1}.", "title_history_to_title": f'"{T0}",\t"{T1}"',
-               "title_history_to_sid": f'"{T0}", "{T1}"'}
+    needles = {
+        "sid_history_to_sid": f"{S0}, {S1} in",
+        "title_to_sid": T2,
+        "sid_to_title": S2,
+        "sid_history_to_title": f"{S0}, {S1}.",
+        "title_history_to_title": f'"{T0}",\t"{T1}"',
+        "title_history_to_sid": f'"{T0}", "{T1}"',
+    }
     for task, (system, user, answer) in RESEARCH_STAGE1.items():
         ex = _find(examples, task, needles[task])
         assert (ex.system, ex.prompt, ex.response) == (system, user, answer), task
@@ -193,22 +227,26 @@ def test_title_history_instructions_are_drawn_per_sample_with_pythons_random(off
     systems = [e.system for e in examples if e.task == "title_history_to_title"]
     want = [prompts.title_history_system(i, "office products") for i in (10, 1, 0, 4, 3)]
     assert systems == want
-    assert want[0] == (HEAD + "\nIn relation to the user's recent entertainment with a given office products, it would "
-                       "be appreciated if you could curate a list of office products that might form part of the "
-                       "user's previous gaming history.\n \n")
+    assert want[0] == (
+        HEAD + "\nIn relation to the user's recent entertainment with a given office products, it would "
+        "be appreciated if you could curate a list of office products that might form part of the "
+        "user's previous gaming history.\n \n"
+    )
     # A dataset without a category the research code names: "items" (so "itemss" in this task).
     plain, _ = tasks.stage1_examples(s, 42, tiny_artifacts["dataset"], office["sid_index"], office["corpus"])
     first = next(e for e in plain if e.task == "title_history_to_title")
     assert first.prompt == f'The user has palyed the following itemss before: "{T0}"'
     assert first.system == prompts.title_history_system(10, "items")
     assert _find(plain, "title_history_to_sid", f'"{T0}", "{T1}"').prompt.startswith(
-        "The user has interacted with the following items items in chronological order:")
+        "The user has interacted with the following items items in chronological order:"
+    )
 
 
 def test_category_phrases():
-    assert [prompts.category_phrase(c) for c in ("Office_Products", "Industrial_and_Scientific", "Video_Games",
-                                                 "Toys_and_Games", "Demo")] == [
-        "office products", "industrial and scientific items", "video games", "toys and games", "items"]
+    assert [
+        prompts.category_phrase(c)
+        for c in ("Office_Products", "Industrial_and_Scientific", "Video_Games", "Toys_and_Games", "Demo")
+    ] == ["office products", "industrial and scientific items", "video games", "toys and games", "items"]
 
 
 def test_stage2_sequence_and_its_sid_validation(toks, office):
@@ -255,12 +293,15 @@ def test_evaluation_prompts_are_the_research_codes(tiny_sid_model):
     research = q3.apply_chat_template(_messages(EVAL_SYSTEM, EVAL_USER), tokenize=False, add_generation_prompt=True)
     assert research + prompts.EMPTY_THINK == PINNED_NONTHINK_PROMPT
     assert _prompts(decoder, [[S0, S1]], False, "research") == [
-        tok(research, add_special_tokens=False)["input_ids"] + tok("<think>\n</think>\n\n", add_special_tokens=False)["input_ids"]]
+        tok(research, add_special_tokens=False)["input_ids"]
+        + tok("<think>\n</think>\n\n", add_special_tokens=False)["input_ids"]
+    ]
     # The project's rendering (the default) ends with the empty think block the training renders.
     assert _prompts(decoder, [[S0, S1]], False) == [tok(PINNED_NONTHINK_PROMPT, add_special_tokens=False)["input_ids"]]
     # Thinking: the Stage 2 question, the generation prompt in thinking mode.
-    research = q3.apply_chat_template(_messages(NEXT_ITEM_SYSTEM, REASONING_USER), tokenize=False,
-                                      add_generation_prompt=True)
+    research = q3.apply_chat_template(
+        _messages(NEXT_ITEM_SYSTEM, REASONING_USER), tokenize=False, add_generation_prompt=True
+    )
     assert research == PINNED_THINK_PROMPT
     assert _prompts(decoder, [[S0, S1]], True) == [tok(PINNED_THINK_PROMPT, add_special_tokens=False)["input_ids"]]
 
@@ -270,8 +311,9 @@ def test_the_tiny_template_renders_what_qwen3s_renders(toks):
     for system in (None, NEXT_ITEM_SYSTEM, EVAL_SYSTEM):
         for thinking in (False, True):
             msgs = prompts.chat_messages(REASONING_USER, system)
-            assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking) \
-                == q3.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+            assert tok.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+            ) == q3.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
     assert prompts.turn_end(tok) == prompts.turn_end(q3) == "<|im_end|>\n"
 
 
@@ -287,7 +329,7 @@ def test_im_end_loss_per_stage(toks):
 
     def tail(ex, mode):
         labels = encode(tok, ex, 10_000, loss_on_eos=mode)["labels"]
-        return labels[-len(sid) - len(end):]
+        return labels[-len(sid) - len(end) :]
 
     assert tail(plain, "all") == sid + end and tail(think, "all") == sid + end
     assert tail(plain, "thinking") == sid + [IGNORE] * 2 and tail(think, "thinking") == sid + end
@@ -305,8 +347,11 @@ def test_im_end_loss_per_stage(toks):
 
 def test_left_truncation_keeps_the_answer(toks):
     tok, _ = toks
-    ex = Example("title_history_to_sid", prompts.TITLE_HISTORY_TO_SID.format(
-        category="items", titles=prompts.title_history([T0, T1] * 10)), S2)
+    ex = Example(
+        "title_history_to_sid",
+        prompts.TITLE_HISTORY_TO_SID.format(category="items", titles=prompts.title_history([T0, T1] * 10)),
+        S2,
+    )
     whole = encode(tok, ex, 10_000)
     sid = tok(S2, add_special_tokens=False)["input_ids"]
     n = len(whole["input_ids"])
@@ -332,8 +377,16 @@ def test_left_truncation_keeps_the_answer(toks):
 def _model(vocab: int, padded: int = 0, seed: int = 0):
     words = [f"w{i} x{i % 7} y{i % 5}" for i in range(400)]
     tok = tiny.train_tokenizer(words, vocab)
-    cfg = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8,
-                          intermediate_size=32, vocab_size=vocab, max_positions=64)
+    cfg = TinyModelConfig(
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        intermediate_size=32,
+        vocab_size=vocab,
+        max_positions=64,
+    )
     model = tiny.build_model(cfg, tok, seed)
     # Anisotropic rows (scales 0.1 … 1.6, correlated dimensions), so a covariance is there to be matched.
     g = torch.Generator().manual_seed(seed)
@@ -399,17 +452,36 @@ def test_mean_resizing_keeps_a_padded_matrixs_rows_and_sizes_it_to_the_tokenizer
 
 GENERAL_LINES = [
     # "messages" as a JSON string, system + user + assistant (the research data's layout)
-    {"messages": json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-                             {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}])},
+    {
+        "messages": json.dumps(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
+            ]
+        )
+    },
     # a Python literal, content parts; a system message of parts becomes a user message
-    {"messages": str([{"role": "system", "content": [{"type": "text", "text": "Sys parts"}]},
-                      {"role": "user", "content": [{"type": "text", "text": "Name a colour"}]},
-                      {"role": "assistant", "content": [{"type": "text", "text": "red"}]}])},
+    {
+        "messages": str(
+            [
+                {"role": "system", "content": [{"type": "text", "text": "Sys parts"}]},
+                {"role": "user", "content": [{"type": "text", "text": "Name a colour"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+            ]
+        )
+    },
     # no answer: left out after sampling
     {"messages": json.dumps([{"role": "user", "content": "silent?"}])},
     # a list, several turns: the prompt keeps the user turns, the answer is the last assistant message
-    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                  {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]},
+    {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+            {"role": "assistant", "content": "ciao"},
+        ]
+    },
     {"prompt": "Say yes", "response": "yes"},
 ]
 
@@ -420,7 +492,10 @@ def test_general_reasoning_messages_reader(tmp_path, toks):
     path.write_text("\n".join(json.dumps(x) for x in GENERAL_LINES) + "\n")
     exs = data_mod.read_instruction_file(path, thinking=True, max_len=3072)
     assert [(e.messages, e.response) for e in exs] == [
-        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}], "<think>\nadd\n</think>\n\n4"),
+        (
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+            "<think>\nadd\n</think>\n\n4",
+        ),
         ([{"role": "user", "content": "Sys parts"}, {"role": "user", "content": "Name a colour"}], "red"),
         ([{"role": "user", "content": "hi"}, {"role": "user", "content": "bye"}], "ciao"),
         ([{"role": "user", "content": "Say yes"}], "yes"),
@@ -430,7 +505,9 @@ def test_general_reasoning_messages_reader(tmp_path, toks):
     # The research code's encoding: generation prompt (thinking), the answer and the eos token, all in the loss.
     ex = exs[0]
     prompt = q3.apply_chat_template(ex.messages, tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     a = tok(ex.response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     for mode in ("thinking", "all"):
@@ -445,7 +522,9 @@ def test_general_reasoning_messages_reader(tmp_path, toks):
     assert len(data_mod.read_instruction_file(path, samples=9, seed=42)) == 4  # more than the file: all
     bad = tmp_path / "bad.arrow"
     bad.write_text(json.dumps({"messages": "[{'role': 'user', 'content': 'x'"}) + "\n")
-    with pytest.raises(data_mod.InstructionFileError, match=r"bad.arrow:1: messages is neither JSON nor a Python literal"):
+    with pytest.raises(
+        data_mod.InstructionFileError, match=r"bad.arrow:1: messages is neither JSON nor a Python literal"
+    ):
         data_mod.read_instruction_file(bad)
     bad.write_text(json.dumps({"messages": json.dumps([{"content": "no role"}])}) + "\n")
     with pytest.raises(data_mod.InstructionFileError, match=r"bad.arrow:1: messages must be a list"):

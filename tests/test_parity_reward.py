@@ -33,56 +33,60 @@ def from_end(text: str, part: str) -> int:
 
 # ---------------------------------------------------------------- exact values
 
-@pytest.mark.parametrize("text, expected", [
-    # the prefix rule on the first three codes after </think>, plus 0.1 for a catalogue SID
-    (REASONING + "<a_1><b_2><c_3>", 1.1),                # exact, in the catalogue
-    (REASONING + "<a_1><b_2><c_4>", 0.6),                # 2 levels, in the catalogue
-    (REASONING + "<a_1><b_2><c_9>", 0.5),                # 2 levels, not in the catalogue
-    (REASONING + "<a_1><b_5><c_0>", 0.35),               # 1 level, in the catalogue
-    (REASONING + "<a_1><b_9><c_9>", 0.25),               # 1 level, not in the catalogue
-    (REASONING + "<a_7><b_0><c_0>", 0.1),                # 0 levels, in the catalogue
-    (REASONING + "<a_9><b_2><c_3>", 0.0),                # level 1 wrong: later matches do not count
-    (REASONING + "<a_1><b_9><c_3>", 0.25),               # level 2 wrong: level 3 does not count
-    # no </think>: 0, however good the SID
-    (SID, 0.0),                                          # a plain answer (the rule kind scores it 1.1)
-    ("<think>\nThe answer is " + SID, 0.0),              # reasoning never closed
-    ("", 0.0),
-    # text around the SID is tolerated
-    (REASONING + SID + " is my pick.", 1.1),
-    (REASONING + "The next item: " + SID, 1.1),
-    (REASONING + "<a_1> <b_2> <c_3>", 1.1),               # spaces between the codes
-    (REASONING + "<a_1>, then <b_2>, then <c_3>.", 1.1),  # words between the codes
-    # several SIDs: the first three codes count
-    (REASONING + "<a_1><b_2><c_4> or <a_1><b_2><c_3>", 0.6),
-    (REASONING + "<a_1><b_2><c_3> or <a_1><b_2><c_4>", 1.1),
-    (REASONING + "<a_1><b_2><c_3><d_4>", 1.1),           # a fourth code is ignored
-    # a SID in the think block only
-    ("<think>Maybe " + SID + "</think>", 0.0),
-    ("<think>Maybe " + SID + "</think>\nnone of them", 0.0),
-    ("<think>Maybe <a_7><b_0><c_0></think>" + SID, 1.1),  # the one after </think> counts
-    # fewer than three codes
-    (REASONING + "<a_1><b_2>", 0.0),
-    (REASONING + "<a_1><b_2> and c_3", 0.0),
-    # malformed codes: any `<…>` is a code, compared as a string
-    (REASONING + "<a_01><b_2><c_3>", 0.0),               # leading zero: not "<a_1>", not in the catalogue
-    (REASONING + "<b_2><a_1><c_3>", 0.0),                # levels out of order
-    (REASONING + "<a_1><x><b_2><c_3>", 0.25),            # "<x>" takes level 2's place
-    (REASONING + "<a_1><b_2><c_3", 0.0),                 # unclosed: two codes
-    (REASONING + "<a_1 <b_2><c_3>", 0.0),                # "<a_1 <b_2>" is one code: two codes
-    # the opening <think> is not required; end-of-turn markers are dropped as decoding drops them
-    ("</think>" + SID, 1.1),
-    (REASONING + SID + "<|im_end|>", 1.1),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the prefix rule on the first three codes after </think>, plus 0.1 for a catalogue SID
+        (REASONING + "<a_1><b_2><c_3>", 1.1),  # exact, in the catalogue
+        (REASONING + "<a_1><b_2><c_4>", 0.6),  # 2 levels, in the catalogue
+        (REASONING + "<a_1><b_2><c_9>", 0.5),  # 2 levels, not in the catalogue
+        (REASONING + "<a_1><b_5><c_0>", 0.35),  # 1 level, in the catalogue
+        (REASONING + "<a_1><b_9><c_9>", 0.25),  # 1 level, not in the catalogue
+        (REASONING + "<a_7><b_0><c_0>", 0.1),  # 0 levels, in the catalogue
+        (REASONING + "<a_9><b_2><c_3>", 0.0),  # level 1 wrong: later matches do not count
+        (REASONING + "<a_1><b_9><c_3>", 0.25),  # level 2 wrong: level 3 does not count
+        # no </think>: 0, however good the SID
+        (SID, 0.0),  # a plain answer (the rule kind scores it 1.1)
+        ("<think>\nThe answer is " + SID, 0.0),  # reasoning never closed
+        ("", 0.0),
+        # text around the SID is tolerated
+        (REASONING + SID + " is my pick.", 1.1),
+        (REASONING + "The next item: " + SID, 1.1),
+        (REASONING + "<a_1> <b_2> <c_3>", 1.1),  # spaces between the codes
+        (REASONING + "<a_1>, then <b_2>, then <c_3>.", 1.1),  # words between the codes
+        # several SIDs: the first three codes count
+        (REASONING + "<a_1><b_2><c_4> or <a_1><b_2><c_3>", 0.6),
+        (REASONING + "<a_1><b_2><c_3> or <a_1><b_2><c_4>", 1.1),
+        (REASONING + "<a_1><b_2><c_3><d_4>", 1.1),  # a fourth code is ignored
+        # a SID in the think block only
+        ("<think>Maybe " + SID + "</think>", 0.0),
+        ("<think>Maybe " + SID + "</think>\nnone of them", 0.0),
+        ("<think>Maybe <a_7><b_0><c_0></think>" + SID, 1.1),  # the one after </think> counts
+        # fewer than three codes
+        (REASONING + "<a_1><b_2>", 0.0),
+        (REASONING + "<a_1><b_2> and c_3", 0.0),
+        # malformed codes: any `<…>` is a code, compared as a string
+        (REASONING + "<a_01><b_2><c_3>", 0.0),  # leading zero: not "<a_1>", not in the catalogue
+        (REASONING + "<b_2><a_1><c_3>", 0.0),  # levels out of order
+        (REASONING + "<a_1><x><b_2><c_3>", 0.25),  # "<x>" takes level 2's place
+        (REASONING + "<a_1><b_2><c_3", 0.0),  # unclosed: two codes
+        (REASONING + "<a_1 <b_2><c_3>", 0.0),  # "<a_1 <b_2>" is one code: two codes
+        # the opening <think> is not required; end-of-turn markers are dropped as decoding drops them
+        ("</think>" + SID, 1.1),
+        (REASONING + SID + "<|im_end|>", 1.1),
+    ],
+)
 def test_research_reward_exact(text, expected):
     assert research(text) == pytest.approx(expected, abs=1e-12)
 
 
 def test_differs_from_the_rule_kind_where_the_parse_differs():
-    assert (rule(SID), research(SID)) == (1.1, 0.0)                                          # no think block
+    assert (rule(SID), research(SID)) == (1.1, 0.0)  # no think block
     assert (rule(REASONING + SID + " is my pick."), research(REASONING + SID + " is my pick.")) == (0.0, 1.1)
     two = REASONING + "<a_1><b_2><c_4> or <a_1><b_2><c_3>"
     assert (rule(two), research(two)) == (0.0, pytest.approx(0.6))
-    assert rule(REASONING + SID) == research(REASONING + SID) == 1.1                         # the clean format
+    assert rule(REASONING + SID) == research(REASONING + SID) == 1.1  # the clean format
 
 
 def test_components():
@@ -94,12 +98,13 @@ def test_components():
 
 # ---------------------------------------------------------------- the 50-character window
 
+
 def test_window_the_answer_49_50_and_51_characters_from_the_end():
     base = "<think>" + "r" * 100 + "</think>" + SID
     inside49, inside50, outside51 = base + "x" * 26, base + "x" * 27, base + "x" * 28
     assert [from_end(t, "</think>") for t in (inside49, inside50, outside51)] == [49, 50, 51]
     assert [research(t) for t in (inside49, inside50, outside51)] == [1.1, 1.1, 0.0]
-    assert [rule(t) for t in (inside49, inside50, outside51)] == [0.0, 0.0, 0.0]   # the strict parse: words after
+    assert [rule(t) for t in (inside49, inside50, outside51)] == [0.0, 0.0, 0.0]  # the strict parse: words after
 
 
 def test_window_needs_the_think_close_not_only_the_sid():
@@ -132,13 +137,19 @@ def test_levels_follow_the_target():
     cat4 = frozenset({gt4})
     assert research("</think><a_1><b_2><c_3><d_4>", gt4, cat4) == pytest.approx(1.1)
     assert research("</think><a_1><b_2><c_0><d_4>", gt4, cat4) == pytest.approx(0.25)
-    assert research("</think><a_1><b_2><c_3>", gt4, cat4) == 0.0          # three codes for four levels
+    assert research("</think><a_1><b_2><c_3>", gt4, cat4) == 0.0  # three codes for four levels
 
 
 # ---------------------------------------------------------------- the verl and TRL signatures
 
-TEXTS = [REASONING + SID, SID, REASONING + "<a_1><b_2><c_4> or " + SID, "<think>" + SID + "</think>",
-         REASONING + "<a_1><x><b_2><c_3>", "<think>" + "r" * 100 + "</think>" + SID + "x" * 28]
+TEXTS = [
+    REASONING + SID,
+    SID,
+    REASONING + "<a_1><b_2><c_4> or " + SID,
+    "<think>" + SID + "</think>",
+    REASONING + "<a_1><x><b_2><c_3>",
+    "<think>" + "r" * 100 + "</think>" + SID + "x" * 28,
+]
 EXPECTED = [1.1, 0.0, 0.6, 0.0, 0.25, 0.0]
 
 
@@ -152,10 +163,21 @@ def test_trl_and_verl_signatures_agree(tmp_path, monkeypatch):
     assert trl(conversational, [GT] * len(TEXTS)) == pytest.approx(EXPECTED, abs=1e-12)
     assert R.make_trl_reward("research", str(tmp_path))(TEXTS, [GT] * len(TEXTS)) == pytest.approx(EXPECTED, abs=1e-12)
     # verl: keyword call, kind and catalogue path from reward_kwargs, or both from extra_info
-    verl_kw = [R.compute_score(data_source="sidreasoner", solution_str=t, ground_truth=GT, extra_info={},
-                               kind="research", catalogue=str(tmp_path / "catalogue.json"))["score"] for t in TEXTS]
-    verl_extra = [R.compute_score("sidreasoner", t, GT, {"reward_kind": "research", "catalogue_path": str(tmp_path)})
-                  ["score"] for t in TEXTS]
+    verl_kw = [
+        R.compute_score(
+            data_source="sidreasoner",
+            solution_str=t,
+            ground_truth=GT,
+            extra_info={},
+            kind="research",
+            catalogue=str(tmp_path / "catalogue.json"),
+        )["score"]
+        for t in TEXTS
+    ]
+    verl_extra = [
+        R.compute_score("sidreasoner", t, GT, {"reward_kind": "research", "catalogue_path": str(tmp_path)})["score"]
+        for t in TEXTS
+    ]
     assert verl_kw == verl_extra == trl(TEXTS, [GT] * len(TEXTS))
 
 
@@ -177,23 +199,33 @@ def test_through_verls_custom_reward_function_loader(tmp_path):
     from sidreasoner.rl.verl_backend import VerlPaths, verl_overrides
 
     (tmp_path / "catalogue.json").write_text(json.dumps(sorted(CAT)))
-    paths = VerlPaths(model=tmp_path / "stage2", train_files=tmp_path / "train.parquet",
-                      val_files=tmp_path / "valid.parquet", catalogue=tmp_path / "catalogue.json",
-                      checkpoint_dir=tmp_path / "ckpt", train_prompts=1000)
+    paths = VerlPaths(
+        model=tmp_path / "stage2",
+        train_files=tmp_path / "train.parquet",
+        val_files=tmp_path / "valid.parquet",
+        catalogue=tmp_path / "catalogue.json",
+        checkpoint_dir=tmp_path / "ckpt",
+        train_prompts=1000,
+    )
     overrides = verl_overrides(config.load("office"), paths)
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         composed = compose(config_name="ppo_trainer", overrides=overrides)
     OmegaConf.resolve(composed)
     assert OmegaConf.to_container(composed.reward.custom_reward_function.reward_kwargs) == {
-        "kind": "research", "catalogue": str(tmp_path / "catalogue.json")}
+        "kind": "research",
+        "catalogue": str(tmp_path / "catalogue.json"),
+    }
     fn = get_custom_reward_fn(composed)  # what verl's reward manager calls, reward_kwargs merged in
-    scores = [fn(data_source="sidreasoner", solution_str=t, ground_truth=GT, extra_info={"split": "train"})["score"]
-              for t in TEXTS]
+    scores = [
+        fn(data_source="sidreasoner", solution_str=t, ground_truth=GT, extra_info={"split": "train"})["score"]
+        for t in TEXTS
+    ]
     assert scores == pytest.approx(EXPECTED, abs=1e-12)
     assert scores == R.make_trl_reward("research", CAT)(TEXTS, [GT] * len(TEXTS))
 
 
 # ---------------------------------------------------------------- presets and config checks
+
 
 @pytest.mark.parametrize("preset", ["office", "industrial", "games"])
 def test_paper_presets_use_the_research_reward(preset):

@@ -41,14 +41,17 @@ PAPER_PRESETS = ["office", "industrial", "games"]
 # Last level of 4 codes. Items 0 and 1 are duplicates (identical distances); items 2 and 3 collide on (1, 0);
 # item 4 holds (1, 2); item 5 is alone in prefix 2.
 CODES = np.array([[0, 1], [0, 1], [1, 0], [1, 0], [1, 2], [2, 3]])
-DISTS = np.array([
-    [0.2, 0.0, 0.5, 0.9],
-    [0.2, 0.0, 0.5, 0.9],
-    [0.0, 0.3, 0.2, 0.8],
-    [0.0, 0.9, 0.1, 0.7],
-    [0.5, 0.5, 0.0, 0.5],
-    [0.5, 0.5, 0.5, 0.0],
-], dtype=np.float32)
+DISTS = np.array(
+    [
+        [0.2, 0.0, 0.5, 0.9],
+        [0.2, 0.0, 0.5, 0.9],
+        [0.0, 0.3, 0.2, 0.8],
+        [0.0, 0.9, 0.1, 0.7],
+        [0.5, 0.5, 0.0, 0.5],
+        [0.5, 0.5, 0.5, 0.0],
+    ],
+    dtype=np.float32,
+)
 
 
 def test_research_sinkhorn_assign_exact():
@@ -80,12 +83,19 @@ def test_research_sinkhorn_rounds_end_when_nothing_collides():
 
 
 def test_resolve_collisions_research_keeps_leftovers():
-    codes, m = resolve_collisions(CODES, DISTS, rounds=3, epsilon=0.003, iters=50, method="research_sinkhorn",
-                                  leftover="keep")
+    codes, m = resolve_collisions(
+        CODES, DISTS, rounds=3, epsilon=0.003, iters=50, method="research_sinkhorn", leftover="keep"
+    )
     assert codes[:, 1].tolist() == [0, 0, 0, 0, 2, 3]
-    assert m == {"collision_rate_before": 4 / 6, "duplicate_rate_before": pytest.approx(2 / 6),
-                 "collision_rate_after_sinkhorn": 4 / 6, "collision_rate_after": 4 / 6,
-                 "duplicate_rate_after": pytest.approx(2 / 6), "sinkhorn_rounds_run": 3.0, "items_reassigned": 2.0}
+    assert m == {
+        "collision_rate_before": 4 / 6,
+        "duplicate_rate_before": pytest.approx(2 / 6),
+        "collision_rate_after_sinkhorn": 4 / 6,
+        "collision_rate_after": 4 / 6,
+        "duplicate_rate_after": pytest.approx(2 / 6),
+        "sinkhorn_rounds_run": 3.0,
+        "items_reassigned": 2.0,
+    }
     # the project's handling on the same input: Sinkhorn over free codes only (the duplicates stay together),
     # then the exact assignment parts them
     assert sinkhorn_rounds(CODES, DISTS, 10, 0.02)[0][:, 1].tolist() == [1, 1, 1, 0, 2, 3]
@@ -104,14 +114,16 @@ def test_leftover_keep_needs_no_room_in_the_prefix():
 
 # ---------------------------------------------------------------- RQ-VAE (rqvae.py, models/, trainer.py)
 
+
 def _linear_shapes(seq: nn.Sequential) -> list[tuple[int, int]]:
     return [tuple(m.weight.shape) for m in seq if isinstance(m, nn.Linear)]
 
 
 def test_research_rqvae_builds_the_paper_encoder():
     rq = config.load("office").sid.rqvae
-    model = RQVAE(2560, rq.hidden_dims, rq.latent_dim, 3, 256, rq.beta, rq.quant_loss, rq.deep_commitment,
-                  rq.weight_init)
+    model = RQVAE(
+        2560, rq.hidden_dims, rq.latent_dim, 3, 256, rq.beta, rq.quant_loss, rq.deep_commitment, rq.weight_init
+    )
     widths = [2560, 2048, 1024, 512, 256, 128, 64, 32]
     assert _linear_shapes(model.encoder) == [(b, a) for a, b in itertools.pairwise(widths)]
     back = widths[::-1]
@@ -132,11 +144,14 @@ def _two_level_model(**kw) -> RQVAE:
     return model
 
 
-@pytest.mark.parametrize("quant_loss,deep,loss,grad", [
-    # levels: 0.25 (1 + beta) and 0.125 (1 + beta); only the first level's commitment reaches z unless deep
-    ("mean", False, 0.234375, [[0.0, 0.0], [0.0, 0.0625]]),
-    ("sum", True, 0.46875, [[0.0, -0.0625], [0.0, 0.1875]]),
-])
+@pytest.mark.parametrize(
+    "quant_loss,deep,loss,grad",
+    [
+        # levels: 0.25 (1 + beta) and 0.125 (1 + beta); only the first level's commitment reaches z unless deep
+        ("mean", False, 0.234375, [[0.0, 0.0], [0.0, 0.0625]]),
+        ("sum", True, 0.46875, [[0.0, -0.0625], [0.0, 0.1875]]),
+    ],
+)
 def test_vq_loss_reduction_and_residual_gradient(quant_loss, deep, loss, grad):
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
     _, codes, vq_loss, _ = _two_level_model(quant_loss=quant_loss, deep_commitment=deep).quantize(z)
@@ -169,7 +184,7 @@ def test_first_step_of_the_warmup_does_not_move_the_parameters():
     model, _ = train_rqvae(x, rq, 2, 4, torch.Generator().manual_seed(0))
     torch.manual_seed(5)
     fresh = RQVAE(4, [8], 2, 2, 4, 0.25, weight_init="xavier_normal")
-    for a, b in zip(model.encoder.parameters(), fresh.encoder.parameters()):
+    for a, b in zip(model.encoder.parameters(), fresh.encoder.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -208,9 +223,18 @@ def test_quantize_sids_with_the_research_recipe(tmp_path):
     emb = np.repeat(np.eye(6, dtype=np.float32) * 3, 8, axis=0)  # 6 groups of 8 identical items: collisions stay
     emb[::8] += 0.5
     data, emb_dir = _write_inputs(tmp_path, emb)
-    cfg = config.load("office", ["sid.codebook_size=8", "sid.rqvae.hidden_dims=[16]", "sid.rqvae.latent_dim=4",
-                                 "sid.rqvae.epochs=20", "sid.rqvae.select_every=5", "sid.rqvae.device=cpu",
-                                 "sid.rqvae.lr_warmup_epochs=2"])
+    cfg = config.load(
+        "office",
+        [
+            "sid.codebook_size=8",
+            "sid.rqvae.hidden_dims=[16]",
+            "sid.rqvae.latent_dim=4",
+            "sid.rqvae.epochs=20",
+            "sid.rqvae.select_every=5",
+            "sid.rqvae.device=cpu",
+            "sid.rqvae.lr_warmup_epochs=2",
+        ],
+    )
     m = quantize_sids(cfg, data, emb_dir, tmp_path / "out")
     assert m["selected_epoch"] in (5.0, 10.0, 15.0, 20.0)
     assert m["sinkhorn_rounds_run"] == 20.0  # identical items never part: every round runs
@@ -233,9 +257,13 @@ def test_nonfinite_embeddings_zeroed_or_refused(tmp_path):
 
 # ---------------------------------------------------------------- item text and embeddings (text2emb)
 
+
 def test_research_item_text_exact():
-    item = {"title": 'Pilot G2 &amp; "Gel" Pens', "description": "['Smooth <b>writing</b>.', 'Pack of 12...']",
-            "brand": "Pilot"}
+    item = {
+        "title": 'Pilot G2 &amp; "Gel" Pens',
+        "description": "['Smooth <b>writing</b>.', 'Pack of 12...']",
+        "brand": "Pilot",
+    }
     assert research_item_text(item, ["title", "description"]) == (
         "Pilot G2 & Gel Pens. ['Smooth writing.', 'Pack of 12...']."
     )
@@ -252,11 +280,23 @@ def test_embed_research_text_mean_pooled_not_normalised(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    items = pd.DataFrame({"item_id": [0, 1], "title": ["Red stapler", "Gel pens &amp; refills"],
-                          "description": ["Heavy-duty, for 40 sheets...", ""]})
+    items = pd.DataFrame(
+        {
+            "item_id": [0, 1],
+            "title": ["Red stapler", "Gel pens &amp; refills"],
+            "description": ["Heavy-duty, for 40 sheets...", ""],
+        }
+    )
     items.to_parquet(data / "items.parquet")
-    cfg = config.load("demo", ["embed.device=cpu", "embed.text_template=research", "embed.normalize=false",
-                               'embed.fields=["title", "description"]'])
+    cfg = config.load(
+        "demo",
+        [
+            "embed.device=cpu",
+            "embed.text_template=research",
+            "embed.normalize=false",
+            'embed.fields=["title", "description"]',
+        ],
+    )
     embed_items(cfg, data, tmp_path / "emb")
     emb = np.load(tmp_path / "emb" / "embeddings.npy")
     meta = json.loads((tmp_path / "emb" / "meta.json").read_text())
@@ -277,9 +317,14 @@ def test_embed_float16_pools_in_float32(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     pd.DataFrame({"item_id": [0, 1], "title": ["Red stapler", "Gel pens"], "description": ["", "Blue"]}).to_parquet(
-        data / "items.parquet")
-    base = ["embed.device=cpu", "embed.text_template=research", "embed.normalize=false",
-            'embed.fields=["title", "description"]']
+        data / "items.parquet"
+    )
+    base = [
+        "embed.device=cpu",
+        "embed.text_template=research",
+        "embed.normalize=false",
+        'embed.fields=["title", "description"]',
+    ]
     embed_items(config.load("demo", base), data, tmp_path / "e32")
     embed_items(config.load("demo", [*base, "embed.dtype=float16"]), data, tmp_path / "e16")
     e32, e16 = np.load(tmp_path / "e32" / "embeddings.npy"), np.load(tmp_path / "e16" / "embeddings.npy")
@@ -291,27 +336,66 @@ def test_embed_float16_pools_in_float32(tmp_path):
 
 # ---------------------------------------------------------------- presets and validation
 
+
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
 def test_paper_presets_use_the_research_recipe(preset):
     cfg = config.load(preset)
     assert cfg.embed.model_dump() == {
-        "model": "Qwen/Qwen3-Embedding-4B", "pooling": "mean", "fields": ["title", "description"],
-        "text_template": "research", "max_length": 2048, "batch_size": 32, "device": "auto", "dtype": "float16",
+        "model": "Qwen/Qwen3-Embedding-4B",
+        "pooling": "mean",
+        "fields": ["title", "description"],
+        "text_template": "research",
+        "max_length": 2048,
+        "batch_size": 32,
+        "device": "auto",
+        "dtype": "float16",
         "normalize": False,
     }
     sid = cfg.sid.model_dump()
     rq = sid.pop("rqvae")
-    assert {k: sid[k] for k in ("method", "levels", "codebook_size", "collision", "sinkhorn_epsilon",
-                                "sinkhorn_iters", "sinkhorn_rounds", "collision_leftover", "nonfinite_embeddings")} == {
-        "method": "rqvae", "levels": 3, "codebook_size": 256, "collision": "research_sinkhorn",
-        "sinkhorn_epsilon": 0.003, "sinkhorn_iters": 50, "sinkhorn_rounds": 20, "collision_leftover": "keep",
+    assert {
+        k: sid[k]
+        for k in (
+            "method",
+            "levels",
+            "codebook_size",
+            "collision",
+            "sinkhorn_epsilon",
+            "sinkhorn_iters",
+            "sinkhorn_rounds",
+            "collision_leftover",
+            "nonfinite_embeddings",
+        )
+    } == {
+        "method": "rqvae",
+        "levels": 3,
+        "codebook_size": 256,
+        "collision": "research_sinkhorn",
+        "sinkhorn_epsilon": 0.003,
+        "sinkhorn_iters": 50,
+        "sinkhorn_rounds": 20,
+        "collision_leftover": "keep",
         "nonfinite_embeddings": "zero",
     }
     assert rq == {
-        "hidden_dims": [2048, 1024, 512, 256, 128, 64], "latent_dim": 32, "epochs": 10000, "lr": 1e-3,
-        "lr_warmup_epochs": 50, "grad_clip": 1.0, "batch_size": 20480, "beta": 0.25, "quant_loss": "mean",
-        "deep_commitment": False, "weight_init": "xavier_normal", "standardize": False, "kmeans_init": True,
-        "kmeans_iters": 100, "warmup_epochs": 0, "reseed_every": 0, "balance": 0.0, "select_every": 50,
+        "hidden_dims": [2048, 1024, 512, 256, 128, 64],
+        "latent_dim": 32,
+        "epochs": 10000,
+        "lr": 1e-3,
+        "lr_warmup_epochs": 50,
+        "grad_clip": 1.0,
+        "batch_size": 20480,
+        "beta": 0.25,
+        "quant_loss": "mean",
+        "deep_commitment": False,
+        "weight_init": "xavier_normal",
+        "standardize": False,
+        "kmeans_init": True,
+        "kmeans_iters": 100,
+        "warmup_epochs": 0,
+        "reseed_every": 0,
+        "balance": 0.0,
+        "select_every": 50,
         "device": "auto",
     }
 

@@ -25,36 +25,92 @@ from sidreasoner.train.sft import BestModelCallback, _args, sft_stage2, valid_me
 # Every training setting the research code fixes, as the paper presets carry it (SIDReasoner's
 # sft_Qwen3.py + sft_Qwen3_enrich.sh, sft_reasoning_activation.py/.sh, RL_training_script.sh).
 PAPER = {
-    "stage1.lr": 3e-4, "stage1.epochs": 10, "stage1.global_batch_size": 1024, "stage1.cutoff_len": 1024,
-    "stage1.lr_scheduler": "linear", "stage1.warmup_steps": 20, "stage1.early_stopping_patience": 3,
-    "stage1.valid_samples": 0, "stage1.batching": "padded", "stage1.bf16": True, "stage1.finetune": "full",
-    "stage1.weight_decay": 0.0, "stage1.logging_steps": 1,
-    "stage2.lr": 1e-5, "stage2.epochs": 5, "stage2.global_batch_size": 1024, "stage2.cutoff_len": 1024,
-    "stage2.lr_scheduler": "linear", "stage2.warmup_steps": 10, "stage2.early_stopping_patience": 5,
-    "stage2.valid_samples": 0, "stage2.select_on": "sid", "stage2.reasoning_holdout": 0, "stage2.batching": "padded",
-    "stage2.bf16": True, "stage2.finetune": "full", "stage2.weight_decay": 0.0, "stage2.logging_steps": 1,
-    "stage3.backend": "verl", "stage3.epochs": 10, "stage3.lr": 5e-7, "stage3.lr_scheduler": "constant",
-    "stage3.warmup_steps": 0, "stage3.warmup_ratio": 0.0, "stage3.num_generations": 16, "stage3.kl_beta": 0.001,
-    "stage3.train_batch_size": 256, "stage3.micro_batch_size": 8, "stage3.max_prompt_length": 1024,
-    "stage3.max_response_length": 1024, "stage3.temperature": 1.0, "stage3.top_p": 1.0, "stage3.save_steps": 100,
-    "stage3.prompts": "narrated", "stage3.valid_samples": 0, "stage3.max_samples": 0,
-    "stage3.gradient_checkpointing": True, "stage3.finetune": "full",
-    "stage3.verl.n_gpus_per_node": 4, "stage3.verl.nnodes": 1, "stage3.verl.gpu_memory_utilization": 0.8,
-    "stage3.verl.test_freq": 50, "stage3.verl.val_before_train": True, "stage3.verl.ppo_mini_batch_size": 0,
-    "stage3.verl.log_prob_micro_batch_size_per_gpu": 0, "stage3.verl.rollout_tensor_parallel_size": 1,
-    "stage3.verl.rollout_engine": "vllm", "stage3.verl.fsdp_param_offload": False,
-    "stage3.verl.fsdp_optimizer_offload": False, "stage3.verl.ref_param_offload": True,
+    "stage1.lr": 3e-4,
+    "stage1.epochs": 10,
+    "stage1.global_batch_size": 1024,
+    "stage1.cutoff_len": 1024,
+    "stage1.lr_scheduler": "linear",
+    "stage1.warmup_steps": 20,
+    "stage1.early_stopping_patience": 3,
+    "stage1.valid_samples": 0,
+    "stage1.batching": "padded",
+    "stage1.bf16": True,
+    "stage1.finetune": "full",
+    "stage1.weight_decay": 0.0,
+    "stage1.logging_steps": 1,
+    "stage2.lr": 1e-5,
+    "stage2.epochs": 5,
+    "stage2.global_batch_size": 1024,
+    "stage2.cutoff_len": 1024,
+    "stage2.lr_scheduler": "linear",
+    "stage2.warmup_steps": 10,
+    "stage2.early_stopping_patience": 5,
+    "stage2.valid_samples": 0,
+    "stage2.select_on": "sid",
+    "stage2.reasoning_holdout": 0,
+    "stage2.batching": "padded",
+    "stage2.bf16": True,
+    "stage2.finetune": "full",
+    "stage2.weight_decay": 0.0,
+    "stage2.logging_steps": 1,
+    "stage3.backend": "verl",
+    "stage3.epochs": 10,
+    "stage3.lr": 5e-7,
+    "stage3.lr_scheduler": "constant",
+    "stage3.warmup_steps": 0,
+    "stage3.warmup_ratio": 0.0,
+    "stage3.num_generations": 16,
+    "stage3.kl_beta": 0.001,
+    "stage3.train_batch_size": 256,
+    "stage3.micro_batch_size": 8,
+    "stage3.max_prompt_length": 1024,
+    "stage3.max_response_length": 1024,
+    "stage3.temperature": 1.0,
+    "stage3.top_p": 1.0,
+    "stage3.save_steps": 100,
+    "stage3.prompts": "narrated",
+    "stage3.valid_samples": 0,
+    "stage3.max_samples": 0,
+    "stage3.gradient_checkpointing": True,
+    "stage3.finetune": "full",
+    "stage3.verl.n_gpus_per_node": 4,
+    "stage3.verl.nnodes": 1,
+    "stage3.verl.gpu_memory_utilization": 0.8,
+    "stage3.verl.test_freq": 50,
+    "stage3.verl.val_before_train": True,
+    "stage3.verl.ppo_mini_batch_size": 0,
+    "stage3.verl.log_prob_micro_batch_size_per_gpu": 0,
+    "stage3.verl.rollout_tensor_parallel_size": 1,
+    "stage3.verl.rollout_engine": "vllm",
+    "stage3.verl.fsdp_param_offload": False,
+    "stage3.verl.fsdp_optimizer_offload": False,
+    "stage3.verl.ref_param_offload": True,
 }
 # Where the project keeps its own choice in the paper presets, with the setting that restores the research's.
 PAPER_KEEPS = {"stage1.weights_dtype": "float32", "stage2.weights_dtype": "float32", "stage3.valid_split": "valid"}
 # What the demo keeps for 2 CPU cores (unchanged by the settings above).
 DEMO = {
-    "stage1.lr_scheduler": "cosine", "stage1.warmup_steps": 0, "stage1.warmup_ratio": 0.05, "stage1.valid_samples": 200,
-    "stage1.early_stopping_patience": 2, "stage1.batching": "length_grouped", "stage1.weights_dtype": "float32",
-    "stage2.lr_scheduler": "cosine", "stage2.warmup_steps": 0, "stage2.warmup_ratio": 0.03, "stage2.select_on": "reasoning",
-    "stage2.reasoning_holdout": 64, "stage2.valid_samples": 64, "stage2.early_stopping_patience": 1,
-    "stage3.backend": "trl", "stage3.prompts": "train", "stage3.valid_split": "valid", "stage3.valid_samples": 32,
-    "stage3.micro_batch_size": 16, "stage3.verl.n_gpus_per_node": 1, "stage3.verl.gpu_memory_utilization": 0.6,
+    "stage1.lr_scheduler": "cosine",
+    "stage1.warmup_steps": 0,
+    "stage1.warmup_ratio": 0.05,
+    "stage1.valid_samples": 200,
+    "stage1.early_stopping_patience": 2,
+    "stage1.batching": "length_grouped",
+    "stage1.weights_dtype": "float32",
+    "stage2.lr_scheduler": "cosine",
+    "stage2.warmup_steps": 0,
+    "stage2.warmup_ratio": 0.03,
+    "stage2.select_on": "reasoning",
+    "stage2.reasoning_holdout": 64,
+    "stage2.valid_samples": 64,
+    "stage2.early_stopping_patience": 1,
+    "stage3.backend": "trl",
+    "stage3.prompts": "train",
+    "stage3.valid_split": "valid",
+    "stage3.valid_samples": 32,
+    "stage3.micro_batch_size": 16,
+    "stage3.verl.n_gpus_per_node": 1,
+    "stage3.verl.gpu_memory_utilization": 0.6,
 }
 
 
@@ -93,6 +149,7 @@ def test_new_settings_validate_with_their_key():
 
 # ---------------------------------------------------------------- warm-up
 
+
 def test_warmup_steps_reach_the_training_arguments(tmp_path):
     office, demo = config.load("office"), config.load("demo")
     s1 = _args(office.stage1, tmp_path / "s1", office.stage1.epochs, 0, evaluate=True, world=8)
@@ -128,8 +185,12 @@ def test_warmup_steps_reach_grpo():
 
 # Per epoch, the two validation losses of a hand-made run: the reasoning loss is best after epoch 2,
 # the next-SID loss after epoch 3 (epoch 4 ties it: a tie keeps the earlier checkpoint).
-EPOCH_LOSSES = [{"reasoning": 2.0, "sid": 3.0}, {"reasoning": 1.5, "sid": 3.2},
-                {"reasoning": 1.7, "sid": 2.5}, {"reasoning": 1.6, "sid": 2.5}]
+EPOCH_LOSSES = [
+    {"reasoning": 2.0, "sid": 3.0},
+    {"reasoning": 1.5, "sid": 3.2},
+    {"reasoning": 1.7, "sid": 2.5},
+    {"reasoning": 1.6, "sid": 2.5},
+]
 
 
 def _drive(tmp_path: Path, select: str, patience: int) -> tuple[float, dict, list[bool]]:
@@ -179,17 +240,28 @@ def test_stage2_sets_follow_select_on(tiny_artifacts):
     assert len(tasks.next_sid_valid(art["dataset"], art["sid_index"], 2, 0)[0]) == 2
 
 
-TINY_SFT = ["stage2.per_device_batch_size=4", "stage2.global_batch_size=4", "stage2.epochs=3", "stage2.lr=1e-2",
-            "stage2.logging_steps=1", "stage2.save_steps=1000", "stage2.early_stopping_patience=0",
-            "stage2.max_samples=0", "stage2.cutoff_len=512"]
+TINY_SFT = [
+    "stage2.per_device_batch_size=4",
+    "stage2.global_batch_size=4",
+    "stage2.epochs=3",
+    "stage2.lr=1e-2",
+    "stage2.logging_steps=1",
+    "stage2.save_steps=1000",
+    "stage2.early_stopping_patience=0",
+    "stage2.max_samples=0",
+    "stage2.cutoff_len=512",
+]
 
 
 @pytest.mark.slow  # trains the tiny model (seconds)
 @pytest.mark.parametrize("select", ["sid", "reasoning"])
 def test_stage2_trains_and_keeps_the_epoch_of_its_select_loss(tmp_path, tiny_artifacts, tiny_sid_model, select):
     art = tiny_artifacts
-    extra = (["stage2.select_on=sid", "stage2.reasoning_holdout=0", "stage2.valid_samples=0"] if select == "sid"
-             else ["stage2.select_on=reasoning", "stage2.reasoning_holdout=1", "stage2.valid_samples=2"])
+    extra = (
+        ["stage2.select_on=sid", "stage2.reasoning_holdout=0", "stage2.valid_samples=0"]
+        if select == "sid"
+        else ["stage2.select_on=reasoning", "stage2.reasoning_holdout=1", "stage2.valid_samples=2"]
+    )
     cfg = config.load("demo", TINY_SFT + extra + [f"stage2.checkpoint_dir={tmp_path / 'ckpt'}"])
     m = sft_stage2(cfg, tiny_sid_model["dir"], art["dataset"], art["sid_index"], art["corpus"], tmp_path / "out")
     info = json.loads((tmp_path / "out" / "training.json").read_text())
@@ -207,6 +279,7 @@ def test_stage2_trains_and_keeps_the_epoch_of_its_select_loss(tmp_path, tiny_art
 
 
 # ---------------------------------------------------------------- Stage 3 prompts
+
 
 def _corpus(tmp_path: Path, source: Path, keep: list[int], item_of: dict[int, int] | None = None) -> Path:
     """A corpus folder whose samples.parquet holds only the samples `keep` of `source`'s (optionally with
@@ -228,15 +301,25 @@ def test_rl_prompts_from_the_narrated_samples(tmp_path, tiny_artifacts):
     s = config.load("demo", ["stage3.prompts=narrated", "stage3.max_samples=0", "stage3.valid_samples=0"]).stage3
     train, valid = rl_data.stage3_rows(s, 0, art["dataset"], art["sid_index"], corpus)
     assert [(r["extra_info"]["index"], r["extra_info"]["user_id"], r["extra_info"]["item_id"]) for r in train] == [
-        (1, 0, 2), (3, 1, 5), (4, 2, 2)]
+        (1, 0, 2),
+        (3, 1, 5),
+        (4, 2, 2),
+    ]
     assert [r["reward_model"]["ground_truth"] for r in train] == [art["sids"][2], art["sids"][5], art["sids"][2]]
-    assert [(r["extra_info"]["split"], r["extra_info"]["index"]) for r in valid] == [("valid", 0), ("valid", 1), ("valid", 2)]
+    assert [(r["extra_info"]["split"], r["extra_info"]["index"]) for r in valid] == [
+        ("valid", 0),
+        ("valid", 1),
+        ("valid", 2),
+    ]
     # A seeded sample of the narrated rows, never a row the teacher did not narrate.
     s2 = config.load("demo", ["stage3.prompts=narrated", "stage3.max_samples=2"]).stage3
-    assert [r["extra_info"]["index"] for r in rl_data.stage3_rows(s2, 0, art["dataset"], art["sid_index"], corpus)[0]] == [3, 4]
+    assert [
+        r["extra_info"]["index"] for r in rl_data.stage3_rows(s2, 0, art["dataset"], art["sid_index"], corpus)[0]
+    ] == [3, 4]
     # The whole train split, and the test split for validation only when asked.
-    s3 = config.load("demo", ["stage3.prompts=train", "stage3.max_samples=0", "stage3.valid_split=test",
-                              "stage3.valid_samples=2"]).stage3
+    s3 = config.load(
+        "demo", ["stage3.prompts=train", "stage3.max_samples=0", "stage3.valid_split=test", "stage3.valid_samples=2"]
+    ).stage3
     train, valid = rl_data.stage3_rows(s3, 0, art["dataset"], art["sid_index"], corpus)
     assert [r["extra_info"]["index"] for r in train] == [0, 1, 2, 3, 4]
     assert [r["extra_info"]["split"] for r in valid] == ["test", "test"]
@@ -276,9 +359,18 @@ def test_verl_step_trains_on_the_narrated_samples(tmp_path, tiny_artifacts, tiny
     monkeypatch.setattr(verl_backend, "verl_command", lambda overrides: [sys.executable, str(script), *overrides])
     art = tiny_artifacts
     corpus = _corpus(tmp_path, art["corpus"], [0, 2, 3])
-    cfg = config.load("demo", ["stage3.backend=verl", "stage3.prompts=narrated", "stage3.max_samples=0",
-                               "stage3.valid_samples=0", "stage3.train_batch_size=2", "stage3.micro_batch_size=8",
-                               f"stage3.checkpoint_dir={tmp_path / 'ckpt'}"])
+    cfg = config.load(
+        "demo",
+        [
+            "stage3.backend=verl",
+            "stage3.prompts=narrated",
+            "stage3.max_samples=0",
+            "stage3.valid_samples=0",
+            "stage3.train_batch_size=2",
+            "stage3.micro_batch_size=8",
+            f"stage3.checkpoint_dir={tmp_path / 'ckpt'}",
+        ],
+    )
     m = verl_backend.train_verl(cfg, tiny_sid_model["dir"], art["dataset"], art["sid_index"], corpus, tmp_path / "out")
     assert m["prompts"] == 3
     train = pd.read_parquet(tmp_path / "out" / "rl_data" / "train.parquet")
@@ -291,27 +383,53 @@ def test_verl_step_trains_on_the_narrated_samples(tmp_path, tiny_artifacts, tiny
 # RL_training_script.sh's overrides, and the verl defaults it relied on (verl 0.4.1's ppo_trainer.yaml),
 # as verl's own config composes the office preset's generated overrides.
 RESEARCH_VERL = {
-    "algorithm.adv_estimator": "grpo", "algorithm.use_kl_in_reward": False, "algorithm.norm_adv_by_std_in_grpo": True,
-    "data.train_batch_size": 256, "data.max_prompt_length": 1024, "data.max_response_length": 1024,
-    "data.filter_overlong_prompts": True, "data.truncation": "error", "data.shuffle": True,
-    "actor_rollout_ref.model.use_remove_padding": True, "actor_rollout_ref.model.enable_gradient_checkpointing": True,
-    "actor_rollout_ref.actor.optim.lr": 5e-7, "actor_rollout_ref.actor.optim.lr_warmup_steps": -1,
-    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0, "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
-    "actor_rollout_ref.actor.optim.weight_decay": 0.01, "actor_rollout_ref.actor.grad_clip": 1.0,
-    "actor_rollout_ref.actor.ppo_mini_batch_size": 256, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8,
-    "actor_rollout_ref.actor.ppo_epochs": 1, "actor_rollout_ref.actor.clip_ratio": 0.2,
+    "algorithm.adv_estimator": "grpo",
+    "algorithm.use_kl_in_reward": False,
+    "algorithm.norm_adv_by_std_in_grpo": True,
+    "data.train_batch_size": 256,
+    "data.max_prompt_length": 1024,
+    "data.max_response_length": 1024,
+    "data.filter_overlong_prompts": True,
+    "data.truncation": "error",
+    "data.shuffle": True,
+    "actor_rollout_ref.model.use_remove_padding": True,
+    "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+    "actor_rollout_ref.actor.optim.lr": 5e-7,
+    "actor_rollout_ref.actor.optim.lr_warmup_steps": -1,
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
+    "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+    "actor_rollout_ref.actor.optim.weight_decay": 0.01,
+    "actor_rollout_ref.actor.grad_clip": 1.0,
+    "actor_rollout_ref.actor.ppo_mini_batch_size": 256,
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8,
+    "actor_rollout_ref.actor.ppo_epochs": 1,
+    "actor_rollout_ref.actor.clip_ratio": 0.2,
     "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
-    "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": 0.001,
-    "actor_rollout_ref.actor.kl_loss_type": "low_var_kl", "actor_rollout_ref.actor.entropy_coeff": 0,
-    "actor_rollout_ref.actor.fsdp_config.param_offload": False, "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
-    "actor_rollout_ref.rollout.name": "vllm", "actor_rollout_ref.rollout.n": 16,
-    "actor_rollout_ref.rollout.temperature": 1.0, "actor_rollout_ref.rollout.top_p": 1.0, "actor_rollout_ref.rollout.top_k": -1,
-    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1, "actor_rollout_ref.rollout.gpu_memory_utilization": 0.8,
+    "actor_rollout_ref.actor.use_kl_loss": True,
+    "actor_rollout_ref.actor.kl_loss_coef": 0.001,
+    "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
+    "actor_rollout_ref.actor.entropy_coeff": 0,
+    "actor_rollout_ref.actor.fsdp_config.param_offload": False,
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
+    "actor_rollout_ref.rollout.name": "vllm",
+    "actor_rollout_ref.rollout.n": 16,
+    "actor_rollout_ref.rollout.temperature": 1.0,
+    "actor_rollout_ref.rollout.top_p": 1.0,
+    "actor_rollout_ref.rollout.top_k": -1,
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+    "actor_rollout_ref.rollout.gpu_memory_utilization": 0.8,
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 8,
-    "actor_rollout_ref.rollout.val_kwargs.do_sample": False, "actor_rollout_ref.rollout.val_kwargs.temperature": 0,
-    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 8, "actor_rollout_ref.ref.fsdp_config.param_offload": True,
-    "trainer.critic_warmup": 0, "trainer.n_gpus_per_node": 4, "trainer.nnodes": 1, "trainer.save_freq": 100,
-    "trainer.test_freq": 50, "trainer.total_epochs": 10, "trainer.val_before_train": True,
+    "actor_rollout_ref.rollout.val_kwargs.do_sample": False,
+    "actor_rollout_ref.rollout.val_kwargs.temperature": 0,
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 8,
+    "actor_rollout_ref.ref.fsdp_config.param_offload": True,
+    "trainer.critic_warmup": 0,
+    "trainer.n_gpus_per_node": 4,
+    "trainer.nnodes": 1,
+    "trainer.save_freq": 100,
+    "trainer.test_freq": 50,
+    "trainer.total_epochs": 10,
+    "trainer.val_before_train": True,
     "trainer.total_training_steps": None,
 }
 
@@ -326,8 +444,14 @@ def test_office_verl_config_is_the_research_scripts():
     from sidreasoner.rl.verl_backend import VerlPaths, verl_overrides
 
     root = Path("/runs/r1")
-    paths = VerlPaths(model=root / "stage2", train_files=root / "train.parquet", val_files=root / "valid.parquet",
-                      catalogue=root / "catalogue.json", checkpoint_dir=root / "ckpt", train_prompts=10_000)
+    paths = VerlPaths(
+        model=root / "stage2",
+        train_files=root / "train.parquet",
+        val_files=root / "valid.parquet",
+        catalogue=root / "catalogue.json",
+        checkpoint_dir=root / "ckpt",
+        train_prompts=10_000,
+    )
     with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
         composed = compose(config_name="ppo_trainer", overrides=verl_overrides(config.load("office"), paths))
     OmegaConf.resolve(composed)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidreasoner.provenance import code_version, image_tag, source_digest
+from sidreasoner.provenance import image_tag, source_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 PRINT_VERSION = "import sidreasoner, sidreasoner.provenance as p; print(sidreasoner.__file__); print(p.code_version())"
@@ -17,8 +17,13 @@ PRINT_VERSION = "import sidreasoner, sidreasoner.provenance as p; print(sidreaso
 
 def _tree_copy(target: Path) -> Path:
     """This checkout's files (tracked and untracked, not ignored), without .git."""
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"], capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file():
@@ -30,12 +35,27 @@ def _tree_copy(target: Path) -> Path:
 def _installed_version(source: Path, target: Path) -> tuple[str, str]:
     """Build and install `source` as a wheel into `target` (no dependencies, no .git involved), then read
     the code version there in a fresh interpreter."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = {k: v for k, v in os.environ.items() if k != "SIDREASONER_CODE_VERSION"}
     env["PYTHONPATH"] = str(target)
-    out = subprocess.run([sys.executable, "-c", PRINT_VERSION], env=env, cwd=target, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PRINT_VERSION], env=env, cwd=target, capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0], out[1]
 
 

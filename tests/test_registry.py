@@ -13,10 +13,16 @@ from sidreasoner.cli import step_commands
 from sidreasoner.components.factory import KINDS, component_for
 from sidreasoner.pipelines.pipeline import build
 from sidreasoner.steps import DATASET, SID_INDEX, STEPS, Report, Step, check_registry, downstream, pipeline_steps
+
 from .test_compile import check_tasks_follow_the_registry
 
-ARTIFACT_TITLES = {"Dataset": "system.Dataset", "Model": "system.Model", "Metrics": "system.Metrics",
-                   "HTML": "system.HTML", "Markdown": "system.Markdown"}
+ARTIFACT_TITLES = {
+    "Dataset": "system.Dataset",
+    "Model": "system.Model",
+    "Metrics": "system.Metrics",
+    "HTML": "system.HTML",
+    "Markdown": "system.Markdown",
+}
 
 
 @pytest.mark.parametrize("name", list(STEPS))
@@ -28,7 +34,8 @@ def test_each_component_takes_what_its_step_declares(name):
         producer, output = step.source(folder)
         input_kinds[folder] = STEPS[producer].artifacts()[output]
     assert {k: v.type for k, v in spec.inputs.items() if k in step.inputs} == {
-        k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in input_kinds.items()}
+        k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in input_kinds.items()
+    }
     declared = {"step", *step.sections, *step.inputs}
     assert declared <= set(spec.inputs)
     assert {k for k, v in spec.inputs.items() if not v.optional} <= declared
@@ -40,7 +47,8 @@ def test_each_component_takes_what_its_step_declares(name):
     assert every_task <= others
     assert all(spec.inputs[k].optional and k in {*config.Config.model_fields, *every_task} for k in others)
     assert {k: v.type for k, v in spec.outputs.items()} == {
-        k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in step.artifacts().items()}
+        k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in step.artifacts().items()
+    }
     assert spec.name == name
     assert spec.implementation.container.image.split("/")[-1].startswith(f"sidreasoner-{step.image}")
 
@@ -70,10 +78,18 @@ def test_registry_refuses_a_config_section_named_like_a_folder():
 
 # A step a contributor might add: the evaluation of the Stage 1 model on another split, a kind of
 # work that exists (the `evaluate` component), so nothing but the registry changes.
-EXTRA = Step("evaluate-stage1-again", "evaluate the Stage 1 model once more", "evaluate",
-             "sidreasoner.eval.evaluate:evaluate", ("seed", "eval"),
-             inputs={"model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX},
-             outputs={"evaluation": "Dataset"}, image="train", model_cache=True, display_name="Stage 1 again")
+EXTRA = Step(
+    "evaluate-stage1-again",
+    "evaluate the Stage 1 model once more",
+    "evaluate",
+    "sidreasoner.eval.evaluate:evaluate",
+    ("seed", "eval"),
+    inputs={"model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX},
+    outputs={"evaluation": "Dataset"},
+    image="train",
+    model_cache=True,
+    display_name="Stage 1 again",
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,35 @@ TITLES = ["Blue Lamp", f"Desk {SCRIPT}", "Red [Pen](javascript:x)", "Green Mug"]
 
 
 def _metrics(split: str, mode: str, hr10: float, users: int = 1) -> dict:
-    return {f"{split}_{mode}_hr@1": hr10 / 2, f"{split}_{mode}_hr@10": hr10, f"{split}_{mode}_ndcg@10": hr10 / 3,
-            f"{split}_{mode}_users": float(users)}
+    return {
+        f"{split}_{mode}_hr@1": hr10 / 2,
+        f"{split}_{mode}_hr@10": hr10,
+        f"{split}_{mode}_ndcg@10": hr10 / 3,
+        f"{split}_{mode}_users": float(users),
+    }
 
 
 def _eval_folder(path: Path, split: str, metrics: dict, rows: list[dict], info: dict | None = None) -> Path:
     path.mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps(metrics))
     (path / "eval.json").write_text(json.dumps(info or {}))
-    pd.DataFrame([{"user_id": 7, "split": split, "target_item_id": 3, "target_sid": SIDS[3],
-                   "history_item_ids": [0, 1], "pred_scores": [0.0] * len(r["pred_sids"]), "pred_item_ids": [],
-                   "pred_titles": [], "hit_rank": -1, **r} for r in rows]).to_parquet(path / "predictions.parquet")
+    pd.DataFrame(
+        [
+            {
+                "user_id": 7,
+                "split": split,
+                "target_item_id": 3,
+                "target_sid": SIDS[3],
+                "history_item_ids": [0, 1],
+                "pred_scores": [0.0] * len(r["pred_sids"]),
+                "pred_item_ids": [],
+                "pred_titles": [],
+                "hit_rank": -1,
+                **r,
+            }
+            for r in rows
+        ]
+    ).to_parquet(path / "predictions.parquet")
     return path
 
 
@@ -42,19 +60,36 @@ def world(tmp_path):
     (tmp_path / "sids" / "catalogue.json").write_text(json.dumps(SIDS))
 
     def folders(split="test"):
-        base = _eval_folder(tmp_path / f"base-{split}", split,
-                            {**_metrics(split, "popularity", 0.2), **_metrics(split, "random", 0.05)},
-                            [{"mode": "popularity", "pred_sids": SIDS[:2], "reasoning": ""}])
-        stage2 = _eval_folder(tmp_path / f"s2-{split}", split,
-                              {**_metrics(split, "nonthink", 0.5), **_metrics(split, "think", 0.25)},
-                              [{"mode": "nonthink", "pred_sids": [SIDS[1], SIDS[3]], "reasoning": ""},
-                               {"mode": "think", "pred_sids": [SIDS[2]], "reasoning": f"Latest {SIDS[1]}."}])
-        stage3 = _eval_folder(tmp_path / f"s3-{split}", split,
-                              {**_metrics(split, "nonthink", 0.5), **_metrics(split, "think", 0.6)},
-                              [{"mode": "nonthink", "pred_sids": [SIDS[2]], "reasoning": ""},
-                               {"mode": "think", "pred_sids": [SIDS[3], SIDS[0]], "reasoning": f"I think {IMG} next"}],
-                              {"rl_per_step": [{"step": s, "reward": r} for s, r in
-                                               enumerate([0.0, 0.1, 0.1, 0.2, 0.3, 0.4, 0.4, 0.5, 0.6, 0.6], 1)]})
+        base = _eval_folder(
+            tmp_path / f"base-{split}",
+            split,
+            {**_metrics(split, "popularity", 0.2), **_metrics(split, "random", 0.05)},
+            [{"mode": "popularity", "pred_sids": SIDS[:2], "reasoning": ""}],
+        )
+        stage2 = _eval_folder(
+            tmp_path / f"s2-{split}",
+            split,
+            {**_metrics(split, "nonthink", 0.5), **_metrics(split, "think", 0.25)},
+            [
+                {"mode": "nonthink", "pred_sids": [SIDS[1], SIDS[3]], "reasoning": ""},
+                {"mode": "think", "pred_sids": [SIDS[2]], "reasoning": f"Latest {SIDS[1]}."},
+            ],
+        )
+        stage3 = _eval_folder(
+            tmp_path / f"s3-{split}",
+            split,
+            {**_metrics(split, "nonthink", 0.5), **_metrics(split, "think", 0.6)},
+            [
+                {"mode": "nonthink", "pred_sids": [SIDS[2]], "reasoning": ""},
+                {"mode": "think", "pred_sids": [SIDS[3], SIDS[0]], "reasoning": f"I think {IMG} next"},
+            ],
+            {
+                "rl_per_step": [
+                    {"step": s, "reward": r}
+                    for s, r in enumerate([0.0, 0.1, 0.1, 0.2, 0.3, 0.4, 0.4, 0.5, 0.6, 0.6], 1)
+                ]
+            },
+        )
         return {"baselines": base, "stage2": stage2, "stage3": stage3}
 
     return tmp_path, folders
@@ -70,23 +105,28 @@ def _run(world, splits=("test",)):
 
 def test_opening_paragraph_says_what_the_run_shows(world):
     _, page, md, out = _run(world)
-    text = ("On the test split (1 user), the best recommender is Stage 3 in thinking mode: HR@10 0.600, 3.0x the "
-            "popularity baseline (0.200). At Stage 3, reasoning before the answer helps: HR@10 0.600 thinking "
-            "against 0.500 non-thinking, HR@1 0.300 against 0.250. Thinking mode went from 0.250 at Stage 2 to 0.600 "
-            "(2.4x).")
+    text = (
+        "On the test split (1 user), the best recommender is Stage 3 in thinking mode: HR@10 0.600, 3.0x the "
+        "popularity baseline (0.200). At Stage 3, reasoning before the answer helps: HR@10 0.600 thinking "
+        "against 0.500 non-thinking, HR@1 0.300 against 0.250. Thinking mode went from 0.250 at Stage 2 to 0.600 "
+        "(2.4x)."
+    )
     assert f"<p class='lead'>{text}</p>" in page
     assert md.splitlines()[2] == text
     assert json.loads((out / "headline.json").read_text()) == {"split": "test", "text": text}
 
 
 def test_headline_when_reasoning_trails():
-    series = [("popularity", "popularity", {"hr@10": 0.25, "users": 9}),
-              ("stage1 (nonthink)", "nonthink", {"hr@10": 0.5, "users": 9}),
-              ("stage1 (think)", "think", {"hr@10": 0.1, "users": 9})]
+    series = [
+        ("popularity", "popularity", {"hr@10": 0.25, "users": 9}),
+        ("stage1 (nonthink)", "nonthink", {"hr@10": 0.5, "users": 9}),
+        ("stage1 (think)", "think", {"hr@10": 0.1, "users": 9}),
+    ]
     assert headline(series, "valid", 10) == (
         "On the valid split (9 users), the best recommender is Stage 1 in non-thinking mode: HR@10 0.500, 2.0x the "
         "popularity baseline (0.250). At Stage 1, reasoning before the answer does not help yet: HR@10 0.100 "
-        "thinking against 0.500 non-thinking.")
+        "thinking against 0.500 non-thinking."
+    )
 
 
 def test_reward_curve_of_the_rl_stage(world):

@@ -17,8 +17,9 @@ CAT = "Office_Products"
 
 
 def _cfg(source, *extra):
-    return config.load("demo", ["data.format=research", f"data.source={source}", f"data.category={CAT}",
-                                "data.min_samples=5", *extra])
+    return config.load(
+        "demo", ["data.format=research", f"data.source={source}", f"data.category={CAT}", "data.min_samples=5", *extra]
+    )
 
 
 @pytest.fixture()
@@ -26,8 +27,10 @@ def imported(tmp_path, write_research_bundle):
     bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20)
     cfg = _cfg(bundle["root"])
     paths = {k: tmp_path / k for k in ("raw", "dataset", "embeddings", "sid_index", "corpus")}
-    metrics = {step: run_step(step, cfg, paths)
-               for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus")}
+    metrics = {
+        step: run_step(step, cfg, paths)
+        for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus")
+    }
     return bundle, paths, metrics
 
 
@@ -45,7 +48,7 @@ def test_a_bundle_source_takes_the_bundles_sids_and_corpus():
 def test_the_research_split_is_kept_exactly(imported):
     bundle, paths, metrics = imported
     items = pd.read_parquet(paths["dataset"] / "items.parquet")
-    research_id = {int(a): i for i, a in zip(items.item_id, items.asin)}
+    research_id = {int(a): i for i, a in zip(items.item_id, items.asin, strict=True)}
     users = pd.read_parquet(paths["dataset"] / "users.parquet").raw_user_id.tolist()
     for split in ("train", "valid", "test"):
         table = pd.read_parquet(paths["dataset"] / f"{split}.parquet")
@@ -53,8 +56,9 @@ def test_the_research_split_is_kept_exactly(imported):
         assert len(table) == len(want) == metrics["preprocess"][f"samples_{split}"]
         assert [users[u] for u in table.user_id] == [r["user_id"] for r in want]
         assert [int(t) for t in table.item_id] == [research_id[r["item_id"]] for r in want]
-        assert [list(h) for h in table.history_item_ids] == [[research_id[i] for i in r["history_item_ids"]]
-                                                             for r in want]
+        assert [list(h) for h in table.history_item_ids] == [
+            [research_id[i] for i in r["history_item_ids"]] for r in want
+        ]
     assert list(items.title) == [bundle["items"][int(a)]["title"] for a in items.asin]
     stats = json.loads((paths["dataset"] / "stats.json").read_text())
     assert stats["format"] == "research" and stats["source"] == str(bundle["root"])
@@ -64,8 +68,9 @@ def test_sids_are_imported_with_duplicates_reported(imported):
     bundle, paths, metrics = imported
     items = pd.read_parquet(paths["dataset"] / "items.parquet")
     index = json.loads((paths["sid_index"] / "index.json").read_text())
-    assert {int(a): index[str(i)] for i, a in zip(items.item_id, items.asin)} == {
-        i: it["codes"] for i, it in bundle["items"].items()}
+    assert {int(a): index[str(i)] for i, a in zip(items.item_id, items.asin, strict=True)} == {
+        i: it["codes"] for i, it in bundle["items"].items()
+    }
     m = metrics["quantize-sids"]
     assert m["imported"] == 1.0 and m["items"] == len(bundle["items"])
     assert m["colliding_items"] == sum(len(v) for v in bundle["duplicates"].values())
@@ -83,7 +88,9 @@ def test_corpus_is_imported_through_the_teachers_checks(imported):
     assert items.num_rows + rejected["kind"].count("item") == expected_items
     samples = pq.read_table(paths["corpus"] / "samples.parquet").to_pydict()
     narratives = dict(enumerate(bundle["narratives"]))
-    for row, history, reasoning in zip(samples["sample"], samples["history_narrative"], samples["reasoning_path"]):
+    for row, history, reasoning in zip(
+        samples["sample"], samples["history_narrative"], samples["reasoning_path"], strict=True
+    ):
         want_history, want_reasoning = narratives[row]
         assert history == (want_history.strip() if want_history else None)
         assert reasoning == (want_reasoning.strip() if want_reasoning else None)
@@ -101,14 +108,18 @@ def test_stage1_reads_the_bundles_general_reasoning(imported):
     assert general_reasoning_file(own.stage1, paths["dataset"]) == "/x.jsonl"
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("missing_split", ["no valid split CSV"]),
-    ("missing_column", ["item_sid"]),
-    ("item_not_in_index", ["row", "item_id", "item 2 is not in"]),
-    ("sid_wrong_levels", ["item 3"]),
-])
-def test_a_bad_bundle_is_a_clear_error_and_nothing_is_half_written(kind, words, tmp_path, write_research_bundle,
-                                                                    break_research_bundle):
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("missing_split", ["no valid split CSV"]),
+        ("missing_column", ["item_sid"]),
+        ("item_not_in_index", ["row", "item_id", "item 2 is not in"]),
+        ("sid_wrong_levels", ["item 3"]),
+    ],
+)
+def test_a_bad_bundle_is_a_clear_error_and_nothing_is_half_written(
+    kind, words, tmp_path, write_research_bundle, break_research_bundle
+):
     bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20)
     damage = break_research_bundle(bundle, kind)
     cfg = _cfg(bundle["root"])
@@ -151,10 +162,13 @@ def test_the_projects_own_export_imports_back_unchanged(tmp_path):
         assert [users_back[u] for u in b.user_id] == [str(u) for u in a.user_id]
         assert b.item_id.tolist() == a.item_id.tolist()
         assert [list(h) for h in b.history_item_ids] == [list(h) for h in a.history_item_ids]
-    assert (json.loads((back["sid_index"] / "index.json").read_text())
-            == json.loads((own["sid_index"] / "index.json").read_text()))
-    for name, columns in (("items.parquet", ["item_id", "narrative"]),
-                          ("samples.parquet", ["sample", "history_narrative", "reasoning_path"])):
+    assert json.loads((back["sid_index"] / "index.json").read_text()) == json.loads(
+        (own["sid_index"] / "index.json").read_text()
+    )
+    for name, columns in (
+        ("items.parquet", ["item_id", "narrative"]),
+        ("samples.parquet", ["sample", "history_narrative", "reasoning_path"]),
+    ):
         a, b = (pq.read_table(p["corpus"] / name, columns=columns) for p in (own, back))
         assert b.equals(a), name
 
@@ -165,16 +179,44 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
     import sys
 
     bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=30, n_items=24)
-    sets = ["data.format=research", f"data.source={bundle['root']}", f"data.category={CAT}", "data.min_samples=5",
-            "teacher.failure_budget=0.5", "stage1.epochs=1", "stage1.max_per_task=40", "stage1.hr_samples=8",
-            "stage1.valid_samples=8", "stage2.epochs=1", "stage2.max_samples=16", "stage2.valid_samples=4",
-            "stage2.reasoning_holdout=4", "stage3.max_steps=1", "stage3.max_samples=4", "stage3.valid_samples=2",
-            "stage3.max_response_length=16", "eval.max_users=0", "eval.think_max_tokens=8",
-            "stage1.instruction_samples=3"]
+    sets = [
+        "data.format=research",
+        f"data.source={bundle['root']}",
+        f"data.category={CAT}",
+        "data.min_samples=5",
+        "teacher.failure_budget=0.5",
+        "stage1.epochs=1",
+        "stage1.max_per_task=40",
+        "stage1.hr_samples=8",
+        "stage1.valid_samples=8",
+        "stage2.epochs=1",
+        "stage2.max_samples=16",
+        "stage2.valid_samples=4",
+        "stage2.reasoning_holdout=4",
+        "stage3.max_steps=1",
+        "stage3.max_samples=4",
+        "stage3.valid_samples=2",
+        "stage3.max_response_length=16",
+        "eval.max_users=0",
+        "eval.think_max_tokens=8",
+        "stage1.instruction_samples=3",
+    ]
     summary = tmp_path / "summary.json"
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(tmp_path / "root"),
-                             "--summary", str(summary), *sum((["--set", s] for s in sets), [])],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "run",
+            "--pipeline-root",
+            str(tmp_path / "root"),
+            "--summary",
+            str(summary),
+            *sum((["--set", s] for s in sets), []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     tasks = json.loads(summary.read_text())["tasks"]
     assert all(t["status"] == "SUCCEEDED" for t in tasks.values())
@@ -187,5 +229,5 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
     predictions = pd.read_parquet(Path(tasks["evaluate-stage1"]["outputs"]["evaluation"]) / "predictions.parquet")
     test = predictions[(predictions.split == "test") & (predictions["mode"] == "nonthink")]
     items = pd.read_parquet(Path(tasks["preprocess"]["outputs"]["dataset"]) / "items.parquet")
-    research_id = {i: int(a) for i, a in zip(items.item_id, items.asin)}
+    research_id = {i: int(a) for i, a in zip(items.item_id, items.asin, strict=True)}
     assert [research_id[int(i)] for i in test.target_item_id] == [r["item_id"] for r in bundle["splits"]["test"]]

@@ -17,14 +17,23 @@ def test_schema_and_row(tiny_artifacts, tmp_path):
     row = train.iloc[1]
     assert row.data_source == "sidreasoner" and row.ability == "recommendation"
     assert [dict(m) for m in row.prompt] == [
-        {"role": "system", "content": (
-            "Below is an instruction that describes a task, paired with an input that provides further context. "
-            "Write a response that appropriately completes the request.\n"
-            "Can you recommend the next item for the user based on their interaction history?\n")},
-        {"role": "user", "content": (
-            "The user has sequentially interacted with items <a_0><b_1><c_2>, <a_0><b_1><c_3>. Can you recommend "
-            "the next item for him? Let's think step by step before making recommendation. Directly output the "
-            "item SID after thinking.")}]
+        {
+            "role": "system",
+            "content": (
+                "Below is an instruction that describes a task, paired with an input that provides further context. "
+                "Write a response that appropriately completes the request.\n"
+                "Can you recommend the next item for the user based on their interaction history?\n"
+            ),
+        },
+        {
+            "role": "user",
+            "content": (
+                "The user has sequentially interacted with items <a_0><b_1><c_2>, <a_0><b_1><c_3>. Can you recommend "
+                "the next item for him? Let's think step by step before making recommendation. Directly output the "
+                "item SID after thinking."
+            ),
+        },
+    ]
     assert dict(row.reward_model) == {"style": "rule", "ground_truth": "<a_0><b_2><c_0>"}
     assert dict(row.extra_info) == {"split": "train", "index": 1, "user_id": 0, "item_id": 2}
     valid = pd.read_parquet(paths["valid"])

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import config
+from sidreasoner.model.loading import save_model
 from sidreasoner.rl.checkpoint import MANIFEST, write_manifest
 from sidreasoner.rl.merge import merge_checkpoint
-from sidreasoner.model.loading import save_model
 
 PROMPT = "The user bought these items in order"
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]}
@@ -54,8 +54,14 @@ def _write_fsdp_checkpoint(rank: int, world: int, port: int, policy_dir: str, ac
     engine does (verl's apply_fsdp2, bf16 compute / fp32 params), AdamW, a scheduler, and
     FSDPCheckpointManager.save_checkpoint. `actors`: "full" (also saves verl's hf_model) and "lora"
     (a peft LoRA model, as verl's LoRA actor)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        GLOO_SOCKET_IFNAME="lo",
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
     from peft import LoraConfig, get_peft_model
@@ -73,16 +79,22 @@ def _write_fsdp_checkpoint(rank: int, world: int, port: int, policy_dir: str, ac
             if kind == "lora":
                 torch.manual_seed(3)  # same adapter on every rank; random B so the adapter matters
                 model = get_peft_model(model, LoraConfig(**LORA, init_lora_weights=False, task_type="CAUSAL_LM"))
-            mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                             cast_forward_inputs=True)
-            apply_fsdp2(model, {"mesh": mesh, "mp_policy": mp_policy, "offload_policy": None,
-                                "reshard_after_forward": True}, {})
+            mp_policy = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=True
+            )
+            apply_fsdp2(
+                model, {"mesh": mesh, "mp_policy": mp_policy, "offload_policy": None, "reshard_after_forward": True}, {}
+            )
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
             contents = ["model", "optimizer", "extra"] + (["hf_model"] if kind == "full" else [])
-            manager = FSDPCheckpointManager(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                            processing_class=tok,
-                                            checkpoint_config={"save_contents": contents, "load_contents": contents})
+            manager = FSDPCheckpointManager(
+                model=model,
+                optimizer=optimizer,
+                lr_scheduler=scheduler,
+                processing_class=tok,
+                checkpoint_config={"save_contents": contents, "load_contents": contents},
+            )
             manager.save_checkpoint(local_path=actor_dir, global_step=1)
     finally:
         dist.destroy_process_group()
@@ -102,8 +114,12 @@ def verl_checkpoints(policy, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("verl")
     folders = {kind: root / kind for kind in ("full", "lora")}
-    mp.spawn(_write_fsdp_checkpoint, nprocs=2, join=True,
-             args=(2, _free_port(), str(policy), {k: str(f / "actor") for k, f in folders.items()}))
+    mp.spawn(
+        _write_fsdp_checkpoint,
+        nprocs=2,
+        join=True,
+        args=(2, _free_port(), str(policy), {k: str(f / "actor") for k, f in folders.items()}),
+    )
     for folder in folders.values():
         (folder / "training.json").write_text(json.dumps({"stage": "stage3", "backend": "verl"}))
         (folder / "reward_curve.html").write_text("<svg></svg>")
@@ -126,11 +142,14 @@ def _no_temp_folders(parent: Path) -> None:
 
 # --- (a) verl FSDP --------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # 2-process FSDP checkpoint (verl_checkpoints)
 def test_verl_fsdp_checkpoint_merges_to_the_unsharded_weights(verl_checkpoints, policy, stage2, tmp_path):
     ckpt = verl_checkpoints["full"]
     assert sorted(p.name for p in (ckpt / "actor").glob("model_world_size_*")) == [
-        "model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"]
+        "model_world_size_2_rank_0.pt",
+        "model_world_size_2_rank_1.pt",
+    ]
     metrics = merge_checkpoint(_cfg(), ckpt, stage2, tmp_path / "out")
     out = tmp_path / "out"
 
@@ -206,14 +225,17 @@ def test_verl_lora_checkpoint_is_folded_into_the_weights(verl_checkpoints, polic
 
 # --- (b) peft LoRA --------------------------------------------------------------------------------------
 
+
 def test_peft_lora_adapter_merges_onto_stage2(stage2, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     ckpt = tmp_path / "ckpt"
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(stage2, dtype=torch.float32)
-    adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear",
-                                              init_lora_weights=False, task_type="CAUSAL_LM"))
+    adapted = get_peft_model(
+        base,
+        LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
+    )
     adapted.save_pretrained(ckpt / "adapter")
     write_manifest(ckpt, "peft_lora", "adapter", backend="trl")
     metrics = merge_checkpoint(_cfg(), ckpt, stage2, tmp_path / "out")
@@ -234,6 +256,7 @@ def test_peft_lora_adapter_merges_onto_stage2(stage2, tmp_path):
 
 # --- (c) hf ---------------------------------------------------------------------------------------------
 
+
 def test_hf_checkpoint_round_trips(policy, stage2, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(policy, ckpt / "model")
@@ -241,7 +264,10 @@ def test_hf_checkpoint_round_trips(policy, stage2, tmp_path):
     write_manifest(ckpt, "hf", "model", backend="trl", global_step=3)
     metrics = merge_checkpoint(_cfg(), ckpt, stage2, tmp_path / "out")
     assert metrics["max_abs_diff"] == 0.0 and metrics["tied_embeddings"] == 1 and metrics["format"] == 0
-    assert load_file(ckpt / "model" / "model.safetensors").keys() == load_file(tmp_path / "out" / "model.safetensors").keys()
+    assert (
+        load_file(ckpt / "model" / "model.safetensors").keys()
+        == load_file(tmp_path / "out" / "model.safetensors").keys()
+    )
     a, b = load_file(ckpt / "model" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "out" / "training.json").exists()
@@ -249,6 +275,7 @@ def test_hf_checkpoint_round_trips(policy, stage2, tmp_path):
 
 
 # --- (d) bad input --------------------------------------------------------------------------------------
+
 
 def _fails(ckpt: Path, stage2: Path, tmp_path: Path, error: type, match: str) -> None:
     with pytest.raises(error, match=match):

@@ -16,31 +16,34 @@ def score(text, gt=GT, kind="rule", cat=CAT):
     return R.compute_score("sidreasoner", text, gt, kind=kind, catalogue=cat)["score"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("<think>\nthe user likes pens\n</think>\n\n<a_1><b_2><c_3>", 1.1),          # exact, in catalogue
-    ("<think>x</think><a_1><b_2><c_4>", 0.6),                                       # 2 levels, in catalogue
-    ("<think>x</think><a_1><b_5><c_0>", 0.35),                                      # 1 level, in catalogue
-    ("<think>x</think><a_1><b_2><c_9>", 0.5),                                       # 2 levels, not in catalogue
-    ("<think>x</think><a_1><b_9><c_9>", 0.25),                                      # 1 level, not in catalogue
-    ("<think>x</think><a_7><b_0><c_0>", 0.1),                                       # valid SID, 0 levels
-    ("<think>x</think><a_8><b_2><c_3>", 0.0),                                       # 0 levels, invalid SID
-    ("<think>maybe <a_7><b_0><c_0></think>\n<a_1><b_2><c_3>\n", 1.1),              # SID inside thinking ignored
-    ("<think>a</think> <think>b</think><a_1><b_2><c_3>", 1.1),                     # after the LAST </think>
-    ("<think>a</think><a_1><b_2><c_3></think>junk", 0.0),                          # last </think> wins: junk
-    ("<think>the answer is <a_1><b_2><c_3>", 0.0),                                  # reasoning never closed
-    ("<think>x</think>The item is <a_1><b_2><c_3>", 0.0),                          # words around the SID
-    ("<think>x</think><a_1><b_2>", 0.0),                                            # partial SID (2 of 3 levels)
-    ("<think>x</think><a_1><b_2><c_3><d_0>", 0.0),                                  # too many levels
-    ("<think>x</think><a_1><b_2><c_3><a_1><b_2><c_4>", 0.0),                       # several SIDs
-    ("<think>x</think><a_1><b_2><c_3> <a_1><b_2><c_4>", 0.0),                      # several SIDs, spaced
-    ("<think>x</think><a_01><b_2><c_3>", 0.0),                                      # leading zero
-    ("<think>x</think><b_2><a_1><c_3>", 0.0),                                       # levels out of order
-    ("<think>x</think><a_1><b_2><c_3><|im_end|>", 1.1),                            # end-of-turn marker kept
-    ("<a_1><b_2><c_3>", 1.1),                                                       # no think block: whole text
-    ("", 0.0),
-    ("</think>", 0.0),
-    ("junk <<>> a_1 b_2", 0.0),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<think>\nthe user likes pens\n</think>\n\n<a_1><b_2><c_3>", 1.1),  # exact, in catalogue
+        ("<think>x</think><a_1><b_2><c_4>", 0.6),  # 2 levels, in catalogue
+        ("<think>x</think><a_1><b_5><c_0>", 0.35),  # 1 level, in catalogue
+        ("<think>x</think><a_1><b_2><c_9>", 0.5),  # 2 levels, not in catalogue
+        ("<think>x</think><a_1><b_9><c_9>", 0.25),  # 1 level, not in catalogue
+        ("<think>x</think><a_7><b_0><c_0>", 0.1),  # valid SID, 0 levels
+        ("<think>x</think><a_8><b_2><c_3>", 0.0),  # 0 levels, invalid SID
+        ("<think>maybe <a_7><b_0><c_0></think>\n<a_1><b_2><c_3>\n", 1.1),  # SID inside thinking ignored
+        ("<think>a</think> <think>b</think><a_1><b_2><c_3>", 1.1),  # after the LAST </think>
+        ("<think>a</think><a_1><b_2><c_3></think>junk", 0.0),  # last </think> wins: junk
+        ("<think>the answer is <a_1><b_2><c_3>", 0.0),  # reasoning never closed
+        ("<think>x</think>The item is <a_1><b_2><c_3>", 0.0),  # words around the SID
+        ("<think>x</think><a_1><b_2>", 0.0),  # partial SID (2 of 3 levels)
+        ("<think>x</think><a_1><b_2><c_3><d_0>", 0.0),  # too many levels
+        ("<think>x</think><a_1><b_2><c_3><a_1><b_2><c_4>", 0.0),  # several SIDs
+        ("<think>x</think><a_1><b_2><c_3> <a_1><b_2><c_4>", 0.0),  # several SIDs, spaced
+        ("<think>x</think><a_01><b_2><c_3>", 0.0),  # leading zero
+        ("<think>x</think><b_2><a_1><c_3>", 0.0),  # levels out of order
+        ("<think>x</think><a_1><b_2><c_3><|im_end|>", 1.1),  # end-of-turn marker kept
+        ("<a_1><b_2><c_3>", 1.1),  # no think block: whole text
+        ("", 0.0),
+        ("</think>", 0.0),
+        ("junk <<>> a_1 b_2", 0.0),
+    ],
+)
 def test_rule_reward_exact(text, expected):
     assert score(text) == pytest.approx(expected, abs=1e-12)
 
@@ -60,7 +63,7 @@ def test_prefix_generalises_to_L_levels():
 
 def test_format_reward():
     assert score("<think>x</think>\n<a_9><b_9><c_9>", kind="format") == 1.0
-    assert score("<a_1><b_2><c_3>", kind="format") == 0.0            # no think block
+    assert score("<a_1><b_2><c_3>", kind="format") == 0.0  # no think block
     assert score("<think>a</think><think>b</think><a_1><b_2><c_3>", kind="format") == 0.0
     assert score("<think><think>x</think><a_1><b_2><c_3>", kind="format") == 0.0
     assert score("<think>a <think>b</think><a_1><b_2><c_3>", kind="format") == 0.0
@@ -97,8 +100,14 @@ def test_trl_reward_plain_conversational_and_ranking():
     assert logged["sid/parsed"] == 0.5 and logged["sid/exact"] == 0.5
     rank = R.make_trl_reward("ranking")
     pen = [-0.469279, -0.296082, -0.234639]
-    comps = ["<think></think><a_7><b_0><c_0>", "<think></think><a_1><b_2><c_3>", "junk",   # group with a hit
-             "<think></think><a_7><b_0><c_0>", "junk", "junk"]                             # group without
+    comps = [
+        "<think></think><a_7><b_0><c_0>",
+        "<think></think><a_1><b_2><c_3>",
+        "junk",  # group with a hit
+        "<think></think><a_7><b_0><c_0>",
+        "junk",
+        "junk",
+    ]  # group without
     prompts = ["p1"] * 3 + ["p2"] * 3
     assert rank(comps, [GT] * 6, prompts=prompts) == pytest.approx([pen[0], 1.0, pen[2], 0.0, 0.0, 0.0], abs=1e-6)
 

@@ -30,10 +30,21 @@ TARGET = "<a_1><b_0><c_2>"  # item 4
 
 
 def _cfg(tmp_path, *extra):
-    return config.load("demo", [
-        "stage3.backend=trl", "stage3.num_generations=8", "stage3.train_batch_size=4", "stage3.micro_batch_size=32",
-        "stage3.max_steps=3", "stage3.max_response_length=8", "stage3.save_steps=3", "stage3.lr=1e-2",
-        f"stage3.checkpoint_dir={tmp_path / 'ckpt'}", *extra])
+    return config.load(
+        "demo",
+        [
+            "stage3.backend=trl",
+            "stage3.num_generations=8",
+            "stage3.train_batch_size=4",
+            "stage3.micro_batch_size=32",
+            "stage3.max_steps=3",
+            "stage3.max_response_length=8",
+            "stage3.save_steps=3",
+            "stage3.lr=1e-2",
+            f"stage3.checkpoint_dir={tmp_path / 'ckpt'}",
+            *extra,
+        ],
+    )
 
 
 def _chain_policy(model, tok):
@@ -49,7 +60,7 @@ def _chain_policy(model, tok):
     emb = model.get_input_embeddings().weight
     with torch.no_grad():
         emb.zero_()
-        for rows, vec in zip(classes, torch.tensor(q * np.sqrt(4 * np.abs(lam)), dtype=emb.dtype)):
+        for rows, vec in zip(classes, torch.tensor(q * np.sqrt(4 * np.abs(lam)), dtype=emb.dtype), strict=True):
             emb[rows, :5] = vec
         model.model.norm.weight.zero_()
         model.model.norm.weight[:5] = torch.tensor(np.sign(lam), dtype=emb.dtype)
@@ -67,8 +78,14 @@ def run(tmp_path_factory, tiny_artifacts, build_tiny_model):
     _chain_policy(model, tok)
     model.save_pretrained(tmp / "stage2")
     shutil.copytree(tiny_artifacts["dataset"], tmp / "dataset")
-    pd.DataFrame({"user_id": [0, 1, 2, 3], "history_item_ids": [[0], [3], [1, 2], [5]], "item_id": [4, 4, 4, 4],
-                  "timestamp": [1, 2, 3, 4]}).to_parquet(tmp / "dataset" / "train.parquet")
+    pd.DataFrame(
+        {
+            "user_id": [0, 1, 2, 3],
+            "history_item_ids": [[0], [3], [1, 2], [5]],
+            "item_id": [4, 4, 4, 4],
+            "timestamp": [1, 2, 3, 4],
+        }
+    ).to_parquet(tmp / "dataset" / "train.parquet")
     art = {**tiny_artifacts, "stage2": tmp / "stage2", "dataset": tmp / "dataset"}
     cfg = _cfg(tmp)
     metrics = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp / "out")
@@ -81,8 +98,9 @@ def _expected_reward(model_dir, history, catalogue) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     sids = [f"<a_{a}><b_{b}><c_{c}>" for a, b, c in itertools.product(range(4), repeat=3)]
-    prompt = tok(prompts.render_chat_prompt(tok, prompts.rl_messages(history), thinking=True),
-                 add_special_tokens=False)["input_ids"]
+    prompt = tok(
+        prompts.render_chat_prompt(tok, prompts.rl_messages(history), thinking=True), add_special_tokens=False
+    )["input_ids"]
     ids = torch.tensor([prompt + tok(s, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for s in sids])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
@@ -98,7 +116,10 @@ def test_grpo_moves_the_policy_toward_the_reward(run):
     assert [p["completion_length"] for p in info["per_step"]] == [4.0, 4.0, 4.0]  # answers, not cut off
     rewards = [p["reward"] for p in info["per_step"]]
     assert rewards[-1] > rewards[0] + 0.05, rewards
-    before, after = load_file(art["stage2"] / "model.safetensors"), load_file(tmp / "out" / "model" / "model.safetensors")
+    before, after = (
+        load_file(art["stage2"] / "model.safetensors"),
+        load_file(tmp / "out" / "model" / "model.safetensors"),
+    )
     assert any(not torch.equal(before[n], after[n]) for n in before)
     cat = R.load_catalogue(art["sid_index"])
     history = ["<a_0><b_1><c_2>"]
@@ -192,9 +213,17 @@ def test_config_presets():
     demo = config.load("demo").stage3
     assert demo.backend == "trl" and demo.reward == "rule"
     paper = config.load("office").stage3
-    assert (paper.num_generations, paper.lr, paper.kl_beta, paper.train_batch_size, paper.max_prompt_length,
-            paper.max_response_length, paper.save_steps, paper.epochs, paper.micro_batch_size) == (
-        16, 5e-7, 0.001, 256, 1024, 1024, 100, 10, 8)
+    assert (
+        paper.num_generations,
+        paper.lr,
+        paper.kl_beta,
+        paper.train_batch_size,
+        paper.max_prompt_length,
+        paper.max_response_length,
+        paper.save_steps,
+        paper.epochs,
+        paper.micro_batch_size,
+    ) == (16, 5e-7, 0.001, 256, 1024, 1024, 100, 10, 8)
     with pytest.raises(config.ConfigError, match="micro_batch_size"):
         config.load("demo", ["stage3.micro_batch_size=3"])
     assert demo.finetune == "full" and config.load("demo", ["stage3.finetune=lora"]).stage3.finetune == "lora"

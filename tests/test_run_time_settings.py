@@ -15,13 +15,17 @@ from sidreasoner.steps import STEPS
 
 
 def test_a_section_given_in_part_keeps_the_compiled_values():
-    compiled = {"seed": 0, "stage3": {"max_steps": 400, "lr": 1e-6, "verl": {"rollout_n": 8, "tp": 2}},
-                "export": {"uri": "", "overwrite": False}}
+    compiled = {
+        "seed": 0,
+        "stage3": {"max_steps": 400, "lr": 1e-6, "verl": {"rollout_n": 8, "tp": 2}},
+        "export": {"uri": "", "overwrite": False},
+    }
     given = {"seed": 3, "stage3": {"max_steps": 50, "verl": {"tp": 1}}, "export": {"uri": "s3://b/m"}}
     assert complete_sections(given, compiled) == {
         "seed": 3,
         "stage3": {"max_steps": 50, "lr": 1e-6, "verl": {"rollout_n": 8, "tp": 1}},
-        "export": {"uri": "s3://b/m", "overwrite": False}}
+        "export": {"uri": "s3://b/m", "overwrite": False},
+    }
     assert complete_sections(given, None) == given  # a task compiled before compiled_sections existed
     assert complete_sections({"stage3": {"max_steps": 5}}, {}) == {"stage3": {"max_steps": 5}}
 
@@ -53,11 +57,14 @@ def test_the_condition_task_runs_under_kfp_local(tmp_path):
     assert gate(step="export-model", section={}, compiled_section=compiled).output is False
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("https://user:pa55@teacher.example/v1", "https://***@teacher.example/…"),
-    ("s3://AKIAEXAMPLE:s3cr3t@bucket/models", "s3://***@bucket/…"),
-    ("minio://token@minio:9000/b", "minio://***@minio:9000/…"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("https://user:pa55@teacher.example/v1", "https://***@teacher.example/…"),
+        ("s3://AKIAEXAMPLE:s3cr3t@bucket/models", "s3://***@bucket/…"),
+        ("minio://token@minio:9000/b", "minio://***@minio:9000/…"),
+    ],
+)
 def test_credentials_inside_a_url_are_refused_without_repeating_them(url, shown):
     with pytest.raises(config.ConfigError) as err:
         refuse_url_credentials({"export": {"uri": url}})
@@ -69,15 +76,32 @@ def test_credentials_inside_a_url_are_refused_without_repeating_them(url, shown)
 
 
 def test_urls_without_credentials_and_emails_pass():
-    refuse_url_credentials({"teacher": {"base_url": "https://api.example/v1?user=a@b"},
-                            "model": {"name": "org/model@main"}, "export": {"uri": "s3://bucket/a@b/x"},
-                            "eval": {"ks": [1, 5]}})
+    refuse_url_credentials(
+        {
+            "teacher": {"base_url": "https://api.example/v1?user=a@b"},
+            "model": {"name": "org/model@main"},
+            "export": {"uri": "s3://bucket/a@b/x"},
+            "eval": {"ks": [1, 5]},
+        }
+    )
 
 
 def test_cli_compile_refuses_credentials_in_a_url(tmp_path):
     out = tmp_path / "p.yaml"
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "compile", "-o", str(out),
-                             "--set", "export.uri=s3://KEY:pr1vate-k3y@bucket/x"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "compile",
+            "-o",
+            str(out),
+            "--set",
+            "export.uri=s3://KEY:pr1vate-k3y@bucket/x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.startswith("error: export.uri has credentials inside its URL (s3://***@bucket/…)")
     assert "pr1vate-k3y" not in result.stderr
@@ -94,16 +118,23 @@ def test_image_pull_secrets_reach_every_pod(tmp_path):
     assert "imagePullSecret" not in str(default)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--until", "export-model"], "error: step 'export-model' is in the DAG only when export.uri is set"),
-    (["--pipeline-root", "{file}"], "error: --pipeline-root {file} is a file; give a folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--until", "export-model"], "error: step 'export-model' is in the DAG only when export.uri is set"),
+        (["--pipeline-root", "{file}"], "error: --pipeline-root {file} is a file; give a folder"),
+    ],
+)
 def test_cli_run_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     file = tmp_path / "root"
     file.write_text("")
     args = [a.format(file=file) for a in args]
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(tmp_path / "r"),
-                             *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(tmp_path / "r"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[0].startswith(message.format(file=file))
     assert "Traceback" not in result.stderr
@@ -117,8 +148,19 @@ def test_step_config_file_with_a_byte_order_mark_is_read(tmp_path):
 
     config_file = tmp_path / "task.json"
     config_file.write_bytes(b"\xef\xbb\xbf" + b'{"seed": 3, "data": {"source": "demo"}}')
-    result = CliRunner().invoke(app, ["step", "preprocess", "--config", str(config_file),
-                                      "--raw", str(tmp_path / "absent"), "--dataset", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "step",
+            "preprocess",
+            "--config",
+            str(config_file),
+            "--raw",
+            str(tmp_path / "absent"),
+            "--dataset",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1
     assert "cannot read config file" not in result.output
     assert "input 'raw' folder" in result.output

@@ -84,11 +84,28 @@ def test_sigkill_of_run_kills_the_running_step(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with open(tmp_path / "run.log", "wb") as log:
         run = subprocess.Popen(
-            [str(SIDREASONER), "run", "--preset", "demo", "--until", "download-data", "--pipeline-root",
-             str(tmp_path / "root"), "--set", "data.source=amazon2018", "--set", "data.category=Office_Products",
-             "--set", f"data.base_url=http://127.0.0.1:{server.server_port}",
-             "--set", f"data.cache_dir={tmp_path / 'c'}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(SIDREASONER),
+                "run",
+                "--preset",
+                "demo",
+                "--until",
+                "download-data",
+                "--pipeline-root",
+                str(tmp_path / "root"),
+                "--set",
+                "data.source=amazon2018",
+                "--set",
+                "data.category=Office_Products",
+                "--set",
+                f"data.base_url=http://127.0.0.1:{server.server_port}",
+                "--set",
+                f"data.cache_dir={tmp_path / 'c'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     step_processes: list[int] = []
     try:
         assert server.asked.wait(90), (tmp_path / "run.log").read_text()[-3000:]
@@ -114,10 +131,15 @@ def test_sigkill_of_run_kills_the_running_step(tmp_path):
 
 def _orphan_after_parent_sigkill(tmp_path: Path, env: dict[str, str]) -> int:
     """A parent process starts a child that calls die_with_runner, then the parent gets SIGKILL: the child's pid."""
-    child = ("import os, time; from sidreasoner.runner import die_with_runner; die_with_runner(); "
-             f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid())); time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
-                                                     f"{child!r}])"], env=env, start_new_session=True)
+    child = (
+        "import os, time; from sidreasoner.runner import die_with_runner; die_with_runner(); "
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while not (tmp_path / "child.pid").exists() or not (tmp_path / "child.pid").read_text():
         assert time.monotonic() < deadline and parent.poll() is None
@@ -158,8 +180,17 @@ def test_a_step_dies_with_its_parent_only_under_sidreasoner_run(tmp_path):
 
 
 def _run_command(root: Path, summary: Path, *overrides: str) -> list[str]:
-    return [str(SIDREASONER), "run", "--until", "download-data", "--pipeline-root", str(root), "--summary",
-            str(summary), *(arg for item in overrides for arg in ("--set", item))]
+    return [
+        str(SIDREASONER),
+        "run",
+        "--until",
+        "download-data",
+        "--pipeline-root",
+        str(root),
+        "--summary",
+        str(summary),
+        *(arg for item in overrides for arg in ("--set", item)),
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops a process group")
@@ -167,8 +198,12 @@ def test_two_runs_on_one_root_each_describe_their_own_folder(tmp_path):
     """The first run is held (SIGSTOP) once its run folder exists, while a second run on the same root starts
     and finishes: each summary names its own folder and calls its own executed task SUCCEEDED."""
     root = tmp_path / "root"
-    first = subprocess.Popen(_run_command(root, tmp_path / "first.json"), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        _run_command(root, tmp_path / "first.json"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (root.is_dir() and any(p.name.startswith("sidreasoner-") for p in root.iterdir())):
@@ -176,8 +211,12 @@ def test_two_runs_on_one_root_each_describe_their_own_folder(tmp_path):
             time.sleep(0.01)
         os.killpg(first.pid, signal.SIGSTOP)
         (first_dir,) = [p.resolve() for p in root.iterdir() if p.name.startswith("sidreasoner-")]
-        second = subprocess.run(_run_command(root, tmp_path / "second.json", "data.demo.num_items=21"),
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            _run_command(root, tmp_path / "second.json", "data.demo.num_items=21"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 0, second.stderr[-3000:]
     finally:
         os.killpg(first.pid, signal.SIGCONT)

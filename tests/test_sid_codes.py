@@ -22,8 +22,23 @@ def test_round_trip(codes):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "<a_12><b_200>x", " <a_12>", "<a_12> <b_1>", "<b_1><a_2>", "<a_1><c_2>", "<a_01>", "<a_-1>",
-     "<A_1>", "<a_1", "a_1", "<a_1><b_2><c_3><c_4>", "<a_1.5>", "<a_>", None],
+    [
+        "",
+        "<a_12><b_200>x",
+        " <a_12>",
+        "<a_12> <b_1>",
+        "<b_1><a_2>",
+        "<a_1><c_2>",
+        "<a_01>",
+        "<a_-1>",
+        "<A_1>",
+        "<a_1",
+        "a_1",
+        "<a_1><b_2><c_3><c_4>",
+        "<a_1.5>",
+        "<a_>",
+        None,
+    ],
 )
 def test_parse_rejects_malformed(text):
     assert parse_sid(text) is None
@@ -42,5 +57,9 @@ def test_collision_stats_and_usage():
     assert stats["duplicate_rate"] == pytest.approx(1 - 3 / 5)
     assert stats["n_unique_sids"] == 3
     usage = code_usage(codes, 4)
-    assert usage == {"codes_used_level_0": 2.0, "code_usage_level_0": 0.5,
-                     "codes_used_level_1": 2.0, "code_usage_level_1": 0.5}
+    assert usage == {
+        "codes_used_level_0": 2.0,
+        "code_usage_level_0": 0.5,
+        "codes_used_level_1": 2.0,
+        "code_usage_level_1": 0.5,
+    }

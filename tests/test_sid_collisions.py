@@ -1,23 +1,29 @@
 import numpy as np
 import pytest
 
-from sidreasoner.sid.collisions import (
-    PrefixGroupTooLarge, collision_groups, exact_resolve, resolve_collisions, sinkhorn_assign,
-)
 from sidreasoner.sid.codes import collision_stats
+from sidreasoner.sid.collisions import (
+    PrefixGroupTooLarge,
+    collision_groups,
+    exact_resolve,
+    resolve_collisions,
+    sinkhorn_assign,
+)
 
 # prefix (0,) holds items 0,1,2 colliding on <b_1> and item 3 on <b_2>; item 4 alone in prefix (1,);
 # items 5,6 collide on (2, 0).
 CODES = np.array([[0, 1], [0, 1], [0, 1], [0, 2], [1, 1], [2, 0], [2, 0]])
-DISTS = np.array([
-    [0.5, 0.0, 0.1, 0.9],  # item 0: best 1, then 2 (held by item 3), then 0
-    [0.2, 0.0, 0.1, 0.3],  # item 1
-    [0.9, 0.0, 0.1, 0.1],  # item 2: prefers 3 after 1
-    [0.9, 0.9, 0.0, 0.9],
-    [0.9, 0.0, 0.9, 0.9],
-    [0.0, 0.3, 0.4, 0.5],
-    [0.0, 0.1, 0.4, 0.5],
-])
+DISTS = np.array(
+    [
+        [0.5, 0.0, 0.1, 0.9],  # item 0: best 1, then 2 (held by item 3), then 0
+        [0.2, 0.0, 0.1, 0.3],  # item 1
+        [0.9, 0.0, 0.1, 0.1],  # item 2: prefers 3 after 1
+        [0.9, 0.9, 0.0, 0.9],
+        [0.9, 0.0, 0.9, 0.9],
+        [0.0, 0.3, 0.4, 0.5],
+        [0.0, 0.1, 0.4, 0.5],
+    ]
+)
 
 
 def test_collision_groups():

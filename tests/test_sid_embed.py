@@ -7,14 +7,16 @@ import pytest
 from sidreasoner import config
 from sidreasoner.sid.embed import embed_items, item_text
 
-ITEMS = pd.DataFrame({
-    "item_id": [2, 0, 1, 4, 3],  # shuffled on disk: output rows must follow item_id
-    "asin": ["B2", "B0", "B1", "B4", "B3"],
-    "title": ["Red stapler", "Chef knife", "Camping tent", "Gaming headset", "Ballpoint pens"],
-    "description": ["Heavy-duty office stapler", "", "Two-person tent", "Wireless", "Blue ink"],
-    "brand": ["Acme", "Nordic", "", "Vertex", "Acme"],
-    "categories": [["Office"], ["Kitchen", "Knives"], [], ["Games"], ["Office"]],
-})
+ITEMS = pd.DataFrame(
+    {
+        "item_id": [2, 0, 1, 4, 3],  # shuffled on disk: output rows must follow item_id
+        "asin": ["B2", "B0", "B1", "B4", "B3"],
+        "title": ["Red stapler", "Chef knife", "Camping tent", "Gaming headset", "Ballpoint pens"],
+        "description": ["Heavy-duty office stapler", "", "Two-person tent", "Wireless", "Blue ink"],
+        "brand": ["Acme", "Nordic", "", "Vertex", "Acme"],
+        "categories": [["Office"], ["Kitchen", "Knives"], [], ["Games"], ["Office"]],
+    }
+)
 
 
 def test_item_text_format():

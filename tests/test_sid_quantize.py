@@ -50,7 +50,11 @@ def test_greedy_kmeans_pp_seeds_every_separated_cluster():
     rng = np.random.default_rng(0)
     sizes = [40, 30, 20, 10, 5, 5, 3, 2]
     centers = rng.normal(size=(8, 5)) * 10
-    x = torch.from_numpy(np.concatenate([c + 0.1 * rng.normal(size=(n, 5)) for c, n in zip(centers, sizes)]).astype(np.float32))
+    x = torch.from_numpy(
+        np.concatenate([c + 0.1 * rng.normal(size=(n, 5)) for c, n in zip(centers, sizes, strict=True)]).astype(
+            np.float32
+        )
+    )
     label = np.repeat(np.arange(8), sizes)
     assert _seeded_cluster_hits(x, label, trials=None) == [8] * 20
     # one candidate per step (plain k-means++) leaves a cluster without a seed for some seed
@@ -125,8 +129,16 @@ def _write_inputs(tmp_path, emb, category="Toys"):
     data = tmp_path / "data"
     data.mkdir()
     n = len(emb)
-    pd.DataFrame({"item_id": np.arange(n), "asin": [f"A{i}" for i in range(n)], "title": [f"t{i}" for i in range(n)],
-                  "description": [""] * n, "brand": [""] * n, "categories": [[]] * n}).to_parquet(data / "items.parquet")
+    pd.DataFrame(
+        {
+            "item_id": np.arange(n),
+            "asin": [f"A{i}" for i in range(n)],
+            "title": [f"t{i}" for i in range(n)],
+            "description": [""] * n,
+            "brand": [""] * n,
+            "categories": [[]] * n,
+        }
+    ).to_parquet(data / "items.parquet")
     (data / "stats.json").write_text(json.dumps({"category": category}))
     emb_dir = tmp_path / "emb"
     emb_dir.mkdir()
@@ -135,8 +147,17 @@ def _write_inputs(tmp_path, emb, category="Toys"):
 
 
 def _small_cfg(method):
-    return config.load("demo", [f"sid.method={method}", "sid.codebook_size=16", "sid.rqvae.epochs=20",
-                                "sid.rqvae.hidden_dims=[16]", "sid.rqvae.latent_dim=4", "sid.rqvae.warmup_epochs=5"])
+    return config.load(
+        "demo",
+        [
+            f"sid.method={method}",
+            "sid.codebook_size=16",
+            "sid.rqvae.epochs=20",
+            "sid.rqvae.hidden_dims=[16]",
+            "sid.rqvae.latent_dim=4",
+            "sid.rqvae.warmup_epochs=5",
+        ],
+    )
 
 
 @pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
@@ -150,11 +171,13 @@ def test_quantize_sids_outputs_and_byte_identical(tmp_path, method):
     assert b1 == b2
     table = pq.read_table(tmp_path / "out1" / "sids.parquet").to_pandas()
     assert table["item_id"].tolist() == list(range(120))
-    assert all(parse_sid(s, levels=3, codebook_size=16) == list(c) for s, c in zip(table["sid"], table["codes"]))
+    assert all(
+        parse_sid(s, levels=3, codebook_size=16) == list(c) for s, c in zip(table["sid"], table["codes"], strict=True)
+    )
     assert collision_stats(np.stack(table["codes"].to_numpy()))["collision_rate"] == 0.0
     assert m1["collision_rate_after"] == 0.0 and m1["n_items"] == 120
     index = json.loads((tmp_path / "out1" / "index.json").read_text())
-    assert index["0"] == [f"<{c}_{v}>" for c, v in zip("abc", table["codes"][0])]
+    assert index["0"] == [f"<{c}_{v}>" for c, v in zip("abc", table["codes"][0], strict=True)]
     research = json.loads((tmp_path / "out1" / "research" / "index" / "Toys.index.json").read_text())
     assert research == index
     catalogue = json.loads((tmp_path / "out1" / "catalogue.json").read_text())
@@ -181,8 +204,9 @@ def test_research_export_with_splits(tmp_path):
     emb = _clusters(20, np.eye(6) * 3, 0.6)
     data, emb_dir = _write_inputs(tmp_path, emb)
     for split in ("train", "valid", "test"):
-        pd.DataFrame({"user_id": ["u1"], "history_item_ids": [[0, 1]], "item_id": [2],
-                      "timestamp": [1]}).to_parquet(data / f"{split}.parquet")
+        pd.DataFrame({"user_id": ["u1"], "history_item_ids": [[0, 1]], "item_id": [2], "timestamp": [1]}).to_parquet(
+            data / f"{split}.parquet"
+        )
     quantize_sids(_small_cfg("rkmeans"), data, emb_dir, tmp_path / "out")
     research = tmp_path / "out" / "research"
     sids = pq.read_table(tmp_path / "out" / "sids.parquet").to_pandas()["sid"]

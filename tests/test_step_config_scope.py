@@ -19,13 +19,34 @@ from sidreasoner.steps import STEPS, Step
 
 # The demo preset on the smallest settings that still reach every step's code: a catalogue of 40 items,
 # a few training steps per stage, a few evaluated users.
-TINY_DAG = ["data.demo.num_items=40", "data.demo.num_users=80", "data.min_samples=10", "sid.codebook_size=8",
-            "model.tiny.hidden_size=32", "model.tiny.intermediate_size=64", "model.tiny.head_dim=8",
-            "model.tiny.num_layers=1", "model.tiny.vocab_size=400",
-            "stage1.max_per_task=8", "stage1.epochs=1", "stage1.hr_samples=4", "stage1.valid_samples=4",
-            "stage2.max_samples=8", "stage2.valid_samples=4", "stage2.reasoning_holdout=4", "stage2.epochs=1",
-            "stage3.max_steps=1", "stage3.max_samples=2", "stage3.valid_samples=2", "stage3.num_generations=2",
-            "stage3.max_response_length=8", "stage3.micro_batch_size=4", "eval.max_users=4", "eval.think_max_tokens=8", "eval.report_samples=1"]
+TINY_DAG = [
+    "data.demo.num_items=40",
+    "data.demo.num_users=80",
+    "data.min_samples=10",
+    "sid.codebook_size=8",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.head_dim=8",
+    "model.tiny.num_layers=1",
+    "model.tiny.vocab_size=400",
+    "stage1.max_per_task=8",
+    "stage1.epochs=1",
+    "stage1.hr_samples=4",
+    "stage1.valid_samples=4",
+    "stage2.max_samples=8",
+    "stage2.valid_samples=4",
+    "stage2.reasoning_holdout=4",
+    "stage2.epochs=1",
+    "stage3.max_steps=1",
+    "stage3.max_samples=2",
+    "stage3.valid_samples=2",
+    "stage3.num_generations=2",
+    "stage3.max_response_length=8",
+    "stage3.micro_batch_size=4",
+    "eval.max_users=4",
+    "eval.think_max_tokens=8",
+    "eval.report_samples=1",
+]
 
 
 def _reads_model(cfg, out: Path) -> dict[str, float]:
@@ -38,17 +59,30 @@ def _reads_declared(cfg, out: Path) -> dict[str, float]:
 
 
 def _probe(function: str) -> dict[str, Step]:
-    return {"probe": Step("probe", "reads the config", "evaluate", f"{__name__}:{function}", ("seed", "eval"),
-                          outputs={"out": "Dataset"})}
+    return {
+        "probe": Step(
+            "probe",
+            "reads the config",
+            "evaluate",
+            f"{__name__}:{function}",
+            ("seed", "eval"),
+            outputs={"out": "Dataset"},
+        )
+    }
 
 
 def test_an_undeclared_read_names_the_step_and_the_section(tmp_path):
     cfg = config.load("office")
-    with pytest.raises(UndeclaredSection, match=r"step 'probe' reads config section 'model', which its registry "
-                                                r"entry does not declare \(it declares seed, eval\)"):
+    with pytest.raises(
+        UndeclaredSection,
+        match=r"step 'probe' reads config section 'model', which its registry "
+        r"entry does not declare \(it declares seed, eval\)",
+    ):
         run_step("probe", cfg, {"out": tmp_path / "out"}, registry=_probe("_reads_model"))
     assert run_step("probe", cfg, {"out": tmp_path / "ok"}, registry=_probe("_reads_declared")) == {
-        "seed": 0.0, "beams": 10.0}
+        "seed": 0.0,
+        "beams": 10.0,
+    }
 
 
 def test_a_slice_rebuilt_for_a_step_refuses_other_sections():
@@ -59,7 +93,7 @@ def test_a_slice_rebuilt_for_a_step_refuses_other_sections():
         with pytest.raises(UndeclaredSection, match=f"step 'quantize-sids' reads config section '{section}'"):
             getattr(view, section)
     with pytest.raises(UndeclaredSection, match="'model'"):
-        config.scoped(cfg, "sft-stage1").model.base
+        _ = config.scoped(cfg, "sft-stage1").model.base
     # A full Config still takes the defaults for what a slice leaves out (enabled_at_run_time reads one).
     assert config.from_step_config({"seed": 1}).model.base == "tiny"
     # Only the step's own generation: another step's is not part of its task's parameters.
@@ -76,7 +110,7 @@ def test_a_scoped_config_dumps_compares_and_copies_its_declared_sections():
     for twin in (copy.deepcopy(view), pickle.loads(pickle.dumps(view)), view.model_copy()):
         assert twin == view and isinstance(twin, ScopedConfig)
         with pytest.raises(UndeclaredSection, match="step 'rl-stage3' reads config section 'data'"):
-            twin.data
+            _ = twin.data
     assert "ScopedConfig(seed=0, stage3=" in repr(view)
 
 
@@ -92,7 +126,7 @@ def test_the_ranks_of_a_torchrun_relaunch_see_what_the_step_sees():
     rebuilt = config_of_rank(json.loads(json.dumps(config_for_ranks(view))))
     assert rebuilt == view and rebuilt.generations == {"sft-stage2": 7}
     with pytest.raises(UndeclaredSection, match="step 'sft-stage2' reads config section 'model'"):
-        rebuilt.model
+        _ = rebuilt.model
 
 
 def test_the_category_is_the_datasets(tmp_path):
@@ -111,8 +145,16 @@ class TinyDag:
     def __init__(self, root: Path):
         self.root = root
         extra = [f"{s}.checkpoint_dir={root / 'checkpoints'}" for s in ("stage1", "stage2", "stage3")]
-        self.cfg = config.load("demo", [*TINY_DAG, *extra, f"data.cache_dir={root / 'downloads'}",
-                                        f"teacher.cache_dir={root / 'teacher'}", f"export.uri={root / 'export'}"])
+        self.cfg = config.load(
+            "demo",
+            [
+                *TINY_DAG,
+                *extra,
+                f"data.cache_dir={root / 'downloads'}",
+                f"teacher.cache_dir={root / 'teacher'}",
+                f"export.uri={root / 'export'}",
+            ],
+        )
         self.folders: dict[str, Path] = {}  # "step.output" -> folder
         self.results: dict[str, dict[str, float] | Exception] = {}
 

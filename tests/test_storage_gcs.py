@@ -71,9 +71,11 @@ def test_changed_object_fails_manifest_check(gcs, tmp_path):
 
 def test_missing_bucket_and_object(gcs, tmp_path):
     (tmp_path / "f").write_text("x")
-    for call in (lambda: storage.download_file("gs://no-such-bkt/a/b", tmp_path / "o"),
-                 lambda: storage.upload_file(tmp_path / "f", "gs://no-such-bkt/a/b"),
-                 lambda: storage.list_files("gs://no-such-bkt/a")):
+    for call in (
+        lambda: storage.download_file("gs://no-such-bkt/a/b", tmp_path / "o"),
+        lambda: storage.upload_file(tmp_path / "f", "gs://no-such-bkt/a/b"),
+        lambda: storage.list_files("gs://no-such-bkt/a"),
+    ):
         with pytest.raises(storage.NotFoundError, match=r"gs://no-such-bkt/a.*bucket 'no-such-bkt' does not exist"):
             call()
     assert not storage.exists("gs://no-such-bkt/a")
@@ -112,11 +114,21 @@ def test_wrong_credentials_clear_error(tmp_path, monkeypatch, key_env):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     tokens = _TokenServer()
-    key = {"type": "service_account", "project_id": "p", "private_key_id": "k1", "private_key": pem,
-           "client_email": "pipeline@p.iam.gserviceaccount.com", "client_id": "1", "token_uri": tokens.url}
+    key = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "pipeline@p.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": tokens.url,
+    }
     (tmp_path / "key.json").write_text(json.dumps(key))
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)

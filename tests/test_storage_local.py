@@ -16,7 +16,9 @@ def test_parse_uri_and_unknown_scheme(tmp_path):
     assert storage.parse_uri("gs://bkt").key == ""
     assert storage.parse_uri(f"file://{tmp_path}/x").key == str(tmp_path / "x")
     assert storage.parse_uri("rel/x").key == str(Path("rel/x").absolute())
-    with pytest.raises(storage.UnsupportedSchemeError, match=r"ftp://h/x: unsupported scheme ftp://.*s3://, minio://, gs://"):
+    with pytest.raises(
+        storage.UnsupportedSchemeError, match=r"ftp://h/x: unsupported scheme ftp://.*s3://, minio://, gs://"
+    ):
         storage.download_file("ftp://h/x", tmp_path / "o")
     with pytest.raises(storage.UnsupportedSchemeError, match=r"s3:///x: no bucket name"):
         storage.exists("s3:///x")
@@ -83,7 +85,10 @@ def test_download_dir_refuses_a_link_out_of_a_local_folder_and_copies_one_inside
     assert storage.download_dir(src, tmp_path / "out", require_marker=False) == ["a.txt", "b.txt"]
     assert (tmp_path / "out" / "b.txt").read_text() == "a" and not (tmp_path / "out" / "b.txt").is_symlink()
     (src / "c.txt").symlink_to(tmp_path / "secret.txt")
-    with pytest.raises(storage.StorageError, match=r"src/c\.txt: refusing a symbolic link to .*secret\.txt "
-                                                   r"\(outside the folder\)"):
+    with pytest.raises(
+        storage.StorageError,
+        match=r"src/c\.txt: refusing a symbolic link to .*secret\.txt "
+        r"\(outside the folder\)",
+    ):
         storage.download_dir(src, tmp_path / "out2", require_marker=False)
     assert not (tmp_path / "out2").exists()

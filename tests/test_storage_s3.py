@@ -114,10 +114,12 @@ def test_upload_failing_before_marker_is_refused(s3, tmp_path):
 
 def test_missing_bucket_and_object(s3, tmp_path):
     (tmp_path / "f").write_text("x")
-    for call in (lambda: storage.download_file("s3://no-such-bkt/a/b", tmp_path / "o"),
-                 lambda: storage.upload_file(tmp_path / "f", "s3://no-such-bkt/a/b"),
-                 lambda: storage.download_dir("s3://no-such-bkt/a", tmp_path / "o"),
-                 lambda: storage.list_files("s3://no-such-bkt/a")):
+    for call in (
+        lambda: storage.download_file("s3://no-such-bkt/a/b", tmp_path / "o"),
+        lambda: storage.upload_file(tmp_path / "f", "s3://no-such-bkt/a/b"),
+        lambda: storage.download_dir("s3://no-such-bkt/a", tmp_path / "o"),
+        lambda: storage.list_files("s3://no-such-bkt/a"),
+    ):
         with pytest.raises(storage.NotFoundError, match=r"s3://no-such-bkt/a.*bucket 'no-such-bkt' does not exist"):
             call()
     assert not storage.exists("s3://no-such-bkt/a") and not storage.exists("s3://no-such-bkt")
@@ -128,16 +130,19 @@ def test_missing_bucket_and_object(s3, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("var, value", [("AWS_SECRET_ACCESS_KEY", "Wr0ngSecretValue/xyz"),
-                                        ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")])
+@pytest.mark.parametrize(
+    "var, value", [("AWS_SECRET_ACCESS_KEY", "Wr0ngSecretValue/xyz"), ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")]
+)
 def test_wrong_credentials_clear_error_without_secret(s3, tmp_path, monkeypatch, var, value):
     (tmp_path / "f").write_text("x")
     storage.upload_file(tmp_path / "f", "s3://bkt/creds/f")
     monkeypatch.setenv(var, value)
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    for call in (lambda: storage.download_file("s3://bkt/creds/f", tmp_path / "o"),
-                 lambda: storage.upload_file(tmp_path / "f", "s3://bkt/creds/g"),
-                 lambda: storage.list_files("s3://bkt/creds")):
+    for call in (
+        lambda: storage.download_file("s3://bkt/creds/f", tmp_path / "o"),
+        lambda: storage.upload_file(tmp_path / "f", "s3://bkt/creds/g"),
+        lambda: storage.list_files("s3://bkt/creds"),
+    ):
         with pytest.raises(storage.CredentialsError) as err:
             call()
         msg = str(err.value)
@@ -195,8 +200,11 @@ def test_download_data_from_s3_folder(s3, tmp_path):
     m = download_data(cfg, tmp_path / "artifact")
     manifest = json.loads((tmp_path / "artifact/manifest.json").read_text())
     assert (manifest["reviews"], manifest["meta"]) == ("Demo.json.gz", "meta_Demo.json.gz")
-    assert sorted(p.name for p in (tmp_path / "artifact").iterdir()) == ["Demo.json.gz", "manifest.json",
-                                                                          "meta_Demo.json.gz"]
+    assert sorted(p.name for p in (tmp_path / "artifact").iterdir()) == [
+        "Demo.json.gz",
+        "manifest.json",
+        "meta_Demo.json.gz",
+    ]
     for name in ("Demo.json.gz", "meta_Demo.json.gz"):
         assert (tmp_path / "artifact" / name).read_bytes() == (raw / name).read_bytes()
     assert m["bytes_downloaded"] == m["bytes_total"] > 0
@@ -207,8 +215,11 @@ def test_download_data_bucket_errors(s3, tmp_path):
     _upload_demo(tmp_path, "s3://bkt/raw/partial")
     s3.remove_object("bkt", "raw/partial/meta_Demo.json.gz")
     cfg = load("demo", ["data.source=minio://bkt/raw/partial", "data.category=Demo"])
-    with pytest.raises(DownloadError, match=r"minio://bkt/raw/partial: none of \['meta_Demo.json.gz'.*"
-                                            r"Present: \['Demo.json.gz'\]"):
+    with pytest.raises(
+        DownloadError,
+        match=r"minio://bkt/raw/partial: none of \['meta_Demo.json.gz'.*"
+        r"Present: \['Demo.json.gz'\]",
+    ):
         download_data(cfg, tmp_path / "artifact")
     with pytest.raises(DownloadError, match=r"s3://nope-bkt/raw.*bucket 'nope-bkt' does not exist"):
         download_data(load("demo", ["data.source=s3://nope-bkt/raw"]), tmp_path / "artifact")
@@ -231,7 +242,9 @@ def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
     assert m["parameters"] > 0
     original, _ = load_model_and_tokenizer(tmp_path / "src")
     mirrored, mirrored_tok = load_model_and_tokenizer(tmp_path / "out")
-    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), mirrored.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(original.state_dict().values(), mirrored.state_dict().values(), strict=True)
+    )
     assert len(mirrored_tok) == len(tok)
     assert list((tmp_path / "hf" / "sidreasoner-buckets").iterdir())  # mirrored once, beside the HF cache
 
@@ -263,7 +276,9 @@ def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monk
     prepare_base_model(load("demo", ["model.base=s3://bkt/exports/run-1"]), tmp_path, tmp_path, tmp_path / "back")
     original, _ = load_model_and_tokenizer(tmp_path / "model")
     back, _ = load_model_and_tokenizer(tmp_path / "back")
-    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), back.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(original.state_dict().values(), back.state_dict().values(), strict=True)
+    )
 
     # A retried pod finds the same model there and uploads nothing.
     again = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", tmp_path / "e2")
@@ -274,11 +289,16 @@ def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monk
     with pytest.raises(FileExistsError, match=r"s3://bkt/exports/run-1 already holds a different.*export.overwrite"):
         export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "other", tmp_path / "e3")
     assert not (tmp_path / "e3").exists()
-    replaced = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1", "export.overwrite=true"]),
-                            tmp_path / "other", tmp_path / "e4")
+    replaced = export_model(
+        load("demo", ["export.uri=s3://bkt/exports/run-1", "export.overwrite=true"]),
+        tmp_path / "other",
+        tmp_path / "e4",
+    )
     assert replaced["uploaded"] == 1.0
-    assert storage.read_marker("s3://bkt/exports/run-1")["files"] == json.loads(
-        (tmp_path / "e4/export.json").read_text())["files"]
+    assert (
+        storage.read_marker("s3://bkt/exports/run-1")["files"]
+        == json.loads((tmp_path / "e4/export.json").read_text())["files"]
+    )
 
 
 def test_export_model_errors(s3, tmp_path):
@@ -287,8 +307,11 @@ def test_export_model_errors(s3, tmp_path):
 
     (tmp_path / "not_a_model").mkdir()
     (tmp_path / "not_a_model" / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"not_a_model is not a saved Hugging Face model "
-                                                r"\(missing: tokenizer_config.json, \*.safetensors\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"not_a_model is not a saved Hugging Face model "
+        r"\(missing: tokenizer_config.json, \*.safetensors\)",
+    ):
         export_model(load("demo", ["export.uri=s3://bkt/x"]), tmp_path / "not_a_model", tmp_path / "e")
     with pytest.raises(ConfigError, match="export.uri is empty"):
         export_model(load("demo"), tmp_path / "not_a_model", tmp_path / "e")

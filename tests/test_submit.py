@@ -26,13 +26,23 @@ def _pipeline_spec(run_body):
 
 
 def _task_caching(run_body):
-    return {name: t["cachingOptions"].get("enableCache", False)
-            for name, t in step_tasks(_pipeline_spec(run_body)).items()}
+    return {
+        name: t["cachingOptions"].get("enableCache", False) for name, t in step_tasks(_pipeline_spec(run_body)).items()
+    }
 
 
 def test_downstream_follows_the_artifacts():
-    assert downstream("sft-stage1") == ["sft-stage1", "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3",
-                                        "merge-checkpoint", "evaluate-stage3", "report", "export-model"]
+    assert downstream("sft-stage1") == [
+        "sft-stage1",
+        "evaluate-stage1",
+        "sft-stage2",
+        "evaluate-stage2",
+        "rl-stage3",
+        "merge-checkpoint",
+        "evaluate-stage3",
+        "report",
+        "export-model",
+    ]
     assert downstream("evaluate-baselines") == ["evaluate-baselines", "report"]
     assert downstream("download-data")[0] == "download-data"
     assert len(downstream("download-data")) == len(STEP_NAMES)
@@ -81,9 +91,21 @@ def _generations(run_body) -> dict[str, int]:
 def test_rerun_from_keeps_caching_and_raises_the_steps_generation(kfp_api):
     url, state = kfp_api
     result = submit(config.load("demo"), url, rerun_from="quantize-sids")
-    rerun = ["quantize-sids", "synthesize-corpus", "evaluate-baselines", "prepare-base-model", "sft-stage1",
-             "evaluate-stage1", "sft-stage2", "evaluate-stage2", "rl-stage3", "merge-checkpoint", "evaluate-stage3",
-             "report", "export-model"]
+    rerun = [
+        "quantize-sids",
+        "synthesize-corpus",
+        "evaluate-baselines",
+        "prepare-base-model",
+        "sft-stage1",
+        "evaluate-stage1",
+        "sft-stage2",
+        "evaluate-stage2",
+        "rl-stage3",
+        "merge-checkpoint",
+        "evaluate-stage3",
+        "report",
+        "export-model",
+    ]
     assert result.rerun_steps == rerun
     body = _run_body(state)
     # Caching stays on everywhere, so the re-run tasks write cache entries under their new keys.
@@ -168,8 +190,15 @@ def test_upload_finds_its_spec_past_the_first_page_of_versions(kfp_api):
     url, state = kfp_api
     first = upload(cfg, url)
     for i in range(150):  # older versions: the spec's own is on the second page of 100
-        state.versions.insert(0, {"pipeline_version_id": f"old-{i}", "pipeline_id": first.pipeline_id,
-                                  "display_name": f"old-{i}", "description": ""})
+        state.versions.insert(
+            0,
+            {
+                "pipeline_version_id": f"old-{i}",
+                "pipeline_id": first.pipeline_id,
+                "display_name": f"old-{i}",
+                "description": "",
+            },
+        )
     assert upload(cfg, url).created is False
     assert len(state.calls("GET", f"/pipelines/{first.pipeline_id}/versions")) == 2
 
@@ -201,9 +230,24 @@ def test_cli_submit_wait_and_secret_free_requests(kfp_api):
     secret = "sk-never-" + "q" * 20
     url, state = kfp_api
     result = subprocess.run(
-        [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--preset", "office",
-         "--set", "teacher.model=gpt-4o", "--rerun-from", "report", "--wait"],
-        capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": secret},
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "submit",
+            "--host",
+            url,
+            "--preset",
+            "office",
+            "--set",
+            "teacher.model=gpt-4o",
+            "--rerun-from",
+            "report",
+            "--wait",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPENAI_API_KEY": secret},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Re-executing with a new generation: report." in result.stdout
@@ -216,22 +260,31 @@ def test_cli_submit_wait_and_secret_free_requests(kfp_api):
 def test_cli_wait_exits_1_when_the_run_fails(kfp_api):
     url, state = kfp_api
     state.final_state = "FAILED"
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--wait"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", url, "--wait"], capture_output=True, text=True
+    )
     assert result.returncode == 1
     assert "Run finished: FAILED" in result.stdout
 
 
 def test_cli_rerun_from_unknown_step_fails_clearly():
-    result = subprocess.run([sys.executable, "-m", "sidreasoner.cli", "submit", "--host", "http://127.0.0.1:9",
-                             "--rerun-from", "train"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", "submit", "--host", "http://127.0.0.1:9", "--rerun-from", "train"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "unknown step 'train'" in result.stderr
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "sidreasoner.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sidreasoner.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_cli_bearer_token_from_the_environment_reaches_every_request_and_no_output(kfp_api):
@@ -252,7 +305,8 @@ def test_cli_without_a_token_says_so_in_one_line(kfp_api):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: the Kubeflow Pipelines API at {url} answered 401 Unauthorized: not authenticated: "
-        "pass --token, --token-file or --cookie"]
+        "pass --token, --token-file or --cookie"
+    ]
 
 
 def test_token_file_is_read_on_every_request(kfp_api, tmp_path):
@@ -305,7 +359,8 @@ def test_cli_unreachable_host_is_one_line(unused_port):
         result = _cli(command, "--host", url)
         assert result.returncode == 1, command
         assert result.stderr.strip().splitlines() == [
-            f"error: cannot reach the Kubeflow Pipelines API at {url}: [Errno 111] Connection refused"], command
+            f"error: cannot reach the Kubeflow Pipelines API at {url}: [Errno 111] Connection refused"
+        ], command
 
 
 def test_credentials_in_a_url_are_refused_before_anything_is_sent(kfp_api):
@@ -330,7 +385,8 @@ def test_a_server_that_is_not_kfp_is_one_line_naming_its_answer(not_kfp_api, bod
         shown = "creating experiment sidreasoner answered 200 '{}', not an object holding experiment_id"
     assert result.stderr.strip().splitlines() == [
         f"error: {url} is not the Kubeflow Pipelines API: {shown}; check --host (the API's base URL, e.g. "
-        "http://localhost:8080)"]
+        "http://localhost:8080)"
+    ]
     assert "created" not in result.stdout and "uploaded" not in result.stdout and "None" not in result.stdout
 
 
@@ -349,7 +405,8 @@ def test_a_run_answer_without_a_run_id_is_not_a_created_run(kfp_api):
     result = _cli("submit", "--host", url, "--wait")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"error: {url} is not the Kubeflow Pipelines API: creating the run answered 200 '{{\"note\": \"accepted\"}}', "
-        "not an object holding run_id; check --host (the API's base URL, e.g. http://localhost:8080)"]
+        f'error: {url} is not the Kubeflow Pipelines API: creating the run answered 200 \'{{"note": "accepted"}}\', '
+        "not an object holding run_id; check --host (the API's base URL, e.g. http://localhost:8080)"
+    ]
     assert "Run details" not in result.stdout and "created" not in result.stdout
     assert not state.calls("GET", "/runs/None")

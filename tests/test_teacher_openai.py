@@ -22,10 +22,19 @@ SECRET = "sk-test-SECRET-0123456789abcdef"
 
 
 def cfg_for(server, tmp_path: Path, *extra: str) -> config.Config:
-    return config.load("demo", [
-        "teacher.kind=openai", f"teacher.base_url={server.base_url}", "teacher.model=fake-teacher",
-        f"teacher.cache_dir={tmp_path / 'cache'}", "teacher.timeout_s=0.5", "teacher.backoff_s=0.01",
-        "teacher.concurrency=4", *extra])
+    return config.load(
+        "demo",
+        [
+            "teacher.kind=openai",
+            f"teacher.base_url={server.base_url}",
+            "teacher.model=fake-teacher",
+            f"teacher.cache_dir={tmp_path / 'cache'}",
+            "teacher.timeout_s=0.5",
+            "teacher.backoff_s=0.01",
+            "teacher.concurrency=4",
+            *extra,
+        ],
+    )
 
 
 def test_corpus_complete_with_faults_and_second_run_is_free(teacher_inputs, fake_openai, tmp_path):
@@ -72,8 +81,14 @@ def test_new_weights_under_the_same_name_are_asked_again(teacher_inputs, fake_op
 
 def test_retry_after_is_respected(teacher_inputs, fake_openai, tmp_path):
     with fake_openai(faults=["429"], retry_after="1") as srv:
-        cfg = cfg_for(srv, tmp_path, "teacher.concurrency=1", "teacher.item_narratives=true",
-                      "teacher.history_narratives=false", "teacher.reasoning_paths=false")
+        cfg = cfg_for(
+            srv,
+            tmp_path,
+            "teacher.concurrency=1",
+            "teacher.item_narratives=true",
+            "teacher.history_narratives=false",
+            "teacher.reasoning_paths=false",
+        )
         start = time.monotonic()
         m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         assert m["retries"] == 1 and m["items_narrated"] == 12
@@ -120,7 +135,10 @@ def test_leaky_and_invalid_replies_are_rejected(teacher_inputs, fake_openai, tem
     assert (m["items_narrated"], m["samples_narrated"]) == (11, 16)
     rejected = pq.read_table(tmp_path / "c" / "rejected.parquet").to_pylist()
     assert sorted((r["kind"], r["reason"]) for r in rejected) == [
-        ("item", "invalid_sid"), ("reasoning", "leak_title"), ("reasoning", "leak_title")]
+        ("item", "invalid_sid"),
+        ("reasoning", "leak_title"),
+        ("reasoning", "leak_title"),
+    ]
     items = {r["item_id"]: r["narrative"] for r in pq.read_table(tmp_path / "c" / "items.parquet").to_pylist()}
     assert items[10].startswith("<a_2><b_2><c_0> is Globex") and 11 not in items
 
@@ -142,8 +160,14 @@ def test_api_key_is_used_but_never_written_or_logged(teacher_inputs, fake_openai
 def test_missing_key_for_remote_endpoint_fails_clearly(teacher_inputs, tmp_path, monkeypatch):
     monkeypatch.delenv("SIDREASONER_TEACHER_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    cfg = config.load("demo", ["teacher.kind=openai", "teacher.base_url=https://api.example.com/v1",
-                               f"teacher.cache_dir={tmp_path / 'cache'}"])
+    cfg = config.load(
+        "demo",
+        [
+            "teacher.kind=openai",
+            "teacher.base_url=https://api.example.com/v1",
+            f"teacher.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     with pytest.raises(RuntimeError, match="SIDREASONER_TEACHER_API_KEY.*OPENAI_API_KEY"):
         synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
 
@@ -162,10 +186,20 @@ def test_sigkill_midway_then_rerun_loses_nothing(teacher_inputs, fake_openai, tm
     answered_before_kill = 10
     with fake_openai(block_after=answered_before_kill) as srv:
         cfg = cfg_for(srv, tmp_path)
-        args = [sys.executable, "-c", CHILD, json.dumps(config.to_params(cfg)), *map(str, teacher_inputs),
-                str(tmp_path / "c")]
-        child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 env={**os.environ, "SIDREASONER_TEACHER_API_KEY": SECRET})
+        args = [
+            sys.executable,
+            "-c",
+            CHILD,
+            json.dumps(config.to_params(cfg)),
+            *map(str, teacher_inputs),
+            str(tmp_path / "c"),
+        ]
+        child = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "SIDREASONER_TEACHER_API_KEY": SECRET},
+        )
         try:
             deadline = time.monotonic() + 30
             while not (len(srv.answered) >= answered_before_kill and srv.waiting >= 1):
@@ -203,20 +237,22 @@ BAD_BODIES = [
     (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"completion_tokens": NaN}}', "bad_usage"),
     (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"completion_tokens": -3}}', "bad_usage"),
     (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": true}}', "bad_usage"),
-    (b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": 1' + b'0' * 40 + b'}}',
-     "bad_usage"),
+    (
+        b'{"choices": [{"message": {' + CONTENT.encode() + b'}}], "usage": {"prompt_tokens": 1' + b"0" * 40 + b"}}",
+        "bad_usage",
+    ),
     (b'{"choices": [{"message": {"content": "\\ud800 lone surrogate"}}]}', "bad_text"),
     (b'{"object": "chat.completion"}', "no_choices"),
     (b'{"choices": []}', "no_choices"),
     (b'{"choices": "abc"}', "no_choices"),
-    (b'[1, 2]', "no_choices"),
+    (b"[1, 2]", "no_choices"),
     (b'{"error": {"message": "overloaded"}}', "no_choices"),
     (b'{"choices": [null]}', "no_message"),
     (b'{"choices": [{"message": "hi"}]}', "no_message"),
     (b'{"choices": [{"message": {"content": null}}]}', "no_content"),
     (b'{"choices": [{"message": {"content": ["a", "b"]}}]}', "no_content"),
     (b'{"choices": [{"message": {"content": "  "}}]}', "no_content"),
-    (b'{"choices": [{"finish_reason": 7, "message": {' + CONTENT.encode() + b'}}]}', "bad_finish_reason"),
+    (b'{"choices": [{"finish_reason": 7, "message": {' + CONTENT.encode() + b"}}]}", "bad_finish_reason"),
     (b"Internal Server Error", "not_json"),
     (b"\xff\xfe{}", "not_json"),
     (b"[" * 5000 + b"]" * 5000, "not_json"),
@@ -235,13 +271,14 @@ def test_malformed_replies_are_counted_retried_and_within_budget(teacher_inputs,
     expected = {}
     for _, reason in BAD_BODIES:
         expected[reason] = expected.get(reason, 0) + 1
-    assert {k[len("bad_reply_"):]: v for k, v in m.items() if k.startswith("bad_reply_") and v} == expected
+    assert {k[len("bad_reply_") :]: v for k, v in m.items() if k.startswith("bad_reply_") and v} == expected
     assert (m["items_narrated"], m["samples_narrated"], m["rejected"]) == (12, 18, 0)
     assert len(ResponseCache(tmp_path / "cache")) == UNIQUE_REQUESTS
 
 
-def test_an_endpoint_that_always_answers_a_lone_surrogate_spends_budget_not_the_step(teacher_inputs, fake_openai,
-                                                                                    tmp_path):
+def test_an_endpoint_that_always_answers_a_lone_surrogate_spends_budget_not_the_step(
+    teacher_inputs, fake_openai, tmp_path
+):
     def body_for(messages):
         if "Task: item narrative." in messages[-1]["content"] and "SID: <a_0><b_0><c_0>" in messages[-1]["content"]:
             return b'{"choices": [{"message": {"content": "<a_0><b_0><c_0> is \\udcff here."}}]}'
@@ -259,8 +296,9 @@ def test_an_endpoint_that_always_answers_a_lone_surrogate_spends_budget_not_the_
         assert (srv.received, m2["cache_hits"], m2["failures"]) == (3, UNIQUE_REQUESTS - 1, 1)
 
 
-def test_rejected_replies_are_set_aside_and_asked_again_once_the_endpoint_is_fixed(teacher_inputs, fake_openai,
-                                                                                  template_reply, tmp_path):
+def test_rejected_replies_are_set_aside_and_asked_again_once_the_endpoint_is_fixed(
+    teacher_inputs, fake_openai, template_reply, tmp_path
+):
     broken = {"on": True}
 
     def content(messages):  # while broken, reasoning paths stop before the answer: missing_final_sid
@@ -275,9 +313,11 @@ def test_rejected_replies_are_set_aside_and_asked_again_once_the_endpoint_is_fix
             synthesize_corpus(cfg, *teacher_inputs, tmp_path / "c")
         msg = str(err.value)
         assert "0 failed request(s) + 18 rejected text(s) = 18 of 48" in msg
-        assert (f"21 accepted replies are cached in {tmp_path / 'cache'}; a re-run sends only the 9 request(s) "
-                f"that failed or were rejected (rejected replies are kept for inspection in "
-                f"{tmp_path / 'cache' / 'rejected'})") in msg
+        assert (
+            f"21 accepted replies are cached in {tmp_path / 'cache'}; a re-run sends only the 9 request(s) "
+            f"that failed or were rejected (rejected replies are kept for inspection in "
+            f"{tmp_path / 'cache' / 'rejected'})"
+        ) in msg
         assert len(ResponseCache(tmp_path / "cache")) == 21
         aside = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "rejected").rglob("*.json")]
         assert len(aside) == 9 and {a["reason"] for a in aside} == {"missing_final_sid"}

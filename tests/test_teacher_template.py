@@ -17,19 +17,22 @@ def test_template_texts_are_exact(teacher_inputs):
     ctx, _ = load_context(*teacher_inputs)
     assert template.item_narrative(ctx, ctx.items[1]) == (
         '<a_0><b_1><c_0> is "Acme Family Card Game Vol. 2", made by Acme. It is listed under Board Games > '
-        'Family Card Game. Part 2 of the Acme Family Card Game series. In the training interactions it was bought '
+        "Family Card Game. Part 2 of the Acme Family Card Game series. In the training interactions it was bought "
         '2 times. Shoppers who buy <a_0><b_1><c_0> often go on to <a_0><b_2><c_0> ("Acme Family Card Game Vol. 3"). '
         'It is most often bought right after <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1"). It belongs to the '
-        '"Acme Family Card Game" line.')
+        '"Acme Family Card Game" line.'
+    )
     assert template.history_narrative(ctx, [0, 1, 4]) == (
         'The user\'s purchases, oldest first: first <a_0><b_0><c_0> ("Acme Family Card Game Vol. 1", an Acme Board '
         'Games item), then <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2", an Acme Board Games item), and most '
         'recently <a_1><b_0><c_0> ("Acme Gel Pen Vol. 1", an Acme Office Writing item). 2 of the 3 items are Board '
-        'Games items, across 2 categories in all. The most frequent brand is Acme (3 of 3). The user follows the '
-        '"Acme Family Card Game" line through 2 installments.')
+        "Games items, across 2 categories in all. The most frequent brand is Acme (3 of 3). The user follows the "
+        '"Acme Family Card Game" line through 2 installments.'
+    )
     assert template.reasoning_path(ctx, [0, 1], ctx.items[2]) == (
         'The user is walking a line; its latest installment is <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). '
-        'The next one, number 3, is in the catalogue. Recommended item: <a_0><b_2><c_0>')
+        "The next one, number 3, is in the catalogue. Recommended item: <a_0><b_2><c_0>"
+    )
 
 
 def test_reasoning_paths_are_written_before_the_purchase(teacher_inputs):
@@ -42,30 +45,44 @@ def test_reasoning_paths_are_written_before_the_purchase(teacher_inputs):
     # a line bought twice wins over a later one-off purchase
     assert template.reasoning_path(ctx, [0, 1, 8], ctx.items[2]).startswith(
         'The user is walking a line; its latest installment is <a_0><b_1><c_0> ("Acme Family Card Game Vol. 2"). '
-        'The next one, number 3, is in the catalogue.')
+        "The next one, number 3, is in the catalogue."
+    )
     # the line is complete and nothing follows its last installment in the training data
     assert template.reasoning_path(ctx, [2, 3], ctx.items[8]) == (
         'Latest: <a_0><b_3><c_0> ("Acme Family Card Game Vol. 4"); the catalogue has no next installment of its '
-        'line. Nothing follows it often in the training data, so a popular item is the best guess. '
-        'Recommended item: <a_2><b_0><c_0>')
+        "line. Nothing follows it often in the training data, so a popular item is the best guess. "
+        "Recommended item: <a_2><b_0><c_0>"
+    )
     ctx.next_counts[3] = Counter({8: 2, 5: 1})
     assert template.reasoning_path(ctx, [2, 3], ctx.items[8]) == (
         'Latest: <a_0><b_3><c_0> ("Acme Family Card Game Vol. 4"); the catalogue has no next installment of its '
         'line. Shoppers who buy it most often go on to number 1 of the "Globex Studio Headphones" line. '
-        'Recommended item: <a_2><b_0><c_0>')
+        "Recommended item: <a_2><b_0><c_0>"
+    )
 
 
 def test_template_step_artifacts(teacher_inputs, tmp_path):
     cfg = config.load("demo")
     m = synthesize_corpus(cfg, *teacher_inputs, tmp_path / "corpus")
     out = tmp_path / "corpus"
-    assert (m["items_narrated"], m["samples_narrated"], m["reasoning_paths"], m["rejected"], m["requests"]) == \
-        (12, 18, 18, 0, 0)
+    assert (m["items_narrated"], m["samples_narrated"], m["reasoning_paths"], m["rejected"], m["requests"]) == (
+        12,
+        18,
+        18,
+        0,
+        0,
+    )
     items = pq.read_table(out / "items.parquet").to_pylist()
     assert [r["item_id"] for r in items] == list(range(12)) and items[0]["sid"] == "<a_0><b_0><c_0>"
     samples = pq.read_table(out / "samples.parquet")
-    assert samples.column_names == ["sample", "user_id", "history_item_ids", "item_id", "history_narrative",
-                                    "reasoning_path"]
+    assert samples.column_names == [
+        "sample",
+        "user_id",
+        "history_item_ids",
+        "item_id",
+        "history_narrative",
+        "reasoning_path",
+    ]
     rows = samples.to_pylist()
     assert rows[1]["sample"] == 1 and rows[1]["history_item_ids"] == [0, 1] and rows[1]["item_id"] == 2
     assert all(r["reasoning_path"].endswith(f"<a_{r['item_id'] // 4}><b_{r['item_id'] % 4}><c_0>") for r in rows)
@@ -74,11 +91,21 @@ def test_template_step_artifacts(teacher_inputs, tmp_path):
     assert meta["teacher"] == "template" and meta["templated"] is True and meta["model"] is None
     assert meta["counts"]["tasks"] == 48 and meta["category"] == "Tiny"
     enhanced = json.loads((out / "research/index/Tiny.item_enhanced_v2.json").read_text())
-    assert enhanced["1"]["llm_stage2"] == items[1]["narrative"] and enhanced["1"]["title"] == "Acme Family Card Game Vol. 2"
+    assert (
+        enhanced["1"]["llm_stage2"] == items[1]["narrative"]
+        and enhanced["1"]["title"] == "Acme Family Card Game Vol. 2"
+    )
     with open(out / "research/index/Tiny.integrated_narrative.csv", newline="") as fh:
         csv_rows = list(csv.DictReader(fh))
-    assert list(csv_rows[0]) == ["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid",
-                                 "reasoning_path", "integrated_narrative"]
+    assert list(csv_rows[0]) == [
+        "user_id",
+        "history_item_id",
+        "item_id",
+        "history_item_sid",
+        "item_sid",
+        "reasoning_path",
+        "integrated_narrative",
+    ]
     assert csv_rows[1]["history_item_sid"] == "['<a_0><b_0><c_0>', '<a_0><b_1><c_0>']"
     assert csv_rows[1]["history_item_id"] == "[0, 1]" and csv_rows[1]["item_id"] == "2"
     assert csv_rows[1]["user_id"] == str(rows[1]["user_id"])

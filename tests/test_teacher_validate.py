@@ -5,14 +5,23 @@ import json
 
 import pytest
 
-from sidreasoner.teacher.openai_teacher import served_identity
 from sidreasoner.teacher.cache import ResponseCache, cache_key
 from sidreasoner.teacher.context import series_of
-from sidreasoner.teacher.openai_teacher import (KEY_ENV_VARS, TeacherError, is_local_url, parse_reply,
-                                                resolve_api_key, retry_after_seconds, safe_url, MalformedReply,
-                                                Parsed, body_cap, content_cap)
-from sidreasoner.teacher.validate import (check_length, check_reasoning_end, repair_sids, strip_think,
-                                          validate_text)
+from sidreasoner.teacher.openai_teacher import (
+    KEY_ENV_VARS,
+    MalformedReply,
+    Parsed,
+    TeacherError,
+    body_cap,
+    content_cap,
+    is_local_url,
+    parse_reply,
+    resolve_api_key,
+    retry_after_seconds,
+    safe_url,
+    served_identity,
+)
+from sidreasoner.teacher.validate import check_length, check_reasoning_end, repair_sids, strip_think, validate_text
 
 CAT = frozenset({"<a_1><b_2><c_3>", "<a_1><b_2><c_4>", "<a_7><b_0><c_0>"})
 CTX = [("Acme Gel Pen Vol. 3", "<a_1><b_2><c_3>"), ("Acme Gel Pen Vol. 4", "<a_1><b_2><c_4>")]
@@ -24,8 +33,9 @@ def test_valid_sids_pass_and_spaced_tokens_are_normalised():
 
 
 def test_repair_by_adjacent_title():
-    r = repair_sids('First <a_1><b_2><c_3> ("Acme Gel Pen Vol. 3"), then <a_9><b_9><c_9> ("Acme Gel Pen Vol. 4").',
-                    CAT, CTX)
+    r = repair_sids(
+        'First <a_1><b_2><c_3> ("Acme Gel Pen Vol. 3"), then <a_9><b_9><c_9> ("Acme Gel Pen Vol. 4").', CAT, CTX
+    )
     assert r.ok and r.repaired == 1
     assert r.text == 'First <a_1><b_2><c_3> ("Acme Gel Pen Vol. 3"), then <a_1><b_2><c_4> ("Acme Gel Pen Vol. 4").'
 
@@ -47,8 +57,13 @@ def test_leak_check():
     ok = check_reasoning_end("Liked <a_1><b_2><c_3>. Recommended item: <a_1><b_2><c_4>.", target, title)
     assert ok.ok and ok.text == "Liked <a_1><b_2><c_3>. Recommended item: <a_1><b_2><c_4>"
     assert check_reasoning_end("It is <a_1><b_2><c_4>. Answer: <a_1><b_2><c_4>", target, title).reason == "leak_sid"
-    assert check_reasoning_end("Next is acme gel pen  vol. 4. Answer: <a_1><b_2><c_4>", target, title).reason == "leak_title"
-    assert check_reasoning_end("Answer: <a_1><b_2><c_4> because it is good", target, title).reason == "missing_final_sid"
+    assert (
+        check_reasoning_end("Next is acme gel pen  vol. 4. Answer: <a_1><b_2><c_4>", target, title).reason
+        == "leak_title"
+    )
+    assert (
+        check_reasoning_end("Answer: <a_1><b_2><c_4> because it is good", target, title).reason == "missing_final_sid"
+    )
     assert check_reasoning_end("Answer: <a_1><b_2><c_3>", target, title).reason == "wrong_final_sid"
     # a longer history title that contains the target title is not a leak
     longer = "Acme Gel Pen Vol. 4 Refill"
@@ -67,8 +82,16 @@ def test_leak_check_judges_by_item_when_variants_share_a_title():
     again = f"The user bought {blue} and {black}, and rebuys what runs out. Recommended item: {blue}"
     assert check_reasoning_end(again, blue, title, [title, title], history_sids=[blue, black]).ok
     assert check_reasoning_end(again, blue, title, [title], history_sids=[black]).reason == "leak_sid"
-    r = validate_text("reasoning", honest, catalogue=CAT, context=[(title, black), (title, blue)], bounds=(2, 50),
-                      target=(blue, title), history_titles=[title], history_sids=[black])
+    r = validate_text(
+        "reasoning",
+        honest,
+        catalogue=CAT,
+        context=[(title, black), (title, blue)],
+        bounds=(2, 50),
+        target=(blue, title),
+        history_titles=[title],
+        history_sids=[black],
+    )
     assert (r.reason, r.text) == (None, honest)
 
 
@@ -94,10 +117,19 @@ def test_repair_next_to_a_shared_title_needs_the_codes_to_pick_the_item():
 
 def test_length_bounds_and_full_validation():
     assert check_length("one two three", (3, 5)).ok
-    assert (check_length("one two", (3, 5)).reason, check_length("one two", (3, 5)).detail) == ("too_short", "2 words < 3")
+    assert (check_length("one two", (3, 5)).reason, check_length("one two", (3, 5)).detail) == (
+        "too_short",
+        "2 words < 3",
+    )
     assert check_length("a b c d e f", (3, 5)).reason == "too_long"
-    r = validate_text("reasoning", " Liked <a_1><b_2> <c_3>, so: <a_1><b_2><c_4> ", catalogue=CAT, context=CTX,
-                      bounds=(2, 50), target=("<a_1><b_2><c_4>", "Acme Gel Pen Vol. 4"))
+    r = validate_text(
+        "reasoning",
+        " Liked <a_1><b_2> <c_3>, so: <a_1><b_2><c_4> ",
+        catalogue=CAT,
+        context=CTX,
+        bounds=(2, 50),
+        target=("<a_1><b_2><c_4>", "Acme Gel Pen Vol. 4"),
+    )
     assert (r.text, r.reason) == ("Liked <a_1><b_2><c_3>, so: <a_1><b_2><c_4>", None)
     assert validate_text("item", "  ", catalogue=CAT, context=CTX, bounds=(1, 9)).reason == "empty"
 
@@ -107,8 +139,12 @@ def test_cache_key_is_content_addressed():
     params = {"temperature": 0.7, "max_tokens": 512}
     m1 = {"name": "m1", "revision": "", "served": {}, "generation": 0}
     key = cache_key("item", msgs, m1, params)
-    blob = json.dumps({"kind": "item", "messages": msgs, "model": m1, "params": params},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps(
+        {"kind": "item", "messages": msgs, "model": m1, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     assert key == hashlib.sha256(blob.encode()).hexdigest()
     assert key == cache_key("item", [dict(m) for m in msgs], dict(reversed(m1.items())), dict(reversed(params.items())))
     for changed in ({"name": "m2"}, {"revision": "2026-12"}, {"served": {"root": "/w/v2"}}, {"generation": 1}):
@@ -119,12 +155,28 @@ def test_cache_key_is_content_addressed():
 
 
 def test_served_identity_keeps_the_stable_fields():
-    vllm = {"object": "list", "data": [
-        {"id": "other", "root": "/x"},
-        {"id": "teacher", "object": "model", "created": 1796551234, "owned_by": "vllm", "root": "/models/qwen-v2",
-         "parent": None, "max_model_len": 32768, "permission": [{"id": "modelperm-1", "created": 1796551234}]}]}
-    assert served_identity(vllm, "teacher") == {"id": "teacher", "owned_by": "vllm", "root": "/models/qwen-v2",
-                                                "max_model_len": 32768}
+    vllm = {
+        "object": "list",
+        "data": [
+            {"id": "other", "root": "/x"},
+            {
+                "id": "teacher",
+                "object": "model",
+                "created": 1796551234,
+                "owned_by": "vllm",
+                "root": "/models/qwen-v2",
+                "parent": None,
+                "max_model_len": 32768,
+                "permission": [{"id": "modelperm-1", "created": 1796551234}],
+            },
+        ],
+    }
+    assert served_identity(vllm, "teacher") == {
+        "id": "teacher",
+        "owned_by": "vllm",
+        "root": "/models/qwen-v2",
+        "max_model_len": 32768,
+    }
     openai = {"data": [{"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"}]}
     assert served_identity(openai, "gpt-4o-mini") == {"id": "gpt-4o-mini", "owned_by": "system", "created": 1721172741}
     assert served_identity(openai, "absent") == {}
@@ -182,12 +234,18 @@ def test_a_reply_is_capped_by_max_tokens():
 
 def test_a_leading_think_block_is_stripped_and_stray_tags_are_rejected():
     assert (strip_think("<think>\nplan\n</think>\n\nThe answer.").text, strip_think("x").think_stripped) == (
-        "The answer.", False)
+        "The answer.",
+        False,
+    )
     assert strip_think("plan, opened by the template</think> The answer.").text == "The answer."
     assert strip_think("<THINK>plan</Think >The answer.").think_stripped
-    for text, reason in (("<think>only a plan</think>  ", "think_only"), ("<think>cut off", "think_only"),
-                         ("<think>a<think>b</think>", "think_only"),
-                         ("<think>a</think> b <think>c</think>", "think_tags"),
-                         ("b </think> c <think>", "think_tags"), ("The answer <think>late</think> more", "think_tags")):
+    for text, reason in (
+        ("<think>only a plan</think>  ", "think_only"),
+        ("<think>cut off", "think_only"),
+        ("<think>a<think>b</think>", "think_only"),
+        ("<think>a</think> b <think>c</think>", "think_tags"),
+        ("b </think> c <think>", "think_tags"),
+        ("The answer <think>late</think> more", "think_tags"),
+    ):
         got = strip_think(text)
         assert (got.text, got.reason) == (None, reason), text

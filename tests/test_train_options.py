@@ -11,14 +11,22 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import config
-from sidreasoner.train import tasks
 from sidreasoner.model.loading import load_model_and_tokenizer
+from sidreasoner.train import tasks
 from sidreasoner.train.sft import _embedding_warmup, _encode_all, extend_tokenizer, sft_stage1
 
 # ~45 examples an epoch on the fixtures, batches of 8: a few dozen optimizer steps in all.
-RUN = ["stage1.per_device_batch_size=8", "stage1.global_batch_size=8", "stage1.logging_steps=1",
-       "stage1.valid_samples=3", "stage1.hr_samples=2", "stage1.save_steps=1000", "stage1.warmup_ratio=0",
-       "stage1.lr_scheduler=constant", "stage1.early_stopping_patience=0"]
+RUN = [
+    "stage1.per_device_batch_size=8",
+    "stage1.global_batch_size=8",
+    "stage1.logging_steps=1",
+    "stage1.valid_samples=3",
+    "stage1.hr_samples=2",
+    "stage1.save_steps=1000",
+    "stage1.warmup_ratio=0",
+    "stage1.lr_scheduler=constant",
+    "stage1.early_stopping_patience=0",
+]
 LORA_R = 4
 
 pytestmark = pytest.mark.slow  # trains a model (seconds)
@@ -66,8 +74,18 @@ def test_lora_trains_merges_and_saves_a_plain_model(base, tmp_path, monkeypatch)
         return merged
 
     monkeypatch.setattr(LoraModel, "merge_and_unload", recording_merge)
-    _, out, m = _run(base, tmp_path, ["stage1.finetune=lora", f"stage1.lora_r={LORA_R}", "stage1.lora_alpha=8",
-                                        "stage1.lora_dropout=0", "stage1.lr=1e-2", "stage1.epochs=4"])
+    _, out, m = _run(
+        base,
+        tmp_path,
+        [
+            "stage1.finetune=lora",
+            f"stage1.lora_r={LORA_R}",
+            "stage1.lora_alpha=8",
+            "stage1.lora_dropout=0",
+            "stage1.lr=1e-2",
+            "stage1.epochs=4",
+        ],
+    )
     assert seen["type"] == "Qwen3ForCausalLM"
     assert torch.allclose(seen["before"], seen["after"], atol=1e-4), (seen["before"] - seen["after"]).abs().max()
     assert m["train_loss"] < m["train_loss_first"], m
@@ -156,4 +174,6 @@ def test_stage1_with_embedding_warmup_runs(base, tmp_path):
     # then everything trained: the final model differs from the warm-up beyond the embedding
     model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
     assert not torch.equal(model.get_input_embeddings().weight[:n_old], start[:n_old])
-    assert not torch.equal(dict(model.named_parameters())["model.norm.weight"], dict(ref.named_parameters())["model.norm.weight"])
+    assert not torch.equal(
+        dict(model.named_parameters())["model.norm.weight"], dict(ref.named_parameters())["model.norm.weight"]
+    )

@@ -24,6 +24,7 @@ from sidreasoner import config
 from sidreasoner.model import folder_lock
 from sidreasoner.model.checkpoints import SEAL
 from sidreasoner.model.folder_lock import LockTimings
+from sidreasoner.provenance import code_version
 from sidreasoner.rl import reward, stage3
 from sidreasoner.train import sft
 from sidreasoner.train.checkpointing import NonFiniteTrainingError
@@ -35,13 +36,30 @@ from .helpers import training_process
 pytestmark = pytest.mark.slow  # trains models (seconds each)
 
 REPO = Path(__file__).resolve().parents[1]
-SFT_RUN = ["stage1.per_device_batch_size=4", "stage1.global_batch_size=4", "stage1.max_per_task=3",
-           "stage1.epochs=2", "stage1.save_steps=3", "stage1.save_total_limit=2", "stage1.logging_steps=1",
-           "stage1.valid_samples=3", "stage1.hr_samples=0", "stage1.early_stopping_patience=0"]
+SFT_RUN = [
+    "stage1.per_device_batch_size=4",
+    "stage1.global_batch_size=4",
+    "stage1.max_per_task=3",
+    "stage1.epochs=2",
+    "stage1.save_steps=3",
+    "stage1.save_total_limit=2",
+    "stage1.logging_steps=1",
+    "stage1.valid_samples=3",
+    "stage1.hr_samples=0",
+    "stage1.early_stopping_patience=0",
+]
 # Temperature 4: the tiny model's completions differ within a group, so the rewards (and the weights) change.
-RL_RUN = ["stage3.backend=trl", "stage3.num_generations=2", "stage3.train_batch_size=2", "stage3.micro_batch_size=4",
-          "stage3.max_response_length=12", "stage3.lr=1e-3", "stage3.temperature=4", "stage3.max_steps=6",
-          "stage3.save_steps=3"]
+RL_RUN = [
+    "stage3.backend=trl",
+    "stage3.num_generations=2",
+    "stage3.train_batch_size=2",
+    "stage3.micro_batch_size=4",
+    "stage3.max_response_length=12",
+    "stage3.lr=1e-3",
+    "stage3.temperature=4",
+    "stage3.max_steps=6",
+    "stage3.save_steps=3",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,10 +68,13 @@ def _one_code_version():
     folder, even while the source tree is being edited."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SIDREASONER_CODE_VERSION", "test-train-resume")
+        code_version.cache_clear()  # an earlier test of this session may have computed the real one
         yield
+    code_version.cache_clear()
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _sft_overrides(base, ckpt_dir: Path, batching: str = "padded", *extra) -> list[str]:
     return base["overrides"] + SFT_RUN + [f"stage1.batching={batching}", f"stage1.checkpoint_dir={ckpt_dir}", *extra]
@@ -72,9 +93,21 @@ def _start(step: str, overrides: list[str], dirs: list[Path], tmp: Path, pause_a
     n = len(list(tmp.glob("proc-*.err")))
     ready, err = tmp / f"proc-{n}.ready", tmp / f"proc-{n}.err"
     with err.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.training_process", step, str(pause_at),
-                                 str(ready), json.dumps(overrides), json.dumps([str(d) for d in dirs])],
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.helpers.training_process",
+                step,
+                str(pause_at),
+                str(ready),
+                json.dumps(overrides),
+                json.dumps([str(d) for d in dirs]),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     proc.ready, proc.err = ready, err
     return proc
 
@@ -111,10 +144,21 @@ def _sft_record(out: Path) -> dict:
     info = json.loads((out / "training.json").read_text())
     skipped = ("wall_seconds", "tokens_per_s", "resumed_from_step")
     metrics = {k: v for k, v in info["metrics"].items() if k not in skipped}
-    keys = ("valid_losses", "valid_losses_at_best", "initial_valid_losses", "best_valid_loss", "used_best_checkpoint",
-            "global_step", "max_steps", "epochs_run")
-    return {**{k: info[k] for k in keys}, "metrics": metrics,
-            "train_curve": [(h["step"], h["loss"]) for h in info["history"] if "loss" in h]}
+    keys = (
+        "valid_losses",
+        "valid_losses_at_best",
+        "initial_valid_losses",
+        "best_valid_loss",
+        "used_best_checkpoint",
+        "global_step",
+        "max_steps",
+        "epochs_run",
+    )
+    return {
+        **{k: info[k] for k in keys},
+        "metrics": metrics,
+        "train_curve": [(h["step"], h["loss"]) for h in info["history"] if "loss" in h],
+    }
 
 
 def _resumed_from(out: Path) -> int:
@@ -151,6 +195,7 @@ def _copy_checkpoints(reference: Path, tmp: Path) -> Path:
 
 # ---------------------------------------------------------------- a SIGTERM at a checkpoint, then the retry
 
+
 def test_length_grouped_order_is_a_function_of_the_seed_and_the_epoch():
     lengths = [3, 9, 1, 7, 7, 2, 8, 5, 4, 6, 1, 9]
     sampler = LengthGroupedEpochSampler(lengths, batch_size=4, seed=7)
@@ -164,8 +209,9 @@ def test_length_grouped_order_is_a_function_of_the_seed_and_the_epoch():
 
 
 @pytest.mark.parametrize("batching, pause_at", [("packed", 3), ("length_grouped", 3), ("padded", 6)])
-def test_sft_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(batching, pause_at, tiny_base_model,
-                                                                         sft_reference, tmp_path):
+def test_sft_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(
+    batching, pause_at, tiny_base_model, sft_reference, tmp_path
+):
     """Mid-epoch (checkpoint-3) and at an epoch's end (checkpoint-6, saved after that epoch's evaluation)."""
     base = tiny_base_model
     overrides = _sft_overrides(base, tmp_path / "ckpt", batching)
@@ -179,8 +225,9 @@ def test_sft_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(batching
     assert _sft_record(tmp_path / "out") == _sft_record(reference / "out")
 
 
-def test_rl_stage3_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(tiny_artifacts, tiny_sid_model,
-                                                                              tmp_path, monkeypatch):
+def test_rl_stage3_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(
+    tiny_artifacts, tiny_sid_model, tmp_path, monkeypatch
+):
     """checkpoint-3 is in the second epoch (2 steps an epoch): the retry draws that epoch's prompts again."""
     monkeypatch.setattr(reward, "make_trl_reward", training_process.graded_reward)
     art, model_dir = tiny_artifacts, tiny_sid_model["dir"]
@@ -191,13 +238,15 @@ def test_rl_stage3_sigterm_at_a_checkpoint_then_a_retry_trains_the_same_model(ti
     _sigterm_when_paused(proc)
     metrics = stage3.rl_stage3(config.load("demo", overrides), *_rl_dirs(art, model_dir, tmp_path / "out"))
     assert metrics["resumed_from_step"] == 3 and metrics["steps"] == 6
-    _assert_same_weights(tmp_path / "ref" / "model" / "model.safetensors",
-                         tmp_path / "out" / "model" / "model.safetensors")
+    _assert_same_weights(
+        tmp_path / "ref" / "model" / "model.safetensors", tmp_path / "out" / "model" / "model.safetensors"
+    )
     steps = [json.loads((tmp_path / run / "training.json").read_text())["per_step"] for run in ("ref", "out")]
     assert steps[0] == steps[1] and len({p["reward"] for p in steps[0]}) > 1
 
 
 # ---------------------------------------------------------------- two runs, damaged checkpoints, a finished training
+
 
 def test_two_runs_of_one_config_at_once_train_one_model(tiny_base_model, sft_reference, tmp_path, monkeypatch):
     """A second process (this one) starts while the first holds the checkpoint folder's lock: it waits, then
@@ -207,8 +256,9 @@ def test_two_runs_of_one_config_at_once_train_one_model(tiny_base_model, sft_ref
     overrides = _sft_overrides(base, tmp_path / "ckpt")
     first = _start("sft-stage1", overrides, _sft_dirs(base, tmp_path / "a"), tmp_path)
     reference = sft_reference()  # meanwhile
-    monkeypatch.setattr(sft, "checkpoint_lock", functools.partial(folder_lock.checkpoint_lock,
-                                                                  timings=LockTimings(poll_s=0.05)))
+    monkeypatch.setattr(
+        sft, "checkpoint_lock", functools.partial(folder_lock.checkpoint_lock, timings=LockTimings(poll_s=0.05))
+    )
     end = time.monotonic() + 180
     while not list((tmp_path / "ckpt").glob(".stage1-*.lock")):
         assert first.poll() is None and time.monotonic() < end, first.err.read_text()[-3000:]
@@ -227,27 +277,39 @@ def _truncate(path: Path) -> None:
 
 def _garble(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
 
 
 DAMAGE = {  # id -> (what is done to checkpoint-12, what the log says of checkpoint-12, where the retry resumes)
-    "truncated trainer_state.json": (lambda c: _truncate(c / "trainer_state.json"),
-                                     r"trainer_state\.json: [\d,]+ bytes, [\d,]+ when saved", 9),
-    "truncated model.safetensors": (lambda c: _truncate(c / "model.safetensors"),
-                                    r"model\.safetensors: [\d,]+ bytes, [\d,]+ when saved", 9),
-    "garbled optimizer.pt": (lambda c: _garble(c / "optimizer.pt"),
-                             r"optimizer\.pt: its content changed since it was saved", 9),
+    "truncated trainer_state.json": (
+        lambda c: _truncate(c / "trainer_state.json"),
+        r"trainer_state\.json: [\d,]+ bytes, [\d,]+ when saved",
+        9,
+    ),
+    "truncated model.safetensors": (
+        lambda c: _truncate(c / "model.safetensors"),
+        r"model\.safetensors: [\d,]+ bytes, [\d,]+ when saved",
+        9,
+    ),
+    "garbled optimizer.pt": (
+        lambda c: _garble(c / "optimizer.pt"),
+        r"optimizer\.pt: its content changed since it was saved",
+        9,
+    ),
     "killed while saving": (lambda c: (c / SEAL).unlink(), rf"{re.escape(SEAL)}: absent", 9),
-    "every checkpoint damaged": (lambda c: [_truncate(c.with_name(n) / "trainer_state.json")
-                                            for n in ("checkpoint-9", "checkpoint-12")],
-                                 r"trainer_state\.json: [\d,]+ bytes", 0),
+    "every checkpoint damaged": (
+        lambda c: [_truncate(c.with_name(n) / "trainer_state.json") for n in ("checkpoint-9", "checkpoint-12")],
+        r"trainer_state\.json: [\d,]+ bytes",
+        0,
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
-def test_a_damaged_newest_checkpoint_is_skipped_naming_the_file(damage, tiny_base_model, sft_reference, tmp_path,
-                                                               caplog):
+def test_a_damaged_newest_checkpoint_is_skipped_naming_the_file(
+    damage, tiny_base_model, sft_reference, tmp_path, caplog
+):
     """The retry logs the checkpoint, the file and why, moves the checkpoint aside, and resumes from the
     previous one (or starts afresh): it trains the model the uninterrupted run trained."""
     base, reference = tiny_base_model, sft_reference()
@@ -256,8 +318,11 @@ def test_a_damaged_newest_checkpoint_is_skipped_naming_the_file(damage, tiny_bas
     harm(folder / "checkpoint-12")
     with caplog.at_level(logging.WARNING, logger="sidreasoner"):
         sft_stage1(config.load("demo", _sft_overrides(base, tmp_path / "ckpt")), *_sft_dirs(base, tmp_path / "out"))
-    assert re.search(rf"{re.escape(str(folder / 'checkpoint-12'))}: not resumed from: {said}.*moved to "
-                     r"\.checkpoint-12\.damaged-", caplog.text), caplog.text
+    assert re.search(
+        rf"{re.escape(str(folder / 'checkpoint-12'))}: not resumed from: {said}.*moved to "
+        r"\.checkpoint-12\.damaged-",
+        caplog.text,
+    ), caplog.text
     assert _resumed_from(tmp_path / "out") == resumes_at
     _assert_same_weights(reference / "out" / "model.safetensors", tmp_path / "out" / "model.safetensors")
     assert _sft_record(tmp_path / "out") == _sft_record(reference / "out")
@@ -272,7 +337,8 @@ def test_a_garbled_initial_json_is_evaluated_again(tiny_base_model, sft_referenc
     assert f"{folder / 'initial.json'}: unreadable (" in caplog.text
     assert _sft_record(tmp_path / "out") == _sft_record(reference / "out")
     assert json.loads((folder / "initial.json").read_text()) == json.loads(
-        (_stage_folder(reference / "ckpt") / "initial.json").read_text())
+        (_stage_folder(reference / "ckpt") / "initial.json").read_text()
+    )
 
 
 def test_a_retry_after_the_training_finished_reports_the_same_validation(tiny_base_model, sft_reference, tmp_path):
@@ -291,8 +357,15 @@ def test_a_retry_after_the_training_finished_reports_the_same_validation(tiny_ba
 def test_a_retry_after_an_early_stop_does_not_train_on(tiny_base_model, tmp_path):
     """The early stop at step 18 (the third epoch's loss is higher) saves a checkpoint, off the save_steps grid,
     sealed as finished: the retry loads it and trains no step (before, it trained on past the early stop)."""
-    overrides = _sft_overrides(tiny_base_model, tmp_path / "ckpt", "padded", "stage1.epochs=5", "stage1.lr=0.05",
-                               "stage1.early_stopping_patience=1", "stage1.save_steps=4")
+    overrides = _sft_overrides(
+        tiny_base_model,
+        tmp_path / "ckpt",
+        "padded",
+        "stage1.epochs=5",
+        "stage1.lr=0.05",
+        "stage1.early_stopping_patience=1",
+        "stage1.save_steps=4",
+    )
     for out in ("a", "b"):
         sft_stage1(config.load("demo", overrides), *_sft_dirs(tiny_base_model, tmp_path / out))
     losses = _sft_record(tmp_path / "a")["valid_losses"]["sid"]
@@ -305,6 +378,7 @@ def test_a_retry_after_an_early_stop_does_not_train_on(tiny_base_model, tmp_path
 
 # ---------------------------------------------------------------- non-finite training
 
+
 def _with_lr(overrides: list[str], section: str, lr: float):
     """The config with a learning rate the config itself refuses (a stand-in for any cause of overflow)."""
     cfg = config.load("demo", overrides)
@@ -315,8 +389,10 @@ def test_sft_stops_at_the_first_non_finite_value_naming_the_step_the_loss_and_th
     base = tiny_base_model
     overrides = _sft_overrides(base, tmp_path / "ckpt", "padded", "stage1.save_steps=1", "stage1.warmup_ratio=0")
     cfg = _with_lr(overrides, "stage1", 1e30)
-    expected = (r"stage1: the weights' norm is not finite after the optimizer step at global step 1 of 12 "
-                r"\(last finite loss: \d[\d.]*\); training stopped\. stage1\.lr=1e\+30 is the likely cause")
+    expected = (
+        r"stage1: the weights' norm is not finite after the optimizer step at global step 1 of 12 "
+        r"\(last finite loss: \d[\d.]*\); training stopped\. stage1\.lr=1e\+30 is the likely cause"
+    )
     for _ in range(2):  # the retry fails the same way, at once
         with pytest.raises(NonFiniteTrainingError, match=expected):
             sft_stage1(cfg, *_sft_dirs(base, tmp_path / "out"))
@@ -324,8 +400,7 @@ def test_sft_stops_at_the_first_non_finite_value_naming_the_step_the_loss_and_th
 
 
 @pytest.mark.parametrize("fault", ["training loss", "gradient norm"])
-def test_a_non_finite_value_removes_the_checkpoint_whose_weights_gave_it(fault, tiny_base_model, tmp_path,
-                                                                        monkeypatch):
+def test_a_non_finite_value_removes_the_checkpoint_whose_weights_gave_it(fault, tiny_base_model, tmp_path, monkeypatch):
     """The step after checkpoint-4 meets a NaN loss, or a finite loss with NaN gradients."""
     from transformers import Trainer
 
@@ -341,16 +416,21 @@ def test_a_non_finite_value_removes_the_checkpoint_whose_weights_gave_it(fault, 
         return loss
 
     monkeypatch.setattr(Trainer, "compute_loss", nan_at_step_4)
-    overrides = _sft_overrides(tiny_base_model, tmp_path / "ckpt", "padded", "stage1.save_steps=2",
-                               "stage1.save_total_limit=3")
-    with pytest.raises(NonFiniteTrainingError, match=rf"stage1: the {fault} is nan at global step 4 of 12 .*"
-                                                     r"Removed the checkpoints of those weights: checkpoint-4$"):
+    overrides = _sft_overrides(
+        tiny_base_model, tmp_path / "ckpt", "padded", "stage1.save_steps=2", "stage1.save_total_limit=3"
+    )
+    with pytest.raises(
+        NonFiniteTrainingError,
+        match=rf"stage1: the {fault} is nan at global step 4 of 12 .*"
+        r"Removed the checkpoints of those weights: checkpoint-4$",
+    ):
         sft_stage1(config.load("demo", overrides), *_sft_dirs(tiny_base_model, tmp_path / "out"))
     assert sorted(p.name for p in _stage_folder(tmp_path / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
-def test_rl_stage3_stops_at_the_first_non_finite_value_keeping_no_checkpoint(tiny_artifacts, tiny_sid_model, tmp_path,
-                                                                              monkeypatch):
+def test_rl_stage3_stops_at_the_first_non_finite_value_keeping_no_checkpoint(
+    tiny_artifacts, tiny_sid_model, tmp_path, monkeypatch
+):
     monkeypatch.setattr(reward, "make_trl_reward", training_process.graded_reward)
     overrides = RL_RUN + ["stage3.max_steps=2", "stage3.save_steps=1", f"stage3.checkpoint_dir={tmp_path / 'ckpt'}"]
     cfg = _with_lr(overrides, "stage3", 1e30)

@@ -40,18 +40,28 @@ class FakeCluster:
 
 
 def wait(cluster: FakeCluster, nnodes: int, gpus_per_node: int, timeout_s: float) -> float:
-    return wait_for_gpus(nnodes, gpus_per_node, timeout_s, cluster.available, cluster.request,
-                         clock=cluster.clock, sleep=cluster.sleep, poll_s=10)
+    return wait_for_gpus(
+        nnodes,
+        gpus_per_node,
+        timeout_s,
+        cluster.available,
+        cluster.request,
+        clock=cluster.clock,
+        sleep=cluster.sleep,
+        poll_s=10,
+    )
 
 
 def timeout_message(have: str, waited: str, timeout: str) -> str:
-    return (f"stage3 (verl): the Ray cluster (stage3.verl.ray_address) had {have} GPU(s) available after waiting "
-            f"{waited} s (stage3.verl.gpu_wait_s={timeout}); verl needs 8 (stage3.verl.nnodes=2 x "
-            "stage3.verl.n_gpus_per_node=4) and fails without them. Check that the RayCluster can run 2 worker(s) "
-            "of 4 GPU(s): the chart's rayCluster.workers.maxReplicas (>= 2) and rayCluster.workers.gpus (>= 4), "
-            "rayCluster.enableInTreeAutoscaling (without the autoscaler, rayCluster.workers.replicas), and that "
-            "Kubernetes has GPU nodes for the workers (pending ray-worker pods, the autoscaler container's log on "
-            "the Ray head); or raise stage3.verl.gpu_wait_s")
+    return (
+        f"stage3 (verl): the Ray cluster (stage3.verl.ray_address) had {have} GPU(s) available after waiting "
+        f"{waited} s (stage3.verl.gpu_wait_s={timeout}); verl needs 8 (stage3.verl.nnodes=2 x "
+        "stage3.verl.n_gpus_per_node=4) and fails without them. Check that the RayCluster can run 2 worker(s) "
+        "of 4 GPU(s): the chart's rayCluster.workers.maxReplicas (>= 2) and rayCluster.workers.gpus (>= 4), "
+        "rayCluster.enableInTreeAutoscaling (without the autoscaler, rayCluster.workers.replicas), and that "
+        "Kubernetes has GPU nodes for the workers (pending ray-worker pods, the autoscaler container's log on "
+        "the Ray head); or raise stage3.verl.gpu_wait_s"
+    )
 
 
 def test_waits_until_the_requested_gpus_appear_and_logs_progress(caplog):
@@ -98,13 +108,15 @@ def test_more_gpus_than_needed_and_a_cluster_without_gpu_key():
 
 # ---------------------------------------------------------------- the config
 
+
 def test_gpu_wait_setting_defaults_and_bounds():
     assert config.load("demo").stage3.verl.gpu_wait_s == 1800
     assert config.load("demo", ["stage3.verl.gpu_wait_s=0"]).stage3.verl.gpu_wait_s == 0
     with pytest.raises(config.ConfigError) as err:
         config.load("demo", ["stage3.verl.gpu_wait_s=-1"])
-    assert str(err.value) == ("invalid config:\n  stage3.verl.gpu_wait_s: Input should be greater than or equal "
-                              "to 0 (got -1)")
+    assert str(err.value) == (
+        "invalid config:\n  stage3.verl.gpu_wait_s: Input should be greater than or equal to 0 (got -1)"
+    )
 
 
 def test_ray_cluster_with_gpus_on_the_rl_pod_is_refused():
@@ -115,7 +127,8 @@ def test_ray_cluster_with_gpus_on_the_rl_pod_is_refused():
         "invalid config:\n  cluster.resources.rl-stage3.gpus: stage3.verl.ray_address is set, so verl trains on "
         "that Ray cluster's GPUs and the rl-stage3 pod's own GPUs would sit idle: drop "
         "cluster.resources.rl-stage3.gpus (--set cluster.resources.rl-stage3.gpus=0), or drop "
-        "stage3.verl.ray_address to train on the pod's GPUs (got 4)")
+        "stage3.verl.ray_address to train on the pod's GPUs (got 4)"
+    )
     assert config.load("office", [address, "cluster.resources.rl-stage3.gpus=0"]).stage3.verl.ray_address
     assert config.load("office").cluster.resources["rl-stage3"].gpus == 4  # a local Ray head uses the pod's GPUs
     assert config.load("office", [address, "stage3.backend=trl", "stage3.reward=rule"]).stage3.backend == "trl"
@@ -123,6 +136,7 @@ def test_ray_cluster_with_gpus_on_the_rl_pod_is_refused():
 
 
 # ---------------------------------------------------------------- the production wiring, without Ray
+
 
 @pytest.fixture
 def fake_ray(monkeypatch):
@@ -136,8 +150,16 @@ def fake_ray(monkeypatch):
 
 
 def cluster_config(*extra: str):
-    return config.load("demo", ["stage3.backend=verl", "stage3.verl.ray_address=ray://head:10001",
-                                "stage3.verl.nnodes=2", "stage3.verl.n_gpus_per_node=4", *extra])
+    return config.load(
+        "demo",
+        [
+            "stage3.backend=verl",
+            "stage3.verl.ray_address=ray://head:10001",
+            "stage3.verl.nnodes=2",
+            "stage3.verl.n_gpus_per_node=4",
+            *extra,
+        ],
+    )
 
 
 def test_cluster_gpus_waits_with_rays_resource_view_then_withdraws_the_request(fake_ray, monkeypatch):
@@ -151,8 +173,15 @@ def test_cluster_gpus_waits_with_rays_resource_view_then_withdraws_the_request(f
     assert (nnodes, per_node, timeout) == (2, 4, 600)
     assert available is ray.available_resources  # looked up, never called here
     assert request is verl_backend._request_on_cluster
-    assert events == [("init", "ray://head:10001", {}), "wait", "shutdown", "verl",
-                      ("init", "ray://head:10001", {}), ("request", []), "shutdown"]
+    assert events == [
+        ("init", "ray://head:10001", {}),
+        "wait",
+        "shutdown",
+        "verl",
+        ("init", "ray://head:10001", {}),
+        ("request", []),
+        "shutdown",
+    ]
 
 
 def test_a_failed_wait_still_withdraws_the_request_and_verl_never_starts(fake_ray, monkeypatch):
@@ -165,8 +194,13 @@ def test_a_failed_wait_still_withdraws_the_request_and_verl_never_starts(fake_ra
     with pytest.raises(ClusterGPUTimeout, match="^no GPUs$"):
         with verl_backend.cluster_gpus(cluster_config()):
             events.append("verl")
-    assert events == [("init", "ray://head:10001", {}), "shutdown",
-                      ("init", "ray://head:10001", {}), ("request", []), "shutdown"]
+    assert events == [
+        ("init", "ray://head:10001", {}),
+        "shutdown",
+        ("init", "ray://head:10001", {}),
+        ("request", []),
+        "shutdown",
+    ]
 
 
 def test_an_unreachable_cluster_names_the_setting(fake_ray, monkeypatch):
@@ -180,8 +214,9 @@ def test_an_unreachable_cluster_names_the_setting(fake_ray, monkeypatch):
     with pytest.raises(ConnectionError) as err:
         with verl_backend.cluster_gpus(cluster_config()):
             events.append("verl")
-    assert str(err.value) == ("stage3.verl.ray_address=ray://head:10001: cannot connect to the Ray cluster "
-                              "(ray client connection timeout)")
+    assert str(err.value) == (
+        "stage3.verl.ray_address=ray://head:10001: cannot connect to the Ray cluster (ray client connection timeout)"
+    )
     assert events == [("init", "ray://head:10001")]  # nothing was requested, so nothing to withdraw
 
 
@@ -199,7 +234,8 @@ def test_a_failed_withdrawal_only_warns(fake_ray, monkeypatch, caplog):
     assert events[-2:] == [("init", "ray://head:10001", {}), "shutdown"]
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
         "stage3 (verl): could not withdraw the GPU request from the Ray cluster at ray://head:10001 (head gone): "
-        "its autoscaler keeps the GPU workers until another request replaces it"]
+        "its autoscaler keeps the GPU workers until another request replaces it"
+    ]
 
 
 def test_without_a_ray_address_nothing_connects(fake_ray, monkeypatch):
@@ -227,11 +263,16 @@ def test_the_request_runs_rays_request_resources_as_a_task_on_the_cluster(monkey
         def wrap(fn):
             seen["fn"] = fn
             return Task()
+
         return wrap
 
     monkeypatch.setattr(ray, "remote", remote)
     monkeypatch.setattr(ray, "get", lambda ref: seen.setdefault("got", ref))
     monkeypatch.setattr(ray, "init", lambda *a, **kw: pytest.fail("Ray must not start in tests"))
     verl_backend._request_on_cluster([{"GPU": 4.0}, {"GPU": 4.0}])
-    assert seen == {"options": {"num_cpus": 0}, "fn": request_resources,
-                    "kwargs": {"bundles": [{"GPU": 4.0}, {"GPU": 4.0}]}, "got": "object-ref"}
+    assert seen == {
+        "options": {"num_cpus": 0},
+        "fn": request_resources,
+        "kwargs": {"bundles": [{"GPU": 4.0}, {"GPU": 4.0}]},
+        "got": "object-ref",
+    }

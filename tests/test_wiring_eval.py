@@ -34,8 +34,12 @@ def folders(tmp_path_factory, tiny_sid_model, write_sid_index):
     data.mkdir()
     pd.DataFrame({"item_id": range(6), "title": [f"item {i}" for i in range(6)]}).to_parquet(data / "items.parquet")
     for split, rows in SPLITS.items():
-        pd.DataFrame([{"user_id": u, "history_item_ids": h, "item_id": t, "timestamp": 100 + i}
-                      for i, (u, h, t) in enumerate(rows)]).to_parquet(data / f"{split}.parquet")
+        pd.DataFrame(
+            [
+                {"user_id": u, "history_item_ids": h, "item_id": t, "timestamp": 100 + i}
+                for i, (u, h, t) in enumerate(rows)
+            ]
+        ).to_parquet(data / f"{split}.parquet")
     return {"root": root, "dataset": data, "sid_index": root / "sid_index", "model": tiny_sid_model["dir"]}
 
 
@@ -48,7 +52,7 @@ def _preds(out):
 
 
 def _rows(p):
-    return list(zip(p["user_id"], p["history_item_ids"].map(list), p["target_item_id"]))
+    return list(zip(p["user_id"], p["history_item_ids"].map(list), p["target_item_id"], strict=True))
 
 
 def test_prompts_hold_each_rows_history_and_the_asked_split_is_evaluated(folders, monkeypatch):
@@ -61,16 +65,29 @@ def test_prompts_hold_each_rows_history_and_the_asked_split_is_evaluated(folders
 
     monkeypatch.setattr(SidDecoder, "rank", recording_rank)
     out = folders["root"] / "model_eval"
-    m = evaluate(_cfg(modes=["nonthink"], splits=["test"], ks=[1, 3], batch_size=2), folders["model"],
-                 folders["dataset"], folders["sid_index"], out)
+    m = evaluate(
+        _cfg(modes=["nonthink"], splits=["test"], ks=[1, 3], batch_size=2),
+        folders["model"],
+        folders["dataset"],
+        folders["sid_index"],
+        out,
+    )
     p = _preds(out)
     assert _rows(p) == SPLITS["test"] and set(p["split"]) == {"test"} and m["test_nonthink_users"] == 3
     assert list(p["target_sid"]) == [SID[2], SID[5], SID[1]]
     assert [re.findall(r"<a_\d+>\s*<b_\d+>\s*<c_\d+>", t) for t in prompts] == [
-        [SID[0], SID[1]], [SID[3], SID[4]], [SID[0]]]
+        [SID[0], SID[1]],
+        [SID[3], SID[4]],
+        [SID[0]],
+    ]
 
-    valid = evaluate(_cfg(modes=["nonthink"], splits=["valid"], ks=[1]), folders["model"], folders["dataset"],
-                     folders["sid_index"], folders["root"] / "model_eval_valid")
+    valid = evaluate(
+        _cfg(modes=["nonthink"], splits=["valid"], ks=[1]),
+        folders["model"],
+        folders["dataset"],
+        folders["sid_index"],
+        folders["root"] / "model_eval_valid",
+    )
     assert _rows(_preds(folders["root"] / "model_eval_valid")) == SPLITS["valid"] and valid["valid_nonthink_users"] == 2
 
 
@@ -111,13 +128,18 @@ def test_exact_decoding_returns_the_brute_force_best_k(folders, monkeypatch):
 
     monkeypatch.setattr(SidDecoder, "rank", recording_rank)
     out = folders["root"] / "exact"
-    evaluate(_cfg(modes=["nonthink"], splits=["test"], ks=[1, 3], decoding="exact", num_beams=3, dtype="float32"),
-             folders["model"], folders["dataset"], folders["sid_index"], out)
+    evaluate(
+        _cfg(modes=["nonthink"], splits=["test"], ks=[1, 3], decoding="exact", num_beams=3, dtype="float32"),
+        folders["model"],
+        folders["dataset"],
+        folders["sid_index"],
+        out,
+    )
     model, tok = load_model_and_tokenizer(str(folders["model"]), dtype=torch.float32)
     model.eval()
     p = _preds(out)
     assert len(prompts) == len(p) == 3
-    for ids, sids, scores in zip(prompts, p["pred_sids"], p["pred_scores"]):
+    for ids, sids, scores in zip(prompts, p["pred_sids"], p["pred_scores"], strict=True):
         best = _brute_force_top(model, tok, ids, 3)
         assert list(sids) == [s for _, s in best]
         assert list(scores) == pytest.approx([s for s, _ in best], abs=1e-4)

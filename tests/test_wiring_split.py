@@ -11,8 +11,7 @@ def test_ties_are_broken_by_user_then_position():
     user = np.array([2, 1, 1, 0, 5, 4, 0, 0, 2, 0])
     pos = np.array([2, 3, 1, 4, 1, 1, 2, 1, 1, 2])
     parts = chronological_split(ts, user, pos, (0.6, 0.2, 0.2))
-    assert {k: v.tolist() for k, v in parts.items()} == {
-        "train": [5, 4, 7, 6, 9, 3], "valid": [2, 1], "test": [8, 0]}
+    assert {k: v.tolist() for k, v in parts.items()} == {"train": [5, 4, 7, 6, 9, 3], "valid": [2, 1], "test": [8, 0]}
 
 
 def test_user_sequences_break_equal_times_by_item_then_file_order():

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,14 +19,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help=f"one of: {', '.join(config_mod.PRESETS)}")]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="override a config key: section.key=value (repeatable)"),
 ]
 ConfigFileOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", help="JSON file with config sections (e.g. a KFP task's inputs); --set still applies"),
 ]
-MetricsOpt = Annotated[Optional[Path], typer.Option("--metrics", help="also write the step's metrics JSON here")]
+MetricsOpt = Annotated[Path | None, typer.Option("--metrics", help="also write the step's metrics JSON here")]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -48,8 +48,14 @@ def _load_config(preset: str, overrides: list[str] | None, config_file: Path | N
         _fail(str(err))
 
 
-JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
-              type(None): "null"}
+JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
 
 
 def _read_config_file(path: Path) -> dict:
@@ -67,17 +73,28 @@ def _read_config_file(path: Path) -> dict:
     if where:
         raise ConfigError(f"config file {path}: nested deeper than {config_mod.MAX_DEPTH} levels, at {where[:200]}")
     if not isinstance(base, dict):
-        raise ConfigError(f"config file {path} holds {JSON_KINDS.get(type(base), 'a JSON value')}, not an object of "
-                          "config sections ({\"data\": {…}, \"stage1\": {…}})")
+        raise ConfigError(
+            f"config file {path} holds {JSON_KINDS.get(type(base), 'a JSON value')}, not an object of "
+            'config sections ({"data": {…}, "stage1": {…}})'
+        )
     return base
 
 
-NoCacheOpt = Annotated[bool, typer.Option(
-    "--no-cache", help="execute every step again, with fresh training (a new generation of the first step; caching "
-    "stays on, so later runs given that generation get these results)")]
-RerunFromOpt = Annotated[Optional[str], typer.Option(
-    help="execute this step and every step after it again, with fresh training (a new generation of the step); "
-    "earlier steps come from the cache")]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="execute every step again, with fresh training (a new generation of the first step; caching "
+        "stays on, so later runs given that generation get these results)",
+    ),
+]
+RerunFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="execute this step and every step after it again, with fresh training (a new generation of the step); "
+        "earlier steps come from the cache"
+    ),
+]
 
 
 @app.command()
@@ -87,13 +104,21 @@ def run(
     pipeline_root: Annotated[Path, typer.Option(help="where kfp.local keeps artifacts and its cache")] = Path(
         "local_outputs"
     ),
-    until: Annotated[Optional[str], typer.Option(help="stop after this step")] = None,
-    summary: Annotated[Optional[Path], typer.Option(help="write a JSON summary of every task here")] = None,
-    runner: Annotated[str, typer.Option(help="subprocess: every step in this environment; docker: every step in "
-                                        "its image, through the Docker API DOCKER_HOST names (Docker or podman)")
-                      ] = "subprocess",
-    prepare_root: Annotated[bool, typer.Option(help="docker runner: hand a pipeline root the images' user cannot "
-                                               "write to that user, from a root container")] = False,
+    until: Annotated[str | None, typer.Option(help="stop after this step")] = None,
+    summary: Annotated[Path | None, typer.Option(help="write a JSON summary of every task here")] = None,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="subprocess: every step in this environment; docker: every step in "
+            "its image, through the Docker API DOCKER_HOST names (Docker or podman)"
+        ),
+    ] = "subprocess",
+    prepare_root: Annotated[
+        bool,
+        typer.Option(
+            help="docker runner: hand a pipeline root the images' user cannot write to that user, from a root container"
+        ),
+    ] = False,
     no_cache: NoCacheOpt = False,
     rerun_from: RerunFromOpt = None,
 ) -> None:
@@ -106,8 +131,10 @@ def run(
         in_run = [step.name for step in pipeline_steps(cfg, until)]
         cfg, rerun_steps = config_mod.with_rerun(cfg, no_cache, rerun_from)
         if rerun_from and rerun_from not in in_run:
-            raise ConfigError(f"--rerun-from {rerun_from}: the step is not in this run (--until {until}, or a step "
-                              "whose setting is not set)")
+            raise ConfigError(
+                f"--rerun-from {rerun_from}: the step is not in this run (--until {until}, or a step "
+                "whose setting is not set)"
+            )
     except ConfigError as err:
         _fail(str(err))
     if pipeline_root.exists() and not pipeline_root.is_dir():
@@ -121,8 +148,9 @@ def run(
     from sidreasoner.pipelines.local import run_local
 
     try:
-        result = run_local(cfg, pipeline_root, until=until, summary_path=summary, runner=runner,
-                           prepare_root=prepare_root)
+        result = run_local(
+            cfg, pipeline_root, until=until, summary_path=summary, runner=runner, prepare_root=prepare_root
+        )
     except (ValueError, PermissionError, TaskFailed) as err:
         _fail(str(err), code=1)
     except RuntimeError as err:  # from kfp.local, with its terminal colours
@@ -153,9 +181,11 @@ def _writable_folder(what: str, folder: Path) -> None:
 
 def _print_keep(cfg, rerun_steps: list[str], command: str) -> None:
     keep = config_mod.keep_generations(cfg)
-    typer.echo(f"Re-executed with a new generation: {', '.join(rerun_steps)}.\n"
-               f"Later runs get these results only when given the same generations: {command} … {keep}\n"
-               "(a run without them is served the results of the generations it names: the earlier ones)")
+    typer.echo(
+        f"Re-executed with a new generation: {', '.join(rerun_steps)}.\n"
+        f"Later runs get these results only when given the same generations: {command} … {keep}\n"
+        "(a run without them is served the results of the generations it names: the earlier ones)"
+    )
 
 
 def _print_headline(report_task: dict | None) -> None:
@@ -179,7 +209,9 @@ def _print_headline(report_task: dict | None) -> None:
     typer.echo(f"{told.get('split', 'test').capitalize()} split:")
     for key, value in hr.items():
         label, metric = key.rsplit("_", 1)
-        ratio = f"  ({value / popularity:.1f}x popularity)" if popularity > 0 and not key.startswith("popularity") else ""
+        ratio = (
+            f"  ({value / popularity:.1f}x popularity)" if popularity > 0 and not key.startswith("popularity") else ""
+        )
         typer.echo(f"  {label:<18} {metric.upper()} {value:.3f}{ratio}")
 
 
@@ -198,18 +230,37 @@ def compile_cmd(
     typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
 
 
-HostOpt = Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline")]
-NamespaceOpt = Annotated[Optional[str], typer.Option(help="Kubernetes namespace: your Kubeflow profile (multi-user Kubeflow)")]
-TokenOpt = Annotated[Optional[str], typer.Option(
-    envvar="SIDREASONER_KFP_TOKEN", show_default=False,
-    help="bearer token for the KFP API (e.g. `kubectl create token default-editor -n <profile> "
-         "--audience pipelines.kubeflow.org`); prefer the environment variable, the command line is visible to others")]
-TokenFileOpt = Annotated[Optional[str], typer.Option(
-    envvar="KF_PIPELINES_SA_TOKEN_PATH",
-    help="file holding the bearer token, re-read on every request (a pod's projected ServiceAccount token)")]
-CookieOpt = Annotated[Optional[str], typer.Option(
-    envvar="SIDREASONER_KFP_COOKIE", show_default=False,
-    help="session cookie of the auth proxy in front of Kubeflow, e.g. authservice_session=…")]
+HostOpt = Annotated[
+    str,
+    typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080 or https://kubeflow.example/pipeline"),
+]
+NamespaceOpt = Annotated[
+    str | None, typer.Option(help="Kubernetes namespace: your Kubeflow profile (multi-user Kubeflow)")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SIDREASONER_KFP_TOKEN",
+        show_default=False,
+        help="bearer token for the KFP API (e.g. `kubectl create token default-editor -n <profile> "
+        "--audience pipelines.kubeflow.org`); prefer the environment variable, the command line is visible to others",
+    ),
+]
+TokenFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="KF_PIPELINES_SA_TOKEN_PATH",
+        help="file holding the bearer token, re-read on every request (a pod's projected ServiceAccount token)",
+    ),
+]
+CookieOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="SIDREASONER_KFP_COOKIE",
+        show_default=False,
+        help="session cookie of the auth proxy in front of Kubeflow, e.g. authservice_session=…",
+    ),
+]
 
 
 def _auth(token: str | None, token_file: str | None, cookie: str | None):
@@ -223,14 +274,20 @@ def submit(
     host: HostOpt,
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
-    experiment: Annotated[str, typer.Option(help="experiment to file the run under (created if absent)")] = "sidreasoner",
-    run_name: Annotated[Optional[str], typer.Option(help="run display name")] = None,
-    pipeline_root: Annotated[Optional[str], typer.Option(help="artifact root URI (s3://, gs://, minio://); default: the server's")] = None,
+    experiment: Annotated[
+        str, typer.Option(help="experiment to file the run under (created if absent)")
+    ] = "sidreasoner",
+    run_name: Annotated[str | None, typer.Option(help="run display name")] = None,
+    pipeline_root: Annotated[
+        str | None, typer.Option(help="artifact root URI (s3://, gs://, minio://); default: the server's")
+    ] = None,
     no_cache: NoCacheOpt = False,
     rerun_from: RerunFromOpt = None,
-    wait: Annotated[bool, typer.Option("--wait", help="wait for the run to finish; exit 1 unless it succeeded")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="wait for the run to finish; exit 1 unless it succeeded")
+    ] = False,
     namespace: NamespaceOpt = None,
-    service_account: Annotated[Optional[str], typer.Option(help="service account the run's pods use")] = None,
+    service_account: Annotated[str | None, typer.Option(help="service account the run's pods use")] = None,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     cookie: CookieOpt = None,
@@ -242,19 +299,31 @@ def submit(
     cfg = _load_config(preset, overrides)
     try:
         config_mod.refuse_url_credentials({"--pipeline-root": pipeline_root})
-        result = submit_run(cfg, host, experiment=experiment, run_name=run_name, pipeline_root=pipeline_root,
-                            no_cache=no_cache, rerun_from=rerun_from, wait=wait, namespace=namespace,
-                            service_account=service_account, auth=_auth(token, token_file, cookie))
+        result = submit_run(
+            cfg,
+            host,
+            experiment=experiment,
+            run_name=run_name,
+            pipeline_root=pipeline_root,
+            no_cache=no_cache,
+            rerun_from=rerun_from,
+            wait=wait,
+            namespace=namespace,
+            service_account=service_account,
+            auth=_auth(token, token_file, cookie),
+        )
     except (ConfigError, ValueError) as err:
         _fail(str(err))
     except KFPUnavailable as err:
         _fail(str(err), code=1)
     typer.echo(f"Run {result.run_id} created in experiment {experiment}.")
     if result.rerun_steps:
-        typer.echo(f"Re-executing with a new generation: {', '.join(result.rerun_steps)}.\n"
-                   f"Later runs get this run's results only when given the same generations: sidreasoner submit … "
-                   f"{result.keep}\n(in the KFP UI: the run parameters generation_<step>; a run without them is "
-                   "served the results of the generations it names: the earlier ones)")
+        typer.echo(
+            f"Re-executing with a new generation: {', '.join(result.rerun_steps)}.\n"
+            f"Later runs get this run's results only when given the same generations: sidreasoner submit … "
+            f"{result.keep}\n(in the KFP UI: the run parameters generation_<step>; a run without them is "
+            "served the results of the generations it names: the earlier ones)"
+        )
     if wait:
         typer.echo(f"Run finished: {result.state}")
         if (result.state or "").upper() != "SUCCEEDED":
@@ -267,7 +336,13 @@ def upload(
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
     name: Annotated[str, typer.Option(help="pipeline name in the KFP UI")] = "sidreasoner",
-    version: Annotated[Optional[str], typer.Option(help="version name when the pipeline exists (default: code version, category and the compiled spec's digest)")] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="version name when the pipeline exists "
+            "(default: code version, category and the compiled spec's digest)"
+        ),
+    ] = None,
     namespace: NamespaceOpt = None,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
@@ -281,8 +356,9 @@ def upload(
 
     cfg = _load_config(preset, overrides)
     try:
-        result = upload_pipeline(cfg, host, name=name, version=version, namespace=namespace,
-                                 auth=_auth(token, token_file, cookie))
+        result = upload_pipeline(
+            cfg, host, name=name, version=version, namespace=namespace, auth=_auth(token, token_file, cookie)
+        )
     except (ConfigError, ValueError) as err:
         _fail(str(err))
     except KFPUnavailable as err:
@@ -290,8 +366,10 @@ def upload(
     if result.created:
         typer.echo(f"Pipeline {name} ({result.pipeline_id}): version {result.version} uploaded.")
     else:
-        typer.echo(f"Pipeline {name} ({result.pipeline_id}) already has this spec as version {result.version}; "
-                   "nothing uploaded.")
+        typer.echo(
+            f"Pipeline {name} ({result.pipeline_id}) already has this spec as version {result.version}; "
+            "nothing uploaded."
+        )
 
 
 @app.command()
@@ -302,8 +380,10 @@ def recommend(
     dataset: Annotated[Path, typer.Option(help="preprocess' folder (titles)", file_okay=False)],
     think: Annotated[bool, typer.Option("--think", help="reason first (thinking mode), then decode SIDs")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="how many recommendations")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: the recommendations, the "
-                                          "reasoning and the history used")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="print one JSON object: the recommendations, the reasoning and the history used"),
+    ] = False,
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
 ) -> None:
@@ -324,10 +404,19 @@ def recommend(
     for note in found.notes():
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     if as_json:
-        typer.echo(json.dumps({"recommendations": found.items, "reasoning": found.reasoning,
-                               "history_used": found.history_used, "unknown_item_ids": found.unknown_ids,
-                               "older_items_dropped": found.older_dropped, "max_history": found.max_history},
-                              indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "recommendations": found.items,
+                    "reasoning": found.reasoning,
+                    "history_used": found.history_used,
+                    "unknown_item_ids": found.unknown_ids,
+                    "older_items_dropped": found.older_dropped,
+                    "max_history": found.max_history,
+                },
+                indent=2,
+            )
+        )
         return
     if found.notes():
         typer.echo(f"History used (oldest first): {', '.join(map(str, found.history_used))}")
@@ -344,8 +433,15 @@ def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
     typer.echo(json.dumps(_load_config(preset, overrides).model_dump(mode="json"), indent=2))
 
 
-def _run_step(step: Step, preset: str, overrides, config_file, paths: dict[str, Path], metrics: Path | None,
-              registry: Mapping[str, Step]) -> None:
+def _run_step(
+    step: Step,
+    preset: str,
+    overrides,
+    config_file,
+    paths: dict[str, Path],
+    metrics: Path | None,
+    registry: Mapping[str, Step],
+) -> None:
     from sidreasoner.io import write_json
     from sidreasoner.runner import run_step
 

@@ -75,8 +75,9 @@ def no_space_left(err: BaseException, locations: Iterable[str | os.PathLike]) ->
     certain = any(isinstance(e, OSError) and e.errno == errno.ENOSPC or NO_SPACE_TEXT.search(str(e)) for e in errors)
     if not certain and not any(SHORT_WRITE_TEXT.search(str(e)) for e in errors):
         return None
-    filename = next((e.filename for e in errors
-                     if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename), None)
+    filename = next(
+        (e.filename for e in errors if isinstance(e, OSError) and e.errno == errno.ENOSPC and e.filename), None
+    )
     free = {Path(loc): free_bytes(loc) for loc in locations}
     free = {loc: n for loc, n in free.items() if n is not None}
     if filename is not None:  # the location on the disk the failed write went to
@@ -87,8 +88,9 @@ def no_space_left(err: BaseException, locations: Iterable[str | os.PathLike]) ->
     folder = min(free, key=free.get)
     if not certain and free[folder] >= NEARLY_FULL:
         return None
-    full = NoSpaceLeft(f"no space left on {folder} ({_size(free[folder])} free now)"
-                       + (f" writing {filename}" if filename else ""))
+    full = NoSpaceLeft(
+        f"no space left on {folder} ({_size(free[folder])} free now)" + (f" writing {filename}" if filename else "")
+    )
     full.errno = errno.ENOSPC
     return full
 

@@ -47,7 +47,9 @@ def _check_model_folder(model_dir: Path) -> None:
     if not any(model_dir.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
-        raise FileNotFoundError(f"export-model: {model_dir} is not a saved Hugging Face model (missing: {', '.join(missing)})")
+        raise FileNotFoundError(
+            f"export-model: {model_dir} is not a saved Hugging Face model (missing: {', '.join(missing)})"
+        )
 
 
 def _check_not_a_file(uri: str) -> None:
@@ -90,24 +92,29 @@ def _link_refusal(uri: str, links: dict[str, str]) -> str | None:
     if not links:
         return None
     shown = _few({f"{name} -> {to}" for name, to in links.items()})
-    return (f"export-model: {uri} holds {len(links)} symbolic link(s) ({shown}), which an export never writes"
-            f"{HINT} (the links are removed, never what they point to)")
+    return (
+        f"export-model: {uri} holds {len(links)} symbolic link(s) ({shown}), which an export never writes"
+        f"{HINT} (the links are removed, never what they point to)"
+    )
 
 
 def _refusal(uri: str, manifest: dict | None, present: set[str], local: dict[str, dict]) -> str | None:
     """Why exporting into `uri` without export.overwrite would destroy something, or None."""
     if manifest is None:
         if present:
-            return (f"export-model: {uri} holds {len(present)} file(s) ({_few(present)}) and no {storage.MARKER} "
-                    f"marker of a sidreasoner export: not a folder this step wrote{HINT}")
+            return (
+                f"export-model: {uri} holds {len(present)} file(s) ({_few(present)}) and no {storage.MARKER} "
+                f"marker of a sidreasoner export: not a folder this step wrote{HINT}"
+            )
         return None
     if not _same_files(manifest, local):
-        return (f"export-model: {uri} already holds a different complete model "
-                "(set export.overwrite=true to replace it)")
+        return f"export-model: {uri} already holds a different complete model (set export.overwrite=true to replace it)"
     foreign = present - set(local)  # (files of it that went missing are simply uploaded again)
     if foreign:
-        return (f"export-model: {uri} holds this model plus {len(foreign)} file(s) not in its {storage.MARKER} "
-                f"manifest ({_few(foreign)}){HINT}")
+        return (
+            f"export-model: {uri} holds this model plus {len(foreign)} file(s) not in its {storage.MARKER} "
+            f"manifest ({_few(foreign)}){HINT}"
+        )
     return None
 
 
@@ -149,8 +156,14 @@ def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, fl
             raise FileExistsError(refusal)
         manifest, uploaded = _replace(model_dir, uri, present, local, set(links)), True
     with atomic_dir(Path(export_dir)) as tmp:
-        write_json(tmp / "export.json", {"uri": uri, "uploaded": uploaded, "files": manifest["files"],
-                                         "total_bytes": manifest["total_bytes"]})
+        write_json(
+            tmp / "export.json",
+            {"uri": uri, "uploaded": uploaded, "files": manifest["files"], "total_bytes": manifest["total_bytes"]},
+        )
     seconds = time.time() - start
-    return {"files": float(len(manifest["files"])), "bytes": float(manifest["total_bytes"]),
-            "uploaded": float(uploaded), "wall_seconds": seconds}
+    return {
+        "files": float(len(manifest["files"])),
+        "bytes": float(manifest["total_bytes"]),
+        "uploaded": float(uploaded),
+        "wall_seconds": seconds,
+    }

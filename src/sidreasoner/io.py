@@ -170,8 +170,7 @@ def _restore_asides(final: Path) -> None:
     between the two renames), the others are old copies already replaced, and removed."""
     prefix = _aside_prefix(final)
     try:
-        names = sorted(n for n in os.listdir(final.parent)
-                       if n.startswith(prefix) and n.endswith(LOCK_SUFFIX))
+        names = sorted(n for n in os.listdir(final.parent) if n.startswith(prefix) and n.endswith(LOCK_SUFFIX))
     except FileNotFoundError:
         return
     for name in names:

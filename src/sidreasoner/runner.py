@@ -31,8 +31,9 @@ PR_SET_PDEATHSIG = 1
 WATCH_SECONDS = 0.5
 
 
-def run_step(name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path],
-             registry: Mapping[str, Step] = STEPS) -> dict[str, float]:
+def run_step(
+    name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path], registry: Mapping[str, Step] = STEPS
+) -> dict[str, float]:
     """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
     output folder name of the step to a folder. The step sees only the config sections it declares:
     reading another raises UndeclaredSection."""

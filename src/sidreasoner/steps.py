@@ -104,19 +104,37 @@ TRAINING_TIMEOUT = 72 * HOUR  # per attempt: a retried pod resumes with a new de
 
 def _sft(stage: int, summary: str, base_model: str) -> Step:
     """An SFT stage: one `sft` component, a task per stage, each reading its own config section."""
-    return Step(f"sft-stage{stage}", summary, "sft", f"sidreasoner.train.sft:sft_stage{stage}",
-                ("seed", f"stage{stage}"),
-                inputs={"base_model": base_model, "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
-                outputs={"model": "Model"}, reports=(Report("loss_curve", "model", "loss_curve.html"),),
-                image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY, timeout_s=TRAINING_TIMEOUT)
+    return Step(
+        f"sft-stage{stage}",
+        summary,
+        "sft",
+        f"sidreasoner.train.sft:sft_stage{stage}",
+        ("seed", f"stage{stage}"),
+        inputs={"base_model": base_model, "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
+        outputs={"model": "Model"},
+        reports=(Report("loss_curve", "model", "loss_curve.html"),),
+        image="train",
+        model_cache=True,
+        training_pod=True,
+        retry=TRAINING_RETRY,
+        timeout_s=TRAINING_TIMEOUT,
+    )
 
 
 def _evaluation(stage: int, model: str) -> Step:
     """The evaluation of one stage's model: one `evaluate` component, a task per stage."""
-    return Step(f"evaluate-stage{stage}", f"constrained SID beam search with the Stage {stage} model, with and "
-                "without thinking (eval.modes): HR/NDCG@K", "evaluate", "sidreasoner.eval.evaluate:evaluate",
-                ("seed", "eval"), inputs={"model": model, "dataset": DATASET, "sid_index": SID_INDEX},
-                outputs={"evaluation": "Dataset"}, image="train", model_cache=True, timeout_s=12 * HOUR)
+    return Step(
+        f"evaluate-stage{stage}",
+        f"constrained SID beam search with the Stage {stage} model, with and without thinking (eval.modes): HR/NDCG@K",
+        "evaluate",
+        "sidreasoner.eval.evaluate:evaluate",
+        ("seed", "eval"),
+        inputs={"model": model, "dataset": DATASET, "sid_index": SID_INDEX},
+        outputs={"evaluation": "Dataset"},
+        image="train",
+        model_cache=True,
+        timeout_s=12 * HOUR,
+    )
 
 
 def _registry(*steps: Step) -> dict[str, Step]:
@@ -133,8 +151,9 @@ def check_registry(registry: Mapping[str, Step]) -> None:
         for name in step.inputs:
             producer, output = step.source(name)
             if output not in getattr(seen.get(producer), "outputs", {}):
-                raise ValueError(f"step {step.name}: input '{name}' reads {step.inputs[name]!r}, "
-                                 "which no earlier step outputs")
+                raise ValueError(
+                    f"step {step.name}: input '{name}' reads {step.inputs[name]!r}, which no earlier step outputs"
+                )
         for report in step.reports:
             if report.folder not in step.outputs:
                 raise ValueError(f"step {step.name}: report '{report.name}' lies in '{report.folder}', not an output")
@@ -149,64 +168,148 @@ def check_registry(registry: Mapping[str, Step]) -> None:
 
 
 STEPS: dict[str, Step] = _registry(
-    Step("download-data", "fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)",
-         "download_data", "sidreasoner.data.download:download_data", ("seed", "data"),
-         outputs={"raw": "Dataset"}, credentials=("s3", "gcs", "hf"), model_cache=True,
-         # Network downloads fail transiently; the step resumes partial files on retry.
-         retry=Retry(3, "30s", 2.0)),
-    Step("preprocess", "title filter, time window, iterative k-core, sliding windows, chronological split",
-         "preprocess", "sidreasoner.data.preprocess:preprocess", ("seed", "data"),
-         inputs={"raw": "download-data.raw"}, outputs={"dataset": "Dataset"}),
-    Step("embed-items", "item text to dense vectors with a sentence-transformers encoder",
-         "embed_items", "sidreasoner.sid.embed:embed_items", ("seed", "embed"),
-         inputs={"dataset": DATASET}, outputs={"embeddings": "Dataset"}, credentials=("hf",), model_cache=True),
-    Step("quantize-sids", "RQ-VAE or residual k-means to Semantic IDs, collision handling",
-         "quantize_sids", "sidreasoner.sid.quantize:quantize_sids", ("seed", "sid"),
-         inputs={"dataset": DATASET, "embeddings": "embed-items.embeddings"}, outputs={"sid_index": "Dataset"}),
-    Step("synthesize-corpus", "teacher LLM writes item narratives, history narratives and reasoning paths "
-         "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
-         "synthesize_corpus", "sidreasoner.teacher.corpus:synthesize_corpus", ("seed", "teacher"),
-         inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"corpus": "Dataset"},
-         credentials=("teacher",), model_cache=True, timeout_s=48 * HOUR,
-         # An endpoint down for a while: a retry resumes from the response cache, paying only for what is missing.
-         retry=Retry(2, "120s", 2.0)),
-    Step("evaluate-baselines", "popularity and random rankings through the evaluation's metrics",
-         "evaluate_baselines", "sidreasoner.eval.evaluate:evaluate_baselines", ("seed", "eval"),
-         inputs={"dataset": DATASET, "sid_index": SID_INDEX}, outputs={"baselines": "Dataset"}),
-    Step("prepare-base-model", "resolve the base model: the built-in tiny Qwen3, a hub id, or a saved folder",
-         "prepare_base_model", "sidreasoner.train.base:prepare_base_model", ("seed", "model"),
-         inputs={"dataset": DATASET, "corpus": CORPUS}, outputs={"base_model": "Model"},
-         image="train", credentials=("s3", "gcs", "hf"), model_cache=True),
+    Step(
+        "download-data",
+        "fetch raw reviews and item metadata (demo generator, Amazon 2018/2023, or a folder)",
+        "download_data",
+        "sidreasoner.data.download:download_data",
+        ("seed", "data"),
+        outputs={"raw": "Dataset"},
+        credentials=("s3", "gcs", "hf"),
+        model_cache=True,
+        # Network downloads fail transiently; the step resumes partial files on retry.
+        retry=Retry(3, "30s", 2.0),
+    ),
+    Step(
+        "preprocess",
+        "title filter, time window, iterative k-core, sliding windows, chronological split",
+        "preprocess",
+        "sidreasoner.data.preprocess:preprocess",
+        ("seed", "data"),
+        inputs={"raw": "download-data.raw"},
+        outputs={"dataset": "Dataset"},
+    ),
+    Step(
+        "embed-items",
+        "item text to dense vectors with a sentence-transformers encoder",
+        "embed_items",
+        "sidreasoner.sid.embed:embed_items",
+        ("seed", "embed"),
+        inputs={"dataset": DATASET},
+        outputs={"embeddings": "Dataset"},
+        credentials=("hf",),
+        model_cache=True,
+    ),
+    Step(
+        "quantize-sids",
+        "RQ-VAE or residual k-means to Semantic IDs, collision handling",
+        "quantize_sids",
+        "sidreasoner.sid.quantize:quantize_sids",
+        ("seed", "sid"),
+        inputs={"dataset": DATASET, "embeddings": "embed-items.embeddings"},
+        outputs={"sid_index": "Dataset"},
+    ),
+    Step(
+        "synthesize-corpus",
+        "teacher LLM writes item narratives, history narratives and reasoning paths "
+        "(API key from $SIDREASONER_TEACHER_API_KEY or $OPENAI_API_KEY, never from config)",
+        "synthesize_corpus",
+        "sidreasoner.teacher.corpus:synthesize_corpus",
+        ("seed", "teacher"),
+        inputs={"dataset": DATASET, "sid_index": SID_INDEX},
+        outputs={"corpus": "Dataset"},
+        credentials=("teacher",),
+        model_cache=True,
+        timeout_s=48 * HOUR,
+        # An endpoint down for a while: a retry resumes from the response cache, paying only for what is missing.
+        retry=Retry(2, "120s", 2.0),
+    ),
+    Step(
+        "evaluate-baselines",
+        "popularity and random rankings through the evaluation's metrics",
+        "evaluate_baselines",
+        "sidreasoner.eval.evaluate:evaluate_baselines",
+        ("seed", "eval"),
+        inputs={"dataset": DATASET, "sid_index": SID_INDEX},
+        outputs={"baselines": "Dataset"},
+    ),
+    Step(
+        "prepare-base-model",
+        "resolve the base model: the built-in tiny Qwen3, a hub id, or a saved folder",
+        "prepare_base_model",
+        "sidreasoner.train.base:prepare_base_model",
+        ("seed", "model"),
+        inputs={"dataset": DATASET, "corpus": CORPUS},
+        outputs={"base_model": "Model"},
+        image="train",
+        credentials=("s3", "gcs", "hf"),
+        model_cache=True,
+    ),
     _sft(1, "add SID tokens; multi-task SID-language alignment SFT", base_model="prepare-base-model.base_model"),
     _evaluation(1, model="sft-stage1.model"),
     _sft(2, "reasoning-activation SFT on the teacher's reasoning paths", base_model="sft-stage1.model"),
     _evaluation(2, model="sft-stage2.model"),
-    Step("rl-stage3", "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); "
-         "writes a raw checkpoint",
-         "rl_stage3", "sidreasoner.rl.stage3:rl_stage3", ("seed", "stage3"),
-         inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
-         outputs={"stage3_checkpoint": "Model"},
-         reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
-         image="train", model_cache=True, training_pod=True, retry=TRAINING_RETRY, timeout_s=TRAINING_TIMEOUT),
-    Step("merge-checkpoint", "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
-         "to a plain Hugging Face model, checked by reloading it",
-         "merge_checkpoint", "sidreasoner.rl.merge:merge_checkpoint", ("seed", "stage3"),
-         inputs={"stage3_checkpoint": "rl-stage3.stage3_checkpoint", "stage2_model": "sft-stage2.model"},
-         outputs={"stage3_model": "Model"}, image="train", model_cache=True),
+    Step(
+        "rl-stage3",
+        "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); writes a raw checkpoint",
+        "rl_stage3",
+        "sidreasoner.rl.stage3:rl_stage3",
+        ("seed", "stage3"),
+        inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
+        outputs={"stage3_checkpoint": "Model"},
+        reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
+        image="train",
+        model_cache=True,
+        training_pod=True,
+        retry=TRAINING_RETRY,
+        timeout_s=TRAINING_TIMEOUT,
+    ),
+    Step(
+        "merge-checkpoint",
+        "the raw Stage 3 checkpoint (verl FSDP shards, a LoRA adapter, or a saved model) "
+        "to a plain Hugging Face model, checked by reloading it",
+        "merge_checkpoint",
+        "sidreasoner.rl.merge:merge_checkpoint",
+        ("seed", "stage3"),
+        inputs={"stage3_checkpoint": "rl-stage3.stage3_checkpoint", "stage2_model": "sft-stage2.model"},
+        outputs={"stage3_model": "Model"},
+        image="train",
+        model_cache=True,
+    ),
     _evaluation(3, model="merge-checkpoint.stage3_model"),
-    Step("report", "one page comparing the baselines and every stage, with sample reasoning traces",
-         "report", "sidreasoner.eval.report:report_stages", ("seed", "eval"),
-         inputs={"baselines": "evaluate-baselines.baselines", "stage1_eval": "evaluate-stage1.evaluation",
-                 "stage2_eval": "evaluate-stage2.evaluation", "stage3_eval": "evaluate-stage3.evaluation",
-                 "dataset": DATASET, "sid_index": SID_INDEX},
-         outputs={"report": "Dataset"},
-         reports=(Report("report_html", "report", "report.html"),
-                  Report("report_md", "report", "report.md", kind="Markdown"))),
-    Step("export-model", "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
-         "in the DAG only when export.uri is set",
-         "export_model", "sidreasoner.export:export_model", ("seed", "export"),
-         inputs={"stage3_model": "merge-checkpoint.stage3_model"}, outputs={"model_export": "Model"},
-         credentials=("s3", "gcs"), side_effects=True, enabled_by="export.uri"),
+    Step(
+        "report",
+        "one page comparing the baselines and every stage, with sample reasoning traces",
+        "report",
+        "sidreasoner.eval.report:report_stages",
+        ("seed", "eval"),
+        inputs={
+            "baselines": "evaluate-baselines.baselines",
+            "stage1_eval": "evaluate-stage1.evaluation",
+            "stage2_eval": "evaluate-stage2.evaluation",
+            "stage3_eval": "evaluate-stage3.evaluation",
+            "dataset": DATASET,
+            "sid_index": SID_INDEX,
+        },
+        outputs={"report": "Dataset"},
+        reports=(
+            Report("report_html", "report", "report.html"),
+            Report("report_md", "report", "report.md", kind="Markdown"),
+        ),
+    ),
+    Step(
+        "export-model",
+        "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
+        "in the DAG only when export.uri is set",
+        "export_model",
+        "sidreasoner.export:export_model",
+        ("seed", "export"),
+        inputs={"stage3_model": "merge-checkpoint.stage3_model"},
+        outputs={"model_export": "Model"},
+        credentials=("s3", "gcs"),
+        side_effects=True,
+        enabled_by="export.uri",
+    ),
 )
 STEP_NAMES = tuple(STEPS)
 
@@ -230,8 +333,9 @@ def step_enabled(step: Step, cfg: Any) -> bool:
     return bool(value.strip() if isinstance(value, str) else value)
 
 
-def pipeline_steps(cfg: Any, until: str | None = None, registry: Mapping[str, Step] = STEPS,
-                   conditional: bool = False) -> list[Step]:
+def pipeline_steps(
+    cfg: Any, until: str | None = None, registry: Mapping[str, Step] = STEPS, conditional: bool = False
+) -> list[Step]:
     """The steps of `cfg`'s DAG up to `until`: a step with `enabled_by` only when that key is set,
     or, with `conditional` (a compiled pipeline decides at run time), always."""
     steps = steps_until(until, registry)
@@ -251,4 +355,3 @@ def downstream(name: str, registry: Mapping[str, Step] = STEPS) -> list[str]:
         if step.name != name and any(step.source(i)[0] in result for i in step.inputs):
             result.append(step.name)
     return result
-

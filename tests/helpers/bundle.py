@@ -34,11 +34,23 @@ HEADER = ["user_id", "history_item_title", "item_title", "history_item_id", "ite
 MAX_HISTORY = 10
 
 BRANDS = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Wonka"]
-NOUNS = ["Gel Pen", "Stapler", "Binder", "Notebook", "Desk Lamp", "Paper Tray", "Calculator", "Label Maker",
-         "Tape Dispenser", "Whiteboard", "Folder Set", "Shredder"]
+NOUNS = [
+    "Gel Pen",
+    "Stapler",
+    "Binder",
+    "Notebook",
+    "Desk Lamp",
+    "Paper Tray",
+    "Calculator",
+    "Label Maker",
+    "Tape Dispenser",
+    "Whiteboard",
+    "Folder Set",
+    "Shredder",
+]
 QUIRKY_TITLES = {
     0: 'Pendaflex Hanging Folder Tabs, 2", Clear, 25 Tabs',
-    1: "Scotch's \"Magic\" Tape, 3/4 x 1000 Inches",
+    1: 'Scotch\'s "Magic" Tape, 3/4 x 1000 Inches',
     2: 'Acme Ruler, 12" / 30 cm, [Metal] \\ Steel',
     3: "Café Notebook – A5, Dotted",
 }
@@ -62,8 +74,10 @@ def _title(i: int, quirks: bool) -> str:
 def _description(i: int, title: str, quirks: bool, words: int) -> tuple[str, list[str]]:
     if quirks and i in QUIRKY_DESCRIPTIONS:
         return QUIRKY_DESCRIPTIONS[i]
-    texts = [f"The {title} is built for daily office use." + " Reliable and simple." * words,
-             f"Item {i}: comes with a one-year warranty."]
+    texts = [
+        f"The {title} is built for daily office use." + " Reliable and simple." * words,
+        f"Item {i}: comes with a one-year warranty.",
+    ]
     return str(texts), texts
 
 
@@ -85,8 +99,9 @@ def _codes(n_items: int, rng: random.Random, quirks: bool) -> list[list[str]]:
     return out
 
 
-def _sequences(n_users: int, n_items: int, rng: random.Random, quirks: bool, min_len: int, max_len: int,
-               repeat: float) -> list[list[int]]:
+def _sequences(
+    n_users: int, n_items: int, rng: random.Random, quirks: bool, min_len: int, max_len: int, repeat: float
+) -> list[list[int]]:
     seqs = [list(QUIRKY_SEQUENCE)] if quirks else []
     while len(seqs) < n_users:
         seq: list[int] = []
@@ -105,8 +120,15 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def _csv_row(s: dict) -> list:
-    return [s["user_id"], str(s["history_titles"]), s["item_title"], str(s["history_item_ids"]), s["item_id"],
-            str(s["history_sids"]), s["item_sid"]]
+    return [
+        s["user_id"],
+        str(s["history_titles"]),
+        s["item_title"],
+        str(s["history_item_ids"]),
+        s["item_id"],
+        str(s["history_sids"]),
+        s["item_sid"],
+    ]
 
 
 def _narrative_texts(n: int, s: dict, words: int) -> tuple[str, str, str | None, str | None]:
@@ -114,10 +136,15 @@ def _narrative_texts(n: int, s: dict, words: int) -> tuple[str, str, str | None,
     hist = ", ".join(s["history_sids"])
     narrative = f"The user bought {hist}, then {s['item_sid']}." + " They like tidy desks." * words
     reasoning = f"The last purchase was {s['history_sids'][-1]}; a matching item follows." + " Consider it." * words
-    cells = {1: ("", reasoning), 2: (narrative, "<think>unfinished thought"),
-             3: (narrative, "<think>draft</think>\nFinal reasoning for row 4."), 4: (narrative, ""),
-             5: ("NaN", reasoning), 6: (f"<think>plan</think>\n {narrative} ", reasoning),
-             7: (narrative, "<think>all thought</think>  ")}
+    cells = {
+        1: ("", reasoning),
+        2: (narrative, "<think>unfinished thought"),
+        3: (narrative, "<think>draft</think>\nFinal reasoning for row 4."),
+        4: (narrative, ""),
+        5: ("NaN", reasoning),
+        6: (f"<think>plan</think>\n {narrative} ", reasoning),
+        7: (narrative, "<think>all thought</think>  "),
+    }
     cell_n, cell_r = cells.get(n, (narrative, reasoning))
     want_n = {1: None, 5: None, 6: narrative}.get(n, narrative)
     want_r = {2: None, 3: "Final reasoning for row 4.", 4: None, 7: ""}.get(n, reasoning)
@@ -128,9 +155,11 @@ def _general(n_general: int, quirks: bool, words: int) -> tuple[list[str], list[
     """(JSON lines, expected normalised conversations in file order)."""
     lines, expected = [], []
     for k in range(n_general):
-        msgs = [{"role": "system", "content": "You are a careful assistant."},
-                {"role": "user", "content": f"Question {k}: what is {k} + {k}?" + " Explain." * words},
-                {"role": "assistant", "content": f"<think>add</think>\n{2 * k}"}]
+        msgs = [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": f"Question {k}: what is {k} + {k}?" + " Explain." * words},
+            {"role": "assistant", "content": f"<think>add</think>\n{2 * k}"},
+        ]
         want = [dict(m) for m in msgs]
         encoded = str(msgs)
         if quirks and k == 1:
@@ -152,9 +181,19 @@ def _general(n_general: int, quirks: bool, words: int) -> tuple[list[str], list[
     return lines, expected
 
 
-def write_bundle(root: str | Path, category: str = "Office_Products", n_users: int = 6, n_items: int = 12,
-                 seed: int = 0, quirks: bool = True, min_len: int = 4, max_len: int = 14, n_general: int = 6,
-                 text_words: int = 0, repeat: float = 0.0) -> dict:
+def write_bundle(
+    root: str | Path,
+    category: str = "Office_Products",
+    n_users: int = 6,
+    n_items: int = 12,
+    seed: int = 0,
+    quirks: bool = True,
+    min_len: int = 4,
+    max_len: int = 14,
+    n_general: int = 6,
+    text_words: int = 0,
+    repeat: float = 0.0,
+) -> dict:
     """Write a research bundle of `category` under `root`; return what a reader must find.
 
     Returns {"root", "category", "paths" (kind -> Path, as find_bundle names them), "items" (id -> {"title",
@@ -175,8 +214,15 @@ def write_bundle(root: str | Path, category: str = "Office_Products", n_users: i
     for i in range(n_items):
         title = _title(i, quirks)
         desc, texts = _description(i, title, quirks, text_words)
-        items[i] = {"title": title, "description": desc, "texts": texts, "codes": codes[i], "sid": "".join(codes[i]),
-                    "brand": BRANDS[i % len(BRANDS)], "categories": "" if i % 2 else "Office Products,Paper"}
+        items[i] = {
+            "title": title,
+            "description": desc,
+            "texts": texts,
+            "codes": codes[i],
+            "sid": "".join(codes[i]),
+            "brand": BRANDS[i % len(BRANDS)],
+            "categories": "" if i % 2 else "Office Products,Paper",
+        }
     by_sid: dict[str, list[int]] = {}
     for i, it in items.items():
         by_sid.setdefault(it["sid"], []).append(i)
@@ -185,12 +231,19 @@ def write_bundle(root: str | Path, category: str = "Office_Products", n_users: i
     splits: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
     for u, seq in enumerate(_sequences(n_users, n_items, rng, quirks, min_len, max_len, repeat)):
         for t in range(1, len(seq)):
-            hist = seq[max(0, t - MAX_HISTORY):t]
+            hist = seq[max(0, t - MAX_HISTORY) : t]
             split = "test" if t == len(seq) - 1 else "valid" if t == len(seq) - 2 else "train"
-            splits[split].append({
-                "user_id": f"A{u}", "history_item_ids": hist, "item_id": seq[t],
-                "history_titles": [items[h]["title"] for h in hist], "item_title": items[seq[t]]["title"],
-                "history_sids": [items[h]["sid"] for h in hist], "item_sid": items[seq[t]]["sid"]})
+            splits[split].append(
+                {
+                    "user_id": f"A{u}",
+                    "history_item_ids": hist,
+                    "item_id": seq[t],
+                    "history_titles": [items[h]["title"] for h in hist],
+                    "item_title": items[seq[t]]["title"],
+                    "history_sids": [items[h]["sid"] for h in hist],
+                    "item_sid": items[seq[t]]["sid"],
+                }
+            )
 
     paths = {s: root / s / f"{category}{SUFFIX}.csv" for s in splits}
     for s, rows in splits.items():
@@ -200,9 +253,20 @@ def write_bundle(root: str | Path, category: str = "Office_Products", n_users: i
     paths["index"] = index_dir / f"{category}.index.json"
     paths["index"].write_text(json.dumps({str(i): it["codes"] for i, it in items.items()}))
     paths["items"] = index_dir / f"{category}.item.json"
-    paths["items"].write_text(json.dumps(
-        {str(i): {"title": it["title"], "description": it["description"], "brand": it["brand"],
-                  "categories": it["categories"]} for i, it in items.items()}, indent=2))
+    paths["items"].write_text(
+        json.dumps(
+            {
+                str(i): {
+                    "title": it["title"],
+                    "description": it["description"],
+                    "brand": it["brand"],
+                    "categories": it["categories"],
+                }
+                for i, it in items.items()
+            },
+            indent=2,
+        )
+    )
     paths["info"] = root / "info" / f"{category}{SUFFIX}.txt"
     paths["info"].parent.mkdir(parents=True, exist_ok=True)
     paths["info"].write_text("".join(f"{it['sid']}\t{it['title']}\t{i}\n" for i, it in items.items()), encoding="utf-8")
@@ -226,8 +290,9 @@ def write_bundle(root: str | Path, category: str = "Office_Products", n_users: i
 
     narrative_rows, narratives = [], []
     for n, s in enumerate(splits["train"]):
-        cell_n, cell_r, want_n, want_r = (_narrative_texts(n, s, text_words) if quirks else
-                                          _narrative_texts(0, s, text_words))
+        cell_n, cell_r, want_n, want_r = (
+            _narrative_texts(n, s, text_words) if quirks else _narrative_texts(0, s, text_words)
+        )
         narrative_rows.append(_csv_row(s) + [cell_n, cell_r])
         narratives.append((want_n, want_r))
     paths["integrated_narratives"] = index_dir / f"{category}.integrated_narrative.csv"
@@ -237,8 +302,17 @@ def write_bundle(root: str | Path, category: str = "Office_Products", n_users: i
     paths["general_reasoning"] = root / "general" / "sampled_data.arrow"
     paths["general_reasoning"].parent.mkdir(parents=True, exist_ok=True)
     paths["general_reasoning"].write_text("\n".join(lines) + "\n")
-    return {"root": root, "category": category, "paths": paths, "items": items, "duplicates": duplicates,
-            "splits": splits, "item_narratives": item_narratives, "narratives": narratives, "general": general}
+    return {
+        "root": root,
+        "category": category,
+        "paths": paths,
+        "items": items,
+        "duplicates": duplicates,
+        "splits": splits,
+        "item_narratives": item_narratives,
+        "narratives": narratives,
+        "general": general,
+    }
 
 
 # ---------------------------------------------------------------- damaged variants
@@ -287,7 +361,7 @@ def break_bundle(bundle: dict, kind: str) -> dict:
             table = list(csv.reader(fh))
         drop = table[0].index("item_sid")
         with open(paths["test"], "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows([r[:drop] + r[drop + 1:] for r in table])
+            csv.writer(fh).writerows([r[:drop] + r[drop + 1 :] for r in table])
         return {"file": paths["test"].name, "column": "item_sid"}
     if kind in ("item_not_in_index", "item_not_in_items"):
         key = "index" if kind == "item_not_in_index" else "items"
@@ -295,8 +369,14 @@ def break_bundle(bundle: dict, kind: str) -> dict:
         del obj["2"]
         paths[key].write_text(json.dumps(obj))
         split, row, fld = _first_use(bundle, 2)
-        return {"file": paths[split].name, "split": split, "row": row, "field": fld, "item": 2,
-                "source": paths[key].name}
+        return {
+            "file": paths[split].name,
+            "split": split,
+            "row": row,
+            "field": fld,
+            "item": 2,
+            "source": paths[key].name,
+        }
     if kind in ("sid_wrong_levels", "sid_bad_letter"):
         obj = json.loads(paths["index"].read_text())
         obj["3"] = obj["3"][:2] if kind == "sid_wrong_levels" else [obj["3"][0], "<c_1>", "<b_2>"]
@@ -304,8 +384,7 @@ def break_bundle(bundle: dict, kind: str) -> dict:
         return {"file": paths["index"].name, "item": 3}
     if kind == "non_list_history":
         _rewrite_row(paths["test"], 1, "history_item_id", "384")
-        return {"file": paths["test"].name, "row": 1, "field": "history_item_id",
-                "reason": "not_list_history_item_id"}
+        return {"file": paths["test"].name, "row": 1, "field": "history_item_id", "reason": "not_list_history_item_id"}
     if kind == "length_mismatch":
         row = bundle["splits"]["test"][0]
         _rewrite_row(paths["test"], 1, "history_item_title", str(row["history_titles"] + ["Extra title"]))

@@ -78,7 +78,9 @@ class FlakyServer:
 
             def _serve(self, body: bytes, mode: str) -> None:
                 if mode == "html":
-                    self._head(200, {"Content-Type": "text/html; charset=utf-8", "Content-Length": str(len(LOGIN_PAGE))})
+                    self._head(
+                        200, {"Content-Type": "text/html; charset=utf-8", "Content-Length": str(len(LOGIN_PAGE))}
+                    )
                     self.wfile.write(LOGIN_PAGE)
                     return
                 start, rng = 0, self.headers.get("Range")
@@ -114,7 +116,7 @@ class FlakyServer:
 
             def _send(self, data: bytes) -> None:
                 for at in range(0, len(data), outer.piece):
-                    self.wfile.write(data[at: at + outer.piece])
+                    self.wfile.write(data[at : at + outer.piece])
                     self.wfile.flush()
                     if outer.piece_delay_s:
                         time.sleep(outer.piece_delay_s)

@@ -28,8 +28,9 @@ def setup_podman() -> None:
     """Run images/podman-setup.sh (idempotent); PodmanUnavailable when this machine cannot have podman."""
     if shutil.which("sh") is None:
         raise PodmanUnavailable("no /bin/sh")
-    result = subprocess.run(["sh", str(ROOT / "images" / "podman-setup.sh"), BASE_IMAGE], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["sh", str(ROOT / "images" / "podman-setup.sh"), BASE_IMAGE], capture_output=True, text=True, check=False
+    )
     if result.returncode == 3:
         raise PodmanUnavailable(result.stderr.strip().splitlines()[-1])
     if result.returncode != 0:
@@ -37,8 +38,9 @@ def setup_podman() -> None:
 
 
 def _base_image_id() -> str:
-    return subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def _cpu_torch_wheel(into: Path) -> Path | None:
@@ -46,16 +48,18 @@ def _cpu_torch_wheel(into: Path) -> Path | None:
     into.mkdir(parents=True, exist_ok=True)
     for old in into.glob("torch-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "torch==2.13.0", "--no-deps", "-d", str(into)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "torch==2.13.0", "--no-deps", "-d", str(into)], check=True
+    )
     wheel = next(into.glob("torch-2.13.0*.whl"))
     return wheel if "+cpu" in wheel.name else None
 
 
 def _venv_constraints() -> str:
     """This venv's versions (`pip freeze`, the project itself and local paths left out)."""
-    frozen = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
-                            text=True, check=True).stdout
+    frozen = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout
     return "".join(line + "\n" for line in frozen.splitlines() if "==" in line and " @ " not in line)
 
 
@@ -76,8 +80,21 @@ def snapshot(dockerfile: str, into: Path) -> Path:
 def install_snapshot(context: Path, target: Path) -> dict:
     """Install the snapshot's project into `target` (no dependencies: this venv has them); the environment
     that makes `python -m sidreasoner.cli` run it instead of the editable install."""
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(context)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(context),
+        ],
+        check=True,
+    )
     return {"PYTHONPATH": str(target)}
 
 

@@ -66,8 +66,13 @@ def _handler(state: FakeKFP):
         def _record(self) -> Recorded:
             length = int(self.headers.get("Content-Length") or 0)
             url = urlparse(self.path)
-            rec = Recorded(self.command, url.path, parse_qs(url.query), self.rfile.read(length),
-                           {key.lower(): value for key, value in self.headers.items()})
+            rec = Recorded(
+                self.command,
+                url.path,
+                parse_qs(url.query),
+                self.rfile.read(length),
+                {key.lower(): value for key, value in self.headers.items()},
+            )
             state.requests.append(rec)
             return rec
 
@@ -96,17 +101,21 @@ def _handler(state: FakeKFP):
             if rec.path == f"{API}/pipelines":
                 # As the server lists them: the namespace's own pipelines, or the shared ones.
                 name, namespace = _filter_name(rec.query), rec.query.get("namespace", [""])[0]
-                found = [p for p in state.pipelines.values()
-                         if name in (None, p["display_name"]) and p.get("namespace", "") == namespace]
+                found = [
+                    p
+                    for p in state.pipelines.values()
+                    if name in (None, p["display_name"]) and p.get("namespace", "") == namespace
+                ]
                 return self._reply({"pipelines": found, "total_size": len(found)} if found else {})
             if rec.path.startswith(f"{API}/pipelines/") and rec.path.endswith("/versions"):
                 pipeline_id = rec.path.split("/")[-2]
                 name = _filter_name(rec.query)
-                found = [v for v in state.versions if v["pipeline_id"] == pipeline_id
-                         and name in (None, v["display_name"])]
+                found = [
+                    v for v in state.versions if v["pipeline_id"] == pipeline_id and name in (None, v["display_name"])
+                ]
                 start = int(rec.query.get("page_token", ["0"])[0] or 0)
                 size = int(rec.query.get("page_size", ["20"])[0])
-                page = found[start:start + size]
+                page = found[start : start + size]
                 reply = {"pipeline_versions": page, "total_size": len(found)} if page else {}
                 if start + size < len(found):
                     reply["next_page_token"] = str(start + size)
@@ -128,17 +137,30 @@ def _handler(state: FakeKFP):
             if rec.path == f"{API}/pipelines/upload":
                 name = rec.query.get("name", ["pipeline"])[0]
                 description = rec.query.get("description", [""])[0]
-                pipeline = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "description": description,
-                            "namespace": rec.query.get("namespace", [""])[0]}
+                pipeline = {
+                    "pipeline_id": str(uuid.uuid4()),
+                    "display_name": name,
+                    "description": description,
+                    "namespace": rec.query.get("namespace", [""])[0],
+                }
                 state.pipelines[pipeline["pipeline_id"]] = pipeline
                 # As the server does: the pipeline's first version, named after it.
-                state.versions.append({"pipeline_version_id": str(uuid.uuid4()), "pipeline_id": pipeline["pipeline_id"],
-                                       "display_name": name, "description": description})
+                state.versions.append(
+                    {
+                        "pipeline_version_id": str(uuid.uuid4()),
+                        "pipeline_id": pipeline["pipeline_id"],
+                        "display_name": name,
+                        "description": description,
+                    }
+                )
                 return self._reply(pipeline)
             if rec.path == f"{API}/pipelines/upload_version":
-                version = {"pipeline_version_id": str(uuid.uuid4()),
-                           "pipeline_id": rec.query["pipelineid"][0], "display_name": rec.query["name"][0],
-                           "description": rec.query.get("description", [""])[0]}
+                version = {
+                    "pipeline_version_id": str(uuid.uuid4()),
+                    "pipeline_id": rec.query["pipelineid"][0],
+                    "display_name": rec.query["name"][0],
+                    "description": rec.query.get("description", [""])[0],
+                }
                 state.versions.append(version)
                 return self._reply(version)
             self._reply({"error": f"not found: {rec.path}"}, 404)

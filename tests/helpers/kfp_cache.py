@@ -91,8 +91,9 @@ class Backend:
             results[name] = self._task(spec, executors, name, task, root_params, results, run_id)
         return results
 
-    def retry(self, compiled_yaml: str, parameters: dict[str, Any], results: dict[str, TaskResult],
-              name: str) -> TaskResult:
+    def retry(
+        self, compiled_yaml: str, parameters: dict[str, Any], results: dict[str, TaskResult], name: str
+    ) -> TaskResult:
         """Argo's retry of one failed pod of the run that gave `results`: the same executor input (parameters and input
         artifacts), executed again; no cache lookup, since the first attempt wrote no entry."""
         spec = next(yaml.safe_load_all(compiled_yaml))
@@ -113,10 +114,14 @@ class Backend:
             "inputArtifactNames": {k: {"artifactNames": [str(a.id)]} for k, a in inputs.items()},
             "inputParameterValues": params,
             "outputArtifactsSpec": {k: {"name": k, "type": v["artifactType"]} for k, v in outputs_spec.items()},
-            "outputParametersSpec": {k: v["parameterType"]
-                                     for k, v in component.get("outputDefinitions", {}).get("parameters", {}).items()},
-            "containerSpec": {"image": container["image"], "cmdArgs": container["command"] + container["args"],
-                              "pvcNames": sorted({p["constant"] for p in executors.get(label, {}).get("pvcMount", [])})},
+            "outputParametersSpec": {
+                k: v["parameterType"] for k, v in component.get("outputDefinitions", {}).get("parameters", {}).items()
+            },
+            "containerSpec": {
+                "image": container["image"],
+                "cmdArgs": container["command"] + container["args"],
+                "pvcNames": sorted({p["constant"] for p in executors.get(label, {}).get("pvcMount", [])}),
+            },
         }
         fingerprint = None
         if task.get("cachingOptions", {}).get("enableCache"):
@@ -126,8 +131,9 @@ class Backend:
                 return TaskResult("CACHED", hit)
         outputs = {}
         for output in outputs_spec:
-            outputs[output] = Artifact(self.next_id, f"{PIPELINE_ROOT}/sidreasoner/{run_id}/{name}/salt/{output}",
-                                       run_id, name)
+            outputs[output] = Artifact(
+                self.next_id, f"{PIPELINE_ROOT}/sidreasoner/{run_id}/{name}/salt/{output}", run_id, name
+            )
             self.next_id += 1
         trained = self._train(name, params, inputs) if name in TRAINING else None
         if fingerprint:
@@ -149,7 +155,7 @@ class Backend:
 def local_path(uri: str) -> str:
     """Where the launcher mounts an artifact (launcher_v2.go `LocalPathForURI`)."""
     scheme, rest = uri.split("://", 1)
-    return f"/{ {'gs': 'gcs'}.get(scheme, scheme)}/{rest}"
+    return f"/{ {'gs': 'gcs'}.get(scheme, scheme) }/{rest}"
 
 
 def _root_parameters(spec: dict, given: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +163,11 @@ def _root_parameters(spec: dict, given: dict[str, Any]) -> dict[str, Any]:
     unknown = set(given) - set(declared)
     if unknown:
         raise ValueError(f"run parameters the pipeline does not declare: {sorted(unknown)}")
-    return {name: given.get(name, p.get("defaultValue")) for name, p in declared.items()
-            if name in given or "defaultValue" in p}
+    return {
+        name: given.get(name, p.get("defaultValue"))
+        for name, p in declared.items()
+        if name in given or "defaultValue" in p
+    }
 
 
 def _parameters(task: dict, root_params: dict[str, Any]) -> dict[str, Any]:
@@ -175,8 +184,10 @@ def _parameters(task: dict, root_params: dict[str, Any]) -> dict[str, Any]:
 
 def _input_artifacts(task: dict, results: dict[str, TaskResult]) -> dict[str, Artifact]:
     """Each input artifact of `task`: the producing task's output in this run (cached or executed)."""
-    return {key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
-            for key, a in task["inputs"].get("artifacts", {}).items()}
+    return {
+        key: results[a["taskOutputArtifact"]["producerTask"]].outputs[a["taskOutputArtifact"]["outputArtifactKey"]]
+        for key, a in task["inputs"].get("artifacts", {}).items()
+    }
 
 
 def _in_order(tasks: dict[str, dict]) -> list[tuple[str, dict]]:

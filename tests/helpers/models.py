@@ -15,8 +15,10 @@ from sidreasoner.model import prompts, tiny
 from sidreasoner.sid.codes import format_sid, sid_tokens
 from sidreasoner.train.sft import extend_tokenizer
 
-WORDS = ("red blue green lamp desk pen paper ink chair table cable mouse screen phone case bag book "
-         "box cup mug note card clip tape glue user item likes next buys because series similar").split()
+WORDS = (
+    "red blue green lamp desk pen paper ink chair table cable mouse screen phone case bag book "
+    "box cup mug note card clip tape glue user item likes next buys because series similar"
+).split()
 
 
 def random_codes(n_items: int, levels: int, codebook: int, seed: int = 0, collide: int = 0) -> np.ndarray:
@@ -34,15 +36,31 @@ def random_codes(n_items: int, levels: int, codebook: int, seed: int = 0, collid
     return np.array(rows, dtype=np.int64)
 
 
-def build_tiny_model(out: Path, codes: np.ndarray, codebook: int, seed: int = 0, hidden: int = 64, layers: int = 2,
-                     vocab: int = 300, sid_init_std: float = 1.0):
+def build_tiny_model(
+    out: Path,
+    codes: np.ndarray,
+    codebook: int,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab: int = 300,
+    sid_init_std: float = 1.0,
+):
     """Random-init tiny Qwen3 + BPE tokenizer with every SID code of `codes`' levels as a plain added
     token. SID embedding rows get random (not mean) values so SID logits do not tie."""
     texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12)) for i in range(200)]
     texts += prompts.ALL_WORDING
     tok = tiny.train_tokenizer(texts, vocab)
-    cfg = TinyModelConfig(hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=16,
-                          intermediate_size=hidden * 2, vocab_size=vocab, max_positions=1024)
+    cfg = TinyModelConfig(
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        intermediate_size=hidden * 2,
+        vocab_size=vocab,
+        max_positions=1024,
+    )
     model = tiny.build_model(cfg, tok, seed)
     levels = codes.shape[1]
     all_codes = [t for lvl in range(levels) for t in (sid_tokens([0] * lvl + [c])[lvl] for c in range(codebook))]
@@ -59,9 +77,10 @@ def build_tiny_model(out: Path, codes: np.ndarray, codebook: int, seed: int = 0,
 def write_sid_index(out: Path, item_ids, codes: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sids = [format_sid(c) for c in codes]
-    pd.DataFrame({"item_id": np.asarray(item_ids, dtype=np.int64), "codes": [list(map(int, c)) for c in codes],
-                  "sid": sids}).to_parquet(out / "sids.parquet")
-    (out / "index.json").write_text(json.dumps({str(i): sid_tokens(c) for i, c in zip(item_ids, codes)}))
+    pd.DataFrame(
+        {"item_id": np.asarray(item_ids, dtype=np.int64), "codes": [list(map(int, c)) for c in codes], "sid": sids}
+    ).to_parquet(out / "sids.parquet")
+    (out / "index.json").write_text(json.dumps({str(i): sid_tokens(c) for i, c in zip(item_ids, codes, strict=True)}))
     (out / "catalogue.json").write_text(json.dumps(sorted(set(sids))))
 
 
@@ -69,9 +88,14 @@ def write_dataset(out: Path, n_items: int, n_users: int, seed: int = 0, hist: in
     """Users walk items in order i, i+1, …: learnable and deterministic."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"item_id": np.arange(n_items, dtype=np.int64),
-                  "title": [f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]} item {i}" for i in range(n_items)]}
-                 ).to_parquet(out / "items.parquet")
+    pd.DataFrame(
+        {
+            "item_id": np.arange(n_items, dtype=np.int64),
+            "title": [
+                f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]} item {i}" for i in range(n_items)
+            ],
+        }
+    ).to_parquet(out / "items.parquet")
     for split, n in (("train", n_users * 3), ("valid", n_users), ("test", n_users)):
         rows = []
         for u in range(n):

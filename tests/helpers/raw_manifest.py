@@ -12,7 +12,12 @@ def seal(folder: Path) -> Path:
     """Set manifest.json's `files` to the current size and sha256 of its reviews and meta files."""
     manifest = json.loads((folder / "manifest.json").read_text())
     names = [manifest[key] for key in ("reviews", "meta") if isinstance(manifest.get(key), str)]
-    manifest["files"] = {name: {"bytes": (folder / name).stat().st_size,
-                                "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()} for name in names}
+    manifest["files"] = {
+        name: {
+            "bytes": (folder / name).stat().st_size,
+            "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(),
+        }
+        for name in names
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

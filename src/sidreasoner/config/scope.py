@@ -45,7 +45,8 @@ class ScopedConfig(Config):
             raise UndeclaredSection(
                 f"step '{self._step}' reads config section '{name}', which its registry entry does not declare "
                 f"(it declares {', '.join(self._sections)}): add '{name}' to the step's sections in "
-                "sidreasoner/steps.py, or stop reading it")
+                "sidreasoner/steps.py, or stop reading it"
+            )
         return super().__getattr__(name)
 
 
@@ -54,8 +55,10 @@ def scope_config(cfg: Config, step: str, sections: Iterable[str]) -> ScopedConfi
     sections = tuple(sections)
     unknown = [s for s in sections if s not in Config.model_fields or s == PER_STEP]
     if unknown:
-        raise ConfigError(f"step '{step}' declares config section(s) {', '.join(unknown)}, which the config does "
-                          f"not have. Sections: {', '.join(f for f in Config.model_fields if f != PER_STEP)}")
+        raise ConfigError(
+            f"step '{step}' declares config section(s) {', '.join(unknown)}, which the config does "
+            f"not have. Sections: {', '.join(f for f in Config.model_fields if f != PER_STEP)}"
+        )
     values = {name: getattr(cfg, name) for name in sections}
     values[PER_STEP] = {name: value for name, value in cfg.generations.items() if name == step}
     scoped = ScopedConfig.model_construct(_fields_set=set(values), **values)

@@ -38,21 +38,71 @@ from sidreasoner.data.demo import generate_demo_raw
 from sidreasoner.io import atomic_dir, locked, read_json, write_json
 
 AMAZON2018_CATEGORIES: tuple[str, ...] = (
-    "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Books",
-    "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics",
-    "Gift_Cards", "Grocery_and_Gourmet_Food", "Home_and_Kitchen", "Industrial_and_Scientific", "Kindle_Store",
-    "Luxury_Beauty", "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments", "Office_Products",
-    "Patio_Lawn_and_Garden", "Pet_Supplies", "Prime_Pantry", "Software", "Sports_and_Outdoors",
-    "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games",
+    "AMAZON_FASHION",
+    "All_Beauty",
+    "Appliances",
+    "Arts_Crafts_and_Sewing",
+    "Automotive",
+    "Books",
+    "CDs_and_Vinyl",
+    "Cell_Phones_and_Accessories",
+    "Clothing_Shoes_and_Jewelry",
+    "Digital_Music",
+    "Electronics",
+    "Gift_Cards",
+    "Grocery_and_Gourmet_Food",
+    "Home_and_Kitchen",
+    "Industrial_and_Scientific",
+    "Kindle_Store",
+    "Luxury_Beauty",
+    "Magazine_Subscriptions",
+    "Movies_and_TV",
+    "Musical_Instruments",
+    "Office_Products",
+    "Patio_Lawn_and_Garden",
+    "Pet_Supplies",
+    "Prime_Pantry",
+    "Software",
+    "Sports_and_Outdoors",
+    "Tools_and_Home_Improvement",
+    "Toys_and_Games",
+    "Video_Games",
 )
 AMAZON2023_CATEGORIES: tuple[str, ...] = (
-    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive", "Baby_Products",
-    "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories",
-    "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
-    "Handmade_Products", "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
-    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments",
-    "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies", "Software", "Sports_and_Outdoors",
-    "Subscription_Boxes", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games", "Unknown",
+    "All_Beauty",
+    "Amazon_Fashion",
+    "Appliances",
+    "Arts_Crafts_and_Sewing",
+    "Automotive",
+    "Baby_Products",
+    "Beauty_and_Personal_Care",
+    "Books",
+    "CDs_and_Vinyl",
+    "Cell_Phones_and_Accessories",
+    "Clothing_Shoes_and_Jewelry",
+    "Digital_Music",
+    "Electronics",
+    "Gift_Cards",
+    "Grocery_and_Gourmet_Food",
+    "Handmade_Products",
+    "Health_and_Household",
+    "Health_and_Personal_Care",
+    "Home_and_Kitchen",
+    "Industrial_and_Scientific",
+    "Kindle_Store",
+    "Magazine_Subscriptions",
+    "Movies_and_TV",
+    "Musical_Instruments",
+    "Office_Products",
+    "Patio_Lawn_and_Garden",
+    "Pet_Supplies",
+    "Software",
+    "Sports_and_Outdoors",
+    "Subscription_Boxes",
+    "Tools_and_Home_Improvement",
+    "Toys_and_Games",
+    "Video_Games",
+    "Unknown",
 )
 CHUNK = 1 << 20
 log = logging.getLogger(__name__)
@@ -64,8 +114,7 @@ class DownloadError(RuntimeError):
 
 def check_category(category: str, allowed: tuple[str, ...], source: str) -> None:
     if category not in allowed:
-        raise DownloadError(
-            f"unknown {source} category {category!r} (data.category). Allowed: {', '.join(allowed)}")
+        raise DownloadError(f"unknown {source} category {category!r} (data.category). Allowed: {', '.join(allowed)}")
 
 
 # ---------------------------------------------------------------- HTTP with resume
@@ -99,8 +148,9 @@ def _expected_total(resp: requests.Response, offset: int) -> int | None:
         crange = resp.headers.get("Content-Range", "")
         start = crange.split(" ", 1)[-1].split("-", 1)[0]
         if not start.isdigit() or int(start) != offset:
-            raise _AttemptFailed(f"server answered Range bytes={offset}- with Content-Range {crange!r}",
-                                 keep_part=True, retry=False)
+            raise _AttemptFailed(
+                f"server answered Range bytes={offset}- with Content-Range {crange!r}", keep_part=True, retry=False
+            )
         total = crange.rsplit("/", 1)[-1]
         if total.isdigit():
             return int(total)
@@ -134,10 +184,15 @@ class _Progress:
     resumed: bool = False
 
 
-def _stream_to(resp: requests.Response, part: Path, mode: str, offset: int, total: int | None,
-               progress: _Progress) -> None:
-    with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                      desc=part.name.split(".part")[0], mininterval=2) as bar:
+def _stream_to(
+    resp: requests.Response, part: Path, mode: str, offset: int, total: int | None, progress: _Progress
+) -> None:
+    with (
+        open(part, mode) as fh,
+        tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, desc=part.name.split(".part")[0], mininterval=2
+        ) as bar,
+    ):
         # Raw bytes (sizes match headers), in pieces small enough that a killed run keeps nearly all it got.
         for chunk in resp.raw.stream(1 << 16, decode_content=False):
             fh.write(chunk)
@@ -161,8 +216,12 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: _Progress) -> tu
                 raise _AttemptFailed(f"HTTP {resp.status_code} {resp.reason}", keep_part=True, retry=retry)
             ctype = resp.headers.get("Content-Type", "")
             if ctype.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
-                raise _AttemptFailed(f"the server sent an HTML page (Content-Type {ctype}) instead of the file: "
-                                     "a login or error page? Check the URL (data.base_url)", keep_part=True, retry=False)
+                raise _AttemptFailed(
+                    f"the server sent an HTML page (Content-Type {ctype}) instead of the file: "
+                    "a login or error page? Check the URL (data.base_url)",
+                    keep_part=True,
+                    retry=False,
+                )
             resumed = resp.status_code == 206
             start = offset if resumed else 0  # a server that ignores Range sends the whole file: restart
             total = _expected_total(resp, start)
@@ -220,8 +279,11 @@ def _check_download(part: Path, name: str, published: dict[str, str], size_confi
     if problem:
         reason, truncated = problem
         if truncated and size_confirmed:
-            raise _AttemptFailed(f"{reason}, although it has the size the server announced: the file on the "
-                                 "server is damaged", keep_part=False, retry=False)
+            raise _AttemptFailed(
+                f"{reason}, although it has the size the server announced: the file on the server is damaged",
+                keep_part=False,
+                retry=False,
+            )
         raise _AttemptFailed(reason, keep_part=truncated)
     digests = _digests(part, set(published))
     for algo, want in published.items():
@@ -255,16 +317,17 @@ def _verified_cache(final: Path, url: str) -> str | None:
         sha = _digests(final, set())["sha256"] if size == want_bytes else None
         if sha == want_sha:
             return sha
-        reason = (f"{size} bytes{f', sha256 {sha}' if sha else ''} where its manifest says {want_bytes} bytes, "
-                  f"sha256 {want_sha}")
+        reason = (
+            f"{size} bytes{f', sha256 {sha}' if sha else ''} where its manifest says {want_bytes} bytes, "
+            f"sha256 {want_sha}"
+        )
     log.warning("cached %s is unusable (%s); downloading it again", final, reason)
     final.unlink(missing_ok=True)
     _manifest_path(final).unlink(missing_ok=True)
     return None
 
 
-def _download_checked(url: str, final: Path, part: Path, timeout: float, attempts: int,
-                      backoff_s: float) -> Fetched:
+def _download_checked(url: str, final: Path, part: Path, timeout: float, attempts: int, backoff_s: float) -> Fetched:
     """Download into `part` (resumed), check it, then manifest and rename onto `final`."""
     progress = _Progress()
     for attempt in range(1, attempts + 1):
@@ -280,16 +343,22 @@ def _download_checked(url: str, final: Path, part: Path, timeout: float, attempt
                 time.sleep(backoff_s * 2 ** (attempt - 1))
                 continue
             have = part.stat().st_size if err.keep_part and part.is_file() else 0
-            kept = (f"{have} bytes kept in {part}, run again to resume" if have
-                    else "nothing was cached")
+            kept = f"{have} bytes kept in {part}, run again to resume" if have else "nothing was cached"
             raise DownloadError(f"{url}: {err.reason}; {kept}") from err
     write_json(_manifest_path(final), {"url": url, "bytes": part.stat().st_size, "sha256": sha})
     os.replace(part, final)
     return Fetched(final, progress.received, progress.resumed, sha)
 
 
-def http_download(url: str, cache_dir: Path, name: str | None = None, timeout: float = 60.0,
-                  attempts: int = 3, backoff_s: float = 1.0, link_to: Path | None = None) -> Fetched:
+def http_download(
+    url: str,
+    cache_dir: Path,
+    name: str | None = None,
+    timeout: float = 60.0,
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+    link_to: Path | None = None,
+) -> Fetched:
     """Download `url` into `cache_dir/name`, resuming `name.part` and retrying up to `attempts` times; a
     cached file is reused only when it still matches its manifest. Safe for runs sharing `cache_dir`.
     `link_to`: also hard-link (or copy) the checked file there before another run may touch it."""
@@ -305,8 +374,7 @@ def http_download(url: str, cache_dir: Path, name: str | None = None, timeout: f
         if sha:
             fetched = Fetched(final, 0, False, sha)
         elif exclusive:
-            fetched = _download_checked(url, final, final.with_name(final.name + ".part"), timeout, attempts,
-                                        backoff_s)
+            fetched = _download_checked(url, final, final.with_name(final.name + ".part"), timeout, attempts, backoff_s)
         else:  # no locks on this filesystem: a partial file of this process's own (no resume)
             part = final.with_name(f"{final.name}.part-{socket.gethostname()}-{os.getpid()}")
             try:
@@ -352,8 +420,10 @@ def _inside(folder: Path, rel: str) -> Path:
     path = folder / rel
     real = path.resolve()
     if not real.is_relative_to(folder.resolve()):
-        raise DownloadError(f"data.source: {path} is a symbolic link to {real}, outside {folder}; only files inside "
-                            "the folder are read (copy the file there)")
+        raise DownloadError(
+            f"data.source: {path} is a symbolic link to {real}, outside {folder}; only files inside "
+            "the folder are read (copy the file there)"
+        )
     return path
 
 
@@ -377,8 +447,11 @@ def _amazon2023(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple
     names = []
     for remote in (f"raw/review_categories/{data.category}.jsonl", f"raw/meta_categories/meta_{data.category}.jsonl"):
         try:
-            path = Path(hf_hub_download(AMAZON2023_REPO, remote, repo_type="dataset",
-                                        cache_dir=str(_cache_dir(data) / "huggingface")))
+            path = Path(
+                hf_hub_download(
+                    AMAZON2023_REPO, remote, repo_type="dataset", cache_dir=str(_cache_dir(data) / "huggingface")
+                )
+            )
         except Exception as err:  # hub errors have many types; name the file and the repo
             raise DownloadError(f"hf://datasets/{AMAZON2023_REPO}/{remote}: {err}") from err
         fname = remote.rsplit("/", 1)[-1]
@@ -401,9 +474,11 @@ def _local_folder(source: str) -> Path:
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:  # len 1: a Windows drive letter
-        raise DownloadError(f"data.source {source!r}: unsupported scheme {parsed.scheme}://; "
-                            "use demo, amazon2018, amazon2023, file://<folder>, a path, or s3://, minio://, "
-                            "gs://<bucket>/<folder>")
+        raise DownloadError(
+            f"data.source {source!r}: unsupported scheme {parsed.scheme}://; "
+            "use demo, amazon2018, amazon2023, file://<folder>, a path, or s3://, minio://, "
+            "gs://<bucket>/<folder>"
+        )
     return Path(source)
 
 
@@ -418,8 +493,10 @@ def _from_bucket(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
         for candidates in expected_names(data.format, data.category, data.five_core):
             hit = next((n for n in candidates if n in present), None)
             if hit is None:
-                raise DownloadError(f"{source}: none of {candidates} found (data.format={data.format}, "
-                                    f"data.category={data.category}). Present: {sorted(present)[:50] or 'nothing'}")
+                raise DownloadError(
+                    f"{source}: none of {candidates} found (data.format={data.format}, "
+                    f"data.category={data.category}). Present: {sorted(present)[:50] or 'nothing'}"
+                )
             storage.download_file(f"{source}/{hit}", out / hit)
             metrics["bytes_downloaded"] += (out / hit).stat().st_size
             found.append(hit)
@@ -439,8 +516,10 @@ def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
         hit = next((n for n in candidates if (folder / n).is_file()), None)
         if hit is None:
             present = sorted(p.name for p in folder.iterdir())[:50]
-            raise DownloadError(f"{folder}: none of {candidates} found (data.format={data.format}, "
-                                f"data.category={data.category}). Present: {present or 'nothing'}")
+            raise DownloadError(
+                f"{folder}: none of {candidates} found (data.format={data.format}, "
+                f"data.category={data.category}). Present: {present or 'nothing'}"
+            )
         _copy(_inside(folder, hit), out / hit)
         found.append(hit)
     return found[0], found[1]
@@ -451,6 +530,7 @@ BUNDLE = "bundle"  # where a research bundle's files lie inside the raw folder
 
 def _bundle_files(names: list[str], category: str) -> list[str]:
     """The files of `category` among a bundle folder's relative paths: splits, index, info, general data."""
+
     def wanted(name: str) -> bool:
         folder, _, base = name.partition("/")
         if folder in ("train", "valid", "test"):
@@ -483,8 +563,9 @@ def _research_bundle(data: DataConfig, out: Path, metrics: dict[str, float]) -> 
         folder = _local_folder(data.source).expanduser()
         if not folder.is_dir():
             raise DownloadError(f"data.source: folder {folder} does not exist")
-        names = _bundle_files(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
-                              data.category)
+        names = _bundle_files(
+            sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()), data.category
+        )
         for name in names:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             _copy(_inside(folder, name), dest / name)
@@ -511,7 +592,13 @@ def _sha256(path: Path) -> str:
 
 
 def _source_format(data: DataConfig) -> str:
-    return data.source if data.source in ("amazon2018", "amazon2023") else "amazon2018" if data.source == "demo" else data.format
+    return (
+        data.source
+        if data.source in ("amazon2018", "amazon2023")
+        else "amazon2018"
+        if data.source == "demo"
+        else data.format
+    )
 
 
 def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
@@ -522,8 +609,17 @@ def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
         if data.format == "research" and data.source not in ("demo", "amazon2018", "amazon2023"):
             names = _research_bundle(data, out, metrics)
             files = {n: {"bytes": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in names}
-            write_json(out / "manifest.json", {"source": data.source, "format": "research", "category": data.category,
-                                               "bundle": BUNDLE, "files": files, "demo": False})
+            write_json(
+                out / "manifest.json",
+                {
+                    "source": data.source,
+                    "format": "research",
+                    "category": data.category,
+                    "bundle": BUNDLE,
+                    "files": files,
+                    "demo": False,
+                },
+            )
             metrics.update(files=float(len(files)), bytes_total=float(sum(f["bytes"] for f in files.values())))
             return metrics
         if data.source == "demo":
@@ -535,10 +631,18 @@ def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
         else:
             reviews, meta = _from_folder(data, out, metrics)
         files = {n: {"bytes": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in (reviews, meta)}
-        write_json(out / "manifest.json", {
-            "source": data.source, "format": _source_format(data), "category": data.category,
-            "reviews": reviews, "meta": meta, "files": files, "demo": data.source == "demo",
-            "five_core": data.five_core if data.source != "demo" else False,
-        })
+        write_json(
+            out / "manifest.json",
+            {
+                "source": data.source,
+                "format": _source_format(data),
+                "category": data.category,
+                "reviews": reviews,
+                "meta": meta,
+                "files": files,
+                "demo": data.source == "demo",
+                "five_core": data.five_core if data.source != "demo" else False,
+            },
+        )
     metrics.update(files=2.0, bytes_total=float(sum(f["bytes"] for f in files.values())))
     return metrics

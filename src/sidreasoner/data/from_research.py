@@ -31,8 +31,14 @@ from sidreasoner.data.research import ResearchBundle, ResearchDataError, read_bu
 from sidreasoner.io import atomic_dir, write_json
 
 SPLITS = ("train", "valid", "test")
-SAMPLE_SCHEMA = pa.schema([("user_id", pa.int64()), ("history_item_ids", pa.list_(pa.int64())),
-                           ("item_id", pa.int64()), ("timestamp", pa.int64())])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("history_item_ids", pa.list_(pa.int64())),
+        ("item_id", pa.int64()),
+        ("timestamp", pa.int64()),
+    ]
+)
 
 
 def _item_table(bundle: ResearchBundle) -> tuple[dict[int, int], dict[str, list]]:
@@ -41,13 +47,19 @@ def _item_table(bundle: ResearchBundle) -> tuple[dict[int, int], dict[str, list]
     for rows in bundle.splits.values():
         for s in rows.samples:
             titles.setdefault(s.item_id, s.item_title)
-            for item, title in zip(s.history_item_ids, s.history_titles):
+            for item, title in zip(s.history_item_ids, s.history_titles, strict=True):
                 titles.setdefault(item, title)
     meta = bundle.items.items if bundle.items else {}
     ids = sorted(set(titles) | set(meta) | set(bundle.index.codes if bundle.index else ()))
     dense = {research_id: n for n, research_id in enumerate(ids)}
-    cols: dict[str, list] = {"item_id": list(range(len(ids))), "asin": [str(i) for i in ids], "title": [],
-                             "description": [], "brand": [], "categories": []}
+    cols: dict[str, list] = {
+        "item_id": list(range(len(ids))),
+        "asin": [str(i) for i in ids],
+        "title": [],
+        "description": [],
+        "brand": [],
+        "categories": [],
+    }
     for research_id in ids:
         item = meta.get(research_id)
         cols["title"].append(item.title if item else titles.get(research_id, ""))
@@ -73,8 +85,9 @@ def _samples(bundle: ResearchBundle, dense: dict[int, int]) -> tuple[dict[str, d
     return out, list(users)
 
 
-def _sample_narratives(bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple]
-                       ) -> tuple[dict[str, list], int]:
+def _sample_narratives(
+    bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple]
+) -> tuple[dict[str, list], int]:
     """The narrative rows matched to train samples by (user, history, target), in train order; a
     key that appears several times pairs up in file order. Returns the columns and the unmatched count."""
     rows_by_key: dict[tuple, list[int]] = defaultdict(list)
@@ -90,12 +103,16 @@ def _sample_narratives(bundle: ResearchBundle, dense: dict[int, int], train_keys
             continue
         matched[free.pop(0)] = (r.history_narrative, r.reasoning_path)
     order = sorted(matched)
-    return {"sample": order, "history_narrative": [matched[k][0] for k in order],
-            "reasoning_path": [matched[k][1] for k in order]}, unmatched
+    return {
+        "sample": order,
+        "history_narrative": [matched[k][0] for k in order],
+        "reasoning_path": [matched[k][1] for k in order],
+    }, unmatched
 
 
-def _write_bundle_extras(dest: Path, bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple],
-                         metrics: dict[str, float]) -> None:
+def _write_bundle_extras(
+    dest: Path, bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple], metrics: dict[str, float]
+) -> None:
     dest.mkdir()
     if bundle.index is not None:
         index = {str(dense[i]): codes for i, codes in bundle.index.codes.items()}
@@ -103,24 +120,35 @@ def _write_bundle_extras(dest: Path, bundle: ResearchBundle, dense: dict[int, in
     if bundle.item_narratives is not None:
         texts = sorted((dense[i], t) for i, t in bundle.item_narratives.texts.items() if i in dense)
         metrics["item_narratives_unknown_item"] = len(bundle.item_narratives.texts) - len(texts)
-        pq.write_table(pa.table({"item_id": pa.array([i for i, _ in texts], pa.int64()),
-                                 "narrative": pa.array([t for _, t in texts], pa.string())}),
-                       dest / "item_narratives.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "item_id": pa.array([i for i, _ in texts], pa.int64()),
+                    "narrative": pa.array([t for _, t in texts], pa.string()),
+                }
+            ),
+            dest / "item_narratives.parquet",
+        )
     if bundle.narratives is not None:
         cols, unmatched = _sample_narratives(bundle, dense, train_keys)
         metrics.update(narrative_rows_matched=len(cols["sample"]), narrative_rows_unmatched=unmatched)
-        pq.write_table(pa.table({"sample": pa.array(cols["sample"], pa.int64()),
-                                 "history_narrative": pa.array(cols["history_narrative"], pa.string()),
-                                 "reasoning_path": pa.array(cols["reasoning_path"], pa.string())}),
-                       dest / "sample_narratives.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "sample": pa.array(cols["sample"], pa.int64()),
+                    "history_narrative": pa.array(cols["history_narrative"], pa.string()),
+                    "reasoning_path": pa.array(cols["reasoning_path"], pa.string()),
+                }
+            ),
+            dest / "sample_narratives.parquet",
+        )
     if bundle.general is not None:
         with open(dest / "general.jsonl", "wb") as fh:
             for chat in bundle.general.conversations:
                 fh.write(orjson.dumps({"messages": chat}) + b"\n")
 
 
-def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: str, out_dir: Path
-                        ) -> dict[str, float]:
+def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: str, out_dir: Path) -> dict[str, float]:
     """Write the project's dataset folder for the bundle in `bundle_dir` into `out_dir` (atomically)."""
     started = time.perf_counter()
     data = cfg.data
@@ -130,48 +158,85 @@ def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: st
         raise ResearchDataError(f"preprocess (data.format=research): {err}") from None
     missing = [s for s in SPLITS if s not in bundle.splits]
     if missing:
-        raise ResearchDataError(f"{bundle_dir}: no {'/'.join(missing)} split CSV for category {category!r}; found: "
-                                f"{bundle.files.describe()}")
+        raise ResearchDataError(
+            f"{bundle_dir}: no {'/'.join(missing)} split CSV for category {category!r}; found: "
+            f"{bundle.files.describe()}"
+        )
     dense, item_cols = _item_table(bundle)
     splits, users = _samples(bundle, dense)
     train_n = len(splits["train"]["item_id"])
     if train_n < data.min_samples:
-        raise ResearchDataError(f"{bundle.files.train}: {train_n} usable train rows (data.min_samples="
-                                f"{data.min_samples})")
-    metrics: dict[str, float] = {**bundle.metrics, "items": len(dense), "users": len(users),
-                                 **{f"samples_{s}": len(splits[s]["item_id"]) for s in SPLITS}}
+        raise ResearchDataError(
+            f"{bundle.files.train}: {train_n} usable train rows (data.min_samples={data.min_samples})"
+        )
+    metrics: dict[str, float] = {
+        **bundle.metrics,
+        "items": len(dense),
+        "users": len(users),
+        **{f"samples_{s}": len(splits[s]["item_id"]) for s in SPLITS},
+    }
     metrics["interactions"] = sum(metrics[f"samples_{s}"] for s in SPLITS)
     train = splits["train"]
-    train_keys = [(users[u], tuple(h), t) for u, h, t in
-                  zip(train["user_id"], train["history_item_ids"], train["item_id"])]
+    train_keys = [
+        (users[u], tuple(h), t)
+        for u, h, t in zip(train["user_id"], train["history_item_ids"], train["item_id"], strict=True)
+    ]
     with atomic_dir(out_dir) as out:
-        pq.write_table(pa.table({**item_cols, "item_id": pa.array(item_cols["item_id"], pa.int64()),
-                                 "categories": pa.array(item_cols["categories"], pa.list_(pa.string()))}),
-                       out / "items.parquet")
-        pq.write_table(pa.table({"user_id": pa.array(range(len(users)), pa.int64()), "raw_user_id": users}),
-                       out / "users.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    **item_cols,
+                    "item_id": pa.array(item_cols["item_id"], pa.int64()),
+                    "categories": pa.array(item_cols["categories"], pa.list_(pa.string())),
+                }
+            ),
+            out / "items.parquet",
+        )
+        pq.write_table(
+            pa.table({"user_id": pa.array(range(len(users)), pa.int64()), "raw_user_id": users}), out / "users.parquet"
+        )
         for split in SPLITS:
             pq.write_table(pa.table(splits[split], schema=SAMPLE_SCHEMA), out / f"{split}.parquet")
         # The bundle holds samples, not a review log: each sample's target is one interaction.
-        pq.write_table(pa.table({
-            "user_id": pa.array([u for s in SPLITS for u in splits[s]["user_id"]], pa.int64()),
-            "item_id": pa.array([i for s in SPLITS for i in splits[s]["item_id"]], pa.int64()),
-            "timestamp": pa.array([t for s in SPLITS for t in splits[s]["timestamp"]], pa.int64()),
-            "rating": pa.array([None] * int(metrics["interactions"]), pa.float32()),
-        }), out / "interactions.parquet")
-        index = {str(n): {"title": t, "description": d}
-                 for n, t, d in zip(item_cols["item_id"], item_cols["title"], item_cols["description"])}
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": pa.array([u for s in SPLITS for u in splits[s]["user_id"]], pa.int64()),
+                    "item_id": pa.array([i for s in SPLITS for i in splits[s]["item_id"]], pa.int64()),
+                    "timestamp": pa.array([t for s in SPLITS for t in splits[s]["timestamp"]], pa.int64()),
+                    "rating": pa.array([None] * int(metrics["interactions"]), pa.float32()),
+                }
+            ),
+            out / "interactions.parquet",
+        )
+        index = {
+            str(n): {"title": t, "description": d}
+            for n, t, d in zip(item_cols["item_id"], item_cols["title"], item_cols["description"], strict=True)
+        }
         (out / "research" / "index").mkdir(parents=True)
         (out / "research" / "index" / f"{category}.item.json").write_bytes(
-            orjson.dumps(index, option=orjson.OPT_INDENT_2))
+            orjson.dumps(index, option=orjson.OPT_INDENT_2)
+        )
         _write_bundle_extras(out / "bundle", bundle, dense, train_keys, metrics)
-        files = {k: str(p.relative_to(bundle.files.root)) for k, p in vars(bundle.files).items()
-                 if isinstance(p, Path) and k != "root"}
-        write_json(out / "bundle" / "import.json", {"source": source, "category": category, "files": files,
-                                                    "metrics": metrics})
+        files = {
+            k: str(p.relative_to(bundle.files.root))
+            for k, p in vars(bundle.files).items()
+            if isinstance(p, Path) and k != "root"
+        }
+        write_json(
+            out / "bundle" / "import.json", {"source": source, "category": category, "files": files, "metrics": metrics}
+        )
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-        write_json(out / "stats.json", {"category": category, "format": "research", "source": source,
-                                        "metrics": metrics, "data_config": data.model_dump(mode="json")})
+        write_json(
+            out / "stats.json",
+            {
+                "category": category,
+                "format": "research",
+                "source": source,
+                "metrics": metrics,
+                "data_config": data.model_dump(mode="json"),
+            },
+        )
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -179,9 +244,15 @@ def bundle_file(dataset_dir: Path, name: str, what: str) -> Path:
     """A file the preprocess step took from a research bundle, or a clear error naming what is needed."""
     path = Path(dataset_dir) / "bundle" / name
     if not path.is_file():
-        made = json.loads((Path(dataset_dir) / "stats.json").read_text()).get("format") if (
-            Path(dataset_dir) / "stats.json").is_file() else None
-        why = ("the dataset was not made from a research bundle (set data.format=research and data.source to "
-               "the bundle)" if made != "research" else "the bundle has no such file")
+        made = (
+            json.loads((Path(dataset_dir) / "stats.json").read_text()).get("format")
+            if (Path(dataset_dir) / "stats.json").is_file()
+            else None
+        )
+        why = (
+            "the dataset was not made from a research bundle (set data.format=research and data.source to the bundle)"
+            if made != "research"
+            else "the bundle has no such file"
+        )
         raise ResearchDataError(f"{path}: missing, so {what} cannot be imported: {why}")
     return path

@@ -76,8 +76,11 @@ def read_manifest(raw_dir: Path) -> RawManifest:
         data = read_json(path)
     except ValueError as err:
         raise PreprocessError(f"{path}: not valid JSON: {err}") from err
-    keys = ("format", "category", "bundle") if data.get("format") == "research" else ("format", "category", "reviews",
-                                                                                   "meta")
+    keys = (
+        ("format", "category", "bundle")
+        if data.get("format") == "research"
+        else ("format", "category", "reviews", "meta")
+    )
     for key in keys:
         if not isinstance(data.get(key), str) or not data[key]:
             raise PreprocessError(f"{path}: key '{key}' is missing or not a string")
@@ -86,10 +89,21 @@ def read_manifest(raw_dir: Path) -> RawManifest:
             raise PreprocessError(f"{path}: key '{key}': {problem}")
     if data["format"] == "research":
         check_raw_files(path, data.get("files"), [])
-        return RawManifest(data["format"], data["category"], Path(raw_dir), Path(raw_dir), str(data.get("source", "")),
-                           bundle=Path(raw_dir) / data["bundle"])
-    out = RawManifest(data["format"], data["category"], Path(raw_dir) / data["reviews"],
-                      Path(raw_dir) / data["meta"], str(data.get("source", "")))
+        return RawManifest(
+            data["format"],
+            data["category"],
+            Path(raw_dir),
+            Path(raw_dir),
+            str(data.get("source", "")),
+            bundle=Path(raw_dir) / data["bundle"],
+        )
+    out = RawManifest(
+        data["format"],
+        data["category"],
+        Path(raw_dir) / data["reviews"],
+        Path(raw_dir) / data["meta"],
+        str(data.get("source", "")),
+    )
     for key in ("reviews", "meta"):
         if not getattr(out, key).is_file():
             raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw_dir}")
@@ -101,8 +115,10 @@ def check_raw_files(manifest: Path, files: Any, needed: list[str]) -> None:
     """Each file the manifest lists (the `needed` ones among them) still has the size and sha256 that
     download-data recorded: a raw file changed since would silently change the dataset."""
     if not isinstance(files, dict) or not files:
-        raise PreprocessError(f"{manifest}: key 'files' (each raw file's bytes and sha256) is missing or empty; "
-                              "the raw folder must come from download-data")
+        raise PreprocessError(
+            f"{manifest}: key 'files' (each raw file's bytes and sha256) is missing or empty; "
+            "the raw folder must come from download-data"
+        )
     for name in needed:
         if name not in files:
             raise PreprocessError(f"{manifest}: 'files' does not list {name!r}, so it cannot be checked")
@@ -197,7 +213,7 @@ _NO_START = object()
 
 
 def _utc_midnight(day: dt.date) -> int:
-    return int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp())
+    return int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp())
 
 
 def year_back(day: dt.date, years: int) -> dt.date:
@@ -229,8 +245,9 @@ def window_seconds(data: DataConfig, start: Any = _NO_START) -> tuple[int, int]:
     return lo, hi
 
 
-def read_review_columns(path: Path, fmt: str, data: DataConfig, item_codes: dict[str, int],
-                        metrics: dict[str, float]) -> Columns:
+def read_review_columns(
+    path: Path, fmt: str, data: DataConfig, item_codes: dict[str, int], metrics: dict[str, float]
+) -> Columns:
     """One streaming pass: (user code, item code, ts, rating) of the reviews of kept items inside the widest
     window the time window can reach; of the other reviews inside it only the timestamp (`unknown_ts`)."""
     stats, counts = LineStats(), FieldCounts()
@@ -251,13 +268,22 @@ def read_review_columns(path: Path, fmt: str, data: DataConfig, item_codes: dict
         i_col.append(code)
         t_col.append(ts)
         r_col.append(rating)
-    metrics.update(raw_review_lines=stats.lines, malformed_review_lines=stats.malformed,
-                   reviews_dropped_out_of_window=out_of_window, reviews_dropped_unknown_item=len(unknown_ts))
+    metrics.update(
+        raw_review_lines=stats.lines,
+        malformed_review_lines=stats.malformed,
+        reviews_dropped_out_of_window=out_of_window,
+        reviews_dropped_unknown_item=len(unknown_ts),
+    )
     metrics.update({f"review_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
     metrics["reviews_read"] = stats.valid - counts.total
-    return Columns(np.frombuffer(u_col, np.int64), np.frombuffer(i_col, np.int64),
-                   np.frombuffer(t_col, np.int64), np.frombuffer(r_col, np.float32), list(users),
-                   np.frombuffer(unknown_ts, np.int64))
+    return Columns(
+        np.frombuffer(u_col, np.int64),
+        np.frombuffer(i_col, np.int64),
+        np.frombuffer(t_col, np.int64),
+        np.frombuffer(r_col, np.float32),
+        list(users),
+        np.frombuffer(unknown_ts, np.int64),
+    )
 
 
 def dedupe_mask(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -336,8 +362,9 @@ def split_bounds(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     return a, b
 
 
-def chronological_split(ts: np.ndarray, user: np.ndarray, pos: np.ndarray,
-                        fractions: tuple[float, float, float]) -> dict[str, np.ndarray]:
+def chronological_split(
+    ts: np.ndarray, user: np.ndarray, pos: np.ndarray, fractions: tuple[float, float, float]
+) -> dict[str, np.ndarray]:
     """Sample indices per split: sorted by (timestamp, user_id, position), first 80% train, etc."""
     order = np.lexsort((pos, user, ts))
     a, b = split_bounds(len(order), fractions)
@@ -362,19 +389,24 @@ def _require(n: int, what: str, hint: str) -> None:
 
 # The metrics that count each drop reason of reviews / items: metric -> reason, or, for a key ending in '_',
 # a prefix whose metrics are named <prefix><reason>.
-REVIEW_DROPS = {"review_records_skipped_": "", "malformed_review_lines": "malformed_line",
-                "reviews_dropped_out_of_window": "out_of_window",
-                "reviews_dropped_unknown_item": "unknown_or_dropped_item"}
-ITEM_DROPS = {"meta_records_skipped_": "", "malformed_meta_lines": "malformed_line",
-              **{f"items_dropped_{p}": p for p in ("missing_title", "html_title", "empty_title", "short_title",
-                                                   "long_title")}}
+REVIEW_DROPS = {
+    "review_records_skipped_": "",
+    "malformed_review_lines": "malformed_line",
+    "reviews_dropped_out_of_window": "out_of_window",
+    "reviews_dropped_unknown_item": "unknown_or_dropped_item",
+}
+ITEM_DROPS = {
+    "meta_records_skipped_": "",
+    "malformed_meta_lines": "malformed_line",
+    **{f"items_dropped_{p}": p for p in ("missing_title", "html_title", "empty_title", "short_title", "long_title")},
+}
 DROP_HINTS = {
     "out_of_window": "check data.time_window",
     "unknown_or_dropped_item": "their items are not in the meta file or lost their titles: check data.max_title_words "
-                               "and data.title_rule",
+    "and data.title_rule",
     "malformed_line": "lines are not JSON objects",
     "missing": "is data.format right? amazon2018 names the fields reviewerID/asin/overall/unixReviewTime, "
-               "amazon2023 user_id/parent_asin/rating/timestamp",
+    "amazon2023 user_id/parent_asin/rating/timestamp",
     "invalid": "ids must be strings, ratings and timestamps finite numbers in range",
     "title": "check data.max_title_words and data.title_rule",
 }
@@ -386,7 +418,7 @@ def drop_reasons(metrics: dict[str, float], sources: dict[str, str]) -> list[tup
     for key, value in metrics.items():
         for source, reason in sources.items():
             if key == source or (source.endswith("_") and key.startswith(source)):
-                name = reason or key[len(source):]
+                name = reason or key[len(source) :]
                 counts[name] = counts.get(name, 0) + int(value)
     return sorted(((r, n) for r, n in counts.items() if n), key=lambda rn: (-rn[1], rn[0]))
 
@@ -399,8 +431,10 @@ def _require_some(n: int, what: str, path: Path, lines: float, reasons: list[tup
     kind = top if top in DROP_HINTS else "title" if top.endswith("_title") else top.split("_")[0]
     hint = DROP_HINTS.get(kind, "")
     listed = ", ".join(f"{reason}: {count}" for reason, count in reasons) or "none counted"
-    raise PreprocessError(f"no {what} left of the {int(lines)} lines of {path}; skipped or dropped by reason: "
-                          f"{listed}" + (f" ({top}: {hint})" if hint else ""))
+    raise PreprocessError(
+        f"no {what} left of the {int(lines)} lines of {path}; skipped or dropped by reason: "
+        f"{listed}" + (f" ({top}: {hint})" if hint else "")
+    )
 
 
 @dataclass
@@ -434,8 +468,12 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
         inside = cols.ts >= window_seconds(data, start)[0]
         if kept is None or int(inside.sum()) != n_inside:  # an unchanged window gives the same result
             n_inside, kept = int(inside.sum()), _keep_rows(cols, inside, data)
-        if not (data.window_widen_below_items and start and kept.items < data.window_widen_below_items
-                and start.year > data.window_earliest_start_year):
+        if not (
+            data.window_widen_below_items
+            and start
+            and kept.items < data.window_widen_below_items
+            and start.year > data.window_earliest_start_year
+        ):
             break
         start, widenings = year_back(start, 1), widenings + 1
     unknown = cols.unknown_ts if cols.unknown_ts is not None else np.zeros(0, np.int64)
@@ -445,12 +483,16 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
     metrics["reviews_dropped_unknown_item"] -= before_unknown
     metrics.update(time_window_widenings=widenings, time_window_start_year=start.year if start else 0)
     _require_some(n_inside, "reviews", path, metrics["raw_review_lines"], drop_reasons(metrics, REVIEW_DROPS))
-    metrics.update(reviews_dropped_duplicate=kept.duplicates, reviews_dropped_k_core=kept.k_core,
-                   k_core_iterations=kept.rounds)
+    metrics.update(
+        reviews_dropped_duplicate=kept.duplicates, reviews_dropped_k_core=kept.k_core, k_core_iterations=kept.rounds
+    )
     u_in, i_in = cols.user[kept.went_in], cols.item[kept.went_in]
-    _require(len(kept.rows), f"the iterative {data.k_core}-core filter",
-             f"{len(u_in)} interactions of {len(np.unique(u_in))} users / {len(np.unique(i_in))} items went in; "
-             f"lower data.k_core (now {data.k_core}) or use a larger category.")
+    _require(
+        len(kept.rows),
+        f"the iterative {data.k_core}-core filter",
+        f"{len(u_in)} interactions of {len(np.unique(u_in))} users / {len(np.unique(i_in))} items went in; "
+        f"lower data.k_core (now {data.k_core}) or use a larger category.",
+    )
     r = kept.rows
     u, i, t = cols.user[r], cols.item[r], cols.ts[r]
     metrics["interactions_repeated"] = int((~dedupe_mask(u, i, t)).sum())
@@ -458,16 +500,26 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
 
 
 def _write_tables(out: Path, cols: Columns, items: list[ItemMeta], users: list[str]) -> None:
-    pq.write_table(pa.table({
-        "item_id": pa.array(np.arange(len(items)), pa.int64()),
-        "asin": [it.asin for it in items], "title": [it.title for it in items],
-        "description": [it.description for it in items], "brand": [it.brand for it in items],
-        "categories": pa.array([it.categories for it in items], pa.list_(pa.string())),
-    }), out / "items.parquet")
-    pq.write_table(pa.table({"user_id": pa.array(np.arange(len(users)), pa.int64()), "raw_user_id": users}),
-                   out / "users.parquet")
-    pq.write_table(pa.table({"user_id": cols.user, "item_id": cols.item, "timestamp": cols.ts,
-                             "rating": cols.rating}), out / "interactions.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": pa.array(np.arange(len(items)), pa.int64()),
+                "asin": [it.asin for it in items],
+                "title": [it.title for it in items],
+                "description": [it.description for it in items],
+                "brand": [it.brand for it in items],
+                "categories": pa.array([it.categories for it in items], pa.list_(pa.string())),
+            }
+        ),
+        out / "items.parquet",
+    )
+    pq.write_table(
+        pa.table({"user_id": pa.array(np.arange(len(users)), pa.int64()), "raw_user_id": users}), out / "users.parquet"
+    )
+    pq.write_table(
+        pa.table({"user_id": cols.user, "item_id": cols.item, "timestamp": cols.ts, "rating": cols.rating}),
+        out / "interactions.parquet",
+    )
 
 
 def _write_splits(out: Path, cols: Columns, data: DataConfig, metrics: dict[str, float]) -> None:
@@ -476,7 +528,8 @@ def _write_splits(out: Path, cols: Columns, data: DataConfig, metrics: dict[str,
         raise PreprocessError(
             f"only {len(s.row)} samples survive preprocessing (data.min_samples={data.min_samples}); "
             f"the {data.k_core}-core filter left {len(cols.user)} interactions. Lower data.k_core, widen "
-            "data.time_window, or use a larger category.")
+            "data.time_window, or use a larger category."
+        )
     parts = chronological_split(cols.ts[s.row], cols.user[s.row], s.pos, data.split)
     for name, idx in parts.items():
         if len(idx) == 0:
@@ -485,8 +538,14 @@ def _write_splits(out: Path, cols: Columns, data: DataConfig, metrics: dict[str,
         metrics[f"samples_{name}"] = len(idx)
 
 
-SAMPLE_SCHEMA = pa.schema([("user_id", pa.int64()), ("history_item_ids", pa.list_(pa.int64())),
-                           ("item_id", pa.int64()), ("timestamp", pa.int64())])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        ("history_item_ids", pa.list_(pa.int64())),
+        ("item_id", pa.int64()),
+        ("timestamp", pa.int64()),
+    ]
+)
 WRITE_BATCH = 1 << 18
 
 
@@ -494,11 +553,18 @@ def _write_samples(path: Path, cols: Columns, hist_start: np.ndarray, rows: np.n
     """Samples in row batches, so the history lists are never all materialised at once."""
     with pq.ParquetWriter(path, SAMPLE_SCHEMA) as writer:
         for lo in range(0, len(rows), WRITE_BATCH):
-            r, h = rows[lo:lo + WRITE_BATCH], hist_start[lo:lo + WRITE_BATCH]
-            writer.write_table(pa.table({
-                "user_id": cols.user[r], "history_item_ids": history_lists(cols.item, h, r),
-                "item_id": cols.item[r], "timestamp": cols.ts[r],
-            }, schema=SAMPLE_SCHEMA))
+            r, h = rows[lo : lo + WRITE_BATCH], hist_start[lo : lo + WRITE_BATCH]
+            writer.write_table(
+                pa.table(
+                    {
+                        "user_id": cols.user[r],
+                        "history_item_ids": history_lists(cols.item, h, r),
+                        "item_id": cols.item[r],
+                        "timestamp": cols.ts[r],
+                    },
+                    schema=SAMPLE_SCHEMA,
+                )
+            )
 
 
 def _first_seen_ids(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -510,8 +576,9 @@ def _first_seen_ids(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     return table, by_id
 
 
-def _reindex(cols: Columns, kept_items: list[ItemMeta], id_order: str = "sorted"
-             ) -> tuple[Columns, list[ItemMeta], list[str]]:
+def _reindex(
+    cols: Columns, kept_items: list[ItemMeta], id_order: str = "sorted"
+) -> tuple[Columns, list[ItemMeta], list[str]]:
     """Contiguous ids and rows sorted per user chronologically (`cols` rows must be in file order).
 
     sorted: items by asin, users by raw id, equal timestamps by item id. first_seen (MiniOneRec): users
@@ -523,15 +590,21 @@ def _reindex(cols: Columns, kept_items: list[ItemMeta], id_order: str = "sorted"
         u, i = user_table[cols.user], item_table[cols.item]
         order = user_sequences(u, i, cols.ts)
         by_asin = {it.asin: it for it in kept_items}
-        return (Columns(u[order], i[order], cols.ts[order], cols.rating[order], users),
-                [by_asin[a] for a in asins], users)
+        return (
+            Columns(u[order], i[order], cols.ts[order], cols.rating[order], users),
+            [by_asin[a] for a in asins],
+            users,
+        )
     user_table, user_codes = _first_seen_ids(cols.user, len(cols.users))
     u = user_table[cols.user]
     order = np.lexsort((np.arange(len(u)), cols.ts, u))
     item_table, item_codes = _first_seen_ids(cols.item[order], len(kept_items))
     users = [cols.users[c] for c in user_codes.tolist()]
-    return (Columns(u[order], item_table[cols.item[order]], cols.ts[order], cols.rating[order], users),
-            [kept_items[c] for c in item_codes.tolist()], users)
+    return (
+        Columns(u[order], item_table[cols.item[order]], cols.ts[order], cols.rating[order], users),
+        [kept_items[c] for c in item_codes.tolist()],
+        users,
+    )
 
 
 def _write_research_index(out: Path, category: str, items: list[ItemMeta]) -> None:
@@ -556,17 +629,27 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
     cols = read_review_columns(manifest.reviews, manifest.format, data, codes, metrics)
     cols = _filter_reviews(cols, data, metrics, manifest.reviews)
     cols, items, users = _reindex(cols, kept_list, data.id_order)
-    metrics.update(users=len(users), items=len(items), interactions=len(cols.user),
-                   items_dropped_k_core=len(kept_list) - len(items))
+    metrics.update(
+        users=len(users),
+        items=len(items),
+        interactions=len(cols.user),
+        items_dropped_k_core=len(kept_list) - len(items),
+    )
     with atomic_dir(out_dir) as out:
         _write_splits(out, cols, data, metrics)
         _write_tables(out, cols, items, users)
         _write_research_index(out, manifest.category, items)
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-        write_json(out / "stats.json", {
-            "category": manifest.category, "format": manifest.format, "source": manifest.source,
-            "metrics": metrics, "data_config": data.model_dump(mode="json"),
-        })
+        write_json(
+            out / "stats.json",
+            {
+                "category": manifest.category,
+                "format": manifest.format,
+                "source": manifest.source,
+                "metrics": metrics,
+                "data_config": data.model_dump(mode="json"),
+            },
+        )
     return metrics
 
 
@@ -595,10 +678,20 @@ def _sid_string(sid_index: dict[int, list[str]], item_id: int) -> str:
 
 def _split_rows(table: pa.Table, titles: list[str], sids: dict[int, str]) -> list[list[Any]]:
     rows = []
-    for user, hist, item in zip(table["user_id"].to_pylist(), table["history_item_ids"].to_pylist(),
-                                table["item_id"].to_pylist()):
-        rows.append([user, repr([titles[h] for h in hist]), titles[item], repr(hist), item,
-                     repr([sids[h] for h in hist]), sids[item]])
+    for user, hist, item in zip(
+        table["user_id"].to_pylist(), table["history_item_ids"].to_pylist(), table["item_id"].to_pylist(), strict=True
+    ):
+        rows.append(
+            [
+                user,
+                repr([titles[h] for h in hist]),
+                titles[item],
+                repr(hist),
+                item,
+                repr([sids[h] for h in hist]),
+                sids[item],
+            ]
+        )
     return rows
 
 
@@ -620,8 +713,15 @@ def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir
     items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "title", "description"])
     titles = items["title"].to_pylist()
     sids = {i: _sid_string(sid_index, i) for i in items["item_id"].to_pylist()}
-    header = ["user_id", "history_item_title", "item_title", "history_item_id", "item_id",
-              "history_item_sid", "item_sid"]
+    header = [
+        "user_id",
+        "history_item_title",
+        "item_title",
+        "history_item_id",
+        "item_id",
+        "history_item_sid",
+        "item_sid",
+    ]
     for split in SPLITS:
         with atomic_file(out_dir / split / f"{category}.csv") as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
@@ -632,5 +732,7 @@ def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir
             fh.write(f"{sids[item_id]}\t{_one_field(title)}\t{item_id}\n")
     write_json(out_dir / "index" / f"{category}.index.json", {str(i): list(sid_index[i]) for i in sids})
     descriptions = items["description"].to_pylist()
-    write_json(out_dir / "index" / f"{category}.item.json",
-               {str(i): {"title": titles[i], "description": descriptions[i]} for i in sids})
+    write_json(
+        out_dir / "index" / f"{category}.item.json",
+        {str(i): {"title": titles[i], "description": descriptions[i]} for i in sids},
+    )

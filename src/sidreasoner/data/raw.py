@@ -159,7 +159,7 @@ def iter_json_lines(
         try:
             for line_no, raw in enumerate(fh, start=1):
                 if line_no == 1 and raw.startswith(UTF8_BOM):  # orjson rejects a byte-order mark
-                    raw = raw[len(UTF8_BOM):]
+                    raw = raw[len(UTF8_BOM) :]
                 if not raw.strip():
                     continue
                 stats.lines += 1
@@ -172,7 +172,9 @@ def iter_json_lines(
                 stats.valid += 1
                 yield line_no, obj
         except (EOFError, gzip.BadGzipFile, OSError) as err:
-            raise RawDataError(f"{path}: cannot read (truncated or corrupt gzip?) after line {stats.lines}: {err}") from err
+            raise RawDataError(
+                f"{path}: cannot read (truncated or corrupt gzip?) after line {stats.lines}: {err}"
+            ) from err
     _check_end(path, stats, max_malformed_fraction)
 
 
@@ -330,14 +332,20 @@ def normalize_meta(rec: dict, fmt: Format, counts: FieldCounts, title_rule: Titl
         if asin is None:
             return None
         describe = minionerec_description if title_rule == "minionerec" else clean_text
-        return ItemMeta(asin, _title(rec, title_rule), describe(rec.get("description")),
-                        clean_text(rec.get("brand")), _text_list(rec.get("category")))
+        return ItemMeta(
+            asin,
+            _title(rec, title_rule),
+            describe(rec.get("description")),
+            clean_text(rec.get("brand")),
+            _text_list(rec.get("category")),
+        )
     asin = _id_field(rec, "parent_asin", counts)
     if asin is None:
         return None
     description = clean_text(rec.get("description")) or clean_text(rec.get("features"))
-    return ItemMeta(asin, _title(rec, title_rule), description, clean_text(rec.get("store")),
-                    _text_list(rec.get("categories")))
+    return ItemMeta(
+        asin, _title(rec, title_rule), description, clean_text(rec.get("store")), _text_list(rec.get("categories"))
+    )
 
 
 def _iter_normalized(path, fmt, max_malformed_fraction, stats, counts, normalize):
@@ -365,15 +373,17 @@ def _check_records(path: Path, stats: LineStats, counts: FieldCounts, max_malfor
     fraction = bad / stats.lines if stats.lines else 0.0
     if fraction <= max_malformed_fraction:
         return
-    if counts.first_bad_line is not None and (stats.first_bad_line is None
-                                              or counts.first_bad_line < stats.first_bad_line):
+    if counts.first_bad_line is not None and (
+        stats.first_bad_line is None or counts.first_bad_line < stats.first_bad_line
+    ):
         first = f"first bad line {counts.first_bad_line}: {counts.first_bad_reason}"
     else:
         first = f"first bad line {stats.first_bad_line}: {stats.first_bad_snippet}"
     raise RawDataError(
         f"{path}: {bad} of {stats.lines} lines ({fraction:.1%}) are malformed or unusable, above "
         f"data.max_malformed_fraction={max_malformed_fraction} ({_skip_reasons(stats, counts)}; "
-        f"{first})")
+        f"{first})"
+    )
 
 
 def iter_reviews(
@@ -384,10 +394,15 @@ def iter_reviews(
 
 
 def iter_meta(
-    path: str | Path, fmt: Format, max_malformed_fraction: float, stats: LineStats, counts: FieldCounts,
+    path: str | Path,
+    fmt: Format,
+    max_malformed_fraction: float,
+    stats: LineStats,
+    counts: FieldCounts,
     title_rule: TitleRule = "unescape",
 ) -> Iterator[ItemMeta]:
     """Normalised item records of a raw meta file; bad lines and records without an id are counted."""
+
     def normalize(rec: dict, fmt: Format, counts: FieldCounts) -> ItemMeta | None:
         return normalize_meta(rec, fmt, counts, title_rule)
 

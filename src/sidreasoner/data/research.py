@@ -47,13 +47,41 @@ import orjson
 from sidreasoner.config.schema import file_name_problem
 
 SPLITS = ("train", "valid", "test")
-SPLIT_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id",
-                 "history_item_sid", "item_sid")
+SPLIT_COLUMNS = (
+    "user_id",
+    "history_item_title",
+    "item_title",
+    "history_item_id",
+    "item_id",
+    "history_item_sid",
+    "item_sid",
+)
 NARRATIVE_COLUMNS = ("integrated_narrative", "reasoning_path")
 ID_SID_COLUMNS = ("user_id", "history_item_id", "item_id", "history_item_sid", "item_sid")
 # Cells pandas.read_csv reads as NaN by default: the research code sees these as missing.
-PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                       "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+PANDAS_NA = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SNIPPET_CHARS = 80
 CSV_FIELD_LIMIT = 1 << 28  # narratives and descriptions can exceed the csv module's 128 KiB default
@@ -101,8 +129,17 @@ class BundleFiles:
 
     def describe(self) -> str:
         """One line per file kind: its path relative to the root, or `missing`."""
-        names = ("train", "valid", "test", "index", "items", "info", "item_narratives", "integrated_narratives",
-                 "general_reasoning")
+        names = (
+            "train",
+            "valid",
+            "test",
+            "index",
+            "items",
+            "info",
+            "item_narratives",
+            "integrated_narratives",
+            "general_reasoning",
+        )
         out = []
         for name in names:
             path = getattr(self, name)
@@ -116,8 +153,9 @@ def _one_match(folder: Path, category: str, ext: str) -> Path | None:
         return None
     found = sorted({p for p in [folder / f"{category}.{ext}", *folder.glob(f"{category}_*.{ext}")] if p.is_file()})
     if len(found) > 1:
-        raise ResearchDataError(f"{folder}: several files for category {category!r}: "
-                                f"{', '.join(p.name for p in found)}; keep one")
+        raise ResearchDataError(
+            f"{folder}: several files for category {category!r}: {', '.join(p.name for p in found)}; keep one"
+        )
     return found[0] if found else None
 
 
@@ -153,7 +191,8 @@ def find_bundle(folder: str | Path, category: str) -> BundleFiles:
     if problem:  # it is put into file names and glob patterns
         raise ResearchDataError(f"{root}: category {problem}")
     files = BundleFiles(
-        root=root, category=category,
+        root=root,
+        category=category,
         **{s: _one_match(root / s, category, "csv") for s in SPLITS},
         index=_file(root / "index" / f"{category}.index.json"),
         items=_file(root / "index" / f"{category}.item.json"),
@@ -170,7 +209,8 @@ def find_bundle(folder: str | Path, category: str) -> BundleFiles:
         raise ResearchDataError(
             f"{root}: no split CSV for category {category!r} (looked for train|valid|test/{category}.csv and "
             f"{category}_*.csv){hint}. Categories present: {', '.join(cats) or 'none'}. "
-            f"Files found: {_listing(root)}")
+            f"Files found: {_listing(root)}"
+        )
     return files
 
 
@@ -334,7 +374,8 @@ class Skips:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
             raise ResearchDataError(
                 f"{path}: {self.total} of {self.read} {unit} ({self.fraction:.1%}) are malformed, above "
-                f"max_malformed_fraction={max_malformed_fraction} ({reasons}); first: {self.first_bad}")
+                f"max_malformed_fraction={max_malformed_fraction} ({reasons}); first: {self.first_bad}"
+            )
 
 
 @dataclass
@@ -355,9 +396,12 @@ class SplitRows:
         return sum(1 for s in self.samples if s.item_id in s.history_item_ids)
 
     def metrics(self, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}_rows": len(self.samples), f"{prefix}_rows_read": self.skips.read,
-               f"{prefix}_rows_repeated_history_items": self.rows_with_repeated_history_items,
-               f"{prefix}_rows_target_in_history": self.rows_with_target_in_history}
+        out = {
+            f"{prefix}_rows": len(self.samples),
+            f"{prefix}_rows_read": self.skips.read,
+            f"{prefix}_rows_repeated_history_items": self.rows_with_repeated_history_items,
+            f"{prefix}_rows_target_in_history": self.rows_with_target_in_history,
+        }
         out.update({f"{prefix}_skipped_{k}": v for k, v in sorted(self.skips.skipped.items())})
         return out
 
@@ -373,9 +417,12 @@ class NarrativeRows:
     texts: Counter
 
     def metrics(self, prefix: str = "narrative") -> dict[str, float]:
-        out = {f"{prefix}_rows": len(self.rows), f"{prefix}_rows_read": self.skips.read,
-               f"{prefix}_history_narratives": sum(r.history_narrative is not None for r in self.rows),
-               f"{prefix}_reasoning_paths": sum(r.reasoning_path is not None for r in self.rows)}
+        out = {
+            f"{prefix}_rows": len(self.rows),
+            f"{prefix}_rows_read": self.skips.read,
+            f"{prefix}_history_narratives": sum(r.history_narrative is not None for r in self.rows),
+            f"{prefix}_reasoning_paths": sum(r.reasoning_path is not None for r in self.rows),
+        }
         out.update({f"{prefix}_skipped_{k}": v for k, v in sorted(self.skips.skipped.items())})
         out.update({f"{prefix}_{k}": v for k, v in sorted(self.texts.items())})
         return out
@@ -428,8 +475,9 @@ def _columns(path: Path, header: list[str], required: tuple[str, ...], fh: Any) 
     return {c: header.index(c) for c in header}
 
 
-def _parse_ids_sids(fields: list[str], col: dict[str, int],
-                    check: _SidCheck) -> tuple[str, list[int], int, list[str], str]:
+def _parse_ids_sids(
+    fields: list[str], col: dict[str, int], check: _SidCheck
+) -> tuple[str, list[int], int, list[str], str]:
     user = fields[col["user_id"]].strip()
     if not user:
         raise _Bad("missing_user_id", "user_id", "empty")
@@ -490,8 +538,9 @@ def read_split(path: str | Path, max_malformed_fraction: float = 0.05, levels: i
     """
     path = Path(path)
     check = _SidCheck(levels)
-    samples, numbers, skips = _read_rows(path, SPLIT_COLUMNS, lambda f, c: _parse_sample(f, c, check),
-                                         max_malformed_fraction)
+    samples, numbers, skips = _read_rows(
+        path, SPLIT_COLUMNS, lambda f, c: _parse_sample(f, c, check), max_malformed_fraction
+    )
     return SplitRows(path, samples, numbers, skips)
 
 
@@ -510,8 +559,9 @@ def reasoning_text(text: str) -> str | None:
     return text
 
 
-def read_integrated_narratives(path: str | Path, max_malformed_fraction: float = 0.05,
-                               levels: int | None = None) -> NarrativeRows:
+def read_integrated_narratives(
+    path: str | Path, max_malformed_fraction: float = 0.05, levels: int | None = None
+) -> NarrativeRows:
     """Read `<Cat>.integrated_narrative.csv`: each row's user, history, target, history narrative
     (`integrated_narrative`) and reasoning path (`reasoning_path`).
 
@@ -550,8 +600,10 @@ def read_integrated_narratives(path: str | Path, max_malformed_fraction: float =
 
     def header_check(header: list[str]) -> None:
         if not any(c in header for c in NARRATIVE_COLUMNS):
-            raise ResearchDataError(f"{path}: missing column integrated_narrative and reasoning_path (one at least "
-                                    f"is needed; the header has: {', '.join(header)})")
+            raise ResearchDataError(
+                f"{path}: missing column integrated_narrative and reasoning_path (one at least "
+                f"is needed; the header has: {', '.join(header)})"
+            )
 
     out, numbers, skips = _read_rows(path, ID_SID_COLUMNS, parse, max_malformed_fraction, header_check)
     # Texts of rows skipped as malformed are not counted: parse raised before reaching them.
@@ -605,8 +657,12 @@ class SidIndex:
         return "".join(self.codes[item_id])
 
     def metrics(self, prefix: str = "sid") -> dict[str, float]:
-        return {f"{prefix}_items": len(self.codes), f"{prefix}_levels": self.levels,
-                f"{prefix}_duplicate_sids": len(self.duplicates), f"{prefix}_colliding_items": self.colliding_items}
+        return {
+            f"{prefix}_items": len(self.codes),
+            f"{prefix}_levels": self.levels,
+            f"{prefix}_duplicate_sids": len(self.duplicates),
+            f"{prefix}_colliding_items": self.colliding_items,
+        }
 
 
 def read_sid_index(path: str | Path, levels: int | None = None) -> SidIndex:
@@ -630,14 +686,17 @@ def read_sid_index(path: str | Path, levels: int | None = None) -> SidIndex:
         if len(value) != expected:
             raise ResearchDataError(
                 f"{path}: item {key} has {len(value)} codes {value}, expected {expected}"
-                + (f" (levels={levels})" if levels is not None else " (as the first item)"))
+                + (f" (levels={levels})" if levels is not None else " (as the first item)")
+            )
         for level, code in enumerate(value):
             match = _CODE.fullmatch(code) if isinstance(code, str) else None
             if match is None:
                 raise ResearchDataError(f"{path}: item {key}: code {level + 1} {_snippet(code)} is not like <a_12>")
             if match.group(1) != _LETTERS[level]:
-                raise ResearchDataError(f"{path}: item {key}: code {level + 1} {code} should be level "
-                                        f"{_LETTERS[level]!r} (<{_LETTERS[level]}_N>)")
+                raise ResearchDataError(
+                    f"{path}: item {key}: code {level + 1} {code} should be level "
+                    f"{_LETTERS[level]!r} (<{_LETTERS[level]}_N>)"
+                )
         codes[item] = list(value)
         by_sid.setdefault("".join(value), []).append(item)
     duplicates = {sid: items for sid, items in by_sid.items() if len(items) > 1}
@@ -724,13 +783,19 @@ def read_items(path: str | Path) -> Items:
             raise ResearchDataError(f"{path}: item {key}: expected an object, got {_snippet(value)}")
         title = value.get("title")
         if not isinstance(title, str):
-            raise ResearchDataError(f"{path}: item {key}: field title is "
-                                    f"{'missing' if title is None else 'not a string: ' + _snippet(title)}")
+            raise ResearchDataError(
+                f"{path}: item {key}: field title is "
+                f"{'missing' if title is None else 'not a string: ' + _snippet(title)}"
+            )
         if not title.strip():
             counts["empty_title"] += 1
         brand = value.get("brand")
-        items[item] = Item(title, _description(value.get("description"), counts),
-                           brand if isinstance(brand, str) else "", _categories(value.get("categories")))
+        items[item] = Item(
+            title,
+            _description(value.get("description"), counts),
+            brand if isinstance(brand, str) else "",
+            _categories(value.get("categories")),
+        )
     return Items(path, items, counts)
 
 
@@ -755,8 +820,9 @@ def read_info(path: str | Path) -> list[InfoLine]:
             sid, _, rest = line.partition("\t")
             title, _, item = rest.rpartition("\t")
             if not rest or "\t" not in rest:
-                raise ResearchDataError(f"{path}: line {line_no}: expected SID<TAB>title<TAB>item id, "
-                                        f"got {_snippet(line)}")
+                raise ResearchDataError(
+                    f"{path}: line {line_no}: expected SID<TAB>title<TAB>item id, got {_snippet(line)}"
+                )
             if sid_levels(sid.strip()) is None:
                 raise ResearchDataError(f"{path}: line {line_no}: {_snippet(sid)} is not a SID")
             if not (item.strip().isascii() and item.strip().isdigit()):
@@ -824,8 +890,11 @@ class GeneralReasoning:
     sampled: int  # conversations drawn before dropping those without an assistant message
 
     def metrics(self, prefix: str = "general") -> dict[str, float]:
-        out = {f"{prefix}_conversations": len(self.conversations), f"{prefix}_lines_read": self.skips.read,
-               f"{prefix}_sampled": self.sampled}
+        out = {
+            f"{prefix}_conversations": len(self.conversations),
+            f"{prefix}_lines_read": self.skips.read,
+            f"{prefix}_sampled": self.sampled,
+        }
         out.update({f"{prefix}_skipped_{k}": v for k, v in sorted(self.skips.skipped.items())})
         out.update(_counted(prefix, self.counts))
         return out
@@ -886,13 +955,12 @@ def _general_records(path: Path) -> Iterator[tuple[int, Any]]:
                 raise ResearchDataError(f"{path}: not a readable Arrow file: {err}") from None
         if "messages" not in table.column_names:
             raise ResearchDataError(f"{path}: no column messages (columns: {', '.join(table.column_names)})")
-        for n, value in enumerate(table.column("messages").to_pylist(), start=1):
-            yield n, value
+        yield from enumerate(table.column("messages").to_pylist(), start=1)
         return
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if line_no == 1 and raw.startswith(UTF8_BOM):  # orjson rejects a byte-order mark
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
             if not raw.strip():
                 continue
             text = _snippet(raw.decode("utf-8", "replace"))
@@ -912,8 +980,9 @@ def _last_assistant(conversation: list[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(conversation) if m["role"] == "assistant"), "")
 
 
-def read_general_reasoning(path: str | Path, sample: int = -1, seed: int = 0,
-                           max_malformed_fraction: float = 0.05) -> GeneralReasoning:
+def read_general_reasoning(
+    path: str | Path, sample: int = -1, seed: int = 0, max_malformed_fraction: float = 0.05
+) -> GeneralReasoning:
     """Read `general/sampled_data.arrow`: JSON lines whose `messages` field is a string holding a list of
     chat messages (Python or JSON literal; an Arrow IPC file with a `messages` column is read too).
 
@@ -963,14 +1032,21 @@ class Consistency:
     first_title_mismatch: str = ""
 
     def metrics(self, prefix: str = "consistency") -> dict[str, float]:
-        return {f"{prefix}_sid_mismatch_rows": self.sid_mismatch_rows,
-                f"{prefix}_title_mismatch_rows": self.title_mismatch_rows,
-                f"{prefix}_index_items_without_meta": self.index_items_without_meta,
-                f"{prefix}_info_mismatch_lines": self.info_mismatch_lines}
+        return {
+            f"{prefix}_sid_mismatch_rows": self.sid_mismatch_rows,
+            f"{prefix}_title_mismatch_rows": self.title_mismatch_rows,
+            f"{prefix}_index_items_without_meta": self.index_items_without_meta,
+            f"{prefix}_info_mismatch_lines": self.info_mismatch_lines,
+        }
 
 
-def check_item_ids(splits: dict[str, SplitRows], index: SidIndex | None, items: Items | None,
-                   narratives: NarrativeRows | None = None, info: list[InfoLine] | None = None) -> Consistency:
+def check_item_ids(
+    splits: dict[str, SplitRows],
+    index: SidIndex | None,
+    items: Items | None,
+    narratives: NarrativeRows | None = None,
+    info: list[InfoLine] | None = None,
+) -> Consistency:
     """Every item id of the splits (and of the narrative rows) must be in the index and in item.json:
     else a ResearchDataError naming the file, the row, the field and the id. SIDs and titles that differ
     from the index's and item.json's are counted, with the first of each described; so are info lines
@@ -1000,8 +1076,9 @@ def check_item_ids(splits: dict[str, SplitRows], index: SidIndex | None, items: 
                     out.sid_mismatch_rows += 1
                     if not out.first_sid_mismatch:
                         k = next(n for n, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
-                        out.first_sid_mismatch = (f"{path}: row {row_no}: item {ids[k][1]} has SID {got[k]} here, "
-                                                  f"{want[k]} in {index.path}")
+                        out.first_sid_mismatch = (
+                            f"{path}: row {row_no}: item {ids[k][1]} has SID {got[k]} here, {want[k]} in {index.path}"
+                        )
             if items is not None and isinstance(row, Sample):
                 want = [items.items[row.item_id].title] + [items.items[h].title for h in row.history_item_ids]
                 got = [row.item_title] + list(row.history_titles)
@@ -1009,8 +1086,10 @@ def check_item_ids(splits: dict[str, SplitRows], index: SidIndex | None, items: 
                     out.title_mismatch_rows += 1
                     if not out.first_title_mismatch:
                         k = next(n for n, (a, b) in enumerate(zip(want, got, strict=True)) if a != b)
-                        out.first_title_mismatch = (f"{path}: row {row_no}: item {ids[k][1]} has title "
-                                                    f"{_snippet(got[k])} here, {_snippet(want[k])} in {items.path}")
+                        out.first_title_mismatch = (
+                            f"{path}: row {row_no}: item {ids[k][1]} has title "
+                            f"{_snippet(got[k])} here, {_snippet(want[k])} in {items.path}"
+                        )
     return out
 
 
@@ -1031,8 +1110,15 @@ class ResearchBundle:
     metrics: dict[str, float]
 
 
-def read_bundle(folder: str | Path, category: str, *, levels: int | None = None,
-                max_malformed_fraction: float = 0.05, general_sample: int = -1, seed: int = 0) -> ResearchBundle:
+def read_bundle(
+    folder: str | Path,
+    category: str,
+    *,
+    levels: int | None = None,
+    max_malformed_fraction: float = 0.05,
+    general_sample: int = -1,
+    seed: int = 0,
+) -> ResearchBundle:
     """Find and read every file of `category` in `folder`, check the item ids across files, and collect
     flat metrics (rows, skips by reason, duplicates, text counts). Absent optional files are None."""
     files = find_bundle(folder, category)
@@ -1042,10 +1128,16 @@ def read_bundle(folder: str | Path, category: str, *, levels: int | None = None,
     items = read_items(files.items) if files.items else None
     info = read_info(files.info) if files.info else None
     item_narratives = read_item_narratives(files.item_narratives) if files.item_narratives else None
-    narratives = (read_integrated_narratives(files.integrated_narratives, max_malformed_fraction, levels)
-                  if files.integrated_narratives else None)
-    general = (read_general_reasoning(files.general_reasoning, general_sample, seed, max_malformed_fraction)
-               if files.general_reasoning else None)
+    narratives = (
+        read_integrated_narratives(files.integrated_narratives, max_malformed_fraction, levels)
+        if files.integrated_narratives
+        else None
+    )
+    general = (
+        read_general_reasoning(files.general_reasoning, general_sample, seed, max_malformed_fraction)
+        if files.general_reasoning
+        else None
+    )
     consistency = check_item_ids(splits, index, items, narratives, info)
     metrics: dict[str, float] = {}
     for s, rows in splits.items():
@@ -1056,5 +1148,4 @@ def read_bundle(folder: str | Path, category: str, *, levels: int | None = None,
     if info is not None:
         metrics["info_lines"] = len(info)
     metrics.update(consistency.metrics())
-    return ResearchBundle(files, splits, index, items, info, item_narratives, narratives, general, consistency,
-                          metrics)
+    return ResearchBundle(files, splits, index, items, info, item_narratives, narratives, general, consistency, metrics)

@@ -22,6 +22,7 @@ SHARED_PREFIX_ATTN = "sid_shared_prefix"
 class SharedPrefix:
     """The `sid_prefix` keyword of a forward pass: per layer, the prompts' cached (keys, values)
     [U, Hkv, P, d], and the prompts' padding mask [U, P] (bool)."""
+
     kv: list
     mask: torch.Tensor
 
@@ -35,13 +36,15 @@ def _shared_prefix_attention(module, query, key, value, attention_mask, dropout=
     if prefix is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     pk, pv = prefix.kv[module.layer_idx]  # [U, Hkv, P, d]
     pmask = prefix.mask  # [U, P] bool
     rows, heads, t, d = query.shape
     users, hkv, plen, _ = pk.shape
     n, g = rows // users, heads // hkv
-    scaling = scaling if scaling is not None else d ** -0.5
+    scaling = scaling if scaling is not None else d**-0.5
     q = query.view(users, n, hkv, g, t, d).permute(0, 2, 1, 3, 4, 5)  # [U, Hkv, n, g, t, d]
     s_p = torch.matmul(q.reshape(users, hkv, n * g * t, d), pk.transpose(-1, -2)) * scaling  # [U, Hkv, M, P]
     s_p = s_p.masked_fill(~pmask[:, None, None, :], NEG_INF).view(users, hkv, n, g * t, plen)

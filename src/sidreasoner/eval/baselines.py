@@ -9,8 +9,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def popularity_ranking(train_item_ids: Sequence[int], sid_of_item: Mapping[int, str], catalogue: Sequence[str],
-                       k: int) -> tuple[list[str], list[float]]:
+def popularity_ranking(
+    train_item_ids: Sequence[int], sid_of_item: Mapping[int, str], catalogue: Sequence[str], k: int
+) -> tuple[list[str], list[float]]:
     """The k SIDs whose items occur most often as train-split targets (a SID's count is the sum of
     its items'); ties broken by SID string, so the ranking is deterministic. SIDs never seen rank
     last, in catalogue order."""

@@ -16,13 +16,15 @@ def target_rank(ranked: Sequence[Hashable], target: Hashable) -> int | None:
     return None
 
 
-def hr_ndcg(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks: Sequence[int]) -> dict[str, float]:
+def hr_ndcg(
+    ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks: Sequence[int]
+) -> dict[str, float]:
     """{'hr@K', 'ndcg@K'} averaged over users (0.0 for no users). Only the top K of each list count."""
     if len(ranked_lists) != len(targets):
         raise ValueError(f"{len(ranked_lists)} ranked lists but {len(targets)} targets")
     out: dict[str, float] = {}
     n = len(targets)
-    ranks = [target_rank(r, t) for r, t in zip(ranked_lists, targets)]
+    ranks = [target_rank(r, t) for r, t in zip(ranked_lists, targets, strict=True)]
     for k in ks:
         if k < 1:
             raise ValueError(f"K must be >= 1, got {k}")
@@ -50,7 +52,7 @@ def expand_to_items(ranked_sids: Sequence[str], sid_items: Mapping[str, Sequence
 def sid_item_map(item_ids: Sequence[int], sids: Sequence[str]) -> dict[str, list[int]]:
     """SID -> its items, sorted by item id (the fixed order item-level metrics use)."""
     out: dict[str, list[int]] = {}
-    for item, sid in sorted(zip((int(i) for i in item_ids), sids)):
+    for item, sid in sorted(zip((int(i) for i in item_ids), sids, strict=True)):
         out.setdefault(sid, []).append(item)
     return out
 

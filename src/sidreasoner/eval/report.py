@@ -26,11 +26,16 @@ def _series(eval_dirs: dict[str, Path], split: str) -> list[tuple[str, str, dict
     out = []
     for label, folder in eval_dirs.items():
         metrics = read_json(Path(folder) / "metrics.json")
-        modes = sorted({k[len(split) + 1:].split("_")[0] for k in metrics if k.startswith(f"{split}_") and "hr@" in k},
-                       key=lambda m: ("nonthink", "think", "popularity", "random").index(m)
-                       if m in ("nonthink", "think", "popularity", "random") else 9)
+        modes = sorted(
+            {k[len(split) + 1 :].split("_")[0] for k in metrics if k.startswith(f"{split}_") and "hr@" in k},
+            key=lambda m: (
+                ("nonthink", "think", "popularity", "random").index(m)
+                if m in ("nonthink", "think", "popularity", "random")
+                else 9
+            ),
+        )
         for mode in modes:
-            vals = {k[len(f"{split}_{mode}_"):]: v for k, v in metrics.items() if k.startswith(f"{split}_{mode}_")}
+            vals = {k[len(f"{split}_{mode}_") :]: v for k, v in metrics.items() if k.startswith(f"{split}_{mode}_")}
             name = mode if mode in BASELINE_MODES else f"{label} ({mode})"
             out.append((name, mode, vals))
     return out
@@ -38,9 +43,13 @@ def _series(eval_dirs: dict[str, Path], split: str) -> list[tuple[str, str, dict
 
 def decode_sids(text: str, cat: Catalogue) -> str:
     """Every SID in `text` followed by its item title(s): '<a_1><b_2><c_3> [Blue Lamp]'."""
+
     def sub(m: re.Match) -> str:
         items = cat.sid_items.get(m.group(0))
-        return f"{m.group(0)} [{' / '.join(cat.title(i) for i in items)}]" if items else f"{m.group(0)} [not in catalogue]"
+        return (
+            f"{m.group(0)} [{' / '.join(cat.title(i) for i in items)}]" if items else f"{m.group(0)} [not in catalogue]"
+        )
+
     return _SID_RE.sub(sub, text)
 
 
@@ -52,25 +61,36 @@ def _svg_chart(series, ks, metric: str = "hr") -> str:
     plot_w, plot_h = width - left - 10, height - bottom - top
     group_w = plot_w / max(1, len(ks))
     bar_w = group_w * 0.8 / max(1, len(series))
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 24 * ((len(series) + 2) // 3)}" '
-             f'role="img" aria-label="{metric.upper()}@K by model and mode">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 24 * ((len(series) + 2) // 3)}" '
+        f'role="img" aria-label="{metric.upper()}@K by model and mode">'
+    ]
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{vmax * i / 4:.2f}</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{vmax * i / 4:.2f}</text>'
+        )
     for gi, k in enumerate(ks):
         x0 = left + gi * group_w + group_w * 0.1
         for si, row in enumerate(vals):
             h = plot_h * row[gi] / vmax
             x = x0 + si * bar_w
-            parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" height="{h:.1f}" '
-                         f'fill="{COLORS[si % len(COLORS)]}"><title>{html.escape(series[si][0])} {metric}@{k} = {row[gi]:.4f}</title></rect>')
-        parts.append(f'<text x="{left + gi * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" font-size="12" '
-                     f'text-anchor="middle">{metric.upper()}@{k}</text>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" height="{h:.1f}" '
+                f'fill="{COLORS[si % len(COLORS)]}">'
+                f"<title>{html.escape(series[si][0])} {metric}@{k} = {row[gi]:.4f}</title></rect>"
+            )
+        parts.append(
+            f'<text x="{left + gi * group_w + group_w / 2:.1f}" y="{top + plot_h + 18}" font-size="12" '
+            f'text-anchor="middle">{metric.upper()}@{k}</text>'
+        )
     for si, s in enumerate(series):
         lx, ly = left + (si % 3) * 240, height + 4 + 24 * (si // 3)
-        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS[si % len(COLORS)]}"/>'
-                     f'<text x="{lx + 18}" y="{ly}" font-size="12">{html.escape(s[0])}</text>')
+        parts.append(
+            f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS[si % len(COLORS)]}"/>'
+            f'<text x="{lx + 18}" y="{ly}" font-size="12">{html.escape(s[0])}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -95,7 +115,8 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}tr.best td{font-weight:bold}
 .user{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:12px 0;background:#fafafa}
-.hit{background:#d8f5d0;font-weight:bold}.reason{white-space:pre-wrap;background:#fff;border-left:3px solid #4e79a7;padding:6px 10px;font-size:13px}
+.hit{background:#d8f5d0;font-weight:bold}\
+.reason{white-space:pre-wrap;background:#fff;border-left:3px solid #4e79a7;padding:6px 10px;font-size:13px}
 ol{margin:4px 0 4px 20px;font-size:13px}.muted{color:#777;font-size:12px}code{font-size:12px}
 p.lead{font-size:16px;line-height:1.45;background:#f3f7fb;border-left:4px solid #4e79a7;padding:10px 14px}
 table.samples{width:100%}table.samples td{vertical-align:top}table.samples td:nth-child(2){width:45%}"""
@@ -132,8 +153,10 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
     label = _display(name)
     users = int(vals.get("users", 0))
     people = f"{users} user" + ("" if users == 1 else "s")
-    text = (f"On the {split} split ({people}), the best recommender is {label} in {MODE_WORDS[mode]} mode: "
-            f"HR@{k} {vals[metric]:.3f}")
+    text = (
+        f"On the {split} split ({people}), the best recommender is {label} in {MODE_WORDS[mode]} mode: "
+        f"HR@{k} {vals[metric]:.3f}"
+    )
     popularity = next((v[metric] for n, m, v in series if m == "popularity" and metric in v), None)
     if popularity:
         text += f", {vals[metric] / popularity:.1f}x the popularity baseline ({popularity:.3f})."
@@ -147,8 +170,10 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
     if (last, "think") in by_model and (last, "nonthink") in by_model:
         think, plain = by_model[(last, "think")][metric], by_model[(last, "nonthink")][metric]
         verdict = "helps" if think > plain else "does not help yet" if think < plain else "neither helps nor hurts"
-        text += (f" At {last}, reasoning before the answer {verdict}: HR@{k} {think:.3f} thinking against "
-                 f"{plain:.3f} non-thinking")
+        text += (
+            f" At {last}, reasoning before the answer {verdict}: HR@{k} {think:.3f} thinking against "
+            f"{plain:.3f} non-thinking"
+        )
         top1 = [by_model[(last, mode)].get("hr@1") for mode in ("think", "nonthink")]
         if k != 1 and None not in top1:
             text += f", HR@1 {top1[0]:.3f} against {top1[1]:.3f}"
@@ -166,8 +191,11 @@ def rl_rewards(eval_dirs: dict[str, Path]) -> list[tuple[str, list[tuple[float, 
     for label, folder in eval_dirs.items():
         path = Path(folder) / "eval.json"
         steps = read_json(path).get("rl_per_step", []) if path.is_file() else []
-        points = [(float(p["step"]), float(p["reward"])) for p in steps
-                  if p.get("reward") is not None and p.get("step") is not None]
+        points = [
+            (float(p["step"]), float(p["reward"]))
+            for p in steps
+            if p.get("reward") is not None and p.get("step") is not None
+        ]
         if points:
             out.append((label, points))
     return out
@@ -180,27 +208,37 @@ def _svg_reward(points: list[tuple[float, float]]) -> str:
     ymax = max(max(y for _, y in points), 1e-9) * 1.1
     sx = lambda x: left + (x - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
     sy = lambda y: top + (1 - y / ymax) * (height - top - bottom)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             'aria-label="Stage 3 mean reward per step">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        'aria-label="Stage 3 mean reward per step">'
+    ]
     for i in range(5):
         y = ymax * i / 4
-        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{width - right}" y2="{sy(y):.1f}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>')
+        parts.append(
+            f'<line x1="{left}" y1="{sy(y):.1f}" x2="{width - right}" y2="{sy(y):.1f}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>'
+        )
     for i in range(5):
         x = x0 + (x1 - x0) * i / 4
-        parts.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>')
-    parts.append(f'<text x="{(left + width - right) / 2:.0f}" y="{height - 4}" font-size="12" '
-                 'text-anchor="middle">optimizer step</text>')
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2:.0f}" y="{height - 4}" font-size="12" '
+        'text-anchor="middle">optimizer step</text>'
+    )
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
     parts.append(f'<polyline fill="none" stroke="{COLORS[0]}" stroke-width="1.5" points="{line}"/>')
     window = max(1, len(points) // 10)
-    trailing = [[y for _, y in points[max(0, i - window + 1): i + 1]] for i in range(len(points))]
-    smooth = [(x, sum(ys) / len(ys)) for (x, _), ys in zip(points, trailing)]
+    trailing = [[y for _, y in points[max(0, i - window + 1) : i + 1]] for i in range(len(points))]
+    smooth = [(x, sum(ys) / len(ys)) for (x, _), ys in zip(points, trailing, strict=True)]
     if window > 1:
         line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in smooth)
-        parts.append(f'<polyline fill="none" stroke="{COLORS[1]}" stroke-width="2.5" points="{line}"/>'
-                     f'<text x="{width - right}" y="{top + 12}" font-size="12" text-anchor="end" fill="{COLORS[1]}">'
-                     f'mean of the last {window} steps</text>')
+        parts.append(
+            f'<polyline fill="none" stroke="{COLORS[1]}" stroke-width="2.5" points="{line}"/>'
+            f'<text x="{width - right}" y="{top + 12}" font-size="12" text-anchor="end" fill="{COLORS[1]}">'
+            f"mean of the last {window} steps</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -209,11 +247,15 @@ def _reward_sentence(points: list[tuple[float, float]]) -> str:
     k = max(1, min(10, len(points) // 5))
     first = sum(y for _, y in points[:k]) / k
     last = sum(y for _, y in points[-k:]) / k
-    return (f"{len(points)} steps; mean reward {first:.3f} over the first {k} step{'s' if k > 1 else ''}, "
-            f"{last:.3f} over the last {k}.")
+    return (
+        f"{len(points)} steps; mean reward {first:.3f} over the first {k} step{'s' if k > 1 else ''}, "
+        f"{last:.3f} over the last {k}."
+    )
 
 
-def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+def report(
+    cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index_dir: Path, out_dir: Path
+) -> dict[str, float]:
     start = time.time()
     cat = Catalogue.load(Path(sid_index_dir), Path(dataset_dir))
     ks = cfg.eval.reported_ks
@@ -231,9 +273,11 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
         rows = []
         for name, _, vals in series:
             cls = ' class="best"' if name == best else ""
-            rows.append(f"<tr{cls}><td class='l'>{html.escape(name)}</td>" + "".join(
-                f"<td>{vals[c]:.4f}</td>" if c in vals else "<td>–</td>" for c in columns)
-                + f"<td>{int(vals.get('users', 0))}</td></tr>")
+            rows.append(
+                f"<tr{cls}><td class='l'>{html.escape(name)}</td>"
+                + "".join(f"<td>{vals[c]:.4f}</td>" if c in vals else "<td>–</td>" for c in columns)
+                + f"<td>{int(vals.get('users', 0))}</td></tr>"
+            )
         return f"<table><tr><th class='l'>model (mode)</th>{head}<th>users</th></tr>{''.join(rows)}</table>"
 
     def table_md(columns):
@@ -244,26 +288,49 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
             lines.append(f"| {b}{_md(name)}{b} | " + " | ".join(cells) + f" | {int(vals.get('users', 0))} |")
         return "\n".join(lines)
 
-    h = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SIDReasoner evaluation</title><style>{CSS}</style></head><body>",
-         "<h1>SIDReasoner evaluation report</h1>", f"<p class='lead'>{html.escape(summary_text)}</p>",
-         f"<p class='muted'>{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · "
-         f"decoding: {cfg.eval.decoding}, {cfg.eval.beams} constrained beams · NDCG uses 1/log2(rank+2). "
-         "SID level as in the paper; item level counts a colliding SID once per item.</p>",
-         "<h2>HR@K</h2>", _svg_chart(series, ks, "hr")]
-    md = ["# SIDReasoner evaluation report", "", _md(summary_text), "",
-          f"{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · decoding: {cfg.eval.decoding}, "
-          f"{cfg.eval.beams} constrained beams.", ""]
+    h = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>SIDReasoner evaluation</title>"
+        f"<style>{CSS}</style></head><body>",
+        "<h1>SIDReasoner evaluation report</h1>",
+        f"<p class='lead'>{html.escape(summary_text)}</p>",
+        f"<p class='muted'>{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · "
+        f"decoding: {cfg.eval.decoding}, {cfg.eval.beams} constrained beams · NDCG uses 1/log2(rank+2). "
+        "SID level as in the paper; item level counts a colliding SID once per item.</p>",
+        "<h2>HR@K</h2>",
+        _svg_chart(series, ks, "hr"),
+    ]
+    md = [
+        "# SIDReasoner evaluation report",
+        "",
+        _md(summary_text),
+        "",
+        f"{split} split · {len(cat.catalogue)} valid SIDs for {len(cat.sid_of_item)} items · "
+        f"decoding: {cfg.eval.decoding}, "
+        f"{cfg.eval.beams} constrained beams.",
+        "",
+    ]
     for label, points in rewards:
-        h += [f"<h2>{html.escape(label)}: RL reward per step</h2>", _svg_reward(points),
-              f"<p class='muted'>{html.escape(_reward_sentence(points))}</p>"]
+        h += [
+            f"<h2>{html.escape(label)}: RL reward per step</h2>",
+            _svg_reward(points),
+            f"<p class='muted'>{html.escape(_reward_sentence(points))}</p>",
+        ]
         md += [f"## {_md(label)}: RL reward per step", "", _md(_reward_sentence(points)), ""]
-    h += ["<h2>NDCG@K</h2>", _svg_chart(series, ks, "ndcg"),
-          "<h2>SID-level metrics</h2>", table_html(cols), "<h2>Item-level metrics</h2>", table_html(item_cols)]
+    h += [
+        "<h2>NDCG@K</h2>",
+        _svg_chart(series, ks, "ndcg"),
+        "<h2>SID-level metrics</h2>",
+        table_html(cols),
+        "<h2>Item-level metrics</h2>",
+        table_html(item_cols),
+    ]
     md += ["## SID-level metrics", "", table_md(cols), "", "## Item-level metrics", "", table_md(item_cols), ""]
 
     samples = _samples(eval_dirs, split, cfg.eval.report_samples)
-    h.append("<h2>Sample users</h2><p class='muted'>Each model's reasoning (thinking mode; every SID followed by "
-             "its item's title) next to what it recommended; the target is highlighted where it was found.</p>")
+    h.append(
+        "<h2>Sample users</h2><p class='muted'>Each model's reasoning (thinking mode; every SID followed by "
+        "its item's title) next to what it recommended; the target is highlighted where it was found.</p>"
+    )
     md += ["## Sample users", ""]
     by_user: dict = {}
     for name, mode, part in samples:
@@ -278,8 +345,11 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
         (tmp / "report.md").write_text("\n".join(md) + "\n")
         write_json(tmp / "summary.json", {name: vals for name, _, vals in series})
         write_json(tmp / "headline.json", {"split": split, "text": summary_text})
-    out: dict[str, float] = {"labels": float(len(eval_dirs)), "sample_users": float(len(by_user)),
-                             "wall_seconds": time.time() - start}
+    out: dict[str, float] = {
+        "labels": float(len(eval_dirs)),
+        "sample_users": float(len(by_user)),
+        "wall_seconds": time.time() - start,
+    }
     for name, _, vals in series:
         key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         out[f"{key}_hr@{kmax}"] = float(vals.get(f"hr@{kmax}", 0.0))
@@ -288,8 +358,10 @@ def report(cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index
 
 def _recommended(r, cat: Catalogue, kmax: int) -> list[tuple[str, str, bool]]:
     """(titles, sid, hit) of each recommended SID, best first."""
-    return [(" / ".join(cat.title(i) for i in cat.sid_items.get(sid, [])), sid, sid == r.target_sid)
-            for sid in r.pred_sids[:kmax]]
+    return [
+        (" / ".join(cat.title(i) for i in cat.sid_items.get(sid, [])), sid, sid == r.target_sid)
+        for sid in r.pred_sids[:kmax]
+    ]
 
 
 def _user_html(uid, entries, cat: Catalogue, kmax: int) -> str:
@@ -299,23 +371,39 @@ def _user_html(uid, entries, cat: Catalogue, kmax: int) -> str:
     for name, mode, r in entries:
         if mode in BASELINE_MODES:
             continue
-        reasoning = (f"<div class='reason'>{html.escape(decode_sids(r.reasoning, cat))}</div>" if r.reasoning
-                     else "<span class='muted'>answers without reasoning</span>")
-        recs = "".join(f"<li class='{'hit' if hit else ''}'>{html.escape(titles)} <code>{html.escape(sid)}</code>"
-                       f"{' ✔ hit' if hit else ''}</li>" for titles, sid, hit in _recommended(r, cat, kmax))
-        rows.append(f"<tr><td class='l'>{html.escape(name)}</td><td class='l'>{reasoning}</td>"
-                    f"<td class='l'><ol>{recs}</ol></td></tr>")
-    return (f"<div class='user'><h3>user {html.escape(str(uid))}</h3><b>history</b><ol>{hist}</ol>"
-            f"<b>next item (target)</b>: {html.escape(cat.title(first.target_item_id))} "
-            f"<code>{html.escape(first.target_sid)}</code>"
-            "<table class='samples'><tr><th class='l'>model (mode)</th><th class='l'>reasoning</th>"
-            f"<th class='l'>recommended (top {kmax})</th></tr>{''.join(rows)}</table></div>")
+        reasoning = (
+            f"<div class='reason'>{html.escape(decode_sids(r.reasoning, cat))}</div>"
+            if r.reasoning
+            else "<span class='muted'>answers without reasoning</span>"
+        )
+        recs = "".join(
+            f"<li class='{'hit' if hit else ''}'>{html.escape(titles)} <code>{html.escape(sid)}</code>"
+            f"{' ✔ hit' if hit else ''}</li>"
+            for titles, sid, hit in _recommended(r, cat, kmax)
+        )
+        rows.append(
+            f"<tr><td class='l'>{html.escape(name)}</td><td class='l'>{reasoning}</td>"
+            f"<td class='l'><ol>{recs}</ol></td></tr>"
+        )
+    return (
+        f"<div class='user'><h3>user {html.escape(str(uid))}</h3><b>history</b><ol>{hist}</ol>"
+        f"<b>next item (target)</b>: {html.escape(cat.title(first.target_item_id))} "
+        f"<code>{html.escape(first.target_sid)}</code>"
+        "<table class='samples'><tr><th class='l'>model (mode)</th><th class='l'>reasoning</th>"
+        f"<th class='l'>recommended (top {kmax})</th></tr>{''.join(rows)}</table></div>"
+    )
 
 
 def _user_md(uid, entries, cat: Catalogue, kmax: int) -> list[str]:
     first = entries[0][2]
-    md = [f"### user {_md(uid)}", "", "History: " + "; ".join(_md(cat.title(i)) for i in first.history_item_ids), "",
-          f"Target: **{_md(cat.title(first.target_item_id))}** {_md(first.target_sid)}", ""]
+    md = [
+        f"### user {_md(uid)}",
+        "",
+        "History: " + "; ".join(_md(cat.title(i)) for i in first.history_item_ids),
+        "",
+        f"Target: **{_md(cat.title(first.target_item_id))}** {_md(first.target_sid)}",
+        "",
+    ]
     for name, mode, r in entries:
         if mode in BASELINE_MODES:
             continue
@@ -329,9 +417,26 @@ def _user_md(uid, entries, cat: Catalogue, kmax: int) -> list[str]:
     return md
 
 
-def report_stages(cfg: Config, baselines_dir: Path, stage1_eval_dir: Path, stage2_eval_dir: Path,
-                  stage3_eval_dir: Path, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
+def report_stages(
+    cfg: Config,
+    baselines_dir: Path,
+    stage1_eval_dir: Path,
+    stage2_eval_dir: Path,
+    stage3_eval_dir: Path,
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    out_dir: Path,
+) -> dict[str, float]:
     """The pipeline's `report` step: the baselines and every stage on one page."""
-    return report(cfg, {"baselines": Path(baselines_dir), "stage1": Path(stage1_eval_dir),
-                        "stage2": Path(stage2_eval_dir), "stage3": Path(stage3_eval_dir)},
-                  dataset_dir, sid_index_dir, out_dir)
+    return report(
+        cfg,
+        {
+            "baselines": Path(baselines_dir),
+            "stage1": Path(stage1_eval_dir),
+            "stage2": Path(stage2_eval_dir),
+            "stage3": Path(stage3_eval_dir),
+        },
+        dataset_dir,
+        sid_index_dir,
+        out_dir,
+    )

@@ -34,8 +34,14 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(row_user [R], paths [R, t]) -> log-probabilities [R, V] of the next token after prompt + path."""
 
 
-def beam_search_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, beams: int,
-                     timing: Timing | None = None, suffix: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def beam_search_core(
+    trie: CatalogueTrie,
+    first_logp: torch.Tensor,
+    step_fn: StepFn,
+    beams: int,
+    timing: Timing | None = None,
+    suffix: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Constrained beam search given the prompts' next-token log-probs [B, V].
 
     `suffix`: token ids that follow every SID; the beams kept after the last SID level add their
@@ -68,8 +74,13 @@ def beam_search_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: Ste
         scores, flat = total.topk(k_new, dim=1)
         beam_idx, code_idx = flat // c, flat % c
         nodes = nxt.reshape(b, k * c).gather(1, flat)
-        paths = torch.cat([paths.gather(1, beam_idx.unsqueeze(-1).expand(-1, -1, level)),
-                           trie.level_tokens[level][code_idx].unsqueeze(-1)], dim=-1)
+        paths = torch.cat(
+            [
+                paths.gather(1, beam_idx.unsqueeze(-1).expand(-1, -1, level)),
+                trie.level_tokens[level][code_idx].unsqueeze(-1),
+            ],
+            dim=-1,
+        )
         k = k_new
         timing.mask_s += time.perf_counter() - t0
     if len(suffix):
@@ -78,8 +89,14 @@ def beam_search_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: Ste
     return leaves, scores.masked_fill(leaves < 0, NEG_INF)
 
 
-def _score_suffix(scores: torch.Tensor, nodes: torch.Tensor, paths: torch.Tensor, step_fn: StepFn,
-                  suffix: Sequence[int], timing: Timing) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_suffix(
+    scores: torch.Tensor,
+    nodes: torch.Tensor,
+    paths: torch.Tensor,
+    step_fn: StepFn,
+    suffix: Sequence[int],
+    timing: Timing,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Add log p(suffix | prompt + SID) to each beam's score [B, k], then sort each row again."""
     b, k, levels = paths.shape
     dev = scores.device
@@ -97,8 +114,15 @@ def _score_suffix(scores: torch.Tensor, nodes: torch.Tensor, paths: torch.Tensor
     return total, nodes.gather(1, order)
 
 
-def exact_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, k: int, max_rows: int = 4096,
-               timing: Timing | None = None, suffix: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_core(
+    trie: CatalogueTrie,
+    first_logp: torch.Tensor,
+    step_fn: StepFn,
+    k: int,
+    max_rows: int = 4096,
+    timing: Timing | None = None,
+    suffix: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every valid SID's total log-probability (scoring each distinct prefix once per level), then the
     top k of the whole catalogue per prompt: (leaf ids [B, k'], scores [B, k']), k' = min(k, N)."""
     timing = timing or Timing()
@@ -134,8 +158,9 @@ def exact_core(trie: CatalogueTrie, first_logp: torch.Tensor, step_fn: StepFn, k
     return leaves, scores
 
 
-def _suffix_logp_all(trie: CatalogueTrie, step_fn: StepFn, b: int, suffix: Sequence[int], max_rows: int,
-                     timing: Timing) -> torch.Tensor:
+def _suffix_logp_all(
+    trie: CatalogueTrie, step_fn: StepFn, b: int, suffix: Sequence[int], max_rows: int, timing: Timing
+) -> torch.Tensor:
     """log p(suffix | prompt + SID) for every prompt and every SID of the catalogue: [B, N]."""
     leaf_paths = trie.node_paths[trie.levels]
     n = len(leaf_paths)
@@ -173,6 +198,6 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[t
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s):] = 1
+            ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)

@@ -77,13 +77,13 @@ class CatalogueTrie:
     def nodes_at(self, depth: int) -> int:
         return len(self.node_paths[depth])
 
-    def to(self, device) -> "CatalogueTrie":
+    def to(self, device) -> CatalogueTrie:
         for name in ("level_tokens", "child", "node_paths", "parent", "node_code"):
             setattr(self, name, [t.to(device) for t in getattr(self, name)])
         return self
 
     @classmethod
-    def from_catalogue(cls, catalogue: Sequence[str], tokenizer) -> "CatalogueTrie":
+    def from_catalogue(cls, catalogue: Sequence[str], tokenizer) -> CatalogueTrie:
         """SID strings ('<a_1><b_2><c_3>') -> trie over their token ids. Every SID code must be ONE
         token of `tokenizer`, and the tokenizer must split the SID string into exactly those tokens."""
         catalogue = sorted(set(catalogue))
@@ -98,8 +98,10 @@ class CatalogueTrie:
             toks = sid_tokens(codes)
             missing = [t for t in toks if t not in vocab]
             if missing:
-                raise CatalogueError(f"SID token(s) {missing[:5]} of {sid!r} are not in the tokenizer's vocabulary "
-                                     "(was the model trained with this SID index?)")
+                raise CatalogueError(
+                    f"SID token(s) {missing[:5]} of {sid!r} are not in the tokenizer's vocabulary "
+                    "(was the model trained with this SID index?)"
+                )
             rows.append([vocab[t] for t in toks])
         lengths = {len(r) for r in rows}
         if len(lengths) != 1:
@@ -110,7 +112,9 @@ class CatalogueTrie:
         return cls(np.array(rows, dtype=np.int64), catalogue)
 
     # ------------------------------------------------------------------ the mask
-    def level_candidates(self, level: int, nodes: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def level_candidates(
+        self, level: int, nodes: torch.Tensor, logp: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores of level `level`'s codes for rows at trie `nodes` (-1 = dead row): ([R, C], next [R, C]);
         invalid continuations are -inf and their next node is -1."""
         cand = logp.index_select(1, self.level_tokens[level])
@@ -144,7 +148,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         if t >= self.trie.levels:
             out[:, self.eos] = scores[:, self.eos]
             return out
-        nodes = self.trie.walk(input_ids[:, self.prompt_len:])
+        nodes = self.trie.walk(input_ids[:, self.prompt_len :])
         cand, _ = self.trie.level_candidates(t, nodes, scores)
         out[:, self.trie.level_tokens[t]] = cand
         return out

@@ -53,16 +53,23 @@ def fingerprint(*folders: Path) -> str:
 def checkpoint_key(stage: str, cfg: Config, section, inputs: list[Path]) -> str:
     """16 hex digits over what makes a training run the same one: seed and stage settings, the code, the
     step's generation, and the inputs' content and resolved paths (the base model is an input folder)."""
-    slice_ = {"seed": cfg.seed,
-              stage: section.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_folders_kept"}),
-              "code_version": code_version(), "generation": cfg.generations.get(STAGE_STEPS[stage], 0),
-              "inputs": [str(Path(folder).resolve()) for folder in inputs]}
+    slice_ = {
+        "seed": cfg.seed,
+        stage: section.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_folders_kept"}),
+        "code_version": code_version(),
+        "generation": cfg.generations.get(STAGE_STEPS[stage], 0),
+        "inputs": [str(Path(folder).resolve()) for folder in inputs],
+    }
     return hashlib.sha256((json.dumps(slice_, sort_keys=True) + fingerprint(*inputs)).encode()).hexdigest()[:16]
 
 
 def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Path:
     """<checkpoint_dir or ~/.cache/sidreasoner/checkpoints>/<stage>-<checkpoint_key>."""
-    base = Path(section.checkpoint_dir).expanduser() if section.checkpoint_dir else Path.home() / ".cache" / "sidreasoner" / "checkpoints"
+    base = (
+        Path(section.checkpoint_dir).expanduser()
+        if section.checkpoint_dir
+        else Path.home() / ".cache" / "sidreasoner" / "checkpoints"
+    )
     return base / f"{stage}-{checkpoint_key(stage, cfg, section, inputs)}"
 
 
@@ -91,8 +98,11 @@ def seal_checkpoint(folder: Path, **extra) -> None:
     (of the whole file up to 256 MiB, of 16 blocks of 1 MiB spread over a larger one), and `extra`. A
     checkpoint without a seal was cut short while saving and is never resumed from."""
     folder = Path(folder)
-    files = {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*"))
-             if p.is_file() and not p.name.startswith(".") and p.name != SEAL}
+    files = {
+        str(p.relative_to(folder)): _digest(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and p.name != SEAL
+    }
     write_json(folder / SEAL, {"files": files, **extra})
 
 
@@ -149,8 +159,9 @@ def _move_aside(folder: Path) -> str:
 
 def remove_checkpoints_from(root: Path, step: int) -> list[str]:
     """Remove the checkpoints checkpoint-N of `root` with N >= step; returns their names."""
-    doomed = sorted((p for p in Path(root).glob("checkpoint-*") if (checkpoint_step(p) or -1) >= step),
-                    key=checkpoint_step)
+    doomed = sorted(
+        (p for p in Path(root).glob("checkpoint-*") if (checkpoint_step(p) or -1) >= step), key=checkpoint_step
+    )
     for folder in doomed:
         shutil.rmtree(folder, ignore_errors=True)
     return [p.name for p in doomed]
@@ -229,8 +240,19 @@ def _step_problem(folder: Path) -> str | None:
 # and TRL's model card README.md; SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console
 # log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*); damaged
 # checkpoints moved aside (.checkpoint-N.damaged-*).
-OWN_ENTRIES = ("checkpoint-*", "README.md", "warmup", "best", "initial.json", "inputs", "verl", "verl_console.log",
-               "outputs", ".*.tmp-*", ".checkpoint-*.damaged-*")
+OWN_ENTRIES = (
+    "checkpoint-*",
+    "README.md",
+    "warmup",
+    "best",
+    "initial.json",
+    "inputs",
+    "verl",
+    "verl_console.log",
+    "outputs",
+    ".*.tmp-*",
+    ".checkpoint-*.damaged-*",
+)
 
 
 def remove_old_checkpoint_folders(current: Path, keep: int, timings: LockTimings = LockTimings()) -> list[Path]:
@@ -240,12 +262,19 @@ def remove_old_checkpoint_folders(current: Path, keep: int, timings: LockTimings
     current = Path(current)
     stage = current.name.rsplit("-", 1)[0]
     _remove_leftover_trash(current.parent, stage)
-    others = sorted((p for p in _own_folders(current.parent, stage) if p.name != current.name),
-                    key=_last_change, reverse=True)
-    removed = [folder for folder in others[max(keep - 1, 0):] if _remove_unless_locked(folder, timings)]
+    others = sorted(
+        (p for p in _own_folders(current.parent, stage) if p.name != current.name), key=_last_change, reverse=True
+    )
+    removed = [folder for folder in others[max(keep - 1, 0) :] if _remove_unless_locked(folder, timings)]
     if removed:
-        log.info("%s: removed %d older %s checkpoint folder(s), keeping the newest %d: %s", current.parent,
-                 len(removed), stage, keep, ", ".join(p.name for p in removed))
+        log.info(
+            "%s: removed %d older %s checkpoint folder(s), keeping the newest %d: %s",
+            current.parent,
+            len(removed),
+            stage,
+            keep,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -84,18 +84,26 @@ class _FolderLock:
             if waited >= wait_s:
                 raise CheckpointLockTimeout(self._timeout_message(seen[0], waited, wait_s))
             if time.monotonic() - logged >= self.timings.log_every_s:
-                log.info("%s: waiting for %s, which holds it since %s (%.0f s of %g s)", self.path,
-                         _describe(seen[0]), seen[0].get("since_utc", "an unknown time"), waited, wait_s)
+                log.info(
+                    "%s: waiting for %s, which holds it since %s (%.0f s of %g s)",
+                    self.path,
+                    _describe(seen[0]),
+                    seen[0].get("since_utc", "an unknown time"),
+                    waited,
+                    wait_s,
+                )
                 logged = time.monotonic()
             time.sleep(min(self.timings.poll_s, wait_s - waited))
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
         self._thread.start()
 
     def _timeout_message(self, info: dict, waited: float, wait_s: float) -> str:
-        return (f"{self.path}: held by {_describe(info)} since {info.get('since_utc', 'an unknown time')}; gave up "
-                f"after waiting {waited:.0f} s (at most {wait_s:g} s). Another run with the same config and inputs "
-                f"trains into {self.folder}; a dead holder's lock is taken over once its heartbeat is "
-                f"{self.timings.stale_s:g} s old")
+        return (
+            f"{self.path}: held by {_describe(info)} since {info.get('since_utc', 'an unknown time')}; gave up "
+            f"after waiting {waited:.0f} s (at most {wait_s:g} s). Another run with the same config and inputs "
+            f"trains into {self.folder}; a dead holder's lock is taken over once its heartbeat is "
+            f"{self.timings.stale_s:g} s old"
+        )
 
     def release(self) -> None:
         self._stop.set()
@@ -105,8 +113,11 @@ class _FolderLock:
         if seen is not None and seen[0].get("token") == self.token:
             self.path.unlink()
         else:
-            log.warning("%s: left in place: it is no longer this run's (now %s)", self.path,
-                        _describe(seen[0]) if seen else "absent")
+            log.warning(
+                "%s: left in place: it is no longer this run's (now %s)",
+                self.path,
+                _describe(seen[0]) if seen else "absent",
+            )
 
     def _try_create(self) -> bool:
         try:
@@ -134,8 +145,13 @@ class _FolderLock:
                 return False
         finally:
             claim.unlink(missing_ok=True)
-        log.warning("%s: took over the lock of %s, held since %s: %s", self.path, _describe(info),
-                    info.get("since_utc", "an unknown time"), reason)
+        log.warning(
+            "%s: took over the lock of %s, held since %s: %s",
+            self.path,
+            _describe(info),
+            info.get("since_utc", "an unknown time"),
+            reason,
+        )
         return True
 
     def _move_aside(self, stale: tuple[dict, os.stat_result]) -> bool:
@@ -161,8 +177,12 @@ class _FolderLock:
         except FileExistsError:
             now = _read_lock(self.path)
             if now is None or now[0].get("token") != info.get("token"):
-                log.error("%s: moved aside the live lock of %s and could not put it back: %s holds it now",
-                          self.path, _describe(info), _describe(now[0]) if now else "nobody")
+                log.error(
+                    "%s: moved aside the live lock of %s and could not put it back: %s holds it now",
+                    self.path,
+                    _describe(info),
+                    _describe(now[0]) if now else "nobody",
+                )
         aside.unlink()
 
     def _beat(self) -> None:
@@ -182,8 +202,11 @@ class _FolderLock:
         if seen is not None and seen[0].get("token") == self.token:
             os.utime(self.path)
             return True
-        log.error("%s: lost while held, to %s: another run may write this checkpoint folder too", self.path,
-                  _describe(seen[0]) if seen else "nobody")
+        log.error(
+            "%s: lost while held, to %s: another run may write this checkpoint folder too",
+            self.path,
+            _describe(seen[0]) if seen else "nobody",
+        )
         return False
 
 
@@ -204,10 +227,16 @@ def _claim(path: Path, stale_s: float) -> bool:
 
 def _identity(token: str) -> dict:
     now = time.time()
-    return {"token": token, "hostname": socket.gethostname(), "pid": os.getpid(), "host_id": _host_id(),
-            "process_start": _process_start(os.getpid()), "since": now,
-            "since_utc": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
-            "env": {name: os.environ[name] for name in HOLDER_ENV if os.environ.get(name)}}
+    return {
+        "token": token,
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "host_id": _host_id(),
+        "process_start": _process_start(os.getpid()),
+        "since": now,
+        "since_utc": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "env": {name: os.environ[name] for name in HOLDER_ENV if os.environ.get(name)},
+    }
 
 
 @functools.cache
@@ -254,8 +283,12 @@ def _stale_reason(info: dict, st: os.stat_result, stale_s: float) -> str | None:
     if age > stale_s:
         return f"its heartbeat stopped {age:.0f} s ago (stale after {stale_s:g} s)"
     pid = info.get("pid")
-    if _host_id() and info.get("host_id") == _host_id() and isinstance(pid, int) \
-            and _process_start(pid) != info.get("process_start"):
+    if (
+        _host_id()
+        and info.get("host_id") == _host_id()
+        and isinstance(pid, int)
+        and _process_start(pid) != info.get("process_start")
+    ):
         return f"its process {pid} on this host has ended"
     return None
 

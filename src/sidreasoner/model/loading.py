@@ -39,14 +39,19 @@ def fetch_bucket_model(uri: str) -> Path:
         log.info("downloading model %s to %s", uri, local)
         storage.download_dir(uri, local, require_marker=False)
     if not (local / "config.json").is_file():
-        raise ModelSourceError(f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder")
+        raise ModelSourceError(
+            f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder"
+        )
     return local
 
 
 # A Hugging Face repo id: `name` or `namespace/name` (huggingface_hub's validate_repo_id).
 HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?)?")
-MODEL_FILES = {"config.json": ("config.json",), "safetensors weights": ("*.safetensors",),
-               "tokenizer files": ("tokenizer.json", "tokenizer_config.json")}
+MODEL_FILES = {
+    "config.json": ("config.json",),
+    "safetensors weights": ("*.safetensors",),
+    "tokenizer files": ("tokenizer.json", "tokenizer_config.json"),
+}
 
 
 def check_model_source(source: str) -> None:
@@ -60,11 +65,15 @@ def check_model_source(source: str) -> None:
         raise ModelSourceError(f"model folder {source} does not exist")
     if not path.is_dir():
         raise ModelSourceError(f"model {source} is a file; expected a saved Hugging Face model folder")
-    missing = [what for what, patterns in MODEL_FILES.items()
-               if not any(next(path.glob(pattern), None) for pattern in patterns)]
+    missing = [
+        what
+        for what, patterns in MODEL_FILES.items()
+        if not any(next(path.glob(pattern), None) for pattern in patterns)
+    ]
     if missing:
-        raise ModelSourceError(f"{source} is not a saved Hugging Face model folder: it has no "
-                               f"{' and no '.join(missing)}")
+        raise ModelSourceError(
+            f"{source} is not a saved Hugging Face model folder: it has no {' and no '.join(missing)}"
+        )
 
 
 def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torch.dtype = torch.float32):

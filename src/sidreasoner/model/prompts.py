@@ -21,13 +21,17 @@ RESEARCH_EMPTY_THINK = "<think>\n</think>\n\n"
 
 # The system messages open with the Alpaca preamble; what follows it (and the spaces and line breaks
 # around it) differs per task, as in the research code.
-PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-            "Write a response that appropriately completes the request.")
+PREAMBLE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
 SYSTEM_SID_HISTORY_TO_SID = PREAMBLE + " Can you predict the next possible item that the user may expect?"
 SYSTEM_ITEM_IDENTIFICATION = PREAMBLE + " \nAnswer the question about item identification.\n"
 SYSTEM_NEXT_ITEM = PREAMBLE + "\nCan you recommend the next item for the user based on their interaction history?\n"
-SYSTEM_TITLE_HISTORY_TO_SID = (PREAMBLE + " \nBased on the user's historical interaction with item titles, predict "
-                               "the semantic ID of the next item they may expect.\n")
+SYSTEM_TITLE_HISTORY_TO_SID = (
+    PREAMBLE + " \nBased on the user's historical interaction with item titles, predict "
+    "the semantic ID of the next item they may expect.\n"
+)
 SYSTEM_TITLE_HISTORY_TO_TITLE = PREAMBLE + "\n{instruction}\n \n"
 SYSTEM_EVAL_NEXT_SID = PREAMBLE + " \nCan you predict the next possible item that the user may expect?\n"
 
@@ -58,9 +62,14 @@ TITLE_HISTORY_INSTRUCTIONS = [
 ]
 
 # The dataset's category (data.category) as the title-history prompts name it; any other category is "items".
-CATEGORY_PHRASES = {"Industrial_and_Scientific": "industrial and scientific items", "Office_Products": "office products",
-                    "Toys_and_Games": "toys and games", "Sports": "sports and outdoors", "Books": "books",
-                    "Video_Games": "video games"}
+CATEGORY_PHRASES = {
+    "Industrial_and_Scientific": "industrial and scientific items",
+    "Office_Products": "office products",
+    "Toys_and_Games": "toys and games",
+    "Sports": "sports and outdoors",
+    "Books": "books",
+    "Video_Games": "video games",
+}
 DEFAULT_CATEGORY_PHRASE = "items"
 
 # User messages. {history}: SIDs joined by ", "; {titles}: quoted titles joined by ", " (title history to
@@ -105,11 +114,22 @@ SYSTEM_BY_TASK = {
     "reasoning": SYSTEM_NEXT_ITEM,
 }
 
-ALL_WORDING = [SYSTEM_SID_HISTORY_TO_SID, SYSTEM_ITEM_IDENTIFICATION, SYSTEM_NEXT_ITEM, SYSTEM_TITLE_HISTORY_TO_SID,
-               SYSTEM_EVAL_NEXT_SID, *(SYSTEM_TITLE_HISTORY_TO_TITLE.format(instruction=i)
-                                       for i in TITLE_HISTORY_INSTRUCTIONS),
-               SID_HISTORY_TO_SID, SID_HISTORY_TO_TITLE, TITLE_TO_SID, SID_TO_TITLE, TITLE_HISTORY_TO_TITLE,
-               TITLE_HISTORY_TO_SID, REASONING_QUESTION, EVAL_SID_HISTORY_TO_SID]
+ALL_WORDING = [
+    SYSTEM_SID_HISTORY_TO_SID,
+    SYSTEM_ITEM_IDENTIFICATION,
+    SYSTEM_NEXT_ITEM,
+    SYSTEM_TITLE_HISTORY_TO_SID,
+    SYSTEM_EVAL_NEXT_SID,
+    *(SYSTEM_TITLE_HISTORY_TO_TITLE.format(instruction=i) for i in TITLE_HISTORY_INSTRUCTIONS),
+    SID_HISTORY_TO_SID,
+    SID_HISTORY_TO_TITLE,
+    TITLE_TO_SID,
+    SID_TO_TITLE,
+    TITLE_HISTORY_TO_TITLE,
+    TITLE_HISTORY_TO_SID,
+    REASONING_QUESTION,
+    EVAL_SID_HISTORY_TO_SID,
+]
 
 
 # A history entry is SID code tokens and nothing else: text from data never reaches a prompt this way.
@@ -172,8 +192,9 @@ def chat_messages(user_text: str, system: str | None = None) -> list[dict]:
     return head + [{"role": "user", "content": user_text}]
 
 
-def render_prompt(tokenizer, user_text: str, thinking: bool = False, *, empty_think: str = "training",
-                  system: str | None = None) -> str:
+def render_prompt(
+    tokenizer, user_text: str, thinking: bool = False, *, empty_think: str = "training", system: str | None = None
+) -> str:
     """The chat-template prompt up to where the model starts answering: the `system` message (when
     given) and the user message `user_text`, rendered by `render_messages`.
 
@@ -235,9 +256,11 @@ def turn_end(tokenizer) -> str:
         try:
             text = tokenizer.apply_chat_template(
                 [{"role": "user", "content": "?"}, {"role": "assistant", "content": _ANSWER_MARK}],
-                tokenize=False, add_generation_prompt=False)
+                tokenize=False,
+                add_generation_prompt=False,
+            )
             if _ANSWER_MARK in text:
-                end = text[text.rindex(_ANSWER_MARK) + len(_ANSWER_MARK):]
+                end = text[text.rindex(_ANSWER_MARK) + len(_ANSWER_MARK) :]
         except (ValueError, TypeError, AttributeError):
             end = ""
         if not tokenizer.eos_token or not end.startswith(tokenizer.eos_token):

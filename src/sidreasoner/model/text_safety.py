@@ -66,10 +66,12 @@ def neutralise(text: str, pattern: re.Pattern) -> tuple[str, int]:
 def _check_breaks(tokenizer, markers: list[str]) -> None:
     """Refuse a tokenizer that still reads a broken marker as its token (a normalizer that drops U+200B)."""
     ids = set(tokenizer(" ".join(_broken(m) for m in markers), add_special_tokens=False)["input_ids"])
-    still = [m for m, i in zip(markers, tokenizer.convert_tokens_to_ids(markers)) if i in ids]
+    still = [m for m, i in zip(markers, tokenizer.convert_tokens_to_ids(markers), strict=True) if i in ids]
     if still:
-        raise ValueError(f"this tokenizer reads {still[0]!r} as a token even with a zero-width space inside it "
-                         "(its normalizer drops U+200B?): data text cannot be made safe for it")
+        raise ValueError(
+            f"this tokenizer reads {still[0]!r} as a token even with a zero-width space inside it "
+            "(its normalizer drops U+200B?): data text cannot be made safe for it"
+        )
 
 
 class DataText:
@@ -97,7 +99,7 @@ class DataText:
         parts, pos = [], 0
         for m in _SID_RUN.finditer(text):
             if m.group(0) in keep:
-                parts += [self.plain(text[pos:m.start()]), m.group(0)]
+                parts += [self.plain(text[pos : m.start()]), m.group(0)]
                 pos = m.end()
         parts.append(self.plain(text[pos:]))
         return "".join(parts)
@@ -108,4 +110,4 @@ class DataText:
         m = _LEADING_THINK.match(text)
         if m is None:
             return self.plain(text)
-        return "<think>" + self.plain(m.group(1)) + "</think>" + self.plain(text[m.end():])
+        return "<think>" + self.plain(m.group(1)) + "</think>" + self.plain(text[m.end() :])

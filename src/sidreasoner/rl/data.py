@@ -38,15 +38,23 @@ def narrated_samples(dataset_dir: Path, corpus_dir: Path) -> list[int]:
     rows = narrated["sample"].astype(int).to_numpy()
     if len(rows) and (rows.min() < 0 or rows.max() >= len(train) or len(set(rows)) != len(rows)):
         raise ValueError(f"{path}: sample numbers are not distinct rows of the {len(train)}-row train split")
-    same = (train.user_id.to_numpy()[rows] == narrated.user_id.to_numpy()) & (train.item_id.to_numpy()[rows] == narrated.item_id.to_numpy())
+    same = (train.user_id.to_numpy()[rows] == narrated.user_id.to_numpy()) & (
+        train.item_id.to_numpy()[rows] == narrated.item_id.to_numpy()
+    )
     if not same.all():
         bad = int(rows[~same][0])
         raise ValueError(f"{path}: sample {bad} is not train row {bad} of {dataset_dir} (another dataset's corpus?)")
     return rows.tolist()
 
 
-def rl_rows(dataset_dir: Path, sid_index_dir: Path, split: str = "train", max_samples: int = 0,
-            seed: int = 0, samples: list[int] | None = None) -> list[dict]:
+def rl_rows(
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    split: str = "train",
+    max_samples: int = 0,
+    seed: int = 0,
+    samples: list[int] | None = None,
+) -> list[dict]:
     """verl rows for `split` ('train', 'valid' or 'test'): every row, or only the rows `samples` (e.g. the
     narrated ones); `max_samples` > 0 takes a seeded sample of those (kept in file order)."""
     if split not in ("train", "valid", "test"):
@@ -61,13 +69,15 @@ def rl_rows(dataset_dir: Path, sid_index_dir: Path, split: str = "train", max_sa
     for i in idx:
         r = frame.iloc[int(i)]
         history = [sid[int(h)] for h in r.history_item_ids]
-        rows.append({
-            "data_source": DATA_SOURCE,
-            "prompt": prompts.rl_messages(history),
-            "ability": ABILITY,
-            "reward_model": {"style": "rule", "ground_truth": sid[int(r.item_id)]},
-            "extra_info": {"split": split, "index": int(i), "user_id": int(r.user_id), "item_id": int(r.item_id)},
-        })
+        rows.append(
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": prompts.rl_messages(history),
+                "ability": ABILITY,
+                "reward_model": {"style": "rule", "ground_truth": sid[int(r.item_id)]},
+                "extra_info": {"split": split, "index": int(i), "user_id": int(r.user_id), "item_id": int(r.item_id)},
+            }
+        )
     return rows
 
 
@@ -78,44 +88,64 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def stage3_rows(s, seed: int, dataset_dir: Path, sid_index_dir: Path,
-                corpus_dir: Path | None) -> tuple[list[dict], list[dict]]:
+def stage3_rows(
+    s, seed: int, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None
+) -> tuple[list[dict], list[dict]]:
     """(train, validation) rows as the stage3 section `s` selects them: training prompts from the whole train
     split or only its narrated samples (s.prompts), capped by s.max_samples; validation prompts from
     s.valid_split, s.valid_samples of them (0 = all)."""
     if s.prompts == "narrated" and corpus_dir is None:
         raise ValueError("stage3.prompts=narrated needs the corpus folder")
     samples = narrated_samples(dataset_dir, corpus_dir) if s.prompts == "narrated" else None
-    return (rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, seed, samples),
-            rl_rows(dataset_dir, sid_index_dir, s.valid_split, s.valid_samples, seed))
+    return (
+        rl_rows(dataset_dir, sid_index_dir, "train", s.max_samples, seed, samples),
+        rl_rows(dataset_dir, sid_index_dir, s.valid_split, s.valid_samples, seed),
+    )
 
 
-def write_rl_data(dataset_dir: Path, sid_index_dir: Path, out_dir: Path, max_samples: int = 0,
-                  valid_samples: int = 0, seed: int = 0, samples: list[int] | None = None,
-                  valid_split: str = "valid") -> dict[str, Path]:
+def write_rl_data(
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    out_dir: Path,
+    max_samples: int = 0,
+    valid_samples: int = 0,
+    seed: int = 0,
+    samples: list[int] | None = None,
+    valid_split: str = "valid",
+) -> dict[str, Path]:
     """train.parquet and valid.parquet in `out_dir` (what verl's data.train_files/val_files read)."""
     out_dir = Path(out_dir)
     return {
-        "train": write_parquet(rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed, samples),
-                               out_dir / "train.parquet"),
-        "valid": write_parquet(rl_rows(dataset_dir, sid_index_dir, valid_split, valid_samples, seed),
-                               out_dir / "valid.parquet"),
+        "train": write_parquet(
+            rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed, samples), out_dir / "train.parquet"
+        ),
+        "valid": write_parquet(
+            rl_rows(dataset_dir, sid_index_dir, valid_split, valid_samples, seed), out_dir / "valid.parquet"
+        ),
     }
 
 
 def check_sid_tokens(tok, sid_index_dir: Path, model_dir: Path) -> None:
     """Refuse a model whose tokenizer lacks the run's SID codes (RL must start from the Stage 2 model)."""
     vocab = tok.get_vocab()
-    missing = [sid for sid in load_sid_map(sid_index_dir).values()
-               if not all(code in vocab for code in re.findall(r"<[a-z]_\d+>", sid))]
+    missing = [
+        sid
+        for sid in load_sid_map(sid_index_dir).values()
+        if not all(code in vocab for code in re.findall(r"<[a-z]_\d+>", sid))
+    ]
     if missing:
-        raise ValueError(f"stage3: the model in {model_dir} lacks SID tokens (e.g. {missing[:3]}); "
-                         "give it the sft-stage2 model")
+        raise ValueError(
+            f"stage3: the model in {model_dir} lacks SID tokens (e.g. {missing[:3]}); give it the sft-stage2 model"
+        )
 
 
 def fitting_rows(tok, rows: list[dict], max_prompt_length: int) -> tuple[list[dict], int]:
     """Rows whose prompt, rendered in thinking mode as the rollouts render it, has at most
     `max_prompt_length` tokens; and how many did not fit."""
-    kept = [r for r in rows if len(tok(prompts.render_chat_prompt(tok, r["prompt"], thinking=True),
-                                       add_special_tokens=False)["input_ids"]) <= max_prompt_length]
+    kept = [
+        r
+        for r in rows
+        if len(tok(prompts.render_chat_prompt(tok, r["prompt"], thinking=True), add_special_tokens=False)["input_ids"])
+        <= max_prompt_length
+    ]
     return kept, len(rows) - len(kept)

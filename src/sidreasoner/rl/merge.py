@@ -53,8 +53,9 @@ class MergeError(RuntimeError):
     """The merged model is not what it must be; the message names the folder, file or weight."""
 
 
-def merge_checkpoint(cfg: Config, stage3_checkpoint_dir: Path, stage2_model_dir: Path,
-                     out_model_dir: Path) -> dict[str, float]:
+def merge_checkpoint(
+    cfg: Config, stage3_checkpoint_dir: Path, stage2_model_dir: Path, out_model_dir: Path
+) -> dict[str, float]:
     """The `merge-checkpoint` step. `cfg` is not read: the checkpoint's manifest says what to do."""
     start = time.time()
     ckpt, stage2 = Path(stage3_checkpoint_dir), Path(stage2_model_dir)
@@ -69,9 +70,13 @@ def merge_checkpoint(cfg: Config, stage3_checkpoint_dir: Path, stage2_model_dir:
         _copy_rl_extras(ckpt, tmp)
         write_json(tmp / "merge.json", {"format": fmt, "source": str(source), "manifest": manifest, **merged, **check})
     # format: its index in FORMATS (hf 0, peft_lora 1, verl_fsdp 2); KFP metrics are numbers
-    metrics = {"format": float(FORMATS.index(fmt)), "parameters": float(check["parameters"]),
-               "tied_embeddings": float(check["tied"]), "dtype_bits": float(check["dtype_bits"]),
-               "wall_seconds": time.time() - start}
+    metrics = {
+        "format": float(FORMATS.index(fmt)),
+        "parameters": float(check["parameters"]),
+        "tied_embeddings": float(check["tied"]),
+        "dtype_bits": float(check["dtype_bits"]),
+        "wall_seconds": time.time() - start,
+    }
     if check["max_abs_diff"] is not None:
         metrics["max_abs_diff"] = check["max_abs_diff"]
     log.info("merge-checkpoint: %s (%s) -> %s: %s", source, fmt, out, metrics)
@@ -81,6 +86,7 @@ def merge_checkpoint(cfg: Config, stage3_checkpoint_dir: Path, stage2_model_dir:
 # --- the three formats: each writes a saved model into `tmp` and returns what merge.json records,
 # --- with "reference": logits of the model before saving (or None) under "reference".
 
+
 def _merge_hf(source: Path, stage2: Path, tmp: Path) -> dict:
     _require(source / "config.json", "the 'hf' checkpoint holds no saved model")
     model = _load_model(source)
@@ -89,8 +95,12 @@ def _merge_hf(source: Path, stage2: Path, tmp: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(tok_dir)
     reference = _logits(model, tok)
     save_model(model, tok, tmp)
-    return {"reference": reference, "reference_kind": "the loaded checkpoint model",
-            "tokenizer_from": str(tok_dir), "generation_config_from": generation_from}
+    return {
+        "reference": reference,
+        "reference_kind": "the loaded checkpoint model",
+        "tokenizer_from": str(tok_dir),
+        "generation_config_from": generation_from,
+    }
 
 
 def _merge_peft_lora(source: Path, stage2: Path, tmp: Path) -> dict:
@@ -102,9 +112,13 @@ def _merge_peft_lora(source: Path, stage2: Path, tmp: Path) -> dict:
     reference = _logits(adapted, tok)
     model = adapted.merge_and_unload()
     save_model(model, tok, tmp)
-    return {"reference": reference, "reference_kind": "the in-memory PeftModel (adapter not merged)",
-            "tokenizer_from": str(stage2), "generation_config_from": str(stage2),
-            "lora": _lora_summary(source / "adapter_config.json")}
+    return {
+        "reference": reference,
+        "reference_kind": "the in-memory PeftModel (adapter not merged)",
+        "tokenizer_from": str(stage2),
+        "generation_config_from": str(stage2),
+        "lora": _lora_summary(source / "adapter_config.json"),
+    }
 
 
 def _merge_verl_fsdp(source: Path, stage2: Path, tmp: Path) -> dict:
@@ -117,9 +131,16 @@ def _merge_verl_fsdp(source: Path, stage2: Path, tmp: Path) -> dict:
         taken = _verl_hf_config(source, stage2, hf_config)
         raw = Path(scratch) / "merged"
         raw.mkdir()
-        merger = FSDPModelMerger(ModelMergerConfig(
-            operation="merge", backend="fsdp", local_dir=str(source), target_dir=str(raw),
-            hf_model_config_path=str(hf_config), trust_remote_code=False))
+        merger = FSDPModelMerger(
+            ModelMergerConfig(
+                operation="merge",
+                backend="fsdp",
+                local_dir=str(source),
+                target_dir=str(raw),
+                hf_model_config_path=str(hf_config),
+                trust_remote_code=False,
+            )
+        )
         merger.merge_and_save()
         merger.cleanup()
         lora = None
@@ -130,14 +151,21 @@ def _merge_verl_fsdp(source: Path, stage2: Path, tmp: Path) -> dict:
                 shutil.move(str(path), str(tmp / path.name))
     # verl's own full-model save (if any) holds the unfolded LoRA model: no reference then.
     reference, kind = (None, "none (LoRA folded in)") if lora else _verl_reference(source / "huggingface", tmp)
-    return {"reference": reference, "reference_kind": kind, "world_size": world_size, "lora": lora,
-            "tokenizer_from": taken["tokenizer"], "generation_config_from": taken["generation_config"]}
+    return {
+        "reference": reference,
+        "reference_kind": kind,
+        "world_size": world_size,
+        "lora": lora,
+        "tokenizer_from": taken["tokenizer"],
+        "generation_config_from": taken["generation_config"],
+    }
 
 
 MERGERS = {"hf": _merge_hf, "peft_lora": _merge_peft_lora, "verl_fsdp": _merge_verl_fsdp}
 
 
 # --- verl ---------------------------------------------------------------------------------------------
+
 
 def check_verl_shards(actor: Path) -> int:
     """The world size of verl's FSDP checkpoint in `actor`, after checking every rank's model shard and
@@ -150,8 +178,11 @@ def check_verl_shards(actor: Path) -> int:
         raise ValueError(f"{fsdp_config}: no integer 'world_size' ({e!r})") from None
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"{fsdp_config}: 'world_size' is {world_size!r}, expected a positive integer")
-    missing = [name for name in (f"model_world_size_{world_size}_rank_{r}.pt" for r in range(world_size))
-               if not (actor / name).is_file()]
+    missing = [
+        name
+        for name in (f"model_world_size_{world_size}_rank_{r}.pt" for r in range(world_size))
+        if not (actor / name).is_file()
+    ]
     if missing:
         raise FileNotFoundError(f"{actor}: missing model shard(s) {', '.join(missing)} of world size {world_size}")
     _require(actor / "huggingface" / "config.json", "verl's checkpoint has no model config")
@@ -186,8 +217,10 @@ def _fold_lora(raw: Path, adapter: Path, tmp: Path) -> dict:
     summary = _lora_summary(adapter / "adapter_config.json")
     if not summary.get("lora_alpha"):
         # verl's merger falls back to lora_alpha=0 without lora_train_meta.json: the adapter would vanish.
-        raise MergeError(f"{adapter / 'adapter_config.json'}: 'lora_alpha' is 0 (the checkpoint lacks "
-                         "lora_train_meta.json), so folding the adapter in would drop it")
+        raise MergeError(
+            f"{adapter / 'adapter_config.json'}: 'lora_alpha' is 0 (the checkpoint lacks "
+            "lora_train_meta.json), so folding the adapter in would drop it"
+        )
     tok = AutoTokenizer.from_pretrained(raw)
     model = PeftModel.from_pretrained(_load_model(raw), str(adapter)).merge_and_unload()
     save_model(model, tok, tmp)
@@ -203,13 +236,17 @@ def _verl_reference(hf: Path, tmp: Path):
 
 # --- checks -------------------------------------------------------------------------------------------
 
+
 def verify_model(model_dir: Path, stage2: Path, reference: torch.Tensor | None) -> dict:
     """Reload `model_dir` as any user would and check it (see the module docstring); raise MergeError."""
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", use_safetensors=True,
-                                                       trust_remote_code=False, output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype="auto", use_safetensors=True, trust_remote_code=False, output_loading_info=True
+    )
     bad = {k: sorted(map(str, v)) for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
-        raise MergeError(f"{model_dir}: reloading gives newly initialised or unused weights: {bad or info['error_msgs']}")
+        raise MergeError(
+            f"{model_dir}: reloading gives newly initialised or unused weights: {bad or info['error_msgs']}"
+        )
     tok = AutoTokenizer.from_pretrained(model_dir)
     tied = _check_tied(model_dir, model)
     _check_architecture(model_dir, model, stage2)
@@ -220,9 +257,16 @@ def verify_model(model_dir: Path, stage2: Path, reference: torch.Tensor | None) 
         max_abs_diff = float((logits - reference).abs().max())
         limit = TOLERANCE.get(model.dtype, 3e-2) * max(1.0, float(reference.abs().max()))
         if max_abs_diff > limit:
-            raise MergeError(f"{model_dir}: reloaded logits differ from the source's by {max_abs_diff:.3g} (> {limit:.3g})")
-    return {"dtype": str(model.dtype).removeprefix("torch."), "dtype_bits": torch.finfo(model.dtype).bits,
-            "parameters": sum(p.numel() for p in model.parameters()), "tied": tied, "max_abs_diff": max_abs_diff}
+            raise MergeError(
+                f"{model_dir}: reloaded logits differ from the source's by {max_abs_diff:.3g} (> {limit:.3g})"
+            )
+    return {
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "dtype_bits": torch.finfo(model.dtype).bits,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tied": tied,
+        "max_abs_diff": max_abs_diff,
+    }
 
 
 def _check_tied(model_dir: Path, model) -> bool:
@@ -261,8 +305,10 @@ def _check_architecture(model_dir: Path, model, stage2: Path) -> None:
     extra = sorted(set(have) - set(want))
     resized = sorted(f"{n} {have[n]} (Stage 2: {want[n]})" for n in set(want) & set(have) if want[n] != have[n])
     if missing or extra or resized:
-        raise MergeError(f"{model_dir}: not the Stage 2 architecture of {stage2}: missing {missing[:5]}, "
-                         f"extra {extra[:5]}, other shape {resized[:5]}")
+        raise MergeError(
+            f"{model_dir}: not the Stage 2 architecture of {stage2}: missing {missing[:5]}, "
+            f"extra {extra[:5]}, other shape {resized[:5]}"
+        )
 
 
 def _check_tokenizer(model_dir: Path, tok, stage2: Path, vocab_size: int) -> None:
@@ -270,7 +316,9 @@ def _check_tokenizer(model_dir: Path, tok, stage2: Path, vocab_size: int) -> Non
     vocab = tok.get_vocab()
     lost = [t for t in ref.get_added_vocab() if t not in vocab]
     if lost:
-        raise MergeError(f"{model_dir}: the tokenizer lacks {len(lost)} added token(s) of the Stage 2 model's, e.g. {lost[:5]}")
+        raise MergeError(
+            f"{model_dir}: the tokenizer lacks {len(lost)} added token(s) of the Stage 2 model's, e.g. {lost[:5]}"
+        )
     if ref.chat_template and tok.chat_template != ref.chat_template:
         raise MergeError(f"{model_dir}: the tokenizer's chat template is not the Stage 2 model's")
     if len(tok) > vocab_size:
@@ -278,6 +326,7 @@ def _check_tokenizer(model_dir: Path, tok, stage2: Path, vocab_size: int) -> Non
 
 
 # --- small helpers ------------------------------------------------------------------------------------
+
 
 def _load_model(path: Path):
     return AutoModelForCausalLM.from_pretrained(path, dtype="auto", use_safetensors=True, trust_remote_code=False)

@@ -9,8 +9,16 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def summary_metrics(per_step: list[dict], global_step: int, resumed_from: int, n_prompts: int, skipped: int,
-                    completions_done: int, train_wall: float, wall: float) -> dict[str, float]:
+def summary_metrics(
+    per_step: list[dict],
+    global_step: int,
+    resumed_from: int,
+    n_prompts: int,
+    skipped: int,
+    completions_done: int,
+    train_wall: float,
+    wall: float,
+) -> dict[str, float]:
     """The step's metrics, the same for every backend: reward at the start and end of training (mean
     of the first and last k steps), KL, completion length, throughput and wall time."""
     rewards = [p["reward"] for p in per_step]

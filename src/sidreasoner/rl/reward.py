@@ -61,6 +61,7 @@ CATALOGUE_ENV = "SIDREASONER_CATALOGUE"  # path of a catalogue.json or of a sid_
 
 # ---------------------------------------------------------------- catalogue
 
+
 @functools.lru_cache(maxsize=8)
 def _load_catalogue(path: str) -> frozenset[str]:
     p = Path(path)
@@ -84,6 +85,7 @@ def _resolve_catalogue(catalogue, extra_info: dict | None) -> frozenset[str] | N
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def extract_answer(solution_str: str) -> str | None:
     """The answer text: after the last `</think>`; None when reasoning was opened and never closed."""
@@ -132,7 +134,7 @@ def prefix_score(matched: int, levels: int) -> float:
 
 def _matched_prefix(pred: Sequence, target: Sequence) -> int:
     m = 0
-    for p, t in zip(pred, target):
+    for p, t in zip(pred, target, strict=False):
         if p != t:
             break
         m += 1
@@ -141,14 +143,26 @@ def _matched_prefix(pred: Sequence, target: Sequence) -> int:
 
 def _well_formed_think(solution_str: str) -> bool:
     s = solution_str.lstrip()
-    return (s.startswith(THINK_OPEN) and s.count(THINK_OPEN) == 1 and s.count(THINK_CLOSE) == 1
-            and s.index(THINK_OPEN) < s.index(THINK_CLOSE))
+    return (
+        s.startswith(THINK_OPEN)
+        and s.count(THINK_OPEN) == 1
+        and s.count(THINK_CLOSE) == 1
+        and s.index(THINK_OPEN) < s.index(THINK_CLOSE)
+    )
 
 
 # ---------------------------------------------------------------- scores
 
-def compute_score(data_source: str | None, solution_str: str, ground_truth: str, extra_info: dict | None = None,
-                  kind: str | None = None, catalogue=None, **_: object) -> dict:
+
+def compute_score(
+    data_source: str | None,
+    solution_str: str,
+    ground_truth: str,
+    extra_info: dict | None = None,
+    kind: str | None = None,
+    catalogue=None,
+    **_: object,
+) -> dict:
     """verl's custom reward signature. Returns {"score", "parsed", "matched_levels", "prefix",
     "in_catalogue", "exact"} (numbers only, so verl can aggregate them).
 
@@ -167,8 +181,13 @@ def compute_score(data_source: str | None, solution_str: str, ground_truth: str,
     pred = parse_answer(solution_str, levels=len(target))
     matched = _matched_prefix(pred, target) if pred is not None else 0
     exact = float(pred is not None and matched == len(target))
-    out = {"parsed": float(pred is not None), "matched_levels": float(matched),
-           "prefix": prefix_score(matched, len(target)), "in_catalogue": 0.0, "exact": exact}
+    out = {
+        "parsed": float(pred is not None),
+        "matched_levels": float(matched),
+        "prefix": prefix_score(matched, len(target)),
+        "in_catalogue": 0.0,
+        "exact": exact,
+    }
     if kind == "format":
         out["score"] = float(pred is not None and _well_formed_think(solution_str))
         return out
@@ -186,8 +205,10 @@ def compute_score(data_source: str | None, solution_str: str, ground_truth: str,
 def _require_catalogue(kind: str, catalogue, extra_info: dict | None) -> frozenset[str]:
     cat = _resolve_catalogue(catalogue, extra_info)
     if cat is None:
-        raise ValueError(f"the {kind} reward needs the SID catalogue: pass catalogue=, extra_info['catalogue_path'] "
-                         f"or set ${CATALOGUE_ENV}")
+        raise ValueError(
+            f"the {kind} reward needs the SID catalogue: pass catalogue=, extra_info['catalogue_path'] "
+            f"or set ${CATALOGUE_ENV}"
+        )
     return cat
 
 
@@ -199,8 +220,14 @@ def _research_score(solution_str: str, target: Sequence[int], cat: frozenset[str
     matched = _matched_prefix(answer, sid_tokens(target))
     prefix = prefix_score(matched, levels)
     in_catalogue = float("".join(answer) in cat)
-    return {"score": prefix + IN_CATALOGUE_BONUS * in_catalogue, "parsed": 1.0, "matched_levels": float(matched),
-            "prefix": prefix, "in_catalogue": in_catalogue, "exact": float(matched == levels)}
+    return {
+        "score": prefix + IN_CATALOGUE_BONUS * in_catalogue,
+        "parsed": 1.0,
+        "matched_levels": float(matched),
+        "prefix": prefix,
+        "in_catalogue": in_catalogue,
+        "exact": float(matched == levels),
+    }
 
 
 def ranking_penalties(group_size: int) -> list[float]:
@@ -240,7 +267,10 @@ def make_trl_reward(kind: str = "rule", catalogue=None):
 
     def sid_reward(completions, ground_truth, prompts=None, **kwargs) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        parts = [compute_score("sidreasoner", t, g, kind=kind, catalogue=cat) for t, g in zip(texts, ground_truth)]
+        parts = [
+            compute_score("sidreasoner", t, g, kind=kind, catalogue=cat)
+            for t, g in zip(texts, ground_truth, strict=True)
+        ]
         scores = [p["score"] for p in parts]
         if kind == "ranking":
             for group in _groups(prompts, len(texts)):

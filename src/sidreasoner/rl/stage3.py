@@ -9,8 +9,9 @@ from sidreasoner.config import Config
 from sidreasoner.rl import trl_backend, verl_backend
 
 
-def rl_stage3(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
-              checkpoint_dir: Path) -> dict[str, float]:
+def rl_stage3(
+    cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path, checkpoint_dir: Path
+) -> dict[str, float]:
     """The corpus is read only with stage3.prompts=narrated: its samples.parquet names the training samples
     whose prompts RL trains on."""
     args = (cfg, Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir), Path(corpus_dir), Path(checkpoint_dir))

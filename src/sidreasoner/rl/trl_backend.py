@@ -43,8 +43,15 @@ def _dataset(tok, rows: list[dict], max_prompt_length: int):
     kept, skipped = rl_data.fitting_rows(tok, rows, max_prompt_length)
     if not kept:
         raise ValueError(f"stage3: every prompt is longer than max_prompt_length={max_prompt_length}")
-    return Dataset.from_list([{"prompt": prompts.render_chat_prompt(tok, r["prompt"], thinking=True),
-                               "ground_truth": r["reward_model"]["ground_truth"]} for r in kept]), skipped
+    return Dataset.from_list(
+        [
+            {
+                "prompt": prompts.render_chat_prompt(tok, r["prompt"], thinking=True),
+                "ground_truth": r["reward_model"]["ground_truth"],
+            }
+            for r in kept
+        ]
+    ), skipped
 
 
 def _grpo_config(cfg: Config, ckpt: Path):
@@ -103,7 +110,9 @@ def _grpo_trainer_class():
                 mini_repeat_count=self.num_generations,
                 batch_size=self.args.generation_batch_size // self.num_generations,
                 repeat_count=self.num_iterations * self.args.steps_per_generation,
-                shuffle=self.shuffle_dataset, seed=self.args.seed)
+                shuffle=self.shuffle_dataset,
+                seed=self.args.seed,
+            )
 
     return Trainer
 
@@ -114,8 +123,13 @@ def _peft_config(s):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
 
 
 def _save_policy(model, tok, out: Path, finetune: str) -> tuple[str, str]:
@@ -130,27 +144,49 @@ def _save_policy(model, tok, out: Path, finetune: str) -> tuple[str, str]:
 
 def _summary(history: list[dict]) -> dict:
     steps = [h for h in history if "reward" in h]
-    per_step = [{"step": h["step"], "reward": h["reward"], "reward_std": h.get("reward_std"), "kl": h.get("kl"),
-                 "completion_length": h.get("completions/mean_length"),
-                 **{k: v for k, v in h.items() if k.startswith("sid/")}} for h in steps]
+    per_step = [
+        {
+            "step": h["step"],
+            "reward": h["reward"],
+            "reward_std": h.get("reward_std"),
+            "kl": h.get("kl"),
+            "completion_length": h.get("completions/mean_length"),
+            **{k: v for k, v in h.items() if k.startswith("sid/")},
+        }
+        for h in steps
+    ]
     return {"per_step": per_step}
 
 
-def train_trl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None,
-              out_checkpoint_dir: Path) -> dict[str, float]:
+def train_trl(
+    cfg: Config,
+    stage2_model_dir: Path,
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    corpus_dir: Path | None,
+    out_checkpoint_dir: Path,
+) -> dict[str, float]:
     """Train into the checkpoint folder under its lock, then remove the stage's old checkpoint folders."""
     s = cfg.stage3
     inputs = [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)]
     ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus_dir)] if s.prompts == "narrated" else []))
     with checkpoint_lock(ckpt):
-        metrics = _train_and_save(cfg, stage2_model_dir, dataset_dir, sid_index_dir, corpus_dir, ckpt,
-                                  Path(out_checkpoint_dir))
+        metrics = _train_and_save(
+            cfg, stage2_model_dir, dataset_dir, sid_index_dir, corpus_dir, ckpt, Path(out_checkpoint_dir)
+        )
         remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
     return metrics
 
 
-def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path,
-                    corpus_dir: Path | None, ckpt: Path, out: Path) -> dict[str, float]:
+def _train_and_save(
+    cfg: Config,
+    stage2_model_dir: Path,
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    corpus_dir: Path | None,
+    ckpt: Path,
+    out: Path,
+) -> dict[str, float]:
     start = time.time()
     s = cfg.stage3
     torch.manual_seed(cfg.seed)
@@ -170,10 +206,17 @@ def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_
         log.info("stage3: resuming from %s", resume)
     args = _grpo_config(cfg, ckpt)
     started = ResumedAt()
-    trainer = _grpo_trainer_class()(model=model, reward_funcs=[reward_fn], args=args, train_dataset=train_ds,
-                                    processing_class=tok, peft_config=_peft_config(s),
-                                    callbacks=[SealCheckpoints(), started], stage="stage3",
-                                    lr_setting=f"stage3.lr={s.lr:g}")
+    trainer = _grpo_trainer_class()(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tok,
+        peft_config=_peft_config(s),
+        callbacks=[SealCheckpoints(), started],
+        stage="stage3",
+        lr_setting=f"stage3.lr={s.lr:g}",
+    )
     t0 = time.time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_wall = time.time() - t0
@@ -182,8 +225,16 @@ def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_
     summary = _summary(history)
     steps_run = trainer.state.global_step - resumed_from
     completions_done = steps_run * s.train_batch_size * s.num_generations
-    metrics = summary_metrics(summary["per_step"], trainer.state.global_step, resumed_from, len(train_ds), skipped,
-                              completions_done, train_wall, 0.0)
+    metrics = summary_metrics(
+        summary["per_step"],
+        trainer.state.global_step,
+        resumed_from,
+        len(train_ds),
+        skipped,
+        completions_done,
+        train_wall,
+        0.0,
+    )
     model = trainer.model
     model.config.use_cache = True
     info = {
@@ -205,11 +256,15 @@ def _train_and_save(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_
         fmt, policy_path = _save_policy(model, tok, tmp, s.finetune)
         rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")
         rl_data.write_parquet(valid_rows, tmp / "rl_data" / "valid.parquet")
-        write_json(tmp / "training.json", {**info, "metrics": metrics,
-                                           "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
+        write_json(
+            tmp / "training.json",
+            {**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}},
+        )
         pts = [(p["step"], p["reward"]) for p in summary["per_step"]]
-        (tmp / "reward_curve.html").write_text(loss_curve_html(
-            f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics,
-            labels=("mean reward", "")))
+        (tmp / "reward_curve.html").write_text(
+            loss_curve_html(
+                f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics, labels=("mean reward", "")
+            )
+        )
         write_manifest(tmp, fmt, policy_path, backend="trl", global_step=trainer.state.global_step)
     return metrics

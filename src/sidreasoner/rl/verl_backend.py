@@ -63,9 +63,17 @@ CONSOLE_LOG = "verl_console.log"
 ACTOR_KEEP = ("fsdp_config.json", "huggingface")
 MODEL_SHARD = re.compile(r"model_world_size_\d+_rank_\d+\.pt")
 # verl console metric -> per-step record key
-PER_STEP_KEYS = {"reward": "critic/score/mean", "reward_max": "critic/score/max", "reward_min": "critic/score/min",
-                 "kl": "actor/kl_loss", "completion_length": "response_length/mean", "entropy": "actor/entropy",
-                 "pg_loss": "actor/pg_loss", "grad_norm": "actor/grad_norm", "step_seconds": "timing_s/step"}
+PER_STEP_KEYS = {
+    "reward": "critic/score/mean",
+    "reward_max": "critic/score/max",
+    "reward_min": "critic/score/min",
+    "kl": "actor/kl_loss",
+    "completion_length": "response_length/mean",
+    "entropy": "actor/entropy",
+    "pg_loss": "actor/pg_loss",
+    "grad_norm": "actor/grad_norm",
+    "step_seconds": "timing_s/step",
+}
 
 
 class GPURequiredError(RuntimeError):
@@ -76,15 +84,16 @@ class GPURequiredError(RuntimeError):
 class VerlPaths:
     """Where verl reads and writes (all absolute; on shared storage when a Ray cluster trains)."""
 
-    model: Path            # the Stage 2 Hugging Face model folder
-    train_files: Path      # RL Parquet (rl/data.py schema)
+    model: Path  # the Stage 2 Hugging Face model folder
+    train_files: Path  # RL Parquet (rl/data.py schema)
     val_files: Path
-    catalogue: Path        # catalogue.json for the research and rule rewards
-    checkpoint_dir: Path   # trainer.default_local_dir: global_step_N/actor/… and the tracker
-    train_prompts: int     # rows in train_files (steps per epoch for fractional stage3.epochs)
+    catalogue: Path  # catalogue.json for the research and rule rewards
+    checkpoint_dir: Path  # trainer.default_local_dir: global_step_N/actor/… and the tracker
+    train_prompts: int  # rows in train_files (steps per epoch for fractional stage3.epochs)
 
 
 # ---------------------------------------------------------------- Hydra overrides
+
 
 def _hydra_string(text: str) -> str:
     """A single-quoted Hydra string: quotes escaped, backslashes before a quote or at the end doubled."""
@@ -239,11 +248,15 @@ def parse_console_metrics(lines) -> dict[int, dict[str, float]]:
 
 def per_step_records(history: dict[int, dict[str, float]]) -> list[dict]:
     """Training steps (those with a reward) as records named like the TRL backend's."""
-    return [{"step": step, **{name: metrics.get(key) for name, key in PER_STEP_KEYS.items()}}
-            for step, metrics in history.items() if PER_STEP_KEYS["reward"] in metrics]
+    return [
+        {"step": step, **{name: metrics.get(key) for name, key in PER_STEP_KEYS.items()}}
+        for step, metrics in history.items()
+        if PER_STEP_KEYS["reward"] in metrics
+    ]
 
 
 # ---------------------------------------------------------------- checkpoints
+
 
 def latest_checkpoint(checkpoint_dir: Path) -> tuple[int, Path] | None:
     """(step, global_step_N folder) of verl's last complete checkpoint, from its tracker file."""
@@ -271,6 +284,7 @@ def copy_actor(actor_dir: Path, dest: Path) -> None:
 
 # ---------------------------------------------------------------- the run
 
+
 def require_gpu(cfg: Config) -> None:
     """Refuse before any work when verl would start a local Ray head without enough CUDA GPUs."""
     v = cfg.stage3.verl
@@ -284,7 +298,8 @@ def require_gpu(cfg: Config) -> None:
             f"stage3.backend=verl needs CUDA GPUs, and this machine has {visible} visible "
             f"(stage3.verl.n_gpus_per_node={v.n_gpus_per_node}): verl's GRPO trainer cannot run on CPU. "
             "Use stage3.backend=trl (--set stage3.backend=trl), give the rl-stage3 step GPUs, or train on a "
-            "Ray cluster (stage3.verl.ray_address)")
+            "Ray cluster (stage3.verl.ray_address)"
+        )
 
 
 # ---------------------------------------------------------------- the Ray cluster's GPUs
@@ -301,9 +316,16 @@ def gpu_bundles(nnodes: int, gpus_per_node: int) -> list[dict[str, float]]:
     return [{"GPU": float(gpus_per_node)} for _ in range(nnodes)]
 
 
-def wait_for_gpus(nnodes: int, gpus_per_node: int, timeout_s: float, available: Callable[[], dict],
-                  request: Callable[[list[dict]], None], clock: Callable[[], float] = time.monotonic,
-                  sleep: Callable[[float], None] = time.sleep, poll_s: float = GPU_POLL_S) -> float:
+def wait_for_gpus(
+    nnodes: int,
+    gpus_per_node: int,
+    timeout_s: float,
+    available: Callable[[], dict],
+    request: Callable[[list[dict]], None],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float = GPU_POLL_S,
+) -> float:
     """Ask the autoscaler for verl's GPUs (`request(bundles)`), then poll `available()` (a Ray resource dict)
     until it shows them; return the GPUs available. Raise ClusterGPUTimeout after `timeout_s` (0 = look once).
 
@@ -318,24 +340,33 @@ def wait_for_gpus(nnodes: int, gpus_per_node: int, timeout_s: float, available: 
     while True:
         have, waited = float(available().get("GPU", 0)), clock() - start
         if have >= needed:
-            log.info("stage3 (verl): the Ray cluster has %g GPU(s) available, %d needed (after %.0f s)", have, needed, waited)
+            log.info(
+                "stage3 (verl): the Ray cluster has %g GPU(s) available, %d needed (after %.0f s)", have, needed, waited
+            )
             return have
         if waited >= timeout_s:
             raise ClusterGPUTimeout(_gpu_timeout_message(nnodes, gpus_per_node, have, waited, timeout_s))
-        log.info("stage3 (verl): waiting for the Ray cluster's GPUs: %g available, %d needed, %.0f s of %g s",
-                 have, needed, waited, timeout_s)
+        log.info(
+            "stage3 (verl): waiting for the Ray cluster's GPUs: %g available, %d needed, %.0f s of %g s",
+            have,
+            needed,
+            waited,
+            timeout_s,
+        )
         sleep(min(poll_s, timeout_s - waited))
 
 
 def _gpu_timeout_message(nnodes: int, gpus_per_node: int, have: float, waited: float, timeout_s: float) -> str:
-    return (f"stage3 (verl): the Ray cluster (stage3.verl.ray_address) had {have:g} GPU(s) available after waiting "
-            f"{waited:.0f} s (stage3.verl.gpu_wait_s={timeout_s:g}); verl needs {nnodes * gpus_per_node} "
-            f"(stage3.verl.nnodes={nnodes} x stage3.verl.n_gpus_per_node={gpus_per_node}) and fails without them. "
-            f"Check that the RayCluster can run {nnodes} worker(s) of {gpus_per_node} GPU(s): the chart's "
-            f"rayCluster.workers.maxReplicas (>= {nnodes}) and rayCluster.workers.gpus (>= {gpus_per_node}), "
-            "rayCluster.enableInTreeAutoscaling (without the autoscaler, rayCluster.workers.replicas), and that "
-            "Kubernetes has GPU nodes for the workers (pending ray-worker pods, the autoscaler container's log on "
-            "the Ray head); or raise stage3.verl.gpu_wait_s")
+    return (
+        f"stage3 (verl): the Ray cluster (stage3.verl.ray_address) had {have:g} GPU(s) available after waiting "
+        f"{waited:.0f} s (stage3.verl.gpu_wait_s={timeout_s:g}); verl needs {nnodes * gpus_per_node} "
+        f"(stage3.verl.nnodes={nnodes} x stage3.verl.n_gpus_per_node={gpus_per_node}) and fails without them. "
+        f"Check that the RayCluster can run {nnodes} worker(s) of {gpus_per_node} GPU(s): the chart's "
+        f"rayCluster.workers.maxReplicas (>= {nnodes}) and rayCluster.workers.gpus (>= {gpus_per_node}), "
+        "rayCluster.enableInTreeAutoscaling (without the autoscaler, rayCluster.workers.replicas), and that "
+        "Kubernetes has GPU nodes for the workers (pending ray-worker pods, the autoscaler container's log on "
+        "the Ray head); or raise stage3.verl.gpu_wait_s"
+    )
 
 
 def _request_on_cluster(bundles: list[dict]) -> None:
@@ -366,8 +397,12 @@ def _withdraw_gpu_request(address: str) -> None:
         finally:
             ray.shutdown()
     except Exception as e:
-        log.warning("stage3 (verl): could not withdraw the GPU request from the Ray cluster at %s (%s): its "
-                    "autoscaler keeps the GPU workers until another request replaces it", address, e)
+        log.warning(
+            "stage3 (verl): could not withdraw the GPU request from the Ray cluster at %s (%s): its "
+            "autoscaler keeps the GPU workers until another request replaces it",
+            address,
+            e,
+        )
 
 
 @contextmanager
@@ -404,8 +439,16 @@ def _run_streaming(cmd: list[str], env: dict[str, str], cwd: Path, log_file: Pat
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     with log_file.open("a", encoding="utf-8") as out:
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd[:3])} ===\n")
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         try:
             for line in proc.stdout:
                 out.write(line)
@@ -421,8 +464,13 @@ def _run_streaming(cmd: list[str], env: dict[str, str], cwd: Path, log_file: Pat
 
 
 def _env(cfg: Config, catalogue: Path) -> dict[str, str]:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1",
-           rl_reward.CATALOGUE_ENV: str(catalogue)}
+    env = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "1",
+        rl_reward.CATALOGUE_ENV: str(catalogue),
+    }
     if cfg.stage3.verl.ray_address:
         env["RAY_ADDRESS"] = cfg.stage3.verl.ray_address
     else:
@@ -430,8 +478,9 @@ def _env(cfg: Config, catalogue: Path) -> dict[str, str]:
     return env
 
 
-def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None,
-               out_dir: Path) -> dict[str, float]:
+def train_verl(
+    cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None, out_dir: Path
+) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     require_gpu(cfg)
@@ -444,11 +493,15 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
     train_rows, skipped = rl_data.fitting_rows(tok, all_train, s.max_prompt_length)
     valid_rows, _ = rl_data.fitting_rows(tok, all_valid, s.max_prompt_length)
     if len(train_rows) < s.train_batch_size or not valid_rows:
-        raise ValueError(f"stage3: {len(train_rows)} training and {len(valid_rows)} validation prompts fit "
-                         f"max_prompt_length={s.max_prompt_length}; verl needs at least train_batch_size="
-                         f"{s.train_batch_size} and one")
+        raise ValueError(
+            f"stage3: {len(train_rows)} training and {len(valid_rows)} validation prompts fit "
+            f"max_prompt_length={s.max_prompt_length}; verl needs at least train_batch_size="
+            f"{s.train_batch_size} and one"
+        )
 
-    read = [stage2_model_dir, Path(dataset_dir), sid_index_dir] + ([Path(corpus_dir)] if s.prompts == "narrated" else [])
+    read = [stage2_model_dir, Path(dataset_dir), sid_index_dir] + (
+        [Path(corpus_dir)] if s.prompts == "narrated" else []
+    )
     ckpt = checkpoint_root("stage3", cfg, s, read).resolve()
     with checkpoint_lock(ckpt):
         metrics = _train_in(cfg, ckpt, stage2_model_dir, sid_index_dir, train_rows, valid_rows, skipped, start, out_dir)
@@ -456,8 +509,17 @@ def train_verl(cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index
     return metrics
 
 
-def _train_in(cfg: Config, ckpt: Path, stage2_model_dir: Path, sid_index_dir: Path, train_rows: list[dict],
-              valid_rows: list[dict], skipped: int, start: float, out_dir: Path) -> dict[str, float]:
+def _train_in(
+    cfg: Config,
+    ckpt: Path,
+    stage2_model_dir: Path,
+    sid_index_dir: Path,
+    train_rows: list[dict],
+    valid_rows: list[dict],
+    skipped: int,
+    start: float,
+    out_dir: Path,
+) -> dict[str, float]:
     """Stage the inputs in the checkpoint folder `ckpt` (whose lock the caller holds), run verl, and write
     the raw checkpoint to `out_dir`."""
     s = cfg.stage3
@@ -469,7 +531,10 @@ def _train_in(cfg: Config, ckpt: Path, stage2_model_dir: Path, sid_index_dir: Pa
         model=_stage_model(stage2_model_dir, inputs) if s.verl.ray_address else stage2_model_dir,
         train_files=rl_data.write_parquet(train_rows, inputs / "rl_data" / "train.parquet"),
         val_files=rl_data.write_parquet(valid_rows, inputs / "rl_data" / "valid.parquet"),
-        catalogue=catalogue, checkpoint_dir=ckpt / "verl", train_prompts=len(train_rows))
+        catalogue=catalogue,
+        checkpoint_dir=ckpt / "verl",
+        train_prompts=len(train_rows),
+    )
     overrides = verl_overrides(cfg, paths)
     before = latest_checkpoint(paths.checkpoint_dir)
     resumed_from = before[0] if before else 0
@@ -482,30 +547,43 @@ def _train_in(cfg: Config, ckpt: Path, stage2_model_dir: Path, sid_index_dir: Pa
         train_wall = time.time() - t0
     after = latest_checkpoint(paths.checkpoint_dir)
     if after is None:
-        raise RuntimeError(f"verl finished without a checkpoint in {paths.checkpoint_dir} (with a Ray cluster, "
-                           "stage3.checkpoint_dir must be storage its workers share with this pod)")
+        raise RuntimeError(
+            f"verl finished without a checkpoint in {paths.checkpoint_dir} (with a Ray cluster, "
+            "stage3.checkpoint_dir must be storage its workers share with this pod)"
+        )
     global_step, step_dir = after
 
     with (ckpt / CONSOLE_LOG).open(encoding="utf-8", errors="replace") as fh:
         history = parse_console_metrics(fh)
     per_step = per_step_records(history)
     completions_done = (global_step - resumed_from) * s.train_batch_size * s.num_generations
-    metrics = summary_metrics(per_step, global_step, resumed_from, len(train_rows), skipped, completions_done,
-                              train_wall, time.time() - start)
+    metrics = summary_metrics(
+        per_step, global_step, resumed_from, len(train_rows), skipped, completions_done, train_wall, time.time() - start
+    )
     info = {
-        "stage": "stage3", "backend": "verl", "per_step": per_step,
+        "stage": "stage3",
+        "backend": "verl",
+        "per_step": per_step,
         "history": [{"step": step, **values} for step, values in history.items()],
-        "checkpoint_dir": str(ckpt), "verl_checkpoint": str(step_dir), "global_step": global_step,
-        "command": f"python -m {MAIN_MODULE}", "overrides": overrides,
+        "checkpoint_dir": str(ckpt),
+        "verl_checkpoint": str(step_dir),
+        "global_step": global_step,
+        "command": f"python -m {MAIN_MODULE}",
+        "overrides": overrides,
     }
     with atomic_dir(Path(out_dir)) as tmp:
         copy_actor(step_dir / "actor", tmp / "actor")
         shutil.copytree(inputs / "rl_data", tmp / "rl_data")
         metrics["wall_seconds"] = time.time() - start
-        write_json(tmp / "training.json", {**info, "metrics": metrics,
-                                           "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
+        write_json(
+            tmp / "training.json",
+            {**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}},
+        )
         pts = [(p["step"], p["reward"]) for p in per_step]
-        (tmp / "reward_curve.html").write_text(loss_curve_html(
-            f"stage3 ({s.reward} reward, verl): mean reward per step", pts, [], metrics, labels=("mean reward", "")))
+        (tmp / "reward_curve.html").write_text(
+            loss_curve_html(
+                f"stage3 ({s.reward} reward, verl): mean reward per step", pts, [], metrics, labels=("mean reward", "")
+            )
+        )
         rl_checkpoint.write_manifest(tmp, "verl_fsdp", "actor", backend="verl", global_step=global_step)
     return metrics

@@ -167,8 +167,13 @@ def exact_resolve(codes: np.ndarray, last_dists: np.ndarray) -> np.ndarray:
 
 
 def resolve_collisions(
-    codes: np.ndarray, last_dists: np.ndarray, rounds: int = 10, epsilon: float = 0.02, iters: int = 50,
-    method: str = "sinkhorn", leftover: str = "resolve",
+    codes: np.ndarray,
+    last_dists: np.ndarray,
+    rounds: int = 10,
+    epsilon: float = 0.02,
+    iters: int = 50,
+    method: str = "sinkhorn",
+    leftover: str = "resolve",
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Codes [N, L] after collision handling (`method` sinkhorn | research_sinkhorn, then `leftover`
     resolve | keep), and before/after figures. With leftover=resolve no two items share a full SID."""

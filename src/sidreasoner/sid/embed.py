@@ -177,8 +177,16 @@ def _skip(data_dir: Path, out_dir: Path) -> dict[str, float]:
     n_items = pq.ParquetFile(data_dir / "items.parquet").metadata.num_rows
     with atomic_dir(out_dir) as tmp:
         np.save(tmp / "embeddings.npy", np.zeros((n_items, 0), np.float32))
-        write_json(tmp / "meta.json", {"model": "none", "dim": 0, "n_items": n_items, "skipped": True,
-                                       "why": "embed.model=none: the SIDs come from elsewhere (sid.method=import)"})
+        write_json(
+            tmp / "meta.json",
+            {
+                "model": "none",
+                "dim": 0,
+                "n_items": n_items,
+                "skipped": True,
+                "why": "embed.model=none: the SIDs come from elsewhere (sid.method=import)",
+            },
+        )
     return {"n_items": float(n_items), "dim": 0.0, "skipped": 1.0}
 
 
@@ -204,18 +212,32 @@ def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     encoder = load_encoder(ecfg, device)
     start = time.perf_counter()
     vectors = encoder.encode(
-        texts, batch_size=ecfg.batch_size, normalize_embeddings=ecfg.normalize,
-        show_progress_bar=True, convert_to_numpy=True,
+        texts,
+        batch_size=ecfg.batch_size,
+        normalize_embeddings=ecfg.normalize,
+        show_progress_bar=True,
+        convert_to_numpy=True,
     ).astype(np.float32)
     wall = time.perf_counter() - start
     meta = {
-        "model": ecfg.model, "dim": int(vectors.shape[1]), "pooling": ecfg.pooling, "n_items": len(texts),
-        "fields": list(ecfg.fields), "text_template": ecfg.text_template, "normalized": ecfg.normalize,
-        "max_length": ecfg.max_length, "dtype": ecfg.dtype,
-        "device": device, "example_text": texts[0] if texts else "",
+        "model": ecfg.model,
+        "dim": int(vectors.shape[1]),
+        "pooling": ecfg.pooling,
+        "n_items": len(texts),
+        "fields": list(ecfg.fields),
+        "text_template": ecfg.text_template,
+        "normalized": ecfg.normalize,
+        "max_length": ecfg.max_length,
+        "dtype": ecfg.dtype,
+        "device": device,
+        "example_text": texts[0] if texts else "",
     }
     with atomic_dir(out_dir) as tmp:
         _save(tmp / "embeddings.npy", vectors)
         write_json(tmp / "meta.json", meta)
-    return {"n_items": float(len(texts)), "dim": float(vectors.shape[1]),
-            "items_per_s": len(texts) / max(wall, 1e-9), "wall_s": wall}
+    return {
+        "n_items": float(len(texts)),
+        "dim": float(vectors.shape[1]),
+        "items_per_s": len(texts) / max(wall, 1e-9),
+        "wall_s": wall,
+    }

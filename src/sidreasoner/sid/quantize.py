@@ -45,8 +45,10 @@ def load_embeddings(embeddings_dir: Path, nonfinite: str = "error") -> tuple[np.
     bad = ~np.isfinite(emb)
     if bad.any():
         if nonfinite != "zero":
-            raise ValueError(f"{path}: contains {int(bad.sum())} NaN or infinite values "
-                             "(sid.nonfinite_embeddings=zero sets them to 0)")
+            raise ValueError(
+                f"{path}: contains {int(bad.sum())} NaN or infinite values "
+                "(sid.nonfinite_embeddings=zero sets them to 0)"
+            )
         emb = np.where(bad, 0.0, emb)
     return emb.astype(np.float32, copy=False), int(bad.sum())
 
@@ -77,18 +79,26 @@ def run_quantizer(cfg: Config, emb: np.ndarray) -> QuantizeResult:
     with _deterministic():
         if sid.method == "rkmeans":
             return rkmeans_quantize(
-                emb, sid.levels, sid.codebook_size, cfg.seed, sid.kmeans_iters, sid.balance, sid.restarts,
+                emb,
+                sid.levels,
+                sid.codebook_size,
+                cfg.seed,
+                sid.kmeans_iters,
+                sid.balance,
+                sid.restarts,
                 sid.restart_target,
             )
         return rqvae_quantize(emb, sid.rqvae, sid.levels, sid.codebook_size, cfg.seed)
 
 
 def sids_table(codes: np.ndarray) -> pa.Table:
-    return pa.table({
-        "item_id": pa.array(np.arange(len(codes)), pa.int64()),
-        "codes": pa.array(codes.tolist(), pa.list_(pa.int64())),
-        "sid": pa.array([format_sid(row) for row in codes.tolist()], pa.string()),
-    })
+    return pa.table(
+        {
+            "item_id": pa.array(np.arange(len(codes)), pa.int64()),
+            "codes": pa.array(codes.tolist(), pa.list_(pa.int64())),
+            "sid": pa.array([format_sid(row) for row in codes.tolist()], pa.string()),
+        }
+    )
 
 
 def write_research(out: Path, data_dir: Path, index: dict[str, list[str]], category: str) -> None:
@@ -102,8 +112,9 @@ def write_research(out: Path, data_dir: Path, index: dict[str, list[str]], categ
         write_json(out / "research" / "index" / f"{category}.index.json", index)
 
 
-def write_sid_outputs(out: Path, data_dir: Path, codes: np.ndarray, books: np.ndarray, category: str,
-                      meta: dict) -> None:
+def write_sid_outputs(
+    out: Path, data_dir: Path, codes: np.ndarray, books: np.ndarray, category: str, meta: dict
+) -> None:
     index = {str(i): sid_tokens(row) for i, row in enumerate(codes.tolist())}
     pq.write_table(sids_table(codes), out / "sids.parquet")
     write_json(out / "index.json", index)
@@ -123,19 +134,33 @@ def import_sids(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
     n_items = _count_items(data_dir)
     missing = [i for i in range(n_items) if i not in index.codes]
     if missing:
-        raise ValueError(f"{path}: items {missing[:10]} of {Path(data_dir) / 'items.parquet'} have no SID "
-                         f"({len(missing)} of {n_items}); the bundle's index must hold every item")
+        raise ValueError(
+            f"{path}: items {missing[:10]} of {Path(data_dir) / 'items.parquet'} have no SID "
+            f"({len(missing)} of {n_items}); the bundle's index must hold every item"
+        )
     codes = np.array([parse_sid("".join(index.codes[i])) for i in range(n_items)], dtype=np.int64)
     stats = collision_stats(codes)
     codebook_size = int(codes.max()) + 1
-    metrics = {"imported": 1.0, "items": float(n_items), "levels": float(index.levels),
-               "duplicate_sids": float(len(index.duplicates)), "colliding_items": float(index.colliding_items),
-               "collision_rate_after": stats["collision_rate"], "duplicate_rate_after": stats["duplicate_rate"],
-               **code_usage(codes, codebook_size)}
+    metrics = {
+        "imported": 1.0,
+        "items": float(n_items),
+        "levels": float(index.levels),
+        "duplicate_sids": float(len(index.duplicates)),
+        "colliding_items": float(index.colliding_items),
+        "collision_rate_after": stats["collision_rate"],
+        "duplicate_rate_after": stats["duplicate_rate"],
+        **code_usage(codes, codebook_size),
+    }
     category = dataset_category(data_dir)
-    meta = {"method": "import", "levels": index.levels, "codebook_size": codebook_size, "n_items": n_items,
-            "category": category, "imported_from": read_json(bundle_file(data_dir, "import.json", "the bundle record")),
-            "duplicates": index.duplicates}
+    meta = {
+        "method": "import",
+        "levels": index.levels,
+        "codebook_size": codebook_size,
+        "n_items": n_items,
+        "category": category,
+        "imported_from": read_json(bundle_file(data_dir, "import.json", "the bundle record")),
+        "duplicates": index.duplicates,
+    }
     with atomic_dir(out_dir) as tmp:
         write_sid_outputs(tmp, Path(data_dir), codes, np.zeros((index.levels, codebook_size, 0)), category, meta)
     metrics.update({"n_items": float(n_items), "wall_s": time.perf_counter() - start})
@@ -150,15 +175,24 @@ def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Pa
     emb, n_zeroed = load_embeddings(embeddings_dir, cfg.sid.nonfinite_embeddings)
     n_items = _count_items(data_dir)
     if n_items != len(emb):
-        raise ValueError(f"{Path(embeddings_dir) / 'embeddings.npy'} has {len(emb)} rows but "
-                         f"{Path(data_dir) / 'items.parquet'} has {n_items} items")
+        raise ValueError(
+            f"{Path(embeddings_dir) / 'embeddings.npy'} has {len(emb)} rows but "
+            f"{Path(data_dir) / 'items.parquet'} has {n_items} items"
+        )
     result = run_quantizer(cfg, emb)
     codes = result.codes
     metrics = {f"{k}_before": v for k, v in collision_stats(codes).items() if k.endswith("rate")}
     sid = cfg.sid
     if sid.collision != "none":
-        codes, handled = resolve_collisions(codes, result.last_dists, sid.sinkhorn_rounds, sid.sinkhorn_epsilon,
-                                            sid.sinkhorn_iters, sid.collision, sid.collision_leftover)
+        codes, handled = resolve_collisions(
+            codes,
+            result.last_dists,
+            sid.sinkhorn_rounds,
+            sid.sinkhorn_epsilon,
+            sid.sinkhorn_iters,
+            sid.collision,
+            sid.collision_leftover,
+        )
         metrics.update(handled)
     after = collision_stats(codes)
     metrics.update({"collision_rate_after": after["collision_rate"], "duplicate_rate_after": after["duplicate_rate"]})
@@ -166,9 +200,16 @@ def quantize_sids(cfg: Config, data_dir: Path, embeddings_dir: Path, out_dir: Pa
     metrics["nonfinite_values_zeroed"] = float(n_zeroed)
     metrics.update(result.metrics)
     category = dataset_category(data_dir)
-    meta = {"method": cfg.sid.method, "levels": cfg.sid.levels, "codebook_size": cfg.sid.codebook_size,
-            "codebook_dim": int(result.codebooks.shape[-1]), "n_items": len(codes), "seed": cfg.seed,
-            "category": category, "sid": cfg.sid.model_dump(mode="json")}
+    meta = {
+        "method": cfg.sid.method,
+        "levels": cfg.sid.levels,
+        "codebook_size": cfg.sid.codebook_size,
+        "codebook_dim": int(result.codebooks.shape[-1]),
+        "n_items": len(codes),
+        "seed": cfg.seed,
+        "category": category,
+        "sid": cfg.sid.model_dump(mode="json"),
+    }
     with atomic_dir(out_dir) as tmp:
         write_sid_outputs(tmp, Path(data_dir), codes, result.codebooks, category, meta)
     metrics.update({"n_items": float(len(codes)), "wall_s": time.perf_counter() - start})

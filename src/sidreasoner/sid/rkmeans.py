@@ -52,7 +52,13 @@ def fit_residual_kmeans(x: torch.Tensor, levels: int, k: int, seed: int, iters: 
 
 
 def rkmeans_quantize(
-    emb: np.ndarray, levels: int, k: int, seed: int, iters: int = 30, balance: float = 1.0, restarts: int = 1,
+    emb: np.ndarray,
+    levels: int,
+    k: int,
+    seed: int,
+    iters: int = 30,
+    balance: float = 1.0,
+    restarts: int = 1,
     target: float = 0.0,
 ) -> QuantizeResult:
     """Residual k-means on the raw embeddings (seeded, deterministic).
@@ -74,9 +80,11 @@ def rkmeans_quantize(
             break
     best = min(range(len(fits)), key=lambda r: (colliding[r], fits[r].metrics["relative_residual"]))
     chosen = fits[best]
-    chosen.metrics.update({
-        "restarts_run": float(len(fits)),
-        "restart_chosen": float(best),
-        "collision_rate_worst_restart": max(colliding) / len(x),
-    })
+    chosen.metrics.update(
+        {
+            "restarts_run": float(len(fits)),
+            "restart_chosen": float(best),
+            "collision_rate_worst_restart": max(colliding) / len(x),
+        }
+    )
     return chosen

@@ -35,7 +35,7 @@ from sidreasoner.sid.rkmeans import QuantizeResult, residual_kmeans
 
 def mlp(dims: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
@@ -43,8 +43,18 @@ def mlp(dims: list[int]) -> nn.Sequential:
 
 
 class RQVAE(nn.Module):
-    def __init__(self, in_dim: int, hidden_dims: list[int], latent_dim: int, levels: int, k: int, beta: float,
-                 quant_loss: str = "sum", deep_commitment: bool = True, weight_init: str = "torch"):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: list[int],
+        latent_dim: int,
+        levels: int,
+        k: int,
+        beta: float,
+        quant_loss: str = "sum",
+        deep_commitment: bool = True,
+        weight_init: str = "torch",
+    ):
         super().__init__()
         self.encoder = mlp([in_dim, *hidden_dims, latent_dim])
         self.decoder = mlp([latent_dim, *reversed(hidden_dims), in_dim])
@@ -146,8 +156,17 @@ def _codes(model: RQVAE, x: torch.Tensor, capacity: int | None) -> torch.Tensor:
 
 
 def train_rqvae(x: torch.Tensor, rq: RQVAEConfig, levels: int, k: int, gen: torch.Generator) -> tuple[RQVAE, dict]:
-    model = RQVAE(x.shape[1], list(rq.hidden_dims), rq.latent_dim, levels, k, rq.beta, rq.quant_loss,
-                  rq.deep_commitment, rq.weight_init).to(x.device)
+    model = RQVAE(
+        x.shape[1],
+        list(rq.hidden_dims),
+        rq.latent_dim,
+        levels,
+        k,
+        rq.beta,
+        rq.quant_loss,
+        rq.deep_commitment,
+        rq.weight_init,
+    ).to(x.device)
     opt = torch.optim.Adam(model.parameters(), lr=rq.lr)
     steps_per_epoch = math.ceil(len(x) / rq.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, constant_after_warmup(rq.lr_warmup_epochs * steps_per_epoch))

@@ -17,15 +17,51 @@ SIDREASONER_GCS_CHUNK_SIZE (gs://); SIDREASONER_STORAGE_RETRIES, SIDREASONER_STO
 SIDREASONER_STORAGE_TIMEOUT (all).
 """
 
-from sidreasoner.storage.api import (MARKER, delete_files, download_dir, download_file, exists, list_files,
-                                     local_files, put_bytes, read_marker, upload_dir, upload_file)
-from sidreasoner.storage.errors import (ChecksumError, CredentialsError, IncompleteUploadError, NotFoundError,
-                                        StorageError, TransientError, UnsupportedSchemeError)
+from sidreasoner.storage.api import (
+    MARKER,
+    delete_files,
+    download_dir,
+    download_file,
+    exists,
+    list_files,
+    local_files,
+    put_bytes,
+    read_marker,
+    upload_dir,
+    upload_file,
+)
+from sidreasoner.storage.errors import (
+    ChecksumError,
+    CredentialsError,
+    IncompleteUploadError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+    UnsupportedSchemeError,
+)
 from sidreasoner.storage.uri import REMOTE_SCHEMES, Location, is_remote, parse_uri
 
 __all__ = [
-    "MARKER", "REMOTE_SCHEMES", "ChecksumError", "CredentialsError", "IncompleteUploadError", "Location",
-    "NotFoundError", "StorageError", "TransientError", "UnsupportedSchemeError", "delete_files", "download_dir",
-    "download_file", "exists", "is_remote", "list_files", "local_files", "parse_uri", "put_bytes", "read_marker",
-    "upload_dir", "upload_file",
+    "MARKER",
+    "REMOTE_SCHEMES",
+    "ChecksumError",
+    "CredentialsError",
+    "IncompleteUploadError",
+    "Location",
+    "NotFoundError",
+    "StorageError",
+    "TransientError",
+    "UnsupportedSchemeError",
+    "delete_files",
+    "download_dir",
+    "download_file",
+    "exists",
+    "is_remote",
+    "list_files",
+    "local_files",
+    "parse_uri",
+    "put_bytes",
+    "read_marker",
+    "upload_dir",
+    "upload_file",
 ]

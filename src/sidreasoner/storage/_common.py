@@ -94,7 +94,7 @@ def digest_file(path: Path, part_size: int = 0) -> LocalDigest:
                 take = chunk[: part_size - in_part]
                 part.update(take)
                 in_part += len(take)
-                chunk = chunk[len(take):]
+                chunk = chunk[len(take) :]
                 if in_part == part_size:
                     parts.append(part.digest())
                     part, in_part = hashlib.md5(), 0
@@ -147,11 +147,20 @@ def with_retries(fn: Callable[[], T], uri: str, what: str, is_transient: Callabl
             if not is_transient(err):
                 raise
             if attempt == attempts:
-                raise TransientError(redact(f"{uri}: {what} failed after {attempts} attempts: "
-                                            f"{type(err).__name__}: {err}")) from err
+                raise TransientError(
+                    redact(f"{uri}: {what} failed after {attempts} attempts: {type(err).__name__}: {err}")
+                ) from err
             wait = min(30.0, delay * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
-            log.warning("%s: %s failed (%s: %s); retry %d/%d in %.1fs", uri, what, type(err).__name__,
-                        redact(str(err))[:300], attempt, attempts - 1, wait)
+            log.warning(
+                "%s: %s failed (%s: %s); retry %d/%d in %.1fs",
+                uri,
+                what,
+                type(err).__name__,
+                redact(str(err))[:300],
+                attempt,
+                attempts - 1,
+                wait,
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")
 

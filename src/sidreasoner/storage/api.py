@@ -11,7 +11,7 @@ from typing import Any
 
 from sidreasoner.io import atomic_dir, atomic_file
 from sidreasoner.storage._common import HashingWriter, ObjectInfo, digest_file, log, redact, verify, with_retries
-from sidreasoner.storage.errors import (ChecksumError, IncompleteUploadError, NotFoundError, StorageError)
+from sidreasoner.storage.errors import ChecksumError, IncompleteUploadError, NotFoundError, StorageError
 from sidreasoner.storage.uri import Location, parse_uri
 
 MARKER = "_SUCCESS"
@@ -53,8 +53,14 @@ def _list(be, loc: Location) -> list[ObjectInfo]:
     return _call(be, loc, "list", lambda: list(be.list(loc)))
 
 
-def _fetch(be, loc: Location, info: ObjectInfo, dest: Path, expected_md5: str | None = None,
-           progress: Callable[[int], None] | None = None) -> None:
+def _fetch(
+    be,
+    loc: Location,
+    info: ObjectInfo,
+    dest: Path,
+    expected_md5: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Stream one object into dest (temp file, then rename); transient breaks resume where they stopped."""
     with atomic_file(dest) as tmp:
         with open(tmp, "wb") as fh:
@@ -95,8 +101,9 @@ def _safe_rel(rel: str, loc: Location) -> str:
 # ---------------------------------------------------------------- public API
 
 
-def download_file(uri: str | os.PathLike, dest: str | os.PathLike, *,
-                  progress: Callable[[int], None] | None = None) -> Path:
+def download_file(
+    uri: str | os.PathLike, dest: str | os.PathLike, *, progress: Callable[[int], None] | None = None
+) -> Path:
     """Download one object (or copy one local file) to `dest`, atomically; return dest.
 
     Streams in 1 MiB chunks, retries transient errors (resuming at the byte reached), verifies the
@@ -157,8 +164,12 @@ def upload_dir(src: str | os.PathLike, uri: str | os.PathLike) -> dict[str, Any]
     files = {}
     for rel in rels:
         files[rel] = upload_file(src / rel, str(loc.child(rel)))
-    manifest = {"format": MARKER_FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "files": files, "total_bytes": sum(f["size"] for f in files.values())}
+    manifest = {
+        "format": MARKER_FORMAT,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files.values()),
+    }
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     _call(be, marker, "write the completion marker", lambda: be.put_bytes(marker, data))
     log.info("uploaded folder %s (%d files, %d bytes)", loc, len(files), manifest["total_bytes"])
@@ -228,7 +239,8 @@ def download_dir(uri: str | os.PathLike, dest: str | os.PathLike, *, require_mar
             raise IncompleteUploadError(
                 f"{loc}: incomplete upload: the folder has {len(listing)} file(s) but no {MARKER} marker, so its "
                 "upload never finished (or it was not written by sidreasoner.storage.upload_dir). Re-upload it; "
-                "for a hand-made raw data folder use require_marker=False")
+                "for a hand-made raw data folder use require_marker=False"
+            )
         wanted = {_safe_rel(info.key, loc): {"size": info.size} for info in listing if "link" not in info.extra}
         wanted.update({_safe_rel(info.key, loc): {} for info in listing if "link" in info.extra})
     if loc.scheme == "file":
@@ -240,8 +252,10 @@ def download_dir(uri: str | os.PathLike, dest: str | os.PathLike, *, require_mar
             if info is None:
                 raise IncompleteUploadError(f"{floc}: listed in the folder's {MARKER} but missing")
             if "size" in meta and int(meta["size"]) != info.size:
-                raise ChecksumError(f"{floc}: {info.size} bytes in the store, the folder's manifest says "
-                                    f"{meta['size']} (changed after upload?)")
+                raise ChecksumError(
+                    f"{floc}: {info.size} bytes in the store, the folder's manifest says "
+                    f"{meta['size']} (changed after upload?)"
+                )
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             _fetch(be, floc, info, target, expected_md5=meta.get("md5"))

@@ -59,7 +59,8 @@ def make_client() -> storage.Client:
         raise CredentialsError(
             "gs://: no Google credentials found (Application Default Credentials): set "
             "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, use workload identity, "
-            f"or set STORAGE_EMULATOR_HOST for an emulator ({redact(str(err))[:300]})") from None
+            f"or set STORAGE_EMULATOR_HOST for an emulator ({redact(str(err))[:300]})"
+        ) from None
 
 
 class GCSBackend:
@@ -74,19 +75,33 @@ class GCSBackend:
             return getattr(err, "code", None) in TRANSIENT_STATUS
         if isinstance(err, InvalidResponse):
             return getattr(err.response, "status_code", None) in TRANSIENT_STATUS
-        return isinstance(err, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                                urllib3.exceptions.HTTPError, auth_exc.TransportError, ConnectionError, TimeoutError))
+        return isinstance(
+            err,
+            (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+                auth_exc.TransportError,
+                ConnectionError,
+                TimeoutError,
+            ),
+        )
 
     def translate(self, err: BaseException, loc: Location) -> StorageError | None:
         if isinstance(err, gexc.NotFound):
             if not self._bucket_exists_quiet(loc):
                 return NotFoundError(f"{loc}: bucket {loc.bucket!r} does not exist")
             return NotFoundError(f"{loc}: no such object")
-        if isinstance(err, (gexc.Forbidden, gexc.Unauthorized, auth_exc.RefreshError,
-                            auth_exc.DefaultCredentialsError)):
-            return CredentialsError(redact(
-                f"{loc}: Google Cloud Storage refused the credentials ({type(err).__name__}: {str(err)[:300]}). "
-                "Check GOOGLE_APPLICATION_CREDENTIALS / workload identity and the bucket's IAM roles"))
+        if isinstance(
+            err, (gexc.Forbidden, gexc.Unauthorized, auth_exc.RefreshError, auth_exc.DefaultCredentialsError)
+        ):
+            return CredentialsError(
+                redact(
+                    f"{loc}: Google Cloud Storage refused the credentials ({type(err).__name__}: {str(err)[:300]}). "
+                    "Check GOOGLE_APPLICATION_CREDENTIALS / workload identity and the bucket's IAM roles"
+                )
+            )
         if isinstance(err, DataCorruption):
             return ChecksumError(f"{loc}: {err}")
         if isinstance(err, gexc.GoogleAPICallError):
@@ -107,8 +122,14 @@ class GCSBackend:
         return 0
 
     def _info(self, blob, key: str) -> ObjectInfo:
-        return ObjectInfo(key, int(blob.size or 0), md5=_hex(blob.md5_hash), crc32c=blob.crc32c,
-                          etag=blob.etag, version=blob.generation)
+        return ObjectInfo(
+            key,
+            int(blob.size or 0),
+            md5=_hex(blob.md5_hash),
+            crc32c=blob.crc32c,
+            etag=blob.etag,
+            version=blob.generation,
+        )
 
     def stat(self, loc: Location) -> ObjectInfo | None:
         if not loc.key:
@@ -125,7 +146,7 @@ class GCSBackend:
         for blob in self.client.list_blobs(loc.bucket, prefix=prefix, retry=None):
             if blob.name.endswith("/"):
                 continue
-            yield self._info(blob, blob.name[len(prefix):])
+            yield self._info(blob, blob.name[len(prefix) :])
 
     def read_into(self, loc: Location, info: ObjectInfo, writer, offset: int) -> None:
         blob = self.client.bucket(loc.bucket).blob(loc.key, generation=info.version)  # same bytes when resuming

@@ -34,10 +34,26 @@ KFP_MINIO_ENDPOINT = "minio-service.kubeflow:9000"
 MIN_PART = 5 << 20
 MAX_PARTS = 10_000
 MIB = 1 << 20
-AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-              "TokenRefreshRequired", "AllAccessDisabled", "AuthorizationHeaderMalformed", "InvalidSecurity"}
-TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-                   "OperationAborted", "XMinioServerNotInitialized"}
+AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "AuthorizationHeaderMalformed",
+    "InvalidSecurity",
+}
+TRANSIENT_CODES = {
+    "InternalError",
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "OperationAborted",
+    "XMinioServerNotInitialized",
+}
 HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
 MULTIPART_ETAG = re.compile(r"^[0-9a-f]{32}-(\d+)$")
 
@@ -70,19 +86,31 @@ def make_client(scheme: str) -> Minio:
         missing = "AWS_SECRET_ACCESS_KEY" if access else "AWS_ACCESS_KEY_ID"
         raise CredentialsError(f"{scheme}://: {missing} is not set while its partner is; set both or neither")
     provider = None
-    if not access and (os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-                       or os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")):
+    if not access and (
+        os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+        or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        or os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    ):
         provider = IamAwsProvider()  # IRSA on EKS / ECS task roles
     timeout = env_float("SIDREASONER_STORAGE_TIMEOUT", 60.0)
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout), maxsize=10,
-        cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
         # one quick connect retry here; backoff and resumption live in sidreasoner.storage
         retries=urllib3.Retry(total=2, connect=1, read=0, status=0, other=0, redirect=2, backoff_factor=0.1),
     )
-    return Minio(host, access_key=access, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
-                 secure=secure, region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-                 http_client=http, credentials=provider)
+    return Minio(
+        host,
+        access_key=access,
+        secret_key=secret,
+        session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        secure=secure,
+        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+        http_client=http,
+        credentials=provider,
+    )
 
 
 class _Reader(io.RawIOBase):
@@ -108,8 +136,9 @@ class S3Backend:
     def is_transient(self, err: BaseException) -> bool:
         if isinstance(err, S3Error):
             return err.code in TRANSIENT_CODES
-        return isinstance(err, (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, ConnectionError,
-                                TimeoutError))
+        return isinstance(
+            err, (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+        )
 
     def translate(self, err: BaseException, loc: Location) -> StorageError | None:
         if not isinstance(err, S3Error):
@@ -123,10 +152,13 @@ class S3Backend:
             return NotFoundError(f"{loc}: no such object")
         if code in AUTH_CODES:
             who = os.environ.get("AWS_ACCESS_KEY_ID")
-            hint = (f"access key id {who!r} with its secret" if who else "anonymous access (AWS_ACCESS_KEY_ID unset)")
-            return CredentialsError(redact(
-                f"{loc}: {self.endpoint} refused {hint}: {code} ({err.message}). Check AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and the bucket policy"))
+            hint = f"access key id {who!r} with its secret" if who else "anonymous access (AWS_ACCESS_KEY_ID unset)"
+            return CredentialsError(
+                redact(
+                    f"{loc}: {self.endpoint} refused {hint}: {code} ({err.message}). Check AWS_ACCESS_KEY_ID / "
+                    "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) and the bucket policy"
+                )
+            )
         return StorageError(redact(f"{loc}: {code}: {err.message}"))
 
     def _bucket_exists_quiet(self, loc: Location) -> bool:
@@ -149,12 +181,19 @@ class S3Backend:
         etag = (obj.etag or "").strip('"').lower() or None
         meta = {k.lower(): v for k, v in (obj.metadata or {}).items()}
         md5 = meta.get("x-amz-meta-md5")
-        encrypted = meta.get("x-amz-server-side-encryption") in ("aws:kms", "aws:kms:dsse") or \
-            "x-amz-server-side-encryption-customer-algorithm" in meta
+        encrypted = (
+            meta.get("x-amz-server-side-encryption") in ("aws:kms", "aws:kms:dsse")
+            or "x-amz-server-side-encryption-customer-algorithm" in meta
+        )
         if not md5 and etag and HEX_MD5.match(etag) and not encrypted:
             md5 = etag  # a single-part upload without SSE-KMS/SSE-C: the ETag is the MD5
-        return ObjectInfo(key, int(obj.size or 0), md5=md5, etag=etag,
-                          extra={"encrypted": encrypted, "version_id": getattr(obj, "version_id", None)})
+        return ObjectInfo(
+            key,
+            int(obj.size or 0),
+            md5=md5,
+            etag=etag,
+            extra={"encrypted": encrypted, "version_id": getattr(obj, "version_id", None)},
+        )
 
     def stat(self, loc: Location) -> ObjectInfo | None:
         if not loc.key:
@@ -172,8 +211,9 @@ class S3Backend:
         for obj in self.client.list_objects(loc.bucket, prefix=prefix, recursive=True):
             if obj.is_dir or obj.object_name.endswith("/"):
                 continue
-            info = ObjectInfo(obj.object_name[len(prefix):], int(obj.size or 0),
-                              etag=(obj.etag or "").strip('"').lower() or None)
+            info = ObjectInfo(
+                obj.object_name[len(prefix) :], int(obj.size or 0), etag=(obj.etag or "").strip('"').lower() or None
+            )
             yield info
 
     def read_into(self, loc: Location, info: ObjectInfo, writer, offset: int) -> None:
@@ -189,13 +229,16 @@ class S3Backend:
     def upload(self, path: Path, loc: Location, digest: LocalDigest) -> None:
         with open(path, "rb") as fh:
             reader = _Reader(fh)
-            result = self.client.put_object(loc.bucket, loc.key, reader, digest.size, part_size=digest.part_size,
-                                            metadata={"md5": digest.md5})
+            result = self.client.put_object(
+                loc.bucket, loc.key, reader, digest.size, part_size=digest.part_size, metadata={"md5": digest.md5}
+            )
         got = (result.etag or "").strip('"').lower()
         want = digest.multipart_etag() if digest.size > digest.part_size else digest.md5
         if got and (HEX_MD5.match(got) or MULTIPART_ETAG.match(got)) and got != want:
-            raise ChecksumError(f"{loc}: the store computed ETag {got} for the upload, expected {want} "
-                                f"({digest.size} bytes in parts of {digest.part_size})")
+            raise ChecksumError(
+                f"{loc}: the store computed ETag {got} for the upload, expected {want} "
+                f"({digest.size} bytes in parts of {digest.part_size})"
+            )
         log.info("uploaded %s (%d bytes, etag %s)", loc, digest.size, got)
 
     def verify_multipart(self, loc: Location, info: ObjectInfo, path: Path) -> None:
@@ -230,8 +273,14 @@ class S3Backend:
             raise ChecksumError(f"{loc}: multipart ETag mismatch: store {info.etag}, downloaded {got}")
 
     def put_bytes(self, loc: Location, data: bytes) -> None:
-        self.client.put_object(loc.bucket, loc.key, io.BytesIO(data), len(data),
-                               content_type="application/json", metadata={"md5": hashlib.md5(data).hexdigest()})
+        self.client.put_object(
+            loc.bucket,
+            loc.key,
+            io.BytesIO(data),
+            len(data),
+            content_type="application/json",
+            metadata={"md5": hashlib.md5(data).hexdigest()},
+        )
 
     def get_bytes(self, loc: Location) -> bytes:
         resp = self.client.get_object(loc.bucket, loc.key)

@@ -19,7 +19,7 @@ class Location:
     bucket: str  # "" for file
     key: str  # object key without leading/trailing "/" (file: absolute path)
 
-    def child(self, rel: str) -> "Location":
+    def child(self, rel: str) -> Location:
         rel = rel.strip("/")
         if self.scheme == "file":
             return Location("file", "", os.path.join(self.key, rel))
@@ -43,12 +43,15 @@ def parse_uri(uri: str | os.PathLike) -> Location:
     if scheme in ("", "file") or (len(scheme) == 1 and text[1:2] == ":"):  # len 1: a Windows drive letter
         path = unquote(parsed.path) if scheme == "file" else text
         if scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise UnsupportedSchemeError(f"{text}: file:// URIs name a local path (file:///abs/path), "
-                                         f"not a host ({parsed.netloc!r})")
+            raise UnsupportedSchemeError(
+                f"{text}: file:// URIs name a local path (file:///abs/path), not a host ({parsed.netloc!r})"
+            )
         return Location("file", "", str(Path(path).expanduser().absolute()))
     if scheme not in REMOTE_SCHEMES:
-        raise UnsupportedSchemeError(f"{text}: unsupported scheme {scheme}://; use one of "
-                                     "file://<path> (or a plain path), s3://, minio://, gs://<bucket>/<key>")
+        raise UnsupportedSchemeError(
+            f"{text}: unsupported scheme {scheme}://; use one of "
+            "file://<path> (or a plain path), s3://, minio://, gs://<bucket>/<key>"
+        )
     if not parsed.netloc:
         raise UnsupportedSchemeError(f"{text}: no bucket name; expected {scheme}://<bucket>/<key>")
     return Location(scheme, parsed.netloc, unquote(parsed.path).strip("/"))

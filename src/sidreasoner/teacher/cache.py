@@ -24,8 +24,12 @@ REJECTED = "rejected"
 
 
 def cache_key(kind: str, messages: list[dict[str, str]], model: dict[str, Any], params: dict[str, Any]) -> str:
-    blob = json.dumps({"kind": kind, "messages": messages, "model": model, "params": params},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps(
+        {"kind": kind, "messages": messages, "model": model, "params": params},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -75,7 +75,7 @@ def _clean(text) -> str:
     return " ".join(str(text).split()) if text is not None else ""
 
 
-def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, "pq.Table"]:
+def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, pq.Table]:
     """Items with SIDs, the catalogue and next-item statistics of the train split; also the train table."""
     dataset_dir, sid_index_dir = Path(dataset_dir), Path(sid_index_dir)
     table = pq.read_table(dataset_dir / "items.parquet").to_pylist()
@@ -85,15 +85,25 @@ def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, "pq.T
     for pos, row in enumerate(table):
         item_id = int(row["item_id"])
         if item_id != pos:
-            raise ValueError(f"{dataset_dir / 'items.parquet'}: item_id must be 0..N-1 in order, row {pos} has {item_id}")
+            raise ValueError(
+                f"{dataset_dir / 'items.parquet'}: item_id must be 0..N-1 in order, row {pos} has {item_id}"
+            )
         tokens = index.get(str(item_id))
         if not tokens:
             raise ValueError(f"{sid_index_dir / 'index.json'} has no SID for item_id {item_id}")
         sid = "".join(tokens)
         if sid not in catalogue:
             raise ValueError(f"{sid_index_dir}: SID {sid} of item {item_id} is not in catalogue.json")
-        items.append(Item(item_id, sid, _clean(row.get("title")), _clean(row.get("brand")),
-                          tuple(_clean(c) for c in (row.get("categories") or [])), _clean(row.get("description"))))
+        items.append(
+            Item(
+                item_id,
+                sid,
+                _clean(row.get("title")),
+                _clean(row.get("brand")),
+                tuple(_clean(c) for c in (row.get("categories") or [])),
+                _clean(row.get("description")),
+            )
+        )
     category = dataset_category(dataset_dir)
     train = pq.read_table(dataset_dir / "train.parquet")
     ctx = Context(category, items, catalogue)
@@ -101,7 +111,7 @@ def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, "pq.T
     prv: dict[int, Counter] = defaultdict(Counter)
     # Sliding windows overlap: each consecutive pair of a user's sequence is (history[-1], target)
     # of exactly one sample, so counting only that pair counts every transition once.
-    for hist, target in zip(train["history_item_ids"].to_pylist(), train["item_id"].to_pylist()):
+    for hist, target in zip(train["history_item_ids"].to_pylist(), train["item_id"].to_pylist(), strict=True):
         ctx.popularity[target] += 1
         if hist:
             nxt[hist[-1]][target] += 1

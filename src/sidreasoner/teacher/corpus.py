@@ -106,8 +106,9 @@ def build_tasks(cfg: Config, ctx: Context, train: pa.Table) -> tuple[list[Task],
     return tasks, rows
 
 
-def import_tasks(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
-                 ) -> tuple[list[Task], np.ndarray, list[str | None]]:
+def import_tasks(
+    cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
+) -> tuple[list[Task], np.ndarray, list[str | None]]:
     """teacher.kind=import: the texts of a research bundle (preprocess put them, mapped to this
     dataset's items and train rows, under the dataset's bundle/), as tasks with their texts."""
     t = cfg.teacher
@@ -115,20 +116,23 @@ def import_tasks(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
     texts: list[str | None] = []
     if t.item_narratives:
         items = pq.read_table(bundle_file(dataset_dir, "item_narratives.parquet", "item narratives")).to_pydict()
-        for item, text in zip(items["item_id"], items["narrative"]):
+        for item, text in zip(items["item_id"], items["narrative"], strict=True):
             tasks.append(Task("item", int(item)))
             texts.append(text)
     if not (t.history_narratives or t.reasoning_paths):
         return tasks, np.arange(0), texts
-    samples = pq.read_table(bundle_file(dataset_dir, "sample_narratives.parquet", "history narratives and "
-                                        "reasoning paths")).to_pydict()
+    samples = pq.read_table(
+        bundle_file(dataset_dir, "sample_narratives.parquet", "history narratives and reasoning paths")
+    ).to_pydict()
     hists, targets = train["history_item_ids"].to_pylist(), train["item_id"].to_pylist()
     rows = select_samples(len(samples["sample"]), t.max_samples, cfg.seed)
     for n in rows.tolist():
         row = int(samples["sample"][n])
         hist = tuple(int(i) for i in hists[row])
-        for kind, wanted, text in (("history", t.history_narratives, samples["history_narrative"][n]),
-                                   ("reasoning", t.reasoning_paths, samples["reasoning_path"][n])):
+        for kind, wanted, text in (
+            ("history", t.history_narratives, samples["history_narrative"][n]),
+            ("reasoning", t.reasoning_paths, samples["reasoning_path"][n]),
+        ):
             if wanted and text is not None:
                 tasks.append(Task(kind, row, hist, int(targets[row]) if kind == "reasoning" else None))
                 texts.append(text)
@@ -148,9 +152,17 @@ def check(task: Task, text: str | None, ctx: Context, cfg: Config, finish_reason
         it = ctx.items[task.target]
         target = (it.sid, it.title)
     # The research corpus's reasoning paths precede the answer (training appends the target SID).
-    return validate_text(task.kind, text, catalogue=ctx.catalogue, context=task.context(ctx), bounds=bounds,
-                         target=target, history_titles=[ctx.items[i].title for i in task.history],
-                         final_sid=t.kind != "import", history_sids=[ctx.items[i].sid for i in task.history])
+    return validate_text(
+        task.kind,
+        text,
+        catalogue=ctx.catalogue,
+        context=task.context(ctx),
+        bounds=bounds,
+        target=target,
+        history_titles=[ctx.items[i].title for i in task.history],
+        final_sid=t.kind != "import",
+        history_sids=[ctx.items[i].sid for i in task.history],
+    )
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -166,8 +178,7 @@ def _run_template(tasks: list[Task], ctx: Context) -> tuple[list[str | None], li
     return texts, [None] * len(tasks)
 
 
-def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITeacher
-                ) -> tuple[list[str], list[Reply]]:
+def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITeacher) -> tuple[list[str], list[Reply]]:
     """The cache key and the reply of every task."""
     t = cfg.teacher
     identity = teacher.model_identity(cfg.generations.get("synthesize-corpus", 0))
@@ -176,22 +187,25 @@ def _run_openai(tasks: list[Task], ctx: Context, cfg: Config, teacher: OpenAITea
         messages = task.messages(ctx, cfg)
         requests.append(Request(cache_key(task.kind, messages, identity, teacher.params), messages))
     with _progress(len(tasks), f"teacher {t.model}") as bar:
+
         def on_reply(reply: Reply, n: int) -> None:
             bar.update(n)
             c = teacher.counts
-            bar.set_postfix(hits=c["cache_hits"], req=c["requests"], retries=c["retries"], failed=c["failures"],
-                            refresh=False)
+            bar.set_postfix(
+                hits=c["cache_hits"], req=c["requests"], retries=c["retries"], failed=c["failures"], refresh=False
+            )
 
         replies = teacher.run(requests, on_reply)
     return [r.key for r in requests], [replies[r.key] for r in requests]
 
 
-def _settle_cache(cache: ResponseCache, keys: list[str], replies: list[Reply], results: list[Checked]
-                  ) -> tuple[int, int]:
+def _settle_cache(
+    cache: ResponseCache, keys: list[str], replies: list[Reply], results: list[Checked]
+) -> tuple[int, int]:
     """Moves the rejected replies out of the cache, so that a re-run asks for them again. Returns how many
     requests a re-run sends (the failed and rejected ones) and how many accepted replies stay cached."""
-    bad = {k for k, res in zip(keys, results) if not res.ok}
-    for key, reply, res in zip(keys, replies, results):
+    bad = {k for k, res in zip(keys, results, strict=True) if not res.ok}
+    for key, reply, res in zip(keys, replies, results, strict=True):
         if not res.ok and res.reason != "request_failed":
             cache.set_aside(key, res.reason, res.detail)
         elif res.ok and not reply.cached and key not in bad:
@@ -199,23 +213,37 @@ def _settle_cache(cache: ResponseCache, keys: list[str], replies: list[Reply], r
     return len(bad), len(set(keys) - bad)
 
 
-def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks: list[Task],
-                   texts: list[str | None], results: list[Checked], meta: dict) -> dict[str, int]:
+def _write_outputs(
+    out: Path,
+    cfg: Config,
+    ctx: Context,
+    train: pa.Table,
+    tasks: list[Task],
+    texts: list[str | None],
+    results: list[Checked],
+    meta: dict,
+) -> dict[str, int]:
     """`texts` are the replies as received: rejected.parquet keeps the rejected ones verbatim."""
     by_kind: dict[str, dict[int, Checked]] = {k: {} for k in KINDS}
-    for task, res in zip(tasks, results):
+    for task, res in zip(tasks, results, strict=True):
         by_kind[task.kind][task.key] = res
     # items
     item_rows = [(i, ctx.items[i].sid, r.text) for i, r in sorted(by_kind["item"].items()) if r.ok]
-    pq.write_table(pa.table({
-        "item_id": pa.array([r[0] for r in item_rows], pa.int64()),
-        "sid": pa.array([r[1] for r in item_rows], pa.string()),
-        "narrative": pa.array([r[2] for r in item_rows], pa.string()),
-    }), out / "items.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": pa.array([r[0] for r in item_rows], pa.int64()),
+                "sid": pa.array([r[1] for r in item_rows], pa.string()),
+                "narrative": pa.array([r[2] for r in item_rows], pa.string()),
+            }
+        ),
+        out / "items.parquet",
+    )
     # samples: accepted only when every enabled text of the sample is accepted
     sample_keys = sorted(set(by_kind["history"]) | set(by_kind["reasoning"]))
-    good = [k for k in sample_keys
-            if all(by_kind[kind][k].ok for kind in ("history", "reasoning") if k in by_kind[kind])]
+    good = [
+        k for k in sample_keys if all(by_kind[kind][k].ok for kind in ("history", "reasoning") if k in by_kind[kind])
+    ]
     users = train["user_id"].to_pylist()
     hists = train["history_item_ids"].to_pylist()
     targets = train["item_id"].to_pylist()
@@ -226,43 +254,87 @@ def _write_outputs(out: Path, cfg: Config, ctx: Context, train: pa.Table, tasks:
 
     hist_text = [text("history", k) for k in good]
     path_text = [text("reasoning", k) for k in good]
-    pq.write_table(pa.table({
-        "sample": pa.array(good, pa.int64()),
-        "user_id": pa.array([users[k] for k in good], pa.int64()),
-        "history_item_ids": pa.array([hists[k] for k in good], pa.list_(pa.int64())),
-        "item_id": pa.array([targets[k] for k in good], pa.int64()),
-        "history_narrative": pa.array(hist_text, pa.string()),
-        "reasoning_path": pa.array(path_text, pa.string()),
-    }), out / "samples.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "sample": pa.array(good, pa.int64()),
+                "user_id": pa.array([users[k] for k in good], pa.int64()),
+                "history_item_ids": pa.array([hists[k] for k in good], pa.list_(pa.int64())),
+                "item_id": pa.array([targets[k] for k in good], pa.int64()),
+                "history_narrative": pa.array(hist_text, pa.string()),
+                "reasoning_path": pa.array(path_text, pa.string()),
+            }
+        ),
+        out / "samples.parquet",
+    )
     # rejected (a failed request has no text)
-    rej = [(task.kind, task.key, res.reason, res.detail, received)
-           for task, received, res in zip(tasks, texts, results) if not res.ok]
-    pq.write_table(pa.table({
-        "kind": pa.array([r[0] for r in rej], pa.string()),
-        "key": pa.array([r[1] for r in rej], pa.int64()),
-        "reason": pa.array([r[2] for r in rej], pa.string()),
-        "detail": pa.array([r[3] for r in rej], pa.string()),
-        "text": pa.array([r[4] for r in rej], pa.string()),
-    }), out / "rejected.parquet")
+    rej = [
+        (task.kind, task.key, res.reason, res.detail, received)
+        for task, received, res in zip(tasks, texts, results, strict=True)
+        if not res.ok
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "kind": pa.array([r[0] for r in rej], pa.string()),
+                "key": pa.array([r[1] for r in rej], pa.int64()),
+                "reason": pa.array([r[2] for r in rej], pa.string()),
+                "detail": pa.array([r[3] for r in rej], pa.string()),
+                "text": pa.array([r[4] for r in rej], pa.string()),
+            }
+        ),
+        out / "rejected.parquet",
+    )
     # research-code layout
     index_dir = out / "research" / "index"
     index_dir.mkdir(parents=True, exist_ok=True)
-    enhanced = {str(i): {"title": ctx.items[i].title, "description": ctx.items[i].description, "sid": sid,
-                         "llm_stage2": narrative} for i, sid, narrative in item_rows}
+    enhanced = {
+        str(i): {
+            "title": ctx.items[i].title,
+            "description": ctx.items[i].description,
+            "sid": sid,
+            "llm_stage2": narrative,
+        }
+        for i, sid, narrative in item_rows
+    }
     (index_dir / f"{ctx.category}.item_enhanced_v2.json").write_bytes(
-        orjson.dumps(enhanced, option=orjson.OPT_INDENT_2))
-    with atomic_file(index_dir / f"{ctx.category}.integrated_narrative.csv") as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as fh:
+        orjson.dumps(enhanced, option=orjson.OPT_INDENT_2)
+    )
+    with (
+        atomic_file(index_dir / f"{ctx.category}.integrated_narrative.csv") as tmp,
+        open(tmp, "w", newline="", encoding="utf-8") as fh,
+    ):
         writer = csv.writer(fh)
-        writer.writerow(["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid", "reasoning_path",
-                         "integrated_narrative"])
-        for k, h, p in zip(good, hist_text, path_text):
-            writer.writerow([users[k], repr([int(i) for i in hists[k]]), targets[k],
-                             repr([ctx.items[i].sid for i in hists[k]]), ctx.items[targets[k]].sid, p or "", h or ""])
-    counts = {"items_narrated": len(item_rows), "samples_narrated": len(good),
-              "history_narratives": sum(1 for x in hist_text if x is not None),
-              "reasoning_paths": sum(1 for x in path_text if x is not None),
-              "samples_rejected": len(sample_keys) - len(good)}
+        writer.writerow(
+            [
+                "user_id",
+                "history_item_id",
+                "item_id",
+                "history_item_sid",
+                "item_sid",
+                "reasoning_path",
+                "integrated_narrative",
+            ]
+        )
+        for k, h, p in zip(good, hist_text, path_text, strict=True):
+            writer.writerow(
+                [
+                    users[k],
+                    repr([int(i) for i in hists[k]]),
+                    targets[k],
+                    repr([ctx.items[i].sid for i in hists[k]]),
+                    ctx.items[targets[k]].sid,
+                    p or "",
+                    h or "",
+                ]
+            )
+    counts = {
+        "items_narrated": len(item_rows),
+        "samples_narrated": len(good),
+        "history_narratives": sum(1 for x in hist_text if x is not None),
+        "reasoning_paths": sum(1 for x in path_text if x is not None),
+        "samples_rejected": len(sample_keys) - len(good),
+    }
     meta["counts"] = {**meta["counts"], **counts}
     write_json(out / "meta.json", meta)
     return counts
@@ -290,19 +362,24 @@ def _budget_error(t, taught: Taught, reasons: Counter) -> FailureBudgetError:
     rejected = sum(reasons.values()) - failed
     bad, total = failed + rejected, len(taught.tasks)
     if taught.cache_dir is not None:
-        where = (f"{taught.accepted} accepted replies are cached in {taught.cache_dir}; a re-run sends only the "
-                 f"{taught.resend} request(s) that failed or were rejected (rejected replies are kept for "
-                 f"inspection in {taught.cache_dir / REJECTED}).")
+        where = (
+            f"{taught.accepted} accepted replies are cached in {taught.cache_dir}; a re-run sends only the "
+            f"{taught.resend} request(s) that failed or were rejected (rejected replies are kept for "
+            f"inspection in {taught.cache_dir / REJECTED})."
+        )
     elif t.kind == "import":
-        where = ("The imported texts were checked like a teacher's replies (reasons above); raise "
-                 "teacher.failure_budget to keep the ones that pass.")
+        where = (
+            "The imported texts were checked like a teacher's replies (reasons above); raise "
+            "teacher.failure_budget to keep the ones that pass."
+        )
     else:
         where = "The template teacher has no cache; check the inputs."
     by_reason = ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
     return FailureBudgetError(
         f"synthesize-corpus: {failed} failed request(s) + {rejected} rejected text(s) = {bad} of "
         f"{total} ({bad / total:.1%}) exceeds teacher.failure_budget={t.failure_budget:.1%} "
-        f"(by reason: {by_reason}). {where}")
+        f"(by reason: {by_reason}). {where}"
+    )
 
 
 def _metrics(taught: Taught, reasons: Counter) -> dict[str, float]:
@@ -311,11 +388,14 @@ def _metrics(taught: Taught, reasons: Counter) -> dict[str, float]:
     for reason in REASONS:
         if reason != "request_failed":
             metrics[f"rejected_{reason}"] = float(reasons.get(reason, 0))
-    metrics.update(tasks=float(len(tasks)), rejected=float(sum(reasons.values()) - reasons.get("request_failed", 0)),
-                   repaired_sids=float(sum(r.repaired for r in results if r.ok)),
-                   think_stripped=float(sum(r.think_stripped for r in results)),
-                   items_total=float(sum(1 for x in tasks if x.kind == "item")),
-                   samples_total=float(len({x.key for x in tasks if x.kind != "item"})))
+    metrics.update(
+        tasks=float(len(tasks)),
+        rejected=float(sum(reasons.values()) - reasons.get("request_failed", 0)),
+        repaired_sids=float(sum(r.repaired for r in results if r.ok)),
+        think_stripped=float(sum(r.think_stripped for r in results)),
+        items_total=float(sum(1 for x in tasks if x.kind == "item")),
+        samples_total=float(len({x.key for x in tasks if x.kind != "item"})),
+    )
     return metrics
 
 
@@ -323,22 +403,30 @@ def _teach(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path) -> Tau
     t = cfg.teacher
     if t.kind == "import":
         tasks, rows, texts = import_tasks(cfg, ctx, train, dataset_dir)
-        results = [check(task, text, ctx, cfg) for task, text in zip(tasks, texts)]
+        results = [check(task, text, ctx, cfg) for task, text in zip(tasks, texts, strict=True)]
         return Taught(tasks, rows, texts, results, {**zero_counts(), "imported_texts": len(tasks)})
     tasks, rows = build_tasks(cfg, ctx, train)
     if t.kind == "template":
         texts, _ = _run_template(tasks, ctx)
-        return Taught(tasks, rows, texts, [check(task, text, ctx, cfg) for task, text in zip(tasks, texts)],
-                      zero_counts())
+        return Taught(
+            tasks,
+            rows,
+            texts,
+            [check(task, text, ctx, cfg) for task, text in zip(tasks, texts, strict=True)],
+            zero_counts(),
+        )
     cache_dir = resolve_dir(t.cache_dir)
     cache = ResponseCache(cache_dir)
     teacher = OpenAITeacher(t, cache)
     keys, replies = _run_openai(tasks, ctx, cfg, teacher)
-    results = [Checked(None, "request_failed", r.error) if r.error is not None
-               else check(task, r.content, ctx, cfg, r.finish_reason) for task, r in zip(tasks, replies)]
+    results = [
+        Checked(None, "request_failed", r.error)
+        if r.error is not None
+        else check(task, r.content, ctx, cfg, r.finish_reason)
+        for task, r in zip(tasks, replies, strict=True)
+    ]
     resend, accepted = _settle_cache(cache, keys, replies, results)
-    return Taught(tasks, rows, [r.content for r in replies], results, dict(teacher.counts), cache_dir, resend,
-                  accepted)
+    return Taught(tasks, rows, [r.content for r in replies], results, dict(teacher.counts), cache_dir, resend, accepted)
 
 
 def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
@@ -358,16 +446,33 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
         "imported_from": _import_source(Path(dataset_dir)) if t.kind == "import" else None,
         "model": t.model if t.kind == "openai" else None,
         "base_url": safe_url(t.base_url) if t.kind == "openai" else None,
-        "params": ({"temperature": t.temperature, "max_tokens": t.max_tokens, "concurrency": t.concurrency,
-                    "timeout_s": t.timeout_s, "max_retries": t.max_retries} if t.kind == "openai" else {}),
+        "params": (
+            {
+                "temperature": t.temperature,
+                "max_tokens": t.max_tokens,
+                "concurrency": t.concurrency,
+                "timeout_s": t.timeout_s,
+                "max_retries": t.max_retries,
+            }
+            if t.kind == "openai"
+            else {}
+        ),
         "prompt_version": prompts.PROMPT_VERSION,
         "category": ctx.category,
         "seed": cfg.seed,
         "max_samples": t.max_samples,
-        "word_bounds": {"item": list(t.item_words), "history": list(t.history_words),
-                        "reasoning": list(t.reasoning_words)},
-        "counts": {"items": len(ctx.items), "train_samples": train.num_rows, "samples_selected": len(rows),
-                   "tasks": len(tasks), "rejected_by_reason": dict(sorted(reasons.items()))},
+        "word_bounds": {
+            "item": list(t.item_words),
+            "history": list(t.history_words),
+            "reasoning": list(t.reasoning_words),
+        },
+        "counts": {
+            "items": len(ctx.items),
+            "train_samples": train.num_rows,
+            "samples_selected": len(rows),
+            "tasks": len(tasks),
+            "rejected_by_reason": dict(sorted(reasons.items())),
+        },
     }
     with atomic_dir(out_dir) as out:
         counts_written = _write_outputs(out, cfg, ctx, train, tasks, texts, results, meta)

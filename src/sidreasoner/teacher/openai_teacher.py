@@ -44,8 +44,16 @@ ENVELOPE_BYTES = 16 * 1024
 MODELS_CAP = 1 << 20  # a /models listing
 MAX_TOKEN_COUNT = 10**9  # no context holds more; larger usage counts are garbage
 
-BAD_REPLY_REASONS = ("not_json", "no_choices", "no_message", "no_content", "bad_text", "bad_usage",
-                     "bad_finish_reason", "too_large")
+BAD_REPLY_REASONS = (
+    "not_json",
+    "no_choices",
+    "no_message",
+    "no_content",
+    "bad_text",
+    "bad_usage",
+    "bad_finish_reason",
+    "too_large",
+)
 
 
 def content_cap(max_tokens: int) -> int:
@@ -59,8 +67,15 @@ def body_cap(max_tokens: int) -> int:
 
 
 def zero_counts() -> dict[str, int]:
-    counts = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "tokens_in": 0, "tokens_out": 0,
-              "bad_replies": 0}
+    counts = {
+        "requests": 0,
+        "cache_hits": 0,
+        "retries": 0,
+        "failures": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "bad_replies": 0,
+    }
     counts.update({f"bad_reply_{reason}": 0 for reason in BAD_REPLY_REASONS})
     return counts
 
@@ -130,7 +145,8 @@ def resolve_api_key(base_url: str) -> str:
     raise TeacherError(
         f"teacher.kind=openai with base_url {safe_url(base_url)} needs an API key: set "
         f"{KEY_ENV_VARS[0]} (or {KEY_ENV_VARS[1]}) in the environment; on a cluster, map the teacher "
-        "Secret to that variable. Keys are never read from config.")
+        "Secret to that variable. Keys are never read from config."
+    )
 
 
 def safe_url(url: str) -> str:
@@ -176,11 +192,15 @@ def _content(message: dict, max_tokens: int) -> str:
     try:
         size = len(content.encode("utf-8"))
     except UnicodeEncodeError as err:
-        raise MalformedReply("bad_text", f"the content holds a lone surrogate ({_shown(err.object[err.start])}) "
-                                         f"at character {err.start}") from None
+        raise MalformedReply(
+            "bad_text", f"the content holds a lone surrogate ({_shown(err.object[err.start])}) at character {err.start}"
+        ) from None
     if size > content_cap(max_tokens):
-        raise MalformedReply("too_large", f"the content is {size} bytes, over the {content_cap(max_tokens)} that "
-                                          f"teacher.max_tokens={max_tokens} allows")
+        raise MalformedReply(
+            "too_large",
+            f"the content is {size} bytes, over the {content_cap(max_tokens)} that "
+            f"teacher.max_tokens={max_tokens} allows",
+        )
     return content
 
 
@@ -285,8 +305,9 @@ class OpenAITeacher:
         return {"Authorization": f"Bearer {self.api_key}", "Accept-Encoding": "identity"}
 
     def _listing(self, url: str) -> Any:
-        with httpx.stream("GET", url, headers=self._headers, timeout=self.cfg.timeout_s,
-                          follow_redirects=True) as reply:
+        with httpx.stream(
+            "GET", url, headers=self._headers, timeout=self.cfg.timeout_s, follow_redirects=True
+        ) as reply:
             if not reply.is_success:
                 return None
             body = bytearray()
@@ -304,14 +325,20 @@ class OpenAITeacher:
         try:
             served = served_identity(self._listing(url), self.cfg.model)
         except (httpx.HTTPError, ValueError, RecursionError) as err:
-            log.warning("could not read %s (%s): the cache key names the model by its settings only",
-                        safe_url(url), type(err).__name__)
+            log.warning(
+                "could not read %s (%s): the cache key names the model by its settings only",
+                safe_url(url),
+                type(err).__name__,
+            )
             served = {}
         if not served:
-            log.warning("%s does not describe model %s: set teacher.model_revision when the endpoint starts serving "
-                        "other weights under that name", safe_url(url), self.cfg.model)
-        return {"name": self.cfg.model, "revision": self.cfg.model_revision, "served": served,
-                "generation": generation}
+            log.warning(
+                "%s does not describe model %s: set teacher.model_revision when the endpoint starts serving "
+                "other weights under that name",
+                safe_url(url),
+                self.cfg.model,
+            )
+        return {"name": self.cfg.model, "revision": self.cfg.model_revision, "served": served, "generation": generation}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -359,8 +386,9 @@ class OpenAITeacher:
             asyncio.run(self._run_async(missing, replies, lambda r, k: on_reply and on_reply(r, shared[k])))
         return replies
 
-    async def _run_async(self, missing: list[Request], replies: dict[str, Reply],
-                         done: Callable[[Reply, str], None]) -> None:
+    async def _run_async(
+        self, missing: list[Request], replies: dict[str, Reply], done: Callable[[Reply, str], None]
+    ) -> None:
         queue: asyncio.Queue[Request] = asyncio.Queue()
         for req in missing:
             queue.put_nowait(req)
@@ -393,15 +421,20 @@ class OpenAITeacher:
     async def _store(self, req: Request, parsed: Parsed) -> Reply:
         self.counts["tokens_in"] += parsed.tokens_in
         self.counts["tokens_out"] += parsed.tokens_out
-        payload = {"content": parsed.content, "model": self.cfg.model, "finish_reason": parsed.finish_reason,
-                   "usage": {"prompt_tokens": parsed.tokens_in, "completion_tokens": parsed.tokens_out}}
+        payload = {
+            "content": parsed.content,
+            "model": self.cfg.model,
+            "finish_reason": parsed.finish_reason,
+            "usage": {"prompt_tokens": parsed.tokens_in, "completion_tokens": parsed.tokens_out},
+        }
         await asyncio.to_thread(self.cache.put, req.key, payload)
         return Reply(parsed.content, finish_reason=parsed.finish_reason)
 
     def _refused(self, status: int) -> TeacherError:
         return TeacherError(
             f"the teacher endpoint {safe_url(self.cfg.base_url)} refused the API key "
-            f"(HTTP {status}); check {KEY_ENV_VARS[0]} / {KEY_ENV_VARS[1]}")
+            f"(HTTP {status}); check {KEY_ENV_VARS[0]} / {KEY_ENV_VARS[1]}"
+        )
 
     async def _complete(self, client: httpx.AsyncClient, req: Request) -> Reply:
         last = "no attempt"

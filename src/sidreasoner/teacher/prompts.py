@@ -71,8 +71,7 @@ def history_messages(ctx: Context, history: list[int], words: tuple[int, int]) -
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def reasoning_messages(ctx: Context, history: list[int], target: Item,
-                       words: tuple[int, int]) -> list[dict[str, str]]:
+def reasoning_messages(ctx: Context, history: list[int], target: Item, words: tuple[int, int]) -> list[dict[str, str]]:
     user = (
         "Task: reasoning path.\n"
         "Reason step by step over this user's purchase history about what they are likely to buy "

@@ -70,14 +70,18 @@ def history_narrative(ctx: Context, history: list[int]) -> str:
         story = f"The user has a single purchase so far: {_gloss(items[0])}."
     else:
         middle = "".join(f", then {_gloss(it)}" for it in items[1:-1])
-        story = (f"The user's purchases, oldest first: first {_gloss(items[0])}{middle}, "
-                 f"and most recently {_gloss(items[-1])}.")
+        story = (
+            f"The user's purchases, oldest first: first {_gloss(items[0])}{middle}, "
+            f"and most recently {_gloss(items[-1])}."
+        )
     parts = [story]
     cats = Counter(it.main_category for it in items if it.main_category)
     if cats:
         cat, k = _top(cats)
-        parts.append(f"{k} of the {n} items are {cat} items" +
-                     (f", across {len(cats)} categories in all." if len(cats) > 1 else "."))
+        parts.append(
+            f"{k} of the {n} items are {cat} items"
+            + (f", across {len(cats)} categories in all." if len(cats) > 1 else ".")
+        )
     brands = Counter(it.brand for it in items if it.brand)
     if brands:
         brand, k = _top(brands)
@@ -152,8 +156,10 @@ def reasoning_path(ctx: Context, history: list[int], target: Item) -> str:
     opened = _open_line(ctx, items)
     if opened:
         reached, number = opened
-        parts = [f"The user is walking a line; its latest installment is {reached.sid} ({_q(reached.title)}).",
-                 f"The next one, number {number}, is in the catalogue."]
+        parts = [
+            f"The user is walking a line; its latest installment is {reached.sid} ({_q(reached.title)}).",
+            f"The next one, number {number}, is in the catalogue.",
+        ]
     else:
         last = items[-1]
         ending = "; the catalogue has no next installment of its line" if last.series else ""

@@ -18,8 +18,20 @@ TRAILING = " \t\r\n.!,;:)]}*`'\"»"
 
 THINK_TAG = re.compile(r"</?think\s*>", re.IGNORECASE)
 
-REASONS = ("request_failed", "empty", "truncated", "think_only", "think_tags", "invalid_sid", "too_short",
-           "too_long", "missing_final_sid", "wrong_final_sid", "leak_sid", "leak_title")
+REASONS = (
+    "request_failed",
+    "empty",
+    "truncated",
+    "think_only",
+    "think_tags",
+    "invalid_sid",
+    "too_short",
+    "too_long",
+    "missing_final_sid",
+    "wrong_final_sid",
+    "leak_sid",
+    "leak_title",
+)
 
 
 @dataclass
@@ -58,7 +70,7 @@ def _near_miss(written: str, context: Iterable[str]) -> set[str]:
     out = set()
     for sid in context:
         c = _codes(sid)
-        if len(c) == len(w) and sum(a != b for a, b in zip(c, w)) == 1:
+        if len(c) == len(w) and sum(a != b for a, b in zip(c, w, strict=True)) == 1:
             out.add(sid)
         elif 0 < len(w) < len(c) and c[: len(w)] == w:
             out.add(sid)
@@ -83,8 +95,7 @@ def _pick(by_title: set[str], by_code: set[str]) -> str | None:
     return None
 
 
-def repair_sids(text: str, catalogue: frozenset[str] | set[str],
-                context: list[tuple[str, str]]) -> Checked:
+def repair_sids(text: str, catalogue: frozenset[str] | set[str], context: list[tuple[str, str]]) -> Checked:
     """Every SID run in `text` must be in `catalogue`. A run that is not is repaired when exactly one
     item of `context` ((title, sid) pairs: the items the prompt showed) explains it: its title sits
     right next to the run, or its SID differs from the run in one code / extends a truncated run.
@@ -101,8 +112,8 @@ def repair_sids(text: str, catalogue: frozenset[str] | set[str],
         if written not in catalogue:
             prev_end = runs[n - 1].end() if n else 0
             next_start = runs[n + 1].start() if n + 1 < len(runs) else len(text)
-            before = text[max(prev_end, m.start() - ADJACENT_CHARS): m.start()]
-            after = text[m.end(): min(next_start, m.end() + ADJACENT_CHARS)]
+            before = text[max(prev_end, m.start() - ADJACENT_CHARS) : m.start()]
+            after = text[m.end() : min(next_start, m.end() + ADJACENT_CHARS)]
             neighbours = {re.sub(r"\s+", "", runs[k].group(0)) for k in (n - 1, n + 1) if 0 <= k < len(runs)}
             by_title = (_titles_in(before, titles) | _titles_in(after, titles)) - neighbours
             by_code = _near_miss(written, context_sids)
@@ -111,7 +122,7 @@ def repair_sids(text: str, catalogue: frozenset[str] | set[str],
                 why = "ambiguous" if (by_title or by_code) else "no candidate"
                 return Checked(None, "invalid_sid", f"{written} is not in the catalogue ({why})")
             repaired += 1
-        out.append(text[pos: m.start()])
+        out.append(text[pos : m.start()])
         out.append(fixed)
         pos = m.end()
     out.append(text[pos:])
@@ -132,7 +143,7 @@ def strip_think(text: str) -> Checked:
     close = first if closing else THINK_TAG.search(text, first.end())
     if close is None or not close.group(0).startswith("</"):
         return Checked(None, "think_only", "the think block is never closed")
-    rest = text[close.end():].strip()
+    rest = text[close.end() :].strip()
     if not rest:
         return Checked(None, "think_only", "nothing follows the think block")
     stray = THINK_TAG.search(rest)
@@ -150,9 +161,14 @@ def check_length(text: str, bounds: tuple[int, int]) -> Checked:
     return Checked(text)
 
 
-def check_reasoning_end(text: str, target_sid: str, target_title: str,
-                        history_titles: Iterable[str] = (), final_sid: bool = True,
-                        history_sids: Iterable[str] = ()) -> Checked:
+def check_reasoning_end(
+    text: str,
+    target_sid: str,
+    target_title: str,
+    history_titles: Iterable[str] = (),
+    final_sid: bool = True,
+    history_sids: Iterable[str] = (),
+) -> Checked:
     """The path must END with the target SID (trailing punctuation is dropped) and must not name the
     target item before that. Leaks are judged by item: a mention that can name a history item is not
     one, so a history title equal to the target's (variants of one product often share a title) or
@@ -185,33 +201,49 @@ def check_reasoning_end(text: str, target_sid: str, target_title: str,
     return Checked(body if ends_with_sid else text)
 
 
-def validate_text(kind: str, text: str | None, *, catalogue: frozenset[str] | set[str],
-                  context: list[tuple[str, str]], bounds: tuple[int, int],
-                  target: tuple[str, str] | None = None, history_titles: Iterable[str] = (),
-                  final_sid: bool = True, history_sids: Iterable[str] = ()) -> Checked:
+def validate_text(
+    kind: str,
+    text: str | None,
+    *,
+    catalogue: frozenset[str] | set[str],
+    context: list[tuple[str, str]],
+    bounds: tuple[int, int],
+    target: tuple[str, str] | None = None,
+    history_titles: Iterable[str] = (),
+    final_sid: bool = True,
+    history_sids: Iterable[str] = (),
+) -> Checked:
     """All checks for one text of `kind` (item | history | reasoning); `target` = (sid, title)."""
     if text is None or not text.strip():
         return Checked(None, "empty", "empty reply")
     unwrapped = strip_think(text.strip())
     if not unwrapped.ok:
         return unwrapped
-    checked = _check_body(kind, unwrapped.text, catalogue, context, bounds, target, history_titles, final_sid,
-                          history_sids)
+    checked = _check_body(
+        kind, unwrapped.text, catalogue, context, bounds, target, history_titles, final_sid, history_sids
+    )
     checked.think_stripped = unwrapped.think_stripped
     return checked
 
 
-def _check_body(kind: str, text: str, catalogue: frozenset[str] | set[str], context: list[tuple[str, str]],
-                bounds: tuple[int, int], target: tuple[str, str] | None, history_titles: Iterable[str],
-                final_sid: bool, history_sids: Iterable[str]) -> Checked:
+def _check_body(
+    kind: str,
+    text: str,
+    catalogue: frozenset[str] | set[str],
+    context: list[tuple[str, str]],
+    bounds: tuple[int, int],
+    target: tuple[str, str] | None,
+    history_titles: Iterable[str],
+    final_sid: bool,
+    history_sids: Iterable[str],
+) -> Checked:
     checked = repair_sids(text, catalogue, context)
     if not checked.ok:
         return checked
     repaired = checked.repaired
     if kind == "reasoning":
         assert target is not None
-        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles, final_sid,
-                                      history_sids)
+        checked = check_reasoning_end(checked.text, target[0], target[1], history_titles, final_sid, history_sids)
         if not checked.ok:
             return checked
     checked = check_length(checked.text, bounds)

@@ -24,8 +24,11 @@ class SealCheckpoints(TrainerCallback):
             torch.distributed.barrier()
         if state.is_world_process_zero:
             finished = bool(control.should_training_stop or state.global_step >= state.max_steps)
-            seal_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}",
-                            global_step=state.global_step, finished=finished)
+            seal_checkpoint(
+                Path(args.output_dir) / f"checkpoint-{state.global_step}",
+                global_step=state.global_step,
+                finished=finished,
+            )
 
 
 class SaveAfterEpochEvaluation(TrainerCallback):
@@ -93,7 +96,8 @@ class FiniteTraining:
         raise NonFiniteTrainingError(
             f"{self.stage}: {what} at global step {self.state.global_step} of {self.state.max_steps} (last finite "
             f"loss: {last}); training stopped. {self.lr_setting} is the likely cause: lower it"
-            + (f". Removed the checkpoints of those weights: {', '.join(removed)}" if removed else ""))
+            + (f". Removed the checkpoints of those weights: {', '.join(removed)}" if removed else "")
+        )
 
 
 class _FiniteWeights(TrainerCallback):
@@ -108,5 +112,4 @@ class _FiniteWeights(TrainerCallback):
         params = [p.detach() for p in model.parameters() if p.requires_grad] if model is not None else []
         norms = [torch.linalg.vector_norm(p).float() for p in params]  # no float32 copy of a bf16 weight
         if norms and not torch.isfinite(torch.stack(norms)).all():
-            self.trainer.stop_non_finite("the weights' norm is not finite after the optimizer step",
-                                         state.global_step)
+            self.trainer.stop_non_finite("the weights' norm is not finite after the optimizer step", state.global_step)

@@ -48,8 +48,15 @@ TRUNCATIONS = ("left", "right")
 EOS_LOSS = ("all", "thinking", "none")
 
 
-def encode(tokenizer, ex: Example, cutoff_len: int, *, truncation: str = "left", loss_on_eos: str = "all",
-           text_end: bool = True) -> dict:
+def encode(
+    tokenizer,
+    ex: Example,
+    cutoff_len: int,
+    *,
+    truncation: str = "left",
+    loss_on_eos: str = "all",
+    text_end: bool = True,
+) -> dict:
     """input_ids + labels.
 
     Chat tasks: the prompt rendered by `prompts.render_prompt` (general instruction data:
@@ -185,8 +192,9 @@ def _messages_record(raw, where: str) -> tuple[list[dict], str]:
     return prompt, answer
 
 
-def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max_len: int = 0,
-                          thinking: bool = False) -> list[Example]:
+def read_instruction_file(
+    path: str | Path, samples: int = 0, seed: int = 0, max_len: int = 0, thinking: bool = False
+) -> list[Example]:
     """General instruction data, JSON lines of one of three kinds:
     {"instruction", "input"?, "output"} (Alpaca), {"prompt", "response"}, or {"messages"} (the research
     code's general-reasoning data: a list of chat messages, or a string holding one as JSON or as a
@@ -235,9 +243,18 @@ def read_instruction_file(path: str | Path, samples: int = 0, seed: int = 0, max
             records.append(([{"role": "user", "content": prompt}], response))
     if 0 < samples < len(records):
         records = random.Random(seed).sample(records, samples)
-    out = [Example("instructions", next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""), answer,
-                   thinking=thinking, messages=msgs, max_len=max_len)
-           for msgs, answer in records if msgs and answer]
+    out = [
+        Example(
+            "instructions",
+            next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
+            answer,
+            thinking=thinking,
+            messages=msgs,
+            max_len=max_len,
+        )
+        for msgs, answer in records
+        if msgs and answer
+    ]
     if not out:
         raise InstructionFileError(f"{path}: no instructions in the file")
     return out

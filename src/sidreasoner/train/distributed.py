@@ -30,8 +30,9 @@ def is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def maybe_launch_distributed(step: Callable[..., dict[str, float]], cfg: Config,
-                             dirs: list[Path]) -> dict[str, float] | None:
+def maybe_launch_distributed(
+    step: Callable[..., dict[str, float]], cfg: Config, dirs: list[Path]
+) -> dict[str, float] | None:
     """More than one GPU visible and not yet under torchrun: re-run `step(cfg, *dirs)` under
     `torchrun --standalone --nproc_per_node=<gpus>` (Trainer then trains with DDP; rank 0 writes
     the outputs) and return rank 0's metrics; otherwise None. Untested here: the development
@@ -44,9 +45,19 @@ def maybe_launch_distributed(step: Callable[..., dict[str, float]], cfg: Config,
     work.mkdir(parents=True, exist_ok=True)
     cfg_path, metrics_path = work / f".{name}.config.json", work / f".{name}.metrics.json"
     cfg_path.write_text(json.dumps(config_for_ranks(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "sidreasoner.train.distributed", f"{step.__module__}:{step.__qualname__}",
-           str(cfg_path), str(metrics_path), *map(str, dirs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+        "-m",
+        "sidreasoner.train.distributed",
+        f"{step.__module__}:{step.__qualname__}",
+        str(cfg_path),
+        str(metrics_path),
+        *map(str, dirs),
+    ]
     log.info("launching %s on %d GPUs: %s", name, n, " ".join(cmd))
     subprocess.run(cmd, check=True)
     return json.loads(metrics_path.read_text())

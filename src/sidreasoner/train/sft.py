@@ -21,8 +21,12 @@ from sidreasoner.config import Config
 from sidreasoner.eval.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.model import prompts
-from sidreasoner.model.checkpoints import (checkpoint_root, read_seal, remove_old_checkpoint_folders,
-                                           resumable_checkpoint)
+from sidreasoner.model.checkpoints import (
+    checkpoint_root,
+    read_seal,
+    remove_old_checkpoint_folders,
+    resumable_checkpoint,
+)
 from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.model.text_safety import DataText
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- tokenizer extension
+
 
 def extend_tokenizer(model, tokenizer, codes: list[str], init: str = "mean") -> list[int]:
     """Add SID code tokens as PLAIN added tokens (not special: verl/TRL decode with
@@ -63,8 +68,10 @@ def extend_tokenizer(model, tokenizer, codes: list[str], init: str = "mean") -> 
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     new_ids = tokenizer.convert_tokens_to_ids(new)
     with torch.no_grad():
-        for layer in {id(model.get_input_embeddings()): model.get_input_embeddings(),
-                      id(model.get_output_embeddings()): model.get_output_embeddings()}.values():
+        for layer in {
+            id(model.get_input_embeddings()): model.get_input_embeddings(),
+            id(model.get_output_embeddings()): model.get_output_embeddings(),
+        }.values():
             if layer is None or not new_ids:
                 continue
             weight = layer.weight
@@ -73,6 +80,7 @@ def extend_tokenizer(model, tokenizer, codes: list[str], init: str = "mean") -> 
 
 
 # ---------------------------------------------------------------- checkpoints
+
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -115,8 +123,10 @@ class BestModelCallback(TrainerCallback):
             self.best_dir.mkdir(parents=True, exist_ok=True)
             with atomic_file(self.best_dir / "trainable.safetensors") as tmp:
                 save_file(_trainable_state(model), str(tmp))
-            write_json(self.best_dir / "best.json", {"metric": self.metric, "eval_loss": current,
-                                                     "step": state.global_step, "epoch": state.epoch})
+            write_json(
+                self.best_dir / "best.json",
+                {"metric": self.metric, "eval_loss": current, "step": state.global_step, "epoch": state.epoch},
+            )
         best_idx = min(range(len(evals)), key=evals.__getitem__)  # the first of equal losses
         if self.patience and len(evals) - 1 - best_idx >= self.patience:
             log.info("early stopping: %d evaluations without a better %s", len(evals) - 1 - best_idx, self.metric)
@@ -170,18 +180,34 @@ class _SFTTrainer(FiniteTraining, Trainer):
         return data_mod.LengthGroupedEpochSampler([len(row["input_ids"]) for row in dataset], batch, seed)
 
 
-def _trainer(stage: str, section, model, args, rows, pad_id: int, valid_sets=None, callbacks=(),
-             label: str = "") -> _SFTTrainer:
+def _trainer(
+    stage: str, section, model, args, rows, pad_id: int, valid_sets=None, callbacks=(), label: str = ""
+) -> _SFTTrainer:
     """A Trainer on `rows` whose checkpoints are sealed and hold the evaluation of the epoch they end."""
-    return _SFTTrainer(model=model, args=args, train_dataset=data_mod.ListDataset(rows),
-                       eval_dataset={name: data_mod.ListDataset(r) for name, r in (valid_sets or {}).items()} or None,
-                       data_collator=data_mod.collator(section.batching, pad_id),
-                       callbacks=[SealCheckpoints(), SaveAfterEpochEvaluation(), *callbacks],
-                       stage=label or stage, lr_setting=f"{stage}.lr={section.lr:g}")
+    return _SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data_mod.ListDataset(rows),
+        eval_dataset={name: data_mod.ListDataset(r) for name, r in (valid_sets or {}).items()} or None,
+        data_collator=data_mod.collator(section.batching, pad_id),
+        callbacks=[SealCheckpoints(), SaveAfterEpochEvaluation(), *callbacks],
+        stage=label or stage,
+        lr_setting=f"{stage}.lr={section.lr:g}",
+    )
 
 
-def _embedding_warmup(model, tok, section, rows, ckpt: Path, epochs: float, seed: int, new_ids: list[int], world: int,
-                      stage: str = "stage1"):
+def _embedding_warmup(
+    model,
+    tok,
+    section,
+    rows,
+    ckpt: Path,
+    epochs: float,
+    seed: int,
+    new_ids: list[int],
+    world: int,
+    stage: str = "stage1",
+):
     """Train only the new SID embedding rows (others frozen, their gradients zeroed, no weight decay)."""
     done = ckpt / "warmup" / "final.safetensors"
     if _load_warmup(model, done):
@@ -236,8 +262,11 @@ def _read_initial(ckpt: Path) -> dict | None:
     path = ckpt / "initial.json"
     try:
         initial = read_json(path)
-        if isinstance(initial, dict) and "initial_valid_loss" in initial \
-                and isinstance(initial.get("initial_valid_losses"), dict):
+        if (
+            isinstance(initial, dict)
+            and "initial_valid_loss" in initial
+            and isinstance(initial.get("initial_valid_losses"), dict)
+        ):
             return initial
         why = "not an object with initial_valid_loss and initial_valid_losses"
     except FileNotFoundError:
@@ -283,8 +312,9 @@ def _load_best(model, best_dir: Path, best_loss: float | None) -> bool:
             return False
         _load_trainable(model, load_file(str(best_dir / "trainable.safetensors")))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise ValueError(f"{best_dir}: the kept best weights are damaged ({e}); remove {best_dir.parent} "
-                         "to train afresh") from None
+        raise ValueError(
+            f"{best_dir}: the kept best weights are damaged ({e}); remove {best_dir.parent} to train afresh"
+        ) from None
     return True
 
 
@@ -293,15 +323,30 @@ def _with_lora(model, section, new_ids):
         return model
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=section.lora_r, lora_alpha=section.lora_alpha, lora_dropout=section.lora_dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM",
-                      trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None)
+    lora = LoraConfig(
+        r=section.lora_r,
+        lora_alpha=section.lora_alpha,
+        lora_dropout=section.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        trainable_token_indices={"embed_tokens": list(new_ids)} if new_ids else None,
+    )
     return get_peft_model(model, lora)
 
 
-def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dict],
-              valid_sets: dict[str, list[dict]], ckpt: Path, new_ids: list[int] | None = None,
-              warmup_epochs: float = 0.0, select: str = "sid"):
+def train_sft(
+    stage: str,
+    cfg: Config,
+    section,
+    model,
+    tok,
+    train_rows: list[dict],
+    valid_sets: dict[str, list[dict]],
+    ckpt: Path,
+    new_ids: list[int] | None = None,
+    warmup_epochs: float = 0.0,
+    select: str = "sid",
+):
     """Train; returns (trained model with the best weights, LoRA merged; info dict). Every epoch the loss of
     each non-empty validation set in `valid_sets` is logged (as eval_<name>_loss); set `select` picks the
     checkpoint and drives early stopping. Resumes from the newest whole checkpoint in `ckpt`."""
@@ -334,8 +379,9 @@ def train_sft(stage: str, cfg: Config, section, model, tok, train_rows: list[dic
     runtime, resumed_from = _train(trainer, resume, started)
     run = _Run(trainer.state, args, resumed_from, time.time() - t0, runtime)
     # Per set, its loss at each evaluation (every evaluation evaluates every set, so the lists align).
-    losses = {name: [h[valid_metric(name)] for h in run.state.log_history if valid_metric(name) in h]
-              for name in valid_sets}
+    losses = {
+        name: [h[valid_metric(name)] for h in run.state.log_history if valid_metric(name) in h] for name in valid_sets
+    }
     best_loss = min(losses[select], default=None) if valid_sets else None
     used_best = _load_best(model, best_dir, best_loss)
     if section.finetune == "lora":
@@ -395,6 +441,7 @@ def _run_info(run: _Run, section, train_rows: list[dict], ckpt: Path) -> dict:
 
 # ---------------------------------------------------------------- outputs
 
+
 def _last_epoch_train_loss(history: list[dict]) -> float | None:
     losses = [h for h in history if "loss" in h and "epoch" in h]
     if not losses:
@@ -436,10 +483,14 @@ def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
 
 # ---------------------------------------------------------------- steps
 
+
 def _encoding(section) -> dict:
     """`data.encode`'s options from an SFT section."""
-    return {"truncation": section.truncation, "loss_on_eos": section.loss_on_eos,
-            "text_end": getattr(section, "narrative_end_token", True)}
+    return {
+        "truncation": section.truncation,
+        "loss_on_eos": section.loss_on_eos,
+        "text_end": getattr(section, "narrative_end_token", True),
+    }
 
 
 def _encode_all(tok, examples, cutoff, **options):
@@ -472,8 +523,7 @@ def _sft_train(stage: str, train_fn, cfg: Config, dirs: list[Path], ckpt: Path) 
     model, info, metrics = train_fn(cfg, section, model, tok, dirs, ckpt)
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
-        _write(dirs[-1], stage, model, tok, info, metrics,
-               {"seed": cfg.seed, stage: section.model_dump(mode="json")})
+        _write(dirs[-1], stage, model, tok, info, metrics, {"seed": cfg.seed, stage: section.model_dump(mode="json")})
     return metrics
 
 
@@ -485,15 +535,30 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     data_text = DataText(tok)  # after the SID codes are added: they are markers too
     examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir, data_text)
     if s.valid_samples:  # one seeded sample: its first valid_samples for the loss, first hr_samples for HR@1
-        valid_ex, valid_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed)
+        valid_ex, valid_hist = tasks.next_sid_valid(
+            dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed
+        )
         loss_ex, hr_ex, hr_hist = valid_ex[: s.valid_samples], valid_ex[: s.hr_samples], valid_hist[: s.hr_samples]
     else:  # the loss on the whole split, HR@1 on a seeded sample of it
         loss_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, 0, cfg.seed)
-        hr_ex, hr_hist = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
+        hr_ex, hr_hist = (
+            tasks.next_sid_valid(dataset_dir, sid_index_dir, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
+        )
     train_rows = _encode_all(tok, examples, s.cutoff_len, **_encoding(s))
     valid_rows = _encode_all(tok, loss_ex, s.cutoff_len, **_encoding(s))
-    model, info = train_sft("stage1", cfg, s, model, tok, train_rows, {"sid": valid_rows}, ckpt, new_ids,
-                            s.embedding_warmup_epochs, select="sid")
+    model, info = train_sft(
+        "stage1",
+        cfg,
+        s,
+        model,
+        tok,
+        train_rows,
+        {"sid": valid_rows},
+        ckpt,
+        new_ids,
+        s.embedding_warmup_epochs,
+        select="sid",
+    )
     metrics = _metrics(info, len(train_rows), 0.0)
     if hr_ex and is_rank0():
         catalogue = load_catalogue(sid_index_dir)
@@ -502,10 +567,12 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
         preds = constrained_greedy_sid(model, tok, rendered, catalogue)
         valid_set = set(catalogue)
         metrics["valid_sid_rate"] = sum(p in valid_set for p in preds) / n
-        metrics["hr_at_1"] = sum(p == ex.response for p, ex in zip(preds, hr_ex)) / n
+        metrics["hr_at_1"] = sum(p == ex.response for p, ex in zip(preds, hr_ex, strict=True)) / n
         metrics["hr_chance"] = 1.0 / len(valid_set)
-        info["sample_predictions"] = [{"history": h, "target": ex.response, "predicted": p}
-                                      for h, ex, p in list(zip(hr_hist, hr_ex, preds))[:20]]
+        info["sample_predictions"] = [
+            {"history": h, "target": ex.response, "predicted": p}
+            for h, ex, p in list(zip(hr_hist, hr_ex, preds, strict=True))[:20]
+        ]
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
     metrics["data_markers_neutralised"] = float(data_text.count)
     info["task_counts"] = counts
@@ -516,14 +583,18 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     model_dir, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
     missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
     if missing:
-        raise ValueError(f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
-                         "give it the sft-stage1 model")
+        raise ValueError(
+            f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
+            "give it the sft-stage1 model"
+        )
     data_text = DataText(tok)
     train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir, data_text)
     sid_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.valid_samples, cfg.seed)
     train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
-    valid_sets = {"sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
-                  "reasoning": _encode_all(tok, reasoning_ex, s.cutoff_len, **_encoding(s))}
+    valid_sets = {
+        "sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
+        "reasoning": _encode_all(tok, reasoning_ex, s.cutoff_len, **_encoding(s)),
+    }
     model, info = train_sft("stage2", cfg, s, model, tok, train_rows, valid_sets, ckpt, select=s.select_on)
     metrics = _metrics(info, len(train_rows), 0.0)
     metrics["reasoning_holdout"] = float(len(reasoning_ex))
@@ -531,15 +602,19 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     return model, info, metrics
 
 
-def sft_stage1(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
-               out_model_dir: Path) -> dict[str, float]:
+def sft_stage1(
+    cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path, out_model_dir: Path
+) -> dict[str, float]:
     """The `sft-stage1` step: add the SID tokens, then the multi-task SID-language alignment SFT."""
-    return _sft_step("stage1", sft_stage1, _train_stage1, cfg,
-                     (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir))
+    return _sft_step(
+        "stage1", sft_stage1, _train_stage1, cfg, (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir)
+    )
 
 
-def sft_stage2(cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path,
-               out_model_dir: Path) -> dict[str, float]:
+def sft_stage2(
+    cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path, out_model_dir: Path
+) -> dict[str, float]:
     """The `sft-stage2` step: reasoning-activation SFT on the teacher's reasoning paths."""
-    return _sft_step("stage2", sft_stage2, _train_stage2, cfg,
-                     (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir))
+    return _sft_step(
+        "stage2", sft_stage2, _train_stage2, cfg, (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir)
+    )

@@ -16,9 +16,17 @@ from sidreasoner.model.text_safety import DataText
 from sidreasoner.sid.index import load_catalogue, load_sid_map
 from sidreasoner.train.data import Example, read_instruction_file
 
-STAGE1_TASKS = ("sid_history_to_sid", "title_to_sid", "sid_to_title", "sid_history_to_title",
-                "title_history_to_title", "title_history_to_sid", "item_narratives", "history_narratives",
-                "instructions")
+STAGE1_TASKS = (
+    "sid_history_to_sid",
+    "title_to_sid",
+    "sid_to_title",
+    "sid_history_to_title",
+    "title_history_to_title",
+    "title_history_to_sid",
+    "item_narratives",
+    "history_narratives",
+    "instructions",
+)
 
 
 def sid_code_tokens(sid_index_dir: Path) -> list[str]:
@@ -36,7 +44,7 @@ def sid_code_tokens(sid_index_dir: Path) -> list[str]:
 
 def _titles(dataset_dir: Path, safe: DataText) -> dict[int, str]:
     items = pd.read_parquet(Path(dataset_dir) / "items.parquet", columns=["item_id", "title"])
-    return {int(i): safe.plain(t) for i, t in zip(items.item_id, items.title.astype(str))}
+    return {int(i): safe.plain(t) for i, t in zip(items.item_id, items.title.astype(str), strict=True)}
 
 
 def _pick(rng: np.random.Generator, examples: list[Example], weight: float, cap: int) -> list[Example]:
@@ -66,8 +74,14 @@ def general_reasoning_file(cfg: Stage1Config, dataset_dir: Path) -> str:
     return str(bundled) if bundled.is_file() else ""
 
 
-def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_dir: Path,
-                    corpus_dir: Path, data_text: DataText | None = None) -> tuple[list[Example], dict[str, int]]:
+def stage1_examples(
+    cfg: Stage1Config,
+    seed: int,
+    dataset_dir: Path,
+    sid_index_dir: Path,
+    corpus_dir: Path,
+    data_text: DataText | None = None,
+) -> tuple[list[Example], dict[str, int]]:
     """The Stage 1 task mix. Chat tasks carry the research code's system and user messages (the
     title-history-to-title task's system message draws one of 11 instructions per training sample with
     random.Random(seed)). The title/SID translation tasks have one example per distinct title and per
@@ -91,36 +105,71 @@ def stage1_examples(cfg: Stage1Config, seed: int, dataset_dir: Path, sid_index_d
     def title_history_to_title() -> list[Example]:
         draw, last = random.Random(seed), len(prompts.TITLE_HISTORY_INSTRUCTIONS) - 1
         out = []
-        for h, t in zip(hist, tgt):
+        for h, t in zip(hist, tgt, strict=True):
             system = prompts.title_history_system(draw.randint(0, last), category)
             titles = prompts.title_history_tabbed([title[i] for i in h])
-            out.append(Example("title_history_to_title", prompts.TITLE_HISTORY_TO_TITLE.format(category=category, titles=titles),
-                               f'"{title[t]}"\n', system=system))
+            out.append(
+                Example(
+                    "title_history_to_title",
+                    prompts.TITLE_HISTORY_TO_TITLE.format(category=category, titles=titles),
+                    f'"{title[t]}"\n',
+                    system=system,
+                )
+            )
         return out
 
     builders = {
-        "sid_history_to_sid": lambda: [Example("sid_history_to_sid", prompts.next_sid_question([sid[i] for i in h]), sid[t])
-                                       for h, t in zip(hist, tgt)],
-        "title_to_sid": lambda: [Example("title_to_sid", prompts.TITLE_TO_SID.format(title=name), code)
-                                 for name, code in title_sid.items()],
-        "sid_to_title": lambda: [Example("sid_to_title", prompts.SID_TO_TITLE.format(sid=code), name)
-                                 for code, name in sid_title.items()],
+        "sid_history_to_sid": lambda: [
+            Example("sid_history_to_sid", prompts.next_sid_question([sid[i] for i in h]), sid[t])
+            for h, t in zip(hist, tgt, strict=True)
+        ],
+        "title_to_sid": lambda: [
+            Example("title_to_sid", prompts.TITLE_TO_SID.format(title=name), code) for name, code in title_sid.items()
+        ],
+        "sid_to_title": lambda: [
+            Example("sid_to_title", prompts.SID_TO_TITLE.format(sid=code), name) for code, name in sid_title.items()
+        ],
         "sid_history_to_title": lambda: [
-            Example("sid_history_to_title", prompts.SID_HISTORY_TO_TITLE.format(history=prompts.sid_history([sid[i] for i in h])),
-                    sid_title.get(sid[t], sid[t]))
-            for h, t in zip(hist, tgt)],
+            Example(
+                "sid_history_to_title",
+                prompts.SID_HISTORY_TO_TITLE.format(history=prompts.sid_history([sid[i] for i in h])),
+                sid_title.get(sid[t], sid[t]),
+            )
+            for h, t in zip(hist, tgt, strict=True)
+        ],
         "title_history_to_title": title_history_to_title,
         "title_history_to_sid": lambda: [
-            Example("title_history_to_sid", prompts.TITLE_HISTORY_TO_SID.format(
-                category=category, titles=prompts.title_history([title[i] for i in h])), sid[t])
-            for h, t in zip(hist, tgt)],
-        "item_narratives": lambda: [_safe_teacher(e, safe, catalogue) for e in _corpus_texts(
-            corpus_dir, "items.parquet", "narrative", "item_narratives")],
-        "history_narratives": lambda: [_safe_teacher(e, safe, catalogue) for e in _corpus_texts(
-            corpus_dir, "samples.parquet", "history_narrative", "history_narratives")],
-        "instructions": lambda: [_safe_instruction(e, safe) for e in read_instruction_file(
-            instructions, samples=cfg.instruction_samples, seed=seed, max_len=cfg.instruction_cutoff_len,
-            thinking=cfg.instruction_thinking)] if instructions else [],
+            Example(
+                "title_history_to_sid",
+                prompts.TITLE_HISTORY_TO_SID.format(
+                    category=category, titles=prompts.title_history([title[i] for i in h])
+                ),
+                sid[t],
+            )
+            for h, t in zip(hist, tgt, strict=True)
+        ],
+        "item_narratives": lambda: [
+            _safe_teacher(e, safe, catalogue)
+            for e in _corpus_texts(corpus_dir, "items.parquet", "narrative", "item_narratives")
+        ],
+        "history_narratives": lambda: [
+            _safe_teacher(e, safe, catalogue)
+            for e in _corpus_texts(corpus_dir, "samples.parquet", "history_narrative", "history_narratives")
+        ],
+        "instructions": lambda: (
+            [
+                _safe_instruction(e, safe)
+                for e in read_instruction_file(
+                    instructions,
+                    samples=cfg.instruction_samples,
+                    seed=seed,
+                    max_len=cfg.instruction_cutoff_len,
+                    thinking=cfg.instruction_thinking,
+                )
+            ]
+            if instructions
+            else []
+        ),
     }
     rng = np.random.default_rng(seed)
     out: list[Example] = []
@@ -165,8 +214,9 @@ def _corpus_texts(corpus_dir: Path, name: str, column: str, task: str) -> list[E
     return [Example(task, None, t) for t in texts if isinstance(t, str) and t.strip()]
 
 
-def next_sid_valid(dataset_dir: Path, sid_index_dir: Path, n: int, seed: int,
-                   split: str = "valid") -> tuple[list[Example], list[list[str]]]:
+def next_sid_valid(
+    dataset_dir: Path, sid_index_dir: Path, n: int, seed: int, split: str = "valid"
+) -> tuple[list[Example], list[list[str]]]:
     """Held-out next-SID examples from valid.parquet (a seeded sample of n, in file order; n = 0: every
     row) and their history SIDs."""
     sid = load_sid_map(sid_index_dir)
@@ -184,8 +234,9 @@ def next_sid_valid(dataset_dir: Path, sid_index_dir: Path, n: int, seed: int,
     return exs, hists
 
 
-def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path, corpus_dir: Path,
-                    data_text: DataText | None = None) -> tuple[list[Example], list[Example]]:
+def stage2_examples(
+    cfg: Stage2Config, seed: int, sid_index_dir: Path, corpus_dir: Path, data_text: DataText | None = None
+) -> tuple[list[Example], list[Example]]:
     """(train, held out): reasoning examples from the corpus samples; `reasoning_holdout` of them (at most a
     tenth, at least one when > 0) are held out of training for the reasoning validation loss. The paths
     go through `data_text` as stage1_examples' teacher texts do."""
@@ -194,15 +245,25 @@ def stage2_examples(cfg: Stage2Config, seed: int, sid_index_dir: Path, corpus_di
     catalogue = frozenset(load_catalogue(sid_index_dir))
     path = Path(corpus_dir) / "samples.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"stage2 needs the corpus' samples.parquet (reasoning paths), not found in {corpus_dir}")
+        raise FileNotFoundError(
+            f"stage2 needs the corpus' samples.parquet (reasoning paths), not found in {corpus_dir}"
+        )
     frame = pd.read_parquet(path, columns=["history_item_ids", "item_id", "reasoning_path"])
     frame = frame[frame.reasoning_path.map(lambda x: isinstance(x, str) and bool(x.strip()))]
     if len(frame) < (2 if cfg.reasoning_holdout else 1):
-        raise ValueError(f"stage2: {len(frame)} reasoning paths in {path}, too few to train on"
-                         + (" and hold some out (stage2.reasoning_holdout)" if cfg.reasoning_holdout else ""))
-    exs = [Example("reasoning", prompts.next_sid_question([sid[int(i)] for i in h], reasoning=True),
-                   prompts.reasoning_response(safe.teacher(r, catalogue), sid[int(t)]), thinking=True)
-           for h, t, r in zip(frame.history_item_ids, frame.item_id, frame.reasoning_path)]
+        raise ValueError(
+            f"stage2: {len(frame)} reasoning paths in {path}, too few to train on"
+            + (" and hold some out (stage2.reasoning_holdout)" if cfg.reasoning_holdout else "")
+        )
+    exs = [
+        Example(
+            "reasoning",
+            prompts.next_sid_question([sid[int(i)] for i in h], reasoning=True),
+            prompts.reasoning_response(safe.teacher(r, catalogue), sid[int(t)]),
+            thinking=True,
+        )
+        for h, t, r in zip(frame.history_item_ids, frame.item_id, frame.reasoning_path, strict=True)
+    ]
     rng = np.random.default_rng(seed + 2)
     order = rng.permutation(len(exs))
     n_valid = min(cfg.reasoning_holdout, max(1, len(exs) // 10))
