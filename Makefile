@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= local_outputs
 
-.PHONY: demo test image-test test-fast install install-dev compile images push-images clean
+.PHONY: demo test lint image-test golden test-fast install install-dev compile images push-images clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required, found " + sys.version'
@@ -31,12 +31,23 @@ test: install-dev
 	$(BIN)/python -m pytest
 	if [ -n "$$CI" ]; then $(MAKE) image-test; fi
 
-# The demo DAG with every step in the CPU image, through kfp's DockerRunner on podman, compared with a
-# run in the venv (tests/test_image_dag.py). As root on Debian it installs and sets up podman, then
-# builds a local base image and the CPU image, reused while their inputs are unchanged; elsewhere the
-# test is skipped with the reason. SIDREASONER_TEST_TRAIN_IMAGE=1 also builds the training image (GBs).
+# The demo DAG with every step in the CPU image, through kfp's DockerRunner on podman, compared with the
+# venv run `make test` just made of the same tree, else with tests/golden/ (tests/test_image_dag.py). As
+# root on Debian it installs and sets up podman, then builds a local base image and the CPU image, reused
+# while their inputs are unchanged; elsewhere the test is skipped with the reason.
+# SIDREASONER_TEST_TRAIN_IMAGE=1 also builds the training image (GBs).
 image-test: install-dev
 	SIDREASONER_IMAGE_TEST=1 $(BIN)/python -m pytest tests/test_image_dag.py -rs -s
+
+# Records tests/golden/small_dag_metrics.json again: the small demo DAG's seeded metrics on this machine,
+# which tests/test_pipeline_local.py checks and the image test falls back on. Run it when a change is meant
+# to move them, and commit the file with the change.
+golden: install-dev
+	$(BIN)/python -m tests.helpers.small_dag
+
+# ruff's lint rules and formatter (pyproject.toml); tests/test_lint.py checks the same under make test.
+lint: install-dev
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # Everything but the tests marked slow (training, kfp.local pipeline runs, image installs).
 test-fast: install-dev

@@ -147,7 +147,9 @@ def run_local(
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    with suppress(OSError):  # before the docker runner may hand the root to the images' user; else no logs
+    if runner == "docker":
+        _docker_pipeline_root(root, prepare_root)  # refuses an unusable root before anything is written there
+    with suppress(OSError):  # a root handed to the images' user may refuse this process: then no logs
         (root / LOGS).mkdir(exist_ok=True)
     run_names: list[str] = []
     console = Console()
@@ -157,7 +159,6 @@ def run_local(
         if runner == "docker":
             from sidreasoner.pipelines.containers import kept_containers
 
-            _docker_pipeline_root(root, prepare_root)
             containers = stack.enter_context(kept_containers())
             local.init(runner=local.DockerRunner(), pipeline_root=str(root), enable_caching=True)
         else:

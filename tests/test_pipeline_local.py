@@ -15,15 +15,19 @@ from sidreasoner.pipelines.local import run_local
 from sidreasoner.steps import STEPS as REGISTRY
 from sidreasoner.steps import downstream
 
+from .helpers.small_dag import (
+    CACHE_KEY,
+    SMALL,
+    differences,
+    machine,
+    read_golden,
+    run_small,
+    seeded_metrics,
+    tree_hash,
+)
+
 pytestmark = pytest.mark.slow
 
-# Small data and short training: this test checks the DAG and its artifacts; whether the stages
-# learn is tests/test_train_e2e.py's job.
-SMALL = ["data.demo.num_items=120", "data.demo.num_users=400", "sid.codebook_size=16", "sid.rqvae.epochs=40",
-         "stage1.max_per_task=60", "stage1.epochs=1", "stage1.hr_samples=20", "stage1.valid_samples=20",
-         "stage2.max_samples=40", "stage2.valid_samples=8", "stage2.reasoning_holdout=8", "stage2.epochs=1",
-         "stage3.max_steps=2", "stage3.max_samples=8", "stage3.valid_samples=4", "stage3.max_response_length=24",
-         "eval.max_users=16", "eval.think_max_tokens=12"]
 REMOTE = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""")  # the KFP UI iframe must need nothing remote
 # Every registered step but export-model, which joins the DAG only when export.uri is set.
 STEPS = [name for name, step in REGISTRY.items() if not step.enabled_by]
@@ -35,8 +39,14 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first_run(root):
-    return run_local(config.load("demo", SMALL), root, summary_path=root / "summary.json")
+def first_run(root, pytestconfig):
+    """The demo DAG on SMALL settings. Its metrics go to pytest's cache with the hash of the tree that ran,
+    when the tree did not change during the run: tests/test_image_dag.py compares its container run with them."""
+    tree = tree_hash()
+    run = run_small(root, summary_path=root / "summary.json")
+    if tree_hash() == tree and all(t["status"] == "SUCCEEDED" for t in run["tasks"].values()):
+        pytestconfig.cache.set(CACHE_KEY, {"tree": tree, "metrics": seeded_metrics(run["tasks"])})
+    return run
 
 
 def test_first_run_executes_every_step(first_run, root):
@@ -69,8 +79,12 @@ def test_artifacts_fit_together(first_run):
     samples = pd.read_parquet(f"{corpus}/samples.parquet")
     train = pd.read_parquet(f"{dataset}/train.parquet")
     assert len(samples) + tasks["synthesize-corpus"]["metrics"]["samples_rejected"] == len(train)
-    for step, folder in (("prepare-base-model", "base_model"), ("sft-stage1", "model"),
-                         ("sft-stage2", "model"), ("merge-checkpoint", "stage3_model")):
+    for step, folder in (
+        ("prepare-base-model", "base_model"),
+        ("sft-stage1", "model"),
+        ("sft-stage2", "model"),
+        ("merge-checkpoint", "stage3_model"),
+    ):
         files = {p.name for p in Path(tasks[step]["outputs"][folder]).iterdir()}
         assert {"model.safetensors", "tokenizer.json", "config.json"} <= files, step
     checkpoint = Path(tasks["rl-stage3"]["outputs"]["stage3_checkpoint"])
@@ -106,6 +120,21 @@ def test_metrics_reach_the_summary(first_run):
     assert stage1["sid_tokens_added"] == 3 * 16
 
 
+def test_metrics_equal_the_golden_file(first_run):
+    """The seeded figures are what `make golden` recorded, on a machine that rounds as the recorder's did."""
+    golden = read_golden()
+    if golden["machine"] != machine():
+        pytest.skip(
+            f"tests/golden/small_dag_metrics.json was recorded on {golden['machine']}, this machine is "
+            f"{machine()}: its figures may round differently (`make golden` records them here)"
+        )
+    differing = differences(seeded_metrics(first_run["tasks"]), golden["metrics"])
+    assert not differing, (
+        "metrics (this run, golden file) differ from tests/golden/small_dag_metrics.json; "
+        f"if the change is intended, `make golden` records them again: {differing}"
+    )
+
+
 def test_identical_second_run_is_fully_cached(first_run, root):
     second = run_local(config.load("demo", SMALL), root)
     assert all(t["status"] == "CACHED" for t in second["tasks"].values())
@@ -129,8 +158,22 @@ def test_rerun_from_retrains_the_step_and_reruns_what_follows(first_run, root, t
     earlier ones."""
     summary = tmp_path / "rerun.json"
     result = subprocess.run(
-        [sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(root), "--rerun-from", "rl-stage3",
-         "--summary", str(summary), *sum((["--set", s] for s in SMALL), [])], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "run",
+            "--pipeline-root",
+            str(root),
+            "--rerun-from",
+            "rl-stage3",
+            "--summary",
+            str(summary),
+            *sum((["--set", s] for s in SMALL), []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = json.loads(summary.read_text())["tasks"]
     rerun = ["rl-stage3", "merge-checkpoint", "evaluate-stage3", "report"]
@@ -149,9 +192,22 @@ def test_rerun_from_retrains_the_step_and_reruns_what_follows(first_run, root, t
 def test_cli_until_stops_after_the_step(tmp_path):
     summary = tmp_path / "s.json"
     result = subprocess.run(
-        [sys.executable, "-m", "sidreasoner.cli", "run", "--pipeline-root", str(tmp_path / "root"),
-         "--until", "preprocess", "--summary", str(summary), *sum((["--set", s] for s in SMALL), [])],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sidreasoner.cli",
+            "run",
+            "--pipeline-root",
+            str(tmp_path / "root"),
+            "--until",
+            "preprocess",
+            "--summary",
+            str(summary),
+            *sum((["--set", s] for s in SMALL), []),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = json.loads(summary.read_text())["tasks"]
     assert list(tasks) == ["download-data", "preprocess"]
@@ -174,13 +230,6 @@ def test_export_model_joins_the_dag_when_asked_and_never_comes_from_the_cache(fi
     again = run_local(cfg, root)
     assert again["tasks"]["export-model"]["status"] == "SUCCEEDED"
     assert again["tasks"]["export-model"]["metrics"]["uploaded"] == 0.0
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The demo DAG as `make demo` runs it: the preset unchanged (a few minutes on 2 cores)."""
-    root = tmp_path_factory.mktemp("demo_root")
-    return run_local(config.load("demo"), root)
 
 
 def test_demo_reasoning_pays(demo_run):
