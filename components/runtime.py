@@ -16,8 +16,9 @@ from typing import Any
 
 from sidreasoner.config import complete_sections
 from sidreasoner.io import write_json
-from sidreasoner.runner import die_with_runner, run_step
+from sidreasoner.runner import run_step
 from sidreasoner.steps import STEPS
+from sidreasoner.watchdog import die_with_runner
 
 
 def task_config(step_name: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from sidreasoner.config import Config
 from sidreasoner.io import write_json
 from sidreasoner.pipelines.console import Console, TaskFailed
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
-from sidreasoner.runner import children_die_with_this_process
 from sidreasoner.steps import pipeline_steps
+from sidreasoner.watchdog import children_die_with_this_process
 
 
 def _artifact_path(artifact: Any) -> str:

@@ -132,7 +132,7 @@ def test_sigkill_of_run_kills_the_running_step(tmp_path):
 def _orphan_after_parent_sigkill(tmp_path: Path, env: dict[str, str]) -> int:
     """A parent process starts a child that calls die_with_runner, then the parent gets SIGKILL: the child's pid."""
     child = (
-        "import os, time; from sidreasoner.runner import die_with_runner; die_with_runner(); "
+        "import os, time; from sidreasoner.watchdog import die_with_runner; die_with_runner(); "
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     )
     parent = subprocess.Popen(
@@ -158,7 +158,7 @@ def _gone_within(pid: int, seconds: float) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_step_dies_with_its_parent_only_under_sidreasoner_run(tmp_path):
-    from sidreasoner.runner import RUNNER_ENV, children_die_with_this_process
+    from sidreasoner.watchdog import RUNNER_ENV, children_die_with_this_process
 
     env = {k: v for k, v in os.environ.items() if k != RUNNER_ENV}
     children_die_with_this_process()  # this (live) test process plays the run; the parent dies
