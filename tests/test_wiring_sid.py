@@ -1,24 +1,11 @@
 """When the project's Sinkhorn collision rounds stop: after a round that did not lower the number of
 colliding items, or when nothing collides; never by running out of rounds here."""
 
-import numpy as np
-
 from sidreasoner.sid.collisions import resolve_collisions, sinkhorn_rounds
 
-# Items 0 and 1 are duplicates (identical distances: Sinkhorn never parts them); items 2 and 3 collide
-# on (1, 0) and part in the first round; item 4 holds (1, 2), item 5 is alone.
-CODES = np.array([[0, 1], [0, 1], [1, 0], [1, 0], [1, 2], [2, 3]])
-DISTS = np.array(
-    [
-        [0.2, 0.0, 0.5, 0.9],
-        [0.2, 0.0, 0.5, 0.9],
-        [0.0, 0.3, 0.2, 0.8],
-        [0.0, 0.9, 0.1, 0.7],
-        [0.5, 0.5, 0.0, 0.5],
-        [0.5, 0.5, 0.5, 0.0],
-    ],
-    dtype=np.float32,
-)
+# The collision fixture of the parity tests: items 0 and 1 are duplicates (identical distances: Sinkhorn never
+# parts them); items 2 and 3 collide on (1, 0) and part in the first round; item 4 holds (1, 2), item 5 is alone.
+from .test_parity_sid import CODES, DISTS
 
 
 def test_rounds_stop_after_one_that_did_not_help():
