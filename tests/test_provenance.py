@@ -11,6 +11,8 @@ import pytest
 
 from sidreasoner.provenance import image_tag, source_digest
 
+from .helpers.image_build import install_snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 PRINT_VERSION = "import sidreasoner, sidreasoner.provenance as p; print(sidreasoner.__file__); print(p.code_version())"
 
@@ -35,24 +37,8 @@ def _tree_copy(target: Path) -> Path:
 def _installed_version(source: Path, target: Path) -> tuple[str, str]:
     """Build and install `source` as a wheel into `target` (no dependencies, no .git involved), then read
     the code version there in a fresh interpreter."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
     env = {k: v for k, v in os.environ.items() if k != "SIDREASONER_CODE_VERSION"}
-    env["PYTHONPATH"] = str(target)
+    env.update(install_snapshot(source, target))
     out = subprocess.run(
         [sys.executable, "-c", PRINT_VERSION], env=env, cwd=target, capture_output=True, text=True, check=True
     ).stdout.split()
