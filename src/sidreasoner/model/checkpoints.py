@@ -73,11 +73,6 @@ def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Pat
     return base / f"{stage}-{checkpoint_key(stage, cfg, section, inputs)}"
 
 
-def last_checkpoint(folder: Path) -> Path | None:
-    ckpts = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1])) if ckpts else None
-
-
 # ---------------------------------------------------------------- sealed checkpoints
 
 SEAL = "sidreasoner-seal.json"
