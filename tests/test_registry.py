@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sidreasoner import config
+from sidreasoner.artifacts import Evaluation
 from sidreasoner.cli import step_commands
 from sidreasoner.components.factory import KINDS, component_for
 from sidreasoner.pipelines.pipeline import build
@@ -85,7 +86,7 @@ EXTRA = Step(
     "sidreasoner.eval.evaluate:evaluate",
     ("seed", "eval"),
     inputs={"model": "sft-stage1.model", "dataset": DATASET, "sid_index": SID_INDEX},
-    outputs={"evaluation": "Dataset"},
+    outputs={"evaluation": Evaluation},
     image="train",
     model_cache=True,
     display_name="Stage 1 again",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sidreasoner import config
+from sidreasoner.artifacts import Evaluation
 from sidreasoner.config import ScopedConfig, UndeclaredSection
 from sidreasoner.data.preprocess import dataset_category
 from sidreasoner.runner import run_step
@@ -66,7 +67,7 @@ def _probe(function: str) -> dict[str, Step]:
             "evaluate",
             f"{__name__}:{function}",
             ("seed", "eval"),
-            outputs={"out": "Dataset"},
+            outputs={"out": Evaluation},
         )
     }
 

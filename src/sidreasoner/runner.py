@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sidreasoner.artifacts import Artifact
 from sidreasoner.config import Config, ScopedConfig, scope_config, validate
 from sidreasoner.errors import no_space_left
 from sidreasoner.steps import STEPS, Step
@@ -27,13 +28,19 @@ def run_step(
         if not Path(paths[key]).is_dir():
             raise FileNotFoundError(f"step {name}: input '{key}' folder {paths[key]} does not exist")
     try:
-        metrics = step.load()(cfg, *(Path(paths[k]) for k in step.folders))
+        metrics = step.load()(cfg, *handles(step, paths, registry))
     except Exception as err:
         full = no_space_left(err, write_locations(step, cfg, paths))
         if full is None:
             raise
         raise full from err
     return {k: float(v) for k, v in metrics.items()}
+
+
+def handles(step: Step, paths: Mapping[str, str | Path], registry: Mapping[str, Step] = STEPS) -> list[Artifact]:
+    """The step's folders as handles of their artifact classes, in the order its function takes them."""
+    inputs = [step.input_class(name, registry)(paths[name]) for name in step.inputs]
+    return inputs + [cls(paths[name]) for name, cls in step.outputs.items()]
 
 
 def step_view(step: Step, cfg: Config | dict[str, Any]) -> ScopedConfig:

@@ -6,7 +6,8 @@ pages), and how its pod runs on a cluster (image, credentials, caching, model ca
 retries). The config's step names, the CLI's `sidreasoner step` commands, the KFP components, the
 pipeline DAG and the tests all derive from `STEPS`; docs/architecture.md walks through it.
 
-This module imports nothing else from the project but its errors, so every layer can read it.
+This module imports nothing else from the project but its errors and the artifact classes, so every layer
+above those can read it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sidreasoner.artifacts import (
+    Artifact,
+    Corpus,
+    Dataset,
+    Embeddings,
+    Evaluation,
+    ModelExport,
+    ModelFolder,
+    RawData,
+    ReportPages,
+    SidIndex,
+    Stage3Checkpoint,
+)
+from sidreasoner.artifacts import KfpType as ArtifactKind
 from sidreasoner.errors import ConfigError
 
 HOUR = 3600
-
-# The KFP artifact types a step's outputs can have (named here: the library never imports kfp).
-ArtifactKind = Literal["Dataset", "Model", "Metrics", "HTML", "Markdown"]
 # Which image a step's pod runs in: the CPU image, or the CUDA training image.
 Image = Literal["cpu", "train"]
 # Credentials a step may use, each an optional Secret of the Helm chart.
@@ -60,7 +72,7 @@ class Step:
     function: str  # "module:function" of the library, imported only when the step runs
     sections: tuple[str, ...]  # the config sections it may read (others raise); its cache key covers these
     inputs: Mapping[str, str] = field(default_factory=dict)  # folder name -> "producer-step.output"
-    outputs: Mapping[str, ArtifactKind] = field(default_factory=dict)
+    outputs: Mapping[str, type[Artifact]] = field(default_factory=dict)  # folder name -> its artifact class
     reports: tuple[Report, ...] = ()
     image: Image = "cpu"
     credentials: tuple[Credential, ...] = ()
@@ -76,6 +88,11 @@ class Step:
         if not self.display_name:
             object.__setattr__(self, "display_name", self.name)
 
+    def input_class(self, name: str, registry: Mapping[str, Step] | None = None) -> type[Artifact]:
+        """The artifact class of input `name`: its producer's output class."""
+        producer, output = self.source(name)
+        return (STEPS if registry is None else registry)[producer].outputs[output]
+
     @property
     def folders(self) -> tuple[str, ...]:
         """The library function's folder arguments, in order: inputs, then outputs."""
@@ -83,7 +100,8 @@ class Step:
 
     def artifacts(self) -> dict[str, ArtifactKind]:
         """Every artifact the step's task outputs, with its type: outputs, report pages, metrics."""
-        return {**self.outputs, **{r.name: r.kind for r in self.reports}, "metrics": "Metrics"}
+        outputs = {name: cls.kfp_type for name, cls in self.outputs.items()}
+        return {**outputs, **{r.name: r.kind for r in self.reports}, "metrics": "Metrics"}
 
     def source(self, name: str) -> tuple[str, str]:
         """(producer step, output name) of input `name`."""
@@ -111,8 +129,8 @@ def _sft(stage: int, summary: str, base_model: str) -> Step:
         f"sidreasoner.train.sft:sft_stage{stage}",
         ("seed", f"stage{stage}"),
         inputs={"base_model": base_model, "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
-        outputs={"model": "Model"},
-        reports=(Report("loss_curve", "model", "loss_curve.html"),),
+        outputs={"model": ModelFolder},
+        reports=(Report("loss_curve", "model", ModelFolder.LOSS_CURVE),),
         image="train",
         model_cache=True,
         training_pod=True,
@@ -130,7 +148,7 @@ def _evaluation(stage: int, model: str) -> Step:
         "sidreasoner.eval.evaluate:evaluate",
         ("seed", "eval"),
         inputs={"model": model, "dataset": DATASET, "sid_index": SID_INDEX},
-        outputs={"evaluation": "Dataset"},
+        outputs={"evaluation": Evaluation},
         image="train",
         model_cache=True,
         timeout_s=12 * HOUR,
@@ -174,7 +192,7 @@ STEPS: dict[str, Step] = _registry(
         "download_data",
         "sidreasoner.data.download:download_data",
         ("seed", "data"),
-        outputs={"raw": "Dataset"},
+        outputs={"raw": RawData},
         credentials=("s3", "gcs", "hf"),
         model_cache=True,
         # Network downloads fail transiently; the step resumes partial files on retry.
@@ -187,7 +205,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.data.preprocess:preprocess",
         ("seed", "data"),
         inputs={"raw": "download-data.raw"},
-        outputs={"dataset": "Dataset"},
+        outputs={"dataset": Dataset},
     ),
     Step(
         "embed-items",
@@ -196,7 +214,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.sid.embed:embed_items",
         ("seed", "embed"),
         inputs={"dataset": DATASET},
-        outputs={"embeddings": "Dataset"},
+        outputs={"embeddings": Embeddings},
         credentials=("hf",),
         model_cache=True,
     ),
@@ -207,7 +225,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.sid.quantize:quantize_sids",
         ("seed", "sid"),
         inputs={"dataset": DATASET, "embeddings": "embed-items.embeddings"},
-        outputs={"sid_index": "Dataset"},
+        outputs={"sid_index": SidIndex},
     ),
     Step(
         "synthesize-corpus",
@@ -217,7 +235,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.teacher.corpus:synthesize_corpus",
         ("seed", "teacher"),
         inputs={"dataset": DATASET, "sid_index": SID_INDEX},
-        outputs={"corpus": "Dataset"},
+        outputs={"corpus": Corpus},
         credentials=("teacher",),
         model_cache=True,
         timeout_s=48 * HOUR,
@@ -231,7 +249,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.eval.evaluate:evaluate_baselines",
         ("seed", "eval"),
         inputs={"dataset": DATASET, "sid_index": SID_INDEX},
-        outputs={"baselines": "Dataset"},
+        outputs={"baselines": Evaluation},
     ),
     Step(
         "prepare-base-model",
@@ -240,7 +258,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.train.base:prepare_base_model",
         ("seed", "model"),
         inputs={"dataset": DATASET, "corpus": CORPUS},
-        outputs={"base_model": "Model"},
+        outputs={"base_model": ModelFolder},
         image="train",
         credentials=("s3", "gcs", "hf"),
         model_cache=True,
@@ -256,8 +274,8 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.rl.stage3:rl_stage3",
         ("seed", "stage3"),
         inputs={"stage2_model": "sft-stage2.model", "dataset": DATASET, "sid_index": SID_INDEX, "corpus": CORPUS},
-        outputs={"stage3_checkpoint": "Model"},
-        reports=(Report("reward_curve", "stage3_checkpoint", "reward_curve.html"),),
+        outputs={"stage3_checkpoint": Stage3Checkpoint},
+        reports=(Report("reward_curve", "stage3_checkpoint", Stage3Checkpoint.REWARD_CURVE),),
         image="train",
         model_cache=True,
         training_pod=True,
@@ -272,7 +290,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.rl.merge:merge_checkpoint",
         ("seed", "stage3"),
         inputs={"stage3_checkpoint": "rl-stage3.stage3_checkpoint", "stage2_model": "sft-stage2.model"},
-        outputs={"stage3_model": "Model"},
+        outputs={"stage3_model": ModelFolder},
         image="train",
         model_cache=True,
     ),
@@ -291,10 +309,10 @@ STEPS: dict[str, Step] = _registry(
             "dataset": DATASET,
             "sid_index": SID_INDEX,
         },
-        outputs={"report": "Dataset"},
+        outputs={"report": ReportPages},
         reports=(
-            Report("report_html", "report", "report.html"),
-            Report("report_md", "report", "report.md", kind="Markdown"),
+            Report("report_html", "report", ReportPages.HTML),
+            Report("report_md", "report", ReportPages.MARKDOWN, kind="Markdown"),
         ),
     ),
     Step(
@@ -305,7 +323,7 @@ STEPS: dict[str, Step] = _registry(
         "sidreasoner.export:export_model",
         ("seed", "export"),
         inputs={"stage3_model": "merge-checkpoint.stage3_model"},
-        outputs={"model_export": "Model"},
+        outputs={"model_export": ModelExport},
         credentials=("s3", "gcs"),
         side_effects=True,
         enabled_by="export.uri",

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sidreasoner.config import Config
-from sidreasoner.eval.curves import loss_curve_html
+from sidreasoner.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model import prompts
 from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders, resumable_checkpoint

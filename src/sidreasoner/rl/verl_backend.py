@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidreasoner.config import Config
-from sidreasoner.eval.curves import loss_curve_html
+from sidreasoner.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders
 from sidreasoner.model.folder_lock import checkpoint_lock

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 from sidreasoner.config import Config
-from sidreasoner.eval.curves import loss_curve_html
+from sidreasoner.curves import loss_curve_html
 from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
 from sidreasoner.model import prompts
 from sidreasoner.model.checkpoints import (

@@ -1,0 +1,105 @@
+"""Dataset: the preprocess step's output (items, users, interactions, the three sample splits, stats), the
+research bundle's files it was imported from (`bundle/`), and its research-layout item file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sidreasoner.artifacts.base import Artifact
+
+SPLITS = ("train", "valid", "test")
+
+
+class Dataset(Artifact):
+    kind = "dataset"
+    kfp_type = "Dataset"
+    writer = "preprocess"
+
+    ITEMS = "items.parquet"  # item_id (0..N-1 in order), asin, title, description, brand, categories
+    USERS = "users.parquet"  # user_id, raw_user_id
+    INTERACTIONS = "interactions.parquet"  # user_id, item_id, timestamp, rating
+    STATS = "stats.json"  # category, format, source, metrics, data_config
+    BUNDLE = "bundle"  # a research bundle's files, kept for the steps that import them
+    BUNDLE_SID_INDEX = "bundle/sid_index.json"
+    BUNDLE_ITEM_NARRATIVES = "bundle/item_narratives.parquet"
+    BUNDLE_SAMPLE_NARRATIVES = "bundle/sample_narratives.parquet"
+    BUNDLE_GENERAL = "bundle/general.jsonl"
+    BUNDLE_RECORD = "bundle/import.json"
+
+    @staticmethod
+    def split_file(split: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
+        return f"{split}.parquet"
+
+    @staticmethod
+    def research_item_file(category: str) -> str:
+        return f"research/index/{category}.item.json"
+
+    # ------------------------------------------------------------ readers
+
+    def items(self, columns: Sequence[str] | None = None):
+        """items.parquet as a pandas DataFrame."""
+        return self.read_frame(self.ITEMS, columns, "the item table")
+
+    def items_table(self, columns: Sequence[str] | None = None):
+        return self.read_table(self.ITEMS, columns, "the item table")
+
+    def num_items(self) -> int:
+        return self.num_rows(self.ITEMS, "the item table")
+
+    def titles(self) -> dict[int, str]:
+        items = self.items_table(["item_id", "title"])
+        return dict(zip(items["item_id"].to_pylist(), map(str, items["title"].to_pylist()), strict=True))
+
+    def split(self, name: str, columns: Sequence[str] | None = None):
+        """One sample split (train, valid or test) as a pandas DataFrame."""
+        return self.read_frame(self.split_file(name), columns, f"the {name} samples")
+
+    def split_table(self, name: str, columns: Sequence[str] | None = None):
+        return self.read_table(self.split_file(name), columns, f"the {name} samples")
+
+    def interactions(self, columns: Sequence[str] | None = None):
+        return self.read_frame(self.INTERACTIONS, columns, "the interactions")
+
+    def stats(self) -> dict[str, Any]:
+        return self.read_json(self.STATS, "the dataset's record: category, source, counts")
+
+    def has_stats(self) -> bool:
+        return self.has(self.STATS)
+
+    def bundle_file(self, name: str, what: str) -> Path:
+        """A file kept from the research bundle the dataset was imported from; the error says how to get one."""
+        path = self.file(name)
+        if not path.is_file():
+            from sidreasoner.artifacts.base import ArtifactFileMissing
+
+            raise ArtifactFileMissing(
+                f"{self.kind} {self.path}: {name} ({what}) not found: it is written when data.source is a "
+                "research bundle (data.source=research:<path>)"
+            )
+        return path
+
+    def general_chats(self) -> Path | None:
+        """The general-reasoning chats kept from a research bundle, or None."""
+        path = self.file(self.BUNDLE_GENERAL)
+        return path if path.is_file() else None
+
+    # ------------------------------------------------------------ writers
+
+    def write_items(self, table) -> None:
+        self.write_table(self.ITEMS, table)
+
+    def write_users(self, table) -> None:
+        self.write_table(self.USERS, table)
+
+    def write_interactions(self, table) -> None:
+        self.write_table(self.INTERACTIONS, table)
+
+    def write_split(self, name: str, table) -> None:
+        self.write_table(self.split_file(name), table)
+
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        self.write_json(self.STATS, stats)
