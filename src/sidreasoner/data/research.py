@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from sidreasoner.config.schema import file_name_problem
+from sidreasoner.data.literals import json_or_literal, snippet
 
 SPLITS = ("train", "valid", "test")
 SPLIT_COLUMNS = (
@@ -99,8 +100,7 @@ class ResearchDataError(ValueError):
 
 
 def _snippet(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return repr(text[:SNIPPET_CHARS] + ("..." if len(text) > SNIPPET_CHARS else ""))
+    return snippet(value, SNIPPET_CHARS)
 
 
 # ---------------------------------------------------------------- finding the files
@@ -223,19 +223,6 @@ class _Bad(Exception):
     def __init__(self, reason: str, column: str, detail: str):
         super().__init__(reason)
         self.reason, self.column, self.detail = reason, column, detail
-
-
-def json_or_literal(text: str) -> Any:
-    """A field the research code writes as JSON or as a Python literal (a chat's `messages`): JSON first,
-    then `ast.literal_eval`, never eval. ValueError when it is neither."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise ValueError(f"neither JSON nor a Python literal: {_snippet(text)}") from None
 
 
 def _literal(text: str, column: str) -> Any:

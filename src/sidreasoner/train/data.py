@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import DataCollatorWithFlattening
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from sidreasoner.data.research import json_or_literal
+from sidreasoner.data.literals import json_or_literal
 from sidreasoner.model import prompts
 
 IGNORE = -100
