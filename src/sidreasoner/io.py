@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +25,15 @@ from pathlib import Path
 from typing import Any
 
 LOCK_SUFFIX = ".lock"
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+FILE_NAME_RULE = "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be one part of a file name, or None when it can."""
+    if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+        return f"{name!r} cannot be part of a file name (allowed: {FILE_NAME_RULE})"
+    return None
 
 
 def try_lock(fd: int, wait: bool = False) -> bool | None:

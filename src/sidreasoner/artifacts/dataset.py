@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.artifacts.base import Artifact
+from sidreasoner.io import file_name_problem
 
 SPLITS = ("train", "valid", "test")
 
@@ -66,6 +67,15 @@ class Dataset(Artifact):
 
     def stats(self) -> dict[str, Any]:
         return self.read_json(self.STATS, "the dataset's record: category, source, counts")
+
+    def category(self) -> str:
+        """The category the dataset was made from, as its stats record it (preprocess and the research import
+        write it): it names the research-layout files of the steps that read the dataset."""
+        category = self.stats().get("category")
+        problem = file_name_problem(category)
+        if problem:
+            raise self.problem(self.STATS, f"the category {problem}")
+        return category
 
     def has_stats(self) -> bool:
         return self.has(self.STATS)

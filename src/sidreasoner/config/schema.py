@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from sidreasoner.io import FILE_NAME, FILE_NAME_RULE, file_name_problem  # noqa: F401 (re-exported)
 from sidreasoner.steps import STEP_NAMES
 
 AMAZON2018_BASE_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
@@ -89,17 +90,6 @@ class _Section(BaseModel):
 
 # A name that becomes part of a file name (data.category): no path separators, no leading dot, no glob
 # characters, so it can never lead outside its folder.
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-FILE_NAME_RULE = "1-100 letters, digits, '_', '-' or '.', starting with a letter or digit"
-
-
-def file_name_problem(name: Any) -> str | None:
-    """Why `name` cannot be one part of a file name, or None when it can."""
-    if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
-        return f"{name!r} cannot be part of a file name (allowed: {FILE_NAME_RULE})"
-    return None
-
-
 def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
     """`base` with other default values for some fields; types, bounds and descriptions stay."""
     fields = {}
