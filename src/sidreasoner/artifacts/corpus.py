@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidreasoner.artifacts import research_layout
 from sidreasoner.artifacts.base import Artifact
 
 
@@ -20,11 +21,11 @@ class Corpus(Artifact):
 
     @staticmethod
     def research_item_narratives_file(category: str) -> str:
-        return f"research/index/{category}.item_enhanced_v2.json"
+        return f"{research_layout.FOLDER}/{research_layout.item_narratives_json(category)}"
 
     @staticmethod
     def research_integrated_file(category: str) -> str:
-        return f"research/index/{category}.integrated_narrative.csv"
+        return f"{research_layout.FOLDER}/{research_layout.integrated_narrative_csv(category)}"
 
     def items(self, columns=None):
         return self.read_frame(self.ITEMS, columns, "item narratives")

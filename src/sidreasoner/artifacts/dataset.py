@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sidreasoner.artifacts import research_layout
 from sidreasoner.artifacts.base import Artifact
 from sidreasoner.io import file_name_problem
 
@@ -37,7 +38,7 @@ class Dataset(Artifact):
 
     @staticmethod
     def research_item_file(category: str) -> str:
-        return f"research/index/{category}.item.json"
+        return f"{research_layout.FOLDER}/{research_layout.item_json(category)}"
 
     # ------------------------------------------------------------ readers
 

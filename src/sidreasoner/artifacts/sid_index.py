@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sidreasoner.artifacts import research_layout
 from sidreasoner.artifacts.base import Artifact
 
 CODE_TOKEN = re.compile(r"<[a-z]_\d+>")
@@ -21,7 +22,11 @@ class SidIndex(Artifact):
     CATALOGUE = "catalogue.json"  # sorted list of every valid SID
     QUANTIZER = "quantizer.json"  # method, settings, collision and usage figures
     CODEBOOKS = "codebooks.npy"  # float32 [levels, codebook_size, dim]
-    RESEARCH = "research"  # the MiniOneRec/SIDReasoner on-disk layout
+    RESEARCH = research_layout.FOLDER  # the dataset with its SIDs in the MiniOneRec/SIDReasoner layout
+
+    def research_file(self, name: str):
+        """A file of the research-layout export, `name` from artifacts.research_layout."""
+        return self.file(f"{self.RESEARCH}/{name}")
 
     def index(self) -> dict[int, list[str]]:
         """item id -> its codes, one per level."""
