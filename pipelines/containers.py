@@ -1,5 +1,5 @@
 """Run the DAG's steps in containers: kfp.local's DockerRunner against a Docker API (Docker, or podman's
-`podman system service`), and a cached local build of an image for such runs.
+`podman system service`).
 
 kfp.local starts every container with auto_remove=True and then reads its logs and exit status. Under
 podman the container is gone by then: the logs come back empty and kfp reports success whatever the
@@ -9,11 +9,8 @@ exit status are read, then removes it.
 
 from __future__ import annotations
 
-import hashlib
-import shlex
 import signal
 import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,80 +123,3 @@ def prepare_pipeline_root(root: Path, image: str, uid: int) -> None:
         )
     finally:
         client.close()
-
-
-# --- a local build, tagged by what went into it -----------------------------------------------------
-
-
-def copy_sources(dockerfile: Path) -> list[str]:
-    """The source paths of every COPY in a Dockerfile (continuation lines are not used by COPY here)."""
-    sources = []
-    for line in dockerfile.read_text().splitlines():
-        words = line.split()
-        if words and words[0].upper() == "COPY":
-            sources += [w for w in words[1:-1] if not w.startswith("--")]
-    return sources
-
-
-def _files_under(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file()
-        and "__pycache__" not in p.parts
-        and not p.name.endswith(".pyc")
-        and ".egg-info" not in str(p.relative_to(path))
-    )
-
-
-def content_tag(context: Path, dockerfile: Path, extra: list[str]) -> str:
-    """A tag naming the image an unchanged build would make again: a hash of the Dockerfile, every file its
-    COPY lines take from the context, and `extra` (build arguments, base image id, …)."""
-    digest = hashlib.sha256()
-    digest.update(dockerfile.read_bytes())
-    for source in copy_sources(dockerfile):
-        for file in _files_under(context / source):
-            digest.update(str(file.relative_to(context)).encode() + b"\0" + file.read_bytes() + b"\0")
-    for item in extra:
-        digest.update(item.encode() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def cached_reference(
-    context: Path, dockerfile: Path, repository: str, build_args: dict[str, str], hash_extra: list[str]
-) -> str:
-    """`repository:<content tag>`, the name `build_cached` gives the image these inputs build."""
-    extra = [f"{k}={v}" for k, v in sorted(build_args.items())] + hash_extra
-    return f"{repository}:{content_tag(context, dockerfile, extra)}"
-
-
-def build_cached(
-    context: Path,
-    dockerfile: Path,
-    repository: str,
-    build_args: dict[str, str],
-    build_flags: list[str],
-    hash_extra: list[str],
-    log_path: Path,
-) -> tuple[str, bool]:
-    """`podman build` the Dockerfile as `repository:<content tag>` unless that image exists already.
-
-    Returns (image reference, whether it was built now). The build's output goes to `log_path`. Images that
-    earlier trees built stay (a run may still be using one): `podman rmi` them when disk is short.
-    """
-    image = cached_reference(context, dockerfile, repository, build_args, hash_extra)
-    if subprocess.run(["podman", "image", "exists", image], check=False).returncode == 0:
-        return image, False
-    command = ["podman", "build", "-f", str(dockerfile), "-t", image, *build_flags]
-    for key, value in build_args.items():
-        command += ["--build-arg", f"{key}={value}"]
-    command.append(str(context))
-    with open(log_path, "w") as log:
-        log.write(shlex.join(command) + "\n")
-        log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"podman build of {dockerfile} failed (exit {result.returncode}); its log: {log_path}")
-    return image, True

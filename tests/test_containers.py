@@ -6,8 +6,10 @@ import os
 import pytest
 
 from sidreasoner.config import load
-from sidreasoner.pipelines.containers import content_tag, writable_by
+from sidreasoner.pipelines.containers import writable_by
 from sidreasoner.pipelines.local import run_local
+
+from .helpers.image_build import content_tag
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ this venv exactly. Images are tagged by a content hash (`build_cached`), so an u
 
 from __future__ import annotations
 
+import hashlib
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-from sidreasoner.pipelines.containers import build_cached
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/sidreasoner-base:bookworm"
@@ -66,7 +66,6 @@ def _venv_constraints() -> str:
 def snapshot(dockerfile: str, into: Path) -> Path:
     """A copy of what a build of `dockerfile` reads (images/ and every COPY source), so that the image and a
     run in this venv see the same code while the working tree goes on changing."""
-    from sidreasoner.pipelines.containers import copy_sources
 
     into.mkdir(parents=True)
     for source in ["images", *copy_sources(ROOT / dockerfile)]:
@@ -136,3 +135,80 @@ def build_image(dockerfile: str, repository: str, cpu: bool = True, context: Pat
 if __name__ == "__main__":  # python -m tests.helpers.image_build images/cpu/Dockerfile localhost/sidreasoner-cpu
     setup_podman()
     print(build_image(sys.argv[1], sys.argv[2]))
+
+
+# ---------------------------------------------------------------- a local build, tagged by what went into it
+
+
+def copy_sources(dockerfile: Path) -> list[str]:
+    """The source paths of every COPY in a Dockerfile (continuation lines are not used by COPY here)."""
+    sources = []
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() == "COPY":
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    return sources
+
+
+def _files_under(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and not p.name.endswith(".pyc")
+        and ".egg-info" not in str(p.relative_to(path))
+    )
+
+
+def content_tag(context: Path, dockerfile: Path, extra: list[str]) -> str:
+    """A tag naming the image an unchanged build would make again: a hash of the Dockerfile, every file its
+    COPY lines take from the context, and `extra` (build arguments, base image id, …)."""
+    digest = hashlib.sha256()
+    digest.update(dockerfile.read_bytes())
+    for source in copy_sources(dockerfile):
+        for file in _files_under(context / source):
+            digest.update(str(file.relative_to(context)).encode() + b"\0" + file.read_bytes() + b"\0")
+    for item in extra:
+        digest.update(item.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def cached_reference(
+    context: Path, dockerfile: Path, repository: str, build_args: dict[str, str], hash_extra: list[str]
+) -> str:
+    """`repository:<content tag>`, the name `build_cached` gives the image these inputs build."""
+    extra = [f"{k}={v}" for k, v in sorted(build_args.items())] + hash_extra
+    return f"{repository}:{content_tag(context, dockerfile, extra)}"
+
+
+def build_cached(
+    context: Path,
+    dockerfile: Path,
+    repository: str,
+    build_args: dict[str, str],
+    build_flags: list[str],
+    hash_extra: list[str],
+    log_path: Path,
+) -> tuple[str, bool]:
+    """`podman build` the Dockerfile as `repository:<content tag>` unless that image exists already.
+
+    Returns (image reference, whether it was built now). The build's output goes to `log_path`. Images that
+    earlier trees built stay (a run may still be using one): `podman rmi` them when disk is short.
+    """
+    image = cached_reference(context, dockerfile, repository, build_args, hash_extra)
+    if subprocess.run(["podman", "image", "exists", image], check=False).returncode == 0:
+        return image, False
+    command = ["podman", "build", "-f", str(dockerfile), "-t", image, *build_flags]
+    for key, value in build_args.items():
+        command += ["--build-arg", f"{key}={value}"]
+    command.append(str(context))
+    with open(log_path, "w") as log:
+        log.write(shlex.join(command) + "\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"podman build of {dockerfile} failed (exit {result.returncode}); its log: {log_path}")
+    return image, True
