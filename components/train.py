@@ -106,7 +106,7 @@ def export_model(
     generation: int = 0,
     compiled_sections: Optional[dict] = None,
 ):
-    """Push the Stage 3 model to export.uri (a bucket or folder); export.json records where."""
+    """Push the Stage 3 model to export.uri (a bucket or folder); its record says where."""
     from sidreasoner.components.runtime import run_component
 
     run_component(step, locals())

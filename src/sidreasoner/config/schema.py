@@ -743,7 +743,7 @@ class Stage3Config(
     prompts: Literal["train", "narrated"] = Field(
         "train",
         description="training prompts: train = every train-split sample; narrated = only the samples the "
-        "teacher narrated (the corpus' samples.parquet), as the research code's RL data",
+        "teacher narrated (the corpus' samples), as the research code's RL data",
     )
     valid_split: Literal["valid", "test"] = Field(
         "valid",
@@ -765,7 +765,7 @@ class Stage3Config(
         0.001, ge=0, description="KL-to-reference coefficient (k3 / low_var_kl estimator); 0 = no reference model"
     )
     max_prompt_length: int = Field(
-        1024, ge=16, description="prompts longer than this (tokens) are left out (counted in training.json)"
+        1024, ge=16, description="prompts longer than this (tokens) are left out (counted in the training record)"
     )
     max_response_length: int = Field(1024, ge=8, description="generated tokens per completion")
     temperature: float = Field(1.0, gt=0, description="rollout sampling temperature")
