@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-import pyarrow.parquet as pq
 import pytest
 
+from sidreasoner.artifacts import Dataset
 from sidreasoner.config import DemoDataConfig, load
 from sidreasoner.data.demo import generate_demo_raw
 from sidreasoner.data.download import download_data
@@ -65,8 +65,8 @@ def test_demo_survives_preprocess_with_thousands_of_samples(demo_data):
 
 def test_series_order_beats_popularity(demo_data):
     data, _, _ = demo_data
-    train = pq.read_table(data / "train.parquet").to_pydict()
-    test = pq.read_table(data / "test.parquet").to_pydict()
+    train = Dataset.at(data).split_table("train").to_pydict()
+    test = Dataset.at(data).split_table("test").to_pydict()
     successors: dict[int, Counter] = defaultdict(Counter)
     for hist, item in zip(train["history_item_ids"], train["item_id"], strict=True):
         successors[hist[-1]][item] += 1

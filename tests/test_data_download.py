@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
+from sidreasoner.artifacts import Dataset, RawData
 from sidreasoner.config import load
 from sidreasoner.data.download import DownloadError, download_data, http_download
 from sidreasoner.data.preprocess import preprocess
@@ -111,7 +111,7 @@ def test_amazon2018_download_from_local_mirror(tmp_path, flaky_http):
     )
     m = download_data(cfg, tmp_path / "raw")
     assert m["bytes_downloaded"] == len(reviews) + len(meta) and m["files"] == 2 and m["resumed"] == 0
-    manifest = json.loads((tmp_path / "raw/manifest.json").read_text())
+    manifest = RawData.at(tmp_path / "raw").manifest()
     assert (manifest["format"], manifest["reviews"], manifest["meta"]) == (
         "amazon2018",
         "Software_5.json.gz",
@@ -181,12 +181,12 @@ def test_amazon2023_folder_source_end_to_end(tmp_path):
         [f"data.source={src}", "data.format=amazon2023", "data.category=Tiny", "data.k_core=2", "data.min_samples=1"],
     )
     download_data(cfg, tmp_path / "raw")
-    assert json.loads((tmp_path / "raw/manifest.json").read_text())["meta"] == "meta_Tiny.jsonl.gz"
+    assert RawData.at(tmp_path / "raw").manifest()["meta"] == "meta_Tiny.jsonl.gz"
     m = preprocess(cfg, tmp_path / "raw", tmp_path / "data")
     assert (m["users"], m["items"], m["samples_train"], m["samples_valid"], m["samples_test"]) == (4, 4, 9, 1, 2)
-    inter = pq.read_table(tmp_path / "data/interactions.parquet").to_pydict()
+    inter = Dataset.at(tmp_path / "data").read_table(Dataset.INTERACTIONS).to_pydict()
     assert inter["timestamp"][:2] == [1_600_000_000, 1_600_000_000 + 10 * 86_400]
-    items = pq.read_table(tmp_path / "data/items.parquet").to_pylist()
+    items = Dataset.at(tmp_path / "data").items_table().to_pylist()
     assert (items[2]["title"], items[2]["description"], items[2]["brand"]) == ("Item & 2", "feat 2", "Shop")
 
 
@@ -387,7 +387,7 @@ def _wait_for(predicate, timeout_s=30.0):
 
 def _verify_raw(raw):
     """The raw folder's files match its manifest and hold exactly what the mirror serves."""
-    manifest = json.loads((raw / "manifest.json").read_text())
+    manifest = RawData.at(raw).manifest()
     for name, want in manifest["files"].items():
         body = (raw / name).read_bytes()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (want["bytes"], want["sha256"])
@@ -671,7 +671,7 @@ def test_a_source_file_changed_after_download_leaves_the_artifact_as_its_manifes
     raw = tmp_path / "raw"
     with open(src / "Tiny.json", "a") as fh:  # the user adds reviews after the step finished
         fh.write(json.dumps({"reviewerID": "U9", "asin": "A1", "overall": 1.0, "unixReviewTime": 1_500_000_000}) + "\n")
-    for name, want in json.loads((raw / "manifest.json").read_text())["files"].items():
+    for name, want in RawData.at(raw).manifest()["files"].items():
         body = (raw / name).read_bytes()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (want["bytes"], want["sha256"]), name
         assert os.stat(raw / name).st_nlink == 1  # a copy, not a second name of the user's file

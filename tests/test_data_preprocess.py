@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from sidreasoner.artifacts import SPLITS, ArtifactFileMissing, Dataset, RawData
 from sidreasoner.config import load
 from sidreasoner.data.preprocess import (
     PreprocessError,
@@ -46,7 +47,7 @@ def write_raw(folder, reviews, meta, fmt="amazon2018", category="Tiny"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{category}.json").write_text("\n".join(reviews) + "\n")
     (folder / f"meta_{category}.json").write_text("\n".join(meta) + "\n")
-    (folder / "manifest.json").write_text(
+    (folder / RawData.MANIFEST).write_text(
         json.dumps(
             {
                 "source": "test",
@@ -192,7 +193,7 @@ def test_preprocess_tiny_exact(tmp_path):
         "time_window_widenings": 0,
     }
     out = tmp_path / "out"
-    items = pq.read_table(out / "items.parquet").to_pylist()
+    items = Dataset.at(out).items_table().to_pylist()
     assert [(i["item_id"], i["asin"], i["title"]) for i in items] == [
         (0, "B001", "Pen & Ink"),
         (1, "B002", 'Blue "Gel" Pen'),
@@ -200,15 +201,15 @@ def test_preprocess_tiny_exact(tmp_path):
         (3, "B004", "Pencil"),
     ]
     assert items[0]["description"] == "about B001" and items[0]["categories"] == ["Office"]
-    assert pq.read_table(out / "users.parquet").to_pylist() == [
+    assert Dataset.at(out).read_table(Dataset.USERS).to_pylist() == [
         {"user_id": i, "raw_user_id": f"U{i + 1}"} for i in range(4)
     ]
-    inter = pq.read_table(out / "interactions.parquet").to_pydict()
+    inter = Dataset.at(out).read_table(Dataset.INTERACTIONS).to_pydict()
     assert inter["user_id"] == [u for u in range(4) for _ in range(4)]
     assert inter["item_id"] == [0, 1, 2, 3] * 4
     assert inter["timestamp"][:4] == [BASE + (1 + 10 * k) * DAY for k in range(4)]
     assert inter["rating"][0] == 5.0  # the earliest duplicate, not the later 1-star one
-    train = pq.read_table(out / "train.parquet").to_pydict()
+    train = Dataset.at(out).split_table("train").to_pydict()
     assert list(zip(train["user_id"], train["history_item_ids"], train["item_id"], strict=True)) == [
         (0, [0], 1),
         (1, [0], 1),
@@ -220,14 +221,14 @@ def test_preprocess_tiny_exact(tmp_path):
         (3, [0, 1], 2),
         (0, [1, 2], 3),
     ]
-    valid = pq.read_table(out / "valid.parquet").to_pydict()
-    test = pq.read_table(out / "test.parquet").to_pydict()
+    valid = Dataset.at(out).split_table("valid").to_pydict()
+    test = Dataset.at(out).split_table("test").to_pydict()
     assert (valid["user_id"], valid["history_item_ids"], valid["item_id"]) == ([1], [[1, 2]], [3])
     assert (test["user_id"], test["history_item_ids"], test["item_id"]) == ([2, 3], [[1, 2], [1, 2]], [3, 3])
     assert test["timestamp"] == [BASE + 33 * DAY, BASE + 34 * DAY]
-    index = json.loads((out / "research/index/Tiny.item.json").read_text())
+    index = Dataset.at(out).read_json(Dataset.research_item_file("Tiny"))
     assert index["1"] == {"title": 'Blue "Gel" Pen', "description": "about B002"}
-    stats = json.loads((out / "stats.json").read_text())
+    stats = Dataset.at(out).stats()
     assert stats["category"] == "Tiny" and stats["metrics"]["samples_test"] == 2
 
 
@@ -269,9 +270,24 @@ def test_not_json_reviews_fail_with_file_and_line(tmp_path):
 
 def test_missing_manifest_key(tmp_path):
     raw = tiny_raw(tmp_path / "raw")
-    (raw / "manifest.json").write_text(json.dumps({"format": "amazon2018", "category": "Tiny", "reviews": "Tiny.json"}))
+    (raw / RawData.MANIFEST).write_text(
+        json.dumps({"format": "amazon2018", "category": "Tiny", "reviews": "Tiny.json"})
+    )
     with pytest.raises(PreprocessError, match=r"manifest\.json: key 'meta' is missing"):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
+
+
+def test_a_missing_manifest_or_split_names_the_artifact_and_the_file(tmp_path):
+    raw = tiny_raw(tmp_path / "raw")
+    (raw / RawData.MANIFEST).unlink()
+    with pytest.raises(ArtifactFileMissing) as err:
+        preprocess(tiny_cfg(), raw, tmp_path / "out")
+    assert str(err.value).startswith(f"raw data {raw}: {RawData.MANIFEST} (") and "download-data step" in str(err.value)
+    preprocess(tiny_cfg(), tiny_raw(tmp_path / "raw2"), tmp_path / "data")
+    (tmp_path / "data" / Dataset.split_file("valid")).unlink()
+    valid = re.escape(Dataset.split_file("valid"))
+    with pytest.raises(ArtifactFileMissing, match=rf"dataset .*data: {valid} \(the valid samples\) not found"):
+        write_research_csvs(tmp_path / "data", {i: [f"<a_{i}>"] for i in range(4)}, tmp_path / "research", "Tiny")
 
 
 def test_write_research_csvs(tmp_path):
@@ -328,7 +344,7 @@ def test_a_boolean_user_id_is_skipped_not_merged_into_the_user_True(tmp_path):
     seal(raw)
     m = preprocess(tiny_cfg(), raw, tmp_path / "out")
     assert m["review_records_skipped_invalid_reviewerID"] == 2 and m["users"] == 4
-    assert pq.read_table(tmp_path / "out" / "users.parquet")["raw_user_id"].to_pylist() == ["U1", "U2", "U3", "U4"]
+    assert Dataset.at(tmp_path / "out").read_table(Dataset.USERS)["raw_user_id"].to_pylist() == ["U1", "U2", "U3", "U4"]
 
 
 def _small_raw(folder, reviews, fmt="amazon2018"):
@@ -361,8 +377,8 @@ def test_no_reviews_left_for_the_window_says_so(tmp_path):
 
 def test_amazon2018_files_read_as_amazon2023_name_the_missing_fields(tmp_path):
     raw = tiny_raw(tmp_path / "raw")
-    manifest = json.loads((raw / "manifest.json").read_text())
-    (raw / "manifest.json").write_text(json.dumps({**manifest, "format": "amazon2023"}))
+    manifest = RawData.at(raw).manifest()
+    (raw / RawData.MANIFEST).write_text(json.dumps({**manifest, "format": "amazon2023"}))
     with pytest.raises(PreprocessError) as err:
         preprocess(tiny_cfg("data.max_malformed_fraction=1.0"), raw, tmp_path / "out")
     assert str(err.value) == (
@@ -391,17 +407,19 @@ def test_amazon2018_files_read_as_amazon2023_name_the_missing_fields(tmp_path):
 )
 def test_manifest_names_that_lead_out_of_the_folder_are_refused(tmp_path, key, value):
     raw = tiny_raw(tmp_path / "raw")
-    manifest = json.loads((raw / "manifest.json").read_text())
+    manifest = RawData.at(raw).manifest()
     if key == "bundle":
         manifest = {"format": "research", "category": "Tiny", "bundle": "bundle"}
-    (raw / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+    (raw / RawData.MANIFEST).write_text(json.dumps({**manifest, key: value}))
     with pytest.raises(PreprocessError) as err:
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     assert str(err.value) == (
-        f"{raw / 'manifest.json'}: key '{key}': {value!r} cannot be part of a file name "
+        f"{raw / RawData.MANIFEST}: key '{key}': {value!r} cannot be part of a file name "
         "(allowed: 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit)"
     )
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["Tiny.json", "manifest.json", "meta_Tiny.json", "raw"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        ["Tiny.json", RawData.MANIFEST, "meta_Tiny.json", "raw"]
+    )
 
 
 def test_research_csvs_refuse_a_category_that_is_a_path(tmp_path):
@@ -422,10 +440,8 @@ def test_byte_order_marks_and_crlf_line_endings_give_the_same_dataset(tmp_path):
     marked = preprocess(tiny_cfg(), raw, tmp_path / "out")
     plain.pop("wall_seconds"), marked.pop("wall_seconds")
     assert marked == plain and marked["malformed_meta_lines"] == 1 and marked["malformed_review_lines"] == 1
-    for table in ("items", "users", "train", "valid", "test"):
-        assert pq.read_table(tmp_path / "out" / f"{table}.parquet") == pq.read_table(
-            tmp_path / "out_plain" / f"{table}.parquet"
-        )
+    for name in (Dataset.ITEMS, Dataset.USERS, *map(Dataset.split_file, SPLITS)):
+        assert Dataset.at(tmp_path / "out").read_table(name) == Dataset.at(tmp_path / "out_plain").read_table(name)
 
 
 def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path):
@@ -437,7 +453,7 @@ def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path
         preprocess(tiny_cfg(), raw, tmp_path / "out")
     grown = (raw / "Tiny.json").stat().st_size
     assert str(err.value) == (
-        f"{raw / 'Tiny.json'}: {grown} bytes where manifest.json says {size}; the raw file "
+        f"{raw / 'Tiny.json'}: {grown} bytes where {RawData.MANIFEST} says {size}; the raw file "
         "changed after download-data; run download-data again"
     )
     seal(raw)
@@ -449,9 +465,9 @@ def test_a_raw_file_changed_after_download_is_refused_before_it_is_read(tmp_path
         r"[0-9a-f]{64}; the raw file changed after download-data",
     ):
         preprocess(tiny_cfg(), raw, tmp_path / "out")
-    manifest = json.loads((raw / "manifest.json").read_text())
+    manifest = RawData.at(raw).manifest()
     del manifest["files"]
-    (raw / "manifest.json").write_text(json.dumps(manifest))
+    (raw / RawData.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(
         PreprocessError,
         match=r"manifest\.json: key 'files' \(each raw file's bytes and sha256\) is "

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from sidreasoner import config
-from sidreasoner.eval.baselines import popularity_ranking, random_rankings
-from sidreasoner.eval.evaluate import evaluate, evaluate_baselines, recommend
+from sidreasoner.eval.baselines import evaluate_baselines, popularity_ranking, random_rankings
+from sidreasoner.eval.evaluate import evaluate
+from sidreasoner.eval.recommend import recommend
 
 N_ITEMS = 60
 
@@ -89,7 +90,7 @@ def test_popularity_ties_and_random_are_deterministic():
 
 
 def test_report_renders_self_contained(folders):
-    from sidreasoner.eval.evaluate import Catalogue
+    from sidreasoner.eval.catalogue import Catalogue
     from sidreasoner.eval.report import decode_sids, report
 
     cfg = _cfg(ks=[1, 5, 10], think_max_tokens=6, max_users=4, report_samples=2)

@@ -8,9 +8,9 @@ import datetime as dt
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from sidreasoner.artifacts import Dataset, RawData
 from sidreasoner.config import load
 from sidreasoner.data.preprocess import (
     preprocess,
@@ -47,7 +47,7 @@ def write_raw(folder, reviews, meta, category="Tiny"):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{category}_5.json").write_text("\n".join(reviews) + "\n")
     (folder / f"meta_{category}.json").write_text("\n".join(meta) + "\n")
-    (folder / "manifest.json").write_text(
+    (folder / RawData.MANIFEST).write_text(
         json.dumps(
             {
                 "source": "test",
@@ -117,7 +117,7 @@ def paper_cfg(*extra):
 
 
 def _samples(out, split):
-    t = pq.read_table(out / f"{split}.parquet").to_pydict()
+    t = Dataset.at(out).split_table(split).to_pydict()
     return list(zip(t["user_id"], t["history_item_ids"], t["item_id"], t["timestamp"], strict=True))
 
 
@@ -209,8 +209,8 @@ def test_research_protocol_exact(tmp_path):
     }
     out = tmp_path / "out"
     # users by their first kept line (U3, U1, U2); items by first use walking U3's, U1's, U2's sequences
-    assert [u["raw_user_id"] for u in pq.read_table(out / "users.parquet").to_pylist()] == ["U3", "U1", "U2"]
-    items = pq.read_table(out / "items.parquet").to_pylist()
+    assert [u["raw_user_id"] for u in Dataset.at(out).read_table(Dataset.USERS).to_pylist()] == ["U3", "U1", "U2"]
+    items = Dataset.at(out).items_table().to_pylist()
     assert [(i["asin"], i["title"]) for i in items] == [
         ("I2", 'Blue" Gel Pen'),
         ("I4", "Stapler"),
@@ -221,7 +221,7 @@ def test_research_protocol_exact(tmp_path):
     # the last record's fields, the last usable title; the description as MiniOneRec writes it (the
     # raw list's Python text, which its embedding text carries)
     assert items[1]["description"] == "['second']"
-    inter = pq.read_table(out / "interactions.parquet").to_pydict()
+    inter = Dataset.at(out).read_table(Dataset.INTERACTIONS).to_pydict()
     assert list(zip(inter["user_id"], inter["item_id"], strict=True)) == [
         (0, 0),
         (0, 1),
@@ -268,7 +268,7 @@ def test_project_rules_on_the_same_files(tmp_path):
     # I10 is dropped (its first record has no title), I5 kept: it has one review, so the 2-core drops it, then U4
     assert (m["reviews_dropped_unknown_item"], m["reviews_dropped_duplicate"], m["interactions_repeated"]) == (2, 2, 0)
     assert (m["k_core_iterations"], m["reviews_dropped_k_core"], m["interactions"]) == (2, 2, 9)
-    items = pq.read_table(tmp_path / "out/items.parquet").to_pylist()
+    items = Dataset.at(tmp_path / "out").items_table().to_pylist()
     assert [(i["asin"], i["title"]) for i in items] == [
         ("I1", "Pen & Ink"),
         ("I2", '"Blue" Gel Pen'),
@@ -357,9 +357,12 @@ def test_first_seen_ids_follow_the_file_not_the_names(tmp_path):
     split = "data.split=[0.5,0.25,0.25]"
     preprocess(paper_cfg("data.k_core=1", split), raw, tmp_path / "first")
     preprocess(paper_cfg("data.k_core=1", split, "data.id_order=sorted"), raw, tmp_path / "sorted")
-    first = pq.read_table(tmp_path / "first/interactions.parquet").to_pydict()
-    assert [u["raw_user_id"] for u in pq.read_table(tmp_path / "first/users.parquet").to_pylist()] == ["Z", "A"]
-    assert [i["asin"] for i in pq.read_table(tmp_path / "first/items.parquet").to_pylist()] == ["B2", "B3", "B1"]
+    first = Dataset.at(tmp_path / "first").read_table(Dataset.INTERACTIONS).to_pydict()
+    assert [u["raw_user_id"] for u in Dataset.at(tmp_path / "first").read_table(Dataset.USERS).to_pylist()] == [
+        "Z",
+        "A",
+    ]
+    assert [i["asin"] for i in Dataset.at(tmp_path / "first").items_table().to_pylist()] == ["B2", "B3", "B1"]
     assert list(zip(first["user_id"], first["item_id"], strict=True)) == [
         (0, 0),
         (0, 1),
@@ -368,7 +371,7 @@ def test_first_seen_ids_follow_the_file_not_the_names(tmp_path):
         (1, 1),
         (1, 0),
     ]
-    srt = pq.read_table(tmp_path / "sorted/interactions.parquet").to_pydict()
+    srt = Dataset.at(tmp_path / "sorted").read_table(Dataset.INTERACTIONS).to_pydict()
     assert list(zip(srt["user_id"], srt["item_id"], strict=True)) == [(0, 0), (0, 2), (0, 1), (1, 1), (1, 2), (1, 0)]
     # the two samples at T(9) go by user id: Z's (valid) before A's (test) under first_seen, A's first when sorted
     assert (_samples(tmp_path / "first", "valid"), _samples(tmp_path / "first", "test")) == (

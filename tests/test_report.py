@@ -174,3 +174,15 @@ def test_console_prints_a_link_that_opens_the_page(world, capsys):
     assert url == (out / "report.html").resolve().as_uri()
     assert any(line.startswith("On the test split") for line in lines)
     assert any("stage3_think" in line and "HR@10 0.600  (3.0x popularity)" in line for line in lines)
+
+
+def test_an_evaluation_without_metrics_is_named(world):
+    from sidreasoner.artifacts import ArtifactFileMissing, Evaluation
+
+    root, folders = world
+    evaluations = folders()
+    Evaluation.at(evaluations["stage2"]).file(Evaluation.METRICS).unlink()
+    cfg = config.load("demo", ["eval.ks=[1,10]"])
+    with pytest.raises(ArtifactFileMissing, match=r"evaluation .*s2-test: metrics\.json .*evaluate-stageN"):
+        report(cfg, evaluations, root / "dataset", root / "sids", root / "report")
+    assert not (root / "report").exists()

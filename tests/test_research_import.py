@@ -2,13 +2,11 @@
 preprocess (the split kept exactly), SIDs and corpus imported, general-reasoning data for Stage 1."""
 
 import json
-from pathlib import Path
 
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from sidreasoner import config
+from sidreasoner.artifacts import Corpus, Dataset, Evaluation, SidIndex
 from sidreasoner.data.research import ResearchDataError
 from sidreasoner.runner import run_step
 from sidreasoner.train.tasks import general_reasoning_file
@@ -47,11 +45,11 @@ def test_a_bundle_source_takes_the_bundles_sids_and_corpus():
 
 def test_the_research_split_is_kept_exactly(imported):
     bundle, paths, metrics = imported
-    items = pd.read_parquet(paths["dataset"] / "items.parquet")
+    items = Dataset.at(paths["dataset"]).items()
     research_id = {int(a): i for i, a in zip(items.item_id, items.asin, strict=True)}
-    users = pd.read_parquet(paths["dataset"] / "users.parquet").raw_user_id.tolist()
+    users = Dataset.at(paths["dataset"]).read_frame(Dataset.USERS).raw_user_id.tolist()
     for split in ("train", "valid", "test"):
-        table = pd.read_parquet(paths["dataset"] / f"{split}.parquet")
+        table = Dataset.at(paths["dataset"]).split(split)
         want = bundle["splits"][split]
         assert len(table) == len(want) == metrics["preprocess"][f"samples_{split}"]
         assert [users[u] for u in table.user_id] == [r["user_id"] for r in want]
@@ -60,14 +58,14 @@ def test_the_research_split_is_kept_exactly(imported):
             [research_id[i] for i in r["history_item_ids"]] for r in want
         ]
     assert list(items.title) == [bundle["items"][int(a)]["title"] for a in items.asin]
-    stats = json.loads((paths["dataset"] / "stats.json").read_text())
+    stats = Dataset.at(paths["dataset"]).stats()
     assert stats["format"] == "research" and stats["source"] == str(bundle["root"])
 
 
 def test_sids_are_imported_with_duplicates_reported(imported):
     bundle, paths, metrics = imported
-    items = pd.read_parquet(paths["dataset"] / "items.parquet")
-    index = json.loads((paths["sid_index"] / "index.json").read_text())
+    items = Dataset.at(paths["dataset"]).items()
+    index = SidIndex.at(paths["sid_index"]).read_json(SidIndex.INDEX)
     assert {int(a): index[str(i)] for i, a in zip(items.item_id, items.asin, strict=True)} == {
         i: it["codes"] for i, it in bundle["items"].items()
     }
@@ -83,10 +81,10 @@ def test_corpus_is_imported_through_the_teachers_checks(imported):
     assert m["requests"] == 0 and m["imported_texts"] == m["tasks"]
     expected_items = len(bundle["item_narratives"])
     assert m["items_total"] == expected_items
-    items = pq.read_table(paths["corpus"] / "items.parquet")
-    rejected = pq.read_table(paths["corpus"] / "rejected.parquet").to_pydict()
+    items = Corpus.at(paths["corpus"]).read_table(Corpus.ITEMS)
+    rejected = Corpus.at(paths["corpus"]).read_table(Corpus.REJECTED).to_pydict()
     assert items.num_rows + rejected["kind"].count("item") == expected_items
-    samples = pq.read_table(paths["corpus"] / "samples.parquet").to_pydict()
+    samples = Corpus.at(paths["corpus"]).read_table(Corpus.SAMPLES).to_pydict()
     narratives = dict(enumerate(bundle["narratives"]))
     for row, history, reasoning in zip(
         samples["sample"], samples["history_narrative"], samples["reasoning_path"], strict=True
@@ -94,15 +92,16 @@ def test_corpus_is_imported_through_the_teachers_checks(imported):
         want_history, want_reasoning = narratives[row]
         assert history == (want_history.strip() if want_history else None)
         assert reasoning == (want_reasoning.strip() if want_reasoning else None)
-    meta = json.loads((paths["corpus"] / "meta.json").read_text())
+    meta = Corpus.at(paths["corpus"]).meta()
     assert meta["teacher"] == "import" and meta["imported_from"]["source"] == str(bundle["root"])
 
 
 def test_stage1_reads_the_bundles_general_reasoning(imported):
     bundle, paths, _ = imported
     cfg = _cfg(bundle["root"])
-    assert general_reasoning_file(cfg.stage1, paths["dataset"]) == str(paths["dataset"] / "bundle" / "general.jsonl")
-    lines = (paths["dataset"] / "bundle" / "general.jsonl").read_text().splitlines()
+    general = Dataset.at(paths["dataset"]).file(Dataset.BUNDLE_GENERAL)
+    assert general_reasoning_file(cfg.stage1, paths["dataset"]) == str(general)
+    lines = general.read_text().splitlines()
     assert [json.loads(x)["messages"] for x in lines] == [c for c in bundle["general"] if c is not None]
     own = _cfg(bundle["root"], "stage1.instruction_file=/x.jsonl")
     assert general_reasoning_file(own.stage1, paths["dataset"]) == "/x.jsonl"
@@ -153,23 +152,23 @@ def test_the_projects_own_export_imports_back_unchanged(tmp_path):
     for step in ("download-data", "preprocess", "embed-items", "quantize-sids", "synthesize-corpus"):
         run_step(step, cfg_back, back)
 
-    items, items_back = (pd.read_parquet(p["dataset"] / "items.parquet") for p in (own, back))
+    items, items_back = (Dataset.at(p["dataset"]).items() for p in (own, back))
     assert list(items_back.asin) == [str(i) for i in items.item_id]
     assert list(items_back.title) == list(items.title) and list(items_back.description) == list(items.description)
-    users_back = pd.read_parquet(back["dataset"] / "users.parquet").raw_user_id.tolist()
+    users_back = Dataset.at(back["dataset"]).read_frame(Dataset.USERS).raw_user_id.tolist()
     for split in ("train", "valid", "test"):
-        a, b = (pd.read_parquet(p["dataset"] / f"{split}.parquet") for p in (own, back))
+        a, b = (Dataset.at(p["dataset"]).split(split) for p in (own, back))
         assert [users_back[u] for u in b.user_id] == [str(u) for u in a.user_id]
         assert b.item_id.tolist() == a.item_id.tolist()
         assert [list(h) for h in b.history_item_ids] == [list(h) for h in a.history_item_ids]
-    assert json.loads((back["sid_index"] / "index.json").read_text()) == json.loads(
-        (own["sid_index"] / "index.json").read_text()
+    assert SidIndex.at(back["sid_index"]).read_json(SidIndex.INDEX) == SidIndex.at(own["sid_index"]).read_json(
+        SidIndex.INDEX
     )
     for name, columns in (
-        ("items.parquet", ["item_id", "narrative"]),
-        ("samples.parquet", ["sample", "history_narrative", "reasoning_path"]),
+        (Corpus.ITEMS, ["item_id", "narrative"]),
+        (Corpus.SAMPLES, ["sample", "history_narrative", "reasoning_path"]),
     ):
-        a, b = (pq.read_table(p["corpus"] / name, columns=columns) for p in (own, back))
+        a, b = (Corpus.at(p["corpus"]).read_table(name, columns) for p in (own, back))
         assert b.equals(a), name
 
 
@@ -226,8 +225,8 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
     test_rows = len(bundle["splits"]["test"])
     for stage in ("evaluate-stage1", "evaluate-stage2", "evaluate-stage3"):
         assert tasks[stage]["metrics"]["test_nonthink_users"] == test_rows
-    predictions = pd.read_parquet(Path(tasks["evaluate-stage1"]["outputs"]["evaluation"]) / "predictions.parquet")
+    predictions = Evaluation.at(tasks["evaluate-stage1"]["outputs"]["evaluation"]).predictions()
     test = predictions[(predictions.split == "test") & (predictions["mode"] == "nonthink")]
-    items = pd.read_parquet(Path(tasks["preprocess"]["outputs"]["dataset"]) / "items.parquet")
+    items = Dataset.at(tasks["preprocess"]["outputs"]["dataset"]).items()
     research_id = {i: int(a) for i, a in zip(items.item_id, items.asin, strict=True)}
     assert [research_id[int(i)] for i in test.target_item_id] == [r["item_id"] for r in bundle["splits"]["test"]]

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import config
+from sidreasoner.artifacts import Stage3Checkpoint
 from sidreasoner.model.loading import save_model
-from sidreasoner.rl.checkpoint import MANIFEST, write_manifest
 from sidreasoner.rl.merge import merge_checkpoint
 
 PROMPT = "The user bought these items in order"
@@ -125,7 +125,7 @@ def verl_checkpoints(policy, tmp_path_factory) -> dict[str, Path]:
         (folder / "reward_curve.html").write_text("<svg></svg>")
         (folder / "rl_data").mkdir()
         (folder / "rl_data" / "train.parquet").write_bytes(b"PAR1")
-        write_manifest(folder, "verl_fsdp", "actor", backend="verl", global_step=1)
+        Stage3Checkpoint(folder).write_manifest("verl_fsdp", "actor", backend="verl", global_step=1)
     return folders
 
 
@@ -237,7 +237,7 @@ def test_peft_lora_adapter_merges_onto_stage2(stage2, tmp_path):
         LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"),
     )
     adapted.save_pretrained(ckpt / "adapter")
-    write_manifest(ckpt, "peft_lora", "adapter", backend="trl")
+    Stage3Checkpoint(ckpt).write_manifest("peft_lora", "adapter", backend="trl")
     metrics = merge_checkpoint(_cfg(), ckpt, stage2, tmp_path / "out")
     assert metrics["format"] == 1 and metrics["max_abs_diff"] < 1e-3 and metrics["dtype_bits"] == 32
 
@@ -261,7 +261,7 @@ def test_hf_checkpoint_round_trips(policy, stage2, tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(policy, ckpt / "model")
     (ckpt / "training.json").write_text("{}")
-    write_manifest(ckpt, "hf", "model", backend="trl", global_step=3)
+    Stage3Checkpoint(ckpt).write_manifest("hf", "model", backend="trl", global_step=3)
     metrics = merge_checkpoint(_cfg(), ckpt, stage2, tmp_path / "out")
     assert metrics["max_abs_diff"] == 0.0 and metrics["tied_embeddings"] == 1 and metrics["format"] == 0
     assert (
@@ -286,18 +286,19 @@ def _fails(ckpt: Path, stage2: Path, tmp_path: Path, error: type, match: str) ->
 
 def test_missing_manifest(stage2, tmp_path):
     (tmp_path / "ckpt").mkdir()
-    _fails(tmp_path / "ckpt", stage2, tmp_path, FileNotFoundError, f"{MANIFEST} not found")
+    missing = rf"Stage 3 checkpoint .*ckpt: {Stage3Checkpoint.MANIFEST} .* not found; the rl-stage3 step writes it"
+    _fails(tmp_path / "ckpt", stage2, tmp_path, FileNotFoundError, missing)
 
 
 def test_unknown_format(stage2, tmp_path):
     (tmp_path / "ckpt" / "model").mkdir(parents=True)
-    (tmp_path / "ckpt" / MANIFEST).write_text(json.dumps({"format": "deepspeed", "path": "model"}))
+    (tmp_path / "ckpt" / Stage3Checkpoint.MANIFEST).write_text(json.dumps({"format": "deepspeed", "path": "model"}))
     _fails(tmp_path / "ckpt", stage2, tmp_path, ValueError, "'format' is 'deepspeed'")
 
 
 def test_manifest_pointing_at_a_missing_folder(stage2, tmp_path):
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / MANIFEST).write_text(json.dumps({"format": "hf", "path": "model"}))
+    (tmp_path / "ckpt" / Stage3Checkpoint.MANIFEST).write_text(json.dumps({"format": "hf", "path": "model"}))
     _fails(tmp_path / "ckpt", stage2, tmp_path, FileNotFoundError, "'path' 'model' does not exist")
 
 
@@ -321,7 +322,7 @@ def test_a_model_of_another_architecture_is_refused(stage2, tmp_path, tiny_artif
     ckpt = tmp_path / "ckpt"
     other, _ = build_tiny_model(tmp_path / "other", np.array(tiny_artifacts["codes"]), codebook=4, hidden=32)
     shutil.copytree(tmp_path / "other", ckpt / "model")
-    write_manifest(ckpt, "hf", "model")
+    Stage3Checkpoint(ckpt).write_manifest("hf", "model")
     shutil.rmtree(tmp_path / "other")
     _fails(ckpt, stage2, tmp_path, RuntimeError, "not the Stage 2 architecture")
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from sidreasoner.artifacts import SidIndex
 from sidreasoner.rl import reward as R
 
 CAT = frozenset({"<a_1><b_2><c_3>", "<a_1><b_2><c_4>", "<a_1><b_5><c_0>", "<a_7><b_0><c_0>"})
@@ -71,15 +72,25 @@ def test_format_reward():
 
 
 def test_catalogue_from_path_env_and_extra_info(tmp_path, monkeypatch):
-    (tmp_path / "catalogue.json").write_text(json.dumps(sorted(CAT)))
+    catalogue = tmp_path / SidIndex.CATALOGUE
+    catalogue.write_text(json.dumps(sorted(CAT)))
     text = "<think>x</think><a_1><b_2><c_4>"
     assert R.compute_score("s", text, GT, extra_info={"catalogue_path": str(tmp_path)})["score"] == pytest.approx(0.6)
-    assert R.compute_score("s", text, GT, catalogue=str(tmp_path / "catalogue.json"))["score"] == pytest.approx(0.6)
+    assert R.compute_score("s", text, GT, catalogue=str(catalogue))["score"] == pytest.approx(0.6)
+    assert R.load_catalogue(SidIndex(tmp_path)) == CAT
     monkeypatch.setenv(R.CATALOGUE_ENV, str(tmp_path))
     assert R.compute_score("s", text, GT)["score"] == pytest.approx(0.6)
     monkeypatch.delenv(R.CATALOGUE_ENV)
     with pytest.raises(ValueError, match="catalogue"):
         R.compute_score("s", text, GT)
+
+
+def test_a_sid_index_without_a_catalogue_is_named(tmp_path):
+    (tmp_path / "sid_index").mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"SID index .*sid_index: {SidIndex.CATALOGUE} .*quantize-sids"):
+        R.load_catalogue(tmp_path / "sid_index")
+    with pytest.raises(FileNotFoundError, match=r"SID catalogue not found: .*nowhere\.json"):
+        R.load_catalogue(tmp_path / "nowhere.json")
 
 
 def test_ranking_penalties_match_minionerec():

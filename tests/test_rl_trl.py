@@ -20,10 +20,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import config
+from sidreasoner.artifacts import Stage3Checkpoint
 from sidreasoner.model import prompts
 from sidreasoner.rl import reward as R
 from sidreasoner.rl import stage3
-from sidreasoner.rl.checkpoint import read_manifest
 from sidreasoner.rl.merge import merge_checkpoint
 
 TARGET = "<a_1><b_0><c_2>"  # item 4
@@ -137,7 +137,7 @@ def test_grpo_runs_and_writes_a_raw_checkpoint(run):
     assert [p["step"] for p in info["per_step"]] == [1, 2, 3]
     assert all(0.0 <= p["reward"] <= 1.1 and p["kl"] is not None for p in info["per_step"])
     assert info["config"]["stage3"]["num_generations"] == 8 and info["gradient_accumulation_steps"] == 1
-    assert read_manifest(out) == {"format": "hf", "path": "model", "backend": "trl", "global_step": 3}
+    assert Stage3Checkpoint(out).manifest() == {"format": "hf", "path": "model", "backend": "trl", "global_step": 3}
     assert (out / "model" / "model.safetensors").exists() and (out / "rl_data" / "train.parquet").exists()
     html = (out / "reward_curve.html").read_text()
     assert "<svg" in html and "<script" not in html and "mean reward" in html
@@ -163,7 +163,7 @@ def test_lora_writes_an_adapter_that_merges_onto_stage2(run, tmp_path):
     cfg = _cfg(tmp_path, "stage3.finetune=lora", "stage3.lora_r=4", "stage3.lora_alpha=8", "stage3.max_steps=1")
     m = stage3.rl_stage3(cfg, art["stage2"], art["dataset"], art["sid_index"], art["corpus"], tmp_path / "out")
     assert m["steps"] == 1
-    assert read_manifest(tmp_path / "out")["format"] == "peft_lora"
+    assert Stage3Checkpoint(tmp_path / "out").manifest()["format"] == "peft_lora"
     adapter = tmp_path / "out" / "adapter"
     assert (adapter / "adapter_config.json").exists() and not (tmp_path / "out" / "model").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4

@@ -24,8 +24,8 @@ from hydra.errors import ConfigCompositionException  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from sidreasoner import config  # noqa: E402
+from sidreasoner.artifacts import Stage3Checkpoint  # noqa: E402
 from sidreasoner.model import prompts  # noqa: E402
-from sidreasoner.rl import checkpoint as rl_checkpoint  # noqa: E402
 from sidreasoner.rl import data as rl_data  # noqa: E402
 from sidreasoner.rl import reward as rl_reward  # noqa: E402
 from sidreasoner.rl import verl_backend  # noqa: E402
@@ -415,8 +415,8 @@ def test_latest_checkpoint_and_actor_copy(tmp_path):
         "actor/huggingface/config.json",
         "actor/model_world_size_1_rank_0.pt",
     ]
-    rl_checkpoint.write_manifest(tmp_path / "out", "verl_fsdp", "actor", backend="verl", global_step=4)
-    assert rl_checkpoint.read_manifest(tmp_path / "out")["format"] == "verl_fsdp"
+    Stage3Checkpoint(tmp_path / "out").write_manifest("verl_fsdp", "actor", backend="verl", global_step=4)
+    assert Stage3Checkpoint(tmp_path / "out").manifest()["format"] == "verl_fsdp"
     (actor / "fsdp_config.json").unlink()
     with pytest.raises(FileNotFoundError, match="incomplete: no fsdp_config.json$"):
         verl_backend.copy_actor(actor, tmp_path / "out2" / "actor")
@@ -497,7 +497,7 @@ def test_train_verl_runs_main_ppo_and_writes_the_raw_checkpoint(art, fake_main, 
         "huggingface",
         "model_world_size_1_rank_0.pt",
     ]
-    assert rl_checkpoint.read_manifest(out) == {
+    assert Stage3Checkpoint(out).manifest() == {
         "format": "verl_fsdp",
         "path": "actor",
         "backend": "verl",

@@ -51,7 +51,7 @@ def test_embed_items_builtin(tmp_path):
 
 
 def test_embed_items_missing_items_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"data/items\.parquet"):
+    with pytest.raises(FileNotFoundError, match=r"dataset .*/data: items\.parquet \(the item table\) not found"):
         embed_items(config.load("demo"), tmp_path / "data", tmp_path / "emb")
     assert not (tmp_path / "emb").exists()
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from sidreasoner import config
-from sidreasoner.artifacts import Evaluation
+from sidreasoner.artifacts import Dataset, Evaluation
 from sidreasoner.config import ScopedConfig, UndeclaredSection
-from sidreasoner.data.preprocess import dataset_category
 from sidreasoner.runner import run_step
 from sidreasoner.steps import STEPS, Step
 
@@ -54,8 +53,8 @@ def _reads_model(cfg, out: Path) -> dict[str, float]:
     return {"base": float(len(cfg.model.base))}
 
 
-def _reads_declared(cfg, out: Path) -> dict[str, float]:
-    out.mkdir()
+def _reads_declared(cfg, out: Evaluation) -> dict[str, float]:
+    out.path.mkdir()
     return {"seed": float(cfg.seed), "beams": float(cfg.eval.num_beams)}
 
 
@@ -131,13 +130,14 @@ def test_the_ranks_of_a_torchrun_relaunch_see_what_the_step_sees():
 
 
 def test_the_category_is_the_datasets(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"stats.json not found: it records the dataset's category"):
-        dataset_category(tmp_path)
+    dataset = Dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"dataset .*: stats.json \(the dataset's record.*\) not found"):
+        dataset.category()
     (tmp_path / "stats.json").write_text(json.dumps({"category": "../up"}))
     with pytest.raises(ValueError, match=r"stats.json: the category '../up' cannot be part of a file name"):
-        dataset_category(tmp_path)
+        dataset.category()
     (tmp_path / "stats.json").write_text(json.dumps({"category": "Toys_and_Games"}))
-    assert dataset_category(tmp_path) == "Toys_and_Games"
+    assert dataset.category() == "Toys_and_Games"
 
 
 class TinyDag:

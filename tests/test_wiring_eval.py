@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from sidreasoner import config
+from sidreasoner.eval.baselines import evaluate_baselines
 from sidreasoner.eval.decoder import SidDecoder
-from sidreasoner.eval.evaluate import evaluate, evaluate_baselines
+from sidreasoner.eval.evaluate import evaluate
 from sidreasoner.model.loading import load_model_and_tokenizer
 
 CODES = [[0, 1, 2], [0, 1, 3], [0, 2, 0], [1, 0, 1], [1, 0, 2], [1, 3, 3]]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from sidreasoner import config as config_mod
+from sidreasoner.artifacts import ReportPages
 from sidreasoner.config import Config, ConfigError
 from sidreasoner.steps import STEPS, Step
 
@@ -194,13 +195,13 @@ def _print_headline(report_task: dict | None) -> None:
     if not report_task:
         return
     page = next(r for r in STEPS["report"].reports if r.name == "report_html")
-    folder = Path(report_task["outputs"][page.folder])
+    pages = ReportPages.at(report_task["outputs"][page.folder])
     try:
-        told = json.loads((folder / "headline.json").read_text())
+        told = pages.headline()
     except (OSError, ValueError):
         told = {}
     typer.echo(f"\n{told['text']}" if told.get("text") else "")
-    typer.echo(f"Report: {(folder / page.filename).resolve().as_uri()}")
+    typer.echo(f"Report: {pages.file(page.filename).resolve().as_uri()}")
     metrics = report_task["metrics"]
     hr = {k: v for k, v in metrics.items() if "_hr@" in k}
     popularity = next((v for k, v in hr.items() if k.startswith("popularity_")), None)
@@ -390,7 +391,7 @@ def recommend(
     """Print top-k recommendations (SID, title, score) for one history, and the reasoning with --think.
     Item ids not in the SID index are left out, and only the most recent ones the training data kept
     (data.max_history) are used; a warning line says so."""
-    from sidreasoner.eval.evaluate import recommend as recommend_items
+    from sidreasoner.eval.recommend import recommend as recommend_items
 
     cfg = _load_config(preset, overrides)
     try:

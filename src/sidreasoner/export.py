@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 from sidreasoner import storage
+from sidreasoner.artifacts import ModelExport, ModelFolder
 from sidreasoner.config import Config, ConfigError
-from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.storage._common import digest_file
 from sidreasoner.storage.api import symlinks
 
 log = logging.getLogger(__name__)
 
-# What a saved Hugging Face model folder must hold to be worth exporting.
-REQUIRED_FILES = ("config.json", "tokenizer_config.json")
 # Written into the target before anything there changes, removed once `_SUCCESS` is in place.
 PENDING = "_EXPORTING"
 PENDING_FORMAT = "sidreasoner.export/pending-v1"
@@ -42,13 +40,14 @@ def _local_manifest(model_dir: Path) -> dict[str, dict]:
     return {rel: {"size": d.size, "md5": d.md5} for rel, d in digests.items()}
 
 
-def _check_model_folder(model_dir: Path) -> None:
-    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
-    if not any(model_dir.glob("*.safetensors")):
+def _check_model_folder(model: ModelFolder) -> None:
+    """Refuse a folder that is not a saved Hugging Face model, which alone is worth exporting."""
+    missing = [name for name in ModelFolder.HF_REQUIRED if not model.file(name).is_file()]
+    if not any(model.path.glob("*.safetensors")):
         missing.append("*.safetensors")
     if missing:
         raise FileNotFoundError(
-            f"export-model: {model_dir} is not a saved Hugging Face model (missing: {', '.join(missing)})"
+            f"export-model: {model.path} is not a saved Hugging Face model (missing: {', '.join(missing)})"
         )
 
 
@@ -133,14 +132,15 @@ def _replace(model_dir: Path, uri: str, present: set[str], local: dict[str, dict
     return manifest
 
 
-def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, float]:
-    """Upload `model_dir` to `cfg.export.uri`; `export_dir` records where it went (export.json)."""
+def export_model(cfg: Config, model_dir: ModelFolder | Path, export_dir: ModelExport | Path) -> dict[str, float]:
+    """Upload `model_dir` to `cfg.export.uri`; `export_dir` records where it went (`ModelExport`)."""
     start = time.time()
     uri = cfg.export.uri.strip()
     if not uri:
         raise ConfigError("export.uri is empty: set it (--set export.uri=s3://bucket/models/run-1) to export the model")
-    model_dir = Path(model_dir)
-    _check_model_folder(model_dir)
+    model = ModelFolder.at(model_dir)
+    model_dir = model.path
+    _check_model_folder(model)
     _check_not_a_file(uri)
     local = _local_manifest(model_dir)
     remote, present, pending = _target_state(uri)
@@ -155,10 +155,9 @@ def export_model(cfg: Config, model_dir: Path, export_dir: Path) -> dict[str, fl
         if refusal is not None and not cfg.export.overwrite:
             raise FileExistsError(refusal)
         manifest, uploaded = _replace(model_dir, uri, present, local, set(links)), True
-    with atomic_dir(Path(export_dir)) as tmp:
-        write_json(
-            tmp / "export.json",
-            {"uri": uri, "uploaded": uploaded, "files": manifest["files"], "total_bytes": manifest["total_bytes"]},
+    with ModelExport.writing(export_dir) as record:
+        record.write_record(
+            {"uri": uri, "uploaded": uploaded, "files": manifest["files"], "total_bytes": manifest["total_bytes"]}
         )
     seconds = time.time() - start
     return {

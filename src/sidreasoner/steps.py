@@ -246,7 +246,7 @@ STEPS: dict[str, Step] = _registry(
         "evaluate-baselines",
         "popularity and random rankings through the evaluation's metrics",
         "evaluate_baselines",
-        "sidreasoner.eval.evaluate:evaluate_baselines",
+        "sidreasoner.eval.baselines:evaluate_baselines",
         ("seed", "eval"),
         inputs={"dataset": DATASET, "sid_index": SID_INDEX},
         outputs={"baselines": Evaluation},

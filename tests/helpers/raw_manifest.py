@@ -1,5 +1,5 @@
-"""Hand-made raw folders for preprocess tests: record each raw file's size and sha256 in manifest.json, as
-download-data does (preprocess checks them before it reads a file)."""
+"""Hand-made raw folders for preprocess tests: record each raw file's size and sha256 in the raw data's manifest,
+as download-data does (preprocess checks them before it reads a file)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from sidreasoner.artifacts import RawData
+
 
 def seal(folder: Path) -> Path:
-    """Set manifest.json's `files` to the current size and sha256 of its reviews and meta files."""
-    manifest = json.loads((folder / "manifest.json").read_text())
+    """Set the manifest's `files` to the current size and sha256 of its reviews and meta files."""
+    manifest = RawData.at(folder).manifest()
     names = [manifest[key] for key in ("reviews", "meta") if isinstance(manifest.get(key), str)]
     manifest["files"] = {
         name: {
@@ -19,5 +21,5 @@ def seal(folder: Path) -> Path:
         }
         for name in names
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / RawData.MANIFEST).write_text(json.dumps(manifest))
     return folder

@@ -3,10 +3,13 @@ reasoning paths, what was rejected, and the research-code layout of the same tex
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sidreasoner.artifacts import research_layout
+import sidreasoner.artifacts.research_layout as research_layout
 from sidreasoner.artifacts.base import Artifact
+from sidreasoner.io import atomic_file
 
 
 class Corpus(Artifact):
@@ -18,6 +21,8 @@ class Corpus(Artifact):
     SAMPLES = "samples.parquet"  # sample (row of the train split), user_id, history, target, texts
     REJECTED = "rejected.parquet"  # kind, key, reason, detail, text
     META = "meta.json"  # teacher kind/model/params, templated, counts, metrics
+    # the research layout's sample file: ids and SIDs, then the texts (the path before the narrative)
+    INTEGRATED_COLUMNS = (*research_layout.ID_SID_COLUMNS, "reasoning_path", "integrated_narrative")
 
     @staticmethod
     def research_item_narratives_file(category: str) -> str:
@@ -42,5 +47,32 @@ class Corpus(Artifact):
     def meta(self) -> dict[str, Any]:
         return self.read_json(self.META, "the teacher's record")
 
+    def write_items(self, table) -> None:
+        """item_id, sid, narrative."""
+        self.write_table(self.ITEMS, table)
+
+    def write_samples(self, table) -> None:
+        """sample, user_id, history_item_ids, item_id, history_narrative, reasoning_path."""
+        self.write_table(self.SAMPLES, table)
+
+    def write_rejected(self, table) -> None:
+        """kind, key, reason, detail, text."""
+        self.write_table(self.REJECTED, table)
+
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.write_json(self.META, meta)
+
+    def write_research_item_narratives(self, category: str, items: dict[str, dict[str, Any]]) -> None:
+        """item id -> {"title", "description", "sid", "llm_stage2": narrative}, indented as the research code's."""
+        import orjson
+
+        with atomic_file(self.file(self.research_item_narratives_file(category))) as tmp:
+            tmp.write_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))
+
+    def write_research_integrated(self, category: str, rows: Iterable[Sequence[Any]]) -> None:
+        """The research layout's sample CSV: a header of INTEGRATED_COLUMNS, then `rows` in that order."""
+        path = self.file(self.research_integrated_file(category))
+        with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(self.INTEGRATED_COLUMNS)
+            writer.writerows(rows)

@@ -3,13 +3,16 @@ research bundle's files it was imported from (`bundle/`), and its research-layou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sidreasoner.artifacts import research_layout
-from sidreasoner.artifacts.base import Artifact
-from sidreasoner.io import file_name_problem
+import orjson
+
+import sidreasoner.artifacts.research_layout as research_layout
+from sidreasoner.artifacts.base import Artifact, ArtifactFileMissing
+from sidreasoner.io import atomic_file, file_name_problem
 
 SPLITS = ("train", "valid", "test")
 
@@ -31,6 +34,20 @@ class Dataset(Artifact):
     BUNDLE_RECORD = "bundle/import.json"
 
     @staticmethod
+    def sample_schema():
+        """The Parquet schema of a sample split: user_id, history_item_ids (oldest first), item_id, timestamp."""
+        import pyarrow as pa
+
+        return pa.schema(
+            [
+                ("user_id", pa.int64()),
+                ("history_item_ids", pa.list_(pa.int64())),
+                ("item_id", pa.int64()),
+                ("timestamp", pa.int64()),
+            ]
+        )
+
+    @staticmethod
     def split_file(split: str) -> str:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
@@ -43,7 +60,7 @@ class Dataset(Artifact):
     # ------------------------------------------------------------ readers
 
     def items(self, columns: Sequence[str] | None = None):
-        """items.parquet as a pandas DataFrame."""
+        """The item table as a pandas DataFrame."""
         return self.read_frame(self.ITEMS, columns, "the item table")
 
     def items_table(self, columns: Sequence[str] | None = None):
@@ -85,11 +102,15 @@ class Dataset(Artifact):
         """A file kept from the research bundle the dataset was imported from; the error says how to get one."""
         path = self.file(name)
         if not path.is_file():
-            from sidreasoner.artifacts.base import ArtifactFileMissing
-
+            made_from = self.stats().get("format") if self.has_stats() else None
+            why = (
+                "the bundle has no such file"
+                if made_from == "research"
+                else "the dataset was not made from a research bundle "
+                "(set data.format=research and data.source to the bundle)"
+            )
             raise ArtifactFileMissing(
-                f"{self.kind} {self.path}: {name} ({what}) not found: it is written when data.source is a "
-                "research bundle (data.source=research:<path>)"
+                f"{self.kind} {self.path}: {name} ({what}) not found, so it cannot be imported: {why}"
             )
         return path
 
@@ -111,6 +132,45 @@ class Dataset(Artifact):
 
     def write_split(self, name: str, table) -> None:
         self.write_table(self.split_file(name), table)
+
+    @contextlib.contextmanager
+    def split_writer(self, name: str, schema) -> Iterator:
+        """A pyarrow ParquetWriter on one sample split, for writing it in row batches (call inside `writing`)."""
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(self.file(self.split_file(name)), schema) as writer:
+            yield writer
+
+    def write_research_items(self, category: str, items: dict[str, dict[str, str]]) -> None:
+        """The research-layout item file: item id -> {"title", "description"}."""
+        self._write_bytes(self.research_item_file(category), orjson.dumps(items, option=orjson.OPT_INDENT_2))
+
+    def write_bundle_sid_index(self, index: dict[str, list[str]]) -> None:
+        """The imported SID index: dataset item id -> SID codes, ids in numeric order."""
+        ordered = dict(sorted(index.items(), key=lambda kv: int(kv[0])))
+        self._write_bytes(self.BUNDLE_SID_INDEX, orjson.dumps(ordered))
+
+    def write_bundle_item_narratives(self, table) -> None:
+        """item_id, narrative."""
+        self.write_table(self.BUNDLE_ITEM_NARRATIVES, table)
+
+    def write_bundle_sample_narratives(self, table) -> None:
+        """sample (train row), history_narrative, reasoning_path."""
+        self.write_table(self.BUNDLE_SAMPLE_NARRATIVES, table)
+
+    def write_bundle_general(self, chats: Iterable[list]) -> None:
+        """The general-reasoning chats, one `{"messages": [...]}` per line."""
+        with atomic_file(self.file(self.BUNDLE_GENERAL)) as tmp, open(tmp, "wb") as fh:
+            for chat in chats:
+                fh.write(orjson.dumps({"messages": chat}) + b"\n")
+
+    def write_bundle_record(self, record: dict[str, Any]) -> None:
+        """Where the bundle came from, which of its files were read, what was counted."""
+        self.write_json(self.BUNDLE_RECORD, record)
+
+    def _write_bytes(self, name: str, data: bytes) -> None:
+        with atomic_file(self.file(name)) as tmp:
+            Path(tmp).write_bytes(data)
 
     def write_stats(self, stats: dict[str, Any]) -> None:
         self.write_json(self.STATS, stats)

@@ -17,6 +17,7 @@ class ModelFolder(Artifact):
     HF_CONFIG = "config.json"
     HF_TOKENIZER = "tokenizer.json"
     HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+    HF_GENERATION_CONFIG = "generation_config.json"
     HF_REQUIRED = (HF_CONFIG, HF_TOKENIZER_CONFIG)
     # Ours.
     BASE_MODEL = "base_model.json"  # prepare-base-model: where the model came from

@@ -13,6 +13,7 @@ class RawData(Artifact):
     writer = "download-data"
 
     MANIFEST = "manifest.json"  # which files hold reviews and metadata, their format, sizes and sha256
+    BUNDLE = "bundle"  # format research: the research bundle's files, under their names in the bundle
 
     def manifest(self) -> dict[str, Any]:
         return self.read_json(self.MANIFEST, "what the folder holds")

@@ -8,6 +8,11 @@ this pipeline and the research code. The names live here once, for both directio
 from __future__ import annotations
 
 FOLDER = "research"  # where an artifact keeps its export in this layout
+SPLITS = ("train", "valid", "test")  # each split's CSVs lie in a folder of this name
+INDEX_FOLDER = "index"  # the per-category JSON files and the narrative CSV
+INFO_FOLDER = "info"  # the per-category catalogue text files
+INDEX_JSON_SUFFIX = ".index.json"  # after `<Cat>` in the SID index's file name
+GENERAL_REASONING = "general/sampled_data.arrow"  # general reasoning chats, JSON lines (or Arrow IPC)
 SPLIT_COLUMNS = (
     "user_id",
     "history_item_title",
@@ -28,24 +33,24 @@ def split_csv(split: str, category: str) -> str:
 
 def info_txt(category: str) -> str:
     """`info/<Cat>.txt`: `SID<TAB>title<TAB>item id` per item, the evaluation's catalogue."""
-    return f"info/{category}.txt"
+    return f"{INFO_FOLDER}/{category}.txt"
 
 
 def index_json(category: str) -> str:
     """`index/<Cat>.index.json`: item id -> SID codes, one per level."""
-    return f"index/{category}.index.json"
+    return f"{INDEX_FOLDER}/{category}{INDEX_JSON_SUFFIX}"
 
 
 def item_json(category: str) -> str:
     """`index/<Cat>.item.json`: item id -> {"title", "description", ...}."""
-    return f"index/{category}.item.json"
+    return f"{INDEX_FOLDER}/{category}.item.json"
 
 
 def item_narratives_json(category: str) -> str:
     """`index/<Cat>.item_enhanced_v2.json`: item id -> {..., "llm_stage2": narrative}."""
-    return f"index/{category}.item_enhanced_v2.json"
+    return f"{INDEX_FOLDER}/{category}.item_enhanced_v2.json"
 
 
 def integrated_narrative_csv(category: str) -> str:
     """`index/<Cat>.integrated_narrative.csv`: samples with `integrated_narrative` and `reasoning_path`."""
-    return f"index/{category}.integrated_narrative.csv"
+    return f"{INDEX_FOLDER}/{category}.integrated_narrative.csv"

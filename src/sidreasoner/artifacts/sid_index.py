@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sidreasoner.artifacts import research_layout
+import sidreasoner.artifacts.research_layout as research_layout
 from sidreasoner.artifacts.base import Artifact
 
 CODE_TOKEN = re.compile(r"<[a-z]_\d+>")
@@ -17,7 +17,7 @@ class SidIndex(Artifact):
     kfp_type = "Dataset"
     writer = "quantize-sids"
 
-    SIDS = "sids.parquet"  # item_id, sid (the codes joined), one column per level
+    SIDS = "sids.parquet"  # item_id, codes (one per level), sid (the codes joined)
     INDEX = "index.json"  # {"<item_id>": ["<a_1>", "<b_2>", "<c_3>"]}
     CATALOGUE = "catalogue.json"  # sorted list of every valid SID
     QUANTIZER = "quantizer.json"  # method, settings, collision and usage figures
@@ -59,9 +59,14 @@ class SidIndex(Artifact):
         return self.read_json(self.QUANTIZER, "how the SIDs were made")
 
     def write_index(self, index: dict[int, list[str]]) -> None:
-        """index.json and the catalogue it implies."""
+        """item id -> SID codes, and the catalogue it implies (every distinct SID, sorted)."""
         self.write_json(self.INDEX, {str(k): list(v) for k, v in index.items()})
         self.write_json(self.CATALOGUE, sorted({"".join(v) for v in index.values()}))
+
+    def write_research_index(self, category: str, index: dict[int, list[str]]) -> None:
+        """Only the research layout's SID index (the export of a dataset without sample splits)."""
+        codes = {str(k): list(v) for k, v in index.items()}
+        self.write_json(f"{self.RESEARCH}/{research_layout.index_json(category)}", codes)
 
     def write_sids(self, table) -> None:
         self.write_table(self.SIDS, table)

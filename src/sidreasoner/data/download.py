@@ -1,4 +1,4 @@
-"""download-data: fetch raw reviews + item metadata into a folder with a `manifest.json`.
+"""download-data: fetch raw reviews + item metadata into the raw data artifact, with its manifest.
 
 Sources: `demo` (built-in generator), `amazon2018` (HTTP from data.base_url), `amazon2023` (the
 Hugging Face dataset repo), or a folder (`file://...`, a plain path, or a bucket folder `s3://`,
@@ -33,9 +33,11 @@ import requests
 import urllib3
 from tqdm import tqdm
 
+from sidreasoner.artifacts import research_layout
+from sidreasoner.artifacts.raw import RawData
 from sidreasoner.config import AMAZON2023_REPO, Config, DataConfig
 from sidreasoner.data.demo import generate_demo_raw
-from sidreasoner.io import atomic_dir, locked, read_json, write_json
+from sidreasoner.io import locked, read_json, write_json
 
 AMAZON2018_CATEGORIES: tuple[str, ...] = (
     "AMAZON_FASHION",
@@ -119,10 +121,11 @@ def check_category(category: str, allowed: tuple[str, ...], source: str) -> None
 
 # ---------------------------------------------------------------- HTTP with resume
 
-# Every cached file `<name>` has a manifest `<name>.manifest.json` (url, bytes, sha256) written only after
-# the download was checked (size, published digest, gzip to its end, JSON lines inside), and one lock file
+# Every cached file `<name>` has a manifest `<name>` + CACHE_MANIFEST_SUFFIX (url, bytes, sha256) written only
+# after the download was checked (size, published digest, gzip to its end, JSON lines inside), and one lock file
 # `.<name>.lock`: runs sharing the cache (a shared PVC) take turns on a file, and the `.part` a killed run
-# leaves is resumed by the next one.
+# leaves is resumed by the next one. These are the download cache's own files, not an artifact's.
+CACHE_MANIFEST_SUFFIX = ".manifest.json"
 
 
 @dataclass
@@ -293,7 +296,7 @@ def _check_download(part: Path, name: str, published: dict[str, str], size_confi
 
 
 def _manifest_path(final: Path) -> Path:
-    return final.with_name(final.name + ".manifest.json")
+    return final.with_name(final.name + CACHE_MANIFEST_SUFFIX)
 
 
 def _verified_cache(final: Path, url: str) -> str | None:
@@ -427,20 +430,20 @@ def _inside(folder: Path, rel: str) -> Path:
     return path
 
 
-def _amazon2018(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+def _amazon2018(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str]:
     check_category(data.category, AMAZON2018_CATEGORIES, "amazon2018")
     cat, base = data.category, data.base_url.rstrip("/")
     reviews = f"{cat}_5.json.gz" if data.five_core else f"{cat}.json.gz"
     folder = "categoryFilesSmall" if data.five_core else "categoryFiles"
     meta = f"meta_{cat}.json.gz"
     for url, fname in ((f"{base}/{folder}/{reviews}", reviews), (f"{base}/metaFiles2/{meta}", meta)):
-        fetched = http_download(url, _cache_dir(data) / "amazon2018", link_to=out / fname)
+        fetched = http_download(url, _cache_dir(data) / "amazon2018", link_to=raw.file(fname))
         metrics["bytes_downloaded"] += fetched.bytes_downloaded
         metrics["resumed"] = max(metrics["resumed"], float(fetched.resumed))
     return reviews, meta
 
 
-def _amazon2023(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+def _amazon2023(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str]:
     check_category(data.category, AMAZON2023_CATEGORIES, "amazon2023")
     from huggingface_hub import hf_hub_download  # imported here: only this source needs it
 
@@ -455,7 +458,7 @@ def _amazon2023(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple
         except Exception as err:  # hub errors have many types; name the file and the repo
             raise DownloadError(f"hf://datasets/{AMAZON2023_REPO}/{remote}: {err}") from err
         fname = remote.rsplit("/", 1)[-1]
-        _link_cached(path, out / fname)
+        _link_cached(path, raw.file(fname))
         metrics["bytes_downloaded"] += path.stat().st_size
         names.append(fname)
     return names[0], names[1]
@@ -482,7 +485,7 @@ def _local_folder(source: str) -> Path:
     return Path(source)
 
 
-def _from_bucket(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+def _from_bucket(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str]:
     """Raw files under their official names in a bucket folder (a user's folder: no completion marker)."""
     from sidreasoner import storage  # imported here: only this source needs the bucket clients
 
@@ -497,17 +500,17 @@ def _from_bucket(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
                     f"{source}: none of {candidates} found (data.format={data.format}, "
                     f"data.category={data.category}). Present: {sorted(present)[:50] or 'nothing'}"
                 )
-            storage.download_file(f"{source}/{hit}", out / hit)
-            metrics["bytes_downloaded"] += (out / hit).stat().st_size
+            storage.download_file(f"{source}/{hit}", raw.file(hit))
+            metrics["bytes_downloaded"] += raw.file(hit).stat().st_size
             found.append(hit)
     except storage.StorageError as err:
         raise DownloadError(f"data.source: {err}") from err
     return found[0], found[1]
 
 
-def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
+def _from_folder(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str]:
     if urlparse(data.source).scheme in ("s3", "minio", "gs"):
-        return _from_bucket(data, out, metrics)
+        return _from_bucket(data, raw, metrics)
     folder = _local_folder(data.source).expanduser()
     if not folder.is_dir():
         raise DownloadError(f"data.source: folder {folder} does not exist")
@@ -520,12 +523,9 @@ def _from_folder(data: DataConfig, out: Path, metrics: dict[str, float]) -> tupl
                 f"{folder}: none of {candidates} found (data.format={data.format}, "
                 f"data.category={data.category}). Present: {present or 'nothing'}"
             )
-        _copy(_inside(folder, hit), out / hit)
+        _copy(_inside(folder, hit), raw.file(hit))
         found.append(hit)
     return found[0], found[1]
-
-
-BUNDLE = "bundle"  # where a research bundle's files lie inside the raw folder
 
 
 def _bundle_files(names: list[str], category: str) -> list[str]:
@@ -533,22 +533,22 @@ def _bundle_files(names: list[str], category: str) -> list[str]:
 
     def wanted(name: str) -> bool:
         folder, _, base = name.partition("/")
-        if folder in ("train", "valid", "test"):
+        if folder in research_layout.SPLITS:
             return base.endswith(".csv") and (base == f"{category}.csv" or base.startswith(f"{category}_"))
-        if folder == "index":
+        if folder == research_layout.INDEX_FOLDER:
             return base.startswith(f"{category}.")
-        if folder == "info":
+        if folder == research_layout.INFO_FOLDER:
             return base.startswith(f"{category}_") and base.endswith(".txt")
-        return name == "general/sampled_data.arrow"
+        return name == research_layout.GENERAL_REASONING
 
     return [n for n in names if "/" in n and wanted(n)]
 
 
-def _research_bundle(data: DataConfig, out: Path, metrics: dict[str, float]) -> list[str]:
-    """A research data bundle (the research code's `data/Amazon` folder) under out/bundle/."""
+def _research_bundle(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> list[str]:
+    """A research data bundle (the research code's `data/Amazon` folder) under the raw folder's bundle folder."""
     from sidreasoner.data.research import ResearchDataError, find_bundle
 
-    dest = out / BUNDLE
+    dest = raw.file(RawData.BUNDLE)
     if urlparse(data.source).scheme in ("s3", "minio", "gs"):
         from sidreasoner import storage  # imported here: only bucket sources need the bucket clients
 
@@ -574,11 +574,11 @@ def _research_bundle(data: DataConfig, out: Path, metrics: dict[str, float]) -> 
     except ResearchDataError as err:
         raise DownloadError(f"data.source {data.source} (data.format=research): {err}") from None
     metrics["bytes_downloaded"] += sum((dest / n).stat().st_size for n in names)
-    return [f"{BUNDLE}/{n}" for n in names]
+    return [f"{RawData.BUNDLE}/{n}" for n in names]
 
 
-def _demo(cfg: Config, out: Path, metrics: dict[str, float]) -> tuple[str, str]:
-    planted = generate_demo_raw(cfg.data.demo, cfg.data.category, out, cfg.seed)
+def _demo(cfg: Config, raw: RawData, metrics: dict[str, float]) -> tuple[str, str]:
+    planted = generate_demo_raw(cfg.data.demo, cfg.data.category, raw.path, cfg.seed)
     metrics.update({f"demo_{k}": float(v) for k, v in planted.items()})
     return f"{cfg.data.category}.json.gz", f"meta_{cfg.data.category}.json.gz"
 
@@ -601,38 +601,40 @@ def _source_format(data: DataConfig) -> str:
     )
 
 
-def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
+def _file_records(raw: RawData, names: list[str]) -> dict[str, dict[str, int | str]]:
+    """What the manifest records of each raw file: its size and sha256."""
+    return {n: {"bytes": raw.file(n).stat().st_size, "sha256": _sha256(raw.file(n))} for n in names}
+
+
+def download_data(cfg: Config, out_dir: RawData) -> dict[str, float]:
     """Fetch the raw files named by cfg.data into `out_dir` (atomically) with a manifest; return metrics."""
     data = cfg.data
     metrics: dict[str, float] = {"bytes_downloaded": 0.0, "resumed": 0.0}
-    with atomic_dir(out_dir) as out:
+    with RawData.writing(out_dir) as raw:
         if data.format == "research" and data.source not in ("demo", "amazon2018", "amazon2023"):
-            names = _research_bundle(data, out, metrics)
-            files = {n: {"bytes": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in names}
-            write_json(
-                out / "manifest.json",
+            files = _file_records(raw, _research_bundle(data, raw, metrics))
+            raw.write_manifest(
                 {
                     "source": data.source,
                     "format": "research",
                     "category": data.category,
-                    "bundle": BUNDLE,
+                    "bundle": RawData.BUNDLE,
                     "files": files,
                     "demo": False,
-                },
+                }
             )
             metrics.update(files=float(len(files)), bytes_total=float(sum(f["bytes"] for f in files.values())))
             return metrics
         if data.source == "demo":
-            reviews, meta = _demo(cfg, out, metrics)
+            reviews, meta = _demo(cfg, raw, metrics)
         elif data.source == "amazon2018":
-            reviews, meta = _amazon2018(data, out, metrics)
+            reviews, meta = _amazon2018(data, raw, metrics)
         elif data.source == "amazon2023":
-            reviews, meta = _amazon2023(data, out, metrics)
+            reviews, meta = _amazon2023(data, raw, metrics)
         else:
-            reviews, meta = _from_folder(data, out, metrics)
-        files = {n: {"bytes": (out / n).stat().st_size, "sha256": _sha256(out / n)} for n in (reviews, meta)}
-        write_json(
-            out / "manifest.json",
+            reviews, meta = _from_folder(data, raw, metrics)
+        files = _file_records(raw, [reviews, meta])
+        raw.write_manifest(
             {
                 "source": data.source,
                 "format": _source_format(data),
@@ -642,7 +644,7 @@ def download_data(cfg: Config, out_dir: Path) -> dict[str, float]:
                 "files": files,
                 "demo": data.source == "demo",
                 "five_core": data.five_core if data.source != "demo" else False,
-            },
+            }
         )
     metrics.update(files=2.0, bytes_total=float(sum(f["bytes"] for f in files.values())))
     return metrics

@@ -5,44 +5,30 @@ get dense ids 0..N-1 in the order of the bundle's item ids (`asin` holds the bun
 order of first appearance over train, valid, test. The bundle has no timestamps: a sample's
 `timestamp` is its position over the three splits, which keeps the research split's order.
 
-What the later steps import lands in `bundle/` inside the dataset, already mapped to the dataset's
-ids, so that they read one validated form:
-
-    bundle/sid_index.json          item id -> SID codes (quantize-sids, sid.method=import)
-    bundle/item_narratives.parquet item_id, narrative                   (synthesize-corpus, teacher.kind=import)
-    bundle/sample_narratives.parquet sample (train row), history_narrative, reasoning_path
-    bundle/general.jsonl           one chat per line, {"messages": [...]} (sft-stage1)
-    bundle/import.json             where the bundle came from, which files, what was counted
+What the later steps import is kept in the dataset (the `Dataset.BUNDLE_*` files), already mapped to the
+dataset's ids, so that they read one validated form: the SID index (quantize-sids, sid.method=import), the item
+narratives (synthesize-corpus, teacher.kind=import), the train samples' history narratives and reasoning
+paths, the general-reasoning chats (sft-stage1), and the import's record (where the bundle came from, which
+files, what was counted).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from sidreasoner.artifacts.dataset import SPLITS, Dataset
 from sidreasoner.config import Config
 from sidreasoner.data.research import ResearchBundle, ResearchDataError, read_bundle
-from sidreasoner.io import atomic_dir, write_json
 
-SPLITS = ("train", "valid", "test")
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.int64()),
-        ("history_item_ids", pa.list_(pa.int64())),
-        ("item_id", pa.int64()),
-        ("timestamp", pa.int64()),
-    ]
-)
+SAMPLE_SCHEMA = Dataset.sample_schema()
 
 
 def _item_table(bundle: ResearchBundle) -> tuple[dict[int, int], dict[str, list]]:
-    """Dense ids for every item any file names, and the items.parquet columns."""
+    """Dense ids for every item any file names, and the columns of the dataset's item table."""
     titles: dict[int, str] = {}
     for rows in bundle.splits.values():
         for s in rows.samples:
@@ -111,45 +97,41 @@ def _sample_narratives(
 
 
 def _write_bundle_extras(
-    dest: Path, bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple], metrics: dict[str, float]
+    dataset: Dataset, bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple], metrics: dict[str, float]
 ) -> None:
-    dest.mkdir()
     if bundle.index is not None:
-        index = {str(dense[i]): codes for i, codes in bundle.index.codes.items()}
-        (dest / "sid_index.json").write_bytes(orjson.dumps(dict(sorted(index.items(), key=lambda kv: int(kv[0])))))
+        dataset.write_bundle_sid_index({str(dense[i]): codes for i, codes in bundle.index.codes.items()})
     if bundle.item_narratives is not None:
         texts = sorted((dense[i], t) for i, t in bundle.item_narratives.texts.items() if i in dense)
         metrics["item_narratives_unknown_item"] = len(bundle.item_narratives.texts) - len(texts)
-        pq.write_table(
+        dataset.write_bundle_item_narratives(
             pa.table(
                 {
                     "item_id": pa.array([i for i, _ in texts], pa.int64()),
                     "narrative": pa.array([t for _, t in texts], pa.string()),
                 }
-            ),
-            dest / "item_narratives.parquet",
+            )
         )
     if bundle.narratives is not None:
         cols, unmatched = _sample_narratives(bundle, dense, train_keys)
         metrics.update(narrative_rows_matched=len(cols["sample"]), narrative_rows_unmatched=unmatched)
-        pq.write_table(
+        dataset.write_bundle_sample_narratives(
             pa.table(
                 {
                     "sample": pa.array(cols["sample"], pa.int64()),
                     "history_narrative": pa.array(cols["history_narrative"], pa.string()),
                     "reasoning_path": pa.array(cols["reasoning_path"], pa.string()),
                 }
-            ),
-            dest / "sample_narratives.parquet",
+            )
         )
     if bundle.general is not None:
-        with open(dest / "general.jsonl", "wb") as fh:
-            for chat in bundle.general.conversations:
-                fh.write(orjson.dumps({"messages": chat}) + b"\n")
+        dataset.write_bundle_general(bundle.general.conversations)
 
 
-def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: str, out_dir: Path) -> dict[str, float]:
-    """Write the project's dataset folder for the bundle in `bundle_dir` into `out_dir` (atomically)."""
+def dataset_from_bundle(
+    cfg: Config, bundle_dir: Path, category: str, source: str, out_dir: Dataset
+) -> dict[str, float]:
+    """Write the project's dataset for the bundle in `bundle_dir` into `out_dir` (atomically)."""
     started = time.perf_counter()
     data = cfg.data
     try:
@@ -181,24 +163,21 @@ def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: st
         (users[u], tuple(h), t)
         for u, h, t in zip(train["user_id"], train["history_item_ids"], train["item_id"], strict=True)
     ]
-    with atomic_dir(out_dir) as out:
-        pq.write_table(
+    with Dataset.writing(out_dir) as dataset:
+        dataset.write_items(
             pa.table(
                 {
                     **item_cols,
                     "item_id": pa.array(item_cols["item_id"], pa.int64()),
                     "categories": pa.array(item_cols["categories"], pa.list_(pa.string())),
                 }
-            ),
-            out / "items.parquet",
+            )
         )
-        pq.write_table(
-            pa.table({"user_id": pa.array(range(len(users)), pa.int64()), "raw_user_id": users}), out / "users.parquet"
-        )
+        dataset.write_users(pa.table({"user_id": pa.array(range(len(users)), pa.int64()), "raw_user_id": users}))
         for split in SPLITS:
-            pq.write_table(pa.table(splits[split], schema=SAMPLE_SCHEMA), out / f"{split}.parquet")
+            dataset.write_split(split, pa.table(splits[split], schema=SAMPLE_SCHEMA))
         # The bundle holds samples, not a review log: each sample's target is one interaction.
-        pq.write_table(
+        dataset.write_interactions(
             pa.table(
                 {
                     "user_id": pa.array([u for s in SPLITS for u in splits[s]["user_id"]], pa.int64()),
@@ -206,53 +185,30 @@ def dataset_from_bundle(cfg: Config, bundle_dir: Path, category: str, source: st
                     "timestamp": pa.array([t for s in SPLITS for t in splits[s]["timestamp"]], pa.int64()),
                     "rating": pa.array([None] * int(metrics["interactions"]), pa.float32()),
                 }
-            ),
-            out / "interactions.parquet",
+            )
         )
-        index = {
-            str(n): {"title": t, "description": d}
-            for n, t, d in zip(item_cols["item_id"], item_cols["title"], item_cols["description"], strict=True)
-        }
-        (out / "research" / "index").mkdir(parents=True)
-        (out / "research" / "index" / f"{category}.item.json").write_bytes(
-            orjson.dumps(index, option=orjson.OPT_INDENT_2)
+        dataset.write_research_items(
+            category,
+            {
+                str(n): {"title": t, "description": d}
+                for n, t, d in zip(item_cols["item_id"], item_cols["title"], item_cols["description"], strict=True)
+            },
         )
-        _write_bundle_extras(out / "bundle", bundle, dense, train_keys, metrics)
+        _write_bundle_extras(dataset, bundle, dense, train_keys, metrics)
         files = {
             k: str(p.relative_to(bundle.files.root))
             for k, p in vars(bundle.files).items()
             if isinstance(p, Path) and k != "root"
         }
-        write_json(
-            out / "bundle" / "import.json", {"source": source, "category": category, "files": files, "metrics": metrics}
-        )
+        dataset.write_bundle_record({"source": source, "category": category, "files": files, "metrics": metrics})
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-        write_json(
-            out / "stats.json",
+        dataset.write_stats(
             {
                 "category": category,
                 "format": "research",
                 "source": source,
                 "metrics": metrics,
                 "data_config": data.model_dump(mode="json"),
-            },
+            }
         )
     return {k: float(v) for k, v in metrics.items()}
-
-
-def bundle_file(dataset_dir: Path, name: str, what: str) -> Path:
-    """A file the preprocess step took from a research bundle, or a clear error naming what is needed."""
-    path = Path(dataset_dir) / "bundle" / name
-    if not path.is_file():
-        made = (
-            json.loads((Path(dataset_dir) / "stats.json").read_text()).get("format")
-            if (Path(dataset_dir) / "stats.json").is_file()
-            else None
-        )
-        why = (
-            "the dataset was not made from a research bundle (set data.format=research and data.source to the bundle)"
-            if made != "research"
-            else "the bundle has no such file"
-        )
-        raise ResearchDataError(f"{path}: missing, so {what} cannot be imported: {why}")
-    return path

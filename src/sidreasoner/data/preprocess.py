@@ -24,19 +24,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from sidreasoner.artifacts import research_layout
+from sidreasoner.artifacts.dataset import SPLITS, Dataset
+from sidreasoner.artifacts.raw import RawData
 from sidreasoner.config import Config, DataConfig
 from sidreasoner.config.schema import file_name_problem
 from sidreasoner.data.from_research import dataset_from_bundle
 from sidreasoner.data.raw import FieldCounts, ItemMeta, LineStats, iter_meta, iter_reviews
-from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
-
-SPLITS = ("train", "valid", "test")
-MANIFEST = "manifest.json"
+from sidreasoner.io import atomic_file, write_json
 
 
 class PreprocessError(ValueError):
@@ -68,12 +66,12 @@ class Columns:
 # ---------------------------------------------------------------- manifest
 
 
-def read_manifest(raw_dir: Path) -> RawManifest:
-    path = Path(raw_dir) / MANIFEST
-    if not path.is_file():
-        raise PreprocessError(f"{path}: missing; the raw folder must come from download-data")
+def read_manifest(raw: RawData) -> RawManifest:
+    """The raw folder's manifest, its names checked and its files checked against their recorded digests."""
+    raw = RawData.at(raw)
+    path = raw.file(RawData.MANIFEST)
     try:
-        data = read_json(path)
+        data = raw.manifest()
     except ValueError as err:
         raise PreprocessError(f"{path}: not valid JSON: {err}") from err
     keys = (
@@ -88,53 +86,57 @@ def read_manifest(raw_dir: Path) -> RawManifest:
         if problem:  # these name files inside the raw and dataset folders: never a path leading out
             raise PreprocessError(f"{path}: key '{key}': {problem}")
     if data["format"] == "research":
-        check_raw_files(path, data.get("files"), [])
+        check_raw_files(raw, data.get("files"), [])
         return RawManifest(
             data["format"],
             data["category"],
-            Path(raw_dir),
-            Path(raw_dir),
+            raw.path,
+            raw.path,
             str(data.get("source", "")),
-            bundle=Path(raw_dir) / data["bundle"],
+            bundle=raw.file(data["bundle"]),
         )
     out = RawManifest(
         data["format"],
         data["category"],
-        Path(raw_dir) / data["reviews"],
-        Path(raw_dir) / data["meta"],
+        raw.file(data["reviews"]),
+        raw.file(data["meta"]),
         str(data.get("source", "")),
     )
     for key in ("reviews", "meta"):
         if not getattr(out, key).is_file():
-            raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw_dir}")
-    check_raw_files(path, data.get("files"), [data["reviews"], data["meta"]])
+            raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw.path}")
+    check_raw_files(raw, data.get("files"), [data["reviews"], data["meta"]])
     return out
 
 
-def check_raw_files(manifest: Path, files: Any, needed: list[str]) -> None:
+def check_raw_files(raw: RawData, files: Any, needed: list[str]) -> None:
     """Each file the manifest lists (the `needed` ones among them) still has the size and sha256 that
     download-data recorded: a raw file changed since would silently change the dataset."""
+    raw = RawData.at(raw)
     if not isinstance(files, dict) or not files:
         raise PreprocessError(
-            f"{manifest}: key 'files' (each raw file's bytes and sha256) is missing or empty; "
+            f"{raw.file(RawData.MANIFEST)}: key 'files' (each raw file's bytes and sha256) is missing or empty; "
             "the raw folder must come from download-data"
         )
     for name in needed:
         if name not in files:
-            raise PreprocessError(f"{manifest}: 'files' does not list {name!r}, so it cannot be checked")
+            raise PreprocessError(
+                f"{raw.file(RawData.MANIFEST)}: 'files' does not list {name!r}, so it cannot be checked"
+            )
     for name, want in files.items():
-        _check_raw_file(manifest, name, want)
+        _check_raw_file(raw, name, want)
 
 
-def _check_raw_file(manifest: Path, name: Any, want: Any) -> None:
+def _check_raw_file(raw: RawData, name: Any, want: Any) -> None:
+    manifest = raw.file(RawData.MANIFEST)
     parts = PurePosixPath(str(name)).parts
     if not name or str(name).startswith("/") or ".." in parts or "\\" in str(name):
-        raise PreprocessError(f"{manifest}: 'files' names {name!r}, which is not a file in {manifest.parent}")
+        raise PreprocessError(f"{manifest}: 'files' names {name!r}, which is not a file in {raw.path}")
     try:
         size, sha256 = int(want["bytes"]), str(want["sha256"])
     except (TypeError, KeyError, ValueError):
         raise PreprocessError(f"{manifest}: 'files' entry {name!r} needs 'bytes' and 'sha256'") from None
-    path = manifest.parent / name
+    path = raw.file(name)
     changed = "the raw file changed after download-data; run download-data again"
     if not path.is_file():
         raise PreprocessError(f"{path}: missing, but {manifest.name} lists it; {changed}")
@@ -499,8 +501,8 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
     return Columns(u, i, t, cols.rating[r], cols.users)
 
 
-def _write_tables(out: Path, cols: Columns, items: list[ItemMeta], users: list[str]) -> None:
-    pq.write_table(
+def _write_tables(dataset: Dataset, cols: Columns, items: list[ItemMeta], users: list[str]) -> None:
+    dataset.write_items(
         pa.table(
             {
                 "item_id": pa.array(np.arange(len(items)), pa.int64()),
@@ -510,19 +512,15 @@ def _write_tables(out: Path, cols: Columns, items: list[ItemMeta], users: list[s
                 "brand": [it.brand for it in items],
                 "categories": pa.array([it.categories for it in items], pa.list_(pa.string())),
             }
-        ),
-        out / "items.parquet",
+        )
     )
-    pq.write_table(
-        pa.table({"user_id": pa.array(np.arange(len(users)), pa.int64()), "raw_user_id": users}), out / "users.parquet"
-    )
-    pq.write_table(
-        pa.table({"user_id": cols.user, "item_id": cols.item, "timestamp": cols.ts, "rating": cols.rating}),
-        out / "interactions.parquet",
+    dataset.write_users(pa.table({"user_id": pa.array(np.arange(len(users)), pa.int64()), "raw_user_id": users}))
+    dataset.write_interactions(
+        pa.table({"user_id": cols.user, "item_id": cols.item, "timestamp": cols.ts, "rating": cols.rating})
     )
 
 
-def _write_splits(out: Path, cols: Columns, data: DataConfig, metrics: dict[str, float]) -> None:
+def _write_splits(dataset: Dataset, cols: Columns, data: DataConfig, metrics: dict[str, float]) -> None:
     s = sliding_windows(cols.user, data.max_history)
     if len(s.row) < data.min_samples:
         raise PreprocessError(
@@ -534,24 +532,17 @@ def _write_splits(out: Path, cols: Columns, data: DataConfig, metrics: dict[str,
     for name, idx in parts.items():
         if len(idx) == 0:
             raise PreprocessError(f"the {name} split is empty ({len(s.row)} samples, data.split={list(data.split)})")
-        _write_samples(out / f"{name}.parquet", cols, s.hist_start[idx], s.row[idx])
+        _write_samples(dataset, name, cols, s.hist_start[idx], s.row[idx])
         metrics[f"samples_{name}"] = len(idx)
 
 
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.int64()),
-        ("history_item_ids", pa.list_(pa.int64())),
-        ("item_id", pa.int64()),
-        ("timestamp", pa.int64()),
-    ]
-)
+SAMPLE_SCHEMA = Dataset.sample_schema()
 WRITE_BATCH = 1 << 18
 
 
-def _write_samples(path: Path, cols: Columns, hist_start: np.ndarray, rows: np.ndarray) -> None:
-    """Samples in row batches, so the history lists are never all materialised at once."""
-    with pq.ParquetWriter(path, SAMPLE_SCHEMA) as writer:
+def _write_samples(dataset: Dataset, split: str, cols: Columns, hist_start: np.ndarray, rows: np.ndarray) -> None:
+    """One split's samples in row batches, so the history lists are never all materialised at once."""
+    with dataset.split_writer(split, SAMPLE_SCHEMA) as writer:
         for lo in range(0, len(rows), WRITE_BATCH):
             r, h = rows[lo : lo + WRITE_BATCH], hist_start[lo : lo + WRITE_BATCH]
             writer.write_table(
@@ -607,20 +598,19 @@ def _reindex(
     )
 
 
-def _write_research_index(out: Path, category: str, items: list[ItemMeta]) -> None:
-    index = {str(n): {"title": it.title, "description": it.description} for n, it in enumerate(items)}
-    path = out / "research" / "index" / f"{category}.item.json"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(orjson.dumps(index, option=orjson.OPT_INDENT_2))
+def _write_research_index(dataset: Dataset, category: str, items: list[ItemMeta]) -> None:
+    dataset.write_research_items(
+        category, {str(n): {"title": it.title, "description": it.description} for n, it in enumerate(items)}
+    )
 
 
-def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Run the whole protocol on `raw_dir` (from download-data) and write `out_dir` atomically."""
+def preprocess(cfg: Config, raw_dir: RawData, out_dir: Dataset) -> dict[str, float]:
+    """Run the whole protocol on `raw_dir` (from download-data) and write the dataset `out_dir` atomically."""
     started = time.perf_counter()
     data = cfg.data
-    manifest = read_manifest(Path(raw_dir))
+    manifest = read_manifest(RawData.at(raw_dir))
     if manifest.bundle is not None:
-        return dataset_from_bundle(cfg, manifest.bundle, manifest.category, manifest.source, Path(out_dir))
+        return dataset_from_bundle(cfg, manifest.bundle, manifest.category, manifest.source, out_dir)
     metrics: dict[str, float] = {}
     kept = load_items(manifest.meta, manifest.format, data, metrics)
     kept_list = list(kept.values())
@@ -635,13 +625,12 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
         interactions=len(cols.user),
         items_dropped_k_core=len(kept_list) - len(items),
     )
-    with atomic_dir(out_dir) as out:
-        _write_splits(out, cols, data, metrics)
-        _write_tables(out, cols, items, users)
-        _write_research_index(out, manifest.category, items)
+    with Dataset.writing(out_dir) as dataset:
+        _write_splits(dataset, cols, data, metrics)
+        _write_tables(dataset, cols, items, users)
+        _write_research_index(dataset, manifest.category, items)
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-        write_json(
-            out / "stats.json",
+        dataset.write_stats(
             {
                 "category": manifest.category,
                 "format": manifest.format,
@@ -651,19 +640,6 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path) -> dict[str, float]:
             },
         )
     return metrics
-
-
-def dataset_category(dataset_dir: Path) -> str:
-    """The category a dataset was made from, as its stats.json records it (preprocess and the research import
-    write it): it names the research-layout files of the steps that read the dataset."""
-    path = Path(dataset_dir) / "stats.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: it records the dataset's category (the preprocess step writes it)")
-    category = read_json(path).get("category")
-    problem = file_name_problem(category)
-    if problem:
-        raise ValueError(f"{path}: the category {problem}")
-    return category
 
 
 # ---------------------------------------------------------------- research-code export
@@ -700,8 +676,9 @@ def _one_field(title: str) -> str:
     return title.translate({ord(c): " " for c in "\t\n\r"})
 
 
-def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir: Path, category: str) -> None:
-    """MiniOneRec/SIDReasoner layout: `{train,valid,test}/<Cat>.csv`, `info/<Cat>.txt`, `index/<Cat>.*.json`.
+def write_research_csvs(dataset: Dataset, sid_index: dict[int, list[str]], out_dir: Path, category: str) -> None:
+    """The dataset with its SIDs in the MiniOneRec/SIDReasoner layout (artifacts.research_layout) under `out_dir`:
+    each split's samples as CSV, the catalogue text, the SID index and the item texts as JSON.
 
     List columns are Python-literal strings ("['A', 'B']", "[3, 7]"); SIDs are concatenated codes
     ("<a_1><b_2><c_3>"). Files are written atomically; call it inside the SID step's output folder.
@@ -709,30 +686,22 @@ def write_research_csvs(data_dir: Path, sid_index: dict[int, list[str]], out_dir
     problem = file_name_problem(category)
     if problem:
         raise PreprocessError(f"category {problem}")
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    items = pq.read_table(data_dir / "items.parquet", columns=["item_id", "title", "description"])
+    dataset, out_dir = Dataset.at(dataset), Path(out_dir)
+    items = dataset.items_table(["item_id", "title", "description"])
     titles = items["title"].to_pylist()
     sids = {i: _sid_string(sid_index, i) for i in items["item_id"].to_pylist()}
-    header = [
-        "user_id",
-        "history_item_title",
-        "item_title",
-        "history_item_id",
-        "item_id",
-        "history_item_sid",
-        "item_sid",
-    ]
     for split in SPLITS:
-        with atomic_file(out_dir / split / f"{category}.csv") as tmp, open(tmp, "w", newline="") as fh:
+        samples = dataset.split_table(split, ["user_id", "history_item_ids", "item_id"])
+        with atomic_file(out_dir / research_layout.split_csv(split, category)) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(_split_rows(pq.read_table(data_dir / f"{split}.parquet"), titles, sids))
-    with atomic_file(out_dir / "info" / f"{category}.txt") as tmp, open(tmp, "w") as fh:
+            writer.writerow(research_layout.SPLIT_COLUMNS)
+            writer.writerows(_split_rows(samples, titles, sids))
+    with atomic_file(out_dir / research_layout.info_txt(category)) as tmp, open(tmp, "w") as fh:
         for item_id, title in enumerate(titles):
             fh.write(f"{sids[item_id]}\t{_one_field(title)}\t{item_id}\n")
-    write_json(out_dir / "index" / f"{category}.index.json", {str(i): list(sid_index[i]) for i in sids})
+    write_json(out_dir / research_layout.index_json(category), {str(i): list(sid_index[i]) for i in sids})
     descriptions = items["description"].to_pylist()
     write_json(
-        out_dir / "index" / f"{category}.item.json",
+        out_dir / research_layout.item_json(category),
         {str(i): {"title": titles[i], "description": descriptions[i]} for i in sids},
     )

@@ -1,14 +1,11 @@
 """Reader of a research data bundle: the folder the MiniOneRec/SIDReasoner code reads (`data/Amazon`).
 
-Layout (any sensible subset; `<Cat>` is the category, e.g. `Office_Products`):
-
-    train/<Cat>_*.csv, valid/<Cat>_*.csv, test/<Cat>_*.csv   samples (`<Cat>.csv` is accepted too)
-    index/<Cat>.index.json                                   item id -> SID codes, one per level
-    index/<Cat>.item.json                                    item id -> {"title", "description", ...}
-    info/<Cat>_*.txt                                         `SID<TAB>title<TAB>item id` per item
-    index/<Cat>.item_enhanced_v2.json                        item id -> {..., "llm_stage2": narrative}
-    index/<Cat>.integrated_narrative.csv                     samples + `integrated_narrative`, `reasoning_path`
-    general/sampled_data.arrow                               general reasoning chats (JSON lines, see below)
+Layout: the files `artifacts.research_layout` names, any sensible subset (`<Cat>` is the category, e.g.
+`Office_Products`): each split's samples (`<split>/<Cat>_*.csv`, or the exports' `split_csv`), the SID index
+(item id -> SID codes, one per level), the item texts (item id -> {"title", "description", ...}), the catalogue
+(`info/<Cat>_*.txt`, or the exports' `info_txt`: `SID<TAB>title<TAB>item id` per item), the item narratives
+(item id -> {..., "llm_stage2": narrative}), the integrated narratives (samples + `integrated_narrative`,
+`reasoning_path`) and the general reasoning chats (JSON lines, see below).
 
 Every function here is pure over local files and returns plain Python. List fields of the CSVs are
 Python list literals (`['a', "b's"]`, `[384, 289]`); they are parsed with `ast.literal_eval` (JSON and
@@ -44,21 +41,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from sidreasoner.artifacts import research_layout
+from sidreasoner.artifacts.research_layout import ID_SID_COLUMNS, NARRATIVE_COLUMNS, SPLIT_COLUMNS, SPLITS
 from sidreasoner.config.schema import file_name_problem
 from sidreasoner.data.literals import json_or_literal, snippet
 
-SPLITS = ("train", "valid", "test")
-SPLIT_COLUMNS = (
-    "user_id",
-    "history_item_title",
-    "item_title",
-    "history_item_id",
-    "item_id",
-    "history_item_sid",
-    "item_sid",
-)
-NARRATIVE_COLUMNS = ("integrated_narrative", "reasoning_path")
-ID_SID_COLUMNS = ("user_id", "history_item_id", "item_id", "history_item_sid", "item_sid")
 # Cells pandas.read_csv reads as NaN by default: the research code sees these as missing.
 PANDAS_NA = frozenset(
     {
@@ -118,9 +105,9 @@ class BundleFiles:
     index: Path | None = None
     items: Path | None = None
     info: Path | None = None
-    item_narratives: Path | None = None  # index/<Cat>.item_enhanced_v2.json
-    integrated_narratives: Path | None = None  # index/<Cat>.integrated_narrative.csv
-    general_reasoning: Path | None = None  # general/sampled_data.arrow
+    item_narratives: Path | None = None  # research_layout.item_narratives_json
+    integrated_narratives: Path | None = None  # research_layout.integrated_narrative_csv
+    general_reasoning: Path | None = None  # research_layout.GENERAL_REASONING
 
     @property
     def splits(self) -> dict[str, Path]:
@@ -164,7 +151,8 @@ def _file(path: Path) -> Path | None:
 
 
 def _present_categories(root: Path) -> list[str]:
-    cats = {p.name[: -len(".index.json")] for p in (root / "index").glob("*.index.json")}
+    suffix = research_layout.INDEX_JSON_SUFFIX
+    cats = {p.name.removesuffix(suffix) for p in root.glob(research_layout.index_json("*"))}
     for split in SPLITS:
         cats |= {re.sub(r"_\d.*$", "", p.stem) for p in (root / split).glob("*.csv")}
     return sorted(cats)
@@ -194,12 +182,12 @@ def find_bundle(folder: str | Path, category: str) -> BundleFiles:
         root=root,
         category=category,
         **{s: _one_match(root / s, category, "csv") for s in SPLITS},
-        index=_file(root / "index" / f"{category}.index.json"),
-        items=_file(root / "index" / f"{category}.item.json"),
-        info=_one_match(root / "info", category, "txt"),
-        item_narratives=_file(root / "index" / f"{category}.item_enhanced_v2.json"),
-        integrated_narratives=_file(root / "index" / f"{category}.integrated_narrative.csv"),
-        general_reasoning=_file(root / "general" / "sampled_data.arrow"),
+        index=_file(root / research_layout.index_json(category)),
+        items=_file(root / research_layout.item_json(category)),
+        info=_one_match(root / research_layout.INFO_FOLDER, category, "txt"),
+        item_narratives=_file(root / research_layout.item_narratives_json(category)),
+        integrated_narratives=_file(root / research_layout.integrated_narrative_csv(category)),
+        general_reasoning=_file(root / research_layout.GENERAL_REASONING),
     )
     if not files.splits:
         hint = ""
@@ -207,7 +195,8 @@ def find_bundle(folder: str | Path, category: str) -> BundleFiles:
             hint = f" ({root / 'data' / 'Amazon'} exists: is that the bundle folder?)"
         cats = _present_categories(root)
         raise ResearchDataError(
-            f"{root}: no split CSV for category {category!r} (looked for train|valid|test/{category}.csv and "
+            f"{root}: no split CSV for category {category!r} (looked for "
+            f"{research_layout.split_csv('train|valid|test', category)} and "
             f"{category}_*.csv){hint}. Categories present: {', '.join(cats) or 'none'}. "
             f"Files found: {_listing(root)}"
         )
@@ -324,7 +313,7 @@ class Sample(NamedTuple):
 
 
 class NarrativeRow(NamedTuple):
-    """One row of `<Cat>.integrated_narrative.csv`: the sample and its two texts (None when missing)."""
+    """One row of the integrated narratives CSV: the sample and its two texts (None when missing)."""
 
     user_id: str
     history_item_ids: list[int]
@@ -395,7 +384,7 @@ class SplitRows:
 
 @dataclass
 class NarrativeRows:
-    """`<Cat>.integrated_narrative.csv` read; `texts` counts the texts missing or dropped, by reason."""
+    """The integrated narratives CSV read; `texts` counts the texts missing or dropped, by reason."""
 
     path: Path
     rows: list[NarrativeRow]
@@ -514,7 +503,7 @@ def _read_rows(path: Path, required: tuple[str, ...], parse, max_malformed_fract
 
 
 def read_split(path: str | Path, max_malformed_fraction: float = 0.05, levels: int | None = None) -> SplitRows:
-    """Read one split CSV (`train|valid|test/<Cat>_*.csv`), columns in any order.
+    """Read one split CSV (`<split>/<Cat>_*.csv`), columns in any order.
 
     A row is malformed (counted under its reason and skipped) when a list field is not a list literal
     (`unparseable_<col>`, `not_list_<col>`), an id is not a non-negative integer (`not_int_<col>`), a
@@ -549,8 +538,8 @@ def reasoning_text(text: str) -> str | None:
 def read_integrated_narratives(
     path: str | Path, max_malformed_fraction: float = 0.05, levels: int | None = None
 ) -> NarrativeRows:
-    """Read `<Cat>.integrated_narrative.csv`: each row's user, history, target, history narrative
-    (`integrated_narrative`) and reasoning path (`reasoning_path`).
+    """Read the integrated narratives CSV (`research_layout.integrated_narrative_csv`): each row's user,
+    history, target, history narrative (`integrated_narrative`) and reasoning path (`reasoning_path`).
 
     The columns user_id, history_item_id, item_id, history_item_sid, item_sid and at least one of the two
     texts are required. Rows are validated like `read_split` (titles are not read). Texts are counted in
@@ -629,7 +618,7 @@ def _item_key(path: Path, key: str) -> int:
 
 @dataclass
 class SidIndex:
-    """`<Cat>.index.json` read: item id -> its codes; items sharing a SID are reported, never dropped."""
+    """A SID index read: item id -> its codes; items sharing a SID are reported, never dropped."""
 
     path: Path
     codes: dict[int, list[str]]
@@ -653,7 +642,7 @@ class SidIndex:
 
 
 def read_sid_index(path: str | Path, levels: int | None = None) -> SidIndex:
-    """Read and validate `<Cat>.index.json` (item id -> `["<a_60>", "<b_159>", "<c_203>"]`).
+    """Read and validate a SID index (`research_layout.index_json`): item id -> `["<a_60>", "<b_159>", "<c_203>"]`.
 
     Every item must have the same number of codes (`levels` when given), each well-formed with the
     level letters in order a, b, c, ...; errors name the file, the item id and the code.
@@ -691,7 +680,7 @@ def read_sid_index(path: str | Path, levels: int | None = None) -> SidIndex:
 
 
 class Item(NamedTuple):
-    """One entry of `<Cat>.item.json`. `description` holds its texts: a list literal's non-blank strings,
+    """One entry of the item texts file. `description` holds its texts: a list literal's non-blank strings,
     a plain string as one text, an unparseable list literal as one text (as the research code keeps it)."""
 
     title: str
@@ -745,7 +734,7 @@ def _categories(value: Any) -> list[str]:
 
 @dataclass
 class Items:
-    """`<Cat>.item.json` read; `counts` says how many descriptions were empty, unparsed, ..."""
+    """The item texts file read; `counts` says how many descriptions were empty, unparsed, ..."""
 
     path: Path
     items: dict[int, Item]
@@ -756,7 +745,7 @@ class Items:
 
 
 def read_items(path: str | Path) -> Items:
-    """Read `<Cat>.item.json` (item id -> {"title", "description", "brand", "categories"}).
+    """Read the item texts (`research_layout.item_json`): item id -> {"title", "description", "brand", "categories"}.
 
     A missing or non-string title is an error naming the item. Descriptions become lists of texts
     (see `Item`); brand and categories are optional (categories: a list or a comma-joined string).
@@ -793,7 +782,7 @@ class InfoLine(NamedTuple):
 
 
 def read_info(path: str | Path) -> list[InfoLine]:
-    """Read `info/<Cat>_*.txt` (`SID<TAB>title<TAB>item id` per line; the evaluation's catalogue).
+    """Read the catalogue (`info/<Cat>_*.txt`: `SID<TAB>title<TAB>item id` per line; the evaluation's).
     The title is everything between the first and the last tab; a malformed line is an error naming it."""
     path = Path(path)
     if not path.is_file():
@@ -820,7 +809,7 @@ def read_info(path: str | Path) -> list[InfoLine]:
 
 @dataclass
 class ItemNarratives:
-    """`<Cat>.item_enhanced_v2.json` read: item id -> narrative (`llm_stage2`, after `</think>`), file order."""
+    """The item narratives file read: item id -> narrative (`llm_stage2`, after `</think>`), file order."""
 
     path: Path
     texts: dict[int, str]
@@ -831,7 +820,7 @@ class ItemNarratives:
 
 
 def read_item_narratives(path: str | Path) -> ItemNarratives:
-    """Read `<Cat>.item_enhanced_v2.json` (item id -> {..., "llm_stage2": text}).
+    """Read the item narratives file (`research_layout.item_narratives_json`: item id -> {..., "llm_stage2": text}).
 
     Entries without `llm_stage2` (`missing_llm_stage2`), with a non-string one (`not_text`) or with no
     text left after `</think>` (`empty`) are counted and skipped; `think_stripped` counts the texts cut
@@ -970,8 +959,9 @@ def _last_assistant(conversation: list[dict[str, str]]) -> str:
 def read_general_reasoning(
     path: str | Path, sample: int = -1, seed: int = 0, max_malformed_fraction: float = 0.05
 ) -> GeneralReasoning:
-    """Read `general/sampled_data.arrow`: JSON lines whose `messages` field is a string holding a list of
-    chat messages (Python or JSON literal; an Arrow IPC file with a `messages` column is read too).
+    """Read the general reasoning chats (`research_layout.GENERAL_REASONING`): JSON lines whose `messages`
+    field is a string holding a list of chat messages (Python or JSON literal; an Arrow IPC file with a
+    `messages` column is read too).
 
     Content is normalised to a string: a list of parts becomes its text parts joined by newlines.
     Malformed lines (`not_json`, `missing_messages`, `unparseable_messages`, `not_list_messages`,
@@ -1009,11 +999,11 @@ def read_general_reasoning(
 
 @dataclass
 class Consistency:
-    """How the split rows agree with the index and item.json (ids missing there are errors instead)."""
+    """How the split rows agree with the SID index and the item texts (ids missing there are errors instead)."""
 
     sid_mismatch_rows: int = 0  # rows whose target or history SID differs from the index's
-    title_mismatch_rows: int = 0  # rows whose target or history title differs from item.json's
-    index_items_without_meta: int = 0  # index items absent from item.json
+    title_mismatch_rows: int = 0  # rows whose target or history title differs from the item texts'
+    index_items_without_meta: int = 0  # index items absent from the item texts
     info_mismatch_lines: int = 0  # info lines whose item is not in the index or whose SID differs from it
     first_sid_mismatch: str = ""
     first_title_mismatch: str = ""
@@ -1034,10 +1024,9 @@ def check_item_ids(
     narratives: NarrativeRows | None = None,
     info: list[InfoLine] | None = None,
 ) -> Consistency:
-    """Every item id of the splits (and of the narrative rows) must be in the index and in item.json:
+    """Every item id of the splits (and of the narrative rows) must be in the SID index and the item texts:
     else a ResearchDataError naming the file, the row, the field and the id. SIDs and titles that differ
-    from the index's and item.json's are counted, with the first of each described; so are info lines
-    that disagree with the index."""
+    from theirs are counted, with the first of each described; so are info lines that disagree with the index."""
     out = Consistency()
     if index is not None and items is not None:
         out.index_items_without_meta = sum(1 for i in index.codes if i not in items.items)
@@ -1049,7 +1038,7 @@ def check_item_ids(
     for path, rows, numbers in tables:
         for row_no, row in zip(numbers, rows, strict=True):
             ids = [("item_id", row.item_id)] + [("history_item_id", h) for h in row.history_item_ids]
-            for name, ref in (("index", index.codes if index else None), ("item.json", items.items if items else None)):
+            for name, ref in (("index", index.codes if index else None), ("items", items.items if items else None)):
                 if ref is None:
                     continue
                 for column, item in ids:

@@ -1,2 +1,2 @@
-"""Evaluation: constrained SID decoding, HR/NDCG metrics, baselines, the `evaluate` and `report` steps,
-and the loss/reward curve pages of the training steps."""
+"""Evaluation: constrained SID decoding, HR/NDCG metrics, the `evaluate`, `evaluate-baselines` and `report`
+steps, and `recommend`."""

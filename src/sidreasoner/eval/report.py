@@ -1,31 +1,31 @@
-"""The `report` step: a self-contained `report.html` (inline CSS + inline SVG, no scripts, no remote
-resources: it renders inside the KFP UI's iframe) and a `report.md` twin, comparing every evaluated
+"""The `report` step: a self-contained HTML page (inline CSS + inline SVG, no scripts, no remote
+resources: it renders inside the KFP UI's iframe) and its Markdown twin, comparing every evaluated
 label in every mode, with sample users (history titles, the reasoning with each SID decoded to its
 item title, and the top-K with hits marked)."""
 
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
-from pathlib import Path
 
 import pandas as pd
 
+from sidreasoner.artifacts import Dataset, Evaluation, ReportPages, SidIndex
 from sidreasoner.config import Config
-from sidreasoner.eval.evaluate import Catalogue
-from sidreasoner.io import atomic_dir, read_json, write_json
+from sidreasoner.eval.catalogue import Catalogue
 
 _SID_RE = re.compile(r"(?:<[a-z]_\d+>)+")
 COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 BASELINE_MODES = ("popularity", "random")
 
 
-def _series(eval_dirs: dict[str, Path], split: str) -> list[tuple[str, str, dict]]:
-    """[(row label, mode, {metric: value})] for every label and mode found in its metrics.json."""
+def _series(evaluations: dict[str, Evaluation], split: str) -> list[tuple[str, str, dict]]:
+    """[(row label, mode, {metric: value})] for every label and mode found in its evaluation's metrics."""
     out = []
-    for label, folder in eval_dirs.items():
-        metrics = read_json(Path(folder) / "metrics.json")
+    for label, evaluation in evaluations.items():
+        metrics = evaluation.metrics()
         modes = sorted(
             {k[len(split) + 1 :].split("_")[0] for k in metrics if k.startswith(f"{split}_") and "hr@" in k},
             key=lambda m: (
@@ -95,12 +95,12 @@ def _svg_chart(series, ks, metric: str = "hr") -> str:
     return "".join(parts)
 
 
-def _samples(eval_dirs: dict[str, Path], split: str, n: int) -> list[tuple[str, str, pd.DataFrame]]:
+def _samples(evaluations: dict[str, Evaluation], split: str, n: int) -> list[tuple[str, str, pd.DataFrame]]:
     """Sample users: the first n test users (same users across labels), per model label and mode."""
     out = []
     users = None
-    for label, folder in eval_dirs.items():
-        preds = pd.read_parquet(Path(folder) / "predictions.parquet")
+    for label, evaluation in evaluations.items():
+        preds = evaluation.predictions()
         preds = preds[preds["split"] == split]
         if users is None and len(preds):
             users = list(dict.fromkeys(preds["user_id"].tolist()))[:n]
@@ -127,7 +127,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
 
 def _md(text: str) -> str:
-    """Text for report.md: HTML escaped (viewers that render HTML run no tag from a title or a reasoning)
+    """Text for the Markdown page: HTML escaped (viewers that render HTML run no tag from a title or a reasoning)
     and Markdown's markup characters backslash-escaped (no link or emphasis either)."""
     return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
 
@@ -185,15 +185,14 @@ def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
     return text
 
 
-def rl_rewards(eval_dirs: dict[str, Path]) -> list[tuple[str, list[tuple[float, float]]]]:
-    """[(label, [(step, mean reward)])] for every evaluated model trained by RL (its eval.json carries the steps)."""
+def rl_rewards(evaluations: dict[str, Evaluation]) -> list[tuple[str, list[tuple[float, float]]]]:
+    """[(label, [(step, mean reward)])] for every evaluated model trained by RL (its evaluation's record carries
+    the steps)."""
     out = []
-    for label, folder in eval_dirs.items():
-        path = Path(folder) / "eval.json"
-        steps = read_json(path).get("rl_per_step", []) if path.is_file() else []
+    for label, evaluation in evaluations.items():
         points = [
             (float(p["step"]), float(p["reward"]))
-            for p in steps
+            for p in evaluation.rl_per_step()
             if p.get("reward") is not None and p.get("step") is not None
         ]
         if points:
@@ -254,19 +253,25 @@ def _reward_sentence(points: list[tuple[float, float]]) -> str:
 
 
 def report(
-    cfg: Config, eval_dirs: dict[str, Path], dataset_dir: Path, sid_index_dir: Path, out_dir: Path
+    cfg: Config,
+    eval_dirs: dict[str, Evaluation | os.PathLike],
+    dataset_dir: Dataset | os.PathLike,
+    sid_index_dir: SidIndex | os.PathLike,
+    out_dir: ReportPages | os.PathLike,
 ) -> dict[str, float]:
+    """The report of the evaluations `eval_dirs` (row label -> evaluation), in their order."""
     start = time.time()
-    cat = Catalogue.load(Path(sid_index_dir), Path(dataset_dir))
+    evaluations = {label: Evaluation.at(folder) for label, folder in eval_dirs.items()}
+    cat = Catalogue.load(sid_index_dir, dataset_dir)
     ks = cfg.eval.reported_ks
     kmax = max(ks)
     split = report_split(cfg.eval.splits)
-    series = _series(eval_dirs, split)
+    series = _series(evaluations, split)
     cols = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
     item_cols = [f"item_hr@{k}" for k in ks] + [f"item_ndcg@{k}" for k in ks]
     best = max(series, key=lambda s: s[2].get(f"hr@{kmax}", 0.0))[0] if series else None
     summary_text = headline(series, split, kmax)
-    rewards = rl_rewards(eval_dirs)
+    rewards = rl_rewards(evaluations)
 
     def table_html(columns):
         head = "".join(f"<th>{c}</th>" for c in columns)
@@ -326,7 +331,7 @@ def report(
     ]
     md += ["## SID-level metrics", "", table_md(cols), "", "## Item-level metrics", "", table_md(item_cols), ""]
 
-    samples = _samples(eval_dirs, split, cfg.eval.report_samples)
+    samples = _samples(evaluations, split, cfg.eval.report_samples)
     h.append(
         "<h2>Sample users</h2><p class='muted'>Each model's reasoning (thinking mode; every SID followed by "
         "its item's title) next to what it recommended; the target is highlighted where it was found.</p>"
@@ -340,13 +345,15 @@ def report(
         h.append(_user_html(uid, entries, cat, kmax))
         md += _user_md(uid, entries, cat, kmax)
     h.append("</body></html>")
-    with atomic_dir(Path(out_dir)) as tmp:
-        (tmp / "report.html").write_text("\n".join(h))
-        (tmp / "report.md").write_text("\n".join(md) + "\n")
-        write_json(tmp / "summary.json", {name: vals for name, _, vals in series})
-        write_json(tmp / "headline.json", {"split": split, "text": summary_text})
+    with ReportPages.writing(out_dir) as pages:
+        pages.write(
+            html="\n".join(h),
+            markdown="\n".join(md) + "\n",
+            summary={name: vals for name, _, vals in series},
+            headline={"split": split, "text": summary_text},
+        )
     out: dict[str, float] = {
-        "labels": float(len(eval_dirs)),
+        "labels": float(len(evaluations)),
         "sample_users": float(len(by_user)),
         "wall_seconds": time.time() - start,
     }
@@ -419,22 +426,22 @@ def _user_md(uid, entries, cat: Catalogue, kmax: int) -> list[str]:
 
 def report_stages(
     cfg: Config,
-    baselines_dir: Path,
-    stage1_eval_dir: Path,
-    stage2_eval_dir: Path,
-    stage3_eval_dir: Path,
-    dataset_dir: Path,
-    sid_index_dir: Path,
-    out_dir: Path,
+    baselines_dir: Evaluation | os.PathLike,
+    stage1_eval_dir: Evaluation | os.PathLike,
+    stage2_eval_dir: Evaluation | os.PathLike,
+    stage3_eval_dir: Evaluation | os.PathLike,
+    dataset_dir: Dataset | os.PathLike,
+    sid_index_dir: SidIndex | os.PathLike,
+    out_dir: ReportPages | os.PathLike,
 ) -> dict[str, float]:
     """The pipeline's `report` step: the baselines and every stage on one page."""
     return report(
         cfg,
         {
-            "baselines": Path(baselines_dir),
-            "stage1": Path(stage1_eval_dir),
-            "stage2": Path(stage2_eval_dir),
-            "stage3": Path(stage3_eval_dir),
+            "baselines": baselines_dir,
+            "stage1": stage1_eval_dir,
+            "stage2": stage2_eval_dir,
+            "stage3": stage3_eval_dir,
         },
         dataset_dir,
         sid_index_dir,

@@ -73,9 +73,20 @@ def checkpoint_root(stage: str, cfg: Config, section, inputs: list[Path]) -> Pat
     return base / f"{stage}-{checkpoint_key(stage, cfg, section, inputs)}"
 
 
+# ---------------------------------------------------------------- the checkpoint folder's own files
+
+# A checkpoint folder belongs to the training, not to a step's output: its file names live here, once.
+SEAL = "sidreasoner-seal.json"  # in each checkpoint-N: its files' sizes and digests
+TRAINER_STATE = "trainer_state.json"  # in each checkpoint-N: the Trainer's state (transformers names it)
+INITIAL = "initial.json"  # SFT: the validation losses before training
+BEST = "best"  # SFT: the best weights so far
+BEST_RECORD = "best.json"  # in BEST: the evaluation they had (metric, loss, step, epoch)
+BEST_WEIGHTS = "trainable.safetensors"  # in BEST: the trainable parameters
+WARMUP = "warmup"  # SFT: the embedding warm-up's own checkpoints
+WARMUP_FINAL = "final.safetensors"  # in WARMUP: the embeddings of the finished warm-up
+
 # ---------------------------------------------------------------- sealed checkpoints
 
-SEAL = "sidreasoner-seal.json"
 _WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole; larger ones by sampled blocks
 _BLOCK = 1 << 20
 _BLOCKS = 16
@@ -114,8 +125,8 @@ def checkpoint_problem(folder: Path) -> str | None:
         files = read_seal(folder)["files"]
         if not isinstance(files, dict) or not all(isinstance(saved, dict) for saved in files.values()):
             return f"{SEAL}: not a list of files with their sizes and digests"
-        if "trainer_state.json" not in files:
-            return f"{SEAL}: lists no trainer_state.json"
+        if TRAINER_STATE not in files:
+            return f"{SEAL}: lists no {TRAINER_STATE}"
     except FileNotFoundError:
         return f"{SEAL}: absent (its save was cut short)"
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -222,25 +233,25 @@ def _safetensors_problem(path: Path) -> str | None:
 
 
 def _step_problem(folder: Path) -> str | None:
-    state = json.loads((folder / "trainer_state.json").read_text())
+    state = json.loads((folder / TRAINER_STATE).read_text())
     step = state.get("global_step") if isinstance(state, dict) else None
     if step != checkpoint_step(folder):
-        return f"trainer_state.json: global_step {step} in {folder.name}"
+        return f"{TRAINER_STATE}: global_step {step} in {folder.name}"
     return None
 
 
 # ---------------------------------------------------------------- old checkpoint folders
 
 # What the training steps put at the top of a checkpoint folder: the HF and TRL Trainers' checkpoint-N,
-# and TRL's model card README.md; SFT's warmup/, best/ and initial.json; verl's inputs/, verl/ and console
-# log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*); damaged
-# checkpoints moved aside (.checkpoint-N.damaged-*).
+# and TRL's model card README.md; SFT's warm-up, best weights and losses before training; verl's inputs/, verl/
+# and console log, and Hydra's outputs/ (verl runs in the folder); atomic_file's temp names (.<name>.tmp-*);
+# damaged checkpoints moved aside (.checkpoint-N.damaged-*).
 OWN_ENTRIES = (
     "checkpoint-*",
     "README.md",
-    "warmup",
-    "best",
-    "initial.json",
+    WARMUP,
+    BEST,
+    INITIAL,
     "inputs",
     "verl",
     "verl_console.log",

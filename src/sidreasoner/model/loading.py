@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import storage
+from sidreasoner.artifacts.model import ModelFolder
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,23 @@ def fetch_bucket_model(uri: str) -> Path:
     """Mirror a model folder from s3://, minio:// or gs:// (all files; verified against the
     `_SUCCESS` manifest when the folder has one) into the local cache, once."""
     local = bucket_model_cache() / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    if not (local / "config.json").is_file():
+    if not ModelFolder.at(local).is_model():
         log.info("downloading model %s to %s", uri, local)
         storage.download_dir(uri, local, require_marker=False)
-    if not (local / "config.json").is_file():
+    if not ModelFolder.at(local).is_model():
         raise ModelSourceError(
-            f"model source {uri!r}: no config.json there; expected a saved Hugging Face model folder"
+            f"model source {uri!r}: no {ModelFolder.HF_CONFIG} there; expected a saved Hugging Face model folder"
         )
     return local
 
 
 # A Hugging Face repo id: `name` or `namespace/name` (huggingface_hub's validate_repo_id).
 HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?)?")
+# What a saved model folder must hold, by how a message names it: file names or glob patterns.
 MODEL_FILES = {
-    "config.json": ("config.json",),
+    ModelFolder.HF_CONFIG: (ModelFolder.HF_CONFIG,),
     "safetensors weights": ("*.safetensors",),
-    "tokenizer files": ("tokenizer.json", "tokenizer_config.json"),
+    "tokenizer files": (ModelFolder.HF_TOKENIZER, ModelFolder.HF_TOKENIZER_CONFIG),
 }
 
 
@@ -93,6 +95,9 @@ def load_model_and_tokenizer(source: str | Path, revision: str = "", dtype: torc
     return model, tokenizer
 
 
-def save_model(model, tokenizer, out: Path) -> None:
+def save_model(model, tokenizer, out: str | os.PathLike) -> None:
+    """The model's and the tokenizer's files, as Hugging Face saves them, into folder `out` (a path or a
+    ModelFolder handle)."""
+    out = Path(out)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

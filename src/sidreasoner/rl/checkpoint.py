@@ -1,53 +1,36 @@
-"""The raw Stage 3 checkpoint: what `rl-stage3` writes and `merge-checkpoint` turns into a plain
-Hugging Face model.
-
-The folder holds `checkpoint.json` (this module's manifest) next to the backend's own files:
-  {"format": "hf",        "path": "model"}    a saved Hugging Face model (TRL, full fine-tuning)
-  {"format": "peft_lora", "path": "adapter"}  a peft LoRA adapter over the Stage 2 model (TRL, LoRA)
-  {"format": "verl_fsdp", "path": "actor"}    verl's sharded FSDP actor checkpoint (its
-                                               model_world_size_*_rank_*.pt, fsdp_config.json and
-                                               huggingface/ folder)
-plus any other keys the backend records (backend, global_step, ...).
-"""
+"""The raw Stage 3 checkpoint that `rl-stage3` writes (`Stage3Checkpoint`) and `merge-checkpoint` turns into
+a plain Hugging Face model: what every backend writes beside its weights, written once here."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from sidreasoner.io import write_json
-
-MANIFEST = "checkpoint.json"
-FORMATS = ("hf", "peft_lora", "verl_fsdp")
+from sidreasoner.artifacts import Stage3Checkpoint
+from sidreasoner.config import Config
+from sidreasoner.curves import loss_curve_html
+from sidreasoner.rl import data as rl_data
 
 
-def write_manifest(out_dir: Path, fmt: str, path: str, **extra) -> Path:
-    """Write `checkpoint.json` into `out_dir` (the checkpoint folder being built)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if not (Path(out_dir) / path).exists():
-        raise FileNotFoundError(f"checkpoint {out_dir}: '{path}' (the {fmt} files) does not exist")
-    manifest = Path(out_dir) / MANIFEST
-    write_json(manifest, {"format": fmt, "path": path, **extra})
-    return manifest
-
-
-def read_manifest(ckpt_dir: Path) -> dict:
-    """The manifest of a raw Stage 3 checkpoint, checked: a clear error names the file and the key."""
-    manifest = Path(ckpt_dir) / MANIFEST
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} not found: {ckpt_dir} is not an rl-stage3 checkpoint")
-    try:
-        info = json.loads(manifest.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{manifest}: not JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{manifest}: expected a JSON object")
-    for key in ("format", "path"):
-        if key not in info:
-            raise ValueError(f"{manifest}: missing key '{key}'")
-    if info["format"] not in FORMATS:
-        raise ValueError(f"{manifest}: 'format' is {info['format']!r}; allowed: {', '.join(FORMATS)}")
-    if not (Path(ckpt_dir) / info["path"]).exists():
-        raise FileNotFoundError(f"{manifest}: 'path' {info['path']!r} does not exist in {ckpt_dir}")
-    return info
+def write_run(
+    out: Stage3Checkpoint,
+    cfg: Config,
+    train_rows: list[dict],
+    valid_rows: list[dict],
+    info: dict,
+    metrics: dict[str, float],
+    fmt: str,
+    weights: str,
+) -> None:
+    """Into `out` (the checkpoint folder being built, the weights already in its entry `weights`): the
+    prompts, the run's record (`info`, whose "per_step" figures draw the reward curve, with the metrics and
+    the settings), the reward curve, and last the manifest naming the weights' format `fmt`."""
+    s = cfg.stage3
+    rl_data.write_parquet(train_rows, out.file(Stage3Checkpoint.rl_data_file("train")))
+    rl_data.write_parquet(valid_rows, out.file(Stage3Checkpoint.rl_data_file("valid")))
+    out.write_training({**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
+    backend = info["backend"]
+    pts = [(p["step"], p["reward"]) for p in info["per_step"]]
+    out.write_reward_curve(
+        loss_curve_html(
+            f"stage3 ({s.reward} reward, {backend}): mean reward per step", pts, [], metrics, labels=("mean reward", "")
+        )
+    )
+    out.write_manifest(fmt, weights, backend=backend, global_step=info["global_step"])

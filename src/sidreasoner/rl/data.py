@@ -19,37 +19,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sidreasoner.artifacts import ArtifactFileMissing, Corpus, Dataset, SidIndex, Stage3Checkpoint
 from sidreasoner.model import prompts
-from sidreasoner.sid.index import load_sid_map
 
 DATA_SOURCE = "sidreasoner"
 ABILITY = "recommendation"
 COLUMNS = ["data_source", "prompt", "ability", "reward_model", "extra_info"]
 
 
-def narrated_samples(dataset_dir: Path, corpus_dir: Path) -> list[int]:
-    """Rows of train.parquet that the teacher narrated (the `sample` column of the corpus' samples.parquet),
+def narrated_samples(dataset_dir: Dataset | Path, corpus_dir: Corpus | Path) -> list[int]:
+    """Rows of the dataset's train split that the teacher narrated (the `sample` column of the corpus' samples),
     sorted; refuses a corpus whose samples are not those rows of this dataset."""
-    path = Path(corpus_dir) / "samples.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"stage3.prompts=narrated needs the corpus' samples.parquet, not found in {corpus_dir}")
-    narrated = pd.read_parquet(path, columns=["sample", "user_id", "item_id"]).sort_values("sample")
-    train = pd.read_parquet(Path(dataset_dir) / "train.parquet", columns=["user_id", "item_id"])
+    dataset, corpus = Dataset.at(dataset_dir), Corpus.at(corpus_dir)
+    if not corpus.has_samples():
+        raise ArtifactFileMissing(
+            f"stage3.prompts=narrated needs the corpus' {Corpus.SAMPLES}, not found in {corpus.path}; "
+            f"the {Corpus.writer} step writes it"
+        )
+    narrated = corpus.samples(["sample", "user_id", "item_id"]).sort_values("sample")
+    train = dataset.split("train", ["user_id", "item_id"])
     rows = narrated["sample"].astype(int).to_numpy()
     if len(rows) and (rows.min() < 0 or rows.max() >= len(train) or len(set(rows)) != len(rows)):
-        raise ValueError(f"{path}: sample numbers are not distinct rows of the {len(train)}-row train split")
+        raise corpus.problem(
+            Corpus.SAMPLES, f"sample numbers are not distinct rows of the {len(train)}-row train split"
+        )
     same = (train.user_id.to_numpy()[rows] == narrated.user_id.to_numpy()) & (
         train.item_id.to_numpy()[rows] == narrated.item_id.to_numpy()
     )
     if not same.all():
         bad = int(rows[~same][0])
-        raise ValueError(f"{path}: sample {bad} is not train row {bad} of {dataset_dir} (another dataset's corpus?)")
+        raise corpus.problem(
+            Corpus.SAMPLES, f"sample {bad} is not train row {bad} of {dataset.path} (another dataset's corpus?)"
+        )
     return rows.tolist()
 
 
 def rl_rows(
-    dataset_dir: Path,
-    sid_index_dir: Path,
+    dataset_dir: Dataset | Path,
+    sid_index_dir: SidIndex | Path,
     split: str = "train",
     max_samples: int = 0,
     seed: int = 0,
@@ -59,8 +66,8 @@ def rl_rows(
     narrated ones); `max_samples` > 0 takes a seeded sample of those (kept in file order)."""
     if split not in ("train", "valid", "test"):
         raise ValueError(f"RL data comes from the train, valid or test split, not {split!r}")
-    sid = load_sid_map(sid_index_dir)
-    frame = pd.read_parquet(Path(dataset_dir) / f"{split}.parquet")
+    sid = SidIndex.at(sid_index_dir).sid_map()
+    frame = Dataset.at(dataset_dir).split(split)
     idx = np.arange(len(frame)) if samples is None else np.asarray(sorted(samples), dtype=int)
     if max_samples and max_samples < len(idx):
         rng = np.random.default_rng(seed + (0 if split == "train" else 1))
@@ -82,6 +89,7 @@ def rl_rows(
 
 
 def write_parquet(rows: list[dict], path: Path) -> Path:
+    """`rows` as a Parquet file at `path` (its caller names it: a raw checkpoint's or verl's staged prompts)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=COLUMNS).to_parquet(path, index=False)
@@ -89,7 +97,7 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
 
 
 def stage3_rows(
-    s, seed: int, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None
+    s, seed: int, dataset_dir: Dataset | Path, sid_index_dir: SidIndex | Path, corpus_dir: Corpus | Path | None
 ) -> tuple[list[dict], list[dict]]:
     """(train, validation) rows as the stage3 section `s` selects them: training prompts from the whole train
     split or only its narrated samples (s.prompts), capped by s.max_samples; validation prompts from
@@ -104,33 +112,32 @@ def stage3_rows(
 
 
 def write_rl_data(
-    dataset_dir: Path,
-    sid_index_dir: Path,
-    out_dir: Path,
+    dataset_dir: Dataset | Path,
+    sid_index_dir: SidIndex | Path,
+    out_dir: Stage3Checkpoint | Path,
     max_samples: int = 0,
     valid_samples: int = 0,
     seed: int = 0,
     samples: list[int] | None = None,
     valid_split: str = "valid",
 ) -> dict[str, Path]:
-    """train.parquet and valid.parquet in `out_dir` (what verl's data.train_files/val_files read)."""
-    out_dir = Path(out_dir)
+    """The train and valid RL files in `out_dir`, laid out as in a raw Stage 3 checkpoint (what verl's
+    data.train_files/val_files read); returns their paths."""
+    out = Stage3Checkpoint.at(out_dir)
+    train = rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed, samples)
+    valid = rl_rows(dataset_dir, sid_index_dir, valid_split, valid_samples, seed)
     return {
-        "train": write_parquet(
-            rl_rows(dataset_dir, sid_index_dir, "train", max_samples, seed, samples), out_dir / "train.parquet"
-        ),
-        "valid": write_parquet(
-            rl_rows(dataset_dir, sid_index_dir, valid_split, valid_samples, seed), out_dir / "valid.parquet"
-        ),
+        "train": write_parquet(train, out.file(out.rl_data_file("train"))),
+        "valid": write_parquet(valid, out.file(out.rl_data_file("valid"))),
     }
 
 
-def check_sid_tokens(tok, sid_index_dir: Path, model_dir: Path) -> None:
+def check_sid_tokens(tok, sid_index_dir: SidIndex | Path, model_dir: Path) -> None:
     """Refuse a model whose tokenizer lacks the run's SID codes (RL must start from the Stage 2 model)."""
     vocab = tok.get_vocab()
     missing = [
         sid
-        for sid in load_sid_map(sid_index_dir).values()
+        for sid in SidIndex.at(sid_index_dir).sid_map().values()
         if not all(code in vocab for code in re.findall(r"<[a-z]_\d+>", sid))
     ]
     if missing:

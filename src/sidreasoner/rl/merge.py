@@ -1,5 +1,5 @@
-"""The `merge-checkpoint` step: rl-stage3's raw checkpoint (`sidreasoner.rl.checkpoint`) to a plain
-Hugging Face model that `evaluate-stage3` (and anyone else) loads with `AutoModelForCausalLM`.
+"""The `merge-checkpoint` step: rl-stage3's raw checkpoint (`Stage3Checkpoint`) to a plain Hugging Face
+model (`ModelFolder`) that `evaluate-stage3` (and anyone else) loads with `AutoModelForCausalLM`.
 
 By the manifest's format:
   verl_fsdp  verl's own merger (`verl.model_merger`, FSDP backend) joins the per-rank shards; a LoRA
@@ -11,7 +11,7 @@ By the manifest's format:
 
 Output dtype: verl_fsdp gives bfloat16, because verl's merger casts every shard to bf16 (it is also
 Qwen3's release dtype; up-casting afterwards would only double the size, the fp32 master bits are
-gone). hf and peft_lora keep the dtype the source was saved in. `merge.json` records it.
+gone). hf and peft_lora keep the dtype the source was saved in. The merge record keeps it.
 
 Every output is checked before it appears: it reloads with no missing, unexpected or resized weight
 (nothing newly initialised), has every parameter of the Stage 2 architecture with its shape, keeps tied
@@ -33,15 +33,12 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from sidreasoner.artifacts import ModelFolder, Stage3Checkpoint
 from sidreasoner.config import Config
-from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model.loading import save_model
-from sidreasoner.rl.checkpoint import FORMATS, read_manifest
 
 log = logging.getLogger(__name__)
 
-# What rl-stage3 keeps next to the weights; carried into the model folder for whoever reads it.
-RL_EXTRAS = ("training.json", "reward_curve.html", "rl_data")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".index.json")
 PROBE_TEXT = "The user bought these items in order. Recommend the next item:"
 PROBE_ADDED_TOKENS = 8  # the probe also feeds the tokenizer's last added (SID) tokens
@@ -54,24 +51,27 @@ class MergeError(RuntimeError):
 
 
 def merge_checkpoint(
-    cfg: Config, stage3_checkpoint_dir: Path, stage2_model_dir: Path, out_model_dir: Path
+    cfg: Config,
+    stage3_checkpoint_dir: Stage3Checkpoint | Path,
+    stage2_model_dir: ModelFolder | Path,
+    out_model_dir: ModelFolder | Path,
 ) -> dict[str, float]:
     """The `merge-checkpoint` step. `cfg` is not read: the checkpoint's manifest says what to do."""
     start = time.time()
-    ckpt, stage2 = Path(stage3_checkpoint_dir), Path(stage2_model_dir)
-    manifest = read_manifest(ckpt)
+    ckpt, stage2 = Stage3Checkpoint.at(stage3_checkpoint_dir), Path(stage2_model_dir)
+    manifest = ckpt.manifest()
     fmt = manifest["format"]
-    source = ckpt / manifest["path"]
+    source = ckpt.file(manifest["path"])
     out = Path(out_model_dir)
-    with atomic_dir(out) as tmp:
-        merged = MERGERS[fmt](source, stage2, tmp)
+    with ModelFolder.writing(out) as model:
+        merged = MERGERS[fmt](source, stage2, model.path)
         reference = merged.pop("reference")
-        check = verify_model(tmp, stage2, reference)
-        _copy_rl_extras(ckpt, tmp)
-        write_json(tmp / "merge.json", {"format": fmt, "source": str(source), "manifest": manifest, **merged, **check})
-    # format: its index in FORMATS (hf 0, peft_lora 1, verl_fsdp 2); KFP metrics are numbers
+        check = verify_model(model.path, stage2, reference)
+        _carry_rl_extras(ckpt, model)
+        model.write_merge_record({"format": fmt, "source": str(source), "manifest": manifest, **merged, **check})
+    # format: its index in Stage3Checkpoint.FORMATS (hf 0, peft_lora 1, verl_fsdp 2); KFP metrics are numbers
     metrics = {
-        "format": float(FORMATS.index(fmt)),
+        "format": float(Stage3Checkpoint.FORMATS.index(fmt)),
         "parameters": float(check["parameters"]),
         "tied_embeddings": float(check["tied"]),
         "dtype_bits": float(check["dtype_bits"]),
@@ -83,15 +83,15 @@ def merge_checkpoint(
     return metrics
 
 
-# --- the three formats: each writes a saved model into `tmp` and returns what merge.json records,
+# --- the three formats: each writes a saved model into `tmp` and returns what the merge record keeps,
 # --- with "reference": logits of the model before saving (or None) under "reference".
 
 
 def _merge_hf(source: Path, stage2: Path, tmp: Path) -> dict:
-    _require(source / "config.json", "the 'hf' checkpoint holds no saved model")
+    _require(source / ModelFolder.HF_CONFIG, "the 'hf' checkpoint holds no saved model")
     model = _load_model(source)
     generation_from = _fill_generation_config(model, source, stage2)
-    tok_dir = source if (source / "tokenizer_config.json").is_file() else stage2
+    tok_dir = source if (source / ModelFolder.HF_TOKENIZER_CONFIG).is_file() else stage2
     tok = AutoTokenizer.from_pretrained(tok_dir)
     reference = _logits(model, tok)
     save_model(model, tok, tmp)
@@ -185,7 +185,7 @@ def check_verl_shards(actor: Path) -> int:
     ]
     if missing:
         raise FileNotFoundError(f"{actor}: missing model shard(s) {', '.join(missing)} of world size {world_size}")
-    _require(actor / "huggingface" / "config.json", "verl's checkpoint has no model config")
+    _require(actor / "huggingface" / ModelFolder.HF_CONFIG, "verl's checkpoint has no model config")
     return world_size
 
 
@@ -198,12 +198,12 @@ def _verl_hf_config(actor: Path, stage2: Path, dest: Path) -> dict[str, str]:
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES):
             shutil.copy2(path, dest / path.name)
     taken = {"tokenizer": str(hf), "generation_config": str(hf)}
-    if not (dest / "tokenizer_config.json").is_file():
+    if not (dest / ModelFolder.HF_TOKENIZER_CONFIG).is_file():
         AutoTokenizer.from_pretrained(stage2).save_pretrained(dest)
         taken["tokenizer"] = str(stage2)
-    if not (dest / "generation_config.json").is_file():
-        if (stage2 / "generation_config.json").is_file():
-            shutil.copy2(stage2 / "generation_config.json", dest / "generation_config.json")
+    if not (dest / ModelFolder.HF_GENERATION_CONFIG).is_file():
+        if (stage2 / ModelFolder.HF_GENERATION_CONFIG).is_file():
+            shutil.copy2(stage2 / ModelFolder.HF_GENERATION_CONFIG, dest / ModelFolder.HF_GENERATION_CONFIG)
             taken["generation_config"] = str(stage2)
         else:
             taken["generation_config"] = "derived from the model config"
@@ -343,9 +343,9 @@ def _logits(model, tok) -> torch.Tensor:
 
 
 def _fill_generation_config(model, source: Path, stage2: Path) -> str:
-    if (source / "generation_config.json").is_file():
+    if (source / ModelFolder.HF_GENERATION_CONFIG).is_file():
         return str(source)
-    if (stage2 / "generation_config.json").is_file():
+    if (stage2 / ModelFolder.HF_GENERATION_CONFIG).is_file():
         model.generation_config = GenerationConfig.from_pretrained(stage2)
         return str(stage2)
     return "derived from the model config"
@@ -356,13 +356,14 @@ def _lora_summary(adapter_config: Path) -> dict:
     return {k: conf.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "task_type")}
 
 
-def _copy_rl_extras(ckpt: Path, out: Path) -> None:
-    for name in RL_EXTRAS:
-        path = ckpt / name
+def _carry_rl_extras(ckpt: Stage3Checkpoint, model: ModelFolder) -> None:
+    """What rl-stage3 keeps next to the weights, into the model folder for whoever reads it."""
+    for name in Stage3Checkpoint.CARRIED:
+        path = ckpt.file(name)
         if path.is_dir():
-            shutil.copytree(path, out / name)
+            shutil.copytree(path, model.file(name))
         elif path.is_file():
-            shutil.copy2(path, out / name)
+            shutil.copy2(path, model.file(name))
 
 
 def _require(path: Path, why: str) -> None:

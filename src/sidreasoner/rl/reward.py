@@ -24,8 +24,7 @@ Reward kinds:
   rule     the paper's prefix rule on the strict parse (the demo's default): m leading levels matching
            the target out of L give 2**(m - L) (0.25 / 0.5 / 1.0 for m = 1 / 2 / 3 when L = 3, the
            paper's values; L = 4 gives 0.125 / 0.25 / 0.5 / 1.0; m = 0 gives 0), plus 0.1 when the
-           generated SID exists in the catalogue (the run's own sid_index/catalogue.json). 0 when no
-           SID parses.
+           generated SID exists in the catalogue (the run's SID index's catalogue). 0 when no SID parses.
   format   1.0 when the response is `<think>…</think>` followed by exactly one well-formed SID with
            the target's level count, else 0.0 (no target match, no catalogue).
   ranking  MiniOneRec's ranking-aware reward (its `rule_reward` + `ndcg_rule_reward`): 1.0 for an
@@ -47,6 +46,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sidreasoner.artifacts import SidIndex
 from sidreasoner.sid.codes import parse_sid, sid_tokens
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -56,7 +56,7 @@ KINDS = ("research", "rule", "format", "ranking")
 CATALOGUE_KINDS = ("research", "rule")  # kinds that need the SID catalogue
 RESEARCH_WINDOW = 50  # characters of the reply the research reward reads
 _ANGLE_TOKEN = re.compile(r"<[^>]+>")
-CATALOGUE_ENV = "SIDREASONER_CATALOGUE"  # path of a catalogue.json or of a sid_index folder
+CATALOGUE_ENV = "SIDREASONER_CATALOGUE"  # path of a SID index folder or of its catalogue file
 
 
 # ---------------------------------------------------------------- catalogue
@@ -66,19 +66,19 @@ CATALOGUE_ENV = "SIDREASONER_CATALOGUE"  # path of a catalogue.json or of a sid_
 def _load_catalogue(path: str) -> frozenset[str]:
     p = Path(path)
     if p.is_dir():
-        p = p / "catalogue.json"
+        p = SidIndex(p).catalogue_path()
     if not p.exists():
-        raise FileNotFoundError(f"SID catalogue not found: {p} (give a sid_index folder or its catalogue.json)")
+        raise FileNotFoundError(f"SID catalogue not found: {p} (give a SID index folder or its {SidIndex.CATALOGUE})")
     return frozenset(json.loads(p.read_text()))
 
 
-def load_catalogue(path: str | Path) -> frozenset[str]:
-    """The set of valid SIDs from a sid_index folder or a catalogue.json, loaded once per path."""
+def load_catalogue(path: str | Path | SidIndex) -> frozenset[str]:
+    """The set of valid SIDs from a SID index folder or the catalogue file itself, loaded once per path."""
     return _load_catalogue(str(Path(path).expanduser().resolve()))
 
 
 def _resolve_catalogue(catalogue, extra_info: dict | None) -> frozenset[str] | None:
-    if catalogue is not None and not isinstance(catalogue, (str, Path)):
+    if catalogue is not None and not isinstance(catalogue, (str, os.PathLike)):
         return frozenset(catalogue)
     path = catalogue or (extra_info or {}).get("catalogue_path") or os.environ.get(CATALOGUE_ENV)
     return load_catalogue(path) if path else None

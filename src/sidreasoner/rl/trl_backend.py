@@ -1,8 +1,8 @@
 """The `rl-stage3` step and its `trl` backend: TRL's GRPOTrainer (single process, CPU or one GPU)
 on the Stage 2 model, with the shared SID reward (`sidreasoner.rl.reward`) and RL data
-(`sidreasoner.rl.data`), resumable checkpoints, and a raw checkpoint (`sidreasoner.rl.checkpoint`) as
-output: the saved model (format hf) or, with stage3.finetune=lora, only the LoRA adapter (format
-peft_lora); `merge-checkpoint` turns either into a plain Hugging Face model.
+(`sidreasoner.rl.data`), resumable checkpoints, and a raw checkpoint (`Stage3Checkpoint`) as output:
+the saved model (format hf) or, with stage3.finetune=lora, only the LoRA adapter (format peft_lora);
+`merge-checkpoint` turns either into a plain Hugging Face model.
 
 Settings map onto TRL as follows: stage3.num_generations -> num_generations (group size);
 kl_beta -> beta (TRL's per-token KL is the k3 estimator, verl's `low_var_kl` without its clamp);
@@ -21,16 +21,15 @@ from pathlib import Path
 
 import torch
 
+from sidreasoner.artifacts import Corpus, Dataset, ModelFolder, SidIndex, Stage3Checkpoint
 from sidreasoner.config import Config
-from sidreasoner.curves import loss_curve_html
-from sidreasoner.io import atomic_dir, write_json
 from sidreasoner.model import prompts
 from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders, resumable_checkpoint
 from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
-from sidreasoner.rl.checkpoint import write_manifest
+from sidreasoner.rl.checkpoint import write_run
 from sidreasoner.rl.metrics import summary_metrics
 from sidreasoner.train.checkpointing import FiniteTraining, ResumedAt, SealCheckpoints
 
@@ -160,44 +159,44 @@ def _summary(history: list[dict]) -> dict:
 
 def train_trl(
     cfg: Config,
-    stage2_model_dir: Path,
-    dataset_dir: Path,
-    sid_index_dir: Path,
-    corpus_dir: Path | None,
-    out_checkpoint_dir: Path,
+    stage2_model_dir: ModelFolder | Path,
+    dataset_dir: Dataset | Path,
+    sid_index_dir: SidIndex | Path,
+    corpus_dir: Corpus | Path | None,
+    out_checkpoint_dir: Stage3Checkpoint | Path,
 ) -> dict[str, float]:
     """Train into the checkpoint folder under its lock, then remove the stage's old checkpoint folders."""
     s = cfg.stage3
-    inputs = [Path(stage2_model_dir), Path(dataset_dir), Path(sid_index_dir)]
-    ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus_dir)] if s.prompts == "narrated" else []))
+    stage2, dataset, sid_index = ModelFolder.at(stage2_model_dir), Dataset.at(dataset_dir), SidIndex.at(sid_index_dir)
+    corpus = None if corpus_dir is None else Corpus.at(corpus_dir)
+    inputs = [stage2.path, dataset.path, sid_index.path]
+    ckpt = checkpoint_root("stage3", cfg, s, inputs + ([Path(corpus)] if s.prompts == "narrated" else []))
     with checkpoint_lock(ckpt):
-        metrics = _train_and_save(
-            cfg, stage2_model_dir, dataset_dir, sid_index_dir, corpus_dir, ckpt, Path(out_checkpoint_dir)
-        )
+        metrics = _train_and_save(cfg, stage2, dataset, sid_index, corpus, ckpt, Path(out_checkpoint_dir))
         remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
     return metrics
 
 
 def _train_and_save(
     cfg: Config,
-    stage2_model_dir: Path,
-    dataset_dir: Path,
-    sid_index_dir: Path,
-    corpus_dir: Path | None,
+    stage2: ModelFolder,
+    dataset: Dataset,
+    sid_index: SidIndex,
+    corpus: Corpus | None,
     ckpt: Path,
     out: Path,
 ) -> dict[str, float]:
     start = time.time()
     s = cfg.stage3
     torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(stage2_model_dir)
-    rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
+    model, tok = load_model_and_tokenizer(stage2.path)
+    rl_data.check_sid_tokens(tok, sid_index, stage2.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # TRL does not validate: the validation rows are only written next to the training rows.
-    train_rows, valid_rows = rl_data.stage3_rows(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
+    train_rows, valid_rows = rl_data.stage3_rows(s, cfg.seed, dataset, sid_index, corpus)
     train_ds, skipped = _dataset(tok, train_rows, s.max_prompt_length)
-    catalogue = rl_reward.load_catalogue(sid_index_dir)
+    catalogue = rl_reward.load_catalogue(sid_index)
     reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)
 
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -252,19 +251,7 @@ def _train_and_save(
         "reward_fn": reward_fn.__name__,
     }
     metrics["wall_seconds"] = time.time() - start
-    with atomic_dir(out) as tmp:
-        fmt, policy_path = _save_policy(model, tok, tmp, s.finetune)
-        rl_data.write_parquet(train_rows, tmp / "rl_data" / "train.parquet")
-        rl_data.write_parquet(valid_rows, tmp / "rl_data" / "valid.parquet")
-        write_json(
-            tmp / "training.json",
-            {**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}},
-        )
-        pts = [(p["step"], p["reward"]) for p in summary["per_step"]]
-        (tmp / "reward_curve.html").write_text(
-            loss_curve_html(
-                f"stage3 ({s.reward} reward, trl): mean reward per step", pts, [], metrics, labels=("mean reward", "")
-            )
-        )
-        write_manifest(tmp, fmt, policy_path, backend="trl", global_step=trainer.state.global_step)
+    with Stage3Checkpoint.writing(out) as raw:
+        fmt, policy_path = _save_policy(model, tok, raw.path, s.finetune)
+        write_run(raw, cfg, train_rows, valid_rows, info, metrics, fmt, policy_path)
     return metrics

@@ -20,9 +20,10 @@ there for this pod to read back. verl checks the cluster's available GPUs once, 
 step asks the Ray autoscaler for them and waits up to stage3.verl.gpu_wait_s until they are there
 (`cluster_gpus`); the request is withdrawn when verl ends.
 
-Output folder: actor/ (verl's sharded FSDP actor: model_world_size_*_rank_*.pt, fsdp_config.json and
-huggingface/; no optimizer or extra state; `merge-checkpoint` turns it into a Hugging Face model),
-rl_data/, training.json, reward_curve.html and checkpoint.json (sidreasoner.rl.checkpoint).
+Output folder (`Stage3Checkpoint`): actor/ (verl's sharded FSDP actor: model_world_size_*_rank_*.pt,
+fsdp_config.json and huggingface/; no optimizer or extra state; `merge-checkpoint` turns it into a Hugging
+Face model), and what every backend writes beside its weights (`sidreasoner.rl.checkpoint.write_run`): the
+prompts, the run's record, its reward curve and the manifest.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidreasoner.artifacts import Corpus, Dataset, ModelFolder, SidIndex, Stage3Checkpoint
 from sidreasoner.config import Config
-from sidreasoner.curves import loss_curve_html
-from sidreasoner.io import atomic_dir, write_json
+from sidreasoner.io import atomic_dir
 from sidreasoner.model.checkpoints import checkpoint_root, remove_old_checkpoint_folders
 from sidreasoner.model.folder_lock import checkpoint_lock
-from sidreasoner.rl import checkpoint as rl_checkpoint
 from sidreasoner.rl import data as rl_data
 from sidreasoner.rl import reward as rl_reward
+from sidreasoner.rl.checkpoint import write_run
 from sidreasoner.rl.metrics import summary_metrics
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class VerlPaths:
     model: Path  # the Stage 2 Hugging Face model folder
     train_files: Path  # RL Parquet (rl/data.py schema)
     val_files: Path
-    catalogue: Path  # catalogue.json for the research and rule rewards
+    catalogue: Path  # the SID index's catalogue file, for the research and rule rewards
     checkpoint_dir: Path  # trainer.default_local_dir: global_step_N/actor/… and the tracker
     train_prompts: int  # rows in train_files (steps per epoch for fractional stage3.epochs)
 
@@ -479,17 +480,23 @@ def _env(cfg: Config, catalogue: Path) -> dict[str, str]:
 
 
 def train_verl(
-    cfg: Config, stage2_model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path | None, out_dir: Path
+    cfg: Config,
+    stage2_model_dir: ModelFolder | Path,
+    dataset_dir: Dataset | Path,
+    sid_index_dir: SidIndex | Path,
+    corpus_dir: Corpus | Path | None,
+    out_dir: Stage3Checkpoint | Path,
 ) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     require_gpu(cfg)
     start = time.time()
     s = cfg.stage3
-    stage2_model_dir, sid_index_dir = Path(stage2_model_dir).resolve(), Path(sid_index_dir).resolve()
+    stage2_model_dir, sid_index = Path(stage2_model_dir).resolve(), SidIndex(Path(sid_index_dir).resolve())
+    dataset, corpus = Dataset.at(dataset_dir), None if corpus_dir is None else Corpus.at(corpus_dir)
     tok = AutoTokenizer.from_pretrained(stage2_model_dir)
-    rl_data.check_sid_tokens(tok, sid_index_dir, stage2_model_dir)
-    all_train, all_valid = rl_data.stage3_rows(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir)
+    rl_data.check_sid_tokens(tok, sid_index, stage2_model_dir)
+    all_train, all_valid = rl_data.stage3_rows(s, cfg.seed, dataset, sid_index, corpus)
     train_rows, skipped = rl_data.fitting_rows(tok, all_train, s.max_prompt_length)
     valid_rows, _ = rl_data.fitting_rows(tok, all_valid, s.max_prompt_length)
     if len(train_rows) < s.train_batch_size or not valid_rows:
@@ -499,12 +506,10 @@ def train_verl(
             f"{s.train_batch_size} and one"
         )
 
-    read = [stage2_model_dir, Path(dataset_dir), sid_index_dir] + (
-        [Path(corpus_dir)] if s.prompts == "narrated" else []
-    )
+    read = [stage2_model_dir, dataset.path, sid_index.path] + ([Path(corpus)] if s.prompts == "narrated" else [])
     ckpt = checkpoint_root("stage3", cfg, s, read).resolve()
     with checkpoint_lock(ckpt):
-        metrics = _train_in(cfg, ckpt, stage2_model_dir, sid_index_dir, train_rows, valid_rows, skipped, start, out_dir)
+        metrics = _train_in(cfg, ckpt, stage2_model_dir, sid_index, train_rows, valid_rows, skipped, start, out_dir)
         remove_old_checkpoint_folders(ckpt, s.checkpoint_folders_kept)
     return metrics
 
@@ -513,24 +518,24 @@ def _train_in(
     cfg: Config,
     ckpt: Path,
     stage2_model_dir: Path,
-    sid_index_dir: Path,
+    sid_index: SidIndex,
     train_rows: list[dict],
     valid_rows: list[dict],
     skipped: int,
     start: float,
-    out_dir: Path,
+    out_dir: Stage3Checkpoint | Path,
 ) -> dict[str, float]:
-    """Stage the inputs in the checkpoint folder `ckpt` (whose lock the caller holds), run verl, and write
-    the raw checkpoint to `out_dir`."""
+    """Stage the inputs in the checkpoint folder `ckpt` (whose lock the caller holds; the prompts in the
+    raw checkpoint's layout), run verl, and write the raw checkpoint to `out_dir`."""
     s = cfg.stage3
     inputs = ckpt / "inputs"
-    catalogue = inputs / "catalogue.json"
+    catalogue = inputs / SidIndex.CATALOGUE
     inputs.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(sid_index_dir / "catalogue.json", catalogue)
+    shutil.copy2(sid_index.catalogue_path(), catalogue)
     paths = VerlPaths(
         model=_stage_model(stage2_model_dir, inputs) if s.verl.ray_address else stage2_model_dir,
-        train_files=rl_data.write_parquet(train_rows, inputs / "rl_data" / "train.parquet"),
-        val_files=rl_data.write_parquet(valid_rows, inputs / "rl_data" / "valid.parquet"),
+        train_files=rl_data.write_parquet(train_rows, inputs / Stage3Checkpoint.rl_data_file("train")),
+        val_files=rl_data.write_parquet(valid_rows, inputs / Stage3Checkpoint.rl_data_file("valid")),
         catalogue=catalogue,
         checkpoint_dir=ckpt / "verl",
         train_prompts=len(train_rows),
@@ -571,19 +576,8 @@ def _train_in(
         "command": f"python -m {MAIN_MODULE}",
         "overrides": overrides,
     }
-    with atomic_dir(Path(out_dir)) as tmp:
-        copy_actor(step_dir / "actor", tmp / "actor")
-        shutil.copytree(inputs / "rl_data", tmp / "rl_data")
+    with Stage3Checkpoint.writing(out_dir) as raw:
+        copy_actor(step_dir / "actor", raw.file("actor"))
         metrics["wall_seconds"] = time.time() - start
-        write_json(
-            tmp / "training.json",
-            {**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}},
-        )
-        pts = [(p["step"], p["reward"]) for p in per_step]
-        (tmp / "reward_curve.html").write_text(
-            loss_curve_html(
-                f"stage3 ({s.reward} reward, verl): mean reward per step", pts, [], metrics, labels=("mean reward", "")
-            )
-        )
-        rl_checkpoint.write_manifest(tmp, "verl_fsdp", "actor", backend="verl", global_step=global_step)
+        write_run(raw, cfg, train_rows, valid_rows, info, metrics, "verl_fsdp", "actor")
     return metrics

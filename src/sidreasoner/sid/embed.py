@@ -1,9 +1,9 @@
 """Item text -> dense vectors with sentence-transformers (`embed-items` step).
 
-Output folder: `embeddings.npy` (float32 [N, dim], row i = item_id i) and `meta.json`.
+Output: an `Embeddings` folder, the item vectors (float32 [N, dim], row i = item_id i) and how they were made.
 
 Item text (`embed.text_template`): `labelled` ('Title: ...; Description: ...') or `research`, the text
-MiniOneRec's rq/text2emb builds from its item.json: every field cleaned (`research_field_text`) and
+MiniOneRec's rq/text2emb builds from its item metadata: every field cleaned (`research_field_text`) and
 the fields joined by spaces, e.g. 'Gel pens, 12 pack. Smooth ink.'.
 """
 
@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
+from sidreasoner.artifacts import Dataset, Embeddings
 from sidreasoner.config import Config, EmbedConfig
-from sidreasoner.errors import enospc_if_full
-from sidreasoner.io import atomic_dir, write_json
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"all-minilm-l6-v2"}
@@ -64,7 +62,7 @@ def research_field_text(value: Any) -> str:
     double quotes and line breaks, stripped and joined by spaces; a string stripped first, then the
     same; then trailing dots are replaced by one '.' (the first character always stays, so '' becomes
     '.' and '.' becomes '..'); a result of 2,000 or more characters becomes ''. A missing value (None,
-    NaN) counts as '' (MiniOneRec's item.json holds every field, empty when unknown)."""
+    NaN) counts as '' (MiniOneRec's item metadata holds every field, empty when unknown)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         value = ""
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -85,17 +83,13 @@ def build_item_text(row: dict[str, Any], fields: list[str], template: str) -> st
     return research_item_text(row, fields) if template == "research" else item_text(row, fields)
 
 
-def load_items(data_dir: Path, fields: list[str]) -> pd.DataFrame:
-    path = Path(data_dir) / "items.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"items file not found: {path} (the preprocess step writes it)")
-    items = pd.read_parquet(path)
-    missing = [c for c in ["item_id", *fields] if c not in items.columns]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; it has {list(items.columns)}")
+def load_items(dataset: Dataset | Path, fields: list[str]) -> pd.DataFrame:
+    """The dataset's items (item_id and `fields`), in item_id order; the ids must be 0..N-1."""
+    dataset = Dataset.at(dataset)
+    items = dataset.items(list(dict.fromkeys(["item_id", *fields])))
     items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
     if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
-        raise ValueError(f"{path}: item_id must be the contiguous integers 0..{len(items) - 1}")
+        raise dataset.problem(Dataset.ITEMS, f"item_id must be the contiguous integers 0..{len(items) - 1}")
     return items
 
 
@@ -172,13 +166,12 @@ def load_encoder(cfg: EmbedConfig, device: str):
     return st
 
 
-def _skip(data_dir: Path, out_dir: Path) -> dict[str, float]:
+def _skip(dataset: Dataset, out: Embeddings) -> dict[str, float]:
     """embed.model=none (SIDs imported from a research bundle): no encoder runs; the folder records why."""
-    n_items = pq.ParquetFile(data_dir / "items.parquet").metadata.num_rows
-    with atomic_dir(out_dir) as tmp:
-        np.save(tmp / "embeddings.npy", np.zeros((n_items, 0), np.float32))
-        write_json(
-            tmp / "meta.json",
+    n_items = dataset.num_items()
+    with Embeddings.writing(out) as tmp:
+        tmp.write_vectors(np.zeros((n_items, 0), np.float32))
+        tmp.write_meta(
             {
                 "model": "none",
                 "dim": 0,
@@ -190,23 +183,14 @@ def _skip(data_dir: Path, out_dir: Path) -> dict[str, float]:
     return {"n_items": float(n_items), "dim": 0.0, "skipped": 1.0}
 
 
-def _save(path: Path, vectors: np.ndarray) -> None:
-    try:
-        np.save(path, vectors)
-    except OSError as err:
-        full = enospc_if_full(err, path)
-        if full is err:
-            raise
-        raise full from err
-
-
-def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Embed every item of `data_dir/items.parquet` into `out_dir` (written atomically)."""
+def embed_items(cfg: Config, dataset: Dataset | Path, out: Embeddings | Path) -> dict[str, float]:
+    """Embed every item of the dataset's item table into `out` (written atomically)."""
+    dataset, out = Dataset.at(dataset), Embeddings.at(out)
     ecfg = cfg.embed
     if ecfg.model == "none":
-        return _skip(Path(data_dir), Path(out_dir))
+        return _skip(dataset, out)
     torch.manual_seed(cfg.seed)
-    items = load_items(Path(data_dir), list(ecfg.fields))
+    items = load_items(dataset, list(ecfg.fields))
     texts = [build_item_text(row, list(ecfg.fields), ecfg.text_template) for row in items.to_dict("records")]
     device = resolve_device(ecfg.device)
     encoder = load_encoder(ecfg, device)
@@ -232,9 +216,9 @@ def embed_items(cfg: Config, data_dir: Path, out_dir: Path) -> dict[str, float]:
         "device": device,
         "example_text": texts[0] if texts else "",
     }
-    with atomic_dir(out_dir) as tmp:
-        _save(tmp / "embeddings.npy", vectors)
-        write_json(tmp / "meta.json", meta)
+    with Embeddings.writing(out) as tmp:
+        tmp.write_vectors(vectors)
+        tmp.write_meta(meta)
     return {
         "n_items": float(len(texts)),
         "dim": float(vectors.shape[1]),

@@ -8,10 +8,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 
-from sidreasoner.data.preprocess import dataset_category
-from sidreasoner.io import read_json
+from sidreasoner.artifacts import Dataset, SidIndex
 
 _SERIES = re.compile(
     r"\s*(?:\b(?:vol\.?|volume|part|book|edition|chapter|season|level|gen|generation|series|expansion|"
@@ -75,25 +74,23 @@ def _clean(text) -> str:
     return " ".join(str(text).split()) if text is not None else ""
 
 
-def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, pq.Table]:
+def load_context(dataset: Dataset | Path, sid_index: SidIndex | Path) -> tuple[Context, pa.Table]:
     """Items with SIDs, the catalogue and next-item statistics of the train split; also the train table."""
-    dataset_dir, sid_index_dir = Path(dataset_dir), Path(sid_index_dir)
-    table = pq.read_table(dataset_dir / "items.parquet").to_pylist()
-    index = read_json(sid_index_dir / "index.json")
-    catalogue = frozenset(read_json(sid_index_dir / "catalogue.json"))
+    dataset, sid_index = Dataset.at(dataset), SidIndex.at(sid_index)
+    table = dataset.items_table().to_pylist()
+    index = sid_index.index()
+    catalogue = frozenset(sid_index.catalogue())
     items: list[Item] = []
     for pos, row in enumerate(table):
         item_id = int(row["item_id"])
         if item_id != pos:
-            raise ValueError(
-                f"{dataset_dir / 'items.parquet'}: item_id must be 0..N-1 in order, row {pos} has {item_id}"
-            )
-        tokens = index.get(str(item_id))
+            raise dataset.problem(Dataset.ITEMS, f"item_id must be 0..N-1 in order, row {pos} has {item_id}")
+        tokens = index.get(item_id)
         if not tokens:
-            raise ValueError(f"{sid_index_dir / 'index.json'} has no SID for item_id {item_id}")
+            raise sid_index.problem(SidIndex.INDEX, f"no SID for item_id {item_id}")
         sid = "".join(tokens)
         if sid not in catalogue:
-            raise ValueError(f"{sid_index_dir}: SID {sid} of item {item_id} is not in catalogue.json")
+            raise sid_index.problem(SidIndex.CATALOGUE, f"SID {sid} of item {item_id} is not in the catalogue")
         items.append(
             Item(
                 item_id,
@@ -104,8 +101,8 @@ def load_context(dataset_dir: Path, sid_index_dir: Path) -> tuple[Context, pq.Ta
                 _clean(row.get("description")),
             )
         )
-    category = dataset_category(dataset_dir)
-    train = pq.read_table(dataset_dir / "train.parquet")
+    category = dataset.category()
+    train = dataset.split_table("train")
     ctx = Context(category, items, catalogue)
     nxt: dict[int, Counter] = defaultdict(Counter)
     prv: dict[int, Counter] = defaultdict(Counter)

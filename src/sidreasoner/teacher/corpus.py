@@ -1,19 +1,18 @@
 """The `synthesize-corpus` step: item narratives, history narratives and reasoning paths.
 
-Output folder (written atomically):
-  items.parquet      item_id, sid, narrative                       (accepted item narratives)
-  samples.parquet    sample (row of train.parquet), user_id, history_item_ids, item_id,
+Output: a `Corpus` folder (written atomically; artifacts.corpus names its files):
+  item narratives    item_id, sid, narrative                       (accepted item narratives)
+  samples            sample (row of the train split), user_id, history_item_ids, item_id,
                      history_narrative, reasoning_path              (accepted samples)
-  rejected.parquet   kind, key, reason, detail, text                (failed requests and rejected texts)
-  meta.json          teacher kind/model/params, `templated`, counts, metrics
-  research/index/<Cat>.item_enhanced_v2.json      {"<item_id>": {title, description, sid, llm_stage2}}
-  research/index/<Cat>.integrated_narrative.csv   user_id,history_item_id,item_id,history_item_sid,item_sid,
-                                                  reasoning_path,integrated_narrative
+  rejected           kind, key, reason, detail, text                (failed requests and rejected texts)
+  the record         teacher kind/model/params, `templated`, counts, metrics
+  research layout    the item narratives ({"<item_id>": {title, description, sid, llm_stage2}}) and the
+                     samples (user_id, history_item_id, item_id, history_item_sid, item_sid, reasoning_path,
+                     integrated_narrative) as the research code reads them (artifacts.research_layout)
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 import time
@@ -22,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from sidreasoner.artifacts import Corpus, Dataset, SidIndex
 from sidreasoner.config import Config
-from sidreasoner.data.from_research import bundle_file
-from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
+from sidreasoner.io import read_json
 from sidreasoner.teacher import prompts, template
 from sidreasoner.teacher.cache import REJECTED, ResponseCache, cache_key, resolve_dir
 from sidreasoner.teacher.context import Context, load_context
@@ -50,7 +48,7 @@ CUT_OFF = ("length", "content_filter")  # finish reasons of a reply the endpoint
 @dataclass
 class Task:
     kind: str  # item | history | reasoning
-    key: int  # item_id, or the sample's row in train.parquet
+    key: int  # item_id, or the sample's row in the train split
     history: tuple[int, ...] = ()
     target: int | None = None
 
@@ -107,22 +105,23 @@ def build_tasks(cfg: Config, ctx: Context, train: pa.Table) -> tuple[list[Task],
 
 
 def import_tasks(
-    cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path
+    cfg: Config, ctx: Context, train: pa.Table, dataset: Dataset | Path
 ) -> tuple[list[Task], np.ndarray, list[str | None]]:
-    """teacher.kind=import: the texts of a research bundle (preprocess put them, mapped to this
-    dataset's items and train rows, under the dataset's bundle/), as tasks with their texts."""
+    """teacher.kind=import: the texts of a research bundle (preprocess kept them, mapped to this
+    dataset's items and train rows, with the dataset's bundle files), as tasks with their texts."""
+    dataset = Dataset.at(dataset)
     t = cfg.teacher
     tasks: list[Task] = []
     texts: list[str | None] = []
     if t.item_narratives:
-        items = pq.read_table(bundle_file(dataset_dir, "item_narratives.parquet", "item narratives")).to_pydict()
+        items = pq.read_table(dataset.bundle_file(Dataset.BUNDLE_ITEM_NARRATIVES, "item narratives")).to_pydict()
         for item, text in zip(items["item_id"], items["narrative"], strict=True):
             tasks.append(Task("item", int(item)))
             texts.append(text)
     if not (t.history_narratives or t.reasoning_paths):
         return tasks, np.arange(0), texts
     samples = pq.read_table(
-        bundle_file(dataset_dir, "sample_narratives.parquet", "history narratives and reasoning paths")
+        dataset.bundle_file(Dataset.BUNDLE_SAMPLE_NARRATIVES, "history narratives and reasoning paths")
     ).to_pydict()
     hists, targets = train["history_item_ids"].to_pylist(), train["item_id"].to_pylist()
     rows = select_samples(len(samples["sample"]), t.max_samples, cfg.seed)
@@ -214,7 +213,7 @@ def _settle_cache(
 
 
 def _write_outputs(
-    out: Path,
+    out: Corpus,
     cfg: Config,
     ctx: Context,
     train: pa.Table,
@@ -223,21 +222,20 @@ def _write_outputs(
     results: list[Checked],
     meta: dict,
 ) -> dict[str, int]:
-    """`texts` are the replies as received: rejected.parquet keeps the rejected ones verbatim."""
+    """`texts` are the replies as received: the rejected table keeps the rejected ones verbatim."""
     by_kind: dict[str, dict[int, Checked]] = {k: {} for k in KINDS}
     for task, res in zip(tasks, results, strict=True):
         by_kind[task.kind][task.key] = res
     # items
     item_rows = [(i, ctx.items[i].sid, r.text) for i, r in sorted(by_kind["item"].items()) if r.ok]
-    pq.write_table(
+    out.write_items(
         pa.table(
             {
                 "item_id": pa.array([r[0] for r in item_rows], pa.int64()),
                 "sid": pa.array([r[1] for r in item_rows], pa.string()),
                 "narrative": pa.array([r[2] for r in item_rows], pa.string()),
             }
-        ),
-        out / "items.parquet",
+        )
     )
     # samples: accepted only when every enabled text of the sample is accepted
     sample_keys = sorted(set(by_kind["history"]) | set(by_kind["reasoning"]))
@@ -254,7 +252,7 @@ def _write_outputs(
 
     hist_text = [text("history", k) for k in good]
     path_text = [text("reasoning", k) for k in good]
-    pq.write_table(
+    out.write_samples(
         pa.table(
             {
                 "sample": pa.array(good, pa.int64()),
@@ -264,8 +262,7 @@ def _write_outputs(
                 "history_narrative": pa.array(hist_text, pa.string()),
                 "reasoning_path": pa.array(path_text, pa.string()),
             }
-        ),
-        out / "samples.parquet",
+        )
     )
     # rejected (a failed request has no text)
     rej = [
@@ -273,7 +270,7 @@ def _write_outputs(
         for task, received, res in zip(tasks, texts, results, strict=True)
         if not res.ok
     ]
-    pq.write_table(
+    out.write_rejected(
         pa.table(
             {
                 "kind": pa.array([r[0] for r in rej], pa.string()),
@@ -282,12 +279,9 @@ def _write_outputs(
                 "detail": pa.array([r[3] for r in rej], pa.string()),
                 "text": pa.array([r[4] for r in rej], pa.string()),
             }
-        ),
-        out / "rejected.parquet",
+        )
     )
     # research-code layout
-    index_dir = out / "research" / "index"
-    index_dir.mkdir(parents=True, exist_ok=True)
     enhanced = {
         str(i): {
             "title": ctx.items[i].title,
@@ -297,37 +291,22 @@ def _write_outputs(
         }
         for i, sid, narrative in item_rows
     }
-    (index_dir / f"{ctx.category}.item_enhanced_v2.json").write_bytes(
-        orjson.dumps(enhanced, option=orjson.OPT_INDENT_2)
-    )
-    with (
-        atomic_file(index_dir / f"{ctx.category}.integrated_narrative.csv") as tmp,
-        open(tmp, "w", newline="", encoding="utf-8") as fh,
-    ):
-        writer = csv.writer(fh)
-        writer.writerow(
+    out.write_research_item_narratives(ctx.category, enhanced)
+    out.write_research_integrated(
+        ctx.category,
+        (
             [
-                "user_id",
-                "history_item_id",
-                "item_id",
-                "history_item_sid",
-                "item_sid",
-                "reasoning_path",
-                "integrated_narrative",
+                users[k],
+                repr([int(i) for i in hists[k]]),
+                targets[k],
+                repr([ctx.items[i].sid for i in hists[k]]),
+                ctx.items[targets[k]].sid,
+                p or "",
+                h or "",
             ]
-        )
-        for k, h, p in zip(good, hist_text, path_text, strict=True):
-            writer.writerow(
-                [
-                    users[k],
-                    repr([int(i) for i in hists[k]]),
-                    targets[k],
-                    repr([ctx.items[i].sid for i in hists[k]]),
-                    ctx.items[targets[k]].sid,
-                    p or "",
-                    h or "",
-                ]
-            )
+            for k, h, p in zip(good, hist_text, path_text, strict=True)
+        ),
+    )
     counts = {
         "items_narrated": len(item_rows),
         "samples_narrated": len(good),
@@ -336,12 +315,12 @@ def _write_outputs(
         "samples_rejected": len(sample_keys) - len(good),
     }
     meta["counts"] = {**meta["counts"], **counts}
-    write_json(out / "meta.json", meta)
+    out.write_meta(meta)
     return counts
 
 
-def _import_source(dataset_dir: Path) -> dict:
-    record = read_json(bundle_file(dataset_dir, "import.json", "the bundle's record"))
+def _import_source(dataset: Dataset) -> dict:
+    record = read_json(dataset.bundle_file(Dataset.BUNDLE_RECORD, "the bundle's record"))
     return {"source": record.get("source"), "category": record.get("category"), "files": record.get("files")}
 
 
@@ -349,7 +328,7 @@ def _import_source(dataset_dir: Path) -> dict:
 class Taught:
     tasks: list[Task]
     rows: np.ndarray
-    texts: list[str | None]  # as received (rejected.parquet keeps the rejected ones verbatim)
+    texts: list[str | None]  # as received (the rejected table keeps the rejected ones verbatim)
     results: list[Checked]
     counts: dict[str, int]
     cache_dir: Path | None = None
@@ -399,10 +378,10 @@ def _metrics(taught: Taught, reasons: Counter) -> dict[str, float]:
     return metrics
 
 
-def _teach(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path) -> Taught:
+def _teach(cfg: Config, ctx: Context, train: pa.Table, dataset: Dataset) -> Taught:
     t = cfg.teacher
     if t.kind == "import":
-        tasks, rows, texts = import_tasks(cfg, ctx, train, dataset_dir)
+        tasks, rows, texts = import_tasks(cfg, ctx, train, dataset)
         results = [check(task, text, ctx, cfg) for task, text in zip(tasks, texts, strict=True)]
         return Taught(tasks, rows, texts, results, {**zero_counts(), "imported_texts": len(tasks)})
     tasks, rows = build_tasks(cfg, ctx, train)
@@ -429,12 +408,15 @@ def _teach(cfg: Config, ctx: Context, train: pa.Table, dataset_dir: Path) -> Tau
     return Taught(tasks, rows, [r.content for r in replies], results, dict(teacher.counts), cache_dir, resend, accepted)
 
 
-def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Write the teacher corpus for `dataset_dir` + `sid_index_dir` into `out_dir` (atomically)."""
+def synthesize_corpus(
+    cfg: Config, dataset: Dataset | Path, sid_index: SidIndex | Path, out: Corpus | Path
+) -> dict[str, float]:
+    """Write the teacher corpus for `dataset` + `sid_index` into `out` (atomically)."""
+    dataset, sid_index, out = Dataset.at(dataset), SidIndex.at(sid_index), Corpus.at(out)
     started = time.perf_counter()
     t = cfg.teacher
-    ctx, train = load_context(Path(dataset_dir), Path(sid_index_dir))
-    taught = _teach(cfg, ctx, train, Path(dataset_dir))
+    ctx, train = load_context(dataset, sid_index)
+    taught = _teach(cfg, ctx, train, dataset)
     tasks, rows, texts, results = taught.tasks, taught.rows, taught.texts, taught.results
     reasons = Counter(r.reason for r in results if not r.ok)
     metrics = _metrics(taught, reasons)
@@ -443,7 +425,7 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
     meta = {
         "teacher": t.kind,
         "templated": t.kind == "template",
-        "imported_from": _import_source(Path(dataset_dir)) if t.kind == "import" else None,
+        "imported_from": _import_source(dataset) if t.kind == "import" else None,
         "model": t.model if t.kind == "openai" else None,
         "base_url": safe_url(t.base_url) if t.kind == "openai" else None,
         "params": (
@@ -474,10 +456,10 @@ def synthesize_corpus(cfg: Config, dataset_dir: Path, sid_index_dir: Path, out_d
             "rejected_by_reason": dict(sorted(reasons.items())),
         },
     }
-    with atomic_dir(out_dir) as out:
-        counts_written = _write_outputs(out, cfg, ctx, train, tasks, texts, results, meta)
+    with Corpus.writing(out) as tmp:
+        counts_written = _write_outputs(tmp, cfg, ctx, train, tasks, texts, results, meta)
         metrics.update({k: float(v) for k, v in counts_written.items()})
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
         meta["metrics"] = metrics
-        write_json(out / "meta.json", meta)
+        tmp.write_meta(meta)
     return metrics

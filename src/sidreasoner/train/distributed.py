@@ -43,7 +43,7 @@ def maybe_launch_distributed(
     name = step.__name__
     work = dirs[-1].parent
     work.mkdir(parents=True, exist_ok=True)
-    cfg_path, metrics_path = work / f".{name}.config.json", work / f".{name}.metrics.json"
+    cfg_path, metrics_path = work / f".{name}.config-for-ranks.json", work / f".{name}.metrics-of-rank0.json"
     cfg_path.write_text(json.dumps(config_for_ranks(cfg)))
     cmd = [
         sys.executable,

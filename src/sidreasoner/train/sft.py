@@ -17,11 +17,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
+from sidreasoner.artifacts import Corpus, Dataset, ModelFolder, SidIndex
 from sidreasoner.config import Config
 from sidreasoner.curves import loss_curve_html
-from sidreasoner.io import atomic_dir, atomic_file, read_json, write_json
+from sidreasoner.io import atomic_file, read_json, write_json
 from sidreasoner.model import prompts
 from sidreasoner.model.checkpoints import (
+    BEST,
+    BEST_RECORD,
+    BEST_WEIGHTS,
+    INITIAL,
+    TRAINER_STATE,
+    WARMUP,
+    WARMUP_FINAL,
     checkpoint_root,
     read_seal,
     remove_old_checkpoint_folders,
@@ -30,7 +38,6 @@ from sidreasoner.model.checkpoints import (
 from sidreasoner.model.folder_lock import checkpoint_lock
 from sidreasoner.model.loading import load_model_and_tokenizer, save_model
 from sidreasoner.model.text_safety import DataText
-from sidreasoner.sid.index import load_catalogue
 from sidreasoner.train import data as data_mod
 from sidreasoner.train import tasks
 from sidreasoner.train.checkpointing import FiniteTraining, ResumedAt, SaveAfterEpochEvaluation, SealCheckpoints
@@ -100,7 +107,7 @@ def valid_metric(name: str) -> str:
 
 class BestModelCallback(TrainerCallback):
     """After each evaluation of the selection set (`metric`, a key such as eval_sid_loss; the other sets'
-    evaluations are ignored): keep the best weights (in <ckpt>/best) and stop after `patience` evaluations
+    evaluations are ignored): keep the best weights (in `best_dir`) and stop after `patience` evaluations
     without a strictly lower loss. A tie keeps the earlier weights, as transformers' load_best_model_at_end
     and EarlyStoppingCallback do. Decisions read the checkpointed log history, so they survive a resume; an
     early stop saves a checkpoint, so that a retry finds the training finished. `paused`: evaluations are
@@ -121,10 +128,10 @@ class BestModelCallback(TrainerCallback):
         current, earlier = metrics[self.metric], evals[:-1]
         if (not earlier or current < min(earlier)) and state.is_world_process_zero:
             self.best_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_file(self.best_dir / "trainable.safetensors") as tmp:
+            with atomic_file(self.best_dir / BEST_WEIGHTS) as tmp:
                 save_file(_trainable_state(model), str(tmp))
             write_json(
-                self.best_dir / "best.json",
+                self.best_dir / BEST_RECORD,
                 {"metric": self.metric, "eval_loss": current, "step": state.global_step, "epoch": state.epoch},
             )
         best_idx = min(range(len(evals)), key=evals.__getitem__)  # the first of equal losses
@@ -209,7 +216,7 @@ def _embedding_warmup(
     stage: str = "stage1",
 ):
     """Train only the new SID embedding rows (others frozen, their gradients zeroed, no weight decay)."""
-    done = ckpt / "warmup" / "final.safetensors"
+    done = ckpt / WARMUP / WARMUP_FINAL
     if _load_warmup(model, done):
         return
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -224,9 +231,9 @@ def _embedding_warmup(
         # No weight decay here: AdamW's decoupled decay would shrink every row of the embedding
         # (and, tied, lm_head), not only the SID rows whose gradients the mask lets through.
         section = section.model_copy(update={"weight_decay": 0.0})
-        args = _args(section, ckpt / "warmup", epochs, seed, evaluate=False, world=world)
+        args = _args(section, ckpt / WARMUP, epochs, seed, evaluate=False, world=world)
         trainer = _trainer(stage, section, model, args, rows, tok.pad_token_id, label=f"{stage} embedding warm-up")
-        resume = resumable_checkpoint(ckpt / "warmup", move_aside=is_rank0())
+        resume = resumable_checkpoint(ckpt / WARMUP, move_aside=is_rank0())
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     finally:
         handle.remove()
@@ -258,8 +265,9 @@ def _load_trainable_all(model, state):
 
 
 def _read_initial(ckpt: Path) -> dict | None:
-    """initial.json, the validation losses before training; None when it is absent or damaged (logged)."""
-    path = ckpt / "initial.json"
+    """The validation losses before training, as the checkpoint folder keeps them; None when they are absent
+    or damaged (logged)."""
+    path = ckpt / INITIAL
     try:
         initial = read_json(path)
         if (
@@ -297,7 +305,7 @@ def _train(trainer, resume: Path | None, started: ResumedAt) -> tuple[dict, int]
     the Trainer would train on past an early stop."""
     if resume is not None and read_seal(resume).get("finished"):
         trainer._load_from_checkpoint(str(resume))
-        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE))
         return {}, trainer.state.global_step
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return result.metrics, started.step
@@ -305,12 +313,12 @@ def _train(trainer, resume: Path | None, started: ResumedAt) -> tuple[dict, int]
 
 def _load_best(model, best_dir: Path, best_loss: float | None) -> bool:
     """Load the kept best weights when they are those of `best_loss`; False when there are none such."""
-    if best_loss is None or not (best_dir / "best.json").exists():
+    if best_loss is None or not (best_dir / BEST_RECORD).exists():
         return False
     try:
-        if abs(read_json(best_dir / "best.json")["eval_loss"] - best_loss) >= 1e-9:
+        if abs(read_json(best_dir / BEST_RECORD)["eval_loss"] - best_loss) >= 1e-9:
             return False
-        _load_trainable(model, load_file(str(best_dir / "trainable.safetensors")))
+        _load_trainable(model, load_file(str(best_dir / BEST_WEIGHTS)))
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise ValueError(
             f"{best_dir}: the kept best weights are damaged ({e}); remove {best_dir.parent} to train afresh"
@@ -350,44 +358,90 @@ def train_sft(
     """Train; returns (trained model with the best weights, LoRA merged; info dict). Every epoch the loss of
     each non-empty validation set in `valid_sets` is logged (as eval_<name>_loss); set `select` picks the
     checkpoint and drives early stopping. Resumes from the newest whole checkpoint in `ckpt`."""
+    recipe = SFTRecipe(stage, cfg, section, train_rows, _validation_sets(stage, valid_sets, select), select, ckpt)
+    recipe.setup(model, tok, new_ids, warmup_epochs)
+    recipe.train()
+    model = recipe.restore_best()
+    return model, recipe.summary()
+
+
+def _validation_sets(stage: str, valid_sets: dict[str, list[dict]], select: str) -> dict[str, list[dict]]:
+    """The non-empty validation sets, the selection set `select` (which must be one of them) first."""
     valid_sets = {name: rows for name, rows in valid_sets.items() if rows}
     if valid_sets and select not in valid_sets:
         raise ValueError(f"{stage}: the validation set {select!r} that chooses the checkpoint is empty")
-    valid_sets = {select: valid_sets[select], **valid_sets} if valid_sets else {}
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    ckpt.mkdir(parents=True, exist_ok=True)
-    resume = resumable_checkpoint(ckpt, move_aside=is_rank0())
-    initial = _read_initial(ckpt) if resume else None
-    if warmup_epochs > 0 and new_ids and section.finetune == "full" and (resume is None or initial is None):
-        _embedding_warmup(model, tok, section, train_rows, ckpt, warmup_epochs, cfg.seed, new_ids, world, stage)
-    model = _with_lora(model, section, new_ids)
-    if section.gradient_checkpointing:
-        model.config.use_cache = False
-    args = _args(section, ckpt, section.epochs, cfg.seed, evaluate=bool(valid_sets), world=world)
-    best_dir = ckpt / "best"
-    best, started = BestModelCallback(best_dir, section.early_stopping_patience, valid_metric(select)), ResumedAt()
-    trainer = _trainer(stage, section, model, args, train_rows, tok.pad_token_id, valid_sets, [best, started])
-    if resume is None and best_dir.exists():  # stale best from an attempt that died before its first checkpoint
-        shutil.rmtree(best_dir)
-    if initial is None:
-        initial = _initial_losses(trainer, best, valid_sets, select)
+    return {select: valid_sets[select], **valid_sets} if valid_sets else {}
+
+
+class SFTRecipe:
+    """One SFT training in phases, run in this order as torchtune's recipes are: `setup` (the checkpoint to
+    resume from, the embedding warm-up, LoRA, the Trainer, the validation losses before training), `train`,
+    `restore_best` (the best weights back into the model, LoRA merged) and `summary` (the training's record)."""
+
+    def __init__(self, stage: str, cfg: Config, section, train_rows, valid_sets, select: str, ckpt: Path):
+        self.stage, self.cfg, self.section = stage, cfg, section
+        self.train_rows, self.valid_sets, self.select = train_rows, valid_sets, select
+        self.ckpt, self.best_dir = ckpt, ckpt / BEST
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    def setup(self, model, tok, new_ids: list[int] | None, warmup_epochs: float) -> None:
+        """The checkpoint to resume from, the embedding warm-up (not on a resume that has the losses before
+        training: the checkpoint's weights replace the warmed-up ones), LoRA, the Trainer, and the validation
+        losses before training."""
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        self.resume = resumable_checkpoint(self.ckpt, move_aside=is_rank0())
+        initial = _read_initial(self.ckpt) if self.resume else None
+        warm_up = warmup_epochs > 0 and new_ids and self.section.finetune == "full"
+        if warm_up and (self.resume is None or initial is None):
+            s, seed = self.section, self.cfg.seed
+            _embedding_warmup(
+                model, tok, s, self.train_rows, self.ckpt, warmup_epochs, seed, new_ids, self.world, self.stage
+            )
+        self.model = _with_lora(model, self.section, new_ids)
+        if self.section.gradient_checkpointing:
+            self.model.config.use_cache = False
+        self.trainer = self._trainer(tok.pad_token_id)
+        # Best weights without a checkpoint to resume from are a dead attempt's, from before its first checkpoint.
+        if self.resume is None and self.best_dir.exists():
+            shutil.rmtree(self.best_dir)
+        self.initial = initial if initial is not None else self._first_evaluation()
+
+    def _trainer(self, pad_id: int) -> _SFTTrainer:
+        s = self.section
+        self.args = _args(s, self.ckpt, s.epochs, self.cfg.seed, evaluate=bool(self.valid_sets), world=self.world)
+        self.best = BestModelCallback(self.best_dir, s.early_stopping_patience, valid_metric(self.select))
+        self.started = ResumedAt()
+        callbacks = [self.best, self.started]
+        return _trainer(self.stage, s, self.model, self.args, self.train_rows, pad_id, self.valid_sets, callbacks)
+
+    def _first_evaluation(self) -> dict:
+        """The validation losses before training, kept in the checkpoint folder for a resumed run."""
+        initial = _initial_losses(self.trainer, self.best, self.valid_sets, self.select)
         if is_rank0():
-            write_json(ckpt / "initial.json", initial)
-    if resume:
-        log.info("%s: resuming from %s", stage, resume)
-    t0 = time.time()
-    runtime, resumed_from = _train(trainer, resume, started)
-    run = _Run(trainer.state, args, resumed_from, time.time() - t0, runtime)
-    # Per set, its loss at each evaluation (every evaluation evaluates every set, so the lists align).
-    losses = {
-        name: [h[valid_metric(name)] for h in run.state.log_history if valid_metric(name) in h] for name in valid_sets
-    }
-    best_loss = min(losses[select], default=None) if valid_sets else None
-    used_best = _load_best(model, best_dir, best_loss)
-    if section.finetune == "lora":
-        model = model.merge_and_unload()
-    valid = _valid_info(select, losses, best_loss, used_best, initial)
-    return model, {"stage": stage, **valid, **_run_info(run, section, train_rows, ckpt)}
+            write_json(self.ckpt / INITIAL, initial)
+        return initial
+
+    def train(self) -> None:
+        if self.resume:
+            log.info("%s: resuming from %s", self.stage, self.resume)
+        t0 = time.time()
+        runtime, resumed_from = _train(self.trainer, self.resume, self.started)
+        self.run = _Run(self.trainer.state, self.args, resumed_from, time.time() - t0, runtime)
+        # Per set, its loss at each evaluation (every evaluation evaluates every set, so the lists align).
+        history = self.run.state.log_history
+        self.losses = {
+            name: [h[valid_metric(name)] for h in history if valid_metric(name) in h] for name in self.valid_sets
+        }
+
+    def restore_best(self):
+        """The trained model, with the kept best weights when they are those of the lowest selection loss."""
+        self.best_loss = min(self.losses[self.select], default=None) if self.valid_sets else None
+        self.used_best = _load_best(self.model, self.best_dir, self.best_loss)
+        return self.model.merge_and_unload() if self.section.finetune == "lora" else self.model
+
+    def summary(self) -> dict:
+        valid = _valid_info(self.select, self.losses, self.best_loss, self.used_best, self.initial)
+        return {"stage": self.stage, **valid, **_run_info(self.run, self.section, self.train_rows, self.ckpt)}
 
 
 @dataclass
@@ -451,17 +505,18 @@ def _last_epoch_train_loss(history: list[dict]) -> float | None:
     return sum(tail) / len(tail)
 
 
-def _write(out_dir: Path, stage: str, model, tok, info: dict, metrics: dict, config_used: dict) -> None:
+def _write(out_dir: str | os.PathLike, stage: str, model, tok, info: dict, metrics: dict, config_used: dict) -> None:
+    """The output model folder: the model's files, the training's record and its loss curve."""
     history = info["history"]
     train_pts = [(h["step"], h["loss"]) for h in history if "loss" in h]
     metric = info["select_metric"]
     valid_pts = [(h["step"], h[metric]) for h in history if metric in h]
     if info.get("initial_valid_loss") is not None:
         valid_pts = [(0, info["initial_valid_loss"])] + valid_pts
-    with atomic_dir(out_dir) as tmp:
-        save_model(model, tok, tmp)
-        write_json(tmp / "training.json", {**info, "metrics": metrics, "config": config_used})
-        (tmp / "loss_curve.html").write_text(loss_curve_html(f"{stage}: loss", train_pts, valid_pts, metrics))
+    with ModelFolder.writing(out_dir) as out:
+        save_model(model, tok, out)
+        out.write_training({**info, "metrics": metrics, "config": config_used})
+        out.write_loss_curve(loss_curve_html(f"{stage}: loss", train_pts, valid_pts, metrics))
 
 
 def _metrics(info: dict, n_samples: int, wall: float) -> dict[str, float]:
@@ -527,23 +582,24 @@ def _sft_train(stage: str, train_fn, cfg: Config, dirs: list[Path], ckpt: Path) 
     return metrics
 
 
+def _inputs(dirs: list[Path]) -> tuple[Dataset, SidIndex, Corpus]:
+    """Handles on an SFT step's dataset, SID index and corpus (its folders: input model, those, output model)."""
+    return Dataset.at(dirs[1]), SidIndex.at(dirs[2]), Corpus.at(dirs[3])
+
+
 def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
-    _, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
-    codes = tasks.sid_code_tokens(sid_index_dir)
+    dataset, sid_index, corpus = _inputs(dirs)
+    codes = sid_index.code_tokens()
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
     data_text = DataText(tok)  # after the SID codes are added: they are markers too
-    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset_dir, sid_index_dir, corpus_dir, data_text)
+    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset, sid_index, corpus, data_text)
     if s.valid_samples:  # one seeded sample: its first valid_samples for the loss, first hr_samples for HR@1
-        valid_ex, valid_hist = tasks.next_sid_valid(
-            dataset_dir, sid_index_dir, max(s.valid_samples, s.hr_samples), cfg.seed
-        )
+        valid_ex, valid_hist = tasks.next_sid_valid(dataset, sid_index, max(s.valid_samples, s.hr_samples), cfg.seed)
         loss_ex, hr_ex, hr_hist = valid_ex[: s.valid_samples], valid_ex[: s.hr_samples], valid_hist[: s.hr_samples]
     else:  # the loss on the whole split, HR@1 on a seeded sample of it
-        loss_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, 0, cfg.seed)
-        hr_ex, hr_hist = (
-            tasks.next_sid_valid(dataset_dir, sid_index_dir, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
-        )
+        loss_ex, _ = tasks.next_sid_valid(dataset, sid_index, 0, cfg.seed)
+        hr_ex, hr_hist = tasks.next_sid_valid(dataset, sid_index, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
     train_rows = _encode_all(tok, examples, s.cutoff_len, **_encoding(s))
     valid_rows = _encode_all(tok, loss_ex, s.cutoff_len, **_encoding(s))
     model, info = train_sft(
@@ -561,7 +617,7 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     )
     metrics = _metrics(info, len(train_rows), 0.0)
     if hr_ex and is_rank0():
-        catalogue = load_catalogue(sid_index_dir)
+        catalogue = sid_index.catalogue()
         n = len(hr_ex)
         rendered = [prompts.render_prompt(tok, ex.prompt, system=ex.system) for ex in hr_ex]
         preds = constrained_greedy_sid(model, tok, rendered, catalogue)
@@ -580,16 +636,16 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
 
 
 def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
-    model_dir, dataset_dir, sid_index_dir, corpus_dir, _ = dirs
-    missing = [c for c in tasks.sid_code_tokens(sid_index_dir) if c not in tok.get_vocab()]
+    dataset, sid_index, corpus = _inputs(dirs)
+    missing = [c for c in sid_index.code_tokens() if c not in tok.get_vocab()]
     if missing:
         raise ValueError(
-            f"stage2: the model in {model_dir} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
+            f"stage2: the model in {dirs[0]} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
             "give it the sft-stage1 model"
         )
     data_text = DataText(tok)
-    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index_dir, corpus_dir, data_text)
-    sid_ex, _ = tasks.next_sid_valid(dataset_dir, sid_index_dir, s.valid_samples, cfg.seed)
+    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index, corpus, data_text)
+    sid_ex, _ = tasks.next_sid_valid(dataset, sid_index, s.valid_samples, cfg.seed)
     train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
     valid_sets = {
         "sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
@@ -603,7 +659,12 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
 
 
 def sft_stage1(
-    cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path, out_model_dir: Path
+    cfg: Config,
+    model_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    sid_index_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    out_model_dir: str | os.PathLike,
 ) -> dict[str, float]:
     """The `sft-stage1` step: add the SID tokens, then the multi-task SID-language alignment SFT."""
     return _sft_step(
@@ -612,7 +673,12 @@ def sft_stage1(
 
 
 def sft_stage2(
-    cfg: Config, model_dir: Path, dataset_dir: Path, sid_index_dir: Path, corpus_dir: Path, out_model_dir: Path
+    cfg: Config,
+    model_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    sid_index_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    out_model_dir: str | os.PathLike,
 ) -> dict[str, float]:
     """The `sft-stage2` step: reasoning-activation SFT on the teacher's reasoning paths."""
     return _sft_step(

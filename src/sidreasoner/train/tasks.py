@@ -1,20 +1,21 @@
-"""Stage 1 task mix and Stage 2 reasoning examples, built from the artifact folders."""
+"""Stage 1 task mix and Stage 2 reasoning examples, built from the dataset, the SID index and the corpus
+(handles of their artifact classes, or their folders)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import random
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from sidreasoner.artifacts import ArtifactFileMissing, Corpus, Dataset, SidIndex
 from sidreasoner.config import Stage1Config, Stage2Config
 from sidreasoner.model import prompts
 from sidreasoner.model.text_safety import DataText
-from sidreasoner.sid.index import load_catalogue, load_sid_map
 from sidreasoner.train.data import Example, read_instruction_file
+
+Folder = str | os.PathLike  # a folder, or a handle of its artifact class
 
 STAGE1_TASKS = (
     "sid_history_to_sid",
@@ -29,22 +30,13 @@ STAGE1_TASKS = (
 )
 
 
-def sid_code_tokens(sid_index_dir: Path) -> list[str]:
-    """Every code token of the index (and catalogue), sorted by level then code."""
-    index = json.loads((Path(sid_index_dir) / "index.json").read_text())
-    tokens = {t for codes in index.values() for t in codes}
-    cat = Path(sid_index_dir) / "catalogue.json"
-    if cat.exists():
-        import re
-
-        for sid in json.loads(cat.read_text()):
-            tokens.update(re.findall(r"<[a-z]_\d+>", sid))
-    return sorted(tokens, key=lambda t: (t[1], int(t[3:-1])))
+def sid_code_tokens(sid_index_dir: Folder) -> list[str]:
+    """Every code token of the SID index and its catalogue, sorted by level then code."""
+    return SidIndex.at(sid_index_dir).code_tokens()
 
 
-def _titles(dataset_dir: Path, safe: DataText) -> dict[int, str]:
-    items = pd.read_parquet(Path(dataset_dir) / "items.parquet", columns=["item_id", "title"])
-    return {int(i): safe.plain(t) for i, t in zip(items.item_id, items.title.astype(str), strict=True)}
+def _titles(dataset: Dataset, safe: DataText) -> dict[int, str]:
+    return {i: safe.plain(t) for i, t in dataset.titles().items()}
 
 
 def _pick(rng: np.random.Generator, examples: list[Example], weight: float, cap: int) -> list[Example]:
@@ -58,28 +50,29 @@ def _pick(rng: np.random.Generator, examples: list[Example], weight: float, cap:
     return out
 
 
-def category_text(dataset_dir: Path) -> str:
-    """The dataset's category (stats.json, written by preprocess) as the title-history prompts name it."""
-    stats = Path(dataset_dir) / "stats.json"
-    name = json.loads(stats.read_text()).get("category", "") if stats.exists() else ""
+def category_text(dataset_dir: Folder) -> str:
+    """The dataset's category as its stats record it (empty without them), worded as the title-history
+    prompts name it."""
+    dataset = Dataset.at(dataset_dir)
+    name = dataset.stats().get("category", "") if dataset.has_stats() else ""
     return prompts.category_phrase(str(name))
 
 
-def general_reasoning_file(cfg: Stage1Config, dataset_dir: Path) -> str:
-    """stage1.instruction_file, else the general-reasoning chats of the research bundle the dataset was
-    made from (its bundle/general.jsonl), else none."""
+def general_reasoning_file(cfg: Stage1Config, dataset_dir: Folder) -> str:
+    """stage1.instruction_file, else the general-reasoning chats kept from the research bundle the dataset was
+    made from, else none."""
     if cfg.instruction_file:
         return cfg.instruction_file
-    bundled = Path(dataset_dir) / "bundle" / "general.jsonl"
-    return str(bundled) if bundled.is_file() else ""
+    bundled = Dataset.at(dataset_dir).general_chats()
+    return str(bundled) if bundled is not None else ""
 
 
 def stage1_examples(
     cfg: Stage1Config,
     seed: int,
-    dataset_dir: Path,
-    sid_index_dir: Path,
-    corpus_dir: Path,
+    dataset_dir: Folder,
+    sid_index_dir: Folder,
+    corpus_dir: Folder,
     data_text: DataText | None = None,
 ) -> tuple[list[Example], dict[str, int]]:
     """The Stage 1 task mix. Chat tasks carry the research code's system and user messages (the
@@ -88,18 +81,19 @@ def stage1_examples(
     distinct SID (the item listed last wins), as the research code's title/SID maps do.
     Text from data (titles, the corpus' narratives, the instruction file) goes through `data_text`
     (the tokenizer's; by default marker shapes), which breaks the markers in it and counts them."""
+    dataset, sid_index, corpus = Dataset.at(dataset_dir), SidIndex.at(sid_index_dir), Corpus.at(corpus_dir)
     safe = data_text or DataText()
-    sid = load_sid_map(sid_index_dir)
-    catalogue = frozenset(load_catalogue(sid_index_dir))
-    title = _titles(dataset_dir, safe)
-    instructions = general_reasoning_file(cfg, dataset_dir)
-    train = pd.read_parquet(Path(dataset_dir) / "train.parquet")
+    sid = sid_index.sid_map()
+    catalogue = frozenset(sid_index.catalogue())
+    title = _titles(dataset, safe)
+    instructions = general_reasoning_file(cfg, dataset)
+    train = dataset.split("train")
     hist = [[int(x) for x in h] for h in train.history_item_ids]
     tgt = [int(x) for x in train.item_id]
     items = sorted(set(sid) & set(title))
     sid_title = {sid[i]: title[i] for i in items}
     title_sid = {title[i]: sid[i] for i in items}
-    category = category_text(dataset_dir)
+    category = category_text(dataset)
     w = cfg.tasks
 
     def title_history_to_title() -> list[Example]:
@@ -150,11 +144,11 @@ def stage1_examples(
         ],
         "item_narratives": lambda: [
             _safe_teacher(e, safe, catalogue)
-            for e in _corpus_texts(corpus_dir, "items.parquet", "narrative", "item_narratives")
+            for e in _corpus_texts(corpus.has_items, corpus.items, "narrative", "item_narratives")
         ],
         "history_narratives": lambda: [
             _safe_teacher(e, safe, catalogue)
-            for e in _corpus_texts(corpus_dir, "samples.parquet", "history_narrative", "history_narratives")
+            for e in _corpus_texts(corpus.has_samples, corpus.samples, "history_narrative", "history_narratives")
         ],
         "instructions": lambda: (
             [
@@ -204,23 +198,23 @@ def _safe_instruction(ex: Example, safe: DataText) -> Example:
     return dataclasses.replace(ex, prompt=prompt, messages=messages, response=safe.reply(ex.response))
 
 
-def _corpus_texts(corpus_dir: Path, name: str, column: str, task: str) -> list[Example]:
-    path = Path(corpus_dir) / name
-    if not path.exists():
+def _corpus_texts(present, read, column: str, task: str) -> list[Example]:
+    """The texts of `column` of a corpus table (`read(columns)`), none when the corpus lacks it (`present()`)."""
+    if not present():
         return []
-    texts = pd.read_parquet(path, columns=[column])[column].tolist()
+    texts = read([column])[column].tolist()
     # A narrative that kept its think block trains on what follows it, as in the research code.
     texts = [t.split("</think>")[-1].strip() if isinstance(t, str) and "</think>" in t else t for t in texts]
     return [Example(task, None, t) for t in texts if isinstance(t, str) and t.strip()]
 
 
 def next_sid_valid(
-    dataset_dir: Path, sid_index_dir: Path, n: int, seed: int, split: str = "valid"
+    dataset_dir: Folder, sid_index_dir: Folder, n: int, seed: int, split: str = "valid"
 ) -> tuple[list[Example], list[list[str]]]:
-    """Held-out next-SID examples from valid.parquet (a seeded sample of n, in file order; n = 0: every
-    row) and their history SIDs."""
-    sid = load_sid_map(sid_index_dir)
-    frame = pd.read_parquet(Path(dataset_dir) / f"{split}.parquet")
+    """Held-out next-SID examples from the dataset's `split` samples (a seeded sample of n, in file order;
+    n = 0: every row) and their history SIDs."""
+    sid = SidIndex.at(sid_index_dir).sid_map()
+    frame = Dataset.at(dataset_dir).split(split)
     if n <= 0:
         rows = range(len(frame))
     else:
@@ -235,24 +229,23 @@ def next_sid_valid(
 
 
 def stage2_examples(
-    cfg: Stage2Config, seed: int, sid_index_dir: Path, corpus_dir: Path, data_text: DataText | None = None
+    cfg: Stage2Config, seed: int, sid_index_dir: Folder, corpus_dir: Folder, data_text: DataText | None = None
 ) -> tuple[list[Example], list[Example]]:
     """(train, held out): reasoning examples from the corpus samples; `reasoning_holdout` of them (at most a
     tenth, at least one when > 0) are held out of training for the reasoning validation loss. The paths
     go through `data_text` as stage1_examples' teacher texts do."""
+    sid_index, corpus = SidIndex.at(sid_index_dir), Corpus.at(corpus_dir)
     safe = data_text or DataText()
-    sid = load_sid_map(sid_index_dir)
-    catalogue = frozenset(load_catalogue(sid_index_dir))
-    path = Path(corpus_dir) / "samples.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"stage2 needs the corpus' samples.parquet (reasoning paths), not found in {corpus_dir}"
-        )
-    frame = pd.read_parquet(path, columns=["history_item_ids", "item_id", "reasoning_path"])
+    sid = sid_index.sid_map()
+    catalogue = frozenset(sid_index.catalogue())
+    try:
+        frame = corpus.samples(["history_item_ids", "item_id", "reasoning_path"])
+    except ArtifactFileMissing as e:
+        raise ArtifactFileMissing(f"stage2 needs the corpus' reasoning paths: {e}") from None
     frame = frame[frame.reasoning_path.map(lambda x: isinstance(x, str) and bool(x.strip()))]
     if len(frame) < (2 if cfg.reasoning_holdout else 1):
         raise ValueError(
-            f"stage2: {len(frame)} reasoning paths in {path}, too few to train on"
+            f"stage2: {len(frame)} reasoning paths in {corpus.file(Corpus.SAMPLES)}, too few to train on"
             + (" and hold some out (stage2.reasoning_holdout)" if cfg.reasoning_holdout else "")
         )
     exs = [
