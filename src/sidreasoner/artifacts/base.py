@@ -42,6 +42,8 @@ class Artifact(os.PathLike):
     def __fspath__(self) -> str:
         return str(self.path)
 
+    __str__ = __fspath__  # in messages and f-strings a handle reads as its folder, as a Path does
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
 

@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -555,40 +556,56 @@ def _encode_all(tok, examples, cutoff, **options):
 def _sft_step(stage: str, step_fn, train_fn, cfg: Config, folders) -> dict[str, float]:
     """What both SFT steps do around their training: the checkpoint folder's lock, the torchrun relaunch,
     and, after a successful training, the removal of the stage's old checkpoint folders."""
-    dirs = [Path(d) for d in folders]
+    dirs = SFTFolders.of(folders)
     section = getattr(cfg, stage)
-    ckpt = checkpoint_root(stage, cfg, section, dirs[:4])
+    ckpt = checkpoint_root(stage, cfg, section, dirs.inputs())
     if "LOCAL_RANK" in os.environ:  # a torchrun rank: the process that launched the ranks holds the lock
         return _sft_train(stage, train_fn, cfg, dirs, ckpt)
     with checkpoint_lock(ckpt):
-        launched = maybe_launch_distributed(step_fn, cfg, dirs)
+        launched = maybe_launch_distributed(step_fn, cfg, [d.path for d in dirs])
         metrics = launched if launched is not None else _sft_train(stage, train_fn, cfg, dirs, ckpt)
         remove_old_checkpoint_folders(ckpt, section.checkpoint_folders_kept)
     return metrics
 
 
-def _sft_train(stage: str, train_fn, cfg: Config, dirs: list[Path], ckpt: Path) -> dict[str, float]:
+def _sft_train(stage: str, train_fn, cfg: Config, dirs: SFTFolders, ckpt: Path) -> dict[str, float]:
     """Seeding, loading the input model, timing, and writing the output model (rank 0) around
     `train_fn(cfg, section, model, tok, dirs, ckpt)`, which returns the trained model, the training
     record and the metrics."""
     start = time.time()
     section = getattr(cfg, stage)
     torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(dirs[0], dtype=getattr(torch, section.weights_dtype))
+    model, tok = load_model_and_tokenizer(dirs.model, dtype=getattr(torch, section.weights_dtype))
     model, info, metrics = train_fn(cfg, section, model, tok, dirs, ckpt)
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
-        _write(dirs[-1], stage, model, tok, info, metrics, {"seed": cfg.seed, stage: section.model_dump(mode="json")})
+        _write(dirs.out, stage, model, tok, info, metrics, {"seed": cfg.seed, stage: section.model_dump(mode="json")})
     return metrics
 
 
-def _inputs(dirs: list[Path]) -> tuple[Dataset, SidIndex, Corpus]:
-    """Handles on an SFT step's dataset, SID index and corpus (its folders: input model, those, output model)."""
-    return Dataset.at(dirs[1]), SidIndex.at(dirs[2]), Corpus.at(dirs[3])
+class SFTFolders(NamedTuple):
+    """An SFT step's folders as handles: the model it starts from, its data, and the model it writes."""
+
+    model: ModelFolder
+    dataset: Dataset
+    sid_index: SidIndex
+    corpus: Corpus
+    out: ModelFolder
+
+    @classmethod
+    def of(cls, folders) -> SFTFolders:
+        model, dataset, sid_index, corpus, out = folders
+        return cls(
+            ModelFolder.at(model), Dataset.at(dataset), SidIndex.at(sid_index), Corpus.at(corpus), ModelFolder.at(out)
+        )
+
+    def inputs(self) -> list[Path]:
+        """The folders the step reads, which its checkpoint key covers."""
+        return [self.model.path, self.dataset.path, self.sid_index.path, self.corpus.path]
 
 
-def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
-    dataset, sid_index, corpus = _inputs(dirs)
+def _train_stage1(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
+    dataset, sid_index, corpus = dirs.dataset, dirs.sid_index, dirs.corpus
     codes = sid_index.code_tokens()
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
@@ -635,12 +652,12 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
     return model, info, metrics
 
 
-def _train_stage2(cfg: Config, s, model, tok, dirs: list[Path], ckpt: Path):
-    dataset, sid_index, corpus = _inputs(dirs)
+def _train_stage2(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
+    dataset, sid_index, corpus = dirs.dataset, dirs.sid_index, dirs.corpus
     missing = [c for c in sid_index.code_tokens() if c not in tok.get_vocab()]
     if missing:
         raise ValueError(
-            f"stage2: the model in {dirs[0]} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
+            f"stage2: the model in {dirs.model} lacks {len(missing)} SID tokens (e.g. {missing[:3]}); "
             "give it the sft-stage1 model"
         )
     data_text = DataText(tok)
