@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _titles import generate_titles  # noqa: E402
 
 from sidreasoner import config  # noqa: E402
+from sidreasoner.artifacts import Dataset, Embeddings  # noqa: E402
 from sidreasoner.config import SIDConfig  # noqa: E402
 from sidreasoner.sid.quantize import quantize_sids  # noqa: E402
 
@@ -59,11 +60,12 @@ def recipe_overrides(recipe: str, research_epochs: int) -> list[str]:
 
 
 def run_one(emb: np.ndarray, overrides: list[str], work: Path) -> dict[str, float]:
-    data, emb_dir = work / "data", work / "emb"
-    data.mkdir(exist_ok=True)
-    emb_dir.mkdir(exist_ok=True)
-    pd.DataFrame({"item_id": np.arange(len(emb))}).to_parquet(data / "items.parquet")
-    np.save(emb_dir / "embeddings.npy", emb)
+    data, emb_dir = Dataset(work / "data"), Embeddings(work / "emb")
+    data.path.mkdir(exist_ok=True)
+    emb_dir.path.mkdir(exist_ok=True)
+    data.write_items(pd.DataFrame({"item_id": np.arange(len(emb))}))
+    data.write_stats({"category": "Bench"})
+    emb_dir.write_vectors(emb)
     cfg = config.load("office", overrides)
     return quantize_sids(cfg, data, emb_dir, work / "out")
 

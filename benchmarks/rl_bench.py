@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "helpers"))
 from models import build_tiny_model, random_codes  # noqa: E402
 
 from sidreasoner import config  # noqa: E402
+from sidreasoner.artifacts import Dataset, SidIndex  # noqa: E402
 from sidreasoner.rl import stage3  # noqa: E402
-from sidreasoner.sid.codes import format_sid, sid_tokens  # noqa: E402
+from sidreasoner.sid.codes import sid_tokens  # noqa: E402
 
 # (label, hidden size, layers, num_generations, max_response_length)
 CONFIGS = [
@@ -47,9 +48,9 @@ CONFIGS = [
 def write_data(root: Path, n_items: int, n_users: int, history: int, seed: int) -> tuple[Path, Path, np.ndarray]:
     codes = random_codes(n_items, 3, 32, seed)
     rng = np.random.default_rng(seed)
-    dataset, sid_index = root / "dataset", root / "sid_index"
-    dataset.mkdir(parents=True)
-    sid_index.mkdir(parents=True)
+    dataset, sid_index = Dataset(root / "dataset"), SidIndex(root / "sid_index")
+    dataset.path.mkdir(parents=True)
+    sid_index.path.mkdir(parents=True)
     rows = [
         {
             "user_id": u,
@@ -60,10 +61,9 @@ def write_data(root: Path, n_items: int, n_users: int, history: int, seed: int) 
         for u in range(n_users)
     ]
     for split in ("train", "valid", "test"):
-        pd.DataFrame(rows).to_parquet(dataset / f"{split}.parquet")
-    (sid_index / "index.json").write_text(json.dumps({str(i): sid_tokens(c) for i, c in enumerate(codes)}))
-    (sid_index / "catalogue.json").write_text(json.dumps(sorted(format_sid(c) for c in codes)))
-    return dataset, sid_index, codes
+        dataset.write_split(split, pd.DataFrame(rows))
+    sid_index.write_index({i: sid_tokens(c) for i, c in enumerate(codes)})
+    return dataset.path, sid_index.path, codes
 
 
 def run_one(
