@@ -222,17 +222,3 @@ def not_kfp_api():
 
     with contextlib.ExitStack() as stack:
         yield lambda body, content_type="text/plain": stack.enter_context(NotKFPServer(body, content_type))
-
-
-# ---------------------------------------------------------------- parallel runs (pytest-xdist)
-
-# The modules that read the session's demo_run share a worker, so the demo DAG runs once per session.
-DEMO_RUN_MODULES = {"tests.test_pipeline_local", "tests.test_train_e2e"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under `-n N --dist loadgroup`, all tests of a module run on one worker, so a module's fixtures are
-    built once; the modules that share the session's demo run share a worker too."""
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("demo-run" if module in DEMO_RUN_MODULES else module))

@@ -31,6 +31,7 @@ from .helpers.image_build import (
     PodmanUnavailable,
     build_image,
     install_snapshot,
+    preparing,
     setup_podman,
     snapshot,
 )
@@ -76,7 +77,8 @@ def docker_host(workdir):
             "on the pipeline root, and a root-owned folder stands for a fresh volume"
         )
     try:
-        setup_podman()
+        with preparing():
+            setup_podman()
     except PodmanUnavailable as err:
         pytest.skip(f"podman cannot be set up on this machine: {err}")
     socket = workdir / "docker.sock"
@@ -104,7 +106,8 @@ def tree(workdir):
 @pytest.fixture(scope="module")
 def cpu_image(docker_host, tree):
     started = time.monotonic()
-    image, built, log = build_image(CPU_DOCKERFILE, CPU_REPOSITORY, context=tree)
+    with preparing():
+        image, built, log = build_image(CPU_DOCKERFILE, CPU_REPOSITORY, context=tree)
     print(f"{image}: {'built' if built else 'reused'} in {time.monotonic() - started:.0f} s (log {log})")
     return image
 

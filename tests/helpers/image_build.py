@@ -13,7 +13,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from sidreasoner.io import locked
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/sidreasoner-base:bookworm"
@@ -132,11 +137,6 @@ def build_image(dockerfile: str, repository: str, cpu: bool = True, context: Pat
     return image, built, log
 
 
-if __name__ == "__main__":  # python -m tests.helpers.image_build images/cpu/Dockerfile localhost/sidreasoner-cpu
-    setup_podman()
-    print(build_image(sys.argv[1], sys.argv[2]))
-
-
 # ---------------------------------------------------------------- a local build, tagged by what went into it
 
 
@@ -212,3 +212,34 @@ def build_cached(
     if result.returncode != 0:
         raise RuntimeError(f"podman build of {dockerfile} failed (exit {result.returncode}); its log: {log_path}")
     return image, True
+
+
+# ---------------------------------------------------------------- set-up ahead of the image test
+
+
+@contextmanager
+def preparing() -> Iterator[None]:
+    """Hold the set-up lock: `make test` under CI prepares podman and the CPU image in the background while
+    pytest runs (`python -m tests.helpers.image_build --prepare`), and the image test waits for it here
+    rather than starting the same build beside it."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    with locked(WORK / "prepare.lock"):
+        yield
+
+
+def prepare(dockerfile: str, repository: str) -> None:
+    """podman set up and `dockerfile` built from a snapshot of the tree, as the image test builds it (the
+    same content tag, so the test reuses the image)."""
+    with preparing():
+        setup_podman()
+        with tempfile.TemporaryDirectory(dir=WORK) as scratch:
+            print(build_image(dockerfile, repository, context=snapshot(dockerfile, Path(scratch) / "context")))
+
+
+# python -m tests.helpers.image_build [--prepare] images/cpu/Dockerfile localhost/sidreasoner-cpu
+if __name__ == "__main__":
+    if sys.argv[1] == "--prepare":
+        prepare(sys.argv[2], sys.argv[3])
+    else:
+        setup_podman()
+        print(build_image(sys.argv[1], sys.argv[2]))
