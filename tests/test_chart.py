@@ -435,6 +435,8 @@ def test_teacher_server(chart):
     assert args[args.index("--model") + 1] == "Qwen/Qwen3-32B"
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--port") + 1] == "8000"
+    # Qwen3's think block goes to reasoning_content, not into the reply text the corpus keeps.
+    assert args[args.index("--reasoning-parser") + 1] == "qwen3"
     assert vllm["ports"] == [{"name": "http", "containerPort": 8000}]
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
@@ -450,6 +452,12 @@ def test_teacher_server(chart):
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+def test_teacher_server_without_a_reasoning_parser(chart):
+    docs = render(chart, {"teacherServer": {"enabled": True, "reasoningParser": ""}})
+    (vllm,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
+    assert "--reasoning-parser" not in vllm["args"]
+
+
 def test_teacher_server_defaults_match_the_paper_presets(chart):
     from sidreasoner.config import load
 
@@ -459,6 +467,7 @@ def test_teacher_server_defaults_match_the_paper_presets(chart):
     assert teacher.base_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
     (vllm,) = one(docs, "Deployment", TEACHER_SERVICE)["spec"]["template"]["spec"]["containers"]
     assert vllm["args"][vllm["args"].index("--model") + 1] == teacher.model
+    assert vllm["args"][vllm["args"].index("--reasoning-parser") + 1] == "qwen3"
     # The API key is required by default, from a Secret the chart generates under the fixed name.
     env = {e["name"]: e for e in vllm["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-teacher", "key": "api-key"}
