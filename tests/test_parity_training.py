@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, get_scheduler
 
 from sidreasoner import config
+from sidreasoner.artifacts import SidIndex
 from sidreasoner.rl import data as rl_data
 from sidreasoner.train import tasks
 from sidreasoner.train.sft import BestModelCallback, _args, sft_stage2, valid_metric
@@ -460,3 +461,25 @@ def test_office_verl_config_is_the_research_scripts():
     # A warm-up in steps reaches verl's optimizer.
     warm = verl_overrides(config.load("office", ["stage3.warmup_steps=5"]), paths)
     assert "actor_rollout_ref.actor.optim.lr_warmup_steps=5" in warm
+
+
+def test_sid_tokens_join_in_the_research_order_in_the_paper_presets(tmp_path):
+    # sft_Qwen3.py's get_new_tokens: sorted(set(every code of the index)), Python's string order.
+    index = SidIndex(tmp_path / "sid_index")
+    index.path.mkdir()
+    # The released Office index's shape: 3 levels of 200 codes.
+    index.write_index({i: [f"<a_{i}>", f"<b_{i}>", f"<c_{i}>"] for i in range(200)})
+    research = index.code_tokens("lexicographic")
+    numeric = index.code_tokens("numeric")
+    assert research[:4] == ["<a_0>", "<a_100>", "<a_101>", "<a_102>"]
+    assert research[11:13] == ["<a_10>", "<a_110>"]
+    assert research[200] == "<b_0>" and research[-1] == "<c_9>"
+    assert numeric[:3] == ["<a_0>", "<a_1>", "<a_2>"] and numeric[-1] == "<c_199>"
+    # Only each level's code 0 keeps its id: 597 of the 600 new token ids differ between the orders.
+    assert sum(r != n for r, n in zip(research, numeric, strict=True)) == 597
+    assert {name: config.load(name).stage1.sid_token_order for name in ("demo", "office", "industrial", "games")} == {
+        "demo": "numeric",
+        "office": "lexicographic",
+        "industrial": "lexicographic",
+        "games": "lexicographic",
+    }

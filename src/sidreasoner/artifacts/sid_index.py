@@ -45,11 +45,16 @@ class SidIndex(Artifact):
     def catalogue_path(self):
         return self.require(self.CATALOGUE, "the valid SIDs")
 
-    def code_tokens(self) -> list[str]:
-        """Every code token of the index and the catalogue, sorted by level then code."""
+    def code_tokens(self, order: str = "numeric") -> list[str]:
+        """Every code token of the index and the catalogue, by level then code number (numeric), or as sorted
+        strings (lexicographic: <a_0>, <a_100>, <a_101>, ..., <a_10>, <a_110>, ..., the research code's order)."""
         tokens = {t for codes in self.index().values() for t in codes}
         for sid in self.catalogue():
             tokens.update(CODE_TOKEN.findall(sid))
+        if order == "lexicographic":
+            return sorted(tokens)
+        if order != "numeric":
+            raise ValueError(f"unknown SID token order {order!r}: numeric or lexicographic")
         return sorted(tokens, key=lambda t: (t[1], int(t[3:-1])))
 
     def sids(self, columns=("item_id", "sid")):

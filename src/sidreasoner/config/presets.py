@@ -108,13 +108,15 @@ _PAPER = {
         "gradient_checkpointing": True,
         "checkpoint_dir": "/models/checkpoints",
         # Its examples: cut from the left, <|im_end|> of non-thinking answers out of the loss, narratives
-        # without an end token, SID rows drawn around the vocabulary's mean (transformers' mean_resizing),
+        # without an end token, SID tokens added in sorted-string order and their rows drawn around the
+        # vocabulary's mean (transformers' mean_resizing),
         # and 60,000 sampled lines of general-reasoning data (instruction_file) up to 3,072 tokens each,
         # rendered in thinking mode.
         "truncation": "left",
         "loss_on_eos": "thinking",
         "narrative_end_token": False,
         "new_token_init": "mean_resizing",
+        "sid_token_order": "lexicographic",
         "instruction_samples": 60000,
         "instruction_cutoff_len": 3072,
         "instruction_thinking": True,

@@ -595,6 +595,12 @@ class Stage1Config(_SFTConfig):
         "(no empty think block; the answer brings its own), as the "
         "research code renders its general-reasoning data",
     )
+    sid_token_order: Literal["numeric", "lexicographic"] = Field(
+        "numeric",
+        description="the order the SID code tokens join the tokenizer in, which sets their ids: numeric "
+        "(<a_0>, <a_1>, <a_2>, ...) or lexicographic (the research code's sorted strings: <a_0>, <a_100>, "
+        "<a_101>, ..., <a_10>, <a_110>, ...)",
+    )
     new_token_init: Literal["mean", "mean_resizing"] = Field(
         "mean",
         description="initial embedding (and output) rows of the new SID tokens: mean = each the mean of the "

@@ -606,7 +606,7 @@ class SFTFolders(NamedTuple):
 
 def _train_stage1(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
     dataset, sid_index, corpus = dirs.dataset, dirs.sid_index, dirs.corpus
-    codes = sid_index.code_tokens()
+    codes = sid_index.code_tokens(s.sid_token_order)
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
     data_text = DataText(tok)  # after the SID codes are added: they are markers too
