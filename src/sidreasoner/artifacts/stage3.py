@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from sidreasoner.artifacts.base import Artifact
-from sidreasoner.artifacts.dataset import SPLITS
+from sidreasoner.artifacts.dataset import Dataset
+from sidreasoner.artifacts.model import ModelFolder
 
 
 class Stage3Checkpoint(Artifact):
@@ -24,18 +25,18 @@ class Stage3Checkpoint(Artifact):
     writer = "rl-stage3"
 
     MANIFEST = "checkpoint.json"  # format, path of the weights inside the folder
-    TRAINING = "training.json"  # the RL run's record: settings, metrics, per-step rewards
-    REWARD_CURVE = "reward_curve.html"
-    RL_DATA = "rl_data"  # the prompts, verl's Parquet schema: rl_data/train.parquet, rl_data/valid.parquet
-    # What merge-checkpoint carries into the merged model folder (the same names there).
+    # What merge-checkpoint carries into the merged model folder keeps the model folder's names, where the
+    # evaluation reads the RL record: the RL run's record (settings, metrics, per-step rewards), the reward
+    # curve, and the prompts in verl's Parquet schema (one file per split).
+    TRAINING = ModelFolder.TRAINING
+    REWARD_CURVE = ModelFolder.REWARD_CURVE
+    RL_DATA = ModelFolder.RL_DATA
     CARRIED = (TRAINING, REWARD_CURVE, RL_DATA)
     FORMATS = ("hf", "peft_lora", "verl_fsdp")  # the manifest's formats (see the module docstring)
 
-    @staticmethod
-    def rl_data_file(split: str) -> str:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
-        return f"rl_data/{split}.parquet"
+    @classmethod
+    def rl_data_file(cls, split: str) -> str:
+        return f"{cls.RL_DATA}/{Dataset.split_file(split)}"
 
     def manifest(self) -> dict[str, Any]:
         """The manifest, checked: a JSON object whose format is one of FORMATS and whose path is in the folder."""
