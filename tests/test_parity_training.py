@@ -4,6 +4,7 @@ narrated-sample RL prompts (`stage3.prompts`) and the verl trainer config the of
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 import textwrap
@@ -20,6 +21,8 @@ from sidreasoner.artifacts import SidIndex
 from sidreasoner.rl import data as rl_data
 from sidreasoner.train import tasks
 from sidreasoner.train.sft import BestModelCallback, _args, sft_stage2, valid_metric
+
+RESEARCH_DATA = Path(__file__).parent / "data" / "research"
 
 # ---------------------------------------------------------------- the paper presets
 
@@ -464,19 +467,21 @@ def test_office_verl_config_is_the_research_scripts():
 
 
 def test_sid_tokens_join_in_the_research_order_in_the_paper_presets(tmp_path):
-    # sft_Qwen3.py's get_new_tokens: sorted(set(every code of the index)), Python's string order.
+    # sft_Qwen3.py's get_new_tokens: sorted(set(every code of the index)), Python's string order; on the index
+    # the research code trains its Office model on (tests/data/research/README.md).
+    released = json.loads(gzip.decompress((RESEARCH_DATA / "Office_Products.index.json.gz").read_bytes()))
     index = SidIndex(tmp_path / "sid_index")
     index.path.mkdir()
-    # The released Office index's shape: 3 levels of 200 codes.
-    index.write_index({i: [f"<a_{i}>", f"<b_{i}>", f"<c_{i}>"] for i in range(200)})
+    index.write_index({int(item): codes for item, codes in released.items()})
     research = index.code_tokens("lexicographic")
     numeric = index.code_tokens("numeric")
-    assert research[:4] == ["<a_0>", "<a_100>", "<a_101>", "<a_102>"]
-    assert research[11:13] == ["<a_10>", "<a_110>"]
-    assert research[200] == "<b_0>" and research[-1] == "<c_9>"
-    assert numeric[:3] == ["<a_0>", "<a_1>", "<a_2>"] and numeric[-1] == "<c_199>"
-    # Only each level's code 0 keeps its id: 597 of the 600 new token ids differ between the orders.
-    assert sum(r != n for r, n in zip(research, numeric, strict=True)) == 597
+    assert len(research) == 600
+    assert research[:5] == ["<a_0>", "<a_101>", "<a_102>", "<a_106>", "<a_116>"]
+    assert research[85:90] == ["<a_94>", "<a_96>", "<a_99>", "<b_0>", "<b_100>"]
+    assert research[-1] == "<c_9>"
+    assert numeric[:3] == ["<a_0>", "<a_1>", "<a_3>"] and numeric[-1] == "<c_255>"
+    # Only each level's first code keeps its id: 597 of the 600 new token ids differ between the orders.
+    assert [i for i, (r, n) in enumerate(zip(research, numeric, strict=True)) if r == n] == [0, 88, 344]
     assert {name: config.load(name).stage1.sid_token_order for name in ("demo", "office", "industrial", "games")} == {
         "demo": "numeric",
         "office": "lexicographic",
