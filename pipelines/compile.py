@@ -7,6 +7,7 @@ from pathlib import Path
 from kfp import compiler
 
 from sidreasoner.config import Config
+from sidreasoner.config.stage1_data import require_stage1_data
 from sidreasoner.io import atomic_file
 from sidreasoner.pipelines.pipeline import build
 
@@ -14,6 +15,9 @@ from sidreasoner.pipelines.pipeline import build
 def compile_pipeline(
     cfg: Config, output: str | Path, until: str | None = None, no_cache: frozenset[str] = frozenset()
 ) -> Path:
+    """Write the pipeline YAML of `cfg` (up to `until`) to `output`; a config whose Stage 1 task lacks data
+    is refused first."""
+    require_stage1_data(cfg, until)
     output = Path(output)
     with atomic_file(output) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")  # the compiler picks the format from the suffix

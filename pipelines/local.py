@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config
+from sidreasoner.config.stage1_data import require_stage1_data
 from sidreasoner.io import write_json
 from sidreasoner.pipelines.console import Console, TaskFailed
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
@@ -145,6 +146,7 @@ def run_local(
 
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    require_stage1_data(cfg, until)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config, generation_params, keep_generations, to_params, with_rerun
+from sidreasoner.config.stage1_data import require_stage1_data
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build
 from sidreasoner.provenance import code_version
@@ -235,6 +236,7 @@ def submit(
     (backend/src/v2/cacheutils/cache.go `GetExecutionCache`, "created_at desc"): a later run given
     the same generation (`Submitted.keep`) gets this run's results; one without it gets the results
     of the generation it names."""
+    require_stage1_data(cfg)
     cfg, rerun_steps = with_rerun(cfg, no_cache, rerun_from)
     params = run_parameters(cfg)
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):

@@ -8,6 +8,8 @@ import yaml
 
 from sidreasoner.steps import STEPS
 
+from .helpers.presets import GENERAL_DATA
+
 
 def sidreasoner(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sidreasoner.cli", *args], capture_output=True, text=True, **kw)
@@ -48,7 +50,7 @@ def test_config_prints_resolved_values():
 
 def test_compile_writes_yaml(tmp_path):
     out = tmp_path / "p.yaml"
-    result = sidreasoner("compile", "--preset", "industrial", "-o", str(out))
+    result = sidreasoner("compile", "--preset", "industrial", "--set", GENERAL_DATA, "-o", str(out))
     assert result.returncode == 0, result.stderr
     spec = next(yaml.safe_load_all(out.read_text()))
     assert spec["pipelineInfo"]["name"] == "sidreasoner"

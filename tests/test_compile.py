@@ -14,6 +14,8 @@ from sidreasoner.pipelines.pipeline import STEP_LABEL
 from sidreasoner.provenance import code_version
 from sidreasoner.steps import STEPS, pipeline_steps
 
+from .helpers.presets import GENERAL_DATA
+
 # The compiled office DAG: every registered step; export-model behind its run-time condition.
 OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"), conditional=True)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +39,7 @@ def step_executors(spec) -> dict:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    path = compile_pipeline(config.load("office"), tmp_path_factory.mktemp("c") / "pipeline.yaml")
+    path = compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path_factory.mktemp("c") / "pipeline.yaml")
     return next(yaml.safe_load_all(path.read_text()))  # the pipeline spec; platform spec follows
 
 
@@ -158,9 +160,11 @@ def test_every_task_caches_and_download_retries(spec):
     assert retrying == {"download-data", "synthesize-corpus", "sft-stage1", "sft-stage2", "rl-stage3"}
 
 
-# office's tasks in the training image: the registry's "train" steps, and embed-items for its GPU.
+# office's tasks in the training image: the registry's "train" steps, and embed-items and quantize-sids for
+# their GPUs.
 OFFICE_TRAIN_IMAGE_STEPS = {
     "embed-items",
+    "quantize-sids",
     "prepare-base-model",
     "sft-stage1",
     "evaluate-stage1",
@@ -231,7 +235,7 @@ def test_make_images_builds_exactly_the_compiled_images(spec, tmp_path):
 
 
 def test_training_pods_get_shared_memory_and_retries(tmp_path):
-    text = compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text()
+    text = compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "p.yaml").read_text()
     pipeline, platform = yaml.safe_load_all(text)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     training = [s.name for s in STEPS.values() if s.training_pod]
@@ -302,7 +306,7 @@ def test_teacher_key_is_a_secret_reference_never_a_value(tmp_path, monkeypatch):
     secret = "sk-test-" + "z" * 24
     monkeypatch.setenv("SIDREASONER_TEACHER_API_KEY", secret)
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    cfg = config.load("office", ["teacher.kind=openai", "teacher.base_url=http://teacher.svc:8000/v1"])
+    cfg = config.load("office", [GENERAL_DATA, "teacher.kind=openai", "teacher.base_url=http://teacher.svc:8000/v1"])
     text = compile_pipeline(cfg, tmp_path / "p.yaml").read_text()
     assert secret not in text
     spec = list(yaml.safe_load_all(text))
@@ -317,7 +321,7 @@ PAPER_RESOURCES = {
     "download-data": ("2", "8Gi", 0),
     "preprocess": ("2", "16Gi", 0),
     "embed-items": ("4", "32Gi", 1),
-    "quantize-sids": ("8", "16Gi", 0),
+    "quantize-sids": ("8", "16Gi", 1),
     "synthesize-corpus": ("2", "8Gi", 0),
     "evaluate-baselines": ("2", "8Gi", 0),
     "prepare-base-model": ("4", "32Gi", 0),
@@ -347,12 +351,28 @@ def test_paper_preset_resources(spec, step):
         assert "accelerator" not in resources
 
 
+def test_quantize_sids_trains_the_paper_rqvae_on_its_gpu(spec):
+    # the paper presets' RQ-VAE (10,000 full-batch epochs) runs on the pod's GPU: the pod requests one, runs
+    # in the CUDA image, and the step's sid section picks CUDA when it is there
+    container = step_executors(spec)["exec-quantize-sids"]["container"]
+    assert container["resources"]["accelerator"] == {
+        "count": "1",
+        "resourceCount": "1",
+        "resourceType": "nvidia.com/gpu",
+        "type": "nvidia.com/gpu",
+    }
+    assert container["image"] == TRAIN_IMAGE
+    parameters = step_tasks(spec)["quantize-sids"]["inputs"]["parameters"]
+    sid = parameters["compiled_sections"]["runtimeValue"]["constant"]["sid"]
+    assert (sid["method"], sid["rqvae"]["device"]) == ("rqvae", "auto")
+
+
 def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
     override = (
         'cluster.resources={"sft-stage1": {"gpus": 2, "node_selector": {"gpu": "h100"}, '
         '"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}'
     )
-    text = compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text()
+    text = compile_pipeline(config.load("office", [GENERAL_DATA, override]), tmp_path / "p.yaml").read_text()
     pipeline, platform = yaml.safe_load_all(text)
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     stage1 = k8s["exec-sft-stage1"]
@@ -372,7 +392,9 @@ def test_model_cache_pvc_node_selectors_and_tolerations(tmp_path):
     ):
         assert k8s[f"exec-{step}"]["pvcMount"][0]["constant"] == "sidreasoner-model-cache", step
     assert "pvcMount" not in k8s.get("exec-report", {})
-    no_pvc = compile_pipeline(config.load("office", ["cluster.model_cache_pvc="]), tmp_path / "q.yaml").read_text()
+    no_pvc = compile_pipeline(
+        config.load("office", [GENERAL_DATA, "cluster.model_cache_pvc="]), tmp_path / "q.yaml"
+    ).read_text()
     assert "pvcMount" not in no_pvc
 
 
@@ -382,7 +404,9 @@ def test_cluster_resources_reject_unknown_steps():
 
 
 def test_credentials_are_optional_secret_references(tmp_path):
-    pipeline, platform = yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "p.yaml").read_text())
+    pipeline, platform = yaml.safe_load_all(
+        compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "p.yaml").read_text()
+    )
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     download = k8s["exec-download-data"]
     assert {s["secretName"] for s in download["secretAsEnv"]} == {"sidreasoner-s3", "sidreasoner-hf"}
@@ -408,13 +432,15 @@ def _s3_endpoints(cfg, path) -> tuple[dict, dict]:
 
 def test_s3_endpoint_reaches_exactly_the_tasks_with_s3_credentials(tmp_path):
     endpoint = "http://sidreasoner-minio.kubeflow-user.svc:9000"
-    endpoints, k8s = _s3_endpoints(config.load("office", [f"cluster.s3_endpoint={endpoint}"]), tmp_path / "p.yaml")
+    endpoints, k8s = _s3_endpoints(
+        config.load("office", [GENERAL_DATA, f"cluster.s3_endpoint={endpoint}"]), tmp_path / "p.yaml"
+    )
     holders = {
         name for name, ex in k8s.items() if "sidreasoner-s3" in {s["secretName"] for s in ex.get("secretAsEnv", [])}
     }
     assert holders == {"exec-download-data", "exec-prepare-base-model", "exec-export-model"}
     assert {name: values for name, values in endpoints.items() if values} == {name: [endpoint] for name in holders}
-    unset, _ = _s3_endpoints(config.load("office"), tmp_path / "q.yaml")
+    unset, _ = _s3_endpoints(config.load("office", [GENERAL_DATA]), tmp_path / "q.yaml")
     assert [name for name, values in unset.items() if values] == []
 
 
@@ -476,7 +502,9 @@ def test_export_model_runs_when_the_run_sets_export_uri_uncached_with_storage_cr
 
 
 def test_export_model_credentials(tmp_path):
-    platform = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "e.yaml").read_text()))[1]
+    platform = list(
+        yaml.safe_load_all(compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "e.yaml").read_text())
+    )[1]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert {s["secretName"] for s in k8s["exec-export-model"]["secretAsEnv"]} == {"sidreasoner-s3"}
     assert k8s["exec-export-model"]["secretAsVolume"][0]["secretName"] == "sidreasoner-gcs"
@@ -503,7 +531,7 @@ def test_every_step_has_a_generation_parameter_passed_in_every_run(tmp_path):
     """A value passed only in some runs would give a task two keys (the driver fills no default for a
     component's optional parameter): every task gets its generation, from a run parameter with the
     config's value as default."""
-    cfg = config.load("office", ["generations.rl-stage3=7"])
+    cfg = config.load("office", [GENERAL_DATA, "generations.rl-stage3=7"])
     pipeline = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "g.yaml").read_text()))
     declared = pipeline["root"]["inputDefinitions"]["parameters"]
     generations = {k: v for k, v in declared.items() if k.startswith("generation_")}
@@ -524,7 +552,9 @@ def test_every_step_has_a_generation_parameter_passed_in_every_run(tmp_path):
 
 
 def test_pods_run_as_the_images_user_and_tags_are_pulled_again(spec, tmp_path):
-    platform = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "s.yaml").read_text()))[1]
+    platform = list(
+        yaml.safe_load_all(compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "s.yaml").read_text())
+    )[1]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(k8s) == set(spec["deploymentSpec"]["executors"])  # the condition task too
     for name, executor in k8s.items():
@@ -545,7 +575,9 @@ def test_a_digest_pinned_image_is_not_pulled_again(tmp_path, monkeypatch):
 
     digest = "registry.example/sidreasoner-train@sha256:" + "c" * 64
     monkeypatch.setitem(images.IMAGES, "train", digest)
-    docs = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "d.yaml").read_text()))
+    docs = list(
+        yaml.safe_load_all(compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "d.yaml").read_text())
+    )
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     in_train = [n for n, ex in docs[0]["deploymentSpec"]["executors"].items() if ex["container"]["image"] == digest]
     assert "exec-rl-stage3" in in_train
@@ -564,7 +596,7 @@ def test_pods_requesting_accelerators_run_in_the_training_image(spec):
 def test_every_pod_has_a_deadline_memory_limit_and_cost_labels(tmp_path):
     override = 'cluster.resources={"report": {"cpu": "1", "memory": "4Gi", "timeout": 600}}'
     pipeline, platform = yaml.safe_load_all(
-        compile_pipeline(config.load("office", [override]), tmp_path / "p.yaml").read_text()
+        compile_pipeline(config.load("office", [GENERAL_DATA, override]), tmp_path / "p.yaml").read_text()
     )
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for step in OFFICE_STEPS:

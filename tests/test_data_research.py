@@ -466,6 +466,60 @@ def test_integrated_narratives_need_one_text_column(tmp_path):
     assert read_integrated_narratives(path).rows == [NarrativeRow("U", [1], 2, ["<a_1>"], "<a_2>", None, "why")]
 
 
+FOUR_COLUMNS = ["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"]
+
+
+def test_integrated_narratives_with_the_research_columns_only(tmp_path):
+    """The four columns the research code reads: rows known by their SIDs, ids None."""
+    path = _write_csv(
+        tmp_path / "n.csv",
+        FOUR_COLUMNS,
+        [
+            ["['<a_1><b_2>', '<a_3><b_4>']", "<a_5><b_6>", "<think>x</think> Because.", "Bought two."],
+            ["[]", "<a_5><b_6>", "why", "story"],  # malformed: skipped
+            ["['<a_1><b_2>']", "<a_3><b_4>", "", "NaN"],
+        ],
+    )
+    got = read_integrated_narratives(path, max_malformed_fraction=0.5, levels=2)
+    assert got.has_ids is False
+    assert got.rows == [
+        NarrativeRow(None, None, None, ["<a_1><b_2>", "<a_3><b_4>"], "<a_5><b_6>", "Bought two.", "Because."),
+        NarrativeRow(None, None, None, ["<a_1><b_2>"], "<a_3><b_4>", None, None),
+    ]
+    assert got.row_numbers == [1, 3] and dict(got.skips.skipped) == {"empty_history": 1}
+    assert dict(got.texts) == {"history_narrative_missing": 1, "reasoning_path_missing": 1}
+    with_ids = _write_csv(tmp_path / "i.csv", ["user_id", "history_item_id", "item_id", *FOUR_COLUMNS], [])
+    assert read_integrated_narratives(with_ids).has_ids is True
+
+
+def test_integrated_narratives_with_some_id_columns_name_the_missing_ones(tmp_path):
+    path = _write_csv(tmp_path / "n.csv", ["user_id", *FOUR_COLUMNS], [])
+    with pytest.raises(ResearchDataError) as err:
+        read_integrated_narratives(path)
+    assert str(err.value) == (
+        f"{path}: missing column(s) history_item_id, item_id (the header has: user_id, history_item_sid, "
+        "item_sid, reasoning_path, integrated_narrative); a narrative file has all of user_id, history_item_id, "
+        "item_id or none of them (then its rows are known by history_item_sid and item_sid, as the research "
+        "code reads them)"
+    )
+    no_sid = _write_csv(tmp_path / "s.csv", ["history_item_sid", "reasoning_path"], [])
+    with pytest.raises(ResearchDataError, match=r"s\.csv: missing column\(s\) item_sid \(the header has"):
+        read_integrated_narratives(no_sid)
+
+
+def test_a_bundle_whose_narratives_have_no_ids_reads_the_same_texts(tmp_path):
+    with_ids = read_bundle(write_bundle(tmp_path / "ids")["root"], CAT)
+    four = write_bundle(tmp_path / "four", narrative_ids=False)
+    assert four["paths"]["integrated_narratives"].read_text().splitlines()[0] == ",".join(FOUR_COLUMNS)
+    got = read_bundle(four["root"], CAT)
+    assert got.narratives.has_ids is False and got.metrics == with_ids.metrics
+    assert [(r.history_narrative, r.reasoning_path) for r in got.narratives.rows] == four["narratives"]
+    assert [(r.history_sids, r.item_sid) for r in got.narratives.rows] == [
+        (s["history_sids"], s["item_sid"]) for s in four["splits"]["train"]
+    ]
+    assert {r[:3] for r in got.narratives.rows} == {(None, None, None)}
+
+
 def test_general_reasoning_content_is_normalised(bundle):
     got = read_general_reasoning(bundle["paths"]["general_reasoning"])
     assert got.conversations == [c for c in bundle["general"] if c is not None]

@@ -15,6 +15,8 @@ from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.submit import run_parameters
 from sidreasoner.steps import STEPS, downstream
 
+from .helpers.presets import GENERAL_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "office"
 GENERATION = 20261206120000  # what --rerun-from would pick at that time (new_generation)
@@ -54,8 +56,8 @@ def table(tmp_path_factory, request, kfp_backend):
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
     backend = kfp_backend()
-    base = config.load(PRESET)
-    kept = config.load(PRESET, [f"generations.rl-stage3={GENERATION}"])
+    base = config.load(PRESET, [GENERAL_DATA])
+    kept = config.load(PRESET, [GENERAL_DATA, f"generations.rl-stage3={GENERATION}"])
     rows = []
 
     def run(label, cfg, parameters=None, yaml_text=None):
@@ -76,7 +78,7 @@ def table(tmp_path_factory, request, kfp_backend):
     )
     run(
         "6. `--set stage2.lr=2e-5` (one section changed), generation G kept",
-        config.load(PRESET, [f"generations.rl-stage3={GENERATION}", "stage2.lr=2e-5"]),
+        config.load(PRESET, [GENERAL_DATA, f"generations.rl-stage3={GENERATION}", "stage2.lr=2e-5"]),
     )
     new_code = "0.1.0+srcffffffffffff"
     mp.setattr(pipeline, "code_version", lambda: new_code)
@@ -86,7 +88,7 @@ def table(tmp_path_factory, request, kfp_backend):
     run("8. training image changed (digest)", base)
     run(
         "9. `submit --no-cache` (generation G of download-data)",
-        config.load(PRESET, [f"generations.download-data={GENERATION}"]),
+        config.load(PRESET, [GENERAL_DATA, f"generations.download-data={GENERATION}"]),
     )
     return rows
 
@@ -135,7 +137,7 @@ def test_docs_show_the_computed_table(table):
 def test_a_retried_task_resumes_its_checkpoint(tmp_path, kfp_backend):
     """A retry replays the same task with the same inputs: the same checkpoint folder, resumed."""
     backend = kfp_backend()
-    cfg = config.load(PRESET)
+    cfg = config.load(PRESET, [GENERAL_DATA])
     text, parameters = compiled(cfg, tmp_path), run_parameters(cfg)
     first = backend.run(text, parameters)
     assert first["sft-stage1"].steps_trained == 1

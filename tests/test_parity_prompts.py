@@ -197,7 +197,7 @@ def _find(examples, task: str, needle: str) -> Example:
 
 def test_stage1_sequences_are_the_research_codes(toks, office):
     tok, q3 = toks
-    s = config.load("office").stage1
+    s = config.load("office", ["stage1.tasks.instructions=0"]).stage1
     examples, counts = tasks.stage1_examples(s, 42, office["dataset"], office["sid_index"], office["corpus"])
     needles = {
         "sid_history_to_sid": f"{S0}, {S1} in",
@@ -222,7 +222,7 @@ def test_stage1_sequences_are_the_research_codes(toks, office):
 
 
 def test_title_history_instructions_are_drawn_per_sample_with_pythons_random(office, tiny_artifacts):
-    s = config.load("office").stage1
+    s = config.load("office", ["stage1.tasks.instructions=0"]).stage1
     examples, _ = tasks.stage1_examples(s, 42, office["dataset"], office["sid_index"], office["corpus"])
     systems = [e.system for e in examples if e.task == "title_history_to_title"]
     want = [prompts.title_history_system(i, "office products") for i in (10, 1, 0, 4, 3)]

@@ -209,6 +209,40 @@ def test_select_every_keeps_the_earliest_fewest_duplicates():
     assert "selected_epoch" not in train(8, 0)[1]
 
 
+@pytest.mark.parametrize("recipe", ["research", "project"])
+def test_full_batch_trains_as_the_per_step_indexing_does(recipe):
+    # one batch holds all 40 items: the full-batch path uses x as it is, the other indexes x[arange(40)] every
+    # step; the same rows in the same order, so on the CPU every parameter, code and loss is bit-identical
+    x = _tiny_x()
+    rq = (
+        _research_rq(epochs=8, select_every=2, lr=0.05, lr_warmup_epochs=1)
+        if recipe == "research"
+        else RQVAEConfig(hidden_dims=[8], latent_dim=2, epochs=8, warmup_epochs=2, reseed_every=3, select_every=2)
+    )
+
+    def train(gather: bool):
+        torch.manual_seed(3)
+        return train_rqvae(x, rq, 2, 4, torch.Generator().manual_seed(0), gather_batches=gather)
+
+    (full, full_metrics), (gathered, gathered_metrics) = train(False), train(True)
+    assert full_metrics == gathered_metrics
+    assert full_metrics.keys() >= {"train_loss", "selected_epoch", "selected_duplicate_rate"}
+    for (name, a), b in zip(full.state_dict().items(), gathered.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        assert torch.equal(full.quantize(full.encoder(x))[1], gathered.quantize(gathered.encoder(x))[1])
+
+
+def test_train_loss_is_the_loss_of_the_kept_epoch():
+    # the first step of the learning-rate warm-up does not move the parameters: the one epoch's loss is
+    # the returned model's reconstruction + VQ loss on the catalogue
+    x, rq = _tiny_x(), _research_rq(epochs=1, select_every=0)
+    model, metrics = train_rqvae(x, rq, 2, 4, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x_hat, _, vq_loss, _ = model(x)
+        assert metrics["train_loss"] == float(nn.functional.mse_loss(x_hat, x) + vq_loss)
+
+
 def _write_inputs(tmp_path, emb):
     data, emb_dir = tmp_path / "data", tmp_path / "emb"
     data.mkdir()

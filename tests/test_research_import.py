@@ -20,9 +20,9 @@ def _cfg(source, *extra):
     )
 
 
-@pytest.fixture()
-def imported(tmp_path, write_research_bundle):
-    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20)
+@pytest.fixture(params=[True, False], ids=["narratives_with_ids", "narratives_four_columns"])
+def imported(request, tmp_path, write_research_bundle):
+    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=12, n_items=20, narrative_ids=request.param)
     cfg = _cfg(bundle["root"])
     paths = {k: tmp_path / k for k in ("raw", "dataset", "embeddings", "sid_index", "corpus")}
     metrics = {
@@ -96,6 +96,27 @@ def test_corpus_is_imported_through_the_teachers_checks(imported):
     assert meta["teacher"] == "import" and meta["imported_from"]["source"] == str(bundle["root"])
 
 
+def test_narrative_rows_pair_with_their_own_train_samples_and_give_the_narrated_prompts(imported):
+    """The narrative file holds the train rows in order: by ids or by SIDs, row n pairs with train sample n
+    (SID keys that several samples share pair up in file order); stage3.prompts=narrated takes those rows."""
+    from sidreasoner.rl.data import narrated_samples, stage3_rows
+
+    bundle, paths, metrics = imported
+    train = bundle["splits"]["train"]
+    by_sids = "user_id" not in bundle["paths"]["integrated_narratives"].read_text().splitlines()[0]
+    sid_keys = [(tuple(r["history_sids"]), r["item_sid"]) for r in train]
+    shared = sum(sid_keys.count(k) > 1 for k in sid_keys)
+    m = metrics["preprocess"]
+    assert (m["narrative_rows_matched"], m["narrative_rows_unmatched"]) == (len(train), 0)
+    assert m["narrative_matched_by_sids"] == float(by_sids)
+    assert (m["narrative_rows_ambiguous"], shared) == ((shared if by_sids else 0), 2)  # train rows 19, 41
+    narrated = narrated_samples(paths["dataset"], paths["corpus"])
+    assert narrated == sorted(Corpus.at(paths["corpus"]).read_table(Corpus.SAMPLES).to_pydict()["sample"])
+    cfg = _cfg(bundle["root"], "stage3.prompts=narrated")
+    rows, _ = stage3_rows(cfg.stage3, cfg.seed, paths["dataset"], paths["sid_index"], paths["corpus"])
+    assert [r["reward_model"]["ground_truth"] for r in rows] == [train[n]["item_sid"] for n in narrated]
+
+
 def test_stage1_reads_the_bundles_general_reasoning(imported):
     bundle, paths, _ = imported
     cfg = _cfg(bundle["root"])
@@ -105,6 +126,86 @@ def test_stage1_reads_the_bundles_general_reasoning(imported):
     assert [json.loads(x)["messages"] for x in lines] == [c for c in bundle["general"] if c is not None]
     own = _cfg(bundle["root"], "stage1.instruction_file=/x.jsonl")
     assert general_reasoning_file(own.stage1, paths["dataset"]) == "/x.jsonl"
+
+
+# A hand-made bundle: items 0..3 with SIDs S[0..3], items 2 and 3 sharing one; its train rows 0 and 1 have
+# the same history and target (users U1, U2), rows 2 and 3 the same SIDs (targets 2 and 3).
+S = ["<a_0><b_0>", "<a_1><b_1>", "<a_2><b_2>", "<a_2><b_2>"]
+TRAIN = [("U1", [0], 1), ("U2", [0], 1), ("U1", [0, 1], 2), ("U3", [0, 1], 3)]
+# Narrative rows: train row 3's, row 0's, row 1's, a sample not in train, a second copy of row 0's.
+NARRATED = [("U3", [0, 1], 3), ("U1", [0], 1), ("U2", [0], 1), ("U9", [2], 0), ("U1", [0], 1)]
+
+
+def _hand_made_bundle(root, narrative_ids: bool):
+    import csv
+
+    def write(path, header, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([header, *rows])
+
+    def row(user, hist, item):
+        titles = [f"Item {i}" for i in hist]
+        return [user, str(titles), f"Item {item}", str(hist), item, str([S[i] for i in hist]), S[item]]
+
+    header = [
+        "user_id",
+        "history_item_title",
+        "item_title",
+        "history_item_id",
+        "item_id",
+        "history_item_sid",
+        "item_sid",
+    ]
+    write(root / "train" / f"{CAT}.csv", header, [row(*r) for r in TRAIN])
+    for split in ("valid", "test"):
+        write(root / split / f"{CAT}.csv", header, [row("U1", [0, 1, 2], 3)])
+    texts = [[f"path {n}", f"story {n}"] for n in range(len(NARRATED))]
+    if narrative_ids:
+        narrative_header = ["user_id", "history_item_id", "item_id", "history_item_sid", "item_sid"]
+        rows = [[u, str(h), t, str([S[i] for i in h]), S[t]] for u, h, t in NARRATED]
+    else:
+        narrative_header = ["history_item_sid", "item_sid"]
+        rows = [[str([S[i] for i in h]), S[t]] for _, h, t in NARRATED]
+    write(
+        root / "index" / f"{CAT}.integrated_narrative.csv",
+        [*narrative_header, "reasoning_path", "integrated_narrative"],
+        [r + x for r, x in zip(rows, texts, strict=True)],
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    "narrative_ids, samples, texts, ambiguous",
+    [
+        # by ids: each row finds its own sample; the sample not in train and the second copy are unmatched
+        (True, [0, 1, 3], [1, 2, 0], 0),
+        # by SIDs: rows 0 and 1, and rows 2 and 3, are alike; the rows pair with them in file order
+        (False, [0, 1, 2], [1, 2, 0], 3),
+    ],
+)
+def test_narrative_rows_pair_with_train_samples_by_ids_or_by_sids(tmp_path, narrative_ids, samples, texts, ambiguous):
+    import pyarrow.parquet as pq
+
+    from sidreasoner.data.from_research import dataset_from_bundle
+
+    root = _hand_made_bundle(tmp_path / "Amazon", narrative_ids)
+    cfg = _cfg(root, "data.min_samples=1")
+    metrics = dataset_from_bundle(cfg, root, CAT, str(root), Dataset.at(tmp_path / "dataset"))
+    got = pq.read_table(Dataset.at(tmp_path / "dataset").file(Dataset.BUNDLE_SAMPLE_NARRATIVES)).to_pydict()
+    assert got == {
+        "sample": samples,
+        "history_narrative": [f"story {n}" for n in texts],
+        "reasoning_path": [f"path {n}" for n in texts],
+    }
+    assert {k: v for k, v in metrics.items() if k.startswith("narrative_rows") or k.startswith("narrative_m")} == {
+        "narrative_rows": 5.0,
+        "narrative_rows_read": 5.0,
+        "narrative_rows_matched": 3.0,
+        "narrative_rows_unmatched": 2.0,
+        "narrative_rows_ambiguous": float(ambiguous),
+        "narrative_matched_by_sids": float(not narrative_ids),
+    }
 
 
 @pytest.mark.parametrize(
@@ -173,11 +274,14 @@ def test_the_projects_own_export_imports_back_unchanged(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, write_research_bundle):
+@pytest.mark.parametrize("narrative_ids", [True, False], ids=["narratives_with_ids", "narratives_four_columns"])
+def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, write_research_bundle, narrative_ids):
+    """The narrative file with ids, and with only the four columns the research code reads (its rows
+    paired with train samples by SIDs; Stage 3 then trains on the narrated prompts, as the paper presets do)."""
     import subprocess
     import sys
 
-    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=30, n_items=24)
+    bundle = write_research_bundle(tmp_path / "Amazon", CAT, n_users=30, n_items=24, narrative_ids=narrative_ids)
     sets = [
         "data.format=research",
         f"data.source={bundle['root']}",
@@ -199,6 +303,7 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
         "eval.max_users=0",
         "eval.think_max_tokens=8",
         "stage1.instruction_samples=3",
+        *([] if narrative_ids else ["stage3.prompts=narrated"]),
     ]
     summary = tmp_path / "summary.json"
     result = subprocess.run(
@@ -222,6 +327,11 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
     assert tasks["quantize-sids"]["metrics"]["imported"] == 1.0
     assert tasks["embed-items"]["metrics"]["skipped"] == 1.0
     assert tasks["sft-stage1"]["metrics"]["steps"] > 0
+    matched = tasks["preprocess"]["metrics"]
+    assert (matched["narrative_rows_matched"], matched["narrative_matched_by_sids"]) == (
+        len(bundle["splits"]["train"]),
+        float(not narrative_ids),
+    )
     test_rows = len(bundle["splits"]["test"])
     for stage in ("evaluate-stage1", "evaluate-stage2", "evaluate-stage3"):
         assert tasks[stage]["metrics"]["test_nonthink_users"] == test_rows

@@ -103,6 +103,9 @@ EXPECTED = {
         "actor_rollout_ref.actor.optim.lr_warmup_steps": -1,
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
         "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+        # stage3.seed 1: the research's verl shuffles its prompts with data.get("seed", 1).
+        "data.seed": 1,
+        "actor_rollout_ref.rollout.seed": 1,
         "reward.custom_reward_function.reward_kwargs": {
             "kind": "research",
             "catalogue": "/runs/r1/sid_index/catalogue.json",
@@ -126,6 +129,8 @@ EXPECTED = {
         "trainer.test_freq": -1,
         "trainer.val_before_train": False,
         "actor_rollout_ref.ref.fsdp_config.param_offload": False,
+        "data.seed": 0,  # the run's seed
+        "actor_rollout_ref.rollout.seed": 0,
         "reward.custom_reward_function.reward_kwargs": {
             "kind": "rule",
             "catalogue": "/runs/r1/sid_index/catalogue.json",
@@ -152,8 +157,6 @@ COMMON = {
     "trainer.resume_mode": "auto",
     "trainer.logger": ["console"],
     "trainer.nnodes": 1,
-    "data.seed": 0,
-    "actor_rollout_ref.rollout.seed": 0,
 }
 
 

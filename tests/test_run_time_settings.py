@@ -13,6 +13,8 @@ from sidreasoner.config import complete_sections, enabled_at_run_time, refuse_ur
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.steps import STEPS
 
+from .helpers.presets import GENERAL_DATA
+
 
 def test_a_section_given_in_part_keeps_the_compiled_values():
     compiled = {
@@ -108,13 +110,15 @@ def test_cli_compile_refuses_credentials_in_a_url(tmp_path):
 
 
 def test_image_pull_secrets_reach_every_pod(tmp_path):
-    cfg = config.load("office", ['cluster.image_pull_secrets=["regcred", "mirror"]'])
+    cfg = config.load("office", [GENERAL_DATA, 'cluster.image_pull_secrets=["regcred", "mirror"]'])
     platform = list(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text()))[1]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(executors) == {f"exec-{name}" for name in STEPS} | {"exec-export-model-enabled"}
     for name, executor in executors.items():
         assert [s["secretName"] for s in executor["imagePullSecret"]] == ["regcred", "mirror"], name
-    default = list(yaml.safe_load_all(compile_pipeline(config.load("office"), tmp_path / "q.yaml").read_text()))[1]
+    default = list(
+        yaml.safe_load_all(compile_pipeline(config.load("office", [GENERAL_DATA]), tmp_path / "q.yaml").read_text())
+    )[1]
     assert "imagePullSecret" not in str(default)
 
 

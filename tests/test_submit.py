@@ -12,6 +12,7 @@ from sidreasoner import config
 from sidreasoner.pipelines.submit import Auth, KFPUnavailable, spec_digest, submit, upload
 from sidreasoner.steps import STEP_NAMES, downstream
 
+from .helpers.presets import GENERAL_DATA
 from .test_compile import step_tasks
 
 
@@ -49,7 +50,7 @@ def test_downstream_follows_the_artifacts():
 
 
 def test_submit_sends_spec_parameters_root_and_caching(kfp_api):
-    cfg = config.load("office", ["data.k_core=7"])
+    cfg = config.load("office", [GENERAL_DATA, "data.k_core=7"])
     url, state = kfp_api
     result = submit(cfg, url, experiment="office-exp", run_name="r1", pipeline_root="s3://bucket/root")
     (exp_call,) = state.calls("POST", "/experiments")
@@ -158,7 +159,7 @@ def _uploaded_spec(call):
 
 def test_upload_names_versions_by_code_and_spec_and_never_twice(kfp_api, monkeypatch):
     monkeypatch.setattr("sidreasoner.pipelines.submit.code_version", lambda: "0.1.0+srcABCDEF123456")
-    cfg = config.load("games")
+    cfg = config.load("games", [GENERAL_DATA])
     url, state = kfp_api
     first = upload(cfg, url)
     assert first.created and first.version == "sidreasoner"  # the server names the first version
@@ -174,14 +175,14 @@ def test_upload_names_versions_by_code_and_spec_and_never_twice(kfp_api, monkeyp
     assert state.calls("GET", f"/pipelines/{first.pipeline_id}/versions")
     assert not state.calls("POST", "/pipelines/upload_version")
     # Another spec: a new version named after the code version, the category and the spec's digest.
-    changed = upload(config.load("games", ["data.k_core=7"]), url)
+    changed = upload(config.load("games", [GENERAL_DATA, "data.k_core=7"]), url)
     assert changed.created and changed.pipeline_id == first.pipeline_id
     (up2,) = state.calls("POST", "/pipelines/upload_version")
     digest2 = spec_digest(_uploaded_yaml(up2))
     assert digest2 != digest
     assert changed.version == up2.query["name"][0] == f"0.1.0-srcabcdef123456-video-games-{digest2}"
     assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*[a-z0-9]", changed.version)
-    assert upload(config.load("games", ["data.k_core=7"]), url).created is False
+    assert upload(config.load("games", [GENERAL_DATA, "data.k_core=7"]), url).created is False
     assert len(state.versions) == 2
 
 
@@ -241,6 +242,8 @@ def test_cli_submit_wait_and_secret_free_requests(kfp_api):
             "office",
             "--set",
             "teacher.model=gpt-4o",
+            "--set",
+            GENERAL_DATA,
             "--rerun-from",
             "report",
             "--wait",

@@ -190,7 +190,7 @@ def test_instruction_file(tmp_path, extended, base):
         data_mod.read_instruction_file(bad)
     with pytest.raises(data_mod.InstructionFileError, match="no such file"):
         data_mod.read_instruction_file(tmp_path / "missing.jsonl")
-    cfg = config.load("demo", [f"stage1.instruction_file={good}"]).stage1
+    cfg = config.load("demo", [f"stage1.instruction_file={good}", "stage1.tasks.instructions=1"]).stage1
     _, counts = tasks.stage1_examples(cfg, 0, base["dataset"], base["sid_index"], base["corpus"])
     assert counts["instructions"] == 2
 
@@ -292,6 +292,7 @@ def _stage1_cfg(hostile):
             "stage1.max_per_task=0",
             "stage1.tasks.item_narratives=1.0",
             f"stage1.instruction_file={hostile['instructions']}",
+            "stage1.tasks.instructions=1",
         ],
     ).stage1
 
@@ -365,6 +366,7 @@ def test_sft_stage1_reports_the_markers_it_neutralised(hostile, tmp_path):
             "stage1.max_per_task=0",
             "stage1.tasks.item_narratives=1.0",
             f"stage1.instruction_file={hostile['instructions']}",
+            "stage1.tasks.instructions=1",
             "stage1.epochs=1",
             "stage1.per_device_batch_size=64",
             "stage1.global_batch_size=64",

@@ -14,6 +14,7 @@ import typer
 from sidreasoner import config as config_mod
 from sidreasoner.artifacts import ReportPages
 from sidreasoner.config import Config, ConfigError
+from sidreasoner.config.stage1_data import require_stage1_data
 from sidreasoner.steps import STEPS, Step
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -129,6 +130,7 @@ def run(
     cfg = _load_config(preset, overrides)
     try:
         steps_until(until)
+        require_stage1_data(cfg, until)
         in_run = [step.name for step in pipeline_steps(cfg, until)]
         cfg, rerun_steps = config_mod.with_rerun(cfg, no_cache, rerun_from)
         if rerun_from and rerun_from not in in_run:
@@ -228,7 +230,10 @@ def compile_cmd(
     from sidreasoner.pipelines.compile import compile_pipeline
 
     cfg = _load_config(preset, overrides)
-    typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
+    try:
+        typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
+    except ConfigError as err:
+        _fail(str(err))
 
 
 HostOpt = Annotated[

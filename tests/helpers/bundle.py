@@ -31,6 +31,8 @@ from pathlib import Path
 
 SUFFIX = "_5_2016-10-2018-11"
 HEADER = ["user_id", "history_item_title", "item_title", "history_item_id", "item_id", "history_item_sid", "item_sid"]
+# The integrated narratives' columns the research code reads (a bundle's file may have only these).
+NARRATIVE_HEADER = ["history_item_sid", "item_sid", "reasoning_path", "integrated_narrative"]
 MAX_HISTORY = 10
 
 BRANDS = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark", "Wayne", "Wonka"]
@@ -193,6 +195,7 @@ def write_bundle(
     n_general: int = 6,
     text_words: int = 0,
     repeat: float = 0.0,
+    narrative_ids: bool = True,
 ) -> dict:
     """Write a research bundle of `category` under `root`; return what a reader must find.
 
@@ -203,7 +206,8 @@ def write_bundle(
     "general" (normalised conversations in file order, None for those dropped)}.
 
     `text_words` lengthens every description, narrative and chat (the benchmark's realistic sizes);
-    `repeat` is the chance that a user buys again an item already in their sequence.
+    `repeat` is the chance that a user buys again an item already in their sequence; `narrative_ids=False`
+    writes the integrated narratives with only the four columns the research code reads (NARRATIVE_HEADER).
     """
     if quirks and n_items < 10:
         raise ValueError("quirks need at least 10 items")
@@ -293,10 +297,14 @@ def write_bundle(
         cell_n, cell_r, want_n, want_r = (
             _narrative_texts(n, s, text_words) if quirks else _narrative_texts(0, s, text_words)
         )
-        narrative_rows.append(_csv_row(s) + [cell_n, cell_r])
+        if narrative_ids:
+            narrative_rows.append(_csv_row(s) + [cell_n, cell_r])
+        else:
+            narrative_rows.append([str(s["history_sids"]), s["item_sid"], cell_r, cell_n])
         narratives.append((want_n, want_r))
     paths["integrated_narratives"] = index_dir / f"{category}.integrated_narrative.csv"
-    _write_csv(paths["integrated_narratives"], HEADER + ["integrated_narrative", "reasoning_path"], narrative_rows)
+    header = HEADER + ["integrated_narrative", "reasoning_path"] if narrative_ids else NARRATIVE_HEADER
+    _write_csv(paths["integrated_narratives"], header, narrative_rows)
 
     lines, general = _general(n_general, quirks, text_words)
     paths["general_reasoning"] = root / "general" / "sampled_data.arrow"

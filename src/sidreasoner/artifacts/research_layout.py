@@ -23,7 +23,9 @@ SPLIT_COLUMNS = (
     "item_sid",
 )
 NARRATIVE_COLUMNS = ("integrated_narrative", "reasoning_path")
-ID_SID_COLUMNS = ("user_id", "history_item_id", "item_id", "history_item_sid", "item_sid")
+ID_COLUMNS = ("user_id", "history_item_id", "item_id")
+SID_COLUMNS = ("history_item_sid", "item_sid")
+ID_SID_COLUMNS = (*ID_COLUMNS, *SID_COLUMNS)
 
 
 def split_csv(split: str, category: str) -> str:
@@ -52,5 +54,6 @@ def item_narratives_json(category: str) -> str:
 
 
 def integrated_narrative_csv(category: str) -> str:
-    """`index/<Cat>.integrated_narrative.csv`: samples with `integrated_narrative` and `reasoning_path`."""
+    """`index/<Cat>.integrated_narrative.csv`: samples with `integrated_narrative` and `reasoning_path`; the
+    research code reads only the SID columns and the texts, so a bundle's file may lack the ID_COLUMNS."""
     return f"{INDEX_FOLDER}/{category}.integrated_narrative.csv"

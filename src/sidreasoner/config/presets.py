@@ -42,8 +42,9 @@ _PAPER = {
     # MiniOneRec's rq/rqvae.sh + rqvae.py (3 x 256 codes, encoder 2048-1024-512-256-128-64, latent 32, k-means
     # init, AdamW lr 1e-3 with 50 warm-up epochs, clip 1.0, batch 20,480, 10,000 epochs, the fewest-duplicate
     # checkpoint of every 50 epochs) and rq/generate_indices.py (Sinkhorn eps 0.003 on the last level, at most 20
-    # rounds, remaining collisions kept). The project's collapse guards are off.
+    # rounds, remaining collisions kept). The project's collapse guards are off. Seed 2024, rqvae.py's.
     "sid": {
+        "seed": 2024,
         "method": "rqvae",
         "levels": 3,
         "codebook_size": 256,
@@ -87,9 +88,12 @@ _PAPER = {
     },
     "model": {"base": "Qwen/Qwen3-1.7B"},
     # The paper's Stage 1: full fine-tuning, lr 3e-4 with 20 warm-up steps then linear decay, 10 epochs, global
-    # batch 1024 in random order, cutoff 1024, bf16; the checkpoint with the best next-SID loss on the whole valid
-    # split, stopping after 3 epochs without a better one.
+    # batch 1024 in random order, cutoff 1024, pure bf16 (weights loaded in bf16, bf16=True); the checkpoint with
+    # the best next-SID loss on the whole valid split, stopping after 3 epochs without a better one. Seed 42 (its
+    # script's --seed): the title-history instruction each row draws, the general-reasoning sample, the order.
     "stage1": {
+        "seed": 42,
+        "weights_dtype": "bfloat16",
         "lr": 3e-4,
         "epochs": 10,
         "global_batch_size": 1024,
@@ -122,9 +126,11 @@ _PAPER = {
         "instruction_thinking": True,
     },
     # The paper's Stage 2: lr 1e-5 with 10 warm-up steps then linear decay, up to 5 epochs, global batch 1024,
-    # cutoff 1024, on every reasoning path; the checkpoint with the best next-SID loss (no reasoning) on the whole
-    # valid split, patience 5.
+    # cutoff 1024, on every reasoning path, pure bf16, seed 42 (its script's --seed); the checkpoint with the best
+    # next-SID loss (no reasoning) on the whole valid split, patience 5.
     "stage2": {
+        "seed": 42,
+        "weights_dtype": "bfloat16",
         "lr": 1e-5,
         "epochs": 5,
         "global_batch_size": 1024,
@@ -151,8 +157,10 @@ _PAPER = {
     },
     # The paper's Stage 3 (verl GRPO) on 4 GPUs: rollout.n 16, lr 5e-7, KL loss 0.001 (low_var_kl), train batch
     # 256 prompts (micro-batches of 8 per GPU), max prompt/response 1024 tokens, 10 epochs over the narrated
-    # samples, checkpoint every 100 steps, validation before training and every 50 steps; vLLM rollouts.
+    # samples, checkpoint every 100 steps, validation before training and every 50 steps; vLLM rollouts. Seed 1:
+    # its verl shuffles the prompts with data.get("seed", 1), no seed being set.
     "stage3": {
+        "seed": 1,
         "backend": "verl",
         "reward": "research",
         "num_generations": 16,
@@ -187,7 +195,7 @@ _PAPER = {
             "download-data": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
             "preprocess": {"cpu": "2", "memory": "16Gi", "memory_limit": "16Gi"},
             "embed-items": {"cpu": "4", "memory": "32Gi", "memory_limit": "32Gi", "gpus": 1},
-            "quantize-sids": {"cpu": "8", "memory": "16Gi", "memory_limit": "16Gi"},
+            "quantize-sids": {"cpu": "8", "memory": "16Gi", "memory_limit": "16Gi", "gpus": 1},
             "synthesize-corpus": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
             "evaluate-baselines": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
             "prepare-base-model": {"cpu": "4", "memory": "32Gi", "memory_limit": "32Gi"},
@@ -277,6 +285,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "item_narratives": 0.5,
                 "history_narratives": 0.5,
                 "title_history_to_title": 0.0,
+                # No general-reasoning data comes with the demo: off explicitly (a weight without data is refused).
+                "instructions": 0.0,
             },
         },
         # Enough reasoning paths for the tiny model to walk the teacher's deduction itself: with 400 thinking mode
@@ -338,9 +348,11 @@ for _name in ("office", "industrial", "games"):
 del _name
 
 # With data.format=research the bundle's own SIDs and corpus are used (no embedding, no quantizer,
-# no teacher); a `--set` of any of these keys still wins.
+# no teacher), and its general-reasoning chats in Stage 1 (the demo's opt-out undone); a `--set` of any of
+# these keys still wins.
 RESEARCH_BUNDLE: dict[str, Any] = {
     "embed": {"model": "none"},
     "sid": {"method": "import"},
     "teacher": {"kind": "import"},
+    "stage1": {"tasks": {"instructions": 1.0}},
 }

@@ -70,6 +70,23 @@ def _holds_bool(value: Any) -> bool:
     return isinstance(value, dict) and any(_holds_bool(v) for v in value.values())
 
 
+def _seed_in_range(value: Any) -> Any:
+    """Before the general whole-number check, so that 1e23 is told the seed's own bound."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < SEED_END:
+        raise ValueError(f"must be a whole number with 0 <= seed < 2**32 = {SEED_END} (numpy's and torch's seeds)")
+    return value
+
+
+def _step_seed_field() -> Any:
+    """A step's own seed (sid, stage1, stage2, stage3): None = the run's top-level `seed`."""
+    return Field(
+        None,
+        ge=0,
+        lt=SEED_END,
+        description="seed of this step's random draws, 0 <= seed < 2**32; empty (null) = the run's top-level seed",
+    )
+
+
 class _Section(BaseModel):
     # Infinity and NaN are never settings: an infinite learning rate trains a NaN model.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -376,6 +393,12 @@ class SIDConfig(_Section):
         0.001, ge=0, le=1, description="rkmeans: collision rate (before handling) at which a fit ends the restarts"
     )
     rqvae: RQVAEConfig = Field(default_factory=RQVAEConfig)
+    seed: int | None = _step_seed_field()
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        return _seed_in_range(value)
 
 
 class TeacherConfig(_Section):
@@ -468,6 +491,7 @@ class TrainerConfig(_Section):
     """What every training stage (SFT Stages 1 and 2, RL Stage 3) sets the same way: schedule,
     precision, LoRA, sample caps, checkpoints and logging."""
 
+    seed: int | None = _step_seed_field()
     epochs: float = Field(3, gt=0)
     lr: float = Field(1e-3, gt=0, le=1)
     warmup_ratio: float = Field(
@@ -520,6 +544,11 @@ class TrainerConfig(_Section):
     logging_steps: int = Field(10, ge=1)
     gradient_checkpointing: bool = False
 
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_range(cls, value: Any) -> Any:
+        return _seed_in_range(value)
+
 
 class _SFTConfig(TrainerConfig):
     global_batch_size: int = Field(
@@ -557,7 +586,8 @@ class _SFTConfig(TrainerConfig):
 
 class Stage1Tasks(_Section):
     """Stage 1 task mix: a weight per task (0 = off). A weight w takes round(w * available) examples
-    of that task per epoch (w > 1 repeats examples)."""
+    of that task per epoch (w > 1 repeats examples). A task with a weight but no data is refused before
+    the run (compile, run, submit) and by sft-stage1, never left out: give its data or set it to 0."""
 
     sid_history_to_sid: float = Field(1.0, ge=0)
     title_to_sid: float = Field(1.0, ge=0)
@@ -568,7 +598,11 @@ class Stage1Tasks(_Section):
     item_narratives: float = Field(1.0, ge=0)
     history_narratives: float = Field(1.0, ge=0)
     instructions: float = Field(
-        1.0, ge=0, description="general instruction data from stage1.instruction_file (when set)"
+        1.0,
+        ge=0,
+        description="general-reasoning data (the research code always mixes it in): stage1.instruction_file, "
+        "or the research bundle's general/ chats (data.format=research); without either, set 0 to train "
+        "without it (metric general_data_opted_out)",
     )
 
 
@@ -695,6 +729,14 @@ class VerlConfig(_Section):
     fsdp_optimizer_offload: bool = Field(False, description="offload the actor's optimizer state to CPU")
     ref_param_offload: bool = Field(
         False, description="offload the reference policy's parameters to CPU (also on with fsdp_param_offload)"
+    )
+    loss_agg_mode: Literal[
+        "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = Field(
+        "token-mean",
+        description="how the actor's policy and KL losses are averaged over the mini-batch (verl "
+        "actor.loss_agg_mode); token-mean = over every response token of the mini-batch on all GPUs. "
+        "None is the research's verl 0.4.1 token-mean, which averaged per micro-batch (docs/paper-parity.md)",
     )
     test_freq: int = Field(
         0,
@@ -1025,7 +1067,11 @@ class ClusterConfig(_Section):
 
 class Config(_Section):
     seed: int = Field(
-        0, ge=0, lt=SEED_END, description="seed of every random draw; numpy and torch take 0 <= seed < 2**32"
+        0,
+        ge=0,
+        lt=SEED_END,
+        description="seed of every random draw (sid.seed and stage1/2/3.seed, when set, win for their step); "
+        "numpy and torch take 0 <= seed < 2**32",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
@@ -1048,10 +1094,13 @@ class Config(_Section):
     @field_validator("seed", mode="before")
     @classmethod
     def _seed_range(cls, value: Any) -> Any:
-        """Before the general whole-number check, so that 1e23 is told the seed's own bound."""
-        if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < SEED_END:
-            raise ValueError(f"must be a whole number with 0 <= seed < 2**32 = {SEED_END} (numpy's and torch's seeds)")
-        return value
+        return _seed_in_range(value)
+
+    def seed_for(self, section: str) -> int:
+        """The seed the step reading `section` (sid, stage1, stage2, stage3) draws with: the section's own
+        `seed`, else the run's."""
+        own = getattr(self, section).seed
+        return self.seed if own is None else own
 
     @field_validator("generations")
     @classmethod

@@ -10,19 +10,25 @@ dataset's ids, so that they read one validated form: the SID index (quantize-sid
 narratives (synthesize-corpus, teacher.kind=import), the train samples' history narratives and reasoning
 paths, the general-reasoning chats (sft-stage1), and the import's record (where the bundle came from, which
 files, what was counted).
+
+A narrative row is paired with a train sample by the sample's ids (user, history item ids, target item id),
+or by its SIDs (history SIDs, target SID) when the narrative file has only the columns the research code
+reads (the SIDs and the texts). Every later consumer (the Stage 1 history narratives, the Stage 2 reasoning
+examples, the Stage 3 `narrated` prompts) then reads the paired train sample.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
 from sidreasoner.artifacts.dataset import SPLITS, Dataset
 from sidreasoner.config import Config
-from sidreasoner.data.research import ResearchBundle, ResearchDataError, read_bundle
+from sidreasoner.data.research import NarrativeRow, ResearchBundle, ResearchDataError, Sample, read_bundle
 
 SAMPLE_SCHEMA = Dataset.sample_schema()
 
@@ -71,33 +77,44 @@ def _samples(bundle: ResearchBundle, dense: dict[int, int]) -> tuple[dict[str, d
     return out, list(users)
 
 
-def _sample_narratives(
-    bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple]
-) -> tuple[dict[str, list], int]:
-    """The narrative rows matched to train samples by (user, history, target), in train order; a
-    key that appears several times pairs up in file order. Returns the columns and the unmatched count."""
-    rows_by_key: dict[tuple, list[int]] = defaultdict(list)
-    for row, key in enumerate(train_keys):
-        rows_by_key[key].append(row)
+def _pairing_key(has_ids: bool) -> Callable[[Sample | NarrativeRow], tuple]:
+    """What pairs a narrative row with a train sample: (user, history item ids, target item id), or
+    (history SIDs, target SID) for a narrative file without ids."""
+    if has_ids:
+        return lambda r: (r.user_id, tuple(r.history_item_ids), r.item_id)
+    return lambda r: (tuple(r.history_sids), r.item_sid)
+
+
+def _sample_narratives(bundle: ResearchBundle) -> tuple[dict[str, list], Counter]:
+    """The narrative rows paired with the bundle's train samples (the dataset's train rows, same order), in
+    train order, and the counts `matched`, `unmatched` (no train sample with the row's key is left: the row
+    is dropped) and `ambiguous` (matched rows whose key several train samples share: such rows pair with
+    them in file order; by SIDs, the samples may differ in user or in items that share a SID)."""
+    key = _pairing_key(bundle.narratives.has_ids)
+    free: dict[tuple, list[int]] = defaultdict(list)
+    for row, sample in enumerate(bundle.splits["train"].samples):
+        free[key(sample)].append(row)
+    shared = {k for k, rows in free.items() if len(rows) > 1}
     matched: dict[int, tuple[str | None, str | None]] = {}
-    unmatched = 0
+    counts: Counter = Counter(matched=0, unmatched=0, ambiguous=0)
     for r in bundle.narratives.rows:
-        key = (r.user_id, tuple(dense.get(i, -1) for i in r.history_item_ids), dense.get(r.item_id, -1))
-        free = rows_by_key.get(key)
-        if not free:
-            unmatched += 1
+        k = key(r)
+        if not free.get(k):
+            counts["unmatched"] += 1
             continue
-        matched[free.pop(0)] = (r.history_narrative, r.reasoning_path)
+        counts["matched"] += 1
+        counts["ambiguous"] += k in shared
+        matched[free[k].pop(0)] = (r.history_narrative, r.reasoning_path)
     order = sorted(matched)
     return {
         "sample": order,
         "history_narrative": [matched[k][0] for k in order],
         "reasoning_path": [matched[k][1] for k in order],
-    }, unmatched
+    }, counts
 
 
 def _write_bundle_extras(
-    dataset: Dataset, bundle: ResearchBundle, dense: dict[int, int], train_keys: list[tuple], metrics: dict[str, float]
+    dataset: Dataset, bundle: ResearchBundle, dense: dict[int, int], metrics: dict[str, float]
 ) -> None:
     if bundle.index is not None:
         dataset.write_bundle_sid_index({str(dense[i]): codes for i, codes in bundle.index.codes.items()})
@@ -113,8 +130,9 @@ def _write_bundle_extras(
             )
         )
     if bundle.narratives is not None:
-        cols, unmatched = _sample_narratives(bundle, dense, train_keys)
-        metrics.update(narrative_rows_matched=len(cols["sample"]), narrative_rows_unmatched=unmatched)
+        cols, counts = _sample_narratives(bundle)
+        metrics.update({f"narrative_rows_{k}": v for k, v in counts.items()})
+        metrics["narrative_matched_by_sids"] = 0 if bundle.narratives.has_ids else 1
         dataset.write_bundle_sample_narratives(
             pa.table(
                 {
@@ -158,11 +176,6 @@ def dataset_from_bundle(
         **{f"samples_{s}": len(splits[s]["item_id"]) for s in SPLITS},
     }
     metrics["interactions"] = sum(metrics[f"samples_{s}"] for s in SPLITS)
-    train = splits["train"]
-    train_keys = [
-        (users[u], tuple(h), t)
-        for u, h, t in zip(train["user_id"], train["history_item_ids"], train["item_id"], strict=True)
-    ]
     with Dataset.writing(out_dir) as dataset:
         dataset.write_items(
             pa.table(
@@ -194,7 +207,7 @@ def dataset_from_bundle(
                 for n, t, d in zip(item_cols["item_id"], item_cols["title"], item_cols["description"], strict=True)
             },
         )
-        _write_bundle_extras(dataset, bundle, dense, train_keys, metrics)
+        _write_bundle_extras(dataset, bundle, dense, metrics)
         files = {
             k: str(p.relative_to(bundle.files.root))
             for k, p in vars(bundle.files).items()

@@ -5,7 +5,8 @@ Layout: the files `artifacts.research_layout` names, any sensible subset (`<Cat>
 (item id -> SID codes, one per level), the item texts (item id -> {"title", "description", ...}), the catalogue
 (`info/<Cat>_*.txt`, or the exports' `info_txt`: `SID<TAB>title<TAB>item id` per item), the item narratives
 (item id -> {..., "llm_stage2": narrative}), the integrated narratives (samples + `integrated_narrative`,
-`reasoning_path`) and the general reasoning chats (JSON lines, see below).
+`reasoning_path`; the samples by ids and SIDs, or by SIDs only: the four columns the research code reads)
+and the general reasoning chats (JSON lines, see below).
 
 Every function here is pure over local files and returns plain Python. List fields of the CSVs are
 Python list literals (`['a', "b's"]`, `[384, 289]`); they are parsed with `ast.literal_eval` (JSON and
@@ -42,7 +43,14 @@ from typing import Any, NamedTuple
 import orjson
 
 from sidreasoner.artifacts import research_layout
-from sidreasoner.artifacts.research_layout import ID_SID_COLUMNS, NARRATIVE_COLUMNS, SPLIT_COLUMNS, SPLITS
+from sidreasoner.artifacts.research_layout import (
+    ID_COLUMNS,
+    ID_SID_COLUMNS,
+    NARRATIVE_COLUMNS,
+    SID_COLUMNS,
+    SPLIT_COLUMNS,
+    SPLITS,
+)
 from sidreasoner.config.schema import file_name_problem
 from sidreasoner.data.literals import json_or_literal, snippet
 
@@ -313,11 +321,12 @@ class Sample(NamedTuple):
 
 
 class NarrativeRow(NamedTuple):
-    """One row of the integrated narratives CSV: the sample and its two texts (None when missing)."""
+    """One row of the integrated narratives CSV: the sample and its two texts (None when missing). The ids
+    are None in a file without id columns (the research code reads only the SIDs and the texts)."""
 
-    user_id: str
-    history_item_ids: list[int]
-    item_id: int
+    user_id: str | None
+    history_item_ids: list[int] | None
+    item_id: int | None
     history_sids: list[str]
     item_sid: str
     history_narrative: str | None
@@ -384,13 +393,15 @@ class SplitRows:
 
 @dataclass
 class NarrativeRows:
-    """The integrated narratives CSV read; `texts` counts the texts missing or dropped, by reason."""
+    """The integrated narratives CSV read; `texts` counts the texts missing or dropped, by reason;
+    `has_ids` is False for a file with the SID columns only (its rows' ids are None)."""
 
     path: Path
     rows: list[NarrativeRow]
     row_numbers: list[int]
     skips: Skips
     texts: Counter
+    has_ids: bool = True
 
     def metrics(self, prefix: str = "narrative") -> dict[str, float]:
         out = {
@@ -469,6 +480,15 @@ def _parse_ids_sids(
     return user, hist, item, sids, item_sid
 
 
+def _parse_sids(fields: list[str], col: dict[str, int], check: _SidCheck) -> tuple[list[str], str]:
+    sids = _sid_list(fields[col["history_item_sid"]], "history_item_sid", check)
+    if not sids:
+        raise _Bad("empty_history", "history_item_sid", "the history is empty")
+    item_sid = fields[col["item_sid"]].strip()
+    check(item_sid, "item_sid")
+    return sids, item_sid
+
+
 def _parse_sample(fields: list[str], col: dict[str, int], check: _SidCheck) -> Sample:
     user, hist, item, sids, item_sid = _parse_ids_sids(fields, col, check)
     titles = _text_list(fields[col["history_item_title"]], "history_item_title")
@@ -541,8 +561,10 @@ def read_integrated_narratives(
     """Read the integrated narratives CSV (`research_layout.integrated_narrative_csv`): each row's user,
     history, target, history narrative (`integrated_narrative`) and reasoning path (`reasoning_path`).
 
-    The columns user_id, history_item_id, item_id, history_item_sid, item_sid and at least one of the two
-    texts are required. Rows are validated like `read_split` (titles are not read). Texts are counted in
+    The columns history_item_sid, item_sid and at least one of the two texts are required; user_id,
+    history_item_id and item_id are read when all three are there (`has_ids`), and the ids are None when
+    none is (the research code reads only the SID columns and the texts); some but not all of them is an
+    error. Rows are validated like `read_split` (titles are not read). Texts are counted in
     `texts`: `history_narrative_missing`, `history_narrative_empty_after_think`, `reasoning_path_missing`,
     `reasoning_path_unclosed_think` (each of these texts is None), and `reasoning_path_empty_after_think`
     (kept as "": the research code trains on it with an empty think block).
@@ -550,9 +572,14 @@ def read_integrated_narratives(
     path = Path(path)
     check = _SidCheck(levels)
     texts: Counter = Counter()
+    has_ids = _has_id_columns(path)
 
     def parse(fields: list[str], col: dict[str, int]) -> NarrativeRow:
-        user, hist, item, sids, item_sid = _parse_ids_sids(fields, col, check)
+        if has_ids:
+            user, hist, item, sids, item_sid = _parse_ids_sids(fields, col, check)
+        else:
+            user, hist, item = None, None, None
+            sids, item_sid = _parse_sids(fields, col, check)
         narrative = reasoning = None
         if "integrated_narrative" in col:
             cell = fields[col["integrated_narrative"]]
@@ -581,9 +608,25 @@ def read_integrated_narratives(
                 f"is needed; the header has: {', '.join(header)})"
             )
 
-    out, numbers, skips = _read_rows(path, ID_SID_COLUMNS, parse, max_malformed_fraction, header_check)
+    required = ID_SID_COLUMNS if has_ids else SID_COLUMNS
+    out, numbers, skips = _read_rows(path, required, parse, max_malformed_fraction, header_check)
     # Texts of rows skipped as malformed are not counted: parse raised before reaching them.
-    return NarrativeRows(path, out, numbers, skips, texts)
+    return NarrativeRows(path, out, numbers, skips, texts, has_ids)
+
+
+def _has_id_columns(path: Path) -> bool:
+    """Whether the narrative CSV's header has the id columns: all of them (True) or none (False)."""
+    _, header, fh = _open_csv(path)
+    fh.close()
+    present = [c for c in ID_COLUMNS if c in header]
+    if present and len(present) < len(ID_COLUMNS):
+        missing = [c for c in ID_COLUMNS if c not in header]
+        raise ResearchDataError(
+            f"{path}: missing column(s) {', '.join(missing)} (the header has: {', '.join(header)}); a narrative "
+            f"file has all of {', '.join(ID_COLUMNS)} or none of them (then its rows are known by "
+            f"{' and '.join(SID_COLUMNS)}, as the research code reads them)"
+        )
+    return bool(present)
 
 
 # ---------------------------------------------------------------- JSON files
@@ -1024,16 +1067,17 @@ def check_item_ids(
     narratives: NarrativeRows | None = None,
     info: list[InfoLine] | None = None,
 ) -> Consistency:
-    """Every item id of the splits (and of the narrative rows) must be in the SID index and the item texts:
-    else a ResearchDataError naming the file, the row, the field and the id. SIDs and titles that differ
-    from theirs are counted, with the first of each described; so are info lines that disagree with the index."""
+    """Every item id of the splits (and of the narrative rows, when they have ids) must be in the SID index and
+    the item texts: else a ResearchDataError naming the file, the row, the field and the id. SIDs and titles
+    that differ from theirs are counted, with the first of each described; so are info lines that disagree
+    with the index."""
     out = Consistency()
     if index is not None and items is not None:
         out.index_items_without_meta = sum(1 for i in index.codes if i not in items.items)
     if index is not None and info is not None:
         out.info_mismatch_lines = sum(1 for x in info if x.item_id not in index.codes or index.sid(x.item_id) != x.sid)
     tables: list[tuple[Path, list, list[int]]] = [(s.path, s.samples, s.row_numbers) for s in splits.values()]
-    if narratives is not None:
+    if narratives is not None and narratives.has_ids:  # a file without ids is matched by its SIDs instead
         tables.append((narratives.path, narratives.rows, narratives.row_numbers))
     for path, rows, numbers in tables:
         for row_no, row in zip(numbers, rows, strict=True):

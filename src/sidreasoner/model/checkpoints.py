@@ -51,11 +51,12 @@ def fingerprint(*folders: Path) -> str:
 
 
 def checkpoint_key(stage: str, cfg: Config, section, inputs: list[Path]) -> str:
-    """16 hex digits over what makes a training run the same one: seed and stage settings, the code, the
-    step's generation, and the inputs' content and resolved paths (the base model is an input folder)."""
+    """16 hex digits over what makes a training run the same one: the seed it uses (the stage's own, else the
+    run's), the stage's settings, the code, the step's generation, and the inputs' content and resolved paths
+    (the base model is an input folder)."""
     slice_ = {
-        "seed": cfg.seed,
-        stage: section.model_dump(mode="json", exclude={"checkpoint_dir", "checkpoint_folders_kept"}),
+        "seed": cfg.seed_for(stage),
+        stage: section.model_dump(mode="json", exclude={"seed", "checkpoint_dir", "checkpoint_folders_kept"}),
         "code_version": code_version(),
         "generation": cfg.generations.get(STAGE_STEPS[stage], 0),
         "inputs": [str(Path(folder).resolve()) for folder in inputs],

@@ -25,7 +25,8 @@ def write_run(
     s = cfg.stage3
     rl_data.write_parquet(train_rows, out.file(Stage3Checkpoint.rl_data_file("train")))
     rl_data.write_parquet(valid_rows, out.file(Stage3Checkpoint.rl_data_file("valid")))
-    out.write_training({**info, "metrics": metrics, "config": {"seed": cfg.seed, "stage3": s.model_dump(mode="json")}})
+    settings = {"seed": cfg.seed_for("stage3"), "stage3": s.model_dump(mode="json")}
+    out.write_training({**info, "metrics": metrics, "config": settings})
     backend = info["backend"]
     pts = [(p["step"], p["reward"]) for p in info["per_step"]]
     out.write_reward_curve(

@@ -56,7 +56,7 @@ def _dataset(tok, rows: list[dict], max_prompt_length: int):
 def _grpo_config(cfg: Config, ckpt: Path):
     from trl import GRPOConfig
 
-    s = cfg.stage3
+    s, seed = cfg.stage3, cfg.seed_for("stage3")
     cuda = torch.cuda.is_available()
     completions = s.train_batch_size * s.num_generations
     return GRPOConfig(
@@ -81,8 +81,8 @@ def _grpo_config(cfg: Config, ckpt: Path):
         bf16=bool(s.bf16 and cuda and torch.cuda.is_bf16_supported()),
         use_cpu=not cuda,
         report_to="none",
-        seed=cfg.seed,
-        data_seed=cfg.seed,
+        seed=seed,
+        data_seed=seed,
         gradient_checkpointing=s.gradient_checkpointing,
         dataloader_num_workers=0,
         log_completions=False,
@@ -188,13 +188,14 @@ def _train_and_save(
 ) -> dict[str, float]:
     start = time.time()
     s = cfg.stage3
-    torch.manual_seed(cfg.seed)
+    seed = cfg.seed_for("stage3")
+    torch.manual_seed(seed)
     model, tok = load_model_and_tokenizer(stage2.path)
     rl_data.check_sid_tokens(tok, sid_index, stage2.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     # TRL does not validate: the validation rows are only written next to the training rows.
-    train_rows, valid_rows = rl_data.stage3_rows(s, cfg.seed, dataset, sid_index, corpus)
+    train_rows, valid_rows = rl_data.stage3_rows(s, seed, dataset, sid_index, corpus)
     train_ds, skipped = _dataset(tok, train_rows, s.max_prompt_length)
     catalogue = rl_reward.load_catalogue(sid_index)
     reward_fn = rl_reward.make_trl_reward(s.reward, catalogue)

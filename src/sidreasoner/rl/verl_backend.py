@@ -140,6 +140,7 @@ def verl_settings(cfg: Config, paths: VerlPaths) -> dict[str, object]:
     s, v = cfg.stage3, cfg.stage3.verl
     actor, rollout, ref = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "actor_rollout_ref.ref"
     log_prob_micro = v.log_prob_micro_batch_size_per_gpu or s.micro_batch_size
+    seed = cfg.seed_for("stage3")
     return {
         "algorithm.adv_estimator": "grpo",
         "algorithm.use_kl_in_reward": False,
@@ -151,7 +152,7 @@ def verl_settings(cfg: Config, paths: VerlPaths) -> dict[str, object]:
         "data.train_batch_size": s.train_batch_size,
         "data.filter_overlong_prompts": True,
         "data.truncation": "error",
-        "data.seed": cfg.seed,
+        "data.seed": seed,
         "actor_rollout_ref.model.path": paths.model,
         "actor_rollout_ref.model.enable_gradient_checkpointing": s.gradient_checkpointing,
         "actor_rollout_ref.model.use_remove_padding": True,
@@ -164,9 +165,10 @@ def verl_settings(cfg: Config, paths: VerlPaths) -> dict[str, object]:
         f"{actor}.use_kl_loss": s.kl_beta > 0,
         f"{actor}.kl_loss_coef": s.kl_beta,
         f"{actor}.kl_loss_type": "low_var_kl",
+        f"{actor}.loss_agg_mode": v.loss_agg_mode,
         f"{actor}.entropy_coeff": 0,
-        f"{actor}.data_loader_seed": cfg.seed,
-        f"{actor}.fsdp_config.seed": cfg.seed,
+        f"{actor}.data_loader_seed": seed,
+        f"{actor}.fsdp_config.seed": seed,
         f"{actor}.fsdp_config.param_offload": v.fsdp_param_offload,
         f"{actor}.fsdp_config.optimizer_offload": v.fsdp_optimizer_offload,
         f"{ref}.fsdp_config.param_offload": v.fsdp_param_offload or v.ref_param_offload,
@@ -175,7 +177,7 @@ def verl_settings(cfg: Config, paths: VerlPaths) -> dict[str, object]:
         f"{rollout}.n": s.num_generations,
         f"{rollout}.temperature": s.temperature,
         f"{rollout}.top_p": s.top_p,
-        f"{rollout}.seed": cfg.seed,
+        f"{rollout}.seed": seed,
         f"{rollout}.tensor_model_parallel_size": v.rollout_tensor_parallel_size,
         f"{rollout}.gpu_memory_utilization": v.gpu_memory_utilization,
         f"{rollout}.log_prob_micro_batch_size_per_gpu": log_prob_micro,
@@ -496,7 +498,7 @@ def train_verl(
     dataset, corpus = Dataset.at(dataset_dir), None if corpus_dir is None else Corpus.at(corpus_dir)
     tok = AutoTokenizer.from_pretrained(stage2_model_dir)
     rl_data.check_sid_tokens(tok, sid_index, stage2_model_dir)
-    all_train, all_valid = rl_data.stage3_rows(s, cfg.seed, dataset, sid_index, corpus)
+    all_train, all_valid = rl_data.stage3_rows(s, cfg.seed_for("stage3"), dataset, sid_index, corpus)
     train_rows, skipped = rl_data.fitting_rows(tok, all_train, s.max_prompt_length)
     valid_rows, _ = rl_data.fitting_rows(tok, all_valid, s.max_prompt_length)
     if len(train_rows) < s.train_batch_size or not valid_rows:

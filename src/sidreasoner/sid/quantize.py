@@ -70,13 +70,13 @@ def run_quantizer(cfg: Config, emb: np.ndarray) -> QuantizeResult:
                 emb,
                 sid.levels,
                 sid.codebook_size,
-                cfg.seed,
+                cfg.seed_for("sid"),
                 sid.kmeans_iters,
                 sid.balance,
                 sid.restarts,
                 sid.restart_target,
             )
-        return rqvae_quantize(emb, sid.rqvae, sid.levels, sid.codebook_size, cfg.seed)
+        return rqvae_quantize(emb, sid.rqvae, sid.levels, sid.codebook_size, cfg.seed_for("sid"))
 
 
 def sids_table(codes: np.ndarray) -> pa.Table:
@@ -197,7 +197,7 @@ def quantize_sids(
         "codebook_size": cfg.sid.codebook_size,
         "codebook_dim": int(result.codebooks.shape[-1]),
         "n_items": len(codes),
-        "seed": cfg.seed,
+        "seed": cfg.seed_for("sid"),
         "category": category,
         "sid": cfg.sid.model_dump(mode="json"),
     }

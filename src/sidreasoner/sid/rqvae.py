@@ -15,6 +15,10 @@ Two recipes, chosen by `RQVAEConfig` (config/schema.py):
   gradient norm clipped, level losses averaged, the residual passed on without gradient (only the
   first level's commitment reaches the encoder), nearest codes, and the parameters of the evaluation
   (every `select_every` epochs) whose SIDs have the fewest duplicates.
+
+The embeddings go to the training device once. When one batch holds the whole catalogue (the paper presets:
+a batch of 20,480, ~3,500 items) every epoch is one step on those rows as they are; `train_loss` in the
+metrics is the training loss of the kept epoch (the last, or the selected one).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -122,15 +127,29 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
+def _epoch_batches(x: torch.Tensor, batch_size: int, gen: torch.Generator, gather: bool) -> Iterator[torch.Tensor]:
+    """The epoch's batches. A batch that holds the whole catalogue is `x` itself, already on the device: no
+    index sent to the device and no copy of the rows each step (`gather` keeps that per-step indexing, the
+    reference the tests and benchmarks/rqvae_bench.py compare with). The full batch keeps the catalogue's
+    order: every loss is a mean over rows, and the codes come back per row."""
+    if batch_size >= len(x) and not gather:
+        yield x
+        return
+    for idx in _batches(len(x), batch_size, gen):
+        yield x[idx.to(x.device)]
+
+
 def constant_after_warmup(warmup_steps: int):
     """Learning-rate factor of step s: s / warmup_steps during the warm-up (0 at the first step), then 1."""
     return lambda step: step / max(1, warmup_steps) if step < warmup_steps else 1.0
 
 
-def _train_epoch(model, opt, sched, x, batch_size, gen, quantize: bool, grad_clip: float):
+def _train_epoch(model, opt, sched, batches: Iterator[torch.Tensor], quantize: bool, grad_clip: float):
+    """One pass over `batches`; returns the last batch's codes and level inputs, and the mean of the steps'
+    losses as a tensor on the device (read only at the end of training: no synchronisation per step)."""
     codes = inputs = None
-    for idx in _batches(len(x), batch_size, gen):
-        xb = x[idx.to(x.device)]
+    total, steps = 0.0, 0
+    for xb in batches:
         if quantize:
             x_hat, codes, vq_loss, inputs = model(xb)
             loss = F.mse_loss(x_hat, xb) + vq_loss
@@ -142,7 +161,8 @@ def _train_epoch(model, opt, sched, x, batch_size, gen, quantize: bool, grad_cli
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         sched.step()
-    return codes, inputs
+        total, steps = total + loss.detach(), steps + 1
+    return codes, inputs, total / steps
 
 
 def duplicate_rate(codes: torch.Tensor) -> float:
@@ -155,7 +175,11 @@ def _codes(model: RQVAE, x: torch.Tensor, capacity: int | None) -> torch.Tensor:
         return model.quantize(model.encoder(x), capacity)[1]
 
 
-def train_rqvae(x: torch.Tensor, rq: RQVAEConfig, levels: int, k: int, gen: torch.Generator) -> tuple[RQVAE, dict]:
+def train_rqvae(
+    x: torch.Tensor, rq: RQVAEConfig, levels: int, k: int, gen: torch.Generator, *, gather_batches: bool = False
+) -> tuple[RQVAE, dict]:
+    """Train on `x` (on the device it trains on). `gather_batches` indexes every step's rows out of `x` even
+    when one batch holds them all, as before the full-batch path; the results are the same."""
     model = RQVAE(
         x.shape[1],
         list(rq.hidden_dims),
@@ -170,29 +194,43 @@ def train_rqvae(x: torch.Tensor, rq: RQVAEConfig, levels: int, k: int, gen: torc
     opt = torch.optim.Adam(model.parameters(), lr=rq.lr)
     steps_per_epoch = math.ceil(len(x) / rq.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, constant_after_warmup(rq.lr_warmup_epochs * steps_per_epoch))
+
+    def epoch_batches() -> Iterator[torch.Tensor]:
+        return _epoch_batches(x, rq.batch_size, gen, gather_batches)
+
     for _ in range(rq.warmup_epochs):
-        _train_epoch(model, opt, sched, x, rq.batch_size, gen, False, rq.grad_clip)
+        _train_epoch(model, opt, sched, epoch_batches(), False, rq.grad_clip)
     if rq.kmeans_init:
         _kmeans_init(model, x, gen, rq.kmeans_iters, rq.balance)
     capacity = capacity_for(len(x), k, rq.balance)
     select_every = min(rq.select_every, rq.epochs)
     best: tuple[float, int, dict] | None = None
     n_reseeded = 0
+    epoch_losses = []
     for epoch in range(rq.epochs):
-        codes, inputs = _train_epoch(model, opt, sched, x, rq.batch_size, gen, True, rq.grad_clip)
+        codes, inputs, loss = _train_epoch(model, opt, sched, epoch_batches(), True, rq.grad_clip)
+        epoch_losses.append(loss)
         if rq.reseed_every and (epoch + 1) % rq.reseed_every == 0 and epoch + 1 < rq.epochs:
             if rq.batch_size < len(x):  # judge usage on the whole catalogue, not one batch
                 with torch.no_grad():
                     _, codes, _, inputs = model.quantize(model.encoder(x))
             n_reseeded += _reseed_dead(model, codes, inputs, gen)
         if select_every and (epoch + 1) % select_every == 0:
+            # on the device: one encoder pass, nearest codes (no balance cap in the research recipe), one
+            # synchronisation for the count, and a copy of the parameters there when they are the best so far
             rate = duplicate_rate(_codes(model, x, capacity))
             if best is None or rate < best[0]:  # the earliest of equally good evaluations
                 best = (rate, epoch + 1, copy.deepcopy(model.state_dict()))
-    metrics = {"codes_reseeded": float(n_reseeded)}
+    metrics = {"codes_reseeded": float(n_reseeded), "train_loss": float(epoch_losses[-1])}
     if best is not None:
         model.load_state_dict(best[2])
-        metrics.update({"selected_epoch": float(best[1]), "selected_duplicate_rate": best[0]})
+        metrics.update(
+            {
+                "selected_epoch": float(best[1]),
+                "selected_duplicate_rate": best[0],
+                "train_loss": float(epoch_losses[best[1] - 1]),
+            }
+        )
     return model, metrics
 
 

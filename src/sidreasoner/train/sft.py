@@ -394,7 +394,7 @@ class SFTRecipe:
         initial = _read_initial(self.ckpt) if self.resume else None
         warm_up = warmup_epochs > 0 and new_ids and self.section.finetune == "full"
         if warm_up and (self.resume is None or initial is None):
-            s, seed = self.section, self.cfg.seed
+            s, seed = self.section, self.cfg.seed_for(self.stage)
             _embedding_warmup(
                 model, tok, s, self.train_rows, self.ckpt, warmup_epochs, seed, new_ids, self.world, self.stage
             )
@@ -409,7 +409,8 @@ class SFTRecipe:
 
     def _trainer(self, pad_id: int) -> _SFTTrainer:
         s = self.section
-        self.args = _args(s, self.ckpt, s.epochs, self.cfg.seed, evaluate=bool(self.valid_sets), world=self.world)
+        seed = self.cfg.seed_for(self.stage)
+        self.args = _args(s, self.ckpt, s.epochs, seed, evaluate=bool(self.valid_sets), world=self.world)
         self.best = BestModelCallback(self.best_dir, s.early_stopping_patience, valid_metric(self.select))
         self.started = ResumedAt()
         callbacks = [self.best, self.started]
@@ -573,13 +574,13 @@ def _sft_train(stage: str, train_fn, cfg: Config, dirs: SFTFolders, ckpt: Path) 
     `train_fn(cfg, section, model, tok, dirs, ckpt)`, which returns the trained model, the training
     record and the metrics."""
     start = time.time()
-    section = getattr(cfg, stage)
-    torch.manual_seed(cfg.seed)
+    section, seed = getattr(cfg, stage), cfg.seed_for(stage)
+    torch.manual_seed(seed)
     model, tok = load_model_and_tokenizer(dirs.model, dtype=getattr(torch, section.weights_dtype))
     model, info, metrics = train_fn(cfg, section, model, tok, dirs, ckpt)
     metrics["wall_seconds"] = time.time() - start
     if is_rank0():
-        _write(dirs.out, stage, model, tok, info, metrics, {"seed": cfg.seed, stage: section.model_dump(mode="json")})
+        _write(dirs.out, stage, model, tok, info, metrics, {"seed": seed, stage: section.model_dump(mode="json")})
     return metrics
 
 
@@ -610,13 +611,14 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
     base_vocab = len(tok)
     new_ids = extend_tokenizer(model, tok, codes, init=s.new_token_init)
     data_text = DataText(tok)  # after the SID codes are added: they are markers too
-    examples, counts = tasks.stage1_examples(s, cfg.seed, dataset, sid_index, corpus, data_text)
+    seed = cfg.seed_for("stage1")
+    examples, counts = tasks.stage1_examples(s, seed, dataset, sid_index, corpus, data_text)
     if s.valid_samples:  # one seeded sample: its first valid_samples for the loss, first hr_samples for HR@1
-        valid_ex, valid_hist = tasks.next_sid_valid(dataset, sid_index, max(s.valid_samples, s.hr_samples), cfg.seed)
+        valid_ex, valid_hist = tasks.next_sid_valid(dataset, sid_index, max(s.valid_samples, s.hr_samples), seed)
         loss_ex, hr_ex, hr_hist = valid_ex[: s.valid_samples], valid_ex[: s.hr_samples], valid_hist[: s.hr_samples]
     else:  # the loss on the whole split, HR@1 on a seeded sample of it
-        loss_ex, _ = tasks.next_sid_valid(dataset, sid_index, 0, cfg.seed)
-        hr_ex, hr_hist = tasks.next_sid_valid(dataset, sid_index, s.hr_samples, cfg.seed) if s.hr_samples else ([], [])
+        loss_ex, _ = tasks.next_sid_valid(dataset, sid_index, 0, seed)
+        hr_ex, hr_hist = tasks.next_sid_valid(dataset, sid_index, s.hr_samples, seed) if s.hr_samples else ([], [])
     train_rows = _encode_all(tok, examples, s.cutoff_len, **_encoding(s))
     valid_rows = _encode_all(tok, loss_ex, s.cutoff_len, **_encoding(s))
     model, info = train_sft(
@@ -649,6 +651,8 @@ def _train_stage1(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
     metrics["sid_tokens_added"] = float(len(tok) - base_vocab)
     metrics["data_markers_neutralised"] = float(data_text.count)
     info["task_counts"] = counts
+    metrics.update({f"examples_{task}": float(counts.get(task, 0)) for task in tasks.STAGE1_TASKS})
+    metrics["general_data_opted_out"] = float(s.tasks.instructions == 0)
     return model, info, metrics
 
 
@@ -661,8 +665,9 @@ def _train_stage2(cfg: Config, s, model, tok, dirs: SFTFolders, ckpt: Path):
             "give it the sft-stage1 model"
         )
     data_text = DataText(tok)
-    train_ex, reasoning_ex = tasks.stage2_examples(s, cfg.seed, sid_index, corpus, data_text)
-    sid_ex, _ = tasks.next_sid_valid(dataset, sid_index, s.valid_samples, cfg.seed)
+    seed = cfg.seed_for("stage2")
+    train_ex, reasoning_ex = tasks.stage2_examples(s, seed, sid_index, corpus, data_text)
+    sid_ex, _ = tasks.next_sid_valid(dataset, sid_index, s.valid_samples, seed)
     train_rows = _encode_all(tok, train_ex, s.cutoff_len, **_encoding(s))
     valid_sets = {
         "sid": _encode_all(tok, sid_ex, s.cutoff_len, **_encoding(s)),
@@ -684,6 +689,7 @@ def sft_stage1(
     out_model_dir: str | os.PathLike,
 ) -> dict[str, float]:
     """The `sft-stage1` step: add the SID tokens, then the multi-task SID-language alignment SFT."""
+    tasks.require_stage1_data(cfg.stage1, dataset_dir, corpus_dir)  # before any model loads or rank starts
     return _sft_step(
         "stage1", sft_stage1, _train_stage1, cfg, (model_dir, dataset_dir, sid_index_dir, corpus_dir, out_model_dir)
     )

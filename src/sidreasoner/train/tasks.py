@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from collections import Counter
 
 import numpy as np
 
 from sidreasoner.artifacts import ArtifactFileMissing, Corpus, Dataset, SidIndex
 from sidreasoner.config import Stage1Config, Stage2Config
+from sidreasoner.config.stage1_data import file_ignored_message, no_data_message
 from sidreasoner.model import prompts
 from sidreasoner.model.text_safety import DataText
 from sidreasoner.train.data import Example, read_instruction_file
@@ -67,6 +69,32 @@ def general_reasoning_file(cfg: Stage1Config, dataset_dir: Folder) -> str:
     return str(bundled) if bundled is not None else ""
 
 
+def _no_general_data(dataset: Dataset) -> str:
+    return (
+        f"stage1.instruction_file is empty and the dataset {dataset.path} holds no general-reasoning chats "
+        f"from a research bundle ({Dataset.BUNDLE_GENERAL})"
+    )
+
+
+def require_stage1_data(cfg: Stage1Config, dataset_dir: Folder, corpus_dir: Folder) -> None:
+    """Before sft-stage1 loads anything: a ValueError naming the setting for each task with a weight whose
+    data has no source in the step's folders (general-reasoning data, the corpus' narrative tables), and
+    for an instruction file given to a task that is off."""
+    dataset, corpus, w = Dataset.at(dataset_dir), Corpus.at(corpus_dir), cfg.tasks
+    problems = []
+    if w.instructions > 0 and not general_reasoning_file(cfg, dataset):
+        problems.append(no_data_message("instructions", w.instructions, _no_general_data(dataset)))
+    for task, present, name in (
+        ("item_narratives", corpus.has_items, Corpus.ITEMS),
+        ("history_narratives", corpus.has_samples, Corpus.SAMPLES),
+    ):
+        if getattr(w, task) > 0 and not present():
+            problems.append(no_data_message(task, getattr(w, task), f"the corpus {corpus.path} has no {name}"))
+    ignored = file_ignored_message(cfg)
+    if problems or ignored:
+        raise ValueError("stage1 lacks data:\n" + "\n".join(f"  {p}" for p in problems + [ignored] if p))
+
+
 def stage1_examples(
     cfg: Stage1Config,
     seed: int,
@@ -80,8 +108,11 @@ def stage1_examples(
     random.Random(seed)). The title/SID translation tasks have one example per distinct title and per
     distinct SID (the item listed last wins), as the research code's title/SID maps do.
     Text from data (titles, the corpus' narratives, the instruction file) goes through `data_text`
-    (the tokenizer's; by default marker shapes), which breaks the markers in it and counts them."""
+    (the tokenizer's; by default marker shapes), which breaks the markers in it and counts them.
+    A task with a weight whose data gives no example is an error naming its setting, never left out.
+    The counts are the examples of each task in the mix."""
     dataset, sid_index, corpus = Dataset.at(dataset_dir), SidIndex.at(sid_index_dir), Corpus.at(corpus_dir)
+    require_stage1_data(cfg, dataset, corpus)
     safe = data_text or DataText()
     sid = sid_index.sid_map()
     catalogue = frozenset(sid_index.catalogue())
@@ -165,23 +196,29 @@ def stage1_examples(
             else []
         ),
     }
+    sources = {
+        "item_narratives": corpus.file(Corpus.ITEMS),
+        "history_narratives": corpus.file(Corpus.SAMPLES),
+        "instructions": instructions,
+    }
     rng = np.random.default_rng(seed)
     out: list[Example] = []
-    counts: dict[str, int] = {}
     for name in STAGE1_TASKS:
         weight = getattr(w, name)
         if weight <= 0:
             continue
-        picked = _pick(rng, builders[name](), weight, cfg.max_per_task)
-        if not picked:
-            continue
-        counts[name] = len(picked)
-        out.extend(picked)
+        built = builders[name]()
+        if not built:
+            why = f"{sources.get(name, dataset.path)} gave it no examples"
+            if name == "instructions" and not instructions:
+                why = _no_general_data(dataset)
+            raise ValueError(f"stage1: {no_data_message(name, weight, why)}")
+        out.extend(_pick(rng, built, weight, cfg.max_per_task))
     if cfg.max_samples and len(out) > cfg.max_samples:
         out = [out[i] for i in sorted(rng.choice(len(out), cfg.max_samples, replace=False))]
     if not out:
-        raise ValueError("stage1: the task mix is empty (all weights 0 or no data)")
-    return out, counts
+        raise ValueError("stage1: the task mix is empty (every weight 0, or too small to pick an example)")
+    return out, dict(Counter(ex.task for ex in out))
 
 
 def _safe_teacher(ex: Example, safe: DataText, catalogue: frozenset[str]) -> Example:
