@@ -730,6 +730,8 @@ def test_upload_job(chart):
         "--set",
         f"cluster.s3_endpoint=http://sidreasoner-minio.{NAMESPACE}.svc:9000",
         "--set",
+        "stage1.instruction_file=/models/general/sampled_data.arrow",
+        "--set",
         "teacher.max_samples=2000",
     ]
     env = {e["name"]: e.get("value") for e in c["env"]}
@@ -775,6 +777,30 @@ def test_a_single_node_claim_must_be_acknowledged(chart):
 def _upload_sets(docs):
     args = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"][0]["args"]
     return [args[i + 1] for i in range(2, len(args) - 1) if args[i] == "--set"]
+
+
+@pytest.mark.parametrize(
+    "upload, instruction_sets",
+    [
+        ({}, ["stage1.instruction_file=/models/general/sampled_data.arrow"]),
+        ({"instructionFile": "/models/bundle/general.jsonl"}, ["stage1.instruction_file=/models/bundle/general.jsonl"]),
+        ({"instructionFile": "", "extraArgs": ["--set", "stage1.tasks.instructions=0"]}, []),
+        ({"preset": "demo"}, []),  # the demo preset has no general data (it opts out)
+    ],
+    ids=["default", "given", "opted-out", "demo"],
+)
+def test_upload_compiles_stage1_with_its_general_data(chart, upload, instruction_sets):
+    """A paper preset refuses to compile without Stage 1's general-reasoning data: the Job gives the path on the
+    model-cache volume, and what it passes is what `sidreasoner upload` accepts."""
+    from sidreasoner.config import load
+    from sidreasoner.config.stage1_data import require_stage1_data
+
+    docs = render(chart, {"upload": upload})
+    sets = _upload_sets(docs)
+    assert [s for s in sets if s.startswith("stage1.instruction_file=")] == instruction_sets
+    preset = one(docs, "Job", "sidreasoner-upload-pipeline")["spec"]["template"]["spec"]["containers"][0]["env"]
+    preset = {e["name"]: e.get("value") for e in preset}["PRESET"]
+    require_stage1_data(load(preset, sets))
 
 
 def test_upload_job_runs_as_its_own_account_allowed_only_to_upload(chart):

@@ -417,7 +417,9 @@ def test_credentials_are_optional_secret_references(tmp_path):
     assert {"name": "SIDREASONER_GCS_KEY_FILE", "value": "/var/secrets/gcs/key.json"} in env
     # never point ADC at a file that is absent when the optional Secret is
     assert all(e["name"] != "GOOGLE_APPLICATION_CREDENTIALS" for e in env)
-    assert "secretAsEnv" not in k8s.get("exec-sft-stage1", {})
+    # Stage 1 may read its general data from a bucket; no other training pod holds storage credentials.
+    assert {s["secretName"] for s in k8s["exec-sft-stage1"]["secretAsEnv"]} == {"sidreasoner-s3"}
+    assert "secretAsEnv" not in k8s.get("exec-sft-stage2", {}) and "secretAsEnv" not in k8s.get("exec-rl-stage3", {})
 
 
 def _s3_endpoints(cfg, path) -> tuple[dict, dict]:
@@ -438,7 +440,7 @@ def test_s3_endpoint_reaches_exactly_the_tasks_with_s3_credentials(tmp_path):
     holders = {
         name for name, ex in k8s.items() if "sidreasoner-s3" in {s["secretName"] for s in ex.get("secretAsEnv", [])}
     }
-    assert holders == {"exec-download-data", "exec-prepare-base-model", "exec-export-model"}
+    assert holders == {"exec-download-data", "exec-prepare-base-model", "exec-sft-stage1", "exec-export-model"}
     assert {name: values for name, values in endpoints.items() if values} == {name: [endpoint] for name in holders}
     unset, _ = _s3_endpoints(config.load("office", [GENERAL_DATA]), tmp_path / "q.yaml")
     assert [name for name, values in unset.items() if values] == []

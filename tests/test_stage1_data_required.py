@@ -92,11 +92,37 @@ def test_other_tasks_without_data_and_a_file_left_out_are_refused():
         "stage1.instruction_file=/data/general.jsonl is set but stage1.tasks.instructions=0 leaves it out: set "
         "stage1.tasks.instructions=1 to train on it, or drop stage1.instruction_file",
     ]
-    uri = config.load("office", ["stage1.instruction_file=s3://bucket/general/sampled_data.arrow"])
-    assert stage1_data_problems(uri) == [
-        "stage1.instruction_file=s3://bucket/general/sampled_data.arrow: a path the sft-stage1 pod can read, not a "
-        "URI (a bundle in a bucket: data.format=research with data.source the bundle's URI)"
+    bucket = config.load("office", ["stage1.instruction_file=s3://bucket/general/sampled_data.arrow"])
+    assert stage1_data_problems(bucket) == []
+    web = config.load("office", ["stage1.instruction_file=https://example.com/general.jsonl"])
+    assert stage1_data_problems(web) == [
+        "stage1.instruction_file=https://example.com/general.jsonl: unsupported scheme https://; a path the "
+        "sft-stage1 pod can read, file://, s3://, minio:// or gs://<bucket>/<key>"
     ]
+
+
+def test_the_general_data_is_read_from_a_bucket(chats, moto_server, monkeypatch):
+    """sft-stage1 reads stage1.instruction_file from a bucket through the step's storage credentials; a
+    missing object is named by its URI."""
+    from sidreasoner.storage import upload_file
+    from sidreasoner.train.data import InstructionFileError, read_instruction_file
+
+    monkeypatch.setenv("SIDREASONER_S3_ENDPOINT", moto_server["url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_server["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_server["secret"])
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("SIDREASONER_STORAGE_RETRIES", "1")
+    from sidreasoner.storage.s3 import make_client
+
+    client = make_client("s3")
+    if not client.bucket_exists("general"):
+        client.make_bucket("general")
+    upload_file(chats, "s3://general/bundle/sampled_data.arrow")
+    remote = read_instruction_file("s3://general/bundle/sampled_data.arrow")
+    assert [(e.prompt, e.response) for e in remote] == [("2+2?", "4"), ("Name a colour", "red")]
+    assert remote == read_instruction_file(chats) == read_instruction_file(f"file://{chats}")
+    with pytest.raises(InstructionFileError, match=r"^stage1\.instruction_file s3://general/none\.jsonl: "):
+        read_instruction_file("s3://general/none.jsonl")
 
 
 def test_a_corpus_without_item_narratives_is_refused_in_stage1(tmp_path, tiny_artifacts):

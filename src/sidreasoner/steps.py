@@ -120,7 +120,7 @@ TRAINING_RETRY = Retry(2, "60s")  # resumes from the step's last checkpoint
 TRAINING_TIMEOUT = 72 * HOUR  # per attempt: a retried pod resumes with a new deadline
 
 
-def _sft(stage: int, summary: str, base_model: str) -> Step:
+def _sft(stage: int, summary: str, base_model: str, credentials: tuple[Credential, ...] = ()) -> Step:
     """An SFT stage: one `sft` component, a task per stage, each reading its own config section."""
     return Step(
         f"sft-stage{stage}",
@@ -132,6 +132,7 @@ def _sft(stage: int, summary: str, base_model: str) -> Step:
         outputs={"model": ModelFolder},
         reports=(Report("loss_curve", "model", ModelFolder.LOSS_CURVE),),
         image="train",
+        credentials=credentials,
         model_cache=True,
         training_pod=True,
         retry=TRAINING_RETRY,
@@ -263,7 +264,12 @@ STEPS: dict[str, Step] = _registry(
         credentials=("s3", "gcs", "hf"),
         model_cache=True,
     ),
-    _sft(1, "add SID tokens; multi-task SID-language alignment SFT", base_model="prepare-base-model.base_model"),
+    _sft(
+        1,
+        "add SID tokens; multi-task SID-language alignment SFT",
+        base_model="prepare-base-model.base_model",
+        credentials=("s3", "gcs"),  # stage1.instruction_file may be a bucket URI
+    ),
     _evaluation(1, model="sft-stage1.model"),
     _sft(2, "reasoning-activation SFT on the teacher's reasoning paths", base_model="sft-stage1.model"),
     _evaluation(2, model="sft-stage2.model"),

@@ -613,7 +613,8 @@ class Stage1Config(_SFTConfig):
         "",
         description="JSON lines of general instructions: {instruction, input?, output}, "
         "{prompt, response}, or {messages} (a chat-message list, or a string "
-        "holding one: the research code's general-reasoning data); empty = the "
+        "holding one: the research code's general-reasoning data), a path or an s3://, minio:// or gs:// "
+        "URI; empty = the "
         "research bundle's general-reasoning data when the dataset comes "
         "from one (data.format=research), else none",
     )

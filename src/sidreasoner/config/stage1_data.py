@@ -3,12 +3,16 @@ compile, run and submit before anything runs (sft-stage1 checks its input folder
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from sidreasoner.config.schema import Config, Stage1Config
 from sidreasoner.errors import ConfigError
 from sidreasoner.steps import steps_until
 
+# What sidreasoner.storage reads (the sft-stage1 pod has the storage credentials).
+INSTRUCTION_FILE_SCHEMES = ("", "file", "s3", "minio", "gs")
 GENERAL_DATA_SOURCES = (
-    "stage1.instruction_file=PATH (JSON lines the sft-stage1 pod can read, e.g. on the model-cache volume: the "
+    "stage1.instruction_file=PATH or a bucket URI (JSON lines: e.g. on the model-cache volume or in a bucket: the "
     "research bundle's general/sampled_data.arrow, or any {messages} chat or {instruction, output} lines), or "
     "data.format=research with data.source a research bundle that holds general/ data"
 )
@@ -42,10 +46,11 @@ def stage1_data_problems(cfg: Config) -> list[str]:
     if s.tasks.instructions > 0 and not s.instruction_file and cfg.data.format != "research":
         why = f"no general-reasoning data reaches it (stage1.instruction_file is empty, data.format={cfg.data.format})"
         problems.append(no_data_message("instructions", s.tasks.instructions, why))
-    if s.tasks.instructions > 0 and "://" in s.instruction_file:
+    scheme = urlparse(s.instruction_file).scheme.lower()
+    if s.tasks.instructions > 0 and len(scheme) > 1 and scheme not in INSTRUCTION_FILE_SCHEMES:
         problems.append(
-            f"stage1.instruction_file={s.instruction_file}: a path the sft-stage1 pod can read, not a URI (a "
-            "bundle in a bucket: data.format=research with data.source the bundle's URI)"
+            f"stage1.instruction_file={s.instruction_file}: unsupported scheme {scheme}://; a path the sft-stage1 "
+            "pod can read, file://, s3://, minio:// or gs://<bucket>/<key>"
         )
     for task in ("item_narratives", "history_narratives"):
         weight = getattr(s.tasks, task)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from sidreasoner.data.literals import json_or_literal
 from sidreasoner.model import prompts
+from sidreasoner.storage import StorageError, download_file, parse_uri
 
 IGNORE = -100
 
@@ -204,16 +206,29 @@ def read_instruction_file(
     samples > 0 keeps a seeded sample of that many lines (Python's random.Random(seed).sample over every
     line, as the research code samples), 0 or more than the file holds keeps all. Sampled lines without
     an answer or a prompt are then left out. Examples get `max_len` as their own token limit and are
-    rendered in thinking mode when `thinking`."""
-    path = Path(path)
+    rendered in thinking mode when `thinking`. A bucket URI (s3://, minio://, gs://) is read from a
+    downloaded copy (checked against the store's checksum), removed afterwards; errors name the URI."""
+    try:
+        where = parse_uri(path)
+        if where.scheme == "file":
+            return _read_instructions(Path(where.key), str(path), samples, seed, max_len, thinking)
+        with tempfile.TemporaryDirectory(prefix="sidreasoner-instructions-") as tmp:
+            local = download_file(path, Path(tmp) / "instructions.jsonl")
+            return _read_instructions(local, str(path), samples, seed, max_len, thinking)
+    except StorageError as err:
+        raise InstructionFileError(f"stage1.instruction_file {path}: {err}") from None
+
+
+def _read_instructions(path: Path, shown: str, samples: int, seed: int, max_len: int, thinking: bool) -> list[Example]:
+    """read_instruction_file on a local file; `shown` is the name errors give it."""
     if not path.is_file():
-        raise InstructionFileError(f"stage1.instruction_file {path}: no such file")
+        raise InstructionFileError(f"stage1.instruction_file {shown}: no such file")
     records: list[tuple[list[dict], str]] = []
     with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark is not part of the first line
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
+            where = f"{shown}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
@@ -256,5 +271,5 @@ def read_instruction_file(
         if msgs and answer
     ]
     if not out:
-        raise InstructionFileError(f"{path}: no instructions in the file")
+        raise InstructionFileError(f"{shown}: no instructions in the file")
     return out
