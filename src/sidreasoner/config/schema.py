@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     create_model,
@@ -24,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from sidreasoner.config.hf_address import parse_hf_source
 from sidreasoner.io import FILE_NAME, FILE_NAME_RULE, file_name_problem  # noqa: F401 (re-exported)
 from sidreasoner.steps import STEP_NAMES
 
@@ -141,13 +143,52 @@ class DemoDataConfig(_Section):
     dirt: bool = Field(True, description="plant malformed lines, HTML entities, bad titles, duplicates")
 
 
+LEAVE_LAST_OUT = "leave_last_out"
+# data.split's fractions, validated apart from the name so that an error speaks of the form that was meant
+_SPLIT_FRACTIONS = TypeAdapter(tuple[float, float, float], config=ConfigDict(allow_inf_nan=False))
+
+
+class ColumnNames(_Section):
+    """data.format=interactions or recbole: the shop's own column name for each field (RecBole: without `:type`)."""
+
+    user_id: str = Field("user_id", min_length=1, description="events: who (a string or an integer)")
+    item_id: str = Field("item_id", min_length=1, description="events and items: what (a string or an integer)")
+    timestamp: str = Field(
+        "timestamp",
+        min_length=1,
+        description="events: when (epoch seconds, epoch milliseconds, or ISO-8601 with or without a zone: UTC "
+        "when none; detected per column)",
+    )
+    rating: str = Field("rating", min_length=1, description="events: optional (absent column: NaN)")
+    title: str = Field("title", min_length=1, description="items: the item's title")
+    description: str = Field("description", min_length=1, description="items: optional text")
+
+
 class DataConfig(_Section):
-    source: str = Field("demo", description="demo | amazon2018 | amazon2023 | a folder URI/path holding raw files")
-    format: Literal["amazon2018", "amazon2023", "research"] = Field(
+    source: str = Field(
+        "demo",
+        description="demo | amazon2018 | amazon2023 | a folder URI/path holding raw files | hf://owner/name, a "
+        "Hugging Face dataset repo, or hf:///abs/path, a folder written by datasets (format interactions)",
+    )
+    revision: str = Field(
+        "", description="hf://owner/name sources: the repo's branch, tag or commit; empty = the default branch"
+    )
+    format: Literal["amazon2018", "amazon2023", "research", "interactions", "recbole"] = Field(
         "amazon2018",
         description="file format of a URI/path source (named sources imply theirs); research: the "
         "research code's released data bundle (its data/Amazon folder: splits, SID index, "
-        "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split",
+        "teacher corpus, general-reasoning data), taken as it is: no filters, no re-split; "
+        "interactions: a shop's export, interactions.{parquet,csv,jsonl}[.gz] (or a folder interactions/ "
+        "of part files) and items.* likewise; recbole: RecBole atomic files <category>.inter and "
+        "<category>.item (or the folder's only pair)",
+    )
+    columns: ColumnNames = Field(
+        default_factory=ColumnNames, description="interactions/recbole: the shop's column names"
+    )
+    item_text_columns: list[str] = Field(
+        [],
+        description="interactions/recbole: more item columns (strings or lists of strings) whose texts, in "
+        "this order, become the item's categories, which the embedder and the teacher see",
     )
     category: str = Field(
         "Demo",
@@ -210,10 +251,13 @@ class DataConfig(_Section):
         "file, equal timestamps in file order, item ids in order of first use walking users' "
         "sequences; sorted: users by raw id, items by asin, equal timestamps by item id",
     )
-    split: tuple[float, float, float] = Field(
+    split: tuple[float, float, float] | Literal["leave_last_out"] = Field(
         (0.8, 0.1, 0.1),
-        description="train/valid/test shares of the samples sorted by their target's timestamp "
-        "(one global cut; equal timestamps by user id, then position)",
+        description="[train, valid, test] shares of the samples sorted by their target's timestamp (one global "
+        "cut; equal timestamps by user id, then position); or leave_last_out, per user (SASRec's and BERT4Rec's "
+        "data_partition): the sample whose target is the user's last interaction is test, the one whose target "
+        "is the second to last valid, every earlier sliding-window sample train; a user with fewer than 3 "
+        "interactions gives train samples only",
     )
     max_malformed_fraction: float = Field(
         0.05,
@@ -226,9 +270,16 @@ class DataConfig(_Section):
     min_samples: int = Field(50, ge=1, description="fail when fewer samples than this survive preprocessing")
     demo: DemoDataConfig = Field(default_factory=DemoDataConfig)
 
-    @field_validator("split")
+    @field_validator("split", mode="wrap")
     @classmethod
-    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _split_name_or_fractions(cls, value: Any, handler: Any) -> tuple[float, float, float] | str:
+        if value == LEAVE_LAST_OUT:
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"must be '{LEAVE_LAST_OUT}' or three fractions [train, valid, test] summing to 1")
+        if _holds_bool(value):
+            raise ValueError("must be a number, not a boolean")
+        v = _SPLIT_FRACTIONS.validate_python(value)
         if any(x < 0 for x in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
         return v
@@ -248,11 +299,29 @@ class DataConfig(_Section):
         return v
 
     @model_validator(mode="after")
+    def _hf_source_and_revision(self) -> DataConfig:
+        if not self.source.startswith("hf://"):
+            if self.revision:
+                raise ValueError(f"data.revision applies to hf://owner/name sources only, not {self.source!r}")
+            return self
+        where = parse_hf_source(self.source)  # HfAddressError is a ValueError: pydantic names the field
+        if self.format != "interactions":
+            raise ValueError("an hf:// source holds a shop export's two tables: set data.format=interactions")
+        if where.folder is not None and self.revision:
+            raise ValueError(f"data.revision applies to hub repos only, not the folder {self.source!r}")
+        return self
+
+    @model_validator(mode="after")
     def _bundle_is_a_folder(self) -> DataConfig:
         if self.format == "research" and self.source in ("demo", "amazon2018", "amazon2023"):
             raise ValueError(
                 "format=research reads a research data bundle: set data.source to the folder or bucket "
                 "URI holding it (the research code's data/Amazon)"
+            )
+        if self.format in ("interactions", "recbole") and self.source in ("demo", "amazon2018", "amazon2023"):
+            raise ValueError(
+                f"format={self.format} reads a shop's own export: set data.source to the folder or bucket "
+                "URI holding it"
             )
         return self
 

@@ -2,7 +2,9 @@
 
 Sources: `demo` (built-in generator), `amazon2018` (HTTP from data.base_url), `amazon2023` (the
 Hugging Face dataset repo), or a folder (`file://...`, a plain path, or a bucket folder `s3://`,
-`minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names. HTTP
+`minio://`, `gs://` read through sidreasoner.storage) holding raw files under their official names, a
+research bundle, or a shop's own export (data.format interactions: the events and items tables, each a file
+or a folder of part files; recbole: `.inter` and `.item` atomic files), copied under its own names. HTTP
 downloads go through a cache folder that concurrent runs may share, resume from `<name>.part` with a Range
 request, and never pass a short, cut or wrong file as complete.
 
@@ -25,6 +27,7 @@ import shutil
 import socket
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -36,6 +39,7 @@ from tqdm import tqdm
 from sidreasoner.artifacts import research_layout
 from sidreasoner.artifacts.raw import RawData
 from sidreasoner.config import AMAZON2023_REPO, Config, DataConfig
+from sidreasoner.config.hf_address import is_hf_source
 from sidreasoner.data.demo import generate_demo_raw
 from sidreasoner.io import locked, read_json, write_json
 
@@ -528,6 +532,87 @@ def _from_folder(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> t
     return found[0], found[1]
 
 
+def _export_tables(names: list[str], data: DataConfig, where: str) -> tuple[str, str, list[str]]:
+    """A shop export's events and items among a folder's relative file names: (what the manifest's `reviews`
+    and `meta` name: a file, or the folder of part files; every file to copy)."""
+    if data.format == "recbole":
+        stems = []
+        for suffix in (RawData.RECBOLE_EVENTS, RawData.RECBOLE_ITEMS):
+            found = [n for n in names if "/" not in n and n.endswith(suffix)]
+            own = f"{data.category}{suffix}"
+            if own not in found and len(found) != 1:
+                raise DownloadError(
+                    f"{where}: no {own} (data.category={data.category}) and not exactly one *{suffix} file "
+                    f"(data.format=recbole). Present: {sorted(names)[:50] or 'nothing'}"
+                )
+            stems.append(own if own in found else found[0])
+    else:
+        stems = [RawData.EVENTS_TABLE, RawData.ITEMS_TABLE]
+    picked = []
+    for stem in stems:
+        files = RawData.table_files(names, data.format, stem)
+        if not files:
+            wanted = ", ".join(stem + s for s in RawData.TABLE_SUFFIXES)
+            raise DownloadError(
+                f"{where}: no {stem} table (data.format={data.format}: {wanted}, or a folder {stem}/ of part "
+                f"files). Present: {sorted(names)[:50] or 'nothing'}"
+            )
+        picked.append((files[0] if files == [stem] or "/" not in files[0] else stem, files))
+    return picked[0][0], picked[1][0], picked[0][1] + picked[1][1]
+
+
+def _hf_export(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str, list[str], dict]:
+    """A shop export kept as a Hugging Face dataset (data.source=hf://...): its two tables written as Parquet into
+    the raw folder, and what the manifest records of where they came from (revision, commit, configs)."""
+    from sidreasoner.data.hf_source import HfSourceError, fetch_hf_tables, manifest_entry  # needs `datasets`
+
+    try:
+        fetched = fetch_hf_tables(data.source, data.revision, raw.path, _cache_dir(data) / "huggingface")
+    except HfSourceError as err:
+        raise DownloadError(str(err)) from None
+    events, items = (fetched.files[t].name for t in (RawData.EVENTS_TABLE, RawData.ITEMS_TABLE))
+    metrics["bytes_downloaded"] += sum(raw.file(n).stat().st_size for n in (events, items))
+    return events, items, [events, items], {"hf": manifest_entry(data.source, data.revision, fetched)}
+
+
+def _copy_from_source(source: str, pick: Callable[[list[str], str], list[str]], dest: Path) -> list[str]:
+    """Copy the files `pick(every relative file name of the source, how errors name it)` chooses from a folder or
+    bucket source to the same names under `dest`; return them."""
+    if urlparse(source).scheme in ("s3", "minio", "gs"):
+        from sidreasoner import storage  # imported here: only bucket sources need the bucket clients
+
+        root = source.rstrip("/")
+        try:
+            names = pick(storage.list_files(root), root)
+            for name in names:
+                storage.download_file(f"{root}/{name}", dest / name)
+        except storage.StorageError as err:
+            raise DownloadError(f"data.source: {err}") from err
+        return names
+    folder = _local_folder(source).expanduser()
+    if not folder.is_dir():
+        raise DownloadError(f"data.source: folder {folder} does not exist")
+    names = pick(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()), str(folder))
+    for name in names:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        _copy(_inside(folder, name), dest / name)
+    return names
+
+
+def _shop_export(data: DataConfig, raw: RawData, metrics: dict[str, float]) -> tuple[str, str, list[str]]:
+    """Copy a shop's export (data.format interactions or recbole) from a folder or bucket into the raw folder."""
+    tables: list[str] = []  # what the manifest's `reviews` and `meta` name
+
+    def pick(names: list[str], where: str) -> list[str]:
+        reviews, meta, files = _export_tables(names, data, where)
+        tables.extend((reviews, meta))
+        return files
+
+    names = _copy_from_source(data.source, pick, raw.path)
+    metrics["bytes_downloaded"] += sum(raw.file(n).stat().st_size for n in names)
+    return tables[0], tables[1], names
+
+
 def _bundle_files(names: list[str], category: str) -> list[str]:
     """The files of `category` among a bundle folder's relative paths: splits, index, info, general data."""
 
@@ -549,26 +634,7 @@ def _research_bundle(data: DataConfig, raw: RawData, metrics: dict[str, float]) 
     from sidreasoner.data.research import ResearchDataError, find_bundle
 
     dest = raw.file(RawData.BUNDLE)
-    if urlparse(data.source).scheme in ("s3", "minio", "gs"):
-        from sidreasoner import storage  # imported here: only bucket sources need the bucket clients
-
-        source = data.source.rstrip("/")
-        try:
-            names = _bundle_files(storage.list_files(source), data.category)
-            for name in names:
-                storage.download_file(f"{source}/{name}", dest / name)
-        except storage.StorageError as err:
-            raise DownloadError(f"data.source: {err}") from err
-    else:
-        folder = _local_folder(data.source).expanduser()
-        if not folder.is_dir():
-            raise DownloadError(f"data.source: folder {folder} does not exist")
-        names = _bundle_files(
-            sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()), data.category
-        )
-        for name in names:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            _copy(_inside(folder, name), dest / name)
+    names = _copy_from_source(data.source, lambda names, _: _bundle_files(names, data.category), dest)
     try:
         find_bundle(dest, data.category)
     except ResearchDataError as err:
@@ -625,15 +691,20 @@ def download_data(cfg: Config, out_dir: RawData) -> dict[str, float]:
             )
             metrics.update(files=float(len(files)), bytes_total=float(sum(f["bytes"] for f in files.values())))
             return metrics
+        names, extra = None, {}
         if data.source == "demo":
             reviews, meta = _demo(cfg, raw, metrics)
         elif data.source == "amazon2018":
             reviews, meta = _amazon2018(data, raw, metrics)
         elif data.source == "amazon2023":
             reviews, meta = _amazon2023(data, raw, metrics)
+        elif is_hf_source(data.source):
+            reviews, meta, names, extra = _hf_export(data, raw, metrics)
+        elif data.format in ("interactions", "recbole"):
+            reviews, meta, names = _shop_export(data, raw, metrics)
         else:
             reviews, meta = _from_folder(data, raw, metrics)
-        files = _file_records(raw, [reviews, meta])
+        files = _file_records(raw, names or [reviews, meta])
         raw.write_manifest(
             {
                 "source": data.source,
@@ -644,7 +715,8 @@ def download_data(cfg: Config, out_dir: RawData) -> dict[str, float]:
                 "files": files,
                 "demo": data.source == "demo",
                 "five_core": data.five_core if data.source != "demo" else False,
+                **extra,
             }
         )
-    metrics.update(files=2.0, bytes_total=float(sum(f["bytes"] for f in files.values())))
+    metrics.update(files=float(len(files)), bytes_total=float(sum(f["bytes"] for f in files.values())))
     return metrics

@@ -6,8 +6,11 @@ Order of filters: item titles (`data.title_rule`; several records of one asin: `
 until stable. With `data.window_widen_below_items`, the window's start moves back a year at a time,
 and the filters run again, while fewer items survive. Then per-user chronological sequences, sliding
 windows (history = previous <= max_history interactions), and a GLOBAL chronological 8:1:1 split by
-the target's timestamp; ids and ties follow `data.id_order`. Every drop is counted by reason in the
-metrics. Raw reviews are streamed once into compact integer columns.
+the target's timestamp (or, with `data.split=leave_last_out`, each user's last sample is test and the one
+before valid); ids and ties follow `data.id_order`. Every drop is counted by reason in the
+metrics. Raw reviews are streamed once into compact integer columns. A shop's own export (data.format
+interactions or recbole) is read by `sidreasoner.data.tables` into the same item records and columns, and
+from there on takes exactly this path.
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ import math
 import time
 from array import array
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from sidreasoner.artifacts import research_layout
 from sidreasoner.artifacts.dataset import SPLITS, Dataset
 from sidreasoner.artifacts.raw import RawData
 from sidreasoner.config import Config, DataConfig
-from sidreasoner.config.schema import file_name_problem
+from sidreasoner.config.schema import LEAVE_LAST_OUT, file_name_problem
+from sidreasoner.data import tables
 from sidreasoner.data.from_research import dataset_from_bundle
 from sidreasoner.data.raw import FieldCounts, ItemMeta, LineStats, iter_meta, iter_reviews
 from sidreasoner.io import atomic_file, write_json
@@ -49,6 +54,8 @@ class RawManifest:
     meta: Path
     source: str
     bundle: Path | None = None  # format research: the bundle's folder
+    review_files: list[Path] = field(default_factory=list)  # formats interactions/recbole: the events' files
+    meta_files: list[Path] = field(default_factory=list)  # and the items' files
 
 
 @dataclass
@@ -102,10 +109,24 @@ def read_manifest(raw: RawData) -> RawManifest:
         raw.file(data["meta"]),
         str(data.get("source", "")),
     )
+    if data["format"] in tables.TABLE_FORMATS:
+        return _table_manifest(raw, data, out)
     for key in ("reviews", "meta"):
         if not getattr(out, key).is_file():
             raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw.path}")
     check_raw_files(raw, data.get("files"), [data["reviews"], data["meta"]])
+    return out
+
+
+def _table_manifest(raw: RawData, data: dict[str, Any], out: RawManifest) -> RawManifest:
+    """A shop export's manifest: `reviews` and `meta` name a table file each, or a folder of part files."""
+    files = data.get("files") if isinstance(data.get("files"), dict) else {}
+    for key in ("reviews", "meta"):
+        names = sorted(n for n in files if n == data[key] or n.startswith(data[key] + "/"))
+        if not names:
+            raise PreprocessError(f"{raw.file(RawData.MANIFEST)}: 'files' lists no file of {key} {data[key]!r}")
+        setattr(out, f"{'review' if key == 'reviews' else 'meta'}_files", [raw.file(n) for n in names])
+    check_raw_files(raw, data.get("files"), [])
     return out
 
 
@@ -183,11 +204,31 @@ def load_items(path: Path, fmt: str, data: DataConfig, metrics: dict[str, float]
     record with a usable title and the other fields of its last record, and is dropped (for the last
     record's title problem) only when no record has a usable title.
     """
-    stats, counts, dropped = LineStats(), FieldCounts(), Counter()
+    stats, counts = LineStats(), FieldCounts()
+    items = iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule)
+    kept, dropped = keep_items(items, data)
+    metrics.update(raw_meta_lines=stats.lines, malformed_meta_lines=stats.malformed)
+    metrics.update({f"meta_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
+    for reason in (*TITLE_PROBLEMS, "duplicate_asin"):
+        metrics[f"items_dropped_{reason}"] = dropped[reason]
+    return kept
+
+
+def load_table_items(files: list[Path], data: DataConfig, metrics: dict[str, float]) -> dict[str, ItemMeta]:
+    """A shop export's items with usable titles, by item id, under the same rules as `load_items`."""
+    kept, dropped = keep_items(tables.iter_items(files, data, metrics), data)
+    for reason in (*TITLE_PROBLEMS, "duplicate_asin"):
+        metrics[f"items_dropped_{reason}"] = dropped[reason]
+    return kept
+
+
+def keep_items(items, data: DataConfig) -> tuple[dict[str, ItemMeta], Counter]:
+    """The items with usable titles by asin (see `load_items`), and the drops by reason."""
+    dropped: Counter = Counter()
     records: dict[str, ItemMeta] = {}
     titles: dict[str, str] = {}
     problems: dict[str, str] = {}
-    for item in iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule):
+    for item in items:
         if item.asin in records:
             dropped["duplicate_asin"] += 1
             if data.duplicate_meta == "first":
@@ -200,11 +241,7 @@ def load_items(path: Path, fmt: str, data: DataConfig, metrics: dict[str, float]
             problems[item.asin] = problem
     kept = {asin: rec._replace(title=titles[asin]) for asin, rec in records.items() if asin in titles}
     dropped.update(problems[asin] for asin in records if asin not in titles)
-    metrics.update(raw_meta_lines=stats.lines, malformed_meta_lines=stats.malformed)
-    metrics.update({f"meta_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
-    for reason in (*TITLE_PROBLEMS, "duplicate_asin"):
-        metrics[f"items_dropped_{reason}"] = dropped[reason]
-    return kept
+    return kept, dropped
 
 
 # ---------------------------------------------------------------- reviews
@@ -288,14 +325,27 @@ def read_review_columns(
     )
 
 
+def read_table_columns(
+    files: list[Path], data: DataConfig, item_codes: dict[str, int], metrics: dict[str, float]
+) -> Columns:
+    """`read_review_columns` for a shop export's events table (read in vectorised batches)."""
+    window = window_seconds(data, widest_start(data))
+    users, user, item, ts, rating, unknown_ts = tables.read_events(files, data, list(item_codes), window, metrics)
+    return Columns(user, item, ts, rating, users, unknown_ts)
+
+
 def dedupe_mask(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """True for the earliest review of each (user, item) pair (file order breaks timestamp ties)."""
     if len(user) == 0:
         return np.zeros(0, bool)
     key = user * (int(item.max()) + 1) + item
-    order = np.lexsort((np.arange(len(key)), ts, key))
-    first = np.ones(len(key), bool)
-    first[1:] = key[order][1:] != key[order][:-1]
+    order = np.argsort(key, kind="stable")  # one sort; each pair's rows stay in file order
+    key_sorted, ts_sorted = key[order], ts[order]
+    starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
+    earliest = np.repeat(np.minimum.reduceat(ts_sorted, starts), np.diff(np.r_[starts, len(key)]))
+    at_min = np.flatnonzero(ts_sorted == earliest)  # positions holding their pair's earliest time
+    group = np.searchsorted(starts, at_min, side="right")
+    first = at_min[np.r_[True, group[1:] != group[:-1]]]  # the first of those in file order
     mask = np.zeros(len(key), bool)
     mask[order[first]] = True
     return mask
@@ -323,16 +373,21 @@ def k_core_mask(user: np.ndarray, item: np.ndarray, k: int) -> tuple[np.ndarray,
 
 def _dense_ids(codes: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
     """Map the used codes to contiguous ids ordered by name; returns (code -> id table, names by id)."""
-    used = np.unique(codes)
-    used_sorted = sorted(used.tolist(), key=lambda c: names[c])
+    used = np.flatnonzero(np.bincount(codes, minlength=len(names)))  # codes are 0..len(names)-1
+    used_names = [names[c] for c in used.tolist()]
+    # Arrow sorts by UTF-8 bytes, which is code point order: the order of sorted() on str (names are unique).
+    by_name = pc.sort_indices(pa.array(used_names, pa.string())).to_numpy()
     table = np.full(len(names), -1, np.int64)
-    table[np.asarray(used_sorted, np.int64)] = np.arange(len(used_sorted))
-    return table, [names[c] for c in used_sorted]
+    table[used[by_name]] = np.arange(len(used))
+    return table, [used_names[n] for n in by_name.tolist()]
 
 
 def user_sequences(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Row order grouping users, chronological inside each user, ties by item id (= asin order), stable."""
-    return np.lexsort((np.arange(len(user)), item, ts, user))
+    if len(ts) and (int(ts.max()) - int(ts.min()) + 1) * (int(item.max()) + 1) < 2**62:
+        time_then_item = (ts - ts.min()) * (int(item.max()) + 1) + item  # one key: two sorts instead of three
+        return np.lexsort((time_then_item, user))  # lexsort is stable
+    return np.lexsort((item, ts, user))
 
 
 @dataclass
@@ -371,6 +426,24 @@ def chronological_split(
     order = np.lexsort((pos, user, ts))
     a, b = split_bounds(len(order), fractions)
     return {"train": order[:a], "valid": order[a:b], "test": order[b:]}
+
+
+def leave_last_out_split(user: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
+    """Sample indices per split, per user, as SASRec's and BERT4Rec's data_partition: the sample whose target
+    is the user's last interaction is test, the one before valid, the earlier ones train; a user with fewer
+    than 3 interactions gives train samples only. Samples grouped by user in position order (`sliding_windows`)."""
+    n = len(user)
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if n else np.zeros(0, np.int64)
+    per_user = np.diff(np.r_[starts, n])  # samples of the user = its interactions - 1
+    samples_of_user = np.repeat(per_user, per_user)
+    from_last = samples_of_user - pos  # 0 for the sample of the user's last interaction
+    held_out = samples_of_user >= 2
+    test, valid = held_out & (from_last == 0), held_out & (from_last == 1)
+    return {
+        "train": np.flatnonzero(~(test | valid)),
+        "valid": np.flatnonzero(valid),
+        "test": np.flatnonzero(test),
+    }
 
 
 def history_lists(item: np.ndarray, hist_start: np.ndarray, row: np.ndarray) -> pa.ListArray:
@@ -460,7 +533,8 @@ def _keep_rows(cols: Columns, inside: np.ndarray, data: DataConfig) -> _Kept:
         rows = rows[first]
     core, rounds = k_core_mask(cols.user[rows], cols.item[rows], data.k_core)
     kept = rows[core]
-    return _Kept(kept, rows, duplicates, int((~core).sum()), rounds, len(np.unique(cols.item[kept])))
+    items = int(np.count_nonzero(np.bincount(cols.item[kept]))) if len(kept) else 0
+    return _Kept(kept, rows, duplicates, int((~core).sum()), rounds, items)
 
 
 def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], path: Path) -> Columns:
@@ -488,16 +562,18 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
     metrics.update(
         reviews_dropped_duplicate=kept.duplicates, reviews_dropped_k_core=kept.k_core, k_core_iterations=kept.rounds
     )
-    u_in, i_in = cols.user[kept.went_in], cols.item[kept.went_in]
-    _require(
-        len(kept.rows),
-        f"the iterative {data.k_core}-core filter",
-        f"{len(u_in)} interactions of {len(np.unique(u_in))} users / {len(np.unique(i_in))} items went in; "
-        f"lower data.k_core (now {data.k_core}) or use a larger category.",
-    )
+    if len(kept.rows) == 0:
+        u_in, i_in = cols.user[kept.went_in], cols.item[kept.went_in]
+        _require(
+            0,
+            f"the iterative {data.k_core}-core filter",
+            f"{len(u_in)} interactions of {len(np.unique(u_in))} users / {len(np.unique(i_in))} items went in; "
+            f"lower data.k_core (now {data.k_core}) or use a larger category.",
+        )
     r = kept.rows
     u, i, t = cols.user[r], cols.item[r], cols.ts[r]
-    metrics["interactions_repeated"] = int((~dedupe_mask(u, i, t)).sum())
+    # After `earliest`, only the first of each pair went into the k-core, which only drops rows.
+    metrics["interactions_repeated"] = 0 if data.repeats == "earliest" else int((~dedupe_mask(u, i, t)).sum())
     return Columns(u, i, t, cols.rating[r], cols.users)
 
 
@@ -528,10 +604,20 @@ def _write_splits(dataset: Dataset, cols: Columns, data: DataConfig, metrics: di
             f"the {data.k_core}-core filter left {len(cols.user)} interactions. Lower data.k_core, widen "
             "data.time_window, or use a larger category."
         )
-    parts = chronological_split(cols.ts[s.row], cols.user[s.row], s.pos, data.split)
+    user = cols.user[s.row]
+    if data.split == LEAVE_LAST_OUT:
+        parts = leave_last_out_split(user, s.pos)
+        setting = (
+            f"{LEAVE_LAST_OUT}: valid and test take users with 3 or more interactions, train users with 2 or more "
+            "than 3"
+        )
+        metrics["users_train_only"] = len(np.unique(user)) - len(parts["test"])
+    else:
+        parts = chronological_split(cols.ts[s.row], user, s.pos, data.split)
+        setting = str(list(data.split))
     for name, idx in parts.items():
         if len(idx) == 0:
-            raise PreprocessError(f"the {name} split is empty ({len(s.row)} samples, data.split={list(data.split)})")
+            raise PreprocessError(f"the {name} split is empty ({len(s.row)} samples, data.split={setting})")
         _write_samples(dataset, name, cols, s.hist_start[idx], s.row[idx])
         metrics[f"samples_{name}"] = len(idx)
 
@@ -588,7 +674,7 @@ def _reindex(
         )
     user_table, user_codes = _first_seen_ids(cols.user, len(cols.users))
     u = user_table[cols.user]
-    order = np.lexsort((np.arange(len(u)), cols.ts, u))
+    order = np.lexsort((cols.ts, u))  # stable: equal timestamps in file order
     item_table, item_codes = _first_seen_ids(cols.item[order], len(kept_items))
     users = [cols.users[c] for c in user_codes.tolist()]
     return (
@@ -612,11 +698,18 @@ def preprocess(cfg: Config, raw_dir: RawData, out_dir: Dataset) -> dict[str, flo
     if manifest.bundle is not None:
         return dataset_from_bundle(cfg, manifest.bundle, manifest.category, manifest.source, out_dir)
     metrics: dict[str, float] = {}
-    kept = load_items(manifest.meta, manifest.format, data, metrics)
+    shop = manifest.format in tables.TABLE_FORMATS
+    if shop:
+        kept = load_table_items(manifest.meta_files, data, metrics)
+    else:
+        kept = load_items(manifest.meta, manifest.format, data, metrics)
     kept_list = list(kept.values())
     _require_some(len(kept_list), "items", manifest.meta, metrics["raw_meta_lines"], drop_reasons(metrics, ITEM_DROPS))
     codes = {it.asin: n for n, it in enumerate(kept_list)}
-    cols = read_review_columns(manifest.reviews, manifest.format, data, codes, metrics)
+    if shop:
+        cols = read_table_columns(manifest.review_files, data, codes, metrics)
+    else:
+        cols = read_review_columns(manifest.reviews, manifest.format, data, codes, metrics)
     cols = _filter_reviews(cols, data, metrics, manifest.reviews)
     cols, items, users = _reindex(cols, kept_list, data.id_order)
     metrics.update(
