@@ -22,7 +22,8 @@ class Dataset(Artifact):
     kfp_type = "Dataset"
     writer = "preprocess"
 
-    ITEMS = "items.parquet"  # item_id (0..N-1 in order), asin, title, description, brand, categories
+    ITEMS = "items.parquet"  # item_id (0..N-1 in order), asin, title, description, brand, categories[, category]
+    CATEGORY_COLUMN = "category"  # only in a dataset of several categories: the one each item was kept from
     USERS = "users.parquet"  # user_id, raw_user_id
     INTERACTIONS = "interactions.parquet"  # user_id, item_id, timestamp, rating
     STATS = "stats.json"  # category, format, source, metrics, data_config
@@ -72,6 +73,15 @@ class Dataset(Artifact):
     def titles(self) -> dict[int, str]:
         items = self.items_table(["item_id", "title"])
         return dict(zip(items["item_id"].to_pylist(), map(str, items["title"].to_pylist()), strict=True))
+
+    def item_categories(self) -> dict[int, str]:
+        """item_id -> its category in a dataset of several categories (data.category a list); {} otherwise."""
+        import pyarrow.parquet as pq
+
+        if self.CATEGORY_COLUMN not in pq.read_schema(self.require(self.ITEMS, "the item table")).names:
+            return {}
+        items = self.items_table(["item_id", self.CATEGORY_COLUMN])
+        return dict(zip(items["item_id"].to_pylist(), items[self.CATEGORY_COLUMN].to_pylist(), strict=True))
 
     def split(self, name: str, columns: Sequence[str] | None = None):
         """One sample split (train, valid or test) as a pandas DataFrame."""

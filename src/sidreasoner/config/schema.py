@@ -12,6 +12,7 @@ import re
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -107,6 +108,10 @@ class _Section(BaseModel):
         return value
 
 
+# Joins a list of categories into data.category: the mix's name for files (Office_Products__Video_Games).
+CATEGORY_JOIN = "__"
+
+
 # A name that becomes part of a file name (data.category): no path separators, no leading dot, no glob
 # characters, so it can never lead outside its folder.
 def _with_defaults(base: type[_Section], **defaults: Any) -> type[_Section]:
@@ -193,7 +198,9 @@ class DataConfig(_Section):
     category: str = Field(
         "Demo",
         description="the category (Office_Products); it names the dataset's files, so "
-        "it is letters, digits, '_', '-' and '.' only",
+        "it is letters, digits, '_', '-' and '.' only. amazon2018/amazon2023 raw files: a list of categories "
+        "([Industrial_and_Scientific, Office_Products, Video_Games]) makes one dataset, one catalogue and one "
+        "SID space over all of them, named by the categories joined with '__'",
     )
     base_url: str = Field(AMAZON2018_BASE_URL, description="amazon2018 mirror root")
     five_core: bool = Field(
@@ -284,12 +291,45 @@ class DataConfig(_Section):
             raise ValueError(f"must be three non-negative fractions summing to 1, got {list(v)}")
         return v
 
+    @field_validator("category", mode="before")
+    @classmethod
+    def _categories_joined(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.startswith("["):  # a list given as one command-line value
+            try:
+                v = yaml.safe_load(v)
+            except yaml.YAMLError as err:
+                raise ValueError(f"a list of categories that is not a YAML list: {err}") from None
+        if not isinstance(v, list):
+            return v
+        if not v or len(set(v)) != len(v) or any(not isinstance(c, str) or CATEGORY_JOIN in c for c in v):
+            raise ValueError(f"a list of categories must be distinct names, none holding {CATEGORY_JOIN!r}")
+        for category in v:
+            if file_name_problem(category):
+                raise ValueError(f"the category {category!r} names files, so it must be {FILE_NAME_RULE}")
+        return CATEGORY_JOIN.join(v)
+
     @field_validator("category")
     @classmethod
     def _category_is_a_file_name(cls, v: str) -> str:
         if file_name_problem(v):
             raise ValueError(f"names the dataset's files, so it must be {FILE_NAME_RULE}")
         return v
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories of the dataset: one, or several from a list (see `category`)."""
+        return self.category.split(CATEGORY_JOIN)
+
+    @model_validator(mode="after")
+    def _several_categories_of_amazon_files(self) -> DataConfig:
+        several = len(self.categories) > 1
+        if several and (self.source == "demo" or self.format not in ("amazon2018", "amazon2023")):
+            raise ValueError(
+                f"data.category {self.categories}: several categories apply to Amazon raw files only "
+                "(source amazon2018, amazon2023 or a folder of format amazon2018/amazon2023), not to the demo, "
+                "a research bundle or a shop export"
+            )
+        return self
 
     @field_validator("source")
     @classmethod

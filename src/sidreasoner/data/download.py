@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -649,6 +650,20 @@ def _demo(cfg: Config, raw: RawData, metrics: dict[str, float]) -> tuple[str, st
     return f"{cfg.data.category}.json.gz", f"meta_{cfg.data.category}.json.gz"
 
 
+def _several_categories(
+    data: DataConfig, raw: RawData, metrics: dict[str, float]
+) -> tuple[str, str, list[str], dict[str, Any]]:
+    """Each category's reviews and meta file, fetched as one category's would be; the manifest's
+    `categories` lists them in the order of data.category (`reviews` and `meta` name the first's)."""
+    fetch = {"amazon2018": _amazon2018, "amazon2023": _amazon2023}.get(data.source, _from_folder)
+    parts = []
+    for category in data.categories:
+        reviews, meta = fetch(data.model_copy(update={"category": category}), raw, metrics)
+        parts.append({"category": category, "reviews": reviews, "meta": meta})
+    names = [name for part in parts for name in (part["reviews"], part["meta"])]
+    return parts[0]["reviews"], parts[0]["meta"], names, {"categories": parts}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -694,6 +709,8 @@ def download_data(cfg: Config, out_dir: RawData) -> dict[str, float]:
         names, extra = None, {}
         if data.source == "demo":
             reviews, meta = _demo(cfg, raw, metrics)
+        elif len(data.categories) > 1:
+            reviews, meta, names, extra = _several_categories(data, raw, metrics)
         elif data.source == "amazon2018":
             reviews, meta = _amazon2018(data, raw, metrics)
         elif data.source == "amazon2023":

@@ -56,6 +56,8 @@ class RawManifest:
     bundle: Path | None = None  # format research: the bundle's folder
     review_files: list[Path] = field(default_factory=list)  # formats interactions/recbole: the events' files
     meta_files: list[Path] = field(default_factory=list)  # and the items' files
+    # several categories: (category, reviews, meta) of each, in the order of data.category
+    parts: list[tuple[str, Path, Path]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,10 +113,29 @@ def read_manifest(raw: RawData) -> RawManifest:
     )
     if data["format"] in tables.TABLE_FORMATS:
         return _table_manifest(raw, data, out)
-    for key in ("reviews", "meta"):
-        if not getattr(out, key).is_file():
-            raise PreprocessError(f"{path}: '{key}' names {data[key]!r}, which is not in {raw.path}")
-    check_raw_files(raw, data.get("files"), [data["reviews"], data["meta"]])
+    out.parts = _category_parts(raw, data.get("categories")) or [(out.category, out.reviews, out.meta)]
+    for _, reviews, meta in out.parts:
+        for key, file in (("reviews", reviews), ("meta", meta)):
+            if not file.is_file():
+                raise PreprocessError(f"{path}: '{key}' names {file.name!r}, which is not in {raw.path}")
+    check_raw_files(raw, data.get("files"), [f.name for _, reviews, meta in out.parts for f in (reviews, meta)])
+    return out
+
+
+def _category_parts(raw: RawData, parts: Any) -> list[tuple[str, Path, Path]]:
+    """The manifest's `categories` (several categories): (category, reviews file, meta file) of each."""
+    if parts is None:
+        return []
+    path = raw.file(RawData.MANIFEST)
+    if not isinstance(parts, list) or len(parts) < 2:
+        raise PreprocessError(f"{path}: key 'categories' must list two or more categories")
+    out = []
+    for n, part in enumerate(parts):
+        for key in ("category", "reviews", "meta"):
+            problem = file_name_problem(part.get(key) if isinstance(part, dict) else None)
+            if problem:
+                raise PreprocessError(f"{path}: categories[{n}].{key}: {problem}")
+        out.append((part["category"], raw.file(part["reviews"]), raw.file(part["meta"])))
     return out
 
 
@@ -196,22 +217,49 @@ def title_problem(title: str | None, max_words: int, rule: str = "unescape") -> 
     return None
 
 
-def load_items(path: Path, fmt: str, data: DataConfig, metrics: dict[str, float]) -> dict[str, ItemMeta]:
+def load_items(
+    path: Path | list[tuple[str, Path]],
+    fmt: str,
+    data: DataConfig,
+    metrics: dict[str, float],
+    category_of: dict[str, str] | None = None,
+) -> dict[str, ItemMeta]:
     """Items with usable titles, by asin; drops are counted in metrics.
 
     Several records of one asin (`items_dropped_duplicate_asin` counts the later ones): with
     data.duplicate_meta=first only the first counts; with `last` the item keeps the title of its last
     record with a usable title and the other fields of its last record, and is dropped (for the last
     record's title problem) only when no record has a usable title.
+
+    `path` may be a list of (category, meta file) of several categories: their records are read as one
+    stream in that order, so an asin in two categories is a duplicate record under the same rule, and
+    `category_of` receives each asin's category (that of its first record, or last with `last`).
     """
     stats, counts = LineStats(), FieldCounts()
-    items = iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule)
+    shared: set[str] = set()
+    if isinstance(path, list):
+        items = _tagged_meta(path, fmt, data, stats, counts, category_of if category_of is not None else {}, shared)
+    else:
+        items = iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule)
     kept, dropped = keep_items(items, data)
     metrics.update(raw_meta_lines=stats.lines, malformed_meta_lines=stats.malformed)
+    if isinstance(path, list):
+        metrics["items_in_several_categories"] = len(shared)
     metrics.update({f"meta_records_skipped_{k}": v for k, v in sorted(counts.skipped.items())})
     for reason in (*TITLE_PROBLEMS, "duplicate_asin"):
         metrics[f"items_dropped_{reason}"] = dropped[reason]
     return kept
+
+
+def _tagged_meta(parts, fmt: str, data: DataConfig, stats, counts, category_of: dict[str, str], shared: set[str]):
+    """The meta records of several categories' files in order; `shared` gets the asins met in two of them."""
+    for category, path in parts:
+        for item in iter_meta(path, fmt, data.max_malformed_fraction, stats, counts, data.title_rule):
+            if category_of.get(item.asin, category) != category:
+                shared.add(item.asin)
+            if data.duplicate_meta == "last" or item.asin not in category_of:
+                category_of[item.asin] = category
+            yield item
 
 
 def load_table_items(files: list[Path], data: DataConfig, metrics: dict[str, float]) -> dict[str, ItemMeta]:
@@ -285,17 +333,20 @@ def window_seconds(data: DataConfig, start: Any = _NO_START) -> tuple[int, int]:
 
 
 def read_review_columns(
-    path: Path, fmt: str, data: DataConfig, item_codes: dict[str, int], metrics: dict[str, float]
+    path: Path | list[Path], fmt: str, data: DataConfig, item_codes: dict[str, int], metrics: dict[str, float]
 ) -> Columns:
     """One streaming pass: (user code, item code, ts, rating) of the reviews of kept items inside the widest
-    window the time window can reach; of the other reviews inside it only the timestamp (`unknown_ts`)."""
+    window the time window can reach; of the other reviews inside it only the timestamp (`unknown_ts`).
+    `path` may be a list of files (several categories), read as one stream in that order."""
     stats, counts = LineStats(), FieldCounts()
     lo, hi = window_seconds(data, widest_start(data))
     users: dict[str, int] = {}
     u_col, i_col, t_col, r_col, unknown_ts = array("q"), array("q"), array("q"), array("f"), array("q")
     out_of_window = 0
-    reviews = iter_reviews(path, fmt, data.max_malformed_fraction, stats, counts)
-    for user, asin, rating, ts in tqdm(reviews, desc=f"reading {path.name}", unit=" reviews", mininterval=2):
+    paths = path if isinstance(path, list) else [path]
+    reviews = (r for p in paths for r in iter_reviews(p, fmt, data.max_malformed_fraction, stats, counts))
+    desc = f"reading {', '.join(p.name for p in paths)}"
+    for user, asin, rating, ts in tqdm(reviews, desc=desc, unit=" reviews", mininterval=2):
         if not lo <= ts < hi:
             out_of_window += 1
             continue
@@ -577,19 +628,20 @@ def _filter_reviews(cols: Columns, data: DataConfig, metrics: dict[str, float], 
     return Columns(u, i, t, cols.rating[r], cols.users)
 
 
-def _write_tables(dataset: Dataset, cols: Columns, items: list[ItemMeta], users: list[str]) -> None:
-    dataset.write_items(
-        pa.table(
-            {
-                "item_id": pa.array(np.arange(len(items)), pa.int64()),
-                "asin": [it.asin for it in items],
-                "title": [it.title for it in items],
-                "description": [it.description for it in items],
-                "brand": [it.brand for it in items],
-                "categories": pa.array([it.categories for it in items], pa.list_(pa.string())),
-            }
-        )
-    )
+def _write_tables(
+    dataset: Dataset, cols: Columns, items: list[ItemMeta], users: list[str], category_of: dict[str, str]
+) -> None:
+    columns = {
+        "item_id": pa.array(np.arange(len(items)), pa.int64()),
+        "asin": [it.asin for it in items],
+        "title": [it.title for it in items],
+        "description": [it.description for it in items],
+        "brand": [it.brand for it in items],
+        "categories": pa.array([it.categories for it in items], pa.list_(pa.string())),
+    }
+    if category_of:  # several categories: the one each item was kept from
+        columns[Dataset.CATEGORY_COLUMN] = [category_of[it.asin] for it in items]
+    dataset.write_items(pa.table(columns))
     dataset.write_users(pa.table({"user_id": pa.array(np.arange(len(users)), pa.int64()), "raw_user_id": users}))
     dataset.write_interactions(
         pa.table({"user_id": cols.user, "item_id": cols.item, "timestamp": cols.ts, "rating": cols.rating})
@@ -699,8 +751,13 @@ def preprocess(cfg: Config, raw_dir: RawData, out_dir: Dataset) -> dict[str, flo
         return dataset_from_bundle(cfg, manifest.bundle, manifest.category, manifest.source, out_dir)
     metrics: dict[str, float] = {}
     shop = manifest.format in tables.TABLE_FORMATS
+    several = len(manifest.parts) > 1
+    category_of: dict[str, str] = {}
     if shop:
         kept = load_table_items(manifest.meta_files, data, metrics)
+    elif several:
+        metas = [(category, meta) for category, _, meta in manifest.parts]
+        kept = load_items(metas, manifest.format, data, metrics, category_of)
     else:
         kept = load_items(manifest.meta, manifest.format, data, metrics)
     kept_list = list(kept.values())
@@ -709,7 +766,8 @@ def preprocess(cfg: Config, raw_dir: RawData, out_dir: Dataset) -> dict[str, flo
     if shop:
         cols = read_table_columns(manifest.review_files, data, codes, metrics)
     else:
-        cols = read_review_columns(manifest.reviews, manifest.format, data, codes, metrics)
+        reviews = [r for _, r, _ in manifest.parts] if several else manifest.reviews
+        cols = read_review_columns(reviews, manifest.format, data, codes, metrics)
     cols = _filter_reviews(cols, data, metrics, manifest.reviews)
     cols, items, users = _reindex(cols, kept_list, data.id_order)
     metrics.update(
@@ -720,7 +778,10 @@ def preprocess(cfg: Config, raw_dir: RawData, out_dir: Dataset) -> dict[str, flo
     )
     with Dataset.writing(out_dir) as dataset:
         _write_splits(dataset, cols, data, metrics)
-        _write_tables(dataset, cols, items, users)
+        _write_tables(dataset, cols, items, users, category_of)
+        if several:
+            kept_by_category = Counter(category_of[it.asin] for it in items)
+            metrics.update({f"items_{c}": kept_by_category[c] for c, _, _ in manifest.parts})
         _write_research_index(dataset, manifest.category, items)
         metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
         dataset.write_stats(

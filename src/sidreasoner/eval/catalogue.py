@@ -4,7 +4,7 @@ items' titles."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidreasoner.artifacts import Dataset, SidIndex
 from sidreasoner.eval.metrics import sid_item_map
@@ -16,6 +16,7 @@ class Catalogue:
     sid_items: dict[str, list[int]]
     catalogue: list[str]  # every valid SID, sorted
     titles: dict[int, str]
+    categories: dict[int, str] = field(default_factory=dict)  # item -> category, several categories only
 
     @classmethod
     def load(cls, sid_index: SidIndex | str | os.PathLike, dataset: Dataset | str | os.PathLike) -> Catalogue:
@@ -26,6 +27,7 @@ class Catalogue:
             sid_items=sid_item_map(sids["item_id"].tolist(), sids["sid"].tolist()),
             catalogue=sid_index.catalogue(),
             titles=dataset.titles(),
+            categories=dataset.item_categories(),
         )
 
     def history_sids(self, history) -> list[str]:

@@ -49,15 +49,28 @@ def prediction_rows(
 
 
 def rows_metrics(prefix: str, rows: list[dict], cat: Catalogue, ks: list[int]) -> dict[str, float]:
-    """SID- and item-level HR/NDCG@K of the rows, each key prefixed '<split>_<mode>_'."""
-    m = sid_and_item_metrics(
+    """SID- and item-level HR/NDCG@K of the rows, each key prefixed '<split>_<mode>_'. In a dataset of several
+    categories also each category's, over the rows whose target item is of it, the key suffixed '_<category>'
+    ('test_think_hr@10_Office_Products'), and its number of rows ('<split>_<mode>_users_<category>')."""
+    out = {f"{prefix}_{k}": float(v) for k, v in _metrics(rows, cat, ks).items()}
+    by_category: dict[str, list[dict]] = {}
+    for r in rows:
+        if cat.categories:
+            by_category.setdefault(cat.categories[int(r["target_item_id"])], []).append(r)
+    for category, part in sorted(by_category.items()):
+        out.update({f"{prefix}_{k}_{category}": float(v) for k, v in _metrics(part, cat, ks).items()})
+        out[f"{prefix}_users_{category}"] = float(len(part))
+    return out
+
+
+def _metrics(rows: list[dict], cat: Catalogue, ks: list[int]) -> dict[str, float]:
+    return sid_and_item_metrics(
         [r["pred_sids"] for r in rows],
         [r["target_sid"] for r in rows],
         [r["target_item_id"] for r in rows],
         cat.sid_items,
         ks,
     )
-    return {f"{prefix}_{k}": float(v) for k, v in m.items()}
 
 
 def write_evaluation(out_dir: str | os.PathLike, rows: list[dict], metrics: dict, record: dict[str, Any]) -> None:
