@@ -276,8 +276,10 @@ def test_the_projects_own_export_imports_back_unchanged(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("narrative_ids", [True, False], ids=["narratives_with_ids", "narratives_four_columns"])
 def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, write_research_bundle, narrative_ids):
-    """The narrative file with ids, and with only the four columns the research code reads (its rows
-    paired with train samples by SIDs; Stage 3 then trains on the narrated prompts, as the paper presets do)."""
+    """The narrative file with only the four columns the research code reads (its rows paired with train
+    samples by SIDs; Stage 3 then trains on the narrated prompts, as the paper presets do) runs to the report;
+    the file with ids through the import and Stage 1's training (the steps after read the same artifacts, and
+    a DAG run costs over a minute of CI)."""
     import subprocess
     import sys
 
@@ -316,6 +318,7 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
             str(tmp_path / "root"),
             "--summary",
             str(summary),
+            *(["--until", "sft-stage1"] if narrative_ids else []),
             *sum((["--set", s] for s in sets), []),
         ],
         capture_output=True,
@@ -332,6 +335,9 @@ def test_the_whole_dag_runs_from_a_bundle_and_evaluates_its_test_rows(tmp_path, 
         len(bundle["splits"]["train"]),
         float(not narrative_ids),
     )
+    if narrative_ids:
+        assert "evaluate-stage1" not in tasks  # it stopped after sft-stage1
+        return
     test_rows = len(bundle["splits"]["test"])
     for stage in ("evaluate-stage1", "evaluate-stage2", "evaluate-stage3"):
         assert tasks[stage]["metrics"]["test_nonthink_users"] == test_rows
