@@ -22,6 +22,8 @@ class RawData(Artifact):
     TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
     RECBOLE_EVENTS = ".inter"
     RECBOLE_ITEMS = ".item"
+    # A Hugging Face dataset's two tables, written as one Parquet file each.
+    HF_TABLE_FILES = {EVENTS_TABLE: f"{EVENTS_TABLE}.parquet", ITEMS_TABLE: f"{ITEMS_TABLE}.parquet"}
 
     @classmethod
     def table_kind(cls, name: str) -> str | None:

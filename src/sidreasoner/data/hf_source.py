@@ -28,10 +28,9 @@ from sidreasoner.artifacts.raw import RawData
 from sidreasoner.config.hf_address import HfAddressError, parse_hf_source
 from sidreasoner.io import atomic_file
 
-# The tables' names in the dataset (configs or splits), and their files in the raw folder, where the
-# interactions format finds them.
-TABLE_FILES = {table: f"{table}.parquet" for table in (RawData.EVENTS_TABLE, RawData.ITEMS_TABLE)}
-
+# The tables' names in the dataset (configs or splits); RawData names their files in the raw folder, where
+# the interactions format finds them.
+TABLES = tuple(RawData.HF_TABLE_FILES)  # interactions, items
 PARQUET_BATCH_ROWS = 10_000
 TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
@@ -72,7 +71,7 @@ def fetch_hf_tables(source: str, revision: str | None, dest: Path, cache_dir: Pa
         dest.mkdir(parents=True, exist_ok=True)
         files, rows = {}, {}
         for name, table in tables.items():
-            files[name] = _write_parquet(table, dest / TABLE_FILES[name])
+            files[name] = _write_parquet(table, dest / RawData.HF_TABLE_FILES[name])
             rows[name] = table.num_rows
     except HfSourceError:
         raise
@@ -105,7 +104,7 @@ def _from_hub(source: str, path: str, revision: str | None, cache_dir: Path | No
 
     cache = str(cache_dir) if cache_dir is not None else None
     configs = datasets.get_dataset_config_names(path, revision=revision, cache_dir=cache)
-    missing = [t for t in TABLE_FILES if t not in configs]
+    missing = [t for t in TABLES if t not in configs]
     if missing:
         raise HfSourceError(
             f"data.source {source}{_at(revision)}: no {' or '.join(map(repr, missing))} config; the repo has "
@@ -113,7 +112,7 @@ def _from_hub(source: str, path: str, revision: str | None, cache_dir: Path | No
         )
     on_hub = not os.path.isdir(path)
     tables, origin, commit = {}, {}, None
-    for name in TABLE_FILES:
+    for name in TABLES:
         # The second table is read at the commit the first was: a push in between cannot mix two versions.
         builder = datasets.load_dataset_builder(path, name, revision=commit or revision, cache_dir=cache)
         split = _only_split(source, name, builder)
@@ -149,23 +148,23 @@ def _from_folder(source: str, folder: Path, cache_dir: Path | None):
                 f"data.source {source}: {folder} holds one table (a Dataset); save both: "
                 "DatasetDict({'interactions': …, 'items': …}).save_to_disk(path)"
             )
-        missing = [t for t in TABLE_FILES if t not in saved]
+        missing = [t for t in TABLES if t not in saved]
         if missing:
             raise HfSourceError(
                 f"data.source {source}: no {' or '.join(map(repr, missing))} split in the DatasetDict at {folder}; "
                 f"it has splits {list(saved)}"
             )
-        return {t: saved[t] for t in TABLE_FILES}, {t: {"split": t} for t in TABLE_FILES}, "splits", None
-    per_table = [t for t in TABLE_FILES if _saved(folder / t)]
+        return {t: saved[t] for t in TABLES}, {t: {"split": t} for t in TABLES}, "splits", None
+    per_table = [t for t in TABLES if _saved(folder / t)]
     if per_table:
-        missing = [t for t in TABLE_FILES if t not in per_table]
+        missing = [t for t in TABLES if t not in per_table]
         if missing:
             raise HfSourceError(
                 f"data.source {source}: no {' or '.join(f'{folder / t}' for t in missing)} written by save_to_disk "
                 f"beside {folder / per_table[0]}"
             )
         tables, origin = {}, {}
-        for name in TABLE_FILES:
+        for name in TABLES:
             tables[name], split = _one_table(source, folder / name, datasets.load_from_disk(str(folder / name)))
             origin[name] = {"folder": name, **({"split": split} if split else {})}
         return tables, origin, "folders", None
