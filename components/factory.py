@@ -4,11 +4,14 @@ renamed to the step so that its task and its executor carry the step's name, in 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kfp.dsl.python_component import PythonComponent
 
-from sidreasoner.components import condition, data, evaluate, sid, teacher, train
+from sidreasoner.components import condition, data, evaluate, serve, sid, teacher, train
 from sidreasoner.components.images import IMAGES
+from sidreasoner.config import ClusterConfig
+from sidreasoner.serve.deploy import serving_pod
 from sidreasoner.steps import Image, Step
 
 KINDS: dict[str, PythonComponent] = {
@@ -27,8 +30,19 @@ KINDS: dict[str, PythonComponent] = {
         train.merge_checkpoint,
         evaluate.report,
         train.export_model,
+        serve.deploy_model,
+        evaluate.load_model,
+        evaluate.report_model,
     )
 }
+
+
+def compile_time_arguments(step: Step, cluster: ClusterConfig) -> dict[str, Any]:
+    """Arguments a step's component takes from the compile-time cluster section and images, not from a run
+    parameter: deploy-model's `serving_pod` (the InferenceService's predictor pod)."""
+    if step.component == "deploy_model":
+        return {"serving_pod": serving_pod(cluster, IMAGES).to_json()}
+    return {}
 
 
 def _renamed(kind: PythonComponent, name: str, image: str) -> PythonComponent:

@@ -17,14 +17,14 @@ from typing import Any
 from sidreasoner.config import complete_sections
 from sidreasoner.io import write_json
 from sidreasoner.runner import run_step
-from sidreasoner.steps import STEPS
+from sidreasoner.steps import ALL_STEPS
 from sidreasoner.watchdog import die_with_runner
 
 
 def task_config(step_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """The config slice a task's step runs with: its sections (a section given partly through the API
     keeps the compiled preset's other keys) and its generation."""
-    step = STEPS[step_name]
+    step = ALL_STEPS[step_name]
     config = complete_sections(
         {section: arguments[section] for section in step.sections}, arguments.get("compiled_sections")
     )
@@ -35,7 +35,7 @@ def task_config(step_name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 def run_component(step_name: str, arguments: dict[str, Any]) -> None:
     """Run `step_name` with a component's arguments (its config sections and artifacts, by name)."""
     die_with_runner()  # a `sidreasoner run` killed by SIGKILL takes this step with it
-    step = STEPS[step_name]
+    step = ALL_STEPS[step_name]
     config = task_config(step_name, arguments)
     paths = {name: arguments[name].path for name in step.folders}
     values = run_step(step_name, config, paths)

@@ -100,13 +100,15 @@ def export_model(
     seed: int,
     export: dict,
     stage3_model: Input[Model],
+    sid_index: Input[Dataset],
+    dataset: Input[Dataset],
     model_export: Output[Model],
     metrics: Output[Metrics],
     code_version: str = "",
     generation: int = 0,
     compiled_sections: Optional[dict] = None,
 ):
-    """Push the Stage 3 model to export.uri (a bucket or folder); its record says where."""
+    """Push the Stage 3 model with its serving catalogue to export.uri (a bucket or folder); its record says where."""
     from sidreasoner.components.runtime import run_component
 
     run_component(step, locals())

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config
-from sidreasoner.config.stage1_data import require_stage1_data
 from sidreasoner.io import write_json
+from sidreasoner.pipelines.compile import check_pipeline_config
 from sidreasoner.pipelines.console import Console, TaskFailed
-from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, output_name
-from sidreasoner.steps import pipeline_steps
+from sidreasoner.pipelines.pipeline import build, output_name, pipeline_name
+from sidreasoner.steps import pipeline_registry, pipeline_steps
 from sidreasoner.watchdog import children_die_with_this_process
 
 
@@ -133,8 +133,10 @@ def run_local(
     summary_path: str | Path | None = None,
     runner: str = "subprocess",
     prepare_root: bool = False,
+    pipeline: str = "train",
 ) -> dict[str, Any]:
-    """Run the DAG (caching on), then describe every task: status, output paths, metrics.
+    """Run the DAG of `pipeline` (train or evaluate; caching on), then describe every task: status, output
+    paths, metrics.
 
     A task whose outputs lie outside this run's folder was served from the cache. runner="docker" runs each
     step in its image (components/images.py) through the Docker API that DOCKER_HOST names, mounting only
@@ -146,7 +148,8 @@ def run_local(
 
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
-    require_stage1_data(cfg, until)
+    check_pipeline_config(cfg, pipeline, until)
+    registry = pipeline_registry(pipeline)
     root = Path(pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":
@@ -175,7 +178,7 @@ def run_local(
         )
         stack.enter_context(_tasks_on(console))
         try:
-            result = build(cfg, until)()
+            result = build(cfg, until, registry=registry, name=pipeline_name(pipeline))()
         except RuntimeError as err:
             if console.failed is None:
                 raise
@@ -187,7 +190,7 @@ def run_local(
     outputs = result.outputs
 
     tasks = {}
-    steps = pipeline_steps(cfg, until)
+    steps = pipeline_steps(cfg, until, registry)
     for step in steps:
         paths = {out: _artifact_path(outputs[output_name(step.name, out)]) for out in step.outputs}
         metrics_artifact = outputs[output_name(step.name, "metrics")]
@@ -200,7 +203,7 @@ def run_local(
             "metrics": _read_metrics(metrics_artifact),
         }
     summary = {
-        "pipeline": PIPELINE_NAME,
+        "pipeline": pipeline_name(pipeline),
         "pipeline_root": str(root),
         "run_dir": str(run_dir) if run_dir else None,
         "until": until or steps[-1].name,

@@ -26,13 +26,21 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
-from sidreasoner.components.factory import component_for, condition_for
+from sidreasoner.components.factory import compile_time_arguments, component_for, condition_for
 from sidreasoner.components.images import IMAGES
 from sidreasoner.config import ClusterConfig, Config, StepResources, generation_param, generation_params, to_params
 from sidreasoner.provenance import code_version
 from sidreasoner.steps import STEPS, Image, Step, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
+
+
+def pipeline_name(pipeline: str) -> str:
+    """The name a pipeline (`--pipeline`) compiles and runs under: sidreasoner for training,
+    sidreasoner-<pipeline> for the others (sidreasoner-evaluate)."""
+    return PIPELINE_NAME if pipeline == "train" else f"{PIPELINE_NAME}-{pipeline}"
+
+
 ARTIFACT_TYPES = {"Dataset": Dataset, "Model": Model, "Metrics": Metrics, "HTML": HTML, "Markdown": Markdown}
 
 # Credentials: the chart's Secrets (fixed names, charts/README.md), all optional so a run that
@@ -177,12 +185,61 @@ def _condition(step: Step, params: dict, defaults: dict, cfg: Config) -> dsl.Pip
     return task
 
 
+def enclosing_conditions(steps: list[Step], gated: set[str]) -> dict[str, tuple[str, ...]]:
+    """Step name -> the gated steps whose condition groups must enclose its task, outermost first: every
+    gated step it reads from, directly or not. KFP refuses a task that depends on a task inside a dsl.If
+    unless it sits inside that same group (kfp 2.17 kfp/compiler/compiler_utils.py:808 `get_dependencies`,
+    "Illegal task dependency across DSL context managers"), so deploy-model, which reads export-model's
+    output, is built inside export-model's condition."""
+    order = {step.name: i for i, step in enumerate(steps)}
+    enclosing: dict[str, tuple[str, ...]] = {}
+    for step in steps:
+        needed: set[str] = set()
+        for name in step.inputs:
+            producer = step.source(name)[0]
+            needed.update(enclosing.get(producer, ()))
+            if producer in gated:
+                needed.add(producer)
+        enclosing[step.name] = tuple(sorted(needed, key=order.__getitem__))
+    return enclosing
+
+
+class _ConditionGroups:
+    """The dsl.If groups open while the DAG is built, innermost last. A group stays open after its step so
+    that the steps reading that step's outputs are built inside it (nested in it when gated too)."""
+
+    def __init__(self):
+        self._open: list[tuple[str, dsl.If]] = []
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._open)
+
+    def enter(self, step: str, enclosing: tuple[str, ...]) -> None:
+        """Close the groups `step` is not inside, so that the open ones are exactly `enclosing`."""
+        while self._open and self.names() != enclosing[: len(self._open)]:
+            self._open.pop()[1].__exit__(None, None, None)
+        if self.names() != enclosing:
+            raise ValueError(
+                f"step {step} reads outputs of the gated steps {', '.join(enclosing)}, whose conditions are not "
+                "nested one in another: KFP cannot build it inside all of them"
+            )
+
+    def open(self, step: str, group: dsl.If) -> None:
+        group.__enter__()
+        self._open.append((step, group))
+
+    def close(self) -> None:
+        while self._open:
+            self._open.pop()[1].__exit__(None, None, None)
+
+
 def build(
     cfg: Config,
     until: str | None = None,
     no_cache: frozenset[str] = frozenset(),
     registry: Mapping[str, Step] = STEPS,
     run_time_conditions: bool = False,
+    name: str = PIPELINE_NAME,
 ):
     """The pipeline function for `cfg`, holding the steps up to and including `until`; the steps
     in `no_cache` always execute (caching off), the others may be served from the cache. Each
@@ -196,16 +253,21 @@ def build(
     pipeline outputs (KFP takes a pipeline output from a condition branch only through dsl.OneOf).
 
     Every task receives its sections' compiled values as `compiled_sections`: a section passed
-    partly through the API is completed from them (a run parameter replaces the whole default)."""
+    partly through the API is completed from them (a run parameter replaces the whole default).
+
+    `registry` and `name` say which pipeline: `steps.PIPELINES[p]` and `pipeline_name(p)` for `--pipeline p`."""
     steps = pipeline_steps(cfg, until, registry, conditional=run_time_conditions)
     gated = {step.name for step in steps if step.enabled_by and run_time_conditions}
+    enclosing = enclosing_conditions(steps, gated)
+    conditional = gated | {name for name, groups in enclosing.items() if groups}
     defaults = {**to_params(cfg), **generation_params(cfg, [step.name for step in steps])}
-    Outputs = _outputs_type([step for step in steps if step.name not in gated])
+    Outputs = _outputs_type([step for step in steps if step.name not in conditional])
     version = code_version()
 
     def sidreasoner(*values):
         params = dict(zip(defaults, values, strict=True))
         tasks: dict[str, dsl.PipelineTask] = {}
+        groups = _ConditionGroups()
         for step in steps:
             sections = {name: params[name] for name in step.sections}
             inputs = {name: _output(tasks, *step.source(name)) for name in step.inputs}
@@ -216,19 +278,21 @@ def build(
             }
             image = step_image(step, cfg.cluster)
             component = component_for(step, image)
+            fixed = compile_time_arguments(step, cfg.cluster)
+            groups.enter(step.name, enclosing[step.name])
             if step.name in gated:
-                with dsl.If(_condition(step, params, defaults, cfg).output == True, name=f"{step.name}-enabled"):  # noqa: E712
-                    task = component(step=step.name, **sections, **inputs, **keys)
-            else:
-                task = component(step=step.name, **sections, **inputs, **keys)
+                condition = _condition(step, params, defaults, cfg)
+                groups.open(step.name, dsl.If(condition.output == True, name=f"{step.name}-enabled"))  # noqa: E712
+            task = component(step=step.name, **sections, **fixed, **inputs, **keys)
             _configure(task, step, cfg.cluster, cache=step.name not in no_cache, category=cfg.data.category)
             _pull_policy(task, IMAGES[image])
             tasks[step.name] = task
+        groups.close()
         return Outputs(
             **{
                 output_name(step.name, name): tasks[step.name].outputs[name]
                 for step in steps
-                if step.name not in gated
+                if step.name not in conditional
                 for name in step.artifacts()
             }
         )
@@ -243,6 +307,6 @@ def build(
         return_annotation=Outputs,
     )
     return dsl.pipeline(
-        name=PIPELINE_NAME,
+        name=name,
         description="SIDReasoner: LLM reasoning over Semantic IDs for generative recommendation",
     )(sidreasoner)

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.config import Config, generation_params, keep_generations, to_params, with_rerun
-from sidreasoner.config.stage1_data import require_stage1_data
-from sidreasoner.pipelines.compile import compile_pipeline
-from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build
+from sidreasoner.pipelines.compile import check_pipeline_config, compile_pipeline
+from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, pipeline_name
 from sidreasoner.provenance import code_version
-from sidreasoner.steps import pipeline_steps
+from sidreasoner.steps import pipeline_registry, pipeline_steps
 
 
 @dataclass
@@ -32,16 +31,17 @@ class Submitted:
     keep: str = ""  # the settings that give later runs this run's results ("" without a re-run)
 
 
-def run_parameters(cfg: Config) -> dict:
+def run_parameters(cfg: Config, pipeline: str = "train") -> dict:
     """The run's parameter values: the config sections the compiled pipeline declares as inputs
     (a section no built step reads is not a parameter, and the API server would refuse it) and
     every task's generation."""
-    declared = build(cfg, run_time_conditions=True).component_spec.inputs or {}
-    return {name: value for name, value in pipeline_parameters(cfg).items() if name in declared}
+    registry = pipeline_registry(pipeline)
+    declared = build(cfg, registry=registry, run_time_conditions=True).component_spec.inputs or {}
+    return {name: value for name, value in pipeline_parameters(cfg, pipeline).items() if name in declared}
 
 
-def pipeline_parameters(cfg: Config) -> dict:
-    steps = [step.name for step in pipeline_steps(cfg, conditional=True)]
+def pipeline_parameters(cfg: Config, pipeline: str = "train") -> dict:
+    steps = [step.name for step in pipeline_steps(cfg, registry=pipeline_registry(pipeline), conditional=True)]
     return {**to_params(cfg), **generation_params(cfg, steps)}
 
 
@@ -224,9 +224,11 @@ def submit(
     namespace: str | None = None,
     service_account: str | None = None,
     auth: Auth = Auth(),
+    pipeline: str = "train",
 ) -> Submitted:
-    """Compile `cfg` and create a run. `rerun_from` re-executes that step and everything downstream
-    of it while the steps before them come from the cache; `no_cache` re-executes every step.
+    """Compile `cfg` as pipeline `pipeline` (train or evaluate) and create a run. `rerun_from` re-executes
+    that step and everything downstream of it while the steps before them come from the cache; `no_cache`
+    re-executes every step.
 
     Both keep caching on and raise one step's generation (`with_rerun`): KFP's driver computes a
     task's cache fingerprint only when its caching is on, and the launcher stores a cache entry only
@@ -236,11 +238,11 @@ def submit(
     (backend/src/v2/cacheutils/cache.go `GetExecutionCache`, "created_at desc"): a later run given
     the same generation (`Submitted.keep`) gets this run's results; one without it gets the results
     of the generation it names."""
-    require_stage1_data(cfg)
-    cfg, rerun_steps = with_rerun(cfg, no_cache, rerun_from)
-    params = run_parameters(cfg)
+    check_pipeline_config(cfg, pipeline)
+    cfg, rerun_steps = with_rerun(cfg, no_cache, rerun_from, pipeline_registry(pipeline))
+    params = run_parameters(cfg, pipeline)
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
-        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml", pipeline=pipeline)
         client = _client(host, namespace, auth)
         exp = _checked(
             host,
@@ -258,7 +260,7 @@ def submit(
             "run_id",
             client.run_pipeline,
             experiment_id=exp.experiment_id,
-            job_name=run_name or f"{PIPELINE_NAME}-{cfg.data.category}".lower(),
+            job_name=run_name or f"{pipeline_name(pipeline)}-{cfg.data.category}".lower(),
             pipeline_package_path=str(package),
             params=params,
             pipeline_root=pipeline_root,

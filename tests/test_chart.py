@@ -317,13 +317,20 @@ def test_raycluster_autoscaler_is_bounded(chart):
 
 # --- RBAC -----------------------------------------------------------------------------------------
 
+# deploy-model's calls (sidreasoner.serve.deploy): get, create, and replace (update) of one InferenceService.
+DEPLOY_RULE = {
+    "apiGroups": ["serving.kserve.io"],
+    "resources": ["inferenceservices"],
+    "verbs": ["get", "create", "update"],
+}
 KFP_RULES = [
     {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["kfp-launcher"], "verbs": ["get"]},
+    DEPLOY_RULE,
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["mlpipeline-minio-artifact"], "verbs": ["get"]},
 ]
-FULL_KFP_RULES = KFP_RULES[:3] + [
+FULL_KFP_RULES = KFP_RULES[:4] + [
     {
         "apiGroups": [""],
         "resources": ["secrets"],
@@ -1067,3 +1074,40 @@ def test_teacher_key_from_an_existing_secret_renders_the_same_every_time(chart):
     env = {e["name"]: e for e in vllm["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "sidreasoner-teacher", "key": "api-key"}
     assert _teacher_pod_annotations(docs) == {}
+
+
+def test_the_deploy_rule_grants_exactly_the_calls_deploy_model_makes(kube_calls):
+    """deploy_model against the API server stand-in: every method it sent is one of the rule's verbs, and
+    every verb of the rule is used (GET is get, POST create, PUT update)."""
+    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    assert {verbs[method] for method in kube_calls} == set(DEPLOY_RULE["verbs"])
+
+
+@pytest.fixture
+def kube_calls(tmp_path, monkeypatch):
+    """The HTTP methods of two deploy_model calls (a create, then an update) against the stand-in."""
+    from sidreasoner.artifacts import ModelExport
+    from sidreasoner.config import load
+    from sidreasoner.serve import deploy
+
+    from .helpers.kube_api import serving
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(deploy, "POLL_S", 0.01)
+    with ModelExport.writing(tmp_path / "export") as export:
+        export.write_record({"uri": "s3://models/run-1", "uploaded": True, "files": {}, "total_bytes": 0})
+    pod = deploy.ServingPod(image="registry.example/sidreasoner-cpu:abc")
+    with serving() as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+        for run, batch in enumerate((8, 16)):
+            cfg = load(
+                "demo",
+                [
+                    "serve.enabled=true",
+                    "export.uri=s3://models/run-1",
+                    "serve.namespace=ns",
+                    f"serve.max_batch={batch}",
+                ],
+            )
+            deploy.deploy_model(cfg, tmp_path / "export", tmp_path / f"deployment{run}", pod=pod)
+        return {request.method for request in api.requests}

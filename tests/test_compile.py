@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from sidreasoner import __version__, config
+from sidreasoner.components.factory import compile_time_arguments
 from sidreasoner.components.images import CPU_IMAGE, DOCKERFILES, IMAGES, TRAIN_IMAGE
 from sidreasoner.pipelines.compile import compile_pipeline
 from sidreasoner.pipelines.pipeline import STEP_LABEL
@@ -21,16 +22,30 @@ OFFICE_STEPS = [s.name for s in pipeline_steps(config.load("office"), conditiona
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def step_tasks(spec) -> dict:
-    """The step tasks of a compiled pipeline, also those inside condition branches (not the
+def step_tasks(spec, dag=None) -> dict:
+    """The step tasks of a compiled pipeline, also those inside condition branches, nested or not (not the
     branches themselves, nor the tasks that decide them)."""
     tasks = {}
-    for name, task in spec["root"]["dag"]["tasks"].items():
+    for name, task in (dag or spec["root"]["dag"])["tasks"].items():
         if name.startswith("condition-"):
-            tasks.update(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+            tasks.update(step_tasks(spec, spec["components"][task["componentRef"]["name"]]["dag"]))
         elif not name.endswith("-enabled"):
             tasks[name] = task
     return tasks
+
+
+def condition_path(spec, task_name: str, dag=None) -> list[str] | None:
+    """The tasks deciding the condition branches around `task_name`, outermost first (None: not in the DAG)."""
+    tasks = (dag or spec["root"]["dag"])["tasks"]
+    if task_name in tasks:
+        return []
+    for name, task in tasks.items():
+        if name.startswith("condition-"):
+            inner = condition_path(spec, task_name, spec["components"][task["componentRef"]["name"]]["dag"])
+            if inner is not None:
+                gate = next(t for t in task["dependentTasks"] if t.endswith("-enabled"))
+                return [gate, *inner]
+    return None
 
 
 def step_executors(spec) -> dict:
@@ -69,6 +84,7 @@ def check_tasks_follow_the_registry(spec, registry):
             "generation",
             "compiled_sections",
             *step.sections,
+            *compile_time_arguments(step, config.ClusterConfig()),
         }, name
         assert task["inputs"]["parameters"]["code_version"] == {"runtimeValue": {"constant": code_version()}}, name
         channel = f"generation_{name.replace('-', '_')}"  # inside a condition branch: the branch's channel
@@ -268,6 +284,7 @@ def test_parameters_default_to_the_preset(spec):
         "stage3",
         "eval",
         "export",
+        "serve",
         *(f"generation_{s.replace('-', '_')}" for s in OFFICE_STEPS),
     }
     data = params["data"]["defaultValue"]
@@ -334,6 +351,7 @@ PAPER_RESOURCES = {
     "evaluate-stage3": ("8", "64Gi", 1),
     "report": ("1", "4Gi", 0),
     "export-model": ("2", "8Gi", 0),
+    "deploy-model": ("500m", "512Mi", 0),
 }
 GIB = 1024**3
 
@@ -487,7 +505,12 @@ def test_export_model_runs_when_the_run_sets_export_uri_uncached_with_storage_cr
         branch["triggerPolicy"]["condition"]
         == "inputs.parameter_values['pipelinechannel--export-model-enabled-Output'] == true"
     )
-    assert sorted(branch["dependentTasks"]) == ["export-model-enabled", "merge-checkpoint"]
+    assert sorted(branch["dependentTasks"]) == [
+        "export-model-enabled",
+        "merge-checkpoint",
+        "preprocess",  # the catalogue exported with the model: the item table
+        "quantize-sids",  # and the SID index
+    ]
     assert branch["inputs"]["artifacts"]["pipelinechannel--merge-checkpoint-stage3_model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "stage3_model",
         "producerTask": "merge-checkpoint",
@@ -615,3 +638,69 @@ def test_every_pod_has_a_deadline_memory_limit_and_cost_labels(tmp_path):
             assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"], step
     assert STEPS["sft-stage1"].timeout_s == STEPS["rl-stage3"].timeout_s == 72 * 3600
     assert STEPS["evaluate-stage1"].timeout_s == 12 * 3600 and STEPS["preprocess"].timeout_s == 6 * 3600
+
+
+def test_deploy_model_sits_in_a_condition_nested_in_export_models(spec):
+    """deploy-model reads export-model's output, so KFP needs it inside export-model's branch; its own
+    condition task reads the run's `serve` section there."""
+    assert condition_path(spec, "deploy-model") == ["export-model-enabled", "deploy-model-enabled"]
+    assert condition_path(spec, "export-model") == ["export-model-enabled"]
+    task = step_tasks(spec)["deploy-model"]
+    assert task["cachingOptions"] == {}  # it changes the cluster: a cache hit would skip that
+    assert task["inputs"]["artifacts"]["model_export"] == {
+        "componentInputArtifact": "pipelinechannel--export-model-model_export"
+    }
+    pod = task["inputs"]["parameters"]["serving_pod"]["runtimeValue"]["constant"]
+    assert pod == {
+        "image": CPU_IMAGE,
+        "resources": config.load("office").cluster.serving.model_dump(mode="json"),
+        "image_pull_secrets": [],
+        "labels": {"sidreasoner.io/preset": "office"},
+    }
+    export_branch = spec["components"][
+        next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition-"))["componentRef"]["name"]
+    ]
+    gate = export_branch["dag"]["tasks"]["deploy-model-enabled"]
+    assert gate["inputs"]["parameters"]["section"] == {"componentInputParameter": "pipelinechannel--serve"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["serve"]["defaultValue"]["enabled"] is False
+    outputs = spec["components"]["comp-deploy-model"]["outputDefinitions"]["artifacts"]
+    assert set(outputs) == {"deployment", "metrics"}
+    assert "deploy_model_deployment" not in spec["root"].get("outputDefinitions", {}).get("artifacts", {})
+
+
+def test_a_serving_pod_with_gpus_runs_in_the_training_image(tmp_path):
+    cfg = config.load("demo", ['cluster.serving={"cpu": "4", "memory": "16Gi", "gpus": 1}'])
+    spec = next(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text()))
+    pod = step_tasks(spec)["deploy-model"]["inputs"]["parameters"]["serving_pod"]["runtimeValue"]["constant"]
+    assert pod["image"] == TRAIN_IMAGE and pod["resources"]["gpus"] == 1
+    assert spec["deploymentSpec"]["executors"]["exec-deploy-model"]["container"]["image"] == CPU_IMAGE
+
+
+def test_a_local_dag_has_deploy_model_only_when_serving_and_exporting():
+    def names(*overrides):
+        return [s.name for s in pipeline_steps(config.load("demo", list(overrides)))]
+
+    assert "deploy-model" not in names()
+    assert "deploy-model" not in names("export.uri=s3://models/run-1")
+    assert names("export.uri=s3://models/run-1", "serve.enabled=true")[-2:] == ["export-model", "deploy-model"]
+    with pytest.raises(config.ConfigError, match=r"serve.enabled needs export.uri to be an s3://.*\(it is empty\)"):
+        names("serve.enabled=true")
+    with pytest.raises(config.ConfigError, match=r"\(it is '/data/models'\)"):
+        names("serve.enabled=true", "export.uri=/data/models")
+
+
+def test_enclosing_conditions_nest_gated_steps_that_read_gated_steps():
+    from sidreasoner.pipelines.pipeline import enclosing_conditions
+
+    steps = pipeline_steps(config.load("demo"), conditional=True)
+    enclosing = enclosing_conditions(steps, {"export-model", "deploy-model"})
+    assert enclosing["deploy-model"] == ("export-model",)
+    assert enclosing["export-model"] == () and enclosing["report"] == ()
+    assert enclosing_conditions(steps, set())["deploy-model"] == ()
+
+
+def test_a_step_reading_two_unnested_gated_steps_is_refused():
+    from sidreasoner.pipelines.pipeline import _ConditionGroups
+
+    with pytest.raises(ValueError, match="reads outputs of the gated steps a, b, whose conditions are not nested"):
+        _ConditionGroups().enter("c", ("a", "b"))

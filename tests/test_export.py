@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidreasoner import storage
+from sidreasoner.artifacts import ArtifactFileMissing, ModelExport
 from sidreasoner.config import load
 from sidreasoner.export import PENDING, export_model
 from sidreasoner.storage.gcs import make_client as gcs_client
@@ -62,13 +63,40 @@ def _put(uri: str, rel: str, data: bytes, tmp_path: Path) -> None:
     storage.upload_file(src, f"{uri}/{rel}")
 
 
+# What the export holds beside the model: the SID index folder, the dataset's item table and record.
+CATALOGUE = [
+    "catalogue/dataset/items.parquet",
+    "catalogue/dataset/stats.json",
+    "catalogue/sid_index/catalogue.json",
+    "catalogue/sid_index/index.json",
+    "catalogue/sid_index/research/Office.index.json",
+]
+
+
+def _inputs(root: Path) -> tuple[Path, Path]:
+    """The SID index and dataset folders the catalogue comes from, made once under `root`."""
+    sid_index, dataset = root / "sid_index", root / "dataset"
+    if not sid_index.exists():
+        (sid_index / "research").mkdir(parents=True)
+        (sid_index / "index.json").write_text('{"0": ["<a_1>", "<b_2>", "<c_3>"]}')
+        (sid_index / "catalogue.json").write_text('["<a_1><b_2><c_3>"]')
+        (sid_index / "research" / "Office.index.json").write_text("{}")
+        dataset.mkdir()
+        (dataset / "items.parquet").write_bytes(b"PAR1 the item table")
+        (dataset / "stats.json").write_text('{"category": "Office"}')
+        (dataset / "interactions.parquet").write_bytes(b"PAR1 not for serving")
+    return sid_index, dataset
+
+
 def _export(uri: str, model: Path, record: Path, *overrides: str) -> dict[str, float]:
-    return export_model(load("demo", [f"export.uri={uri}", *overrides]), model, record)
+    sid_index, dataset = _inputs(model.parent)
+    return export_model(load("demo", [f"export.uri={uri}", *overrides]), model, sid_index, dataset, record)
 
 
 def _exactly(uri: str, model: Path) -> None:
-    """The target holds the model's files, its manifest lists exactly those, and nothing else is there."""
-    files = sorted(storage.local_files(model))
+    """The target holds the model's files and the catalogue, its manifest lists exactly those, and nothing
+    else is there."""
+    files = sorted(storage.local_files(model) + CATALOGUE)
     assert storage.list_files(uri) == files
     assert sorted(storage.read_marker(uri)["files"]) == files
 
@@ -87,7 +115,7 @@ def test_foreign_folder_is_refused_unless_overwrite(target, tmp_path):
     assert not (tmp_path / "e1").exists()
 
     m = _export(target, model, tmp_path / "e2", "export.overwrite=true")
-    assert m["uploaded"] == 1.0 and m["files"] == 3.0
+    assert m["uploaded"] == 1.0 and m["files"] == 3.0 + len(CATALOGUE)
     _exactly(target, model)  # the stray shard is gone, not left beside the new model
 
 
@@ -111,6 +139,7 @@ def test_overwrite_leaves_no_file_of_the_old_model(target, tmp_path):
     if "://" not in target:
         assert sorted(p.name for p in Path(target).iterdir()) == [
             "_SUCCESS",
+            "catalogue",
             "config.json",
             "model.safetensors",
             "tokenizer_config.json",
@@ -213,3 +242,26 @@ def test_a_symlink_in_a_local_target_is_refused_and_overwrite_removes_only_the_l
     _exactly(str(target), new)
     assert not any(p.is_symlink() for p in target.iterdir())
     assert {p.relative_to(run6).as_posix(): p.read_bytes() for p in run6.rglob("*") if p.is_file()} == kept
+
+
+def test_the_export_holds_the_serving_catalogue(target, tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
+    _export(target, model, tmp_path / "e1")
+    storage.download_dir(target, tmp_path / "served")
+    served = tmp_path / "served"
+    assert (served / ModelExport.CATALOGUE_SID_INDEX / "index.json").read_text() == '{"0": ["<a_1>", "<b_2>", "<c_3>"]}'
+    assert (served / ModelExport.CATALOGUE_DATASET / "items.parquet").read_bytes() == b"PAR1 the item table"
+    assert sorted(p.name for p in (served / ModelExport.CATALOGUE_DATASET).iterdir()) == ["items.parquet", "stats.json"]
+    assert ModelExport(tmp_path / "e1").uri() == target
+
+
+def test_a_model_folder_holding_a_catalogue_or_a_dataset_without_items_is_refused(tmp_path):
+    model = _model(tmp_path / "model", {"model.safetensors": b"weights"})
+    sid_index, dataset = _inputs(tmp_path)
+    (dataset / "items.parquet").unlink()
+    with pytest.raises(ArtifactFileMissing, match=r"dataset .*: items.parquet \(the item table\) not found"):
+        _export(str(tmp_path / "out"), model, tmp_path / "e1")
+    (model / "catalogue").mkdir()
+    with pytest.raises(FileExistsError, match=r"holds 'catalogue', the name of the exported catalogue"):
+        _export(str(tmp_path / "out"), model, tmp_path / "e1")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e1").exists()

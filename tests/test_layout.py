@@ -138,3 +138,14 @@ def test_every_library_package_is_installed():
     listed = set(tomllib.loads((SRC.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {_module_name(p) for p in (SRC / "sidreasoner").rglob("__init__.py")}
     assert packages <= listed
+
+
+def test_compiling_and_submitting_load_no_model_libraries():
+    """`compile`/`submit` build the YAML in about a second: they reach no module that imports torch,
+    transformers or kserve (seconds of imports), which load only in the steps and the server."""
+    code = (
+        "import sys, sidreasoner.pipelines.compile, sidreasoner.pipelines.submit; "
+        "print(sorted(m for m in ('torch', 'transformers', 'kserve') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -11,9 +11,19 @@ from typer.testing import CliRunner
 from sidreasoner import config
 from sidreasoner.artifacts import Evaluation
 from sidreasoner.cli import step_commands
-from sidreasoner.components.factory import KINDS, component_for
+from sidreasoner.components.factory import KINDS, compile_time_arguments, component_for
 from sidreasoner.pipelines.pipeline import build
-from sidreasoner.steps import DATASET, SID_INDEX, STEPS, Report, Step, check_registry, downstream, pipeline_steps
+from sidreasoner.steps import (
+    ALL_STEPS,
+    DATASET,
+    SID_INDEX,
+    STEPS,
+    Report,
+    Step,
+    check_registry,
+    downstream,
+    pipeline_steps,
+)
 
 from .test_compile import check_tasks_follow_the_registry
 
@@ -26,18 +36,18 @@ ARTIFACT_TITLES = {
 }
 
 
-@pytest.mark.parametrize("name", list(STEPS))
+@pytest.mark.parametrize("name", list(ALL_STEPS))
 def test_each_component_takes_what_its_step_declares(name):
-    step = STEPS[name]
+    step = ALL_STEPS[name]
     spec = component_for(step).component_spec
     input_kinds = {}
     for folder in step.inputs:
         producer, output = step.source(folder)
-        input_kinds[folder] = STEPS[producer].artifacts()[output]
+        input_kinds[folder] = ALL_STEPS[producer].artifacts()[output]
     assert {k: v.type for k, v in spec.inputs.items() if k in step.inputs} == {
         k: ARTIFACT_TITLES[kind] + "@0.0.1" for k, kind in input_kinds.items()
     }
-    declared = {"step", *step.sections, *step.inputs}
+    declared = {"step", *step.sections, *step.inputs, *compile_time_arguments(step, config.ClusterConfig())}
     assert declared <= set(spec.inputs)
     assert {k for k, v in spec.inputs.items() if not v.optional} <= declared
     # The rest are other stages' config sections that a shared component may receive, and the
@@ -55,9 +65,9 @@ def test_each_component_takes_what_its_step_declares(name):
 
 
 def test_one_component_per_kind_of_work():
-    kinds = [step.component for step in STEPS.values()]
+    kinds = [step.component for step in ALL_STEPS.values()]
     assert set(kinds) == set(KINDS)
-    assert kinds.count("evaluate") == 3 and kinds.count("sft") == 2
+    assert kinds.count("evaluate") == 4 and kinds.count("sft") == 2
     assert inspect.getsource(KINDS["evaluate"].python_func).count("run_component(step, locals())") == 1
 
 

@@ -113,7 +113,10 @@ def test_image_pull_secrets_reach_every_pod(tmp_path):
     cfg = config.load("office", [GENERAL_DATA, 'cluster.image_pull_secrets=["regcred", "mirror"]'])
     platform = list(yaml.safe_load_all(compile_pipeline(cfg, tmp_path / "p.yaml").read_text()))[1]
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {f"exec-{name}" for name in STEPS} | {"exec-export-model-enabled"}
+    assert set(executors) == {f"exec-{name}" for name in STEPS} | {
+        "exec-export-model-enabled",
+        "exec-deploy-model-enabled",
+    }
     for name, executor in executors.items():
         assert [s["secretName"] for s in executor["imagePullSecret"]] == ["regcred", "mirror"], name
     default = list(

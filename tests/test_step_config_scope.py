@@ -3,6 +3,7 @@ with that view, and a read of any other section fails naming the step and the se
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import pickle
@@ -154,6 +155,7 @@ class TinyDag:
                 f"data.cache_dir={root / 'downloads'}",
                 f"teacher.cache_dir={root / 'teacher'}",
                 f"export.uri={root / 'export'}",
+                "serve.namespace=recsys",
             ],
         )
         self.folders: dict[str, Path] = {}  # "step.output" -> folder
@@ -182,10 +184,33 @@ def tiny_dag(tmp_path_factory) -> TinyDag:
     return TinyDag(tmp_path_factory.mktemp("scoped-dag"))
 
 
+@contextlib.contextmanager
+def _deploying(dag: TinyDag, tmp_path: Path, monkeypatch):
+    """For deploy-model: the Kubernetes API server stand-in (as $KUBECONFIG) and the compiled pod setting. The
+    InferenceService's storageUri must be a bucket: export-model's record is pointed at one (the tiny DAG
+    exports to a folder; deploy-model reads nothing else of the export)."""
+    from sidreasoner.artifacts import ModelExport
+    from sidreasoner.serve import deploy
+
+    from .helpers.kube_api import serving
+
+    dag.run("export-model")
+    record = ModelExport(dag.folders["export-model.model_export"])
+    record.write_record({**record.record(), "uri": "s3://models/tiny-dag"})
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(deploy, "POLL_S", 0.01)
+    monkeypatch.setenv(deploy.SERVING_POD_ENV, json.dumps({"image": "registry.example/sidreasoner-cpu:t"}))
+    with serving() as api:
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(tmp_path / "kubeconfig")))
+        yield
+
+
 @pytest.mark.parametrize("name", list(STEPS))
-def test_every_step_runs_on_its_declared_sections(tiny_dag, name):
+def test_every_step_runs_on_its_declared_sections(tiny_dag, tmp_path, monkeypatch, name):
     started = time.perf_counter()
-    metrics = tiny_dag.run(name)
+    deploying = name == "deploy-model"
+    with _deploying(tiny_dag, tmp_path, monkeypatch) if deploying else contextlib.nullcontext():
+        metrics = tiny_dag.run(name)
     assert metrics and all(isinstance(v, float) for v in metrics.values())
     for output in STEPS[name].outputs:
         assert (tiny_dag.root / name / output).is_dir()

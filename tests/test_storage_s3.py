@@ -254,6 +254,19 @@ def test_prepare_base_model_from_an_s3_mirror(s3, tmp_path, monkeypatch):
     assert not (tmp_path / "o2").exists()
 
 
+def _catalogue(root: Path) -> tuple[Path, Path]:
+    """The SID index and dataset folders export-model puts beside the model (3 files in the export)."""
+    sid_index, dataset = root / "sid_index", root / "dataset"
+    for folder, name, text in (
+        (sid_index, "index.json", '{"0": ["<a_1>"]}'),
+        (dataset, "items.parquet", "PAR1"),
+        (dataset, "stats.json", "{}"),
+    ):
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(text)
+    return sid_index, dataset
+
+
 def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monkeypatch):
     import torch
 
@@ -265,8 +278,11 @@ def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monk
     cfg = load("demo")
     tok = tiny.train_tokenizer(["a small corpus of words about pens and paper"] * 40, 300)
     save_model(tiny.build_model(cfg.model.tiny, tok, 0), tok, tmp_path / "model")
-    m = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", tmp_path / "e1")
-    assert m["uploaded"] == 1.0 and m["files"] == len(list((tmp_path / "model").iterdir()))
+    catalogue = _catalogue(tmp_path)
+    m = export_model(
+        load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", *catalogue, tmp_path / "e1"
+    )
+    assert m["uploaded"] == 1.0 and m["files"] == len(list((tmp_path / "model").iterdir())) + 3  # + the catalogue
     record = json.loads((tmp_path / "e1/export.json").read_text())
     assert record["uri"] == "s3://bkt/exports/run-1" and record["total_bytes"] == m["bytes"]
     assert storage.read_marker("s3://bkt/exports/run-1")["files"] == record["files"]
@@ -281,17 +297,22 @@ def test_export_model_to_s3_round_trip_idempotent_and_guarded(s3, tmp_path, monk
     )
 
     # A retried pod finds the same model there and uploads nothing.
-    again = export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", tmp_path / "e2")
+    again = export_model(
+        load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "model", *catalogue, tmp_path / "e2"
+    )
     assert again["uploaded"] == 0.0 and again["files"] == m["files"]
 
     # A different model is not written over a complete one unless asked.
     save_model(tiny.build_model(cfg.model.tiny, tok, 1), tok, tmp_path / "other")
     with pytest.raises(FileExistsError, match=r"s3://bkt/exports/run-1 already holds a different.*export.overwrite"):
-        export_model(load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "other", tmp_path / "e3")
+        export_model(
+            load("demo", ["export.uri=s3://bkt/exports/run-1"]), tmp_path / "other", *catalogue, tmp_path / "e3"
+        )
     assert not (tmp_path / "e3").exists()
     replaced = export_model(
         load("demo", ["export.uri=s3://bkt/exports/run-1", "export.overwrite=true"]),
         tmp_path / "other",
+        *catalogue,
         tmp_path / "e4",
     )
     assert replaced["uploaded"] == 1.0
@@ -312,7 +333,9 @@ def test_export_model_errors(s3, tmp_path):
         match=r"not_a_model is not a saved Hugging Face model "
         r"\(missing: tokenizer_config.json, \*.safetensors\)",
     ):
-        export_model(load("demo", ["export.uri=s3://bkt/x"]), tmp_path / "not_a_model", tmp_path / "e")
+        export_model(
+            load("demo", ["export.uri=s3://bkt/x"]), tmp_path / "not_a_model", *_catalogue(tmp_path), tmp_path / "e"
+        )
     with pytest.raises(ConfigError, match="export.uri is empty"):
-        export_model(load("demo"), tmp_path / "not_a_model", tmp_path / "e")
+        export_model(load("demo"), tmp_path / "not_a_model", *_catalogue(tmp_path), tmp_path / "e")
     assert not (tmp_path / "e").exists()

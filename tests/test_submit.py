@@ -10,10 +10,12 @@ import yaml
 
 from sidreasoner import config
 from sidreasoner.pipelines.submit import Auth, KFPUnavailable, spec_digest, submit, upload
-from sidreasoner.steps import STEP_NAMES, downstream
+from sidreasoner.steps import STEPS, downstream
 
 from .helpers.presets import GENERAL_DATA
 from .test_compile import step_tasks
+
+STEP_NAMES = tuple(STEPS)  # the training pipeline's steps
 
 
 def _run_body(state):
@@ -24,6 +26,10 @@ def _run_body(state):
 def _pipeline_spec(run_body):
     # With a platform (Kubernetes) spec the body holds {"pipeline_spec": …, "platform_spec": …}.
     return run_body["pipeline_spec"]["pipeline_spec"]
+
+
+# The steps that write outside the artifact store: never served from the cache.
+SIDE_EFFECTS = ("export-model", "deploy-model")
 
 
 def _task_caching(run_body):
@@ -43,6 +49,7 @@ def test_downstream_follows_the_artifacts():
         "evaluate-stage3",
         "report",
         "export-model",
+        "deploy-model",
     ]
     assert downstream("evaluate-baselines") == ["evaluate-baselines", "report"]
     assert downstream("download-data")[0] == "download-data"
@@ -65,7 +72,7 @@ def test_submit_sends_spec_parameters_root_and_caching(kfp_api):
     declared = _pipeline_spec(body)["root"]["inputDefinitions"]["parameters"]
     assert set(params) == set(declared)  # only what the pipeline declares; cluster is compile-time
     assert _pipeline_spec(body)["pipelineInfo"]["name"] == "sidreasoner"
-    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}  # the upload never cached
+    assert _task_caching(body) == {step: step not in SIDE_EFFECTS for step in STEP_NAMES}  # the upload never cached
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert executors["exec-synthesize-corpus"]["secretAsEnv"][0]["secretName"] == "sidreasoner-teacher"
 
@@ -106,11 +113,12 @@ def test_rerun_from_keeps_caching_and_raises_the_steps_generation(kfp_api):
         "evaluate-stage3",
         "report",
         "export-model",
+        "deploy-model",
     ]
     assert result.rerun_steps == rerun
     body = _run_body(state)
     # Caching stays on everywhere, so the re-run tasks write cache entries under their new keys.
-    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
+    assert _task_caching(body) == {step: step not in SIDE_EFFECTS for step in STEP_NAMES}
     generations = _generations(body)
     generation = generations.pop("quantize-sids")
     assert re.fullmatch(r"20\d{12}", str(generation)) and set(generations.values()) == {0}
@@ -139,7 +147,7 @@ def test_no_cache_executes_every_task_and_still_writes_the_cache(kfp_api):
     result = submit(config.load("demo"), url, no_cache=True)
     body = _run_body(state)
     assert result.rerun_steps == list(STEP_NAMES)
-    assert _task_caching(body) == {step: step != "export-model" for step in STEP_NAMES}
+    assert _task_caching(body) == {step: step not in SIDE_EFFECTS for step in STEP_NAMES}
     generations = _generations(body)
     assert generations["download-data"] > 0 and result.keep.startswith("--set generations.download-data=")
 

@@ -14,8 +14,7 @@ import typer
 from sidreasoner import config as config_mod
 from sidreasoner.artifacts import ReportPages
 from sidreasoner.config import Config, ConfigError
-from sidreasoner.config.stage1_data import require_stage1_data
-from sidreasoner.steps import STEPS, Step
+from sidreasoner.steps import ALL_STEPS, STEPS, Step
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -99,6 +98,16 @@ RerunFromOpt = Annotated[
 ]
 
 
+PipelineOpt = Annotated[
+    str,
+    typer.Option(
+        "--pipeline",
+        help="train: the whole DAG, training included; evaluate: the data and SID steps and the baselines, then the "
+        "model model.base names (trained elsewhere: a folder, hub id or bucket URI), its evaluation and a report",
+    ),
+]
+
+
 @app.command()
 def run(
     preset: PresetOpt = "demo",
@@ -123,16 +132,18 @@ def run(
     ] = False,
     no_cache: NoCacheOpt = False,
     rerun_from: RerunFromOpt = None,
+    pipeline: PipelineOpt = "train",
 ) -> None:
     """Run the pipeline DAG on this machine through kfp.local (caching on: re-runs reuse finished steps)."""
-    from sidreasoner.steps import pipeline_steps, steps_until
+    from sidreasoner.pipelines.compile import check_pipeline_config
+    from sidreasoner.steps import pipeline_registry, pipeline_steps
 
     cfg = _load_config(preset, overrides)
     try:
-        steps_until(until)
-        require_stage1_data(cfg, until)
-        in_run = [step.name for step in pipeline_steps(cfg, until)]
-        cfg, rerun_steps = config_mod.with_rerun(cfg, no_cache, rerun_from)
+        registry = pipeline_registry(pipeline)
+        check_pipeline_config(cfg, pipeline, until)
+        in_run = [step.name for step in pipeline_steps(cfg, until, registry)]
+        cfg, rerun_steps = config_mod.with_rerun(cfg, no_cache, rerun_from, registry)
         if rerun_from and rerun_from not in in_run:
             raise ConfigError(
                 f"--rerun-from {rerun_from}: the step is not in this run (--until {until}, or a step "
@@ -152,7 +163,13 @@ def run(
 
     try:
         result = run_local(
-            cfg, pipeline_root, until=until, summary_path=summary, runner=runner, prepare_root=prepare_root
+            cfg,
+            pipeline_root,
+            until=until,
+            summary_path=summary,
+            runner=runner,
+            prepare_root=prepare_root,
+            pipeline=pipeline,
         )
     except (ValueError, PermissionError, TaskFailed) as err:
         _fail(str(err), code=1)
@@ -164,7 +181,7 @@ def run(
         for out, path in task["outputs"].items():
             typer.echo(f"      {out:<11} {path}")
         typer.echo(f"      {'metrics':<11} {task['metrics_path']}")
-    _print_headline(result["tasks"].get("report"))
+    _print_headline(result["tasks"].get("report") or result["tasks"].get("report-model"))
     if summary:
         typer.echo(f"Summary: {summary}")
     if rerun_steps:
@@ -225,13 +242,14 @@ def compile_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="pipeline YAML to write")] = Path(
         "sidreasoner-pipeline.yaml"
     ),
+    pipeline: PipelineOpt = "train",
 ) -> None:
     """Write the KFP pipeline YAML; the preset's values become the parameters' defaults."""
     from sidreasoner.pipelines.compile import compile_pipeline
 
     cfg = _load_config(preset, overrides)
     try:
-        typer.echo(f"Wrote {compile_pipeline(cfg, output)}")
+        typer.echo(f"Wrote {compile_pipeline(cfg, output, pipeline=pipeline)}")
     except ConfigError as err:
         _fail(str(err))
 
@@ -297,6 +315,7 @@ def submit(
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     cookie: CookieOpt = None,
+    pipeline: PipelineOpt = "train",
 ) -> None:
     """Compile the pipeline with the preset's values and create a run on a Kubeflow Pipelines server."""
     from sidreasoner.pipelines.submit import KFPUnavailable
@@ -317,6 +336,7 @@ def submit(
             namespace=namespace,
             service_account=service_account,
             auth=_auth(token, token_file, cookie),
+            pipeline=pipeline,
         )
     except (ConfigError, ValueError) as err:
         _fail(str(err))
@@ -433,6 +453,39 @@ def recommend(
         typer.echo(f"{rec['rank']:>3}. {rec['sid']}  {titles}  (log-prob {rec['score']:.3f})")
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Option(help="a merged model folder, or its s3:// / minio:// / gs:// URI (export-model's)")
+    ],
+    sid_index: Annotated[
+        Path | None,
+        typer.Option(help="quantize-sids' folder; default: the model's catalogue/sid_index", file_okay=False),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="preprocess' folder; default: the model's catalogue/dataset", file_okay=False),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="the model's name in the URLs (default: serve.name)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: serve.port)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on; 127.0.0.1: this machine only")] = "0.0.0.0",
+    preset: PresetOpt = "demo",
+    overrides: SetOpt = None,
+) -> None:
+    """Serve a trained model as a KServe predictor (REST v1 and v2, /metrics): top-k items for a history,
+    decoded as `evaluate` decodes, concurrent requests batched (serve.max_batch, serve.max_wait_ms). SIGTERM
+    answers the requests in flight, then exits."""
+    given = [f"serve.{key}={value}" for key, value in (("name", name), ("port", port)) if value is not None]
+    cfg = _load_config(preset, [*(overrides or []), *given])
+    from sidreasoner.serve.server import load_recommender, run_server
+
+    try:
+        recommender = load_recommender(cfg, model, sid_index, dataset)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    run_server(recommender, cfg.serve.port, host)
+
+
 @app.command("config")
 def show_config(preset: PresetOpt = "demo", overrides: SetOpt = None) -> None:
     """Print the resolved config (preset plus overrides) as JSON."""
@@ -486,7 +539,7 @@ def _step_command(step: Step, registry: Mapping[str, Step]):
     return command
 
 
-def step_commands(registry: Mapping[str, Step] = STEPS) -> typer.Typer:
+def step_commands(registry: Mapping[str, Step] = ALL_STEPS) -> typer.Typer:
     """The `sidreasoner step` group: one command per registered step."""
     group = typer.Typer(no_args_is_help=True, help="Run one pipeline step on its own, on local folders.")
     for step in registry.values():

@@ -12,17 +12,26 @@ else's folder), is refused unless `export.overwrite` is set. An export writes `_
 touches anything and removes it last, so a retry that finds it resumes its own interrupted export
 without needing `export.overwrite`. A symbolic link in a local target is never ours: it is refused even
 then, and `export.overwrite` removes the link itself, never what it points to.
+
+Beside the model's files the export holds the serving catalogue (`ModelExport.CATALOGUE_SID_INDEX`: the SID
+index folder; `ModelExport.CATALOGUE_DATASET`: the dataset's item table and record), so that the folder alone
+is what `sidreasoner serve` (and KServe's storage initializer) needs. It is one upload with one manifest: the
+guarantees above hold for the catalogue too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sidreasoner import storage
-from sidreasoner.artifacts import ModelExport, ModelFolder
+from sidreasoner.artifacts import Dataset, ModelExport, ModelFolder, SidIndex
 from sidreasoner.config import Config, ConfigError
 from sidreasoner.storage._common import digest_file
 from sidreasoner.storage.api import symlinks
@@ -49,6 +58,32 @@ def _check_model_folder(model: ModelFolder) -> None:
         raise FileNotFoundError(
             f"export-model: {model.path} is not a saved Hugging Face model (missing: {', '.join(missing)})"
         )
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target.resolve(), link)
+
+
+@contextmanager
+def _staged(model: ModelFolder, sid_index: SidIndex, dataset: Dataset) -> Iterator[Path]:
+    """A temp folder laid out as the export (the model's files, then the catalogue) made of symbolic links to
+    the step's inputs: nothing is copied; the upload reads through the links."""
+    top = sorted(p.name for p in model.path.iterdir())
+    clash = [name for name in top if name == Path(ModelExport.CATALOGUE_SID_INDEX).parts[0]]
+    if clash:
+        raise FileExistsError(f"export-model: {model.path} holds '{clash[0]}', the name of the exported catalogue")
+    sid_index.require(SidIndex.INDEX, "item id -> SID codes")
+    items = dataset.require(Dataset.ITEMS, "the item table")
+    stats = dataset.require(Dataset.STATS, "the dataset's record")
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        stage = Path(tmp)
+        for name in top:
+            _link(model.path / name, stage / name)
+        _link(sid_index.path, stage / ModelExport.CATALOGUE_SID_INDEX)
+        _link(items, stage / ModelExport.CATALOGUE_DATASET / Dataset.ITEMS)
+        _link(stats, stage / ModelExport.CATALOGUE_DATASET / Dataset.STATS)
+        yield stage
 
 
 def _check_not_a_file(uri: str) -> None:
@@ -132,16 +167,36 @@ def _replace(model_dir: Path, uri: str, present: set[str], local: dict[str, dict
     return manifest
 
 
-def export_model(cfg: Config, model_dir: ModelFolder | Path, export_dir: ModelExport | Path) -> dict[str, float]:
-    """Upload `model_dir` to `cfg.export.uri`; `export_dir` records where it went (`ModelExport`)."""
+def export_model(
+    cfg: Config,
+    model_dir: ModelFolder | Path,
+    sid_index: SidIndex | Path,
+    dataset: Dataset | Path,
+    export_dir: ModelExport | Path,
+) -> dict[str, float]:
+    """Upload `model_dir` with its serving catalogue (`sid_index`, `dataset`'s items) to `cfg.export.uri`;
+    `export_dir` records where it went (`ModelExport`)."""
     start = time.time()
     uri = cfg.export.uri.strip()
     if not uri:
         raise ConfigError("export.uri is empty: set it (--set export.uri=s3://bucket/models/run-1) to export the model")
     model = ModelFolder.at(model_dir)
-    model_dir = model.path
     _check_model_folder(model)
     _check_not_a_file(uri)
+    with _staged(model, SidIndex.at(sid_index), Dataset.at(dataset)) as staged:
+        record = _export(cfg, staged, uri)
+    with ModelExport.writing(export_dir) as export:
+        export.write_record(record)
+    return {
+        "files": float(len(record["files"])),
+        "bytes": float(record["total_bytes"]),
+        "uploaded": float(record["uploaded"]),
+        "wall_seconds": time.time() - start,
+    }
+
+
+def _export(cfg: Config, model_dir: Path, uri: str) -> dict:
+    """Make `uri` hold exactly the files of `model_dir` (unless refused); the export's record."""
     local = _local_manifest(model_dir)
     remote, present, pending = _target_state(uri)
     links = symlinks(uri)
@@ -155,14 +210,4 @@ def export_model(cfg: Config, model_dir: ModelFolder | Path, export_dir: ModelEx
         if refusal is not None and not cfg.export.overwrite:
             raise FileExistsError(refusal)
         manifest, uploaded = _replace(model_dir, uri, present, local, set(links)), True
-    with ModelExport.writing(export_dir) as record:
-        record.write_record(
-            {"uri": uri, "uploaded": uploaded, "files": manifest["files"], "total_bytes": manifest["total_bytes"]}
-        )
-    seconds = time.time() - start
-    return {
-        "files": float(len(manifest["files"])),
-        "bytes": float(manifest["total_bytes"]),
-        "uploaded": float(uploaded),
-        "wall_seconds": seconds,
-    }
+    return {"uri": uri, "uploaded": uploaded, "files": manifest["files"], "total_bytes": manifest["total_bytes"]}

@@ -10,11 +10,11 @@ from typing import Any
 from sidreasoner.artifacts import Artifact
 from sidreasoner.config import Config, ScopedConfig, scope_config, validate
 from sidreasoner.errors import no_space_left
-from sidreasoner.steps import STEPS, Step
+from sidreasoner.steps import ALL_STEPS, Step
 
 
 def run_step(
-    name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path], registry: Mapping[str, Step] = STEPS
+    name: str, cfg: Config | dict[str, Any], paths: dict[str, str | Path], registry: Mapping[str, Step] = ALL_STEPS
 ) -> dict[str, float]:
     """Run one step. `cfg` is a Config or a step's config slice; `paths` maps every input and
     output folder name of the step to a folder. The step sees only the config sections it declares:
@@ -37,7 +37,7 @@ def run_step(
     return {k: float(v) for k, v in metrics.items()}
 
 
-def handles(step: Step, paths: Mapping[str, str | Path], registry: Mapping[str, Step] = STEPS) -> list[Artifact]:
+def handles(step: Step, paths: Mapping[str, str | Path], registry: Mapping[str, Step] = ALL_STEPS) -> list[Artifact]:
     """The step's folders as handles of their artifact classes, in the order its function takes them."""
     inputs = [step.input_class(name, registry)(paths[name]) for name in step.inputs]
     return inputs + [cls(paths[name]) for name, cls in step.outputs.items()]

@@ -21,6 +21,7 @@ from sidreasoner.artifacts import (
     Artifact,
     Corpus,
     Dataset,
+    Deployment,
     Embeddings,
     Evaluation,
     ModelExport,
@@ -140,11 +141,11 @@ def _sft(stage: int, summary: str, base_model: str, credentials: tuple[Credentia
     )
 
 
-def _evaluation(stage: int, model: str) -> Step:
-    """The evaluation of one stage's model: one `evaluate` component, a task per stage."""
+def _evaluation(name: str, model: str, which: str) -> Step:
+    """The evaluation of one model (`which`, in words): one `evaluate` component, a task per model."""
     return Step(
-        f"evaluate-stage{stage}",
-        f"constrained SID beam search with the Stage {stage} model, with and without thinking (eval.modes): HR/NDCG@K",
+        name,
+        f"constrained SID beam search with {which}, with and without thinking (eval.modes): HR/NDCG@K",
         "evaluate",
         "sidreasoner.eval.evaluate:evaluate",
         ("seed", "eval"),
@@ -270,9 +271,9 @@ STEPS: dict[str, Step] = _registry(
         base_model="prepare-base-model.base_model",
         credentials=("s3", "gcs"),  # stage1.instruction_file may be a bucket URI
     ),
-    _evaluation(1, model="sft-stage1.model"),
+    _evaluation("evaluate-stage1", "sft-stage1.model", "the Stage 1 model"),
     _sft(2, "reasoning-activation SFT on the teacher's reasoning paths", base_model="sft-stage1.model"),
-    _evaluation(2, model="sft-stage2.model"),
+    _evaluation("evaluate-stage2", "sft-stage2.model", "the Stage 2 model"),
     Step(
         "rl-stage3",
         "GRPO on the SID reward from the Stage 2 model (stage3.backend: trl, or verl on GPUs); writes a raw checkpoint",
@@ -300,7 +301,7 @@ STEPS: dict[str, Step] = _registry(
         image="train",
         model_cache=True,
     ),
-    _evaluation(3, model="merge-checkpoint.stage3_model"),
+    _evaluation("evaluate-stage3", "merge-checkpoint.stage3_model", "the Stage 3 model"),
     Step(
         "report",
         "one page comparing the baselines and every stage, with sample reasoning traces",
@@ -323,19 +324,93 @@ STEPS: dict[str, Step] = _registry(
     ),
     Step(
         "export-model",
-        "push the Stage 3 model to export.uri (s3://, minio://, gs://, a folder); "
-        "in the DAG only when export.uri is set",
+        "push the Stage 3 model with its serving catalogue (SID index, item table) to export.uri "
+        "(s3://, minio://, gs://, a folder); in the DAG only when export.uri is set",
         "export_model",
         "sidreasoner.export:export_model",
         ("seed", "export"),
-        inputs={"stage3_model": "merge-checkpoint.stage3_model"},
+        inputs={"stage3_model": "merge-checkpoint.stage3_model", "sid_index": SID_INDEX, "dataset": DATASET},
         outputs={"model_export": ModelExport},
         credentials=("s3", "gcs"),
         side_effects=True,
         enabled_by="export.uri",
     ),
+    Step(
+        "deploy-model",
+        "create or update a KServe InferenceService serving the exported model (`sidreasoner serve`) and wait "
+        "until it is Ready; in the DAG only when serve.enabled is set",
+        "deploy_model",
+        "sidreasoner.serve.deploy:deploy_model",
+        ("seed", "serve", "eval"),
+        inputs={"model_export": "export-model.model_export"},
+        outputs={"deployment": Deployment},
+        side_effects=True,
+        enabled_by="serve.enabled",
+        timeout_s=2 * HOUR,
+    ),
 )
-STEP_NAMES = tuple(STEPS)
+
+# The evaluate-only pipeline: the data and SID steps and the baselines as in training, then a model trained
+# elsewhere (model.base) instead of the training steps, its evaluation and their report.
+EVALUATE_STEPS: dict[str, Step] = _registry(
+    *(STEPS[name] for name in ("download-data", "preprocess", "embed-items", "quantize-sids", "evaluate-baselines")),
+    Step(
+        "load-model",
+        "resolve model.base (a saved folder, a hub id or a bucket URI) and check that its tokenizer has every SID "
+        "token of the SID index as one token",
+        "load_model",
+        "sidreasoner.eval.trained_model:load_model",
+        ("seed", "model"),
+        inputs={"sid_index": SID_INDEX},
+        outputs={"trained_model": ModelFolder},
+        image="train",
+        credentials=("s3", "gcs", "hf"),
+        model_cache=True,
+    ),
+    _evaluation("evaluate-model", "load-model.trained_model", "the model model.base names"),
+    Step(
+        "report-model",
+        "one page comparing the baselines and the model, with sample reasoning traces",
+        "report_model",
+        "sidreasoner.eval.report:report_model",
+        ("seed", "eval"),
+        inputs={
+            "baselines": "evaluate-baselines.baselines",
+            "model_eval": "evaluate-model.evaluation",
+            "dataset": DATASET,
+            "sid_index": SID_INDEX,
+        },
+        outputs={"report": ReportPages},
+        reports=(
+            Report("report_html", "report", ReportPages.HTML),
+            Report("report_md", "report", ReportPages.MARKDOWN, kind="Markdown"),
+        ),
+    ),
+)
+# `--pipeline NAME`: each pipeline's registry, in DAG order.
+PIPELINES: dict[str, dict[str, Step]] = {"train": STEPS, "evaluate": EVALUATE_STEPS}
+
+
+def _every_step(pipelines: Mapping[str, Mapping[str, Step]]) -> dict[str, Step]:
+    """Every step of every pipeline by name; a name means one Step in all of them (its CLI command, config
+    scope, resources, generation and cache key)."""
+    every: dict[str, Step] = {}
+    for pipeline, registry in pipelines.items():
+        for name, step in registry.items():
+            if every.setdefault(name, step) is not step:
+                raise ValueError(f"pipeline {pipeline}: step '{name}' differs from another pipeline's '{name}'")
+    return every
+
+
+ALL_STEPS = _every_step(PIPELINES)
+STEP_NAMES = tuple(ALL_STEPS)
+
+
+def pipeline_registry(pipeline: str) -> dict[str, Step]:
+    """The registry of `--pipeline NAME`."""
+    if pipeline not in PIPELINES:
+        raise ConfigError(f"unknown pipeline '{pipeline}'. Allowed: {', '.join(PIPELINES)}")
+    return PIPELINES[pipeline]
 
 
 def steps_until(until: str | None, registry: Mapping[str, Step] = STEPS) -> list[Step]:

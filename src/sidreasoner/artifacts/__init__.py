@@ -5,6 +5,7 @@ and writes through them; nothing outside this package spells an artifact's file 
 from sidreasoner.artifacts.base import Artifact, ArtifactFileMissing, ArtifactSchemaError, KfpType
 from sidreasoner.artifacts.corpus import Corpus
 from sidreasoner.artifacts.dataset import SPLITS, Dataset
+from sidreasoner.artifacts.deployment import Deployment
 from sidreasoner.artifacts.embeddings import Embeddings
 from sidreasoner.artifacts.evaluation import Evaluation
 from sidreasoner.artifacts.export import ModelExport
@@ -21,6 +22,7 @@ __all__ = [
     "ArtifactSchemaError",
     "Corpus",
     "Dataset",
+    "Deployment",
     "Embeddings",
     "Evaluation",
     "KfpType",

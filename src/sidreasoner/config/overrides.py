@@ -154,4 +154,23 @@ def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Confi
     data = merged.get("data")
     if isinstance(data, dict) and data.get("format") == "research":
         merged = deep_merge(deep_merge(base, RESEARCH_BUNDLE), over)
-    return validate(merged)
+    cfg = validate(merged)
+    check_serving(cfg)
+    return cfg
+
+
+# What a KServe storageUri can be among export.uri's schemes (minio:// is read through the S3 API).
+BUCKET_SCHEMES = ("s3://", "minio://", "gs://")
+
+
+def check_serving(cfg: Config) -> None:
+    """serve.enabled needs export.uri to name a bucket: deploy-model serves the exported folder, which KServe's
+    storage initializer downloads (a local folder cannot be a storageUri). Checked on whole configs (here), not
+    in Config's validators: a step's slice (deploy-model reads no export section) leaves export.uri empty."""
+    uri = cfg.export.uri.strip()
+    if cfg.serve.enabled and not (uri.startswith(BUCKET_SCHEMES) and uri.split("://", 1)[1].strip("/")):
+        got = f"it is {uri!r}" if uri else "it is empty"
+        raise ConfigError(
+            f"serve.enabled needs export.uri to be an s3://, minio:// or gs:// URI ({got}): deploy-model serves "
+            "the exported model from there (set export.uri=s3://bucket/models/run-1, or serve.enabled=false)"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,15 +10,15 @@ from sidreasoner.config.overrides import deep_merge, validate
 from sidreasoner.config.schema import Config
 from sidreasoner.config.scope import ScopedConfig, scope_config
 from sidreasoner.errors import ConfigError
-from sidreasoner.steps import STEPS, downstream, pipeline_steps, step_enabled
+from sidreasoner.steps import ALL_STEPS, STEPS, Step, downstream, pipeline_steps, step_enabled
 
 
 def step_config(cfg: Config, step: str) -> dict[str, Any]:
     """The JSON-able slice of `cfg` that `step` reads (what its KFP task receives)."""
-    if step not in STEPS:
-        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEPS)}")
+    if step not in ALL_STEPS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(ALL_STEPS)}")
     dumped = to_params(cfg)
-    return {section: dumped[section] for section in STEPS[step].sections}
+    return {section: dumped[section] for section in ALL_STEPS[step].sections}
 
 
 COMPILE_TIME_SECTIONS = ("cluster",)
@@ -87,9 +88,9 @@ def complete_sections(given: dict[str, Any], compiled: dict[str, Any] | None) ->
 def enabled_at_run_time(step: str, section: dict[str, Any], compiled_section: dict[str, Any] | None = None) -> bool:
     """Whether the run's value of the section holding `step`'s `enabled_by` key turns the step on
     (what a compiled pipeline's condition task decides)."""
-    name = STEPS[step].enabled_by.split(".", 1)[0]
+    name = ALL_STEPS[step].enabled_by.split(".", 1)[0]
     sections = complete_sections({name: section}, {name: compiled_section} if compiled_section else None)
-    return step_enabled(STEPS[step], from_step_config(sections))
+    return step_enabled(ALL_STEPS[step], from_step_config(sections))
 
 
 def from_step_config(slice_: dict[str, Any], step: str | None = None) -> Config:
@@ -101,9 +102,9 @@ def from_step_config(slice_: dict[str, Any], step: str | None = None) -> Config:
 
 def scoped(cfg: Config, step: str) -> ScopedConfig:
     """`cfg` as the registered step `step` sees it: its declared sections only."""
-    if step not in STEPS:
-        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEPS)}")
-    return scope_config(cfg, step, STEPS[step].sections)
+    if step not in ALL_STEPS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(ALL_STEPS)}")
+    return scope_config(cfg, step, ALL_STEPS[step].sections)
 
 
 def new_generation(current: int = 0) -> int:
@@ -116,8 +117,8 @@ def new_generation(current: int = 0) -> int:
 def raise_generation(cfg: Config, step: str) -> Config:
     """`cfg` with a new generation for `step`: it re-executes, with fresh training, and so does every
     step that reads its outputs (their inputs are new artifacts)."""
-    if step not in STEPS:
-        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(STEPS)}")
+    if step not in ALL_STEPS:
+        raise ConfigError(f"unknown step '{step}'. Allowed: {', '.join(ALL_STEPS)}")
     generations = {**cfg.generations, step: new_generation(cfg.generations.get(step, 0))}
     return cfg.model_copy(update={"generations": generations})
 
@@ -127,19 +128,21 @@ def keep_generations(cfg: Config) -> str:
     return " ".join(f"--set generations.{step}={value}" for step, value in cfg.generations.items() if value)
 
 
-def with_rerun(cfg: Config, no_cache: bool = False, rerun_from: str | None = None) -> tuple[Config, list[str]]:
+def with_rerun(
+    cfg: Config, no_cache: bool = False, rerun_from: str | None = None, registry: Mapping[str, Step] = STEPS
+) -> tuple[Config, list[str]]:
     """`cfg` with a new generation for the step a re-run starts from (`no_cache`: the first step), and
     the steps that then execute again: that step and every step that reads its outputs, directly or
     not. KFP keys a task on its inputs' artifact ids, so a task whose upstream executed misses the
     cache too; the steps' checkpoints are keyed on their input folders, so they train afresh."""
     if no_cache and rerun_from:
         raise ConfigError("--no-cache and --rerun-from exclude each other")
-    start = next(iter(STEPS)) if no_cache else rerun_from
+    start = next(iter(registry)) if no_cache else rerun_from
     if not start:
         return cfg, []
-    in_dag = {s.name for s in pipeline_steps(cfg, conditional=True)}
-    if start not in STEPS:
-        raise ConfigError(f"--rerun-from: unknown step '{start}'. Allowed: {', '.join(STEPS)}")
+    in_dag = {s.name for s in pipeline_steps(cfg, registry=registry, conditional=True)}
+    if start not in registry:
+        raise ConfigError(f"--rerun-from: unknown step '{start}'. Allowed: {', '.join(registry)}")
     if start not in in_dag:
         raise ConfigError(f"--rerun-from {start}: the step is not in this pipeline's DAG")
-    return raise_generation(cfg, start), [name for name in downstream(start) if name in in_dag]
+    return raise_generation(cfg, start), [name for name in downstream(start, registry) if name in in_dag]

@@ -207,7 +207,13 @@ _PAPER = {
             "merge-checkpoint": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi"},
             "evaluate-stage3": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi", "gpus": 1},
             "report": {"cpu": "1", "memory": "4Gi", "memory_limit": "4Gi"},
+            # The evaluate pipeline (--pipeline evaluate): a model trained elsewhere on one GPU.
+            "load-model": {"cpu": "4", "memory": "32Gi", "memory_limit": "32Gi"},
+            "evaluate-model": {"cpu": "8", "memory": "64Gi", "memory_limit": "64Gi", "gpus": 1},
+            "report-model": {"cpu": "1", "memory": "4Gi", "memory_limit": "4Gi"},
             "export-model": {"cpu": "2", "memory": "8Gi", "memory_limit": "8Gi"},
+            # Talks to the Kubernetes API only; the model server runs in the predictor pod (cluster.serving).
+            "deploy-model": {"cpu": "500m", "memory": "512Mi", "memory_limit": "512Mi"},
         }
     },
     # The paper's evaluation: 10 constrained beams, K in {1, 3, 5, 10} (none above the beam width), greedy

@@ -1064,6 +1064,57 @@ class ExportConfig(_Section):
     )
 
 
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ServeConfig(_Section):
+    """The model server (`sidreasoner serve`, a KServe predictor) and the `deploy-model` step that runs it as a
+    KServe InferenceService on the exported model. The step runs only when `enabled` is set (and export.uri names
+    a bucket); a compiled pipeline decides at run time."""
+
+    enabled: bool = Field(
+        False,
+        description="deploy-model: create or update a KServe InferenceService serving the exported model "
+        "(needs export.uri set to an s3://, minio:// or gs:// URI)",
+    )
+    name: str = Field(
+        "sidreasoner",
+        description="the model's name in the server's URLs (/v1/models/<name>:predict) and the InferenceService's name",
+    )
+    port: int = Field(8080, ge=1, le=65535, description="the server's HTTP port")
+    max_batch: int = Field(8, ge=1, description="requests gathered into one decoder call")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the first request of a batch waits for others (milliseconds)"
+    )
+    namespace: str = Field("", description="the InferenceService's namespace; empty = the run's own")
+    service_account: str = Field(
+        "",
+        description="ServiceAccount of the predictor pod (KServe's storage initializer reads the bucket credentials "
+        "from the Secrets it lists); empty = the namespace's default",
+    )
+    min_replicas: int = Field(1, ge=0, description="predictor replicas kept running (0 = scale to zero)")
+    max_replicas: int = Field(1, ge=1)
+    ready_timeout_s: int = Field(
+        900, ge=1, description="how long deploy-model waits for the InferenceService to be Ready"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if not DNS_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not a DNS-1123 label (lower-case letters, digits and '-', starting with a letter, at most "
+                "63 characters): KServe names the InferenceService and its hosts after it"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServeConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas={self.max_replicas} is below min_replicas={self.min_replicas}")
+        return self
+
+
 class Toleration(_Section):
     key: str
     operator: Literal["Equal", "Exists"] = "Equal"
@@ -1129,6 +1180,11 @@ class ClusterConfig(_Section):
     )
     model_cache_mount: str = "/models"
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per step name")
+    serving: StepResources = Field(
+        default_factory=lambda: StepResources(cpu="1", memory="4Gi", memory_limit="8Gi"),
+        description="resources, node selector and tolerations of the InferenceService's predictor pod that "
+        "deploy-model creates (gpus > 0: it runs in the training image)",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="labels on every step's pod (cost "
@@ -1193,6 +1249,7 @@ class Config(_Section):
     stage3: Stage3Config = Field(default_factory=Stage3Config)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     generations: dict[str, int] = Field(
         default_factory=dict,

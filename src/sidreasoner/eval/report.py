@@ -137,9 +137,14 @@ def report_split(splits: list[str]) -> str:
     return "test" if "test" in splits else splits[0]
 
 
+MODEL_LABEL = "model"  # the evaluate pipeline's one model
+
+
 def _display(name: str) -> str:
-    """A series name without its mode: 'stage3 (think)' -> 'Stage 3'; other labels as they are."""
-    return re.sub(r"^stage(\d+)$", r"Stage \1", name.rsplit(" (", 1)[0])
+    """A series name without its mode: 'stage3 (think)' -> 'Stage 3', 'model (think)' -> 'the model'; other
+    labels as they are."""
+    label = name.rsplit(" (", 1)[0]
+    return "the model" if label == MODEL_LABEL else re.sub(r"^stage(\d+)$", r"Stage \1", label)
 
 
 def headline(series: list[tuple[str, str, dict]], split: str, k: int) -> str:
@@ -447,3 +452,15 @@ def report_stages(
         sid_index_dir,
         out_dir,
     )
+
+
+def report_model(
+    cfg: Config,
+    baselines_dir: Evaluation | os.PathLike,
+    model_eval_dir: Evaluation | os.PathLike,
+    dataset_dir: Dataset | os.PathLike,
+    sid_index_dir: SidIndex | os.PathLike,
+    out_dir: ReportPages | os.PathLike,
+) -> dict[str, float]:
+    """The evaluate pipeline's `report-model` step: the baselines and the model model.base names on one page."""
+    return report(cfg, {"baselines": baselines_dir, MODEL_LABEL: model_eval_dir}, dataset_dir, sid_index_dir, out_dir)
