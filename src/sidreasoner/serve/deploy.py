@@ -86,8 +86,9 @@ def serving_pod(cluster: ClusterConfig, images: Mapping[str, str]) -> ServingPod
     return ServingPod(image, cluster.serving, tuple(cluster.image_pull_secrets), dict(cluster.labels))
 
 
-def serving_pod_from_env(environ: Mapping[str, str] = os.environ) -> ServingPod:
-    raw = environ.get(SERVING_POD_ENV, "").strip()
+def serving_pod_from_env(environ: Mapping[str, str] | None = None) -> ServingPod:
+    # os.environ read at each call, not bound as a default: a library may replace the os.environ object.
+    raw = (os.environ if environ is None else environ).get(SERVING_POD_ENV, "").strip()
     if not raw:
         raise ConfigError(
             f"deploy-model: ${SERVING_POD_ENV} is not set. A compiled pipeline sets it from the images and "
