@@ -7,7 +7,7 @@ Models:
   (a) a model given by path with its quantize-sids and preprocess folders (the trained demo model that
       `make demo` leaves under local_outputs/): --model DIR --sid-index DIR --dataset DIR;
   (b) the evaluation benchmark's model (benchmarks/eval_bench.py `build()`: tiny Qwen3, hidden 256, 4 layers,
-      RANDOM INIT, about 3.9M parameters, 3,500 items with 3-level SIDs, codebook 32), saved with generated
+      RANDOM INIT, 3.4M parameters, 3,500 items with 3-level SIDs, codebook 32), saved with generated
       users (10-item histories).
       --no-bench-model leaves it out.
 

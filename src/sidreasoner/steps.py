@@ -157,6 +157,24 @@ def _evaluation(name: str, model: str, which: str) -> Step:
     )
 
 
+def _report(name: str, summary: str, component: str, function: str, evaluations: dict[str, str]) -> Step:
+    """A report page of the baselines and `evaluations` (input name -> producing step's output), in HTML and
+    Markdown."""
+    return Step(
+        name,
+        summary,
+        component,
+        f"sidreasoner.eval.report:{function}",
+        ("seed", "eval"),
+        inputs={"baselines": "evaluate-baselines.baselines", **evaluations, "dataset": DATASET, "sid_index": SID_INDEX},
+        outputs={"report": ReportPages},
+        reports=(
+            Report("report_html", "report", ReportPages.HTML),
+            Report("report_md", "report", ReportPages.MARKDOWN, kind="Markdown"),
+        ),
+    )
+
+
 def _registry(*steps: Step) -> dict[str, Step]:
     registry = {s.name: s for s in steps}
     check_registry(registry)
@@ -302,25 +320,12 @@ STEPS: dict[str, Step] = _registry(
         model_cache=True,
     ),
     _evaluation("evaluate-stage3", "merge-checkpoint.stage3_model", "the Stage 3 model"),
-    Step(
+    _report(
         "report",
         "one page comparing the baselines and every stage, with sample reasoning traces",
         "report",
-        "sidreasoner.eval.report:report_stages",
-        ("seed", "eval"),
-        inputs={
-            "baselines": "evaluate-baselines.baselines",
-            "stage1_eval": "evaluate-stage1.evaluation",
-            "stage2_eval": "evaluate-stage2.evaluation",
-            "stage3_eval": "evaluate-stage3.evaluation",
-            "dataset": DATASET,
-            "sid_index": SID_INDEX,
-        },
-        outputs={"report": ReportPages},
-        reports=(
-            Report("report_html", "report", ReportPages.HTML),
-            Report("report_md", "report", ReportPages.MARKDOWN, kind="Markdown"),
-        ),
+        "report_stages",
+        {f"stage{n}_eval": f"evaluate-stage{n}.evaluation" for n in (1, 2, 3)},
     ),
     Step(
         "export-model",
@@ -368,23 +373,12 @@ EVALUATE_STEPS: dict[str, Step] = _registry(
         model_cache=True,
     ),
     _evaluation("evaluate-model", "load-model.trained_model", "the model model.base names"),
-    Step(
+    _report(
         "report-model",
         "one page comparing the baselines and the model, with sample reasoning traces",
         "report_model",
-        "sidreasoner.eval.report:report_model",
-        ("seed", "eval"),
-        inputs={
-            "baselines": "evaluate-baselines.baselines",
-            "model_eval": "evaluate-model.evaluation",
-            "dataset": DATASET,
-            "sid_index": SID_INDEX,
-        },
-        outputs={"report": ReportPages},
-        reports=(
-            Report("report_html", "report", ReportPages.HTML),
-            Report("report_md", "report", ReportPages.MARKDOWN, kind="Markdown"),
-        ),
+        "report_model",
+        {"model_eval": "evaluate-model.evaluation"},
     ),
 )
 # `--pipeline NAME`: each pipeline's registry, in DAG order.
