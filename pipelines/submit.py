@@ -17,7 +17,7 @@ from typing import Any
 
 from sidreasoner.config import Config, generation_params, keep_generations, to_params, with_rerun
 from sidreasoner.pipelines.compile import check_pipeline_config, compile_pipeline
-from sidreasoner.pipelines.pipeline import PIPELINE_NAME, build, pipeline_name
+from sidreasoner.pipelines.pipeline import build, pipeline_name
 from sidreasoner.provenance import code_version
 from sidreasoner.steps import pipeline_registry, pipeline_steps
 
@@ -323,10 +323,11 @@ def _pipeline_id(client, name: str, namespace: str | None) -> str | None:
 def upload(
     cfg: Config,
     host: str,
-    name: str = PIPELINE_NAME,
+    name: str | None = None,
     version: str | None = None,
     namespace: str | None = None,
     auth: Auth = Auth(),
+    pipeline: str = "train",
 ) -> Uploaded:
     """Register the pipeline, or add a version of it when one with this name exists. A version is
     named after the code version, the category and the compiled spec's digest (`version` overrides
@@ -336,9 +337,13 @@ def upload(
     With `namespace` the pipeline belongs to that namespace (a Kubeflow profile) and only its
     members see it; without, it is shared with every profile, which multi-user Kubeflow lets only
     identities with rights in its own namespace create. A single-user server ignores the namespace
-    (kubeflow/pipelines backend/src/apiserver/resource/resource_manager.go `ReplaceNamespace`)."""
+    (kubeflow/pipelines backend/src/apiserver/resource/resource_manager.go `ReplaceNamespace`).
+
+    `pipeline` (`--pipeline`) says which pipeline; `name` defaults to its compiled name (sidreasoner,
+    sidreasoner-evaluate)."""
+    name = name or pipeline_name(pipeline)
     with tempfile.TemporaryDirectory() as tmp, _api_errors(host):
-        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml")
+        package = compile_pipeline(cfg, Path(tmp) / "pipeline.yaml", pipeline=pipeline)
         digest = spec_digest(package.read_bytes())
         vname = version or version_name(cfg, digest)
         description = f"sidreasoner {code_version()} ({cfg.data.category}); compiled spec sha256:{digest}"

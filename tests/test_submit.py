@@ -223,6 +223,18 @@ def test_upload_with_an_explicit_version_name(kfp_api):
     assert upload(config.load("demo", ["seed=3"]), url, version="v3").version == "v2"  # same spec: kept
 
 
+def test_upload_of_the_evaluate_pipeline_registers_it_under_its_own_name(kfp_api):
+    url, state = kfp_api
+    uploaded = upload(config.load("demo", ["model.base=s3://models/released"]), url, pipeline="evaluate")
+    assert uploaded.created and uploaded.version == "sidreasoner-evaluate"
+    (up,) = state.calls("POST", "/pipelines/upload")
+    assert up.query["name"] == ["sidreasoner-evaluate"]
+    spec = _uploaded_spec(up)
+    assert spec["pipelineInfo"]["name"] == "sidreasoner-evaluate"
+    tasks = set(spec["root"]["dag"]["tasks"])
+    assert {"load-model", "evaluate-model", "report-model"} <= tasks and "sft-stage1" not in tasks
+
+
 def test_cli_upload_says_when_nothing_was_uploaded(kfp_api):
     url, state = kfp_api
     command = [sys.executable, "-m", "sidreasoner.cli", "upload", "--host", url]

@@ -361,7 +361,9 @@ def upload(
     host: HostOpt,
     preset: PresetOpt = "demo",
     overrides: SetOpt = None,
-    name: Annotated[str, typer.Option(help="pipeline name in the KFP UI")] = "sidreasoner",
+    name: Annotated[
+        str | None, typer.Option(help="pipeline name in the KFP UI (default: sidreasoner, sidreasoner-evaluate)")
+    ] = None,
     version: Annotated[
         str | None,
         typer.Option(
@@ -373,17 +375,26 @@ def upload(
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     cookie: CookieOpt = None,
+    pipeline: PipelineOpt = "train",
 ) -> None:
     """Register the compiled pipeline on a Kubeflow Pipelines server, or add a new version of it
     (none when the server has a version of the same compiled spec). With --namespace the pipeline
     belongs to that profile; without, it is shared with all profiles."""
+    from sidreasoner.pipelines.pipeline import pipeline_name
     from sidreasoner.pipelines.submit import KFPUnavailable
     from sidreasoner.pipelines.submit import upload as upload_pipeline
 
     cfg = _load_config(preset, overrides)
+    name = name or pipeline_name(pipeline)
     try:
         result = upload_pipeline(
-            cfg, host, name=name, version=version, namespace=namespace, auth=_auth(token, token_file, cookie)
+            cfg,
+            host,
+            name=name,
+            version=version,
+            namespace=namespace,
+            auth=_auth(token, token_file, cookie),
+            pipeline=pipeline,
         )
     except (ConfigError, ValueError) as err:
         _fail(str(err))
