@@ -30,6 +30,7 @@ from sidreasoner.components.factory import compile_time_arguments, component_for
 from sidreasoner.components.images import IMAGES
 from sidreasoner.config import ClusterConfig, Config, StepResources, generation_param, generation_params, to_params
 from sidreasoner.provenance import code_version
+from sidreasoner.serve.deploy import IMAGE_UID, image_pull_policy
 from sidreasoner.steps import STEPS, Image, Step, pipeline_steps
 
 PIPELINE_NAME = "sidreasoner"
@@ -56,7 +57,6 @@ SECRET_ENV = {
 GCS_SECRET, GCS_MOUNT = "sidreasoner-gcs", "/var/secrets/gcs"
 # Pod labels for cost attribution (with cluster.labels, e.g. the paper presets' name).
 STEP_LABEL, CATEGORY_LABEL = "sidreasoner.io/step", "sidreasoner.io/category"
-IMAGE_UID = 1000  # the user the images run as (images/*/Dockerfile: USER 1000)
 
 
 def step_image(step: Step, cluster: ClusterConfig) -> Image:
@@ -134,9 +134,7 @@ def _pod(task: dsl.PipelineTask, step_name: str, cluster: ClusterConfig, timeout
 
 
 def _pull_policy(task: dsl.PipelineTask, image: str) -> None:
-    """A tag can be pushed again (`make push-images` after a fix): a node's copy of it may be old code
-    under the new code's `code_version`. Only a digest names one image for good."""
-    kubernetes.set_image_pull_policy(task, "IfNotPresent" if "@sha256:" in image else "Always")
+    kubernetes.set_image_pull_policy(task, image_pull_policy(image))
 
 
 def _configure(task: dsl.PipelineTask, step: Step, cluster: ClusterConfig, cache: bool, category: str) -> None:

@@ -17,7 +17,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from sidreasoner import config, storage
-from sidreasoner.artifacts.export import CATALOGUE_DATASET, CATALOGUE_SID_INDEX
+from sidreasoner.artifacts import ModelExport
 from sidreasoner.eval.catalogue import Catalogue
 from sidreasoner.eval.evaluate import evaluate
 from sidreasoner.serve.batcher import Batcher, group_batch
@@ -32,6 +32,8 @@ from sidreasoner.serve.predictor import (
 )
 
 from .helpers.serve import ServerProcess, add_item_ids, batches_above_one
+
+CATALOGUE_SID_INDEX, CATALOGUE_DATASET = ModelExport.CATALOGUE_SID_INDEX, ModelExport.CATALOGUE_DATASET
 
 # ---------------------------------------------------------------- requests, exact values
 

@@ -9,10 +9,6 @@ from typing import Any
 
 from sidreasoner.artifacts.base import Artifact
 
-# Inside the exported folder (paths relative to export.uri, and to where a server downloads it).
-CATALOGUE_SID_INDEX = "catalogue/sid_index"  # every file of the SID index folder
-CATALOGUE_DATASET = "catalogue/dataset"  # the dataset's items.parquet and stats.json only
-
 
 class ModelExport(Artifact):
     kind = "model export"
@@ -20,8 +16,9 @@ class ModelExport(Artifact):
     writer = "export-model"
 
     RECORD = "export.json"  # uri, files, sizes
-    CATALOGUE_SID_INDEX = CATALOGUE_SID_INDEX
-    CATALOGUE_DATASET = CATALOGUE_DATASET
+    # Inside the exported folder (paths relative to export.uri, and to where a server downloads it).
+    CATALOGUE_SID_INDEX = "catalogue/sid_index"  # every file of the SID index folder
+    CATALOGUE_DATASET = "catalogue/dataset"  # the dataset's items.parquet and stats.json only
 
     def record(self) -> dict[str, Any]:
         return self.read_json(self.RECORD, "where the model was pushed")

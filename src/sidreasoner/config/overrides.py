@@ -159,8 +159,14 @@ def load_from(base: dict[str, Any], overrides: list[str] | None = None) -> Confi
     return cfg
 
 
-# What a KServe storageUri can be among export.uri's schemes (minio:// is read through the S3 API).
+# The bucket schemes of our URIs (data sources, model.base, export.uri); minio:// is read through the S3 API.
 BUCKET_SCHEMES = ("s3://", "minio://", "gs://")
+
+
+def is_bucket_uri(uri: str) -> bool:
+    """Whether `uri` names a folder in a bucket: one of BUCKET_SCHEMES with something after it."""
+    uri = uri.strip()
+    return uri.startswith(BUCKET_SCHEMES) and bool(uri.split("://", 1)[1].strip("/"))
 
 
 def check_serving(cfg: Config) -> None:
@@ -168,7 +174,7 @@ def check_serving(cfg: Config) -> None:
     storage initializer downloads (a local folder cannot be a storageUri). Checked on whole configs (here), not
     in Config's validators: a step's slice (deploy-model reads no export section) leaves export.uri empty."""
     uri = cfg.export.uri.strip()
-    if cfg.serve.enabled and not (uri.startswith(BUCKET_SCHEMES) and uri.split("://", 1)[1].strip("/")):
+    if cfg.serve.enabled and not is_bucket_uri(uri):
         got = f"it is {uri!r}" if uri else "it is empty"
         raise ConfigError(
             f"serve.enabled needs export.uri to be an s3://, minio:// or gs:// URI ({got}): deploy-model serves "

@@ -14,10 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sidreasoner import storage
 from sidreasoner.artifacts.model import ModelFolder
+from sidreasoner.config.overrides import BUCKET_SCHEMES
 
 log = logging.getLogger(__name__)
-
-BUCKET_SCHEMES = ("s3://", "gs://", "minio://")
 
 
 class ModelSourceError(ValueError):

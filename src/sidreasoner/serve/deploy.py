@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from sidreasoner.artifacts import Deployment, ModelExport
-from sidreasoner.artifacts.export import CATALOGUE_DATASET, CATALOGUE_SID_INDEX
 from sidreasoner.config import ClusterConfig, Config, ConfigError, StepResources
+from sidreasoner.config.overrides import is_bucket_uri
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,21 @@ PORT = 8080
 CONTAINER = "kserve-container"  # the name KServe gives (and expects of) the predictor's container
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 POLL_S = 5.0  # between reads of the InferenceService's status while waiting for Ready
-IMAGE_UID = 1000  # the user the images run as (images/*/Dockerfile: USER 1000), as every step's pod
-# The storage initializer's schemes (kserve python/storage/kserve_storage/kserve_storage.py `_S3_PREFIX`,
-# `_GCS_PREFIX`); a MinIO bucket is read through the S3 API, its endpoint from the credentials Secret.
+IMAGE_UID = 1000  # the user the images run as (images/*/Dockerfile: USER 1000): every step's pod and the predictor's
+# Our bucket schemes as the storage initializer reads them (kserve python/storage/kserve_storage/
+# kserve_storage.py `_S3_PREFIX`, `_GCS_PREFIX`); a MinIO bucket is read through the S3 API, its endpoint
+# from the credentials Secret.
 STORAGE_SCHEMES = {"s3": "s3", "minio": "s3", "gs": "gs"}
 BUCKET_URI_HINT = "an s3://, minio:// or gs:// URI (a local folder cannot be a KServe storageUri)"
 # Labels of the InferenceService and its predictor pods.
 NAME_LABEL, PART_OF_LABEL = "app.kubernetes.io/name", "app.kubernetes.io/part-of"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+def image_pull_policy(image: str) -> str:
+    """A tag can be pushed again (`make push-images` after a fix): a node's copy of it may be old code under the
+    new code's `code_version`. Only a digest names one image for good."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
 
 
 @dataclass(frozen=True)
@@ -104,11 +111,6 @@ def serving_pod_from_env(environ: Mapping[str, str] | None = None) -> ServingPod
     return ServingPod.from_json(value, f"${SERVING_POD_ENV}")
 
 
-def is_bucket_uri(uri: str) -> bool:
-    scheme, sep, rest = uri.strip().partition("://")
-    return bool(sep) and scheme in STORAGE_SCHEMES and bool(rest.strip("/"))
-
-
 def storage_uri(export_uri: str) -> str:
     """The export URI as KServe's storage initializer reads it: minio:// becomes s3://."""
     uri = export_uri.strip().rstrip("/")
@@ -138,9 +140,9 @@ def server_args(cfg: Config) -> list[str]:
         "--model",
         MODEL_MOUNT,
         "--sid-index",
-        f"{MODEL_MOUNT}/{CATALOGUE_SID_INDEX}",
+        f"{MODEL_MOUNT}/{ModelExport.CATALOGUE_SID_INDEX}",
         "--dataset",
-        f"{MODEL_MOUNT}/{CATALOGUE_DATASET}",
+        f"{MODEL_MOUNT}/{ModelExport.CATALOGUE_DATASET}",
         "--name",
         cfg.serve.name,
         "--port",
@@ -175,8 +177,7 @@ def _container(cfg: Config, pod: ServingPod) -> dict[str, Any]:
     return {
         "name": CONTAINER,
         "image": pod.image,
-        # A tag can be pushed again; only a digest names one image for good (as every step's pod).
-        "imagePullPolicy": "IfNotPresent" if "@sha256:" in pod.image else "Always",
+        "imagePullPolicy": image_pull_policy(pod.image),
         "command": ["sidreasoner"],
         "args": server_args(cfg),
         "ports": [{"containerPort": PORT, "protocol": "TCP"}],

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidreasoner.artifacts.export import CATALOGUE_DATASET, CATALOGUE_SID_INDEX
+from sidreasoner.artifacts.export import ModelExport
 from sidreasoner.config import Config
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,8 @@ def load_catalogue(sid_index: str | os.PathLike, dataset: str | os.PathLike, cfg
 def local_model_dir(model: str | os.PathLike) -> Path:
     """A local model folder: the path itself, or an s3:// / minio:// / gs:// folder mirrored once (with its
     catalogue/ sub-folders) into the local model cache."""
-    from sidreasoner.model.loading import BUCKET_SCHEMES, fetch_bucket_model
+    from sidreasoner.config.overrides import BUCKET_SCHEMES
+    from sidreasoner.model.loading import fetch_bucket_model
 
     model = os.fspath(model)
     if model.startswith(BUCKET_SCHEMES):
@@ -263,8 +264,8 @@ def catalogue_dirs(
     """The SID index and dataset folders: as given, else the exported model's catalogue/ sub-folders."""
     found = []
     for given, default, what in (
-        (sid_index, CATALOGUE_SID_INDEX, "--sid-index"),
-        (dataset, CATALOGUE_DATASET, "--dataset"),
+        (sid_index, ModelExport.CATALOGUE_SID_INDEX, "--sid-index"),
+        (dataset, ModelExport.CATALOGUE_DATASET, "--dataset"),
     ):
         path = Path(given) if given else model_dir / default
         if not path.is_dir():
